@@ -1,0 +1,106 @@
+"""Configuration in layers: defaults, then a file, then `FIELDSYNC_*` environment variables,
+then explicit overrides (what `create_app(config)` or a CLI flag passes).
+
+Keys are upper case. Nothing here opens a database or reads a key at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from fieldsync.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "DATA_DIR": "var",                 # SQLite database, secret key file, media (embedded defaults)
+    "DEFS_DIR": "entity_defs",         # the YAML definitions
+    "DATABASE_URL": None,              # None: sqlite:///<DATA_DIR>/fieldsync.db
+    "SECRET_KEY": None,                # None: read or create <DATA_DIR>/secret.key (mode 0600)
+    "TOKEN_TTL_SECONDS": 12 * 3600,
+    "MAX_BODY_BYTES": 4 * 1024 * 1024,
+    "PAGE_SIZE_DEFAULT": 50,
+    "PAGE_SIZE_MAX": 1000,
+    "AUTO_MIGRATE": True,              # additive migrations when the server starts
+    "HOST": "127.0.0.1",
+    "PORT": 8000,
+}
+
+ENV_PREFIX = "FIELDSYNC_"
+
+
+class Config(dict):
+    """A plain dict of settings with helpers for the derived ones."""
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self["DATA_DIR"])
+
+    @property
+    def database_url(self) -> str:
+        url = self.get("DATABASE_URL")
+        if url:
+            return url
+        return f"sqlite:///{(self.data_dir / 'fieldsync.db').resolve()}"
+
+    def secret_key(self) -> bytes:
+        """The token-signing secret: configured, or created once in the data directory (0600)."""
+        configured = self.get("SECRET_KEY")
+        if configured:
+            return configured.encode() if isinstance(configured, str) else configured
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
+
+
+def _coerce(raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"expected true or false, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"expected a whole number, got {raw!r}") from None
+    try:
+        return json.loads(raw) if raw[:1] in "[{" else raw
+    except ValueError:
+        return raw
+
+
+def load_config(file: str | Path | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Merge defaults, an optional YAML/JSON file, FIELDSYNC_* variables and overrides."""
+    config = Config(DEFAULTS)
+    env = os.environ if env is None else env
+    file = file or env.get(ENV_PREFIX + "CONFIG")
+    if file:
+        path = Path(file)
+        try:
+            loaded = yaml.safe_load(path.read_text("utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the configuration file must hold a mapping of settings")
+        config.update({str(k).upper(): v for k, v in loaded.items()})
+    for key, raw in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            name = key[len(ENV_PREFIX):]
+            try:
+                config[name] = _coerce(raw, DEFAULTS.get(name))
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+    if overrides:
+        config.update({k.upper(): v for k, v in overrides.items()})
+    return config

@@ -1,0 +1,596 @@
+"""YAML definitions -> validated, immutable `Model`, with every error located.
+
+`build_model(sources)` is pure: it takes the files' texts keyed by their path relative to the
+definitions directory and either returns a Model or raises `DefinitionErrors` listing every
+problem found in one pass, each with file, line, column and key path. `load_model(directory)`
+reads the files and calls it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import yaml
+
+from fieldsync.defs import expr as ex
+from fieldsync.defs.model import (
+    BUILTIN_USER_ATTRIBUTES, SYSTEM_COLUMNS, Entity, Field, Location, Model, Permission,
+    Role, SyncRule, UserAttribute,
+)
+from fieldsync.defs.values import ValueProblem, normalize_value
+
+KEY_ORDER_KINDS = {"masters": "master", "transactions": "transaction"}
+NUMERIC = ("integer", "decimal")
+TEXTUAL = ("string", "text")
+EXPRESSION_COLUMNS = ("id", "created_at", "updated_at")
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionError:
+    """One problem in the definitions."""
+
+    file: str
+    line: int
+    column: int
+    path: str          # dotted key path, e.g. fields.unit_price.precision
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class DefinitionErrors(Exception):
+    """Raised by build_model/load_model; `.errors` holds every problem, in file order."""
+
+    def __init__(self, errors: list[DefinitionError]):
+        self.errors = sorted(errors, key=lambda e: (e.file, e.line, e.column, e.path, e.message))
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def meta_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) every definition file is checked against."""
+    text = resources.files("fieldsync.defs").joinpath("meta_schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with locations
+
+class _Located:
+    """A parsed file: plain data plus the location of every key path."""
+
+    def __init__(self, file: str, data: Any, keys: dict[tuple, Location], values: dict[tuple, tuple]):
+        self.file = file
+        self.data = data
+        self.keys = keys        # path -> location of the key (or of the item, for list items)
+        self.values = values    # path -> (location of the value, scalar style)
+
+    def at(self, path: Iterable) -> Location:
+        path = tuple(path)
+        while path:
+            if path in self.keys:
+                return self.keys[path]
+            path = path[:-1]
+        return Location(self.file, 1, 1)
+
+
+def _parse_yaml(file: str, text: str, errors: list[DefinitionError]) -> _Located | None:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(exc, "problem", None) or str(exc)
+        errors.append(DefinitionError(file, line, col, "", f"invalid YAML: {problem}"))
+        return None
+    if node is None:
+        errors.append(DefinitionError(file, 1, 1, "", "the file is empty"))
+        return None
+    keys: dict[tuple, Location] = {}
+    values: dict[tuple, tuple] = {}
+    before = len(errors)
+    _walk(file, node, (), keys, values, errors)
+    if len(errors) > before:
+        return None
+    data = _plain(yaml.load(text, Loader=yaml.SafeLoader))
+    return _Located(file, data, keys, values)
+
+
+def _loc(file: str, node) -> Location:
+    return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _walk(file, node, path, keys, values, errors) -> None:
+    values[path] = (_loc(file, node), getattr(node, "style", None))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, Location] = {}
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                errors.append(DefinitionError(file, k.start_mark.line + 1, k.start_mark.column + 1,
+                                              ".".join(map(str, path + (key,))),
+                                              f"duplicate key (first at line {seen[key].line})"))
+                continue
+            seen[key] = _loc(file, k)
+            keys[path + (key,)] = seen[key]
+            _walk(file, v, path + (key,), keys, values, errors)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            keys[path + (i,)] = _loc(file, item)
+            _walk(file, item, path + (i,), keys, values, errors)
+
+
+def _plain(value: Any) -> Any:
+    """YAML's dates and odd scalars -> JSON-like values the meta-schema can check."""
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder
+
+class _Builder:
+    def __init__(self, sources: Mapping[str, str], label: str):
+        self.sources = sources
+        self.label = label.rstrip("/")
+        self.errors: list[DefinitionError] = []
+        schema = meta_schema()
+        self.defs = schema["$defs"]
+        self.validators = {
+            kind: jsonschema.Draft202012Validator({"$ref": f"#/$defs/{kind}", "$defs": self.defs})
+            for kind in ("entity", "roles", "app")
+        }
+
+    def display(self, rel: str) -> str:
+        return f"{self.label}/{rel}" if self.label else rel
+
+    def error(self, doc: _Located, path: Iterable, message: str, loc: Location | None = None) -> None:
+        path = tuple(path)
+        loc = loc or doc.at(path)
+        self.errors.append(DefinitionError(doc.file, loc.line, loc.column,
+                                           ".".join(str(p) for p in path), message))
+
+    # -- schema ---------------------------------------------------------------------------------
+    def check_schema(self, doc: _Located, kind: str) -> bool:
+        ok = True
+        for err in self.validators[kind].iter_errors(doc.data):
+            ok = False
+            path = tuple(err.absolute_path)
+            if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+                allowed = set(err.schema.get("properties", {}))
+                for key in err.instance:
+                    if key not in allowed:
+                        hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+                        self.error(doc, path + (key,), f"unknown key{hint}")
+            elif err.validator == "required":
+                self.error(doc, path, err.message.replace("is a required property", "is required"))
+            elif err.validator == "propertyNames":
+                bad = err.instance
+                self.error(doc, path + (bad,) if isinstance(bad, str) else path,
+                           f"{bad!r} is not a valid name (lower case letter, then letters, digits, _)")
+            elif err.validator in ("oneOf", "anyOf"):
+                self.error(doc, path, f"{err.instance!r} is not valid here: "
+                                      f"{err.schema.get('description', '').split('.')[0].lower()}")
+            else:
+                self.error(doc, path, err.message)
+        return ok
+
+    # -- files ----------------------------------------------------------------------------------
+    def build(self) -> Model:
+        docs: dict[str, _Located] = {}
+        for rel in sorted(self.sources):
+            doc = _parse_yaml(self.display(rel), self.sources[rel], self.errors)
+            if doc is not None:
+                docs[rel] = doc
+
+        app = self.build_app(docs.get("app.yaml"))
+        roles, attributes = self.build_roles(docs.get("roles.yaml"))
+        entity_docs: list[tuple[str, _Located]] = []
+        for rel, doc in docs.items():
+            parts = rel.split("/")
+            if rel in ("app.yaml", "roles.yaml"):
+                continue
+            if len(parts) == 2 and parts[0] in KEY_ORDER_KINDS and parts[1].endswith((".yaml", ".yml")):
+                if self.check_schema(doc, "entity"):
+                    entity_docs.append((KEY_ORDER_KINDS[parts[0]], doc))
+            else:
+                self.error(doc, (), "unexpected file: entities go in masters/ or transactions/, "
+                                    "plus app.yaml and roles.yaml")
+        for required in ("app.yaml", "roles.yaml"):
+            if required not in self.sources:
+                self.errors.append(DefinitionError(self.display(required), 1, 1, "",
+                                                   "file is missing"))
+
+        entities: list[Entity] = []
+        sources_by_entity: dict[str, _Located] = {}
+        # masters first, then transactions; files in name order; children after their parent
+        entity_docs.sort(key=lambda kd: (kd[0] != "master", kd[1].file))
+        for kind, doc in entity_docs:
+            for entity in self.build_entity(kind, doc, {r.name for r in roles}, attributes):
+                if entity.name in sources_by_entity:
+                    first = sources_by_entity[entity.name]
+                    self.error(doc, ("entity",) if entity.parent is None else ("children",),
+                               f"duplicate entity name {entity.name!r} (also defined in {first.file})")
+                    continue
+                sources_by_entity[entity.name] = doc
+                entities.append(entity)
+
+        self.check_cross_references(entities, sources_by_entity)
+        if self.errors:
+            raise DefinitionErrors(self.errors)
+        return Model(app=app["app"], schema_version=app["schema_version"], title=app.get("title", ""),
+                     description=app.get("description", "").strip(), entities=tuple(entities),
+                     roles=tuple(roles), attributes=tuple(attributes),
+                     sources=tuple(sorted(self.sources)))
+
+    def build_app(self, doc: _Located | None) -> dict[str, Any]:
+        if doc is None or not self.check_schema(doc, "app"):
+            return {"app": "app", "schema_version": 1}
+        return doc.data
+
+    def build_roles(self, doc: _Located | None) -> tuple[list[Role], list[UserAttribute]]:
+        if doc is None or not self.check_schema(doc, "roles"):
+            return [], []
+        roles = [Role(name, (spec or {}).get("description", "")) for name, spec in doc.data["roles"].items()]
+        attributes = []
+        for name, spec in (doc.data.get("attributes") or {}).items():
+            if any(a.name == name for a in BUILTIN_USER_ATTRIBUTES):
+                self.error(doc, ("attributes", name), f"$user.{name} is built in and cannot be redefined")
+                continue
+            if spec["type"] == "list" and "items" not in spec:
+                self.error(doc, ("attributes", name), "a list attribute needs items")
+            if spec["type"] != "list" and "items" in spec:
+                self.error(doc, ("attributes", name, "items"), "only list attributes have items")
+            attributes.append(UserAttribute(name, spec["type"], spec.get("items"), spec.get("description", "")))
+        return roles, attributes
+
+    # -- entities -------------------------------------------------------------------------------
+    def build_entity(self, kind: str, doc: _Located, role_names: set[str],
+                     attributes: list[UserAttribute]) -> list[Entity]:
+        data = doc.data
+        name = data["entity"]
+        if data["kind"] != kind:
+            folder = "masters" if data["kind"] == "master" else "transactions"
+            self.error(doc, ("kind",), f"a {data['kind']} belongs in {folder}/, not here")
+        if name.startswith("fs_"):
+            self.error(doc, ("entity",), "names starting with fs_ are reserved for the platform's own tables")
+        stem = Path(doc.file).stem
+        if stem != name:
+            self.error(doc, ("entity",), f"entity {name!r} must be defined in a file named {name}.yaml")
+        encryption = data.get("encryption") or {}
+        policies = encryption.get("fields") or {}
+        fields = self.build_fields(doc, ("fields",), data["fields"], policies)
+        field_names = {f.name for f in fields}
+        for fname in policies:
+            if fname not in field_names:
+                self.error(doc, ("encryption", "fields", fname), f"encryption policy for unknown field {fname!r}")
+        subject = encryption.get("subject")
+        if subject is not None and subject not in field_names:
+            self.error(doc, ("encryption", "subject"), f"unknown field {subject!r}")
+        owner = data.get("owner")
+        if owner is not None:
+            if owner not in field_names:
+                self.error(doc, ("owner",), f"unknown field {owner!r}")
+            elif next(f for f in fields if f.name == owner).type != "string":
+                self.error(doc, ("owner",), "the owner field must be a string (it holds a user id)")
+        permissions = self.build_permissions(doc, data.get("permissions") or {}, fields, role_names, attributes)
+        sync = self.build_sync(doc, kind, data.get("sync") or {}, fields, attributes)
+        children_spec = data.get("children") or {}
+        child_names = tuple(spec["entity"] for spec in children_spec.values())
+        entity = Entity(
+            name=name, kind=kind, fields=fields, label=data.get("label") or _title(name),
+            description=(data.get("description") or "").strip(), children=child_names, owner=owner,
+            subject=subject, renamed_from=_names(data.get("renamed_from")), permissions=permissions,
+            sync=sync, location=doc.at(("entity",)),
+        )
+        result = [entity]
+        for collection, spec in children_spec.items():
+            path = ("children", collection)
+            parent_field = f"{name}_id"
+            child_fields = self.build_fields(doc, path + ("fields",), spec["fields"], {})
+            if any(f.name == parent_field for f in child_fields):
+                self.error(doc, path + ("fields", parent_field),
+                           f"{parent_field} is added by the platform (the parent's id); remove it")
+            parent_ref = Field(parent_field, "ref", label=_title(name), required=True, ref=name,
+                               description=f"The {name} this {spec['entity']} belongs to.",
+                               location=doc.at(path))
+            child_fields = (parent_ref,) + tuple(f for f in child_fields if f.name != parent_field)
+            result.append(Entity(
+                name=spec["entity"], kind=kind, fields=child_fields,
+                label=spec.get("label") or _title(spec["entity"]),
+                description=(spec.get("description") or "").strip(), parent=name,
+                parent_field=parent_field, collection=collection, renamed_from=_names(spec.get("renamed_from")),
+                permissions=tuple(Permission(p.role, p.actions) for p in permissions),
+                sync=SyncRule(direction=sync.direction, conflict=sync.conflict, priority=sync.priority),
+                location=doc.at(path),
+            ))
+        return result
+
+    def build_fields(self, doc: _Located, path: tuple, specs: dict, policies: dict) -> tuple[Field, ...]:
+        fields = []
+        for fname, spec in specs.items():
+            fpath = path + (fname,)
+            if fname in SYSTEM_COLUMNS:
+                self.error(doc, fpath, f"{fname!r} is a column the platform adds to every entity; "
+                                       f"choose another name ({', '.join(SYSTEM_COLUMNS)} are reserved)")
+                continue
+            t = spec["type"]
+            self.check_field_keys(doc, fpath, spec)
+            policy = policies.get(fname) or {}
+            mode = policy.get("mode", "plain")
+            phi = bool(policy.get("phi", False))
+            minimum = _number(spec.get("minimum"), doc, fpath + ("minimum",), self)
+            maximum = _number(spec.get("maximum"), doc, fpath + ("maximum",), self)
+            f = Field(
+                name=fname, type=t, label=spec.get("label") or _title(fname),
+                description=(spec.get("description") or "").strip(), required=bool(spec.get("required")),
+                unique=bool(spec.get("unique")), minimum=minimum, maximum=maximum,
+                min_length=spec.get("min_length"), max_length=spec.get("max_length"), pattern=spec.get("pattern"),
+                precision=spec.get("precision"), scale=spec.get("scale"), values=tuple(spec.get("values") or ()),
+                ref=spec.get("to"), renamed_from=_names(spec.get("renamed_from")), encryption=mode, phi=phi,
+                location=doc.at(fpath),
+            )
+            if minimum is not None and maximum is not None and minimum > maximum:
+                self.error(doc, fpath + ("minimum",), f"minimum {minimum} is greater than maximum {maximum}")
+            if f.min_length is not None and f.max_length is not None and f.min_length > f.max_length:
+                self.error(doc, fpath + ("min_length",), "min_length is greater than max_length")
+            if f.precision is not None and f.scale is not None and f.scale > f.precision:
+                self.error(doc, fpath + ("scale",), f"scale {f.scale} is greater than precision {f.precision}")
+            self.check_encryption(doc, fpath, f, policies)
+            if "default" in spec:
+                try:
+                    default = normalize_value(f, spec["default"])
+                except ValueProblem as exc:
+                    self.error(doc, fpath + ("default",), f"default {spec['default']!r} {exc}")
+                    default = None
+                f = _replace(f, has_default=True, default=default)
+            fields.append(f)
+        return tuple(fields)
+
+    def check_field_keys(self, doc: _Located, fpath: tuple, spec: dict) -> None:
+        t = spec["type"]
+        only = {
+            "precision": ("decimal",), "scale": ("decimal",), "values": ("enum",), "to": ("ref",),
+            "minimum": NUMERIC, "maximum": NUMERIC, "min_length": TEXTUAL, "max_length": TEXTUAL,
+            "pattern": TEXTUAL,
+        }
+        for key, types in only.items():
+            if key in spec and t not in types:
+                self.error(doc, fpath + (key,), f"{key} applies to {' and '.join(types)} fields, not {t}")
+        needs = {"decimal": ("precision", "scale"), "enum": ("values",), "ref": ("to",)}
+        for key in needs.get(t, ()):
+            if key not in spec:
+                self.error(doc, fpath, f"a {t} field needs {key}")
+        if "pattern" in spec:
+            try:
+                re.compile(spec["pattern"])
+            except re.error as exc:
+                self.error(doc, fpath + ("pattern",), f"invalid regular expression: {exc}")
+        if spec.get("unique") and t in ("json", "geopoint", "text"):
+            self.error(doc, fpath + ("unique",), f"a {t} field cannot be unique")
+
+    def check_encryption(self, doc: _Located, fpath: tuple, f: Field, policies: dict) -> None:
+        if f.name not in policies:
+            return
+        epath = ("encryption", "fields", f.name)
+        if f.phi and f.encryption == "plain":
+            self.error(doc, epath + ("mode",), "a PHI field cannot be plain: PHI is never stored in plaintext")
+        if f.encryption != "plain" and f.type == "ref":
+            self.error(doc, epath + ("mode",), "a ref field cannot be encrypted (the server must join on it)")
+        if f.unique and f.encryption in ("encrypt", "blind_index"):
+            self.error(doc, epath + ("mode",), f"a unique field needs deterministic encryption, not {f.encryption}")
+
+    def build_permissions(self, doc: _Located, specs: dict, fields: tuple[Field, ...], role_names: set[str],
+                          attributes: list[UserAttribute]) -> tuple[Permission, ...]:
+        names = {f.name for f in fields}
+        result = []
+        for role, spec in specs.items():
+            path = ("permissions", role)
+            if role not in role_names:
+                self.error(doc, path, f"unknown role {role!r} (roles.yaml defines: {', '.join(sorted(role_names))})")
+            for key in ("visible", "editable"):
+                for i, fname in enumerate(spec.get(key) or ()):
+                    if fname not in names:
+                        self.error(doc, path + (key, i), f"unknown field {fname!r}")
+            visible = tuple(spec["visible"]) if "visible" in spec else None
+            editable = tuple(spec["editable"]) if "editable" in spec else None
+            if visible is not None and editable is not None:
+                for i, fname in enumerate(editable):
+                    if fname in names and fname not in visible:
+                        self.error(doc, path + ("editable", i), f"{fname!r} is editable but not visible")
+            row_filter = self.build_expression(doc, path + ("row_filter",), spec.get("row_filter"), fields, attributes)
+            result.append(Permission(role, frozenset(spec["actions"]), visible, editable, row_filter,
+                                     spec.get("row_filter")))
+        return tuple(result)
+
+    def build_sync(self, doc: _Located, kind: str, spec: dict, fields: tuple[Field, ...],
+                   attributes: list[UserAttribute]) -> SyncRule:
+        window_days = None
+        if "window" in spec:
+            if kind != "transaction":
+                self.error(doc, ("sync", "window"), "only transactions have a sync window")
+            text = spec["window"]
+            window_days = int(text[:-1]) * {"d": 1, "w": 7, "m": 30}[text[-1]]
+        window_field = spec.get("window_field")
+        if window_field is not None:
+            if "window" not in spec:
+                self.error(doc, ("sync", "window_field"), "window_field needs a window")
+            field = next((f for f in fields if f.name == window_field), None)
+            if field is None:
+                self.error(doc, ("sync", "window_field"), f"unknown field {window_field!r}")
+            elif field.type not in ("date", "datetime"):
+                self.error(doc, ("sync", "window_field"), f"{window_field!r} must be a date or datetime field")
+        scope = self.build_expression(doc, ("sync", "scope"), spec.get("scope"), fields, attributes)
+        return SyncRule(
+            direction=spec.get("direction", "pull" if kind == "master" else "both"),
+            scope=scope, scope_source=spec.get("scope"), window_days=window_days, window_field=window_field,
+            conflict=spec.get("conflict", "server_wins" if kind == "master" else "last_write_wins"),
+            priority=spec.get("priority", 100 if kind == "master" else 200),
+        )
+
+    def build_expression(self, doc: _Located, path: tuple, source: str | None, fields: tuple[Field, ...],
+                         attributes: list[UserAttribute]) -> ex.Expr | None:
+        if source is None:
+            return None
+        try:
+            tree = ex.parse(source)
+        except ex.ExprError as exc:
+            loc, style = doc.values.get(path, (doc.at(path), None))
+            offset = 1 if style in ("'", '"') else 0
+            self.error(doc, path, f"{exc.reason}: {source!r}",
+                       Location(loc.file, loc.line, loc.column + offset + exc.position))
+            return None
+        by_name = {f.name: f for f in fields}
+        attrs = {a.name: a for a in BUILTIN_USER_ATTRIBUTES + tuple(attributes)}
+        ok = True
+        for name in sorted(ex.field_names(tree)):
+            f = by_name.get(name)
+            if f is None and name not in EXPRESSION_COLUMNS:
+                self.error(doc, path, f"unknown field {name!r} in {source!r}")
+                ok = False
+            elif f is not None and f.encryption in ("encrypt", "blind_index"):
+                self.error(doc, path, f"field {name!r} is encrypted ({f.encryption}); expressions may use "
+                                      f"plain or deterministic fields only")
+                ok = False
+        for name in sorted(ex.user_attributes(tree)):
+            if name not in attrs:
+                self.error(doc, path, f"unknown user attribute $user.{name} "
+                                      f"(declare it under attributes in roles.yaml)")
+                ok = False
+        for node in _comparisons(tree):
+            if node.op in ("in", "not in") and isinstance(node.right, ex.UserAttr):
+                attr = attrs.get(node.right.name)
+                if attr is not None and attr.type != "list":
+                    self.error(doc, path, f"$user.{attr.name} is not a list; use == instead of {node.op}")
+                    ok = False
+            if node.op in ("in", "not in") and isinstance(node.right, (ex.Literal, ex.FieldRef)):
+                self.error(doc, path, f"the right side of {node.op!r} must be a list or a list attribute")
+                ok = False
+        return tree if ok else None
+
+    # -- across files ---------------------------------------------------------------------------
+    def check_cross_references(self, entities: list[Entity], docs: dict[str, _Located]) -> None:
+        names = {e.name for e in entities}
+        for e in entities:
+            doc = docs[e.name]
+            for old in e.renamed_from:
+                if old in names:
+                    self.error(doc, ("renamed_from",), f"renamed_from {old!r} names an entity that still exists")
+            for f in e.fields:
+                if f.type == "ref" and f.ref not in names:
+                    path = self.field_path(e, f.name) + ("to",)
+                    self.error(doc, path, f"unknown entity {f.ref!r} (known: {', '.join(sorted(names))})")
+                for old in f.renamed_from:
+                    if e.has_field(old):
+                        self.error(doc, self.field_path(e, f.name) + ("renamed_from",),
+                                   f"renamed_from {old!r} names a field that still exists")
+        # a cycle of required references means no record of them could ever be created first
+        graph = {e.name: sorted({f.ref for f in e.fields if f.type == "ref" and f.required and f.ref in names})
+                 for e in entities}
+        for cycle in _cycles(graph):
+            e = next(x for x in entities if x.name == cycle[0])
+            fname = next(f.name for f in e.fields if f.type == "ref" and f.required and f.ref == cycle[1 % len(cycle)])
+            self.error(docs[e.name], self.field_path(e, fname),
+                       "required references form a cycle, so no record could be created first: "
+                       + " -> ".join(cycle + [cycle[0]]) + " (make one of them optional)")
+
+    @staticmethod
+    def field_path(e: Entity, fname: str) -> tuple:
+        if e.parent is None:
+            return ("fields", fname)
+        return ("children", e.collection, "fields", fname)
+
+
+def _comparisons(tree: ex.Expr):
+    if isinstance(tree, (ex.And, ex.Or)):
+        for item in tree.items:
+            yield from _comparisons(item)
+    elif isinstance(tree, ex.Not):
+        yield from _comparisons(tree.item)
+    elif isinstance(tree, ex.Compare):
+        yield tree
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Each elementary cycle once (by its smallest node), found by depth-first search."""
+    found: list[list[str]] = []
+    seen_keys: set[tuple] = set()
+
+    def visit(node: str, stack: list[str]) -> None:
+        for nxt in graph.get(node, ()):
+            if nxt in stack:
+                cycle = stack[stack.index(nxt):]
+                i = cycle.index(min(cycle))
+                key = tuple(cycle[i:] + cycle[:i])
+                if key not in seen_keys:
+                    seen_keys.add(key)
+                    found.append(list(key))
+            elif len(stack) < len(graph):
+                visit(nxt, stack + [nxt])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    return found
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _title(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _number(value: Any, doc: _Located, path: tuple, builder: _Builder):
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return Decimal(str(value))
+    except Exception:
+        builder.error(doc, path, f"{value!r} is not a number")
+        return None
+
+
+def _replace(f: Field, **changes) -> Field:
+    from dataclasses import replace
+    return replace(f, **changes)
+
+
+def build_model(sources: Mapping[str, str], label: str = "entity_defs") -> Model:
+    """Build the model from file texts keyed by path relative to the definitions directory.
+
+    `label` prefixes file names in error messages. Raises DefinitionErrors with every problem.
+    """
+    return _Builder(sources, label).build()
+
+
+def read_sources(directory: str | Path) -> dict[str, str]:
+    """Every .yaml/.yml file below `directory`, keyed by its relative POSIX path."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise DefinitionErrors([DefinitionError(str(root), 1, 1, "", "definitions directory not found")])
+    return {p.relative_to(root).as_posix(): p.read_text("utf-8")
+            for p in sorted(root.rglob("*")) if p.suffix in (".yaml", ".yml") and p.is_file()}
+
+
+def load_model(directory: str | Path) -> Model:
+    """Read and validate the definitions in `directory`."""
+    return build_model(read_sources(directory), label=str(directory))

@@ -1,0 +1,232 @@
+"""Checking and normalising record values against a model's fields (pure, no I/O).
+
+Every write path (REST, device pushes, seed data, field defaults) goes through
+`validate_record`, so a value means the same thing wherever it enters. Values are
+normalised to their JSON wire form: decimals as strings with exactly `scale` places,
+datetimes as UTC ISO 8601 with `Z`, dates as `YYYY-MM-DD`, uuids lower-case.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+from fieldsync.defs.model import Entity, Field
+
+DEFAULT_STRING_MAX = 255
+MEDIA_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One reason a value was refused: the field's name and a sentence a person can act on."""
+
+    field: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "reason": self.reason}
+
+
+class ValueProblem(ValueError):
+    pass
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def _check_length(f: Field, value: str) -> None:
+    limit = f.max_length if f.max_length is not None else (DEFAULT_STRING_MAX if f.type == "string" else None)
+    if limit is not None and len(value) > limit:
+        raise ValueProblem(f"must be at most {limit} characters (got {len(value)})")
+    if f.min_length is not None and len(value) < f.min_length:
+        raise ValueProblem(f"must be at least {f.min_length} characters (got {len(value)})")
+    if f.pattern is not None and not _compiled(f.pattern).fullmatch(value):
+        raise ValueProblem(f"must match the pattern {f.pattern}")
+
+
+def _check_range(f: Field, value: Any) -> None:
+    if f.minimum is not None and value < f.minimum:
+        raise ValueProblem(f"must be at least {f.minimum}")
+    if f.maximum is not None and value > f.maximum:
+        raise ValueProblem(f"must be at most {f.maximum}")
+
+
+def to_decimal(value: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueProblem("must be a decimal number")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueProblem("must be a finite decimal number")
+        value = repr(value)
+    try:
+        d = Decimal(str(value).strip()) if isinstance(value, (int, str, Decimal)) else None
+    except InvalidOperation:
+        d = None
+    if d is None or not d.is_finite():
+        raise ValueProblem("must be a decimal number (a number or a string such as \"12.50\")")
+    return d
+
+
+def normalize_value(f: Field, value: Any) -> Any:
+    """Return `value` in its canonical wire form, or raise ValueProblem saying why not."""
+    if value is None:
+        return None
+    t = f.type
+    if t in ("string", "text"):
+        if not isinstance(value, str):
+            raise ValueProblem("must be a string")
+        _check_length(f, value)
+        return value
+    if t == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ValueProblem("must be a whole number")
+        if abs(value) > 2**63 - 1:
+            raise ValueProblem("must fit in 64 bits")
+        _check_range(f, value)
+        return value
+    if t == "decimal":
+        d = to_decimal(value)
+        scale, precision = f.scale or 0, f.precision or 38
+        exponent = d.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > scale and d != d.quantize(Decimal(1).scaleb(-scale)):
+            raise ValueProblem(f"must have at most {scale} decimal places")
+        q = d.quantize(Decimal(1).scaleb(-scale))
+        if len(q.as_tuple().digits) - scale > precision - scale and q != 0:
+            raise ValueProblem(f"must have at most {precision - scale} digits before the decimal point")
+        _check_range(f, q)
+        return f"{q:.{scale}f}"
+    if t == "boolean":
+        if not isinstance(value, bool):
+            raise ValueProblem("must be true or false")
+        return value
+    if t == "date":
+        if isinstance(value, dt.datetime):
+            raise ValueProblem("must be a date (YYYY-MM-DD)")
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise ValueProblem("must be a date (YYYY-MM-DD)")
+        try:
+            return dt.date.fromisoformat(value).isoformat() if len(value) == 10 else _bad_date()
+        except ValueError:
+            raise ValueProblem("must be a date (YYYY-MM-DD)") from None
+    if t == "datetime":
+        return format_datetime(parse_datetime(value))
+    if t in ("uuid", "ref"):
+        if not isinstance(value, str):
+            raise ValueProblem("must be a UUID string")
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueProblem("must be a UUID (e.g. 0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0d)") from None
+    if t == "enum":
+        if not isinstance(value, str) or value not in f.values:
+            raise ValueProblem(f"must be one of: {', '.join(f.values)}")
+        return value
+    if t == "json":
+        _check_json(value, depth=0)
+        return value
+    if t == "media":
+        if not isinstance(value, str) or not value or len(value) > MEDIA_MAX:
+            raise ValueProblem(f"must be a media reference (a non-empty string of at most {MEDIA_MAX} characters)")
+        return value
+    if t == "geopoint":
+        if not isinstance(value, dict) or set(value) != {"lat", "lon"}:
+            raise ValueProblem("must be an object with exactly lat and lon")
+        lat, lon = value["lat"], value["lon"]
+        for name, v, limit in (("lat", lat, 90), ("lon", lon, 180)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > limit:
+                raise ValueProblem(f"{name} must be a number between -{limit} and {limit}")
+        return {"lat": float(lat), "lon": float(lon)}
+    raise ValueProblem(f"unknown type {t}")  # unreachable for a validated model
+
+
+def _bad_date():
+    raise ValueError
+
+
+def parse_datetime(value: Any) -> dt.datetime:
+    """An aware datetime from an ISO 8601 string (a time zone is required)."""
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueProblem("must be an ISO 8601 date-time, e.g. 2026-03-01T09:30:00Z") from None
+    else:
+        raise ValueProblem("must be an ISO 8601 date-time string")
+    if parsed.tzinfo is None:
+        raise ValueProblem("must include a time zone (e.g. Z or +05:30)")
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def format_datetime(value: dt.datetime) -> str:
+    value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond:06d}Z"
+
+
+def _check_json(value: Any, depth: int) -> None:
+    if depth > 32:
+        raise ValueProblem("is nested too deeply (more than 32 levels)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueProblem("object keys must be strings")
+            _check_json(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json(v, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueProblem("must not contain NaN or infinity")
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise ValueProblem("must be a JSON value")
+
+
+def validate_record(entity: Entity, data: Any, *, partial: bool,
+                    writable: tuple[str, ...] | None = None,
+                    server_set: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[FieldProblem]]:
+    """Check a create (`partial=False`) or update (`partial=True`) body against `entity`.
+
+    Returns the normalised values and every problem found (not just the first). Defaults fill
+    omitted fields on create. `writable` limits which fields the caller may set; `server_set`
+    names fields the server fills (the owner), which the caller may omit even when required.
+    """
+    if not isinstance(data, dict):
+        return {}, [FieldProblem("", "the body must be a JSON object")]
+    clean: dict[str, Any] = {}
+    problems: list[FieldProblem] = []
+    known = {f.name: f for f in entity.fields}
+    for name in data:
+        if name not in known:
+            problems.append(FieldProblem(name, f"is not a field of {entity.name}"))
+        elif writable is not None and name not in writable:
+            problems.append(FieldProblem(name, "may not be set by your role"))
+    for f in entity.fields:
+        if f.name in data:
+            value = data[f.name]
+            if value is None and f.required:
+                problems.append(FieldProblem(f.name, "is required and may not be null"))
+                continue
+            try:
+                clean[f.name] = normalize_value(f, value)
+            except ValueProblem as exc:
+                problems.append(FieldProblem(f.name, str(exc)))
+        elif not partial:
+            if f.has_default:
+                clean[f.name] = f.default
+            elif f.required and f.name not in server_set:
+                problems.append(FieldProblem(f.name, "is required"))
+    return clean, problems
