@@ -166,9 +166,12 @@ class _Builder:
 
     # -- schema ---------------------------------------------------------------------------------
     def check_schema(self, doc: _Located, kind: str) -> bool:
+        """Report every meta-schema violation. Returns True when the file can still be checked
+        for meaning: unknown keys are reported and then dropped, so one typo does not hide the
+        rest of the file's errors."""
         ok = True
+        unknown: list[tuple] = []
         for err in self.validators[kind].iter_errors(doc.data):
-            ok = False
             path = tuple(err.absolute_path)
             if err.validator == "additionalProperties" and isinstance(err.instance, dict):
                 allowed = set(err.schema.get("properties", {}))
@@ -176,7 +179,10 @@ class _Builder:
                     if key not in allowed:
                         hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
                         self.error(doc, path + (key,), f"unknown key{hint}")
-            elif err.validator == "required":
+                        unknown.append(path + (key,))
+                continue
+            ok = False
+            if err.validator == "required":
                 self.error(doc, path, err.message.replace("is a required property", "is required"))
             elif err.validator == "propertyNames":
                 bad = err.instance
@@ -187,6 +193,13 @@ class _Builder:
                                       f"{err.schema.get('description', '').split('.')[0].lower()}")
             else:
                 self.error(doc, path, err.message)
+        if ok and unknown:
+            for path in unknown:
+                parent = doc.data
+                for key in path[:-1]:
+                    parent = parent[key]
+                parent.pop(path[-1], None)
+            ok = not any(True for _ in self.validators[kind].iter_errors(doc.data))
         return ok
 
     # -- files ----------------------------------------------------------------------------------
