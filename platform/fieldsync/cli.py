@@ -1,0 +1,257 @@
+"""The `fieldsync` command. Each subcommand parses its flags and calls one library function;
+the work lives in the package, so everything here is also reachable from Python."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fieldsync.config import load_config
+from fieldsync.errors import Error
+
+COMMANDS: dict[str, str] = {}   # name -> one-line help; tests check each is documented in docs/cli.md
+
+
+def _command(sub, name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+    COMMANDS[name] = help_text
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _config(args):
+    overrides = {}
+    if getattr(args, "defs", None):
+        overrides["DEFS_DIR"] = args.defs
+    if getattr(args, "database_url", None):
+        overrides["DATABASE_URL"] = args.database_url
+    if getattr(args, "data_dir", None):
+        overrides["DATA_DIR"] = args.data_dir
+    return load_config(file=args.config, overrides=overrides)
+
+
+def _load_model_or_report(defs_dir) -> object | None:
+    from fieldsync.defs import DefinitionErrors, load_model
+    try:
+        return load_model(defs_dir)
+    except DefinitionErrors as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s) in {defs_dir}", file=sys.stderr)
+        return None
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def cmd_validate(args) -> int:
+    defs_dir = args.dir or _config(args)["DEFS_DIR"]
+    model = _load_model_or_report(defs_dir)
+    if model is None:
+        return 1
+    print(f"{defs_dir}: valid — {len(model.entities)} entities, {len(model.roles)} roles, "
+          f"schema version {model.schema_version}, fingerprint {model.fingerprint()}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from fieldsync.codegen import generate
+    from fieldsync.defs import DefinitionErrors
+    config = _config(args)
+    start = time.perf_counter()
+    try:
+        paths = generate(config["DEFS_DIR"], args.out, check=args.check)
+    except DefinitionErrors as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - start
+    if args.check:
+        if paths:
+            print(f"{args.out} is stale; run `fieldsync generate` (or `make generate`):", file=sys.stderr)
+            for path in paths:
+                print(f"  {path}", file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date ({elapsed * 1000:.0f} ms)")
+        return 0
+    print(f"generated {len(paths)} changed file(s) in {args.out} ({elapsed * 1000:.0f} ms)")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from fieldsync.store.engine import make_engine
+    from fieldsync.store.migrate import apply_migration, format_plan, plan_migration
+    config = _config(args)
+    model = _load_model_or_report(config["DEFS_DIR"])
+    if model is None:
+        return 1
+    engine = make_engine(config.database_url)
+    try:
+        plan = plan_migration(engine, model)
+        print(format_plan(plan))
+        if args.dry_run or not plan.steps:
+            return 0
+        apply_migration(engine, plan, allow_destructive=args.allow_destructive)
+        print(f"applied {len(plan.steps)} step(s)")
+        return 0
+    finally:
+        engine.dispose()
+
+
+def cmd_serve(args) -> int:
+    from fieldsync.api import create_app
+    config = _config(args)
+    host = args.host or config["HOST"]
+    port = args.port or int(config["PORT"])
+    app = create_app(config)
+    _serve(app, host, port)
+    return 0
+
+
+def _serve(app, host: str, port: int) -> None:
+    import waitress
+    print(f"fieldsync serving on http://{host}:{port}/api/v1  (Ctrl-C stops)", flush=True)
+    waitress.serve(app, host=host, port=port, threads=8, ident="fieldsync")
+
+
+def cmd_seed(args) -> int:
+    from fieldsync.seed import load_seed
+    config = _config(args)
+    counts = load_seed(config, Path(args.dir))
+    for entity, n in counts.items():
+        print(f"{entity}: {n} record(s) new")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """make run: the embedded defaults, the example definitions and seed data, demo tokens."""
+    from fieldsync.api import create_app
+    from fieldsync.seed import DEMO_USERS, load_seed
+    config = _config(args)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    host = args.host or config["HOST"]
+    port = args.port or int(config["PORT"])
+    app = create_app(config)          # creates/migrates the tables
+    counts = load_seed(config, Path(args.seed))
+    base = f"http://{host}:{port}/api/v1"
+    print(f"database: {config.database_url}")
+    print(f"seed data: {sum(counts.values())} new record(s) from {args.seed}")
+    print("demo tokens (valid for 12 hours):")
+    tokens = {}
+    for user in DEMO_USERS:
+        tokens[user["role"]] = _issue(config, user["user"], user["role"], user["attributes"], 12 * 3600)
+        print(f"  {user['role']:<11} ({user['user']}): {tokens[user['role']]}")
+    print("try:")
+    print(f"  curl -H 'Authorization: Bearer {tokens['field_rep']}' {base}/retailer")
+    print(f"  curl {base}/openapi.json")
+    _serve(app, host, port)
+    return 0
+
+
+def _issue(config, user: str, role: str, attributes: dict, ttl: int) -> str:
+    from fieldsync.auth import issue_token
+    return issue_token(config.secret_key(), user=user, role=role, attributes=attributes, ttl=ttl)
+
+
+def cmd_token_create(args) -> int:
+    config = _config(args)
+    model = _load_model_or_report(config["DEFS_DIR"])
+    if model is None:
+        return 1
+    if args.role not in model.role_names:
+        print(f"unknown role {args.role!r}; roles: {', '.join(model.role_names)}", file=sys.stderr)
+        return 2
+    attributes = {}
+    for item in args.attr or ():
+        key, sep, raw = item.partition("=")
+        attr = model.attribute(key)
+        if not sep or attr is None or key in ("id", "role"):
+            declared = ", ".join(a.name for a in model.attributes)
+            print(f"--attr {item!r}: expected key=value with a declared attribute ({declared})", file=sys.stderr)
+            return 2
+        attributes[key] = _attribute_value(attr, raw)
+    ttl = args.ttl or int(config["TOKEN_TTL_SECONDS"])
+    print(_issue(config, args.user, args.role, attributes, ttl))
+    return 0
+
+
+def _attribute_value(attr, raw: str):
+    def one(kind: str, text: str):
+        if kind == "integer":
+            return int(text)
+        if kind == "boolean":
+            return text.lower() in ("1", "true", "yes")
+        return text
+    if attr.type == "list":
+        return [one(attr.items, part.strip()) for part in raw.split(",") if part.strip()]
+    return one(attr.type, raw)
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fieldsync", description="Offline-first sync platform.")
+    parser.add_argument("--config", help="configuration file (YAML); FIELDSYNC_* variables override it")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "validate", "check the entity definitions and report every error", cmd_validate)
+    p.add_argument("dir", nargs="?", help="definitions directory (default: DEFS_DIR, entity_defs)")
+
+    p = _command(sub, "generate", "render generated/ from the definitions", cmd_generate)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming stale files")
+    p.add_argument("--defs", help="definitions directory")
+    p.add_argument("--out", default="generated", help="output directory (default: generated)")
+
+    p = _command(sub, "migrate", "bring the server tables up to date with the definitions", cmd_migrate)
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--allow-destructive", action="store_true", help="also drop or narrow columns/tables")
+    p.add_argument("--defs", help="definitions directory")
+    p.add_argument("--database-url", help="database URL (default: SQLite in the data directory)")
+
+    for name, help_text, handler in (
+            ("serve", "start the REST server", cmd_serve),
+            ("run", "start the platform on the embedded defaults with the example data (make run)", cmd_run)):
+        p = _command(sub, name, help_text, handler)
+        p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default 8000)")
+        p.add_argument("--defs", help="definitions directory")
+        p.add_argument("--database-url", help="database URL")
+        p.add_argument("--data-dir", help="data directory (default var/)")
+        if name == "run":
+            p.add_argument("--seed", default="examples/seed", help="seed data directory")
+
+    p = _command(sub, "seed", "load the master seed data (records already present are kept)", cmd_seed)
+    p.add_argument("dir", nargs="?", default="examples/seed", help="seed directory")
+    p.add_argument("--database-url", help="database URL")
+
+    token = _command(sub, "token", "issue signed bearer tokens", lambda args: token.print_help() or 2)
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION")
+    p = token_sub.add_parser("create", help="print a token for a user with a role and attributes")
+    COMMANDS["token create"] = "print a token for a user with a role and attributes"
+    p.set_defaults(handler=cmd_token_create)
+    p.add_argument("--user", required=True, help="user id")
+    p.add_argument("--role", required=True, help="a role from entity_defs/roles.yaml")
+    p.add_argument("--attr", action="append", metavar="KEY=VALUE",
+                   help="a user attribute; lists are comma-separated (repeatable)")
+    p.add_argument("--ttl", type=int, help="lifetime in seconds (default TOKEN_TTL_SECONDS)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except Error as exc:
+        print(f"fieldsync {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
