@@ -167,10 +167,11 @@ class _Builder:
     # -- schema ---------------------------------------------------------------------------------
     def check_schema(self, doc: _Located, kind: str) -> bool:
         """Report every meta-schema violation. Returns True when the file can still be checked
-        for meaning: unknown keys are reported and then dropped, so one typo does not hide the
-        rest of the file's errors."""
-        ok = True
-        unknown: list[tuple] = []
+        for meaning: the broken parts are reported and then set aside (an unknown key dropped, a
+        broken field kept by name only, a broken permission or sync key dropped), so one mistake
+        neither hides the file's other errors nor cascades into errors in other files."""
+        repairs: list[tuple[tuple, str]] = []
+        recoverable = True
         for err in self.validators[kind].iter_errors(doc.data):
             path = tuple(err.absolute_path)
             if err.validator == "additionalProperties" and isinstance(err.instance, dict):
@@ -179,28 +180,41 @@ class _Builder:
                     if key not in allowed:
                         hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
                         self.error(doc, path + (key,), f"unknown key{hint}")
-                        unknown.append(path + (key,))
+                        repairs.append((path + (key,), "drop"))
                 continue
-            ok = False
             if err.validator == "required":
                 self.error(doc, path, err.message.replace("is a required property", "is required"))
             elif err.validator == "propertyNames":
                 bad = err.instance
-                self.error(doc, path + (bad,) if isinstance(bad, str) else path,
-                           f"{bad!r} is not a valid name (lower case letter, then letters, digits, _)")
+                path = path + (bad,) if isinstance(bad, str) else path
+                self.error(doc, path, f"{bad!r} is not a valid name (lower case letter, then letters, digits, _)")
             elif err.validator in ("oneOf", "anyOf"):
                 self.error(doc, path, f"{err.instance!r} is not valid here: "
                                       f"{err.schema.get('description', '').split('.')[0].lower()}")
             else:
                 self.error(doc, path, err.message)
-        if ok and unknown:
-            for path in unknown:
-                parent = doc.data
+            repair = _repair_for(kind, path, err.validator == "propertyNames")
+            if repair is None:
+                recoverable = False
+            else:
+                repairs.append(repair)
+        if not repairs:
+            return recoverable
+        if not recoverable:
+            return False
+        for path, action in sorted(repairs, key=lambda r: len(r[0]), reverse=True):
+            parent = doc.data
+            try:
                 for key in path[:-1]:
                     parent = parent[key]
-                parent.pop(path[-1], None)
-            ok = not any(True for _ in self.validators[kind].iter_errors(doc.data))
-        return ok
+            except (KeyError, IndexError, TypeError):
+                continue    # an enclosing part was already set aside
+            if isinstance(parent, dict) and path[-1] in parent:
+                if action == "placeholder":
+                    parent[path[-1]] = {"type": "json"}
+                else:
+                    parent.pop(path[-1])
+        return not any(True for _ in self.validators[kind].iter_errors(doc.data))
 
     # -- files ----------------------------------------------------------------------------------
     def build(self) -> Model:
@@ -526,6 +540,26 @@ class _Builder:
         if e.parent is None:
             return ("fields", fname)
         return ("children", e.collection, "fields", fname)
+
+
+def _repair_for(kind: str, path: tuple, bad_name: bool) -> tuple[tuple, str] | None:
+    """How to set aside the part of an entity file that failed the meta-schema, or None when the
+    file's frame itself is broken (then only the schema errors are reported for it)."""
+    if kind != "entity" or not path:
+        return None
+    if path[0] == "fields" and len(path) >= 2:
+        return (path[:2], "drop" if bad_name else "placeholder")
+    if path[0] == "children" and len(path) >= 4 and path[2] == "fields":
+        return (path[:4], "drop" if bad_name else "placeholder")
+    if path[0] == "children" and len(path) >= 2:
+        return (path[:2], "drop")
+    if path[0] in ("permissions", "sync") and len(path) >= 2:
+        return (path[:2], "drop")
+    if path[0] == "encryption" and len(path) >= 3 and path[1] == "fields":
+        return (path[:3], "drop")
+    if path[0] in ("encryption", "permissions", "children", "label", "description", "renamed_from", "owner"):
+        return (path[:1], "drop")
+    return None
 
 
 def _comparisons(tree: ex.Expr):
