@@ -1,0 +1,165 @@
+"""The device's SQLite schema, derived from the model (pure: builds data, renders nothing).
+
+Every entity becomes one table holding `id`, the entity's fields and the sync bookkeeping
+columns, all prefixed with `_` (field names must start with a letter, so they never collide):
+
+    _version     the server version this row was last seen at (0: never seen by the server)
+    _created_at  server timestamps, ISO 8601 UTC, as pulled
+    _updated_at
+    _deleted     1 when the row is a local tombstone waiting for its delete to be received
+    _dirty       1 while a local change is not yet acknowledged; a pull never overwrites
+                 a dirty row's fields (its outbox entry will reach the server first)
+
+Types are chosen for exact round trips, not for SQLite arithmetic: decimals are TEXT (REAL
+would lose cents), json and geopoint are TEXT holding JSON, booleans are INTEGER 0/1, dates
+and datetimes are TEXT in their ISO wire form. No field is NOT NULL and no CHECK constrains
+a field: a role may not see every field, and additive changes (new fields, new enum values)
+must migrate a device with a plain `ALTER TABLE ... ADD COLUMN`.
+
+`device_schema(model)` returns the structure both `device/schema.sql` and
+`device/schema.json` are rendered from, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fieldsync.defs.model import Entity, Field, Model
+
+SQLITE_TYPES = {
+    "string": "TEXT", "text": "TEXT", "integer": "INTEGER", "decimal": "TEXT",
+    "boolean": "INTEGER", "date": "TEXT", "datetime": "TEXT", "uuid": "TEXT", "enum": "TEXT",
+    "json": "TEXT", "ref": "TEXT", "media": "TEXT", "geopoint": "TEXT",
+}
+
+# What a column holds on the device, for the SDK's conversions (`storage` in schema.json).
+STORAGE = {
+    "decimal": "decimal-string", "boolean": "integer-0-1", "date": "iso-date",
+    "datetime": "iso-datetime", "json": "json-text", "geopoint": "json-text",
+}
+
+BOOKKEEPING_COLUMNS = (
+    {"name": "_version", "sqlite_type": "INTEGER", "not_null": True, "default": "0",
+     "doc": "server version last seen; 0 until the server has acknowledged the row"},
+    {"name": "_created_at", "sqlite_type": "TEXT", "not_null": False, "default": None,
+     "doc": "server created_at (ISO 8601 UTC) as last pulled"},
+    {"name": "_updated_at", "sqlite_type": "TEXT", "not_null": False, "default": None,
+     "doc": "server updated_at (ISO 8601 UTC) as last pulled"},
+    {"name": "_deleted", "sqlite_type": "INTEGER", "not_null": True, "default": "0",
+     "doc": "1: deleted locally, the delete is in the outbox"},
+    {"name": "_dirty", "sqlite_type": "INTEGER", "not_null": True, "default": "0",
+     "doc": "1: changed locally and not yet acknowledged; pulls keep the local values"},
+)
+
+OUTBOX_OPS = ("insert", "update", "delete")
+OUTBOX_STATUSES = ("pending", "sent", "received", "applied", "rejected")
+
+# Keys of `_sync_state`; the SDK owns their values.
+SYNC_STATE_KEYS = (
+    ("device_id", "this device's stable id; never reset while _outbox holds entries (invariant 2)"),
+    ("cursor", "the pull position up to which changes have been applied"),
+    ("write_checkpoint", "the pull position at which this device's acknowledged writes are visible"),
+    ("scope_hash", "the scope parameters the last pull was made with"),
+    ("last_sync_at", "when the last complete sync finished (ISO 8601 UTC)"),
+)
+
+
+def quote(name: str) -> str:
+    """A SQLite identifier, always quoted: entity names such as `order` are keywords."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _index_name(table: str, column: str) -> str:
+    return f"ix_{table}_{column}"
+
+
+def _field_column(entity: Entity, f: Field) -> dict[str, Any]:
+    column: dict[str, Any] = {
+        "name": f.name, "sqlite_type": SQLITE_TYPES[f.type], "type": f.type,
+        "storage": STORAGE.get(f.type, "text" if SQLITE_TYPES[f.type] == "TEXT" else "integer"),
+        "required": f.required, "label": f.label, "primary_key": False,
+        # The whole device store is encrypted (SQLCipher); the policy travels with the
+        # column so the SDK can also keep PHI out of logs and crash reports.
+        "encryption": f.encryption, "phi": f.phi,
+    }
+    if f.description:
+        column["description"] = f.description
+    if f.type == "decimal":
+        column["precision"], column["scale"] = f.precision, f.scale
+    if f.type == "enum":
+        column["values"] = list(f.values)
+    if f.type == "ref":
+        column["ref"] = f.ref
+    if f.has_default:
+        column["default"] = f.default
+    return column
+
+
+def _entity_table(entity: Entity) -> dict[str, Any]:
+    columns = [{"name": "id", "sqlite_type": "TEXT", "type": "uuid", "storage": "text",
+                "required": True, "label": "Id", "primary_key": True, "encryption": "plain", "phi": False}]
+    columns += [_field_column(entity, f) for f in entity.fields]
+    indexed = [f.name for f in entity.fields if f.type == "ref" or f.name == entity.owner]
+    indexes = sorted(({"name": _index_name(entity.name, c), "columns": [c]} for c in indexed),
+                     key=lambda ix: ix["name"])
+    return {
+        "name": entity.name,
+        "kind": entity.kind,
+        "label": entity.label,
+        "parent": entity.parent,
+        "parent_field": entity.parent_field,
+        "owner": entity.owner,
+        "sync": {"direction": entity.sync.direction, "conflict": entity.sync.conflict,
+                 "priority": entity.sync.priority},
+        "columns": columns,
+        "bookkeeping": [dict(c) for c in BOOKKEEPING_COLUMNS],
+        "indexes": indexes,
+    }
+
+
+def device_schema(model: Model) -> dict[str, Any]:
+    """The device schema as plain data: entity tables in model order, then platform tables."""
+    return {
+        "app": model.app,
+        "schema_version": model.schema_version,
+        "fingerprint": model.fingerprint(),
+        "entities": [_entity_table(e) for e in model.entities],
+        "outbox_ops": list(OUTBOX_OPS),
+        "outbox_statuses": list(OUTBOX_STATUSES),
+        "sync_state_keys": [{"key": k, "doc": d} for k, d in SYNC_STATE_KEYS],
+    }
+
+
+def device_schema_json(schema: dict[str, Any], header: str) -> dict[str, Any]:
+    """The machine-readable description the SDK migrates a device store with.
+
+    A device whose `_meta.fingerprint` differs compares its tables' columns with these and
+    adds what is missing (`ALTER TABLE ... ADD COLUMN <name> <sqlite_type>`); every column is
+    nullable or has a default, so that is always possible.
+    """
+    return {
+        "$comment": header,
+        "app": schema["app"],
+        "schema_version": schema["schema_version"],
+        "fingerprint": schema["fingerprint"],
+        "entities": [
+            {
+                "name": t["name"], "kind": t["kind"], "label": t["label"], "table": t["name"],
+                "parent": t["parent"], "parent_field": t["parent_field"], "owner": t["owner"],
+                "sync": t["sync"],
+                "columns": t["columns"],
+                "bookkeeping_columns": [
+                    {k: c[k] for k in ("name", "sqlite_type", "not_null", "default")}
+                    for c in t["bookkeeping"]
+                ],
+                "indexes": t["indexes"],
+            }
+            for t in schema["entities"]
+        ],
+        "platform_tables": {
+            "_outbox": {"ops": schema["outbox_ops"], "statuses": schema["outbox_statuses"]},
+            "_quarantine": {},
+            "_sync_state": {"keys": [k["key"] for k in schema["sync_state_keys"]]},
+            "_meta": {"keys": ["app", "schema_version", "fingerprint"]},
+        },
+    }
