@@ -100,6 +100,7 @@ _RESPONSES = {
     "Unauthorized": ("401", "Missing, malformed, forged or expired bearer token."),
     "Forbidden": ("403", "The token's role may not do this."),
     "NotFound": ("404", "No such record, or not one the role can reach."),
+    "Conflict": ("409", "A record with this id exists, or a concurrent write won."),
     "PreconditionFailed": ("412", "If-Match names a version that is no longer current."),
     "PayloadTooLarge": ("413", "The body is larger than the server accepts."),
     "UnsupportedMediaType": ("415", "The body is not application/json."),
@@ -253,8 +254,8 @@ def _collection_ops(entity: Entity, page_size_max: int, *, nested_in: Entity | N
             "requestBody": _json_body(body),
             "responses": {
                 "201": _record_response(entity, "Created.", location=True),
-                **_responses("BadRequest", "Unauthorized", "Forbidden", *missing, "PayloadTooLarge",
-                             "UnsupportedMediaType", "UnprocessableContent"),
+                **_responses("BadRequest", "Unauthorized", "Forbidden", *missing, "Conflict",
+                             "PayloadTooLarge", "UnsupportedMediaType", "UnprocessableContent"),
             },
         },
     }
@@ -276,7 +277,7 @@ def _item_ops(entity: Entity, model: Model) -> dict[str, Any]:
                            "description": "Child collections to include.",
                            "style": "form", "explode": False,
                            "schema": {"type": "array", "items": {"type": "string", "enum": collections}}})
-    write_errors = _responses("BadRequest", "Unauthorized", "Forbidden", "NotFound", "PreconditionFailed",
+    write_errors = _responses("BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "PreconditionFailed",
                               "PayloadTooLarge", "UnsupportedMediaType", "UnprocessableContent",
                               "PreconditionRequired")
     return {
@@ -303,7 +304,7 @@ def _item_ops(entity: Entity, model: Model) -> dict[str, Any]:
             "tags": [tag], "operationId": f"delete_{name}", "parameters": [_IF_MATCH_OPTIONAL],
             "responses": {
                 "204": {"description": "Deleted (a tombstone is kept for sync)."},
-                **_responses("Unauthorized", "Forbidden", "NotFound", "PreconditionFailed"),
+                **_responses("BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "PreconditionFailed"),
             },
         },
     }

@@ -1,0 +1,111 @@
+"""The Flask application factory and the live state every request reads.
+
+`create_app(config)` builds everything; importing this module does no work. The model is held
+by `FieldsyncState` (on `app.extensions["fieldsync"]`) and looked up per request, so
+`state.swap_model(new_model)` changes entities, tables and the OpenAPI document of a running
+server without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import sqlalchemy as sa
+from flask import Flask
+
+from fieldsync.codegen.openapi import API_PREFIX, openapi_document
+from fieldsync.config import Config, load_config
+from fieldsync.defs.model import Model
+from fieldsync.store.engine import make_engine
+from fieldsync.store.records import RecordStore
+from fieldsync.store.tables import build_metadata
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view: a model with its record store and OpenAPI document."""
+
+    model: Model
+    store: RecordStore
+    openapi: dict[str, Any]
+
+
+def migrate_tables(engine: sa.Engine, model: Model) -> sa.MetaData:
+    """Bring the database up to `model`: the teammate-owned additive migrator when it exists,
+    otherwise `create_all` (creates missing tables, never alters existing ones)."""
+    try:
+        from fieldsync.store.migrate import auto_migrate
+    except ImportError:
+        auto_migrate = None
+    metadata = build_metadata(model)
+    if auto_migrate is not None:
+        auto_migrate(engine, model)
+    else:
+        metadata.create_all(engine)
+    return metadata
+
+
+class FieldsyncState:
+    """The live model, database engine and token secret of one app."""
+
+    def __init__(self, config: Config, engine: sa.Engine, model: Model, *, clock=None):
+        self.config = config
+        self.engine = engine
+        self.secret = config.secret_key()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self.swap_model(model)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current model, store and document (read once per request, then used throughout)."""
+        assert self._snapshot is not None
+        return self._snapshot
+
+    @property
+    def model(self) -> Model:
+        return self.snapshot.model
+
+    @property
+    def store(self) -> RecordStore:
+        return self.snapshot.store
+
+    def swap_model(self, model: Model) -> None:
+        """Migrate the database (when AUTO_MIGRATE) and make `model` the one requests see."""
+        with self._lock:
+            if self.config.get("AUTO_MIGRATE", True):
+                metadata = migrate_tables(self.engine, model)
+            else:
+                metadata = build_metadata(model)
+            kwargs = {"clock": self.clock} if self.clock is not None else {}
+            old_hooks = list(self._snapshot.store.write_hooks) if self._snapshot else []
+            store = RecordStore(self.engine, model, metadata=metadata, write_hooks=old_hooks, **kwargs)
+            document = openapi_document(model, page_size_max=int(self.config["PAGE_SIZE_MAX"]))
+            self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
+
+
+def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None = None, clock=None) -> Flask:
+    """Build the fieldsync API app.
+
+    `config` overrides the layered configuration (see fieldsync.config). `model` skips loading
+    DEFS_DIR (tests, the admin preview); `clock` injects the record store's time source.
+    """
+    from fieldsync.api.entities import blueprint
+    from fieldsync.api.problems import register_error_handlers
+    from fieldsync.defs import load_model
+
+    settings = load_config(overrides=config)
+    app = Flask("fieldsync")
+    app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
+    if not settings.get("DATABASE_URL"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file lives there
+    engine = make_engine(settings.database_url)
+    if model is None:
+        model = load_model(settings["DEFS_DIR"])
+    app.extensions["fieldsync"] = FieldsyncState(settings, engine, model, clock=clock)
+    register_error_handlers(app)
+    app.register_blueprint(blueprint, url_prefix=API_PREFIX)
+    return app

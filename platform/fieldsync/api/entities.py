@@ -1,0 +1,373 @@
+"""The generated REST API: one collection and item resource per entity, under /api/v1.
+
+Views are thin: parse the request, check the role's permission, call the record store, render.
+Entities are looked up per request from the live model (definitions can change at run time).
+
+Decisions (see docs/api.md):
+- Setting a field the role may not edit is a 422 validation problem naming the field (listed
+  with every other problem in the body), not a 403: the request as a whole is allowed.
+- The owner field is never taken from the body: sending it is a 422 for that field.
+- A filter `?x__ne=v` also matches rows whose x is null.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+
+from fieldsync.api.problems import Problem
+from fieldsync.auth.tokens import Principal, verify_token
+from fieldsync.codegen.openapi import (
+    API_PREFIX, CONTROL_PARAMETERS, FILTER_OPERATORS, operators_for, query_fields,
+)
+from fieldsync.defs.model import Entity, Model, Permission
+from fieldsync.defs.values import FieldProblem, validate_record
+from fieldsync.errors import AuthError, Conflict, NotFound, PermissionDenied, ValidationFailed
+from fieldsync.store.records import BadQuery, Filter, RowFilter, filter_from_query
+
+blueprint = Blueprint("fieldsync_api", __name__)
+
+PUBLIC_ENDPOINTS = ("fieldsync_api.health", "fieldsync_api.openapi")
+RESERVED_SEGMENTS = ("health", "openapi.json")
+
+
+def _state():
+    return current_app.extensions["fieldsync"]
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    for k, v in (headers or {}).items():
+        response.headers[k] = v
+    return response
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+@blueprint.before_request
+def authenticate() -> None:
+    g.snapshot = _state().snapshot  # one model for the whole request, even if it is swapped meanwhile
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "send a bearer token in the Authorization header",
+                      headers={"WWW-Authenticate": 'Bearer realm="fieldsync"'})
+    try:
+        g.principal = verify_token(_state().secret, token.strip(), roles=g.snapshot.model.role_names)
+    except AuthError as exc:
+        reason = getattr(exc, "reason", "invalid")
+        raise Problem(401, str(exc), headers={
+            "WWW-Authenticate": f'Bearer realm="fieldsync", error="invalid_token", '
+                                f'error_description="{reason}"'}) from None
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _model() -> Model:
+    return g.snapshot.model
+
+
+def _entity(name: str) -> Entity:
+    if name in RESERVED_SEGMENTS:
+        raise Problem(405, f"{request.method} is not allowed here")
+    try:
+        return _model().entity(name)
+    except KeyError:
+        raise Problem(404, f"no entity {name!r}", slug="unknown-entity", title="Unknown entity") from None
+
+
+def _permission(entity: Entity, action: str) -> Permission:
+    principal: Principal = g.principal
+    perm = entity.permission(principal.role)
+    if perm is None or not perm.can(action):
+        raise Problem(403, f"role {principal.role!r} may not {action} {entity.name} records")
+    return perm
+
+
+def _row_filter(perm: Permission) -> RowFilter | None:
+    if perm.row_filter is None:
+        return None
+    return RowFilter(perm.row_filter, g.principal.expression_user())
+
+
+def _visible(entity: Entity, perm: Permission, record: dict[str, Any]) -> dict[str, Any]:
+    """`record` without the fields the role may not see (absent, not null)."""
+    if perm.visible is None:
+        return record
+    hidden = set(entity.field_names) - set(perm.visible)
+    return {k: v for k, v in record.items() if k not in hidden}
+
+
+def _writable(entity: Entity, perm: Permission) -> tuple[str, ...]:
+    names = perm.editable if perm.editable is not None else entity.field_names
+    return tuple(n for n in names if n != entity.owner)
+
+
+def _etag(record: dict[str, Any]) -> str:
+    return f'"{record["version"]}"'
+
+
+def _etag_versions(header: str) -> list[int | str]:
+    """The versions an If-Match / If-None-Match header names ("*" for any)."""
+    out: list[int | str] = []
+    for part in header.split(","):
+        tag = part.strip()
+        if tag == "*":
+            out.append("*")
+            continue
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        tag = tag.strip('"')
+        if tag.isdigit():
+            out.append(int(tag))
+    return out
+
+
+def _expected_version(required: bool) -> int | None:
+    header = request.headers.get("If-Match")
+    if header is None:
+        if required:
+            raise Problem(428, "send If-Match with the record's ETag (its version) to change it")
+        return None
+    versions = _etag_versions(header)
+    if "*" in versions:
+        return None
+    if len(versions) != 1:
+        # nothing we issued can match it, which RFC 9110 answers with 412
+        raise Problem(412, f"If-Match {header!r} does not name the record's current version")
+    return int(versions[0])
+
+
+def _body() -> Any:
+    if request.content_length is not None and request.content_length > current_app.config["MAX_CONTENT_LENGTH"]:
+        raise Problem(413, "the request body is larger than this server accepts")
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise Problem(415, f"send the body as application/json (got {mimetype or 'no content type'})")
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}", slug="malformed-json",
+                      title="Malformed JSON") from None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _record_response(entity: Entity, perm: Permission, record: dict[str, Any], status: int = 200,
+                     headers: dict[str, str] | None = None) -> Response:
+    body = _visible(entity, perm, record)
+    for child_name in entity.children:
+        child = _model().entity(child_name)
+        if child.collection in record:
+            child_perm = child.permission(g.principal.role)
+            body[child.collection] = [_visible(child, child_perm, c) for c in record[child.collection]] \
+                if child_perm is not None and child_perm.can("read") else []
+    all_headers = {"ETag": _etag(record)}
+    all_headers.update(headers or {})
+    return _json(body, status, all_headers)
+
+
+def _reject_unknown_params(allowed: tuple[str, ...]) -> None:
+    for key in request.args:
+        if key not in allowed:
+            raise Problem(400, f"unknown query parameter {key!r}", slug="bad-query", title="Bad query parameter")
+
+
+def _refuse_owner(entity: Entity, perm: Permission, body: Any, *, partial: bool,
+                  server_set: tuple[str, ...]) -> None:
+    """A body naming the owner field is refused before anything is written, with every other
+    problem of the body listed too."""
+    if not (entity.owner and isinstance(body, dict) and entity.owner in body):
+        return
+    rest = {k: v for k, v in body.items() if k != entity.owner}
+    _, others = validate_record(entity, rest, partial=partial, writable=_writable(entity, perm),
+                                server_set=server_set)
+    _raise_validation([FieldProblem(entity.owner, "is set by the server from your token; leave it out")]
+                      + others)
+
+
+def _raise_validation(problems: list[FieldProblem]) -> None:
+    raise Problem(422, f"{len(problems)} field(s) are invalid", errors=problems)
+
+
+def _store_call(fn, *args, **kwargs):
+    """Run a store operation, translating its errors into problems."""
+    try:
+        return fn(*args, **kwargs)
+    except ValidationFailed as exc:
+        _raise_validation(exc.problems)
+    except NotFound as exc:
+        raise Problem(404, str(exc)) from None
+    except PermissionDenied as exc:
+        raise Problem(403, str(exc)) from None
+    except BadQuery as exc:
+        raise Problem(400, str(exc), slug="bad-query", title="Bad query parameter") from None
+
+
+# -- meta --------------------------------------------------------------------------------------
+
+@blueprint.get("/health")
+def health():
+    """Liveness: no authentication, no database access."""
+    return _json({"status": "ok"})
+
+
+@blueprint.get("/openapi.json")
+def openapi():
+    return _json(g.snapshot.openapi)
+
+
+# -- collections -------------------------------------------------------------------------------
+
+def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Response:
+    state = _state()
+    allowed = query_fields(entity)
+    if perm.visible is not None:
+        visible = set(perm.visible)
+        allowed = {k: v for k, v in allowed.items() if k not in entity.field_names or k in visible}
+    filters = list(extra_filters)
+    for key in request.args:
+        values = request.args.getlist(key)
+        if len(values) > 1:
+            raise Problem(400, f"query parameter {key!r} is given more than once", slug="bad-query",
+                          title="Bad query parameter")
+        if key in CONTROL_PARAMETERS[:4]:
+            continue
+        name, sep, op = key.partition("__")
+        op = op or "eq"
+        f = allowed.get(name)
+        if f is None or op not in FILTER_OPERATORS or op not in operators_for(f) \
+                or (not sep and name in CONTROL_PARAMETERS):
+            raise Problem(400, f"cannot filter with {key!r}", slug="bad-query", title="Bad query parameter")
+        try:
+            filters.append(filter_from_query(f, op, values[0]))
+        except BadQuery as exc:
+            raise Problem(400, str(exc), slug="bad-query", title="Bad query parameter") from None
+    page_max = int(state.config["PAGE_SIZE_MAX"])
+    limit_raw = request.args.get("limit")
+    limit = int(state.config["PAGE_SIZE_DEFAULT"])
+    if limit_raw is not None:
+        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= page_max:
+            raise Problem(400, f"limit must be a whole number from 1 to {page_max}", slug="bad-query",
+                          title="Bad query parameter")
+        limit = int(limit_raw)
+    total_raw = request.args.get("total", "false")
+    if total_raw not in ("true", "false"):
+        raise Problem(400, "total must be true or false", slug="bad-query", title="Bad query parameter")
+    page = _store_call(g.snapshot.store.list, entity, filters=filters, sort=request.args.get("sort", "id"),
+                       limit=limit, cursor=request.args.get("cursor"), total=total_raw == "true",
+                       row_filter=_row_filter(perm), columns=allowed.keys())
+    body: dict[str, Any] = {"items": [_visible(entity, perm, r) for r in page.items],
+                            "next_cursor": page.next_cursor}
+    if page.total is not None:
+        body["total"] = page.total
+    return _json(body)
+
+
+@blueprint.route("/<name>", methods=["GET", "POST"])
+def collection(name: str):
+    entity = _entity(name)
+    if request.method == "GET":
+        return _list(entity, _permission(entity, "read"))
+    perm = _permission(entity, "create")
+    _reject_unknown_params(())
+    body = _body()
+    children: dict[str, list] = {}
+    if isinstance(body, dict):
+        for child_name in entity.children:
+            child = _model().entity(child_name)
+            if child.collection in body:
+                _permission(child, "create")
+                children[child.collection] = body.pop(child.collection)
+    return _create(entity, perm, body, children=children)
+
+
+def _create(entity: Entity, perm: Permission, body: Any, *, children=None, server_values=None) -> Response:
+    values = dict(server_values or {})
+    if entity.owner:
+        values[entity.owner] = g.principal.user_id
+    _refuse_owner(entity, perm, body, partial=False, server_set=tuple(values))
+    try:
+        record = _store_call(g.snapshot.store.create, entity, body, writable=_writable(entity, perm),
+                             server_values=values, children=children, row_filter=_row_filter(perm))
+    except Conflict as exc:
+        raise Problem(409, str(exc)) from None
+    location = f"{API_PREFIX}/{entity.name}/{record['id']}"
+    return _record_response(entity, perm, record, 201, {"Location": location})
+
+
+# -- items -------------------------------------------------------------------------------------
+
+@blueprint.route("/<name>/<record_id>", methods=["GET", "PATCH", "PUT", "DELETE"])
+def item(name: str, record_id: str):
+    entity = _entity(name)
+    store = g.snapshot.store
+    if request.method == "GET":
+        perm = _permission(entity, "read")
+        _reject_unknown_params(("expand",))
+        collections = {_model().entity(c).collection: _model().entity(c) for c in entity.children}
+        expand = [c for c in request.args.get("expand", "").split(",") if c]
+        for c in expand:
+            if c not in collections:
+                raise Problem(400, f"cannot expand {c!r}", slug="bad-query", title="Bad query parameter")
+        record = _store_call(store.get, entity, record_id, row_filter=_row_filter(perm))
+        if_none = request.headers.get("If-None-Match")
+        if if_none is not None:
+            versions = _etag_versions(if_none)
+            if "*" in versions or record["version"] in versions:
+                return Response(status=304, headers={"ETag": _etag(record)})
+        for c in expand:
+            child = collections[c]
+            child_perm = _permission(child, "read")
+            record[c] = store.children_of(entity, record_id, c, row_filter=_row_filter(child_perm))
+        return _record_response(entity, perm, record)
+    if request.method == "DELETE":
+        perm = _permission(entity, "delete")
+        _reject_unknown_params(())
+        expected = _expected_version(required=False)
+        try:
+            _store_call(store.delete, entity, record_id, expected_version=expected, row_filter=_row_filter(perm))
+        except Conflict as exc:
+            raise Problem(412, str(exc)) from None
+        return Response(status=204)
+    perm = _permission(entity, "update")
+    _reject_unknown_params(())
+    body = _body()
+    expected = _expected_version(required=True)
+    _refuse_owner(entity, perm, body, partial=True, server_set=())
+    try:
+        record = _store_call(store.update, entity, record_id, body, expected_version=expected,
+                             writable=_writable(entity, perm), replace=request.method == "PUT",
+                             row_filter=_row_filter(perm))
+    except Conflict as exc:
+        raise Problem(412, str(exc)) from None
+    return _record_response(entity, perm, record)
+
+
+# -- nested child collections ------------------------------------------------------------------
+
+@blueprint.route("/<name>/<record_id>/<collection_name>", methods=["GET", "POST"])
+def nested(name: str, record_id: str, collection_name: str):
+    parent = _entity(name)
+    child = next((_model().entity(c) for c in parent.children
+                  if _model().entity(c).collection == collection_name), None)
+    if child is None:
+        raise Problem(404, f"{parent.name} has no collection {collection_name!r}")
+    parent_perm = _permission(parent, "read")
+    _store_call(g.snapshot.store.get, parent, record_id, row_filter=_row_filter(parent_perm))
+    if request.method == "GET":
+        perm = _permission(child, "read")
+        return _list(child, perm, [Filter(child.parent_field, "eq", record_id)])
+    perm = _permission(child, "create")
+    _reject_unknown_params(())
+    body = _body()
+    if isinstance(body, dict) and child.parent_field in body:
+        _raise_validation([FieldProblem(child.parent_field, "is taken from the URL; leave it out")])
+    return _create(child, perm, body, server_values={child.parent_field: record_id})

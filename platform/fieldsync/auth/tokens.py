@@ -1,0 +1,112 @@
+"""Signed, expiring bearer tokens (HMAC-SHA256 over a compact JSON payload).
+
+A token is `v1.<payload>.<signature>`, both parts base64url without padding. The payload holds
+the user id (`sub`), role, attributes (`$user.<name>` in expressions) and the issue and expiry
+times. Tokens are stateless: any server process holding the secret verifies them, which keeps
+the API horizontally scalable. The clock is passed in (`now`), so tests decide what time it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from fieldsync.errors import AuthError
+
+PREFIX = "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified token speaks for."""
+
+    user_id: str
+    role: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: int = 0
+
+    def expression_user(self) -> dict[str, Any]:
+        """The `user` mapping expressions are evaluated with ($user.id, $user.role, attributes)."""
+        user = dict(self.attributes)
+        user["id"] = self.user_id
+        user["role"] = self.role
+        return user
+
+
+class TokenError(AuthError):
+    """An AuthError with a machine-readable `reason`: expired, bad_signature, malformed, unknown_role."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _key(secret: bytes | str) -> bytes:
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def _sign(secret: bytes | str, message: str) -> str:
+    return _b64(hmac.new(_key(secret), message.encode(), hashlib.sha256).digest())
+
+
+def issue_token(secret: bytes | str, user: str, role: str, attributes: Mapping[str, Any] | None = None,
+                ttl: int = 12 * 3600, now: float | None = None, *, roles: tuple[str, ...] | None = None) -> str:
+    """A token for `user` acting as `role` with `attributes`, valid for `ttl` seconds from `now`.
+
+    Pass the model's role names as `roles` to refuse a role that does not exist (TokenError
+    with reason "unknown_role"); `attributes` must be JSON-serialisable.
+    """
+    if roles is not None and role not in roles:
+        raise TokenError("unknown_role", f"no role {role!r} (roles: {', '.join(roles)})")
+    if not isinstance(user, str) or not user:
+        raise ValueError("user must be a non-empty string")
+    if not isinstance(role, str) or not role:
+        raise ValueError("role must be a non-empty string")
+    issued = int(time.time() if now is None else now)
+    payload = {"sub": user, "role": role, "attrs": dict(attributes or {}), "iat": issued, "exp": issued + int(ttl)}
+    body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+    message = f"{PREFIX}.{body}"
+    return f"{message}.{_sign(secret, message)}"
+
+
+def verify_token(secret: bytes | str, token: str, now: float | None = None,
+                 roles: tuple[str, ...] | None = None) -> Principal:
+    """The Principal a token speaks for; raises TokenError (an AuthError) saying why not.
+
+    With `roles`, a token whose role is not one of them (the model changed) is refused too.
+    """
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise TokenError("malformed", "the token is malformed")
+    prefix, body, signature = token.split(".")
+    if prefix != PREFIX:
+        raise TokenError("malformed", "the token is malformed")
+    if not hmac.compare_digest(_sign(secret, f"{prefix}.{body}"), signature):
+        raise TokenError("bad_signature", "the token's signature does not match")
+    try:
+        payload = json.loads(_unb64(body))
+        user, role, attrs, exp = payload["sub"], payload["role"], payload["attrs"], payload["exp"]
+        if not (isinstance(user, str) and isinstance(role, str) and isinstance(attrs, dict)
+                and isinstance(exp, int)):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise TokenError("malformed", "the token is malformed") from None
+    current = time.time() if now is None else now
+    if current >= exp:
+        raise TokenError("expired", "the token has expired")
+    if roles is not None and role not in roles:
+        raise TokenError("unknown_role", f"the token's role {role!r} does not exist")
+    return Principal(user_id=user, role=role, attributes=attrs, expires_at=exp)

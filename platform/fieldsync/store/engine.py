@@ -1,0 +1,69 @@
+"""Creating SQLAlchemy engines for the server database (SQLite or PostgreSQL).
+
+SQLite gets WAL (readers never block the single writer), a busy timeout (a second writer
+waits instead of failing at once) and `synchronous=NORMAL`, which with WAL is still durable
+at every checkpoint and crash-safe. PostgreSQL goes through psycopg 3; a plain
+`postgresql://` URL is rewritten to use it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """`url` with PostgreSQL pointed at the psycopg 3 driver (`postgresql+psycopg://`)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection in a write transaction, committed on success and rolled back on error.
+
+    On SQLite the transaction is BEGIN IMMEDIATE: it takes the write lock up front, because a
+    deferred transaction that reads and then writes can fail with SQLITE_BUSY without waiting
+    for busy_timeout (the sqlite3 module would only begin before the first write).
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url` (SQLite file or memory, or PostgreSQL), configured for fieldsync."""
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        # a file database is shared between the server's threads; each gets its own connection
+        kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
+        engine = sa.create_engine(url, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)

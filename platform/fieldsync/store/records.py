@@ -1,0 +1,571 @@
+"""The record repository: create, read, update, soft-delete and list entity records.
+
+SQLAlchemy Core only (no ORM unit of work on this path). Records go in and come out in their
+wire form (`fieldsync.defs.values`): decimals as strings, datetimes as UTC `...Z` strings,
+dates as `YYYY-MM-DD`. Every write bumps `version` (optimistic concurrency: a stale expected
+version raises `Conflict`), deletes leave tombstones (`deleted = true`) so devices learn of
+them, and references are checked here, not by database foreign keys (docs/decisions.md).
+
+Lists use keyset pagination: the cursor is an opaque token holding the last row's sort key
+and id, so pages neither repeat nor skip rows while other rows are inserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import binascii
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field as dc_field
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import sqlalchemy as sa
+
+from fieldsync.codegen.openapi import SYSTEM_QUERY_COLUMNS, operators_for, query_fields, sortable
+from fieldsync.defs.expr import Expr
+from fieldsync.defs.model import Entity, Field, Model
+from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, validate_record
+from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from fieldsync.store.engine import write_transaction
+from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
+from fieldsync.store.tables import build_metadata
+
+
+# -- the codec for encrypted fields (replaced by AES-GCM in the security work) ---------------
+
+class FieldCodec(Protocol):
+    """Turns an encrypted field's wire value into the text stored in its column, and back."""
+
+    def encode(self, entity: Entity, field: Field, value: Any) -> str: ...
+
+    def decode(self, entity: Entity, field: Field, stored: str) -> Any: ...
+
+
+class PlainJsonCodec:
+    """Placeholder codec: stores the wire value as JSON text (NOT encryption)."""
+
+    def encode(self, entity: Entity, field: Field, value: Any) -> str:
+        return json.dumps(value)
+
+    def decode(self, entity: Entity, field: Field, stored: str) -> Any:
+        return json.loads(stored)
+
+
+# -- ids and time ------------------------------------------------------------------------------
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_id(now: dt.datetime | None = None) -> str:
+    """A UUIDv7-style id: 48 bits of Unix milliseconds, then random bits (time-ordered)."""
+    ms = int((now.timestamp() if now else time.time()) * 1000)
+    raw = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)   # version 7
+    raw[8] = 0x80 | (raw[8] & 0x3F)   # RFC 4122 variant
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+# -- value conversion --------------------------------------------------------------------------
+
+def to_db(column: sa.Column, field: Field | None, value: Any, entity: Entity, codec: FieldCodec) -> Any:
+    """A wire value as the Python value stored in `column`."""
+    if value is None:
+        return None
+    if field is not None and field.encrypted:
+        return codec.encode(entity, field, value)
+    if field is not None and field.type in ("json", "geopoint"):
+        return value
+    return python_value(column.type, value)
+
+
+def to_wire(field: Field | None, value: Any, entity: Entity, codec: FieldCodec) -> Any:
+    """A stored value in its wire form."""
+    if value is None:
+        return None
+    if field is not None and field.encrypted:
+        return codec.decode(entity, field, value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # SQLite keeps no zone; everything is stored in UTC
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return format_datetime(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, (Decimal, float)) and field is not None and field.type == "decimal":
+        scale = field.scale or 0
+        return f"{Decimal(str(value)).quantize(Decimal(1).scaleb(-scale)):.{scale}f}"
+    return value
+
+
+# -- list requests -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """`column op value` in a list request; op is one of eq, ne, gte, lte, in (value a list)."""
+
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """A role's row filter and the user it is evaluated for."""
+
+    expr: Expr
+    user: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+    total: int | None = None
+
+
+class BadQuery(ValueError):
+    """A list request that cannot be run (bad filter value, sort column or cursor)."""
+
+
+def parse_query_value(field: Field, raw: str) -> Any:
+    """A query-string value as the wire value of `field`'s type (BadQuery when it is not one)."""
+    t = field.type
+    if t == "integer":
+        try:
+            return int(raw)
+        except ValueError:
+            raise BadQuery(f"{field.name}: {raw!r} is not a whole number") from None
+    if t == "boolean":
+        if raw in ("true", "false"):
+            return raw == "true"
+        raise BadQuery(f"{field.name}: {raw!r} is not true or false")
+    return raw
+
+
+def _encode_cursor(sort: str, value: Any, last_id: str) -> str:
+    raw = json.dumps({"s": sort, "v": value, "i": last_id}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[str, Any, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(data, dict) or not isinstance(data.get("s"), str) or not isinstance(data.get("i"), str):
+            raise ValueError
+        return data["s"], data.get("v"), data["i"]
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadQuery("cursor is not one this server issued") from None
+
+
+@contextlib.contextmanager
+def _integrity_as_conflict(entity: Entity):
+    # the checks above run first; a unique index can still fire when two writers race
+    try:
+        yield
+    except sa.exc.IntegrityError:
+        raise Conflict(f"a concurrent write to {entity.name} conflicts with this one; retry") from None
+
+
+# -- the repository ----------------------------------------------------------------------------
+
+WriteHook = Callable[[sa.Connection, Entity, str, dict[str, Any]], None]
+
+
+@dataclass
+class RecordStore:
+    """Records of every entity of `model` in the database behind `engine`.
+
+    `clock` and `id_factory` are injected so tests control time and ids. `write_hooks` run
+    inside each write's transaction with (connection, entity, op, record) — the place for a
+    change log that must commit together with the write.
+    """
+
+    engine: sa.Engine
+    model: Model
+    clock: Callable[[], dt.datetime] = utc_now
+    id_factory: Callable[[dt.datetime], str] = new_id
+    codec: FieldCodec = dc_field(default_factory=PlainJsonCodec)
+    metadata: sa.MetaData | None = None
+    write_hooks: list[WriteHook] = dc_field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.metadata is None:
+            self.metadata = build_metadata(self.model)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def table(self, entity: Entity) -> sa.Table:
+        return self.metadata.tables[entity.name]
+
+    def _entity(self, entity: Entity | str) -> Entity:
+        return self.model.entity(entity) if isinstance(entity, str) else entity
+
+    def _to_wire_row(self, entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": row["id"], "version": row["version"],
+            "created_at": to_wire(None, row["created_at"], entity, self.codec),
+            "updated_at": to_wire(None, row["updated_at"], entity, self.codec),
+            "deleted": bool(row["deleted"]),
+        }
+        for f in entity.fields:
+            out[f.name] = to_wire(f, row.get(f.name), entity, self.codec)
+        return out
+
+    def _values_to_db(self, entity: Entity, values: Mapping[str, Any]) -> dict[str, Any]:
+        table = self.table(entity)
+        by_name = {f.name: f for f in entity.fields}
+        return {name: to_db(table.c[name], by_name[name], v, entity, self.codec) for name, v in values.items()}
+
+    def _row_filter(self, entity: Entity, row_filter: RowFilter | None) -> sa.ColumnElement | None:
+        if row_filter is None:
+            return None
+        table = self.table(entity)
+        encoders = {f.name: (lambda v, f=f: self.codec.encode(entity, f, v))
+                    for f in entity.fields if f.encrypted}
+        return compile_expr(row_filter.expr, table, row_filter.user, encoders=encoders)
+
+    def _select_live(self, entity: Entity, record_id: str, row_filter: RowFilter | None):
+        table = self.table(entity)
+        query = sa.select(table).where(table.c.id == record_id, table.c.deleted == sa.false())
+        where = self._row_filter(entity, row_filter)
+        if where is not None:
+            query = query.where(where)
+        return query
+
+    def _run_hooks(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any]) -> None:
+        for hook in self.write_hooks:
+            hook(conn, entity, op, record)
+
+    # -- checks ----------------------------------------------------------------------------
+    def check_references(self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any],
+                         prefix: str = "") -> list[FieldProblem]:
+        """A problem for each ref field naming a record that is missing or deleted."""
+        problems: list[FieldProblem] = []
+        wanted: dict[str, set[str]] = {}
+        for f in entity.fields:
+            if f.type == "ref" and values.get(f.name) is not None and not f.encrypted:
+                wanted.setdefault(f.ref, set()).add(values[f.name])
+        found: dict[str, set[str]] = {}
+        for target, ids in sorted(wanted.items()):
+            t = self.metadata.tables[target]
+            rows = conn.execute(sa.select(t.c.id).where(t.c.id.in_(sorted(ids)), t.c.deleted == sa.false()))
+            found[target] = {r[0] for r in rows}
+        for f in entity.fields:
+            v = values.get(f.name)
+            if f.type == "ref" and v is not None and not f.encrypted and v not in found[f.ref]:
+                problems.append(FieldProblem(prefix + f.name, f"refers to a {f.ref} that does not exist ({v})"))
+        return problems
+
+    def check_unique(self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any],
+                     own_id: str | None = None, prefix: str = "") -> list[FieldProblem]:
+        """A problem for each unique field whose value another live record already holds."""
+        table = self.table(entity)
+        problems = []
+        for f in entity.fields:
+            if f.unique and values.get(f.name) is not None:
+                stored = to_db(table.c[f.name], f, values[f.name], entity, self.codec)
+                query = sa.select(table.c.id).where(table.c[f.name] == stored, table.c.deleted == sa.false())
+                if own_id is not None:
+                    query = query.where(table.c.id != own_id)
+                if conn.execute(query.limit(1)).first() is not None:
+                    problems.append(FieldProblem(prefix + f.name, "must be unique; another record has this value"))
+        return problems
+
+    # -- create ----------------------------------------------------------------------------
+    def _prepare_create(self, entity: Entity, data: Any, *, writable: tuple[str, ...] | None,
+                        server_values: Mapping[str, Any], prefix: str,
+                        omit_required: tuple[str, ...] = ()) -> tuple[dict[str, Any], str | None, list[FieldProblem]]:
+        if not isinstance(data, dict):
+            return {}, None, [FieldProblem(prefix.rstrip("."), "must be a JSON object")]
+        body = dict(data)
+        record_id = body.pop("id", None)
+        problems: list[FieldProblem] = []
+        if record_id is not None:
+            try:
+                record_id = str(uuid.UUID(record_id)) if isinstance(record_id, str) else None
+            except ValueError:
+                record_id = None
+            if record_id is None:
+                problems.append(FieldProblem(prefix + "id", "must be a UUID"))
+        clean, found = validate_record(entity, body, partial=False, writable=writable,
+                                       server_set=tuple(server_values) + omit_required)
+        problems += [FieldProblem(prefix + p.field, p.reason) for p in found]
+        clean.update(server_values)
+        return clean, record_id, problems
+
+    def create(self, entity: Entity | str, data: Any, *, writable: tuple[str, ...] | None = None,
+               server_values: Mapping[str, Any] | None = None,
+               children: Mapping[str, list[Any]] | None = None,
+               row_filter: RowFilter | None = None) -> dict[str, Any]:
+        """Validate and insert a record (and inline children), returning it in wire form.
+
+        `data` may hold an `id` (a UUID the client made). `server_values` are filled by the
+        server whatever the body says (the owner). `children` maps a child collection name to
+        the child bodies, created in the same transaction with their parent field filled.
+        Raises ValidationFailed listing every problem, Conflict when the id exists, and
+        PermissionDenied when the record would fall outside `row_filter`.
+        """
+        entity = self._entity(entity)
+        server_values = dict(server_values or {})
+        clean, record_id, problems = self._prepare_create(entity, data, writable=writable,
+                                                          server_values=server_values, prefix="")
+        child_plans = []
+        for collection, bodies in (children or {}).items():
+            child = next(self.model.entity(c) for c in entity.children
+                         if self.model.entity(c).collection == collection)
+            if not isinstance(bodies, list):
+                problems.append(FieldProblem(collection, "must be a list of objects"))
+                continue
+            for i, body in enumerate(bodies):
+                prefix = f"{collection}[{i}]."
+                if isinstance(body, dict) and child.parent_field in body:
+                    problems.append(FieldProblem(prefix + child.parent_field, "is filled from the parent"))
+                    continue
+                c_clean, c_id, c_problems = self._prepare_create(
+                    child, body, writable=None, server_values={}, prefix=prefix,
+                    omit_required=(child.parent_field,))
+                problems += c_problems
+                child_plans.append((child, c_clean, c_id, prefix))
+        if problems:
+            raise ValidationFailed(problems)
+        now = self.clock()
+        record_id = record_id or self.id_factory(now)
+        with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
+            problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean)
+            if problems:
+                raise ValidationFailed(problems)
+            record = self._insert(conn, entity, record_id, clean, now)
+            if row_filter is not None and conn.execute(self._select_live(entity, record_id, row_filter)).first() is None:
+                raise PermissionDenied("the new record would fall outside the records your role may reach")
+            for child, c_clean, c_id, prefix in child_plans:
+                c_clean[child.parent_field] = record_id
+                problems += self.check_references(conn, child, c_clean, prefix) + self.check_unique(
+                    conn, child, c_clean, prefix=prefix)
+                if not problems:
+                    c_record = self._insert(conn, child, c_id or self.id_factory(now), c_clean, now)
+                    record.setdefault(child.collection, []).append(c_record)
+            if problems:
+                raise ValidationFailed(problems)
+        return record
+
+    def _insert(self, conn: sa.Connection, entity: Entity, record_id: str, clean: Mapping[str, Any],
+                now: dt.datetime) -> dict[str, Any]:
+        table = self.table(entity)
+        if conn.execute(sa.select(table.c.id).where(table.c.id == record_id)).first() is not None:
+            raise Conflict(f"a {entity.name} with id {record_id} already exists")
+        row = {"id": record_id, "version": 1, "created_at": now, "updated_at": now, "deleted": False}
+        row.update(self._values_to_db(entity, clean))
+        conn.execute(table.insert().values(row))
+        record = self._to_wire_row(entity, row)
+        self._run_hooks(conn, entity, "create", record)
+        return record
+
+    # -- read ------------------------------------------------------------------------------
+    def get(self, entity: Entity | str, record_id: str, *, row_filter: RowFilter | None = None) -> dict[str, Any]:
+        """The live record `record_id` in wire form; NotFound when missing, deleted or filtered out."""
+        entity = self._entity(entity)
+        with self.engine.connect() as conn:
+            row = conn.execute(self._select_live(entity, record_id, row_filter)).mappings().first()
+        if row is None:
+            raise NotFound(f"no {entity.name} with id {record_id}")
+        return self._to_wire_row(entity, row)
+
+    def children_of(self, parent: Entity | str, parent_id: str, collection: str, *,
+                    row_filter: RowFilter | None = None) -> list[dict[str, Any]]:
+        """The live children of one parent record in one collection, oldest id first."""
+        parent = self._entity(parent)
+        child = next(self.model.entity(c) for c in parent.children if self.model.entity(c).collection == collection)
+        table = self.table(child)
+        query = (sa.select(table).where(table.c[child.parent_field] == parent_id, table.c.deleted == sa.false())
+                 .order_by(table.c.id))
+        where = self._row_filter(child, row_filter)
+        if where is not None:
+            query = query.where(where)
+        with self.engine.connect() as conn:
+            return [self._to_wire_row(child, r) for r in conn.execute(query).mappings()]
+
+    # -- update and delete -----------------------------------------------------------------
+    def update(self, entity: Entity | str, record_id: str, changes: Any, *,
+               expected_version: int | None, writable: tuple[str, ...] | None = None,
+               replace: bool = False, row_filter: RowFilter | None = None) -> dict[str, Any]:
+        """Apply `changes` (PATCH) or, with `replace`, set every writable field (PUT: omitted
+        fields return to their default or null). Raises NotFound, Conflict when
+        `expected_version` is stale, ValidationFailed, PermissionDenied when the result would
+        leave `row_filter`."""
+        entity = self._entity(entity)
+        if replace and isinstance(changes, dict):
+            # PUT replaces what the caller may edit; the other fields keep their values
+            editable = tuple(f.name for f in entity.fields if (writable is None or f.name in writable)
+                             and f.name != entity.owner)
+            others = tuple(f.name for f in entity.fields if f.name not in editable)
+            clean, problems = validate_record(entity, changes, partial=False, writable=editable,
+                                              server_set=others)
+            clean = {name: clean.get(name) for name in editable}
+        else:
+            clean, problems = validate_record(entity, changes, partial=True, writable=writable)
+        if problems:
+            raise ValidationFailed(problems)
+        table = self.table(entity)
+        with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
+            current = conn.execute(self._select_live(entity, record_id, row_filter)
+                                   .with_for_update()).mappings().first()
+            if current is None:
+                raise NotFound(f"no {entity.name} with id {record_id}")
+            if expected_version is not None and current["version"] != expected_version:
+                raise Conflict(f"{entity.name} {record_id} is at version {current['version']}, "
+                               f"not {expected_version}")
+            problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean, record_id)
+            if problems:
+                raise ValidationFailed(problems)
+            values = self._values_to_db(entity, clean)
+            values.update(version=current["version"] + 1, updated_at=self.clock())
+            result = conn.execute(table.update().where(table.c.id == record_id,
+                                                       table.c.version == current["version"]).values(values))
+            if result.rowcount != 1:  # another writer got in between (PostgreSQL read committed)
+                raise Conflict(f"{entity.name} {record_id} changed while it was being updated")
+            if row_filter is not None and conn.execute(self._select_live(entity, record_id, row_filter)).first() is None:
+                raise PermissionDenied("the change would move the record outside the records your role may reach")
+            row = dict(current)
+            row.update(values)
+            record = self._to_wire_row(entity, row)
+            self._run_hooks(conn, entity, "update", record)
+        return record
+
+    def delete(self, entity: Entity | str, record_id: str, *, expected_version: int | None = None,
+               row_filter: RowFilter | None = None) -> dict[str, Any]:
+        """Soft-delete: the row stays as a tombstone (deleted = true, version + 1)."""
+        entity = self._entity(entity)
+        table = self.table(entity)
+        with write_transaction(self.engine) as conn:
+            current = conn.execute(self._select_live(entity, record_id, row_filter)
+                                   .with_for_update()).mappings().first()
+            if current is None:
+                raise NotFound(f"no {entity.name} with id {record_id}")
+            if expected_version is not None and current["version"] != expected_version:
+                raise Conflict(f"{entity.name} {record_id} is at version {current['version']}, "
+                               f"not {expected_version}")
+            values = {"deleted": True, "version": current["version"] + 1, "updated_at": self.clock()}
+            result = conn.execute(table.update().where(table.c.id == record_id,
+                                                       table.c.version == current["version"]).values(values))
+            if result.rowcount != 1:
+                raise Conflict(f"{entity.name} {record_id} changed while it was being deleted")
+            row = dict(current)
+            row.update(values)
+            record = self._to_wire_row(entity, row)
+            self._run_hooks(conn, entity, "delete", record)
+        return record
+
+    # -- list ------------------------------------------------------------------------------
+    def _filter_clause(self, entity: Entity, flt: Filter, allowed: Mapping[str, Field]) -> sa.ColumnElement:
+        f = allowed.get(flt.column)
+        if f is None:
+            raise BadQuery(f"cannot filter on {flt.column!r}")
+        if flt.op not in operators_for(f):
+            raise BadQuery(f"{flt.column}: the operator {flt.op!r} does not apply to a {f.type} field")
+        col = self.table(entity).c[flt.column]
+
+        def convert(value: Any) -> Any:
+            try:
+                return python_value(col.type, value)
+            except Unconvertible:
+                raise BadQuery(f"{flt.column}: {value!r} is not a valid {f.type} value") from None
+
+        if flt.op == "in":
+            values = [convert(v) for v in flt.value]
+            return col.in_(sa.bindparam(None, values, type_=col.type, expanding=True, unique=True))
+        value = convert(flt.value)
+        if flt.op == "eq":
+            return col == value
+        if flt.op == "ne":
+            return sa.or_(col != value, col.is_(None))  # "not equal" includes rows without a value
+        return col >= value if flt.op == "gte" else col <= value
+
+    def list(self, entity: Entity | str, *, filters: Iterable[Filter] = (), sort: str = "id",
+             limit: int = 50, cursor: str | None = None, total: bool = False,
+             row_filter: RowFilter | None = None, columns: Iterable[str] | None = None) -> Page:
+        """One page of live records, ordered by `sort` ("field" or "-field", ties by id).
+
+        `columns` limits the columns usable in filters and sort (a role's visible fields);
+        BadQuery names what is wrong with a filter, the sort or the cursor.
+        """
+        entity = self._entity(entity)
+        table = self.table(entity)
+        allowed = query_fields(entity)
+        if columns is not None:
+            keep = set(columns) | set(SYSTEM_QUERY_COLUMNS)
+            allowed = {k: v for k, v in allowed.items() if k in keep}
+        where = [table.c.deleted == sa.false()]
+        where += [self._filter_clause(entity, flt, allowed) for flt in filters]
+        rf = self._row_filter(entity, row_filter)
+        if rf is not None:
+            where.append(rf)
+        descending = sort.startswith("-")
+        key = sort[1:] if descending else sort
+        key_field = allowed.get(key)
+        if key_field is None or not sortable(key_field):
+            raise BadQuery(f"cannot sort by {key!r}")
+        col, id_col = table.c[key], table.c.id
+        page_where = list(where)
+        if cursor is not None:
+            c_sort, c_value, c_id = _decode_cursor(cursor)
+            if c_sort != sort:
+                raise BadQuery("cursor belongs to a different sort order")
+            page_where.append(self._after(col, id_col, c_value, c_id, descending, key == "id"))
+        if key == "id":
+            order = [id_col.desc() if descending else id_col.asc()]
+        elif descending:  # nulls first, then values high to low, ties by id (exact reverse of ascending)
+            order = [col.is_(None).desc(), col.desc(), id_col.desc()]
+        else:
+            order = [col.is_(None).asc(), col.asc(), id_col.asc()]
+        query = sa.select(table).where(*page_where).order_by(*order).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(query).mappings())
+            count = conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one() \
+                if total else None
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [self._to_wire_row(entity, r) for r in rows]
+        next_cursor = None
+        if more and rows:
+            last = items[-1]
+            next_cursor = _encode_cursor(sort, last[key], last["id"])
+        return Page(items, next_cursor, count)
+
+    @staticmethod
+    def _after(col: sa.Column, id_col: sa.Column, value: Any, last_id: str, descending: bool,
+               by_id: bool) -> sa.ColumnElement:
+        """Rows strictly after (value, last_id) in the page order, nulls sorting last ascending."""
+        if by_id:
+            return id_col < last_id if descending else id_col > last_id
+        if value is None:
+            if descending:  # nulls come first: the rest of the nulls, then every value
+                return sa.or_(sa.and_(col.is_(None), id_col < last_id), col.isnot(None))
+            return sa.and_(col.is_(None), id_col > last_id)
+        try:
+            value = python_value(col.type, value)
+        except Unconvertible:
+            raise BadQuery("cursor is not one this server issued") from None
+        if descending:
+            return sa.or_(col < value, sa.and_(col == value, id_col < last_id))
+        return sa.or_(col > value, sa.and_(col == value, id_col > last_id), col.is_(None))
+
+
+def filter_from_query(field: Field, op: str, raw: str) -> Filter:
+    """A Filter from a query parameter's raw string (`__in` values are comma-separated)."""
+    if op == "in":
+        return Filter(field.name, op, [parse_query_value(field, part) for part in raw.split(",")])
+    return Filter(field.name, op, parse_query_value(field, raw))
+
+
+def wire_problems(problems: Iterable[FieldProblem]) -> list[dict[str, str]]:
+    return [p.as_dict() for p in problems]
+
+
+__all__ = [
+    "BadQuery", "FieldCodec", "Filter", "Page", "PlainJsonCodec", "RecordStore", "RowFilter",
+    "filter_from_query", "new_id", "parse_query_value", "to_db", "to_wire", "utc_now", "ValueProblem",
+]
