@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -26,7 +27,8 @@ def sample_value(f: Field, n: int) -> Any:
         if f.min_length and len(raw) < f.min_length:
             raw = raw.ljust(f.min_length, "x")
         if f.pattern:
-            raw = "+91 98450 1234" + str(n % 10)
+            candidates = [f"CODE-{n}", f"+91 98450 1234{n % 10}", f"ab{n}"]
+            raw = next(c for c in candidates if re.fullmatch(f.pattern, c))
     elif f.type == "integer":
         raw = max(int(f.minimum) if f.minimum is not None else 0, 1) + n
         if f.maximum is not None:
