@@ -61,7 +61,7 @@ def operators_for(field: Field) -> tuple[str, ...]:
 
 
 def sortable(field: Field) -> bool:
-    return field.type in _RANGE_TYPES or field.type == "boolean"
+    return field.type in _RANGE_TYPES or field.type in ("boolean", "media")
 
 
 def problem_type(slug: str) -> str:
