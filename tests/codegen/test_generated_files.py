@@ -158,3 +158,11 @@ def test_a_missing_template_is_named(example_model, tmp_path):
     (tmp_path / "device").mkdir()
     with pytest.raises(GenerationError, match="templates/device/schema.sql.j2"):
         render_all(example_model, templates_dir=tmp_path)
+
+
+def test_public_surface():
+    import fieldsync.codegen as codegen
+    assert sorted(codegen.__all__) == ["DEFAULT_TEMPLATES_DIR", "GenerationError", "check_generated",
+                                       "generate", "render_all", "write_generated"]
+    assert issubclass(GenerationError, __import__("fieldsync").Error)
+    assert (codegen.DEFAULT_TEMPLATES_DIR / "device" / "schema.sql.j2").is_file()

@@ -148,7 +148,7 @@ class _Walker:
     def drain(self) -> None:
         # Depth-first: an object's own section follows the section that introduced it.
         while self.pending:
-            title, def_name, node = self.pending.pop(0)
+            title, _, node = self.pending.pop(0)
             node = self.resolve(node)
             self.sections.append({"title": title, "code": True, "anchor": _anchor(title), "where": (),
                                   "description": markdown_cell(node.get("description", "")),

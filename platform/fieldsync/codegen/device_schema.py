@@ -73,7 +73,7 @@ def _index_name(table: str, column: str) -> str:
     return f"ix_{table}_{column}"
 
 
-def _field_column(entity: Entity, f: Field) -> dict[str, Any]:
+def _field_column(f: Field) -> dict[str, Any]:
     column: dict[str, Any] = {
         "name": f.name, "sqlite_type": SQLITE_TYPES[f.type], "type": f.type,
         "storage": STORAGE.get(f.type, "text" if SQLITE_TYPES[f.type] == "TEXT" else "integer"),
@@ -98,7 +98,7 @@ def _field_column(entity: Entity, f: Field) -> dict[str, Any]:
 def _entity_table(entity: Entity) -> dict[str, Any]:
     columns = [{"name": "id", "sqlite_type": "TEXT", "type": "uuid", "storage": "text",
                 "required": True, "label": "Id", "primary_key": True, "encryption": "plain", "phi": False}]
-    columns += [_field_column(entity, f) for f in entity.fields]
+    columns += [_field_column(f) for f in entity.fields]
     indexed = [f.name for f in entity.fields if f.type == "ref" or f.name == entity.owner]
     indexes = sorted(({"name": _index_name(entity.name, c), "columns": [c]} for c in indexed),
                      key=lambda ix: ix["name"])

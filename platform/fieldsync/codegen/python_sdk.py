@@ -45,6 +45,7 @@ def attribute_name(field_name: str) -> str:
 
 
 def enum_alias(entity: Entity, f: Field) -> str:
+    """The Literal alias of an enum field: `order.status` -> `OrderStatus`."""
     return class_name(entity.name) + class_name(f.name)
 
 
