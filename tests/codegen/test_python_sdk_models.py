@@ -146,3 +146,16 @@ def test_colliding_class_names_are_refused():
 def test_class_names():
     assert class_name("price_list_item") == "PriceListItem"
     assert class_name("order") == "Order"
+
+
+def test_phi_fields_stay_out_of_repr(models, example_model, make_row):
+    row = dict(make_row(example_model.entity("prescription"), 4),
+               patient_id="7d1e0000-0000-4000-8000-00000000beef", patient_name="Asha Rao",
+               patient_dob="1980-07-09", diagnosis="Type 2 diabetes")
+    record = models.Prescription.from_row(row)
+    text = repr(record)
+    assert row["dosage"] in text, "non-PHI fields are shown"
+    for f in example_model.entity("prescription").phi_fields:
+        assert f"{f.name}=" not in text
+        assert row[f.name] not in text and "1980" not in text
+    assert record.patient_name == row["patient_name"]

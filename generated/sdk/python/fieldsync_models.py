@@ -620,13 +620,13 @@ class Prescription:
     """Retailer id. The clinic where the prescription was written. Id of the referenced retailer record."""
     territory_id: str
     """Territory id. Id of the referenced territory record."""
-    patient_id: str
+    patient_id: str = dataclasses.field(repr=False)
     """Patient id. Pseudonymous patient identifier, the subject of this record's keys. PHI: keep out of logs."""
-    patient_name: str
+    patient_name: str = dataclasses.field(repr=False)
     """Patient name. PHI: keep out of logs."""
-    patient_dob: datetime.date
+    patient_dob: datetime.date = dataclasses.field(repr=False)
     """Patient dob. PHI: keep out of logs."""
-    diagnosis: str
+    diagnosis: str = dataclasses.field(repr=False)
     """Diagnosis. PHI: keep out of logs."""
     product_id: str
     """Product id. Id of the referenced product record."""

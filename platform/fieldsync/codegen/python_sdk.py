@@ -70,7 +70,7 @@ def _default_expr(f: Field) -> str | None:
     if f.type == "datetime":
         return f"_parse_datetime({py_string(str(value))})"
     if f.type in ("json", "geopoint") and isinstance(value, (dict, list)):
-        return f"dataclasses.field(default_factory=lambda: {_literal(value)})"
+        return f"dataclasses.field(default_factory=lambda: {_literal(value)}, repr={not f.phi})"
     return _literal(value)
 
 
@@ -111,6 +111,10 @@ def _field_context(entity: Entity, f: Field) -> dict[str, Any]:
     default = _default_expr(f)
     if default is None and not f.required:
         default = "None"
+    if f.phi and (default is None or not default.startswith("dataclasses.field(")):
+        # PHI stays out of repr(), so a logged record never prints it (invariant 7).
+        default = "dataclasses.field(repr=False)" if default is None else \
+            f"dataclasses.field(default={default}, repr=False)"
     annotation = py_type if f.required else f"Optional[{py_type}]"
     doc_tail = []
     if f.type == "ref":
