@@ -18,6 +18,7 @@ import binascii
 import datetime as dt
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field as dc_field
@@ -62,13 +63,28 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+_id_lock = threading.Lock()
+_id_last = [0, 0]  # last (milliseconds, counter) handed out by this process
+
+
 def new_id(now: dt.datetime | None = None) -> str:
-    """A UUIDv7-style id: 48 bits of Unix milliseconds, then random bits (time-ordered)."""
+    """A UUIDv7 id: 48 bits of Unix milliseconds, a 12-bit counter, then random bits.
+
+    The counter (RFC 9562 "method 1") keeps ids made in the same millisecond in creation order,
+    so sorting by id is sorting by creation within one process.
+    """
     ms = int((now.timestamp() if now else time.time()) * 1000)
-    raw = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
-    raw[6] = 0x70 | (raw[6] & 0x0F)   # version 7
-    raw[8] = 0x80 | (raw[8] & 0x3F)   # RFC 4122 variant
-    return str(uuid.UUID(bytes=bytes(raw)))
+    with _id_lock:
+        if ms <= _id_last[0]:
+            ms, seq = _id_last[0], _id_last[1] + 1
+            if seq > 0xFFF:
+                ms, seq = ms + 1, 0
+        else:
+            seq = 0
+        _id_last[0], _id_last[1] = ms, seq
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
 
 
 # -- value conversion --------------------------------------------------------------------------
