@@ -3,7 +3,7 @@
 Views are thin: parse the request, check the role's permission, call the record store, render.
 Entities are looked up per request from the live model (definitions can change at run time).
 
-Decisions (see docs/api.md):
+Decisions (recorded here; the REST reference in docs/ is generated from the OpenAPI document):
 - Setting a field the role may not edit is a 422 validation problem naming the field (listed
   with every other problem in the body), not a 403: the request as a whole is allowed.
 - The owner field is never taken from the body: sending it is a 422 for that field.
