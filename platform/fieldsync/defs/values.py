@@ -100,6 +100,9 @@ def normalize_value(f: Field, value: Any) -> Any:
         d = to_decimal(value)
         scale, precision = f.scale or 0, f.precision or 38
         exponent = d.as_tuple().exponent
+        if d != 0 and d.adjusted() + 1 > precision - scale:
+            # checked before quantize(), which raises InvalidOperation past the context precision
+            raise ValueProblem(f"must have at most {precision - scale} digits before the decimal point")
         if isinstance(exponent, int) and -exponent > scale and d != d.quantize(Decimal(1).scaleb(-scale)):
             raise ValueProblem(f"must have at most {scale} decimal places")
         q = d.quantize(Decimal(1).scaleb(-scale))
