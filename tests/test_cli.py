@@ -44,7 +44,7 @@ def test_token_create_round_trips(tmp_path, capsys, monkeypatch):
                  "--attr", "territory_ids=a1,b2"]) == 0
     token = capsys.readouterr().out.strip()
     principal = verify_token(b"test-secret-for-cli", token)
-    assert principal.user == "rep-1" and principal.role == "field_rep"
+    assert principal.user_id == "rep-1" and principal.role == "field_rep"
     assert principal.attributes["territory_ids"] == ["a1", "b2"]
 
 

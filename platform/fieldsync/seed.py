@@ -1,0 +1,105 @@
+"""Seed data for the masters (what `make run` loads), and the demo users it prints tokens for.
+
+A seed directory holds YAML files of the form `{entity: name, records: [...]}`; children may be
+given inline under their collection name (a price list's `items`). Records go through the same
+validation as REST writes. A record whose id already exists is left alone, so seeding on every
+start is safe and never overwrites what users changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fieldsync.config import Config
+from fieldsync.defs import load_model
+from fieldsync.defs.model import Model
+from fieldsync.errors import Conflict, ConfigError, NotFound, ValidationFailed
+
+# Territory ids are the seed's fixed ids (examples/seed/territory.yaml).
+PUNE_CENTRAL = "270707fc-40e4-5205-8dad-51e11ccbfacf"
+PUNE_RURAL = "58f87001-cb0b-5eac-8382-fd18ac1f335e"
+BENGALURU_EAST = "336f8d69-35bc-5019-a729-009dcca293dd"
+
+DEMO_USERS: tuple[dict[str, Any], ...] = (
+    {"user": "rep-asha", "role": "field_rep", "attributes": {"territory_ids": [PUNE_CENTRAL, PUNE_RURAL]}},
+    {"user": "sup-ravi", "role": "supervisor", "attributes": {"region": "west",
+                                                              "territory_ids": [PUNE_CENTRAL, PUNE_RURAL]}},
+    {"user": "admin-meera", "role": "admin", "attributes": {}},
+    {"user": "analyst-joe", "role": "analyst", "attributes": {}},
+    {"user": "compliance-lin", "role": "compliance", "attributes": {}},
+)
+
+
+def read_seed(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """entity name -> records, from every YAML file in `directory`."""
+    seed: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text("utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("entity"), str) \
+                or not isinstance(doc.get("records"), list):
+            raise ConfigError(f"{path}: a seed file holds `entity: <name>` and `records: [...]`")
+        seed.setdefault(doc["entity"], []).extend(doc["records"])
+    return seed
+
+
+def dependency_order(model: Model, names: list[str]) -> list[str]:
+    """`names` ordered so an entity comes after those its refs point at (self-refs aside)."""
+    remaining, ordered = sorted(names), []
+    while remaining:
+        for name in remaining:
+            targets = {f.ref for f in model.entity(name).fields if f.type == "ref"} - {name}
+            if not targets & set(remaining):
+                ordered.append(name)
+                remaining.remove(name)
+                break
+        else:
+            ordered.extend(remaining)   # optional cycles: refs are checked per record anyway
+            break
+    return ordered
+
+
+def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
+    """Insert the seed records that are not there yet; returns how many were new per entity."""
+    from fieldsync.store.engine import make_engine
+    from fieldsync.store.records import RecordStore
+
+    if not directory.is_dir():
+        raise ConfigError(f"seed directory {directory} not found")
+    model = load_model(config["DEFS_DIR"])
+    seed = read_seed(directory)
+    unknown = [name for name in seed if not model.has_entity(name)]
+    if unknown:
+        raise ConfigError(f"{directory}: seed for unknown entities: {', '.join(unknown)}")
+    engine = None
+    if store is None:
+        engine = make_engine(config.database_url)
+        store = RecordStore(engine=engine, model=model)
+    counts: dict[str, int] = {}
+    try:
+        for name in dependency_order(model, list(seed)):
+            entity = model.entity(name)
+            collections = {model.entity(c).collection for c in entity.children}
+            counts[name] = 0
+            for record in seed[name]:
+                body = {k: v for k, v in record.items() if k not in collections}
+                children = {k: v for k, v in record.items() if k in collections}
+                try:
+                    store.get(entity, str(record.get("id")))
+                    continue                # already seeded (and perhaps edited since)
+                except NotFound:
+                    pass
+                try:
+                    store.create(entity, body, children=children or None)
+                except Conflict:
+                    continue            # already seeded
+                except ValidationFailed as exc:
+                    problems = "; ".join(f"{p.field}: {p.reason}" for p in exc.problems)
+                    raise ConfigError(f"{directory}/{name}.yaml record {record.get('id')}: {problems}") from None
+                counts[name] += 1
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return counts
