@@ -43,6 +43,7 @@ def running(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        proc.stdout.close()
 
 
 def call(method, url, token=None, body=None):
