@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test generate check-generated bench clean
+.PHONY: run test generate clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,6 @@ test: $(STAMP)
 
 generate: $(STAMP)
 	$(BIN)/fieldsync generate
-
-bench: $(STAMP)
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) var build *.egg-info platform/*.egg-info
