@@ -35,6 +35,7 @@ from alembic.runtime.migration import MigrationContext
 
 from fieldsync.defs.model import SYSTEM_COLUMNS, Entity, Model
 from fieldsync.errors import MigrationRefused
+from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX, build_metadata
 
 __all__ = [
@@ -407,22 +408,12 @@ def auto_migrate(engine: sa.Engine, model: Model, *,
 
 @contextmanager
 def _migration_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
-    with engine.connect() as conn:
-        conn.begin()
-        if conn.dialect.name == "sqlite":
-            # pysqlite runs DDL outside any transaction unless one is open (an engine using
-            # SQLAlchemy's "BEGIN on begin" recipe already has one); IMMEDIATE also takes the
-            # write lock now, so two servers starting together migrate one after the other.
-            if not conn.connection.driver_connection.in_transaction:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-        elif conn.dialect.name == "postgresql":
+    # write_transaction takes SQLite's write lock up front (BEGIN IMMEDIATE), so two servers
+    # starting together migrate one after the other; PostgreSQL gets an advisory lock for that.
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOCK_KEY)))
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+        yield conn
 
 
 def _execute(conn: sa.Connection, steps: tuple[Step, ...], model: Model) -> None:

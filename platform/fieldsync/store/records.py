@@ -252,6 +252,19 @@ class RecordStore:
             query = query.where(where)
         return query
 
+    def _current_for_write(self, conn: sa.Connection, entity: Entity, record_id: str,
+                           row_filter: RowFilter | None, expected_version: int | None):
+        """The live row, locked for the write; NotFound when absent or outside the row filter,
+        Conflict when the caller's expected version is not the current one."""
+        current = conn.execute(self._select_live(entity, record_id, row_filter)
+                               .with_for_update()).mappings().first()
+        if current is None:
+            raise NotFound(f"no {entity.name} with id {record_id}")
+        if expected_version is not None and current["version"] != expected_version:
+            raise Conflict(f"{entity.name} {record_id} is at version {current['version']}, "
+                           f"not {expected_version}")
+        return current
+
     def _run_hooks(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any]) -> None:
         for hook in self.write_hooks:
             hook(conn, entity, op, record)
@@ -427,13 +440,7 @@ class RecordStore:
             raise ValidationFailed(problems)
         table = self.table(entity)
         with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
-            current = conn.execute(self._select_live(entity, record_id, row_filter)
-                                   .with_for_update()).mappings().first()
-            if current is None:
-                raise NotFound(f"no {entity.name} with id {record_id}")
-            if expected_version is not None and current["version"] != expected_version:
-                raise Conflict(f"{entity.name} {record_id} is at version {current['version']}, "
-                               f"not {expected_version}")
+            current = self._current_for_write(conn, entity, record_id, row_filter, expected_version)
             problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean, record_id)
             if problems:
                 raise ValidationFailed(problems)
@@ -457,13 +464,7 @@ class RecordStore:
         entity = self._entity(entity)
         table = self.table(entity)
         with write_transaction(self.engine) as conn:
-            current = conn.execute(self._select_live(entity, record_id, row_filter)
-                                   .with_for_update()).mappings().first()
-            if current is None:
-                raise NotFound(f"no {entity.name} with id {record_id}")
-            if expected_version is not None and current["version"] != expected_version:
-                raise Conflict(f"{entity.name} {record_id} is at version {current['version']}, "
-                               f"not {expected_version}")
+            current = self._current_for_write(conn, entity, record_id, row_filter, expected_version)
             values = {"deleted": True, "version": current["version"] + 1, "updated_at": self.clock()}
             result = conn.execute(table.update().where(table.c.id == record_id,
                                                        table.c.version == current["version"]).values(values))
