@@ -1,0 +1,296 @@
+"""The server's change log: every record write, numbered in commit order (invariant 3).
+
+Differential pull reads "changes after cursor C". That is only gap-free if a change numbered
+P can never become visible after a reader has moved its cursor past P. A PostgreSQL sequence
+breaks this: numbers are handed out at insert time, so a transaction holding 10 can commit
+after one holding 11 has been pulled, and the device never sees 10 (DESIGN.md §4).
+
+Positions here come from a one-row counter, `UPDATE fs_position SET pos = pos + n RETURNING pos`,
+run inside the writing transaction. The row lock it takes is held until commit, so the next
+writer cannot take a position before this one has committed: positions are ordered by commit.
+PostgreSQL makes a commit visible before it releases the transaction's locks, so once a reader
+sees position P every position below P is visible too. A rolled-back write also rolls back its
+counter increment, so positions have no holes (until `compact` removes superseded changes).
+On SQLite, BEGIN IMMEDIATE already serialises writers; the counter keeps one code path.
+
+Keep the position lock short: take positions as late in a transaction as possible (the batched
+`record_changes` once, just before commit), and take it after any record locks, never before,
+so writers always lock in the same order.
+
+Tables (platform tables, prefix `fs_`): `fs_position` (one row: the last position handed out and
+the compaction watermark) and `fs_changes` (one row per change, the record's full wire row as
+JSON; a later piece computes field patches from it). Encrypted fields are stored in their
+encoded form (the codec the RecordStore uses), never as plaintext (invariant 7).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import sqlalchemy as sa
+
+from fieldsync.defs.model import Entity
+from fieldsync.store.records import FieldCodec, PlainJsonCodec, RecordStore, utc_now
+from fieldsync.store.tables import PLATFORM_PREFIX
+
+__all__ = [
+    "CHANGES_TABLE", "POSITION_TABLE", "Change", "ChangeLog", "ChangeLogMissing", "attach_changelog",
+    "changelog_metadata", "changelog_tables", "changes_after", "compact", "count_after",
+    "create_changelog_tables", "decode_row", "head_position", "oldest_retained_position",
+]
+
+POSITION_TABLE = PLATFORM_PREFIX + "position"
+CHANGES_TABLE = PLATFORM_PREFIX + "changes"
+OPS = ("create", "update", "delete")
+_COUNTER_ID = 1  # fs_position holds exactly this one row
+
+
+class ChangeLogMissing(RuntimeError):
+    """The change log tables (or the counter row) do not exist: run create_changelog_tables."""
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+def changelog_tables(metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
+    """`(fs_position, fs_changes)` added to `metadata` (a new MetaData when None).
+
+    Returns the existing tables when `metadata` already holds them.
+    """
+    metadata = metadata if metadata is not None else sa.MetaData()
+    if POSITION_TABLE in metadata.tables:
+        return metadata.tables[POSITION_TABLE], metadata.tables[CHANGES_TABLE]
+    position = sa.Table(
+        POSITION_TABLE, metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("pos", sa.BigInteger, nullable=False),            # the last position handed out
+        # every change at this position or later is retained (compact() moves it up)
+        sa.Column("retained_from", sa.BigInteger, nullable=False),
+        sa.CheckConstraint(f"id = {_COUNTER_ID}", name="ck_fs_position_one_row"),
+    )
+    changes = sa.Table(
+        CHANGES_TABLE, metadata,
+        sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("record_id", sa.String(36), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("op", sa.String(8), nullable=False),
+        sa.Column("row", sa.Text, nullable=False),                  # the record's wire row, JSON
+        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+        # compaction looks for a later change of the same record
+        sa.Index("ix_fs_changes_record", "entity", "record_id", "position"),
+    )
+    return position, changes
+
+
+def changelog_metadata() -> sa.MetaData:
+    """A MetaData holding only the change log tables."""
+    metadata = sa.MetaData()
+    changelog_tables(metadata)
+    return metadata
+
+
+_POSITION, _CHANGES = changelog_tables()
+
+
+def create_changelog_tables(engine: sa.Engine) -> None:
+    """Create the change log tables and the counter row when missing (safe to run again)."""
+    changelog_metadata().create_all(engine, checkfirst=True)
+    with engine.connect() as conn:
+        exists = conn.execute(sa.select(_POSITION.c.id)).first() is not None
+    if exists:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(_POSITION.insert().values(id=_COUNTER_ID, pos=0, retained_from=1))
+    except sa.exc.IntegrityError:
+        pass  # another server inserted the row first; one row is all we need
+
+
+# -- changes -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One logged write: `row` is the record's wire row after the write (tombstone for delete),
+    with encrypted fields still encoded (see `decode_row`)."""
+
+    position: int
+    entity: str
+    record_id: str
+    version: int
+    op: str
+    row: dict[str, Any]
+    changed_at: dt.datetime
+
+
+def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) -> str:
+    row = dict(record)
+    for f in entity.fields:
+        if f.encrypted and row.get(f.name) is not None:
+            row[f.name] = codec.encode(entity, f, row[f.name])
+    # children created inline are logged as changes of their own
+    row = {k: v for k, v in row.items() if not isinstance(v, list) or k in {f.name for f in entity.fields}}
+    return json.dumps(row, sort_keys=True, separators=(",", ":"))
+
+
+def decode_row(entity: Entity, row: Mapping[str, Any], codec: FieldCodec) -> dict[str, Any]:
+    """`row` from a Change with its encrypted fields decoded to their wire values."""
+    out = dict(row)
+    for f in entity.fields:
+        if f.encrypted and out.get(f.name) is not None:
+            out[f.name] = codec.decode(entity, f, out[f.name])
+    return out
+
+
+@dataclass
+class ChangeLog:
+    """Appends changes, numbered in commit order. `hook` plugs into RecordStore.write_hooks.
+
+    `codec` must be the RecordStore's codec: it encodes encrypted fields before they are stored.
+    """
+
+    codec: FieldCodec = dc_field(default_factory=PlainJsonCodec)
+    clock: Callable[[], dt.datetime] = utc_now
+
+    def hook(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any]) -> None:
+        """A RecordStore write hook: log one change in the write's own transaction."""
+        self.record_changes(conn, [(entity, op, record)])
+
+    def record_changes(self, conn: sa.Connection,
+                       changes: Sequence[tuple[Entity, str, Mapping[str, Any]]]) -> list[int]:
+        """Log `changes` ((entity, op, record) each) in `conn`'s open write transaction and
+        return their positions, consecutive and in the given order. One counter update takes
+        all of them, so a batch of 500 mutations costs one row lock, not 500."""
+        if not changes:
+            return []
+        for _, op, _ in changes:
+            if op not in OPS:
+                raise ValueError(f"unknown change op {op!r}")
+        last = self._take_positions(conn, len(changes))
+        first = last - len(changes) + 1
+        now = self.clock()
+        rows = [{"position": first + i, "entity": entity.name, "record_id": record["id"],
+                 "version": record["version"], "op": op, "row": _encode_row(entity, record, self.codec),
+                 "changed_at": now}
+                for i, (entity, op, record) in enumerate(changes)]
+        conn.execute(_CHANGES.insert(), rows)
+        return [r["position"] for r in rows]
+
+    def _take_positions(self, conn: sa.Connection, n: int) -> int:
+        # invariant 3: commit-ordered positions. The row lock taken here is held until this
+        # transaction ends, so no other writer takes a position before this one commits.
+        last = conn.execute(
+            _POSITION.update().where(_POSITION.c.id == _COUNTER_ID)
+            .values(pos=_POSITION.c.pos + n).returning(_POSITION.c.pos)).scalar_one_or_none()
+        if last is None:
+            raise ChangeLogMissing("fs_position has no counter row; run create_changelog_tables")
+        return last
+
+
+def attach_changelog(store: RecordStore, clock: Callable[[], dt.datetime] | None = None) -> ChangeLog:
+    """A ChangeLog with `store`'s codec, registered as one of `store`'s write hooks."""
+    log = ChangeLog(codec=store.codec, clock=clock or utc_now)
+    store.write_hooks.append(log.hook)
+    return log
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+@contextmanager
+def _connection(conn_or_engine: sa.Connection | sa.Engine) -> Iterator[sa.Connection]:
+    if isinstance(conn_or_engine, sa.Engine):
+        with conn_or_engine.connect() as conn:
+            yield conn
+    else:
+        yield conn_or_engine
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    # SQLite keeps no zone; every time is stored in UTC
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def head_position(conn_or_engine: sa.Connection | sa.Engine) -> int:
+    """The last position handed out and committed (as seen by this connection)."""
+    with _connection(conn_or_engine) as conn:
+        pos = conn.execute(sa.select(_POSITION.c.pos).where(_POSITION.c.id == _COUNTER_ID)).scalar_one_or_none()
+    if pos is None:
+        raise ChangeLogMissing("fs_position has no counter row; run create_changelog_tables")
+    return pos
+
+
+def _where_after(cursor: int, entities: Iterable[str] | None) -> list[sa.ColumnElement]:
+    where = [_CHANGES.c.position > cursor]
+    if entities is not None:
+        where.append(_CHANGES.c.entity.in_(sorted(set(entities))))
+    return where
+
+
+def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit: int,
+                  entities: Iterable[str] | None = None) -> tuple[list[Change], int, bool]:
+    """Up to `limit` changes with position > `cursor`, oldest first, as
+    `(changes, next_cursor, has_more)`.
+
+    `entities` keeps only changes of those entities. When nothing more matches, `next_cursor`
+    moves up to the head position read before the query, so a reader filtering on quiet
+    entities does not rescan the same positions: every position up to that head had committed
+    when it was read (commit order), so none of its entities' changes can still appear.
+    """
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    with _connection(conn_or_engine) as conn:
+        head = head_position(conn) if entities is not None else None
+        query = (sa.select(_CHANGES).where(*_where_after(cursor, entities))
+                 .order_by(_CHANGES.c.position).limit(limit + 1))
+        rows = list(conn.execute(query).mappings())
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    changes = [Change(r["position"], r["entity"], r["record_id"], r["version"], r["op"],
+                      json.loads(r["row"]), _as_utc(r["changed_at"])) for r in rows]
+    next_cursor = changes[-1].position if changes else cursor
+    if head is not None and not has_more:
+        next_cursor = max(next_cursor, head)
+    return changes, next_cursor, has_more
+
+
+def count_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int,
+                entities: Iterable[str] | None = None) -> int:
+    """How many changes lie after `cursor` (for progress reports)."""
+    with _connection(conn_or_engine) as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(_CHANGES)
+                            .where(*_where_after(cursor, entities))).scalar_one()
+
+
+# -- compaction --------------------------------------------------------------------------------
+
+def compact(conn: sa.Connection, before_position: int) -> int:
+    """Delete changes below `before_position` that a later change of the same record
+    supersedes; return how many were deleted. The latest change of every record (tombstones
+    included) stays, so `changes_after(0)` still replays to the final state; what is lost is
+    the per-change history a patch needs, which `oldest_retained_position` reports.
+    Run it in a write transaction; it moves the watermark up as its last statement so the
+    counter row is locked only briefly."""
+    later = _CHANGES.alias("later")
+    superseded = sa.exists().where(later.c.entity == _CHANGES.c.entity,
+                                   later.c.record_id == _CHANGES.c.record_id,
+                                   later.c.position > _CHANGES.c.position)
+    deleted = conn.execute(_CHANGES.delete().where(_CHANGES.c.position < before_position, superseded)).rowcount
+    conn.execute(_POSITION.update().where(_POSITION.c.id == _COUNTER_ID,
+                                          _POSITION.c.retained_from < before_position)
+                 .values(retained_from=before_position))
+    return deleted
+
+
+def oldest_retained_position(conn_or_engine: sa.Connection | sa.Engine) -> int:
+    """The smallest position P from which every change is kept: a reader whose cursor is
+    >= P - 1 sees each change (patch-able history); an older cursor still converges from the
+    latest rows, but must be sent full rows instead of patches."""
+    with _connection(conn_or_engine) as conn:
+        value = conn.execute(sa.select(_POSITION.c.retained_from)
+                             .where(_POSITION.c.id == _COUNTER_ID)).scalar_one_or_none()
+    if value is None:
+        raise ChangeLogMissing("fs_position has no counter row; run create_changelog_tables")
+    return value
