@@ -110,7 +110,7 @@ def test_failed_writes_leave_no_change_and_no_hole(store, engine):
     with pytest.raises(ValidationFailed):  # unique code: refused inside the transaction
         _territory(store, "MH-01")
 
-    def failing_hook(conn, entity, op, record):  # fails after the change log took its position
+    def failing_hook(conn, entity, op, record, prev):  # fails after the change log took its position
         raise RuntimeError("audit write failed")
 
     store.write_hooks.append(failing_hook)

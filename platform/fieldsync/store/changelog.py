@@ -40,7 +40,8 @@ from fieldsync.store.tables import PLATFORM_PREFIX
 __all__ = [
     "CHANGES_TABLE", "POSITION_TABLE", "Change", "ChangeLog", "ChangeLogMissing", "attach_changelog",
     "changelog_metadata", "changelog_tables", "changes_after", "compact", "count_after",
-    "create_changelog_tables", "decode_row", "head_position", "oldest_retained_position",
+    "create_changelog_tables", "decode_row", "first_position_since", "head_position",
+    "oldest_retained_position", "purge_before", "record_history",
 ]
 
 POSITION_TABLE = PLATFORM_PREFIX + "position"
@@ -79,6 +80,12 @@ def changelog_tables(metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("op", sa.String(8), nullable=False),
         sa.Column("row", sa.Text, nullable=False),                  # the record's wire row, JSON
+        # the row before this change (NULL for a create): pulls decide from it whether a device
+        # held the record at its cursor (removals, patches; docs/sync-design.md decision 7)
+        sa.Column("prev", sa.Text, nullable=True),
+        # who wrote it: a device id (with the mutation's seq) or NULL for the server (REST, admin)
+        sa.Column("origin", sa.String(36), nullable=True),
+        sa.Column("seq", sa.BigInteger, nullable=True),
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         # compaction looks for a later change of the same record
         sa.Index("ix_fs_changes_record", "entity", "record_id", "position"),
@@ -124,6 +131,9 @@ class Change:
     op: str
     row: dict[str, Any]
     changed_at: dt.datetime
+    prev: dict[str, Any] | None = None
+    origin: str | None = None
+    seq: int | None = None
 
 
 def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) -> str:
@@ -155,27 +165,37 @@ class ChangeLog:
     codec: FieldCodec = dc_field(default_factory=PlainJsonCodec)
     clock: Callable[[], dt.datetime] = utc_now
 
-    def hook(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any]) -> None:
-        """A RecordStore write hook: log one change in the write's own transaction."""
-        self.record_changes(conn, [(entity, op, record)])
+    def hook(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any],
+             prev: dict[str, Any] | None = None) -> None:
+        """A RecordStore write hook: log one change (origin: the server) in the write's own
+        transaction."""
+        self.record_changes(conn, [(entity, op, record, prev)])
 
-    def record_changes(self, conn: sa.Connection,
-                       changes: Sequence[tuple[Entity, str, Mapping[str, Any]]]) -> list[int]:
-        """Log `changes` ((entity, op, record) each) in `conn`'s open write transaction and
-        return their positions, consecutive and in the given order. One counter update takes
-        all of them, so a batch of 500 mutations costs one row lock, not 500."""
+    def record_changes(self, conn: sa.Connection, changes: Sequence[tuple], *,
+                       origin: str | None = None, seqs: Sequence[int | None] | None = None) -> list[int]:
+        """Log `changes` — `(entity, op, record)` or `(entity, op, record, prev)` each — in
+        `conn`'s open write transaction and return their positions, consecutive and in the
+        given order. One counter update takes all of them, so a batch of 500 mutations costs one
+        row lock, not 500. `origin` is the writing device (None: the server); `seqs` its
+        mutation seq per change."""
         if not changes:
             return []
-        for _, op, _ in changes:
-            if op not in OPS:
-                raise ValueError(f"unknown change op {op!r}")
+        for change in changes:
+            if change[1] not in OPS:
+                raise ValueError(f"unknown change op {change[1]!r}")
         last = self._take_positions(conn, len(changes))
         first = last - len(changes) + 1
         now = self.clock()
-        rows = [{"position": first + i, "entity": entity.name, "record_id": record["id"],
-                 "version": record["version"], "op": op, "row": _encode_row(entity, record, self.codec),
-                 "changed_at": now}
-                for i, (entity, op, record) in enumerate(changes)]
+        rows = []
+        for i, change in enumerate(changes):
+            entity, op, record = change[0], change[1], change[2]
+            prev = change[3] if len(change) > 3 else None
+            rows.append({"position": first + i, "entity": entity.name, "record_id": record["id"],
+                         "version": record["version"], "op": op,
+                         "row": _encode_row(entity, record, self.codec),
+                         "prev": _encode_row(entity, prev, self.codec) if prev is not None else None,
+                         "origin": origin, "seq": seqs[i] if seqs is not None else None,
+                         "changed_at": now})
         conn.execute(_CHANGES.insert(), rows)
         return [r["position"] for r in rows]
 
@@ -248,12 +268,26 @@ def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit:
         rows = list(conn.execute(query).mappings())
     has_more = len(rows) > limit
     rows = rows[:limit]
-    changes = [Change(r["position"], r["entity"], r["record_id"], r["version"], r["op"],
-                      json.loads(r["row"]), _as_utc(r["changed_at"])) for r in rows]
+    changes = [_change(r) for r in rows]
     next_cursor = changes[-1].position if changes else cursor
     if head is not None and not has_more:
         next_cursor = max(next_cursor, head)
     return changes, next_cursor, has_more
+
+
+def _change(r: Mapping[str, Any]) -> Change:
+    return Change(r["position"], r["entity"], r["record_id"], r["version"], r["op"],
+                  json.loads(r["row"]), _as_utc(r["changed_at"]),
+                  json.loads(r["prev"]) if r["prev"] is not None else None, r["origin"], r["seq"])
+
+
+def record_history(conn: sa.Connection, entity: str, record_id: str, after_version: int) -> list[Change]:
+    """The retained changes of one record with a version above `after_version`, oldest first
+    (conflict detection: who wrote the record since a device's base version)."""
+    rows = conn.execute(sa.select(_CHANGES).where(_CHANGES.c.entity == entity, _CHANGES.c.record_id == record_id,
+                                                  _CHANGES.c.version > after_version)
+                        .order_by(_CHANGES.c.position)).mappings()
+    return [_change(r) for r in rows]
 
 
 def count_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int,
@@ -282,6 +316,23 @@ def compact(conn: sa.Connection, before_position: int) -> int:
                                           _POSITION.c.retained_from < before_position)
                  .values(retained_from=before_position))
     return deleted
+
+
+def purge_before(conn: sa.Connection, before_position: int) -> int:
+    """Retention (docs/sync-design.md decision 8): delete every change below `before_position`
+    and move the watermark there. A device whose cursor is below `before_position - 1` can no
+    longer be served by the stream and gets a typed reset. Returns how many were deleted."""
+    deleted = conn.execute(_CHANGES.delete().where(_CHANGES.c.position < before_position)).rowcount
+    conn.execute(_POSITION.update().where(_POSITION.c.id == _COUNTER_ID,
+                                          _POSITION.c.retained_from < before_position)
+                 .values(retained_from=before_position))
+    return deleted
+
+
+def first_position_since(conn: sa.Connection, since: dt.datetime) -> int | None:
+    """The lowest position of a change made at or after `since` (None when there is none)."""
+    return conn.execute(sa.select(sa.func.min(_CHANGES.c.position))
+                        .where(_CHANGES.c.changed_at >= since)).scalar_one_or_none()
 
 
 def oldest_retained_position(conn_or_engine: sa.Connection | sa.Engine) -> int:

@@ -189,7 +189,8 @@ def _integrity_as_conflict(entity: Entity):
 
 # -- the repository ----------------------------------------------------------------------------
 
-WriteHook = Callable[[sa.Connection, Entity, str, dict[str, Any]], None]
+# (connection, entity, op, record after the write, record before it or None for a create)
+WriteHook = Callable[[sa.Connection, Entity, str, dict[str, Any], dict[str, Any] | None], None]
 
 
 @dataclass
@@ -265,9 +266,10 @@ class RecordStore:
                            f"not {expected_version}")
         return current
 
-    def _run_hooks(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any]) -> None:
+    def _run_hooks(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any],
+                   prev: dict[str, Any] | None = None) -> None:
         for hook in self.write_hooks:
-            hook(conn, entity, op, record)
+            hook(conn, entity, op, record, prev)
 
     # -- checks ----------------------------------------------------------------------------
     def check_references(self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any],
@@ -455,7 +457,7 @@ class RecordStore:
             row = dict(current)
             row.update(values)
             record = self._to_wire_row(entity, row)
-            self._run_hooks(conn, entity, "update", record)
+            self._run_hooks(conn, entity, "update", record, self._to_wire_row(entity, current))
         return record
 
     def delete(self, entity: Entity | str, record_id: str, *, expected_version: int | None = None,
@@ -473,7 +475,7 @@ class RecordStore:
             row = dict(current)
             row.update(values)
             record = self._to_wire_row(entity, row)
-            self._run_hooks(conn, entity, "delete", record)
+            self._run_hooks(conn, entity, "delete", record, self._to_wire_row(entity, current))
         return record
 
     # -- list ------------------------------------------------------------------------------
