@@ -1,0 +1,230 @@
+"""`Client`: the device side of fieldsync sync, over a local SQLite store.
+
+Local writes are instant and offline (row + outbox entry in one transaction); `sync()` talks
+to the server; `start()` keeps syncing in a background thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from fieldsync.client import outbox
+from fieldsync.client.background import Backoff, BackgroundSync, Wait
+from fieldsync.client.engine import SyncEngine
+from fieldsync.client.errors import ClientError, ValidationError
+from fieldsync.client.reports import QuarantinedMutation, Status, SyncReport
+from fieldsync.client.schema import DeviceSchema, quote
+from fieldsync.client.store import LocalStore
+from fieldsync.client.transport import Transport
+from fieldsync.client.wire import TokenSource, Wire
+from fieldsync.defs.values import FieldProblem, ValueProblem, normalize_value
+
+
+class Client:
+    """One device: its store at `path`, talking to a server through `transport`.
+
+    `token` is a bearer token or a callable returning a fresh one (called again once after a
+    401). `schema` is the device schema JSON (`generated/device/schema.json`) the store is
+    created from on first open; with None it is fetched from the server then (the only time
+    the constructor uses the network). A newer `schema` than the store's (an app update)
+    migrates the store additively. `clock` returns the current UTC time; `rng` drives the
+    backoff jitter.
+    """
+
+    def __init__(self, path: str | Path, transport: Transport, token: TokenSource, *,
+                 schema: Mapping[str, Any] | None = None, install_info: Mapping[str, Any] | None = None,
+                 clock: Callable[[], dt.datetime] | None = None, rng: random.Random | None = None,
+                 push_batch: int = 500, pull_limit: int = 1000):
+        self._clock = clock or outbox.now_utc
+        self._rng = rng or random.Random()
+        self._store = LocalStore(path)
+        self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version)
+        self._engine = SyncEngine(self._store, self._wire, clock=self._clock, install_info=install_info,
+                                  push_batch=push_batch, pull_limit=pull_limit)
+        self._sync_lock = threading.Lock()
+        self._progress: Callable[[int, int], None] | None = None
+        self._error: Callable[[BaseException], None] | None = None
+        self._background: BackgroundSync | None = None
+        try:
+            self._open(schema)
+        except BaseException:
+            self._store.close()
+            raise
+
+    def _open(self, schema: Mapping[str, Any] | None) -> None:
+        if not self._store.initialised:
+            document = schema if schema is not None else self._engine.fetch_schema()
+            self._store.create(DeviceSchema(document))
+        elif schema is not None:
+            wanted = DeviceSchema(schema)
+            current = self._store.schema
+            assert current is not None
+            if wanted.version > current.version or (wanted.version == current.version
+                                                    and wanted.fingerprint != current.fingerprint):
+                self._store.migrate(wanted)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop background sync and close the store."""
+        self.stop()
+        self._store.close()
+        close = getattr(self._wire.transport, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- local data ------------------------------------------------------------------------------
+
+    def insert(self, entity: str, fields: Mapping[str, Any]) -> str:
+        """Create a record on the device; returns its id (a UUIDv7). No network."""
+        record_id = outbox.write_insert(self._store, self._entity_name(entity), fields, self._clock())
+        self._written()
+        return record_id
+
+    def update(self, entity: str, id: str, fields: Mapping[str, Any]) -> None:
+        """Change fields of a record on the device; only changed fields are queued."""
+        if outbox.write_update(self._store, self._entity_name(entity), id, fields, self._clock()) is not None:
+            self._written()
+
+    def delete(self, entity: str, id: str) -> None:
+        """Delete a record on the device (hidden at once, removed when the server confirms)."""
+        outbox.write_delete(self._store, self._entity_name(entity), id, self._clock())
+        self._written()
+
+    def get(self, entity: str, id: str) -> dict[str, Any] | None:
+        """A record in wire form (decimals as strings, ...), or None if absent or deleted here."""
+        table = self._store.table(self._entity_name(entity))
+        with self._store.lock:
+            row = self._store.row(self._store.conn, table, id)
+        if row is None or row["_deleted"]:
+            return None
+        return self._store.to_wire(table, row)
+
+    def query(self, entity: str, where: Mapping[str, Any] | None = None, order_by: str = "id",
+              limit: int | None = None) -> list[dict[str, Any]]:
+        """Records of `entity` whose fields equal `where`'s values, ordered by `order_by`
+        (a field or `id`; prefix `-` for descending)."""
+        table = self._store.table(self._entity_name(entity))
+        clauses, params = ["_deleted = 0"], []
+        for name, value in (where or {}).items():
+            if name == "id":
+                stored = value
+            else:
+                column = self._column(table, name)
+                try:
+                    stored = column.to_storage(normalize_value(table.entity.field(name), value))
+                except ValueProblem as exc:
+                    raise ValidationError(table.name, [FieldProblem(name, str(exc))]) from None
+            if stored is None:
+                clauses.append(f"{quote(name)} IS NULL")
+            else:
+                clauses.append(f"{quote(name)} = ?")
+                params.append(stored)
+        descending = order_by.startswith("-")
+        key = order_by.lstrip("-")
+        if key != "id":
+            self._column(table, key)
+        sql = (f"SELECT * FROM {quote(table.table)} WHERE {' AND '.join(clauses)} "
+               f"ORDER BY {quote(key)} {'DESC' if descending else 'ASC'}, id")
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._store.lock:
+            rows = self._store.conn.execute(sql, params).fetchall()
+        return [self._store.to_wire(table, r) for r in rows]
+
+    def _entity_name(self, entity: str) -> str:
+        assert self._store.schema is not None
+        if entity not in self._store.schema.entities:
+            raise ClientError(f"no entity {entity!r} in this device's schema")
+        return entity
+
+    @staticmethod
+    def _column(table, name: str):
+        try:
+            return table.column(name)
+        except KeyError:
+            raise ClientError(f"{table.name} has no field {name!r}") from None
+
+    # -- sync ------------------------------------------------------------------------------------
+
+    def sync(self, *, max_pages: int | None = None) -> SyncReport:
+        """Push the outbox, pull changes, settle results and ack; one cycle at a time.
+
+        Raises TransportError/ServerUnavailable (try again later; nothing is lost), SchemaTooNew,
+        DeviceRevoked or ProtocolError. Local data and the outbox survive every error.
+        """
+        with self._sync_lock:
+            return self._engine.run(max_pages=max_pages, progress=self._progress)
+
+    def on_progress(self, callback: Callable[[int, int], None] | None) -> None:
+        """`callback(pulled, remaining)` after every applied page."""
+        self._progress = callback
+
+    def on_error(self, callback: Callable[[BaseException], None] | None) -> None:
+        """`callback(error)` when a background sync fails."""
+        self._error = callback
+
+    def start(self, interval: float = 300.0, *, debounce: float = 2.0, wait: Wait | None = None) -> None:
+        """Sync in a background thread: now, every `interval` seconds, and `debounce` seconds
+        after local writes; failures back off exponentially (1 s to 300 s, full jitter)."""
+        if self._background is not None and self._background.running:
+            raise ClientError("background sync is already running")
+        self._background = BackgroundSync(self.sync, interval=interval, debounce=debounce,
+                                          backoff=Backoff(rng=self._rng), wait=wait,
+                                          on_error=lambda exc: self._error and self._error(exc))
+        self._background.start()
+
+    def pause(self) -> None:
+        if self._background is not None:
+            self._background.pause()
+
+    def resume(self) -> None:
+        if self._background is not None:
+            self._background.resume()
+
+    def stop(self) -> None:
+        if self._background is not None:
+            self._background.stop()
+            self._background = None
+
+    def _written(self) -> None:
+        background = self._background
+        if background is not None:
+            background.notify_write()
+
+    # -- status and quarantine -------------------------------------------------------------------
+
+    def status(self) -> Status:
+        c = outbox.counts(self._store)
+        cursor = int(self._store.state("cursor", 0))
+        head = self._store.state("head")
+        return Status(pending=c["pending"], sent=c["sent"], received=c["received"], quarantined=c["quarantined"],
+                      last_sync_at=self._store.state("last_sync_at"), cursor=cursor,
+                      write_checkpoint=int(self._store.state("write_checkpoint", 0)),
+                      lag=None if head is None else max(0, int(head) - cursor),
+                      device_id=self._store.state("device_id"))
+
+    def quarantined(self) -> list[QuarantinedMutation]:
+        """Writes that will not take effect as made, oldest first."""
+        return outbox.list_quarantined(self._store)
+
+    def resubmit(self, seq: int, fields: Mapping[str, Any] | None = None) -> int:
+        """Queue a quarantined write again with `fields` merged in (a new seq, returned)."""
+        new_seq = outbox.resubmit(self._store, seq, fields, self._clock())
+        self._written()
+        return new_seq
+
+    def discard(self, seq: int) -> None:
+        """Drop a quarantined write; the record is fetched again on the next pull."""
+        outbox.discard(self._store, seq)

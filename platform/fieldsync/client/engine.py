@@ -1,0 +1,262 @@
+"""One sync cycle (protocol §9): register if needed, push until no pending or sent entries
+remain, pull until `has_more` is false (each page in one local transaction), then ack.
+
+Recoveries handled here, each at most a few times per cycle so a misbehaving server cannot
+spin the device: 413 (halve the batch; a lone mutation too large is quarantined locally),
+404 `unknown-device` (§3.2), 409 `schema-upgrade-required` (migrate additively, pull again),
+410 `sync-reset` (§6.7), 400 `invalid-resume` (drop `resume`). Everything else reaches the
+caller as an SDK error, with the outbox untouched: entries left `sent` are resent with the
+same seqs next time (invariants 1 and 2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any, Callable, Mapping
+
+from fieldsync.client import outbox
+from fieldsync.client.apply import Applied, apply_page, reset_store, settle_results
+from fieldsync.client.errors import ProtocolError
+from fieldsync.client.reports import SyncReport
+from fieldsync.client.schema import DeviceSchema, quote
+from fieldsync.client.store import LocalStore
+from fieldsync.client.wire import SYNC_PREFIX, Wire
+from fieldsync.defs.values import format_datetime
+
+ACK_EVERY_PAGES = 20
+MAX_RECOVERIES = 3
+REFETCH_MAX = 1000
+
+Progress = Callable[[int, int], None]
+
+
+class SyncEngine:
+    """Runs sync cycles for one store against one server."""
+
+    def __init__(self, store: LocalStore, wire: Wire, *, clock: Callable[[], dt.datetime],
+                 install_info: Mapping[str, Any] | None = None, push_batch: int = 500, pull_limit: int = 1000):
+        self.store = store
+        self.wire = wire
+        self.clock = clock
+        self.install_info = dict(install_info or {})
+        self.push_batch = push_batch
+        self.pull_limit = pull_limit
+        self._encodings_set = False
+
+    # -- the cycle -------------------------------------------------------------------------------
+
+    def run(self, *, max_pages: int | None = None, progress: Progress | None = None) -> SyncReport:
+        started = time.monotonic()
+        report = SyncReport()
+        try:
+            self.ensure_registered()
+            self.push_all(report)
+            self.pull_all(report, max_pages=max_pages, progress=progress)
+            self.ack(final=report.complete)
+        finally:
+            report.cursor = int(self.store.state("cursor", 0))
+            report.duration = time.monotonic() - started
+        return report
+
+    # -- registration (§3) -----------------------------------------------------------------------
+
+    def ensure_registered(self) -> str:
+        device_id = self.store.state("device_id")
+        if device_id is None:
+            device_id = self.register()
+        elif not self._encodings_set:
+            self._use_capabilities(self.store.state("capabilities") or {})
+        return device_id
+
+    def register(self, *, keep_id: str | None = None) -> str:
+        """Register this install (idempotent on `install_id`, so a lost answer is harmless)."""
+        install_id = self.store.state("install_id")
+        if install_id is None:
+            install_id = outbox.new_install_id()
+            with self.store.transaction() as conn:
+                self.store.set_state(conn, install_id=install_id)
+        body: dict[str, Any] = {"install_id": install_id, "schema_version": self.store.schema_version}
+        for key in ("platform", "app_version"):
+            if self.install_info.get(key) is not None:
+                body[key] = self.install_info[key]
+        if keep_id is not None:
+            body["device_id"] = keep_id
+        answer = self.wire.call("POST", "/devices", body)
+        capabilities = answer.get("capabilities") or {}
+        with self.store.transaction() as conn:
+            self.store.set_state(conn, device_id=answer["device_id"], user_id=answer.get("user_id"),
+                                 capabilities=capabilities)
+        self._use_capabilities(capabilities)
+        return answer["device_id"]
+
+    def _use_capabilities(self, capabilities: Mapping[str, Any]) -> None:
+        use = getattr(self.wire.transport, "use_encodings", None)
+        if use is not None and capabilities.get("encodings"):
+            use(capabilities["encodings"])
+        self._encodings_set = True
+
+    def _unknown_device(self) -> None:
+        """§3.2: the server lost this device. Keep the id while the outbox holds anything
+        (invariant 2); with an empty outbox start afresh."""
+        old = self.store.state("device_id")
+        if not self._outbox_size():
+            with self.store.transaction() as conn:
+                assert self.store.schema is not None
+                for table in self.store.schema.entities.values():
+                    conn.execute(f"DELETE FROM {quote(table.table)} WHERE _dirty = 0")
+                self.store.set_state(conn, device_id=None, cursor=0, resume=None, scope_hash=None,
+                                     refetch=[], write_checkpoint=0)
+            self.register()
+        else:
+            self.register(keep_id=old)
+
+    def _outbox_size(self) -> int:
+        with self.store.lock:
+            return self.store.conn.execute('SELECT count(*) FROM "_outbox"').fetchone()[0]
+
+    def _capability(self, name: str, default: int) -> int:
+        value = (self.store.state("capabilities") or {}).get(name)
+        return int(value) if isinstance(value, int) and value > 0 else default
+
+    # -- push (§4) -------------------------------------------------------------------------------
+
+    def push_all(self, report: SyncReport) -> None:
+        batch = max(1, min(self.push_batch, self._capability("max_mutations", self.push_batch)))
+        recoveries = 0
+        while True:
+            entries = outbox.entries_to_send(self.store, batch)
+            if not entries:
+                return
+            seqs = [e["seq"] for e in entries]
+            with self.store.transaction() as conn:
+                # marked before sending: after a crash they are resent with the same seqs
+                conn.executemany("UPDATE \"_outbox\" SET status = 'sent', attempts = attempts + 1 "
+                                 "WHERE seq = ? AND status IN ('pending', 'sent')", [(s,) for s in seqs])
+            body = {"device_id": self.store.state("device_id"), "schema_version": self.store.schema_version,
+                    "sent_at": format_datetime(self.clock()),
+                    "mutations": [outbox.as_mutation(e) for e in entries]}
+            try:
+                answer = self.wire.call("POST", "/push", body)
+            except ProtocolError as exc:
+                if exc.status == 413 or exc.name == "payload-too-large":
+                    if len(entries) == 1:
+                        self._quarantine_too_large(entries[0], exc)
+                        report.rejected += 1
+                    else:
+                        batch = max(1, len(entries) // 2)
+                    continue
+                if exc.name == "unknown-device" and recoveries < MAX_RECOVERIES:
+                    recoveries += 1
+                    self._unknown_device()
+                    continue
+                raise
+            self._store_push_answer(answer, seqs, report)
+
+    def _quarantine_too_large(self, entry, exc: ProtocolError) -> None:
+        with self.store.transaction() as conn:
+            current = conn.execute('SELECT * FROM "_outbox" WHERE seq = ?', (entry["seq"],)).fetchone()
+            if current is not None:
+                limit = exc.problem.get("max_bytes")
+                outbox.quarantine_locally(
+                    self.store, conn, current, name="payload-too-large", now=self.clock(),
+                    reason="the mutation is larger than the server accepts" + (f" ({limit} bytes)" if limit else ""))
+
+    def _store_push_answer(self, answer: Mapping[str, Any], seqs: list[int], report: SyncReport) -> None:
+        received = [int(s) for s in answer.get("received") or ()]
+        results = list(answer.get("results") or ())
+        answered = set(received) | {int(r.get("seq", -1)) for r in results}
+        missing = [s for s in seqs if s not in answered]
+        outcome = Applied()
+        with self.store.transaction() as conn:
+            conn.executemany("UPDATE \"_outbox\" SET status = 'received' WHERE seq = ? AND status = 'sent'",
+                             [(s,) for s in received])
+            settle_results(self.store, conn, results, self.clock(), outcome)
+            if answer.get("write_checkpoint") is not None:
+                current = int(self.store.state_in(conn, "write_checkpoint", 0))
+                self.store.set_state(conn, write_checkpoint=max(current, int(answer["write_checkpoint"])))
+        report.pushed += len(seqs) - len(missing)
+        report.applied += outcome.applied
+        report.rejected += outcome.rejected
+        if missing:
+            # every mutation of a 202 is in exactly one of received/results (§4.2)
+            raise ProtocolError(202, {"detail": f"the push answer does not account for seqs {missing}"})
+
+    # -- pull (§6) -------------------------------------------------------------------------------
+
+    def pull_all(self, report: SyncReport, *, max_pages: int | None = None,
+                 progress: Progress | None = None) -> None:
+        recoveries = 0
+        while max_pages is None or report.pages < max_pages:
+            refetch = (self.store.state("refetch") or [])[:REFETCH_MAX]
+            body = {"device_id": self.store.state("device_id"), "schema_version": self.store.schema_version,
+                    "cursor": int(self.store.state("cursor", 0)), "resume": self.store.state("resume"),
+                    "scope_hash": self.store.state("scope_hash"), "limit": self.pull_limit,
+                    "results_after": outbox.settled_through(self.store), "refetch": refetch}
+            try:
+                page = self.wire.call("POST", "/pull", body)
+            except ProtocolError as exc:
+                if recoveries >= MAX_RECOVERIES or not self._recover_pull(exc):
+                    raise
+                recoveries += 1
+                continue
+            with self.store.transaction() as conn:
+                outcome = apply_page(self.store, conn, page, refetch_sent=refetch, now=self.clock())
+            report.pages += 1
+            report.pulled += outcome.changes
+            report.applied += outcome.applied
+            report.rejected += outcome.rejected
+            if progress is not None:
+                progress(report.pulled, int(page.get("remaining") or 0))
+            if not page.get("has_more"):
+                report.complete = True
+                return
+            if report.pages % ACK_EVERY_PAGES == 0:
+                self.ack(final=False)
+
+    def _recover_pull(self, exc: ProtocolError) -> bool:
+        if exc.name == "schema-upgrade-required":
+            self.upgrade_schema(exc.problem.get("schema_url"))
+        elif exc.name == "sync-reset":
+            with self.store.transaction() as conn:
+                reset_store(self.store, conn)
+        elif exc.name == "invalid-resume":
+            with self.store.transaction() as conn:
+                self.store.set_state(conn, resume=None)
+        elif exc.name == "unknown-device":
+            self._unknown_device()
+        else:
+            return False
+        return True
+
+    # -- schema (§7.2) -----------------------------------------------------------------------------
+
+    def fetch_schema(self, url: str | None = None) -> dict[str, Any]:
+        path = "/schema"
+        if url and url.startswith(SYNC_PREFIX + "/schema"):
+            path = url[len(SYNC_PREFIX):]
+        document = self.wire.call("GET", path)
+        if "entities" not in document and isinstance(document.get("schema"), dict):
+            document = document["schema"]
+        return document
+
+    def upgrade_schema(self, url: str | None = None) -> list[str]:
+        """Migrate the store additively to the server's schema, in one local transaction."""
+        schema = DeviceSchema(self.fetch_schema(url))
+        if schema.version <= self.store.schema_version and schema.fingerprint == self.store.schema.fingerprint:
+            raise ProtocolError(409, {"detail": f"the server asked for a schema upgrade but serves version "
+                                                f"{schema.version}, which this device already has"})
+        return self.store.migrate(schema)
+
+    # -- ack (§7.1) ------------------------------------------------------------------------------------
+
+    def ack(self, *, final: bool) -> None:
+        c = outbox.counts(self.store)
+        body = {"device_id": self.store.state("device_id"), "cursor": int(self.store.state("cursor", 0)),
+                "results_through": outbox.settled_through(self.store),
+                "outbox": {"pending": c["pending"], "sent": c["sent"], "received": c["received"]},
+                "quarantined": c["quarantined"]}
+        self.wire.call("POST", "/ack", body)
+        if final:
+            with self.store.transaction() as conn:
+                self.store.set_state(conn, last_sync_at=format_datetime(self.clock()))

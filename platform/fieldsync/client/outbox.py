@@ -1,0 +1,261 @@
+"""Local writes and the `_outbox` (protocol §10.1, §10.4).
+
+A write changes the entity row (`_dirty = 1`; a delete sets `_deleted = 1` and keeps the row
+until it settles) and inserts its `_outbox` entry in ONE local transaction: neither exists
+without the other. `seq` is the table's AUTOINCREMENT, so a seq is never reused for the life
+of the store (invariant 2). Nothing here touches the network.
+
+Entry statuses used: `pending` (not sent), `sent` (sent, no answer: resent with the same seq),
+`received` (the server made it durable; its result comes later). An applied entry is deleted
+when its result is stored; a rejected one moves to `_quarantine` (sync-design.md decision 4).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import uuid
+from typing import Any, Mapping
+
+from fieldsync.client.errors import ClientError, ValidationError
+from fieldsync.client.reports import QuarantinedMutation
+from fieldsync.client.schema import EntityTable, quote
+from fieldsync.client.store import LocalStore
+from fieldsync.defs.values import FieldProblem, format_datetime, validate_record
+from fieldsync.store.records import new_id
+
+PROBLEM_BASE = "https://fieldsync.dev/problems/"
+UNSETTLED = ("pending", "sent", "received")
+
+
+def check_fields(table: EntityTable, fields: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
+    """Validate a local write like the server will, returning the values in wire form."""
+    if table.direction in ("pull", "none"):
+        raise ValidationError(table.name, [FieldProblem("", f"{table.name} comes from the server "
+                                                            "and cannot be changed on the device")])
+    problems: list[FieldProblem] = []
+    owner = table.owner
+    if owner and isinstance(fields, Mapping) and owner in fields:
+        problems.append(FieldProblem(owner, "is set by the server from the signed-in user"))
+        fields = {k: v for k, v in fields.items() if k != owner}
+    clean, more = validate_record(table.entity, fields, partial=partial,
+                                  server_set=(owner,) if owner else ())
+    problems += more
+    if problems:
+        raise ValidationError(table.name, problems)
+    return clean
+
+
+def _add_entry(conn: sqlite3.Connection, table: EntityTable, op: str, record_id: str,
+               base_version: int | None, fields: Mapping[str, Any], now: dt.datetime) -> int:
+    cursor = conn.execute(
+        'INSERT INTO "_outbox" (entity, op, record_id, base_version, fields, client_time) VALUES (?, ?, ?, ?, ?, ?)',
+        (table.name, op, record_id, base_version, json.dumps(fields, sort_keys=True), format_datetime(now)))
+    return int(cursor.lastrowid)
+
+
+def _live_row(store: LocalStore, conn: sqlite3.Connection, table: EntityTable, record_id: str) -> sqlite3.Row:
+    row = store.row(conn, table, record_id)
+    if row is None or row["_deleted"]:
+        raise ClientError(f"no {table.name} {record_id} on this device")
+    return row
+
+
+def write_insert(store: LocalStore, entity: str, fields: Mapping[str, Any], now: dt.datetime) -> str:
+    """Insert a record made on the device (a UUIDv7 id, time-ordered) and queue it."""
+    table = store.table(entity)
+    clean = check_fields(table, fields, partial=False)
+    record_id = new_id(now)
+    names = ["id", *clean, "_version", "_dirty"]
+    values = [record_id, *(table.column(n).to_storage(v) for n, v in clean.items()), 0, 1]
+    with store.transaction() as conn:
+        conn.execute(f"INSERT INTO {quote(table.table)} ({', '.join(quote(n) for n in names)}) "
+                     f"VALUES ({', '.join('?' for _ in names)})", values)
+        _add_entry(conn, table, "insert", record_id, None, clean, now)
+    return record_id
+
+
+def write_update(store: LocalStore, entity: str, record_id: str, fields: Mapping[str, Any],
+                 now: dt.datetime) -> int | None:
+    """Change some fields of a record; only the fields whose value changes are queued.
+    Returns the entry's seq, or None when nothing changed."""
+    table = store.table(entity)
+    clean = check_fields(table, fields, partial=True)
+    with store.transaction() as conn:
+        row = _live_row(store, conn, table, record_id)
+        current = store.to_wire(table, row)
+        changed = {k: v for k, v in clean.items() if current.get(k) != v}
+        if not changed:
+            return None
+        assignments = ", ".join(f"{quote(k)} = ?" for k in changed)
+        conn.execute(f"UPDATE {quote(table.table)} SET {assignments}, _dirty = 1 WHERE id = ?",
+                     [*(table.column(k).to_storage(v) for k, v in changed.items()), record_id])
+        return _add_entry(conn, table, "update", record_id, row["_version"], changed, now)
+
+
+def write_delete(store: LocalStore, entity: str, record_id: str, now: dt.datetime) -> int:
+    """Delete a record: the row stays (`_deleted = 1`, hidden from reads) until it settles."""
+    table = store.table(entity)
+    if table.direction in ("pull", "none"):
+        raise ValidationError(entity, [FieldProblem("", f"{entity} comes from the server and cannot be "
+                                                        "changed on the device")])
+    with store.transaction() as conn:
+        row = _live_row(store, conn, table, record_id)
+        conn.execute(f"UPDATE {quote(table.table)} SET _deleted = 1, _dirty = 1 WHERE id = ?", (record_id,))
+        return _add_entry(conn, table, "delete", record_id, row["_version"], {}, now)
+
+
+# -- reading the outbox ----------------------------------------------------------------------
+
+def entries_to_send(store: LocalStore, limit: int) -> list[sqlite3.Row]:
+    """The oldest entries not known to be received (pending and sent), ascending by seq."""
+    with store.lock:
+        return store.conn.execute(
+            "SELECT * FROM \"_outbox\" WHERE status IN ('pending', 'sent') ORDER BY seq LIMIT ?",
+            (limit,)).fetchall()
+
+
+def as_mutation(entry: sqlite3.Row) -> dict[str, Any]:
+    return {"seq": entry["seq"], "entity": entry["entity"], "op": entry["op"], "id": entry["record_id"],
+            "base_version": entry["base_version"], "client_time": entry["client_time"],
+            "fields": json.loads(entry["fields"])}
+
+
+def counts(store: LocalStore) -> dict[str, int]:
+    with store.lock:
+        rows = store.conn.execute('SELECT status, count(*) AS n FROM "_outbox" GROUP BY status').fetchall()
+        quarantined = store.conn.execute('SELECT count(*) FROM "_quarantine"').fetchone()[0]
+    result = {"pending": 0, "sent": 0, "received": 0}
+    for row in rows:
+        result[row["status"]] = result.get(row["status"], 0) + row["n"]
+    result["quarantined"] = quarantined
+    return result
+
+
+def settled_through(store: LocalStore) -> int:
+    """The highest seq such that every result up to it is stored: the lowest seq still in the
+    outbox minus one, or the last seq ever assigned when the outbox is empty (decision 3)."""
+    with store.lock:
+        low = store.conn.execute('SELECT min(seq) FROM "_outbox"').fetchone()[0]
+        if low is not None:
+            return int(low) - 1
+        row = store.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = '_outbox'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def remaining_entries(conn: sqlite3.Connection, entity: str, record_id: str) -> int:
+    return conn.execute('SELECT count(*) FROM "_outbox" WHERE entity = ? AND record_id = ?',
+                        (entity, record_id)).fetchone()[0]
+
+
+# -- quarantine ----------------------------------------------------------------------------------
+
+def quarantine_entry(conn: sqlite3.Connection, entry: sqlite3.Row, *, reason: str, code: str | None,
+                     errors: list[dict[str, Any]] | None, now: dt.datetime) -> None:
+    """Move an outbox entry to `_quarantine` (invariant 5: never dropped silently)."""
+    conn.execute(
+        'INSERT OR REPLACE INTO "_quarantine" (seq, entity, op, record_id, base_version, fields, client_time, '
+        'reason, code, quarantined_at, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        (entry["seq"], entry["entity"], entry["op"], entry["record_id"], entry["base_version"], entry["fields"],
+         entry["client_time"], reason, code, format_datetime(now), json.dumps(errors or [])))
+    conn.execute('DELETE FROM "_outbox" WHERE seq = ?', (entry["seq"],))
+
+
+def add_refetch(store: LocalStore, conn: sqlite3.Connection, items: list[dict[str, str]]) -> None:
+    current = list(store.state_in(conn, "refetch", []))
+    seen = {(i["entity"], i["id"]) for i in current}
+    for item in items:
+        if (item["entity"], item["id"]) not in seen:
+            current.append({"entity": item["entity"], "id": item["id"]})
+            seen.add((item["entity"], item["id"]))
+    store.set_state(conn, refetch=current)
+
+
+def quarantine_locally(store: LocalStore, conn: sqlite3.Connection, entry: sqlite3.Row, *, name: str,
+                       reason: str, now: dt.datetime) -> None:
+    """Quarantine without a server result (§10.4): too large to send, or a reused seq.
+
+    With no `row` to repair the record from, the local values are discarded: when it was the
+    record's last entry the row gets `_version = 0`, loses `_dirty` and is refetched (§10.3).
+    """
+    quarantine_entry(conn, entry, reason=reason, code=PROBLEM_BASE + name, errors=[], now=now)
+    if remaining_entries(conn, entry["entity"], entry["record_id"]) == 0:
+        table = store.table(entry["entity"])
+        conn.execute(f"UPDATE {quote(table.table)} SET _version = 0, _dirty = 0, _deleted = 0 WHERE id = ?",
+                     (entry["record_id"],))
+        add_refetch(store, conn, [{"entity": entry["entity"], "id": entry["record_id"]}])
+
+
+def list_quarantined(store: LocalStore) -> list[QuarantinedMutation]:
+    with store.lock:
+        rows = store.conn.execute('SELECT * FROM "_quarantine" ORDER BY seq').fetchall()
+    return [QuarantinedMutation(seq=r["seq"], entity=r["entity"], op=r["op"], record_id=r["record_id"],
+                                fields=json.loads(r["fields"]), reason=r["reason"], code=r["code"],
+                                errors=json.loads(r["errors"] or "[]"), quarantined_at=r["quarantined_at"])
+            for r in rows]
+
+
+def _quarantined_row(conn: sqlite3.Connection, seq: int) -> sqlite3.Row:
+    row = conn.execute('SELECT * FROM "_quarantine" WHERE seq = ?', (seq,)).fetchone()
+    if row is None:
+        raise ClientError(f"no quarantined mutation with seq {seq}")
+    return row
+
+
+def resubmit(store: LocalStore, seq: int, fields: Mapping[str, Any] | None, now: dt.datetime) -> int:
+    """Queue a quarantined mutation again as a new entry (a new seq), with `fields` merged over
+    the quarantined ones, and drop the quarantine row. Returns the new seq."""
+    with store.transaction() as conn:
+        q = _quarantined_row(conn, seq)
+        table = store.table(q["entity"])
+        record_id, op = q["record_id"], q["op"]
+        merged = {**json.loads(q["fields"]), **dict(fields or {})}
+        row = store.row(conn, table, record_id)
+        if op == "insert":
+            clean = check_fields(table, merged, partial=False)
+            if row is not None and row["_version"] > 0:
+                raise ClientError(f"{table.name} {record_id} exists on the server; resubmit as an update")
+            names = ["id", *table.field_names, "_version", "_deleted", "_dirty"]
+            values = [record_id, *(c.to_storage(clean.get(c.name)) for c in table.columns), 0, 0, 1]
+            conn.execute(f"INSERT OR REPLACE INTO {quote(table.table)} ({', '.join(quote(n) for n in names)}) "
+                         f"VALUES ({', '.join('?' for _ in names)})", values)
+            new_seq = _add_entry(conn, table, "insert", record_id, None, clean, now)
+        elif op == "update":
+            clean = check_fields(table, merged, partial=True)
+            if row is None or row["_deleted"]:
+                raise ClientError(f"no {table.name} {record_id} on this device to update")
+            if clean:
+                assignments = ", ".join(f"{quote(k)} = ?" for k in clean)
+                conn.execute(f"UPDATE {quote(table.table)} SET {assignments}, _dirty = 1 WHERE id = ?",
+                             [*(table.column(k).to_storage(v) for k, v in clean.items()), record_id])
+            new_seq = _add_entry(conn, table, "update", record_id, row["_version"], clean, now)
+        else:
+            if row is None:
+                raise ClientError(f"no {table.name} {record_id} on this device to delete")
+            conn.execute(f"UPDATE {quote(table.table)} SET _deleted = 1, _dirty = 1 WHERE id = ?", (record_id,))
+            new_seq = _add_entry(conn, table, "delete", record_id, row["_version"], {}, now)
+        conn.execute('DELETE FROM "_quarantine" WHERE seq = ?', (seq,))
+    return new_seq
+
+
+def discard(store: LocalStore, seq: int) -> None:
+    """Drop a quarantined mutation; the record is fetched again on the next pull (§10.3)."""
+    with store.transaction() as conn:
+        q = _quarantined_row(conn, seq)
+        conn.execute('DELETE FROM "_quarantine" WHERE seq = ?', (seq,))
+        if remaining_entries(conn, q["entity"], q["record_id"]) == 0:
+            table = store.table(q["entity"])
+            conn.execute(f"UPDATE {quote(table.table)} SET _version = 0, _dirty = 0, _deleted = 0 "
+                         "WHERE id = ? AND _dirty = 0", (q["record_id"],))
+            add_refetch(store, conn, [{"entity": q["entity"], "id": q["record_id"]}])
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_install_id() -> str:
+    """A random id for this installation, made once before the first registration (§3.1)."""
+    return str(uuid.uuid4())
+

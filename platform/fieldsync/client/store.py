@@ -1,0 +1,190 @@
+"""The device store: one SQLite file holding the entity tables, `_outbox`, `_quarantine`,
+`_sync_state` and `_meta` (schema created from the device schema JSON, WAL journal).
+
+Every change goes through `transaction()`, a `BEGIN IMMEDIATE ... COMMIT` on the one connection
+the client shares between the app's threads and the background sync thread (a re-entrant lock
+serialises them). Nothing here talks to the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from fieldsync.client.schema import DeviceSchema, EntityTable, quote
+
+STORE_FORMAT = "1"
+
+
+class LocalStore:
+    """The open device store and its schema."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.lock = threading.RLock()
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+        if self.path != ":memory:":
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")  # a committed page survives a power cut
+        self._in_transaction = False
+        self.schema: DeviceSchema | None = None
+        stored = self._meta_value("schema")
+        if stored is not None:
+            self.schema = DeviceSchema(json.loads(stored))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def initialised(self) -> bool:
+        return self.schema is not None
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One local transaction: everything inside commits together or not at all."""
+        with self.lock:
+            if self._in_transaction:
+                raise RuntimeError("local transactions do not nest")
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+            finally:
+                self._in_transaction = False
+
+    def create(self, schema: DeviceSchema) -> None:
+        """Create a fresh store from `schema`, in one transaction (a crash leaves no half store)."""
+        with self.transaction() as conn:
+            for statement in schema.create_statements():
+                conn.execute(statement)
+            self._write_meta(conn, schema)
+        self.schema = schema
+
+    def migrate(self, schema: DeviceSchema) -> list[str]:
+        """Bring the store to `schema` additively in one transaction; returns the steps run.
+
+        Never drops a table, a column or an outbox entry (invariant 9). A schema older than
+        the store's is refused (ValueError): versions only move forward.
+        """
+        current = self.schema
+        if current is not None and schema.version < current.version:
+            raise ValueError(f"schema version {schema.version} is older than the store's {current.version}")
+        with self.transaction() as conn:
+            existing = {row["name"]: [c["name"] for c in conn.execute(f"PRAGMA table_info({quote(row['name'])})")]
+                        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            steps = schema.migration_statements(existing)
+            for statement in steps:
+                conn.execute(statement)
+            self._write_meta(conn, schema)
+        self.schema = schema
+        return steps
+
+    def _write_meta(self, conn: sqlite3.Connection, schema: DeviceSchema) -> None:
+        meta = {"app": schema.app, "schema_version": str(schema.version), "fingerprint": schema.fingerprint,
+                "schema": schema.to_json(), "store_format": STORE_FORMAT}
+        conn.executemany('INSERT OR REPLACE INTO "_meta" (key, value) VALUES (?, ?)', meta.items())
+        conn.execute(f"PRAGMA user_version = {int(schema.version)}")
+
+    def _meta_value(self, key: str) -> str | None:
+        exists = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meta'").fetchone()
+        if not exists:
+            return None
+        row = self.conn.execute('SELECT value FROM "_meta" WHERE key = ?', (key,)).fetchone()
+        return row["value"] if row else None
+
+    @property
+    def schema_version(self) -> int:
+        assert self.schema is not None
+        return self.schema.version
+
+    # -- _sync_state ------------------------------------------------------------------------------
+
+    def state(self, key: str, default: Any = None) -> Any:
+        """A `_sync_state` value, JSON-decoded."""
+        with self.lock:
+            row = self.conn.execute('SELECT value FROM "_sync_state" WHERE key = ?', (key,)).fetchone()
+        return default if row is None or row["value"] is None else json.loads(row["value"])
+
+    @staticmethod
+    def state_in(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
+        """A `_sync_state` value read inside the caller's transaction."""
+        row = conn.execute('SELECT value FROM "_sync_state" WHERE key = ?', (key,)).fetchone()
+        return default if row is None or row["value"] is None else json.loads(row["value"])
+
+    def set_state(self, conn: sqlite3.Connection, **values: Any) -> None:
+        """Set `_sync_state` keys inside the caller's transaction."""
+        conn.executemany('INSERT OR REPLACE INTO "_sync_state" (key, value) VALUES (?, ?)',
+                         [(k, None if v is None else json.dumps(v)) for k, v in values.items()])
+
+    # -- entity rows ------------------------------------------------------------------------------
+
+    def table(self, entity: str) -> EntityTable:
+        assert self.schema is not None
+        return self.schema.entity(entity)
+
+    def row(self, conn: sqlite3.Connection, table: EntityTable, record_id: str) -> sqlite3.Row | None:
+        return conn.execute(f"SELECT * FROM {quote(table.table)} WHERE id = ?", (record_id,)).fetchone()
+
+    def to_wire(self, table: EntityTable, row: sqlite3.Row) -> dict[str, Any]:
+        """A stored row as the app sees it: `id`, fields in wire form, server version and times."""
+        keys = row.keys()
+        record = {"id": row["id"]}
+        for c in table.columns:
+            if c.name in keys:
+                record[c.name] = c.from_storage(row[c.name])
+        record["version"] = row["_version"]
+        record["created_at"] = row["_created_at"]
+        record["updated_at"] = row["_updated_at"]
+        return record
+
+    def write_server_row(self, conn: sqlite3.Connection, table: EntityTable, record_id: str,
+                         row: Mapping[str, Any], version: int) -> None:
+        """Replace the local row with the server's: every field from `row` (absent ones NULL,
+        so a field hidden from the role is cleared), server version and times, clean."""
+        names = ["id", *table.field_names, "_version", "_created_at", "_updated_at", "_deleted", "_dirty"]
+        values = [record_id, *(c.to_storage(row.get(c.name)) for c in table.columns),
+                  int(version), row.get("created_at"), row.get("updated_at"), 0, 0]
+        conn.execute(f"INSERT OR REPLACE INTO {quote(table.table)} ({', '.join(quote(n) for n in names)}) "
+                     f"VALUES ({', '.join('?' for _ in names)})", values)
+
+    def delete_row(self, conn: sqlite3.Connection, table: EntityTable, record_id: str, *,
+                   only_clean: bool = True) -> None:
+        """Delete a local row (a clean one unless told otherwise) and, since a child is in scope
+        exactly when its parent is, the clean rows of its children (decision 7)."""
+        clean = " AND _dirty = 0" if only_clean else ""
+        cursor = conn.execute(f"DELETE FROM {quote(table.table)} WHERE id = ?{clean}", (record_id,))
+        if cursor.rowcount:
+            self.delete_children(conn, table, [record_id])
+
+    def delete_children(self, conn: sqlite3.Connection, table: EntityTable, parent_ids: list[str]) -> None:
+        assert self.schema is not None
+        for child in self.schema.children_of(table.name):
+            if not child.parent_field:
+                continue
+            ids: list[str] = []
+            for chunk_start in range(0, len(parent_ids), 500):
+                chunk = parent_ids[chunk_start:chunk_start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                ids += [r["id"] for r in conn.execute(
+                    f"SELECT id FROM {quote(child.table)} WHERE {quote(child.parent_field)} IN ({marks}) "
+                    "AND _dirty = 0", chunk)]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                conn.execute(f"DELETE FROM {quote(child.table)} WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
+            if ids:
+                self.delete_children(conn, child, ids)

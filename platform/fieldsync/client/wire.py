@@ -1,0 +1,97 @@
+"""The sync endpoints as function calls: JSON bodies, the protocol headers, the bearer token,
+and problem answers turned into the SDK's errors (protocol §2.5).
+
+A 401 makes the token callable run once more and the request repeat (a 401 is never a data
+error). 408, 429 and 5xx become `ServerUnavailable` (with `Retry-After` as `retry_after`),
+403 `device-revoked` `DeviceRevoked`, 409 `schema-too-new` `SchemaTooNew`; every other 4xx is
+a `ProtocolError` whose `name` the sync engine switches on (`sync-reset`, `unknown-device`, ...).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import Any, Callable, Mapping
+
+from fieldsync.client.errors import (DeviceRevoked, ProtocolError, SchemaTooNew, ServerUnavailable,
+                                     TransportError, problem_name)
+from fieldsync.client.transport import Transport
+
+PROTOCOL_VERSION = 1
+SYNC_PREFIX = "/api/v1/sync"
+
+TokenSource = str | Callable[[], str]
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Wire:
+    """Requests to one server with one device's credentials."""
+
+    def __init__(self, transport: Transport, token: TokenSource, *, device_version: Callable[[], int]):
+        self.transport = transport
+        self._token_source = token
+        self._token: str | None = token if isinstance(token, str) else None
+        self._device_version = device_version
+
+    def _current_token(self, *, fresh: bool = False) -> str:
+        if isinstance(self._token_source, str):
+            return self._token_source
+        if fresh or self._token is None:
+            self._token = self._token_source()
+        return self._token
+
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One request; the answer's JSON body, or the SDK error the answer means."""
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        refreshed = False
+        while True:
+            headers = {"Authorization": f"Bearer {self._current_token(fresh=False)}",
+                       "Fieldsync-Protocol": str(PROTOCOL_VERSION), "Accept": "application/json"}
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            status, answer_headers, data = self.transport.request(method, SYNC_PREFIX + path,
+                                                                  headers=headers, body=payload)
+            if status == 401 and not refreshed and not isinstance(self._token_source, str):
+                self._current_token(fresh=True)
+                refreshed = True
+                continue
+            return self._interpret(status, answer_headers, data, method, path)
+
+    def _interpret(self, status: int, headers: Mapping[str, str], data: bytes, method: str, path: str) -> dict:
+        try:
+            document = json.loads(data) if data else {}
+        except ValueError:
+            document = None
+        if 200 <= status < 300:
+            if not isinstance(document, dict):
+                raise TransportError(f"{method} {path}: the answer is not a JSON object")
+            return document
+        problem = document if isinstance(document, dict) else {"detail": data[:200].decode("utf-8", "replace")}
+        retry_after = retry_after_seconds(headers.get("retry-after"))
+        if status in (408, 429) or status >= 500:
+            raise ServerUnavailable(status, f"{method} {path}: HTTP {status} {problem_name(problem)}".rstrip(),
+                                    retry_after=retry_after, problem=problem)
+        name = problem_name(problem)
+        if status == 403 and name == "device-revoked":
+            raise DeviceRevoked(problem.get("detail") or "this device was revoked by an administrator")
+        if status == 409 and name == "schema-too-new":
+            error = SchemaTooNew(problem.get("schema_version"), self._device_version())
+            error.retry_after = retry_after
+            raise error
+        raise ProtocolError(status, problem)
