@@ -208,7 +208,10 @@ class SyncEngine:
             report.rejected += outcome.rejected
             if progress is not None:
                 progress(report.pulled, int(page.get("remaining") or 0))
-            if not page.get("has_more"):
+            # `more_results`: over 1000 results were waiting; pull again for the rest, as long
+            # as this page settled some (results of entries no longer held cannot loop us)
+            more_results = bool(page.get("more_results")) and (outcome.applied + outcome.rejected) > 0
+            if not page.get("has_more") and not more_results:
                 report.complete = True
                 return
             if report.pages % ACK_EVERY_PAGES == 0:
