@@ -26,6 +26,11 @@ DEFAULTS: dict[str, Any] = {
     "PAGE_SIZE_DEFAULT": 50,
     "PAGE_SIZE_MAX": 1000,
     "AUTO_MIGRATE": True,              # additive migrations when the server starts
+    "QUEUE_URL": None,                 # None: sqlite:///<DATA_DIR>/queue.db (the embedded queue)
+    "SYNC_LISTENERS": 2,               # threads applying pushed batches; 0: this process only receives
+    "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
+    "SYNC_MAX_PULL_LIMIT": 10000,      # changes per pull page
+    "RETENTION_DAYS": 90,              # change log and tombstones; older devices get a typed reset
     "HOST": "127.0.0.1",
     "PORT": 8000,
 }
@@ -46,6 +51,12 @@ class Config(dict):
         if url:
             return url
         return f"sqlite:///{(self.data_dir / 'fieldsync.db').resolve()}"
+
+    @property
+    def queue_url(self) -> str:
+        """The push queue's URL: configured, or the embedded SQLite queue in the data directory."""
+        url = self.get("QUEUE_URL")
+        return url if url else f"sqlite:///{self.data_dir / 'queue.db'}"
 
     def secret_key(self) -> bytes:
         """The token-signing secret: configured, or created once in the data directory (0600)."""

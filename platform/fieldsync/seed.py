@@ -64,8 +64,10 @@ def dependency_order(model: Model, names: list[str]) -> list[str]:
 def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
     """Insert the seed records that are not there yet; returns how many were new per entity."""
     from fieldsync.store.engine import make_engine
+    from fieldsync.store.changelog import ChangeLog, create_changelog_tables
     from fieldsync.store.records import RecordStore
 
+    directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"seed directory {directory} not found")
     model = load_model(config["DEFS_DIR"])
@@ -76,7 +78,9 @@ def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
     engine = None
     if store is None:
         engine = make_engine(config.database_url)
-        store = RecordStore(engine=engine, model=model)
+        # every server-side write is logged, or devices would never pull it (invariant 4)
+        create_changelog_tables(engine)
+        store = RecordStore(engine=engine, model=model, write_hooks=[ChangeLog().hook])
     counts: dict[str, int] = {}
     try:
         for name in dependency_order(model, list(seed)):

@@ -19,7 +19,8 @@ from fieldsync.codegen.openapi import API_PREFIX, openapi_document
 from fieldsync.config import Config, load_config
 from fieldsync.defs.model import Model
 from fieldsync.store.engine import make_engine
-from fieldsync.store.records import RecordStore
+from fieldsync.store.changelog import ChangeLog, create_changelog_tables
+from fieldsync.store.records import RecordStore, utc_now
 from fieldsync.store.tables import build_metadata
 
 
@@ -55,9 +56,15 @@ class FieldsyncState:
         self.engine = engine
         self.secret = config.secret_key()
         self.clock = clock
+        self.changelog = ChangeLog(clock=clock or utc_now)
+        self.sync = None  # the SyncService, set by create_app
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self.swap_model(model)
+
+    @property
+    def secret_bytes(self) -> bytes:
+        return self.secret.encode() if isinstance(self.secret, str) else self.secret
 
     @property
     def snapshot(self) -> Snapshot:
@@ -81,7 +88,7 @@ class FieldsyncState:
             else:
                 metadata = build_metadata(model)
             kwargs = {"clock": self.clock} if self.clock is not None else {}
-            old_hooks = list(self._snapshot.store.write_hooks) if self._snapshot else []
+            old_hooks = list(self._snapshot.store.write_hooks) if self._snapshot else [self.changelog.hook]
             store = RecordStore(self.engine, model, metadata=metadata, write_hooks=old_hooks, **kwargs)
             document = openapi_document(model, page_size_max=int(self.config["PAGE_SIZE_MAX"]))
             self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
@@ -105,7 +112,16 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     engine = make_engine(settings.database_url)
     if model is None:
         model = load_model(settings["DEFS_DIR"])
-    app.extensions["fieldsync"] = FieldsyncState(settings, engine, model, clock=clock)
+    from fieldsync.api.sync import blueprint as sync_blueprint
+    from fieldsync.sync.service import SyncService
+    from fieldsync.sync.tables import create_sync_tables
+
+    create_changelog_tables(engine)
+    create_sync_tables(engine)
+    state = FieldsyncState(settings, engine, model, clock=clock)
+    state.sync = SyncService.from_config(settings, lambda: state.store, state.changelog, clock=clock)
+    app.extensions["fieldsync"] = state
     register_error_handlers(app)
+    app.register_blueprint(sync_blueprint, url_prefix=API_PREFIX + "/sync")
     app.register_blueprint(blueprint, url_prefix=API_PREFIX)
     return app

@@ -36,8 +36,10 @@ class Problem(Exception):
     """Raised by the API's views to answer with a problem document."""
 
     def __init__(self, status: int, detail: str, *, slug: str | None = None, title: str | None = None,
-                 errors: Iterable[FieldProblem] | None = None, headers: Mapping[str, str] | None = None):
+                 errors: Iterable[FieldProblem] | None = None, headers: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Any] | None = None):
         super().__init__(detail)
+        self.extra = dict(extra or {})  # extension members (RFC 9457 §3.2), e.g. max_bytes
         default_slug, default_title = KINDS.get(status, ("error", "Error"))
         self.status = status
         self.slug = slug or default_slug
@@ -52,6 +54,7 @@ def problem_response(problem: Problem) -> Response:
                             "status": problem.status, "detail": problem.detail, "instance": request.path}
     if problem.errors is not None:
         body["errors"] = [e.as_dict() for e in problem.errors]
+    body.update(problem.extra)
     response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
     for key, value in problem.headers.items():
         response.headers[key] = value

@@ -1,0 +1,492 @@
+"""The sync endpoints, `/api/v1/sync/*` (docs/protocol.md, docs/sync-design.md).
+
+Push answers "received" only after the batch is durable in the queue (invariant 1); listeners
+apply it later. Pull pages come from `fieldsync.sync.pull`. Bodies may be compressed both ways
+(gzip always, zstd when the `zstandard` module is installed); sizes are checked before and after
+decompression, so a small bomb cannot inflate past the limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import zlib
+from typing import Any, Mapping
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, g, request
+
+from fieldsync.api.problems import Problem
+from fieldsync.auth.tokens import Principal, verify_token
+from fieldsync.codegen.device_schema import device_schema, device_schema_json
+from fieldsync.errors import AuthError
+from fieldsync.store.records import new_id, utc_now
+from fieldsync.defs.values import format_datetime
+from fieldsync.sync.apply import PushBatch, mutation_digest, result_to_wire
+from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, results_for, \
+    write_checkpoint
+from fieldsync.sync.scope import device_scope
+from fieldsync.sync.tables import DEVICES, LEDGER
+from fieldsync.store.changelog import head_position
+
+try:  # optional: zstd is preferred when both sides have it
+    import zstandard
+except ImportError:  # pragma: no cover - the package is a dependency; this keeps the server up without it
+    zstandard = None
+
+__all__ = ["blueprint", "PROTOCOL_VERSION"]
+
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = [1]
+COMPRESS_OVER = 1024
+blueprint = Blueprint("fieldsync_sync", __name__)
+NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
+
+
+def _state():
+    return current_app.extensions["fieldsync"]
+
+
+def _encodings() -> list[str]:
+    return (["zstd"] if zstandard is not None else []) + ["gzip"]
+
+
+def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Problem:
+    return Problem(status, detail, slug=slug, title=title, extra=extra)
+
+
+def _now():
+    clock = _state().clock
+    return clock() if clock is not None else utc_now()
+
+
+# -- request handling --------------------------------------------------------------------------
+
+@blueprint.before_request
+def _authenticate() -> None:
+    g.snapshot = _state().snapshot
+    if request.endpoint not in NO_PROTOCOL_HEADER:
+        version = request.headers.get("Fieldsync-Protocol", "")
+        if version.strip() not in {str(v) for v in SUPPORTED_PROTOCOLS}:
+            raise _problem(400, "protocol-unsupported", "Protocol version not supported",
+                           f"send the header Fieldsync-Protocol with one of {SUPPORTED_PROTOCOLS}",
+                           supported=SUPPORTED_PROTOCOLS)
+    if request.endpoint == "fieldsync_sync.capabilities":
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "send a bearer token in the Authorization header", slug="unauthenticated",
+                      headers={"WWW-Authenticate": 'Bearer realm="fieldsync"'})
+    try:
+        g.principal = verify_token(_state().secret, token.strip(), roles=g.snapshot.model.role_names)
+    except AuthError as exc:
+        reason = getattr(exc, "reason", "invalid")
+        raise Problem(401, str(exc), slug="unauthenticated", headers={
+            "WWW-Authenticate": f'Bearer realm="fieldsync", error="invalid_token", error_description="{reason}"'}) \
+            from None
+
+
+@blueprint.after_request
+def _compress(response: Response) -> Response:
+    response.headers["Fieldsync-Protocol"] = str(PROTOCOL_VERSION)
+    if response.direct_passthrough or response.status_code < 200 or "Content-Encoding" in response.headers:
+        return response
+    data = response.get_data()
+    if len(data) <= COMPRESS_OVER:
+        return response
+    accepted = {p.split(";")[0].strip().lower() for p in request.headers.get("Accept-Encoding", "").split(",")}
+    if "zstd" in accepted and zstandard is not None:
+        response.set_data(zstandard.ZstdCompressor(level=3).compress(data))
+        response.headers["Content-Encoding"] = "zstd"
+    elif "gzip" in accepted:
+        response.set_data(gzip.compress(data, compresslevel=6, mtime=0))
+        response.headers["Content-Encoding"] = "gzip"
+    else:
+        return response
+    response.headers["Vary"] = "Accept-Encoding"
+    return response
+
+
+def _limit_bytes() -> int:
+    return int(_state().config["MAX_BODY_BYTES"])
+
+
+def _too_large(limit: int) -> Problem:
+    return _problem(413, "payload-too-large", "Payload too large",
+                    f"the request body is over {limit} bytes (compressed or decompressed); split the batch",
+                    max_bytes=limit)
+
+
+def _body() -> Any:
+    """The JSON body, decompressed within the size limit."""
+    limit = _limit_bytes()
+    raw = request.get_data(cache=False)
+    if len(raw) > limit:
+        raise _too_large(limit)
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding == "gzip":
+        try:
+            d = zlib.decompressobj(wbits=31)
+            raw = d.decompress(raw, limit + 1)
+        except zlib.error:
+            raise _problem(400, "malformed-request", "Malformed request", "the gzip body is corrupt") from None
+        if len(raw) > limit:
+            raise _too_large(limit)
+    elif coding == "zstd" and zstandard is not None:
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw)
+            raw = reader.read(limit + 1)
+        except zstandard.ZstdError:
+            raise _problem(400, "malformed-request", "Malformed request", "the zstd body is corrupt") from None
+        if len(raw) > limit:
+            raise _too_large(limit)
+    elif coding not in ("identity", ""):
+        raise Problem(415, f"Content-Encoding {coding!r} is not supported; use gzip", slug="unsupported-encoding",
+                      title="Unsupported encoding", headers={"Accept-Encoding": ", ".join(_encodings())})
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _problem(400, "malformed-request", "Malformed request", "the body is not JSON") from None
+
+
+def _malformed(errors: list[dict[str, str]]) -> Problem:
+    return _problem(400, "malformed-request", "Malformed request",
+                    "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5]), errors=errors)
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    for k, v in (headers or {}).items():
+        response.headers[k] = v
+    return response
+
+
+def _capabilities() -> dict[str, Any]:
+    config = _state().config
+    return {"protocol": SUPPORTED_PROTOCOLS, "encodings": _encodings(), "max_request_bytes": _limit_bytes(),
+            "max_mutations": int(config["SYNC_MAX_MUTATIONS"]), "max_pull_limit": int(config["SYNC_MAX_PULL_LIMIT"]),
+            "retention_days": int(config["RETENTION_DAYS"]), "schema_version": g.snapshot.model.schema_version}
+
+
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return format_datetime(value)
+
+
+def _device_status(conn: sa.Connection, row: Mapping[str, Any]) -> dict[str, Any]:
+    head = head_position(conn)
+    pending = _state().sync.unsettled(row["device_id"])
+    return {"device_id": row["device_id"], "user_id": row["user_id"], "status": row["status"],
+            "platform": row["platform"], "app_version": row["app_version"], "schema_version": row["schema_version"],
+            "registered_at": _iso(row["registered_at"]), "last_contact_at": _iso(row["last_contact_at"]),
+            "scope_hash": row["scope_hash"], "acked_cursor": row["acked_cursor"], "head": head,
+            "behind": max(head - row["acked_cursor"], 0), "last_received_seq": row["last_received_seq"],
+            "results_through": row["results_through"], "unsettled": pending, "rejected_permanent": row["rejected"],
+            "device_reported": json.loads(row["reported"]) if row["reported"] else None,
+            "write_checkpoint": write_checkpoint(conn, row["device_id"])}
+
+
+def _device(conn: sa.Connection, device_id: Any) -> Mapping[str, Any]:
+    """The caller's device row; problems for unknown, foreign or revoked devices."""
+    if not isinstance(device_id, str) or not device_id:
+        raise _malformed([{"field": "device_id", "reason": "is required"}])
+    row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().first()
+    if row is None:
+        raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}; register again")
+    principal: Principal = g.principal
+    if row["user_id"] != principal.user_id:
+        raise _problem(403, "device-user-mismatch", "Device belongs to another user",
+                       "this device is registered to another user")
+    if row["status"] == "revoked":
+        raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
+    return row
+
+
+def _schema_version(body: Mapping[str, Any], *, pull: bool) -> int:
+    version = body.get("schema_version")
+    server = g.snapshot.model.schema_version
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _malformed([{"field": "schema_version", "reason": "must be an integer"}])
+    if version > server:
+        raise _problem(409, "schema-too-new", "Device schema is newer than the server's",
+                       f"the device speaks schema version {version}; this server has {server}",
+                       schema_version=server)
+    if pull and version < server:
+        raise _problem(409, "schema-upgrade-required", "Device schema must be upgraded",
+                       f"the device has schema version {version}; the server has {server}",
+                       schema_version=server, schema_url=f"{request.script_root}/api/v1/sync/schema?from={version}")
+    return version
+
+
+def _int_arg(body: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        value = default
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _malformed([{"field": name, "reason": f"must be an integer from {low} to {high}"}])
+    return value
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+@blueprint.get("/capabilities")
+def capabilities():
+    return _json(_capabilities())
+
+
+@blueprint.get("/schema")
+def schema():
+    model = g.snapshot.model
+    header = (f"generated by fieldsync from the server's definitions (app {model.app}, schema version "
+              f"{model.schema_version}, fingerprint {model.fingerprint()}); do not edit")
+    return _json(device_schema_json(device_schema(model), header))
+
+
+@blueprint.post("/devices")
+def register():
+    body = _body()
+    if not isinstance(body, dict):
+        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    install_id = body.get("install_id")
+    errors = []
+    if not isinstance(install_id, str) or not 0 < len(install_id) <= 64:
+        errors.append({"field": "install_id", "reason": "must be a string of 1 to 64 characters"})
+    for name in ("platform", "app_version"):
+        if body.get(name) is not None and (not isinstance(body[name], str) or len(body[name]) > 64):
+            errors.append({"field": name, "reason": "must be a string of at most 64 characters"})
+    if errors:
+        raise _malformed(errors)
+    version = _schema_version(body, pull=False)
+    principal: Principal = g.principal
+    now = _now()
+    state = _state()
+    wanted_id = body.get("device_id")
+    with state.engine.begin() as conn:
+        row = conn.execute(sa.select(DEVICES).where(DEVICES.c.user_id == principal.user_id,
+                                                    DEVICES.c.install_id == install_id)).mappings().first()
+        status = 200
+        if row is None:
+            if wanted_id is not None:
+                # a device whose registration the server lost re-creates it under its old id
+                # (docs/protocol.md §3.2): its outbox seqs stay valid
+                if not isinstance(wanted_id, str) or len(wanted_id) > 36:
+                    raise _malformed([{"field": "device_id", "reason": "must be a device id"}])
+                other = conn.execute(sa.select(DEVICES.c.user_id).where(DEVICES.c.device_id == wanted_id)).first()
+                if other is not None:
+                    raise _problem(403, "device-user-mismatch", "Device belongs to another user",
+                                   "this device id is registered to another user or install")
+            device_id = wanted_id or new_id(now)
+            conn.execute(DEVICES.insert().values(
+                device_id=device_id, user_id=principal.user_id, install_id=install_id, platform=body.get("platform"),
+                app_version=body.get("app_version"), schema_version=version, status="active", role=principal.role,
+                registered_at=now, last_contact_at=now))
+            status = 201
+            row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().one()
+        else:
+            conn.execute(DEVICES.update().where(DEVICES.c.device_id == row["device_id"]).values(
+                last_contact_at=now, schema_version=version, app_version=body.get("app_version", row["app_version"])))
+    out = {"device_id": row["device_id"], "user_id": row["user_id"], "registered_at": _iso(row["registered_at"]),
+           "schema_version": g.snapshot.model.schema_version, "capabilities": _capabilities()}
+    return _json(out, status, {"Location": f"{request.script_root}/api/v1/sync/devices/{row['device_id']}"})
+
+
+@blueprint.get("/devices")
+def list_devices():
+    if g.principal.role != "admin":
+        raise Problem(403, "only an admin may list devices")
+    state = _state()
+    with state.engine.connect() as conn:
+        rows = list(conn.execute(sa.select(DEVICES).order_by(DEVICES.c.user_id, DEVICES.c.registered_at)).mappings())
+        return _json({"items": [_device_status(conn, r) for r in rows]})
+
+
+@blueprint.get("/devices/<device_id>")
+def device_status(device_id: str):
+    state = _state()
+    with state.engine.connect() as conn:
+        row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().first()
+        if row is None or (row["user_id"] != g.principal.user_id and g.principal.role != "admin"):
+            raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}")
+        return _json(_device_status(conn, row))
+
+
+def _check_mutations(mutations: Any, limit: int) -> None:
+    if not isinstance(mutations, list):
+        raise _malformed([{"field": "mutations", "reason": "must be a list"}])
+    if len(mutations) > limit:
+        raise _problem(413, "payload-too-large", "Payload too large",
+                       f"{len(mutations)} mutations in one push; at most {limit}", max_mutations=limit)
+    errors = []
+    last = 0
+    for i, m in enumerate(mutations):
+        if not isinstance(m, dict):
+            errors.append({"field": f"mutations[{i}]", "reason": "must be an object"})
+            continue
+        seq = m.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            errors.append({"field": f"mutations[{i}].seq", "reason": "must be an integer >= 1"})
+        elif seq <= last:
+            errors.append({"field": f"mutations[{i}].seq", "reason": "seqs must be strictly ascending"})
+        else:
+            last = seq
+    if errors:
+        raise _malformed(errors)
+
+
+@blueprint.post("/push")
+def push():
+    body = _body()
+    if not isinstance(body, dict):
+        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    state = _state()
+    mutations = body.get("mutations")
+    _check_mutations(mutations, int(state.config["SYNC_MAX_MUTATIONS"]))
+    version = _schema_version(body, pull=False)
+    principal: Principal = g.principal
+    now = _now()
+    with state.engine.connect() as conn:
+        device = _device(conn, body.get("device_id"))
+        device_id = device["device_id"]
+        seqs = [m["seq"] for m in mutations]
+        first: dict[int, Mapping[str, Any]] = {}
+        for i in range(0, len(seqs), 500):
+            for r in conn.execute(sa.select(LEDGER).where(LEDGER.c.device_id == device_id,
+                                                          LEDGER.c.seq.in_(seqs[i:i + 500]))).mappings():
+                first[r["seq"]] = r
+    duplicates = []
+    fresh = []
+    if first:
+        scope = device_scope(g.snapshot.model, principal, now, g.snapshot.store.codec)
+        with state.engine.connect() as conn:
+            for m in mutations:
+                ledger = first.get(m["seq"])
+                if ledger is None:
+                    fresh.append(m)
+                    continue
+                entity = g.snapshot.model.entity(ledger["entity"]) if g.snapshot.model.has_entity(ledger["entity"]) else None
+                row = None
+                if entity is not None:
+                    table = g.snapshot.store.table(entity)
+                    found = conn.execute(sa.select(table).where(table.c.id == ledger["record_id"])).mappings().first()
+                    if found is not None:
+                        row = readable_row(g.snapshot.store, entity, g.snapshot.store._to_wire_row(entity, found),
+                                           scope, conn)
+                result = {"seq": m["seq"], "status": "duplicate", "first": result_to_wire(ledger, row)}
+                if ledger["digest"] != mutation_digest(m):
+                    result["payload_mismatch"] = True
+                duplicates.append(result)
+    else:
+        fresh = list(mutations)
+    if fresh:
+        batch = PushBatch(device_id=device_id, user_id=principal.user_id, role=principal.role,
+                          attributes=dict(principal.attributes), received_at=format_datetime(now),
+                          sent_at=body.get("sent_at") if isinstance(body.get("sent_at"), str) else None,
+                          schema_version=version, mutations=fresh)
+        state.sync.start()
+        try:
+            state.sync.enqueue(batch)  # invariant 1: "received" only once this returned
+        except Exception:
+            current_app.logger.exception("the push queue refused a batch")
+            raise _problem(503, "unavailable", "Service unavailable",
+                           "the push could not be made durable; nothing was received, send it again",
+                           ) from None
+    with state.engine.begin() as conn:
+        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role}
+        if fresh:
+            values["last_received_seq"] = sa.func.max(DEVICES.c.last_received_seq, fresh[-1]["seq"]) \
+                if conn.dialect.name == "sqlite" else sa.func.greatest(DEVICES.c.last_received_seq, fresh[-1]["seq"])
+        conn.execute(DEVICES.update().where(DEVICES.c.device_id == device_id).values(**values))
+        checkpoint = write_checkpoint(conn, device_id)
+    return _json({"device_id": device_id, "received": [m["seq"] for m in fresh], "results": duplicates,
+                  "write_checkpoint": checkpoint, "unsettled": state.sync.unsettled(device_id)}, 202)
+
+
+@blueprint.get("/results")
+def results():
+    args = request.args
+    state = _state()
+    after = _int_arg(args, "after_seq", 0, 0, 2 ** 53)
+    limit = _int_arg(args, "limit", 1000, 1, 1000)
+    now = _now()
+    with state.engine.connect() as conn:
+        device = _device(conn, args.get("device_id"))
+        scope = device_scope(g.snapshot.model, g.principal, now, g.snapshot.store.codec)
+        items, has_more = results_for(conn, g.snapshot.store, scope, device["device_id"], after, limit)
+        return _json({"results": items, "has_more": has_more,
+                      "write_checkpoint": write_checkpoint(conn, device["device_id"]),
+                      "unsettled": state.sync.unsettled(device["device_id"]),
+                      "last_received_seq": device["last_received_seq"]})
+
+
+@blueprint.post("/pull")
+def pull():
+    body = _body()
+    if not isinstance(body, dict):
+        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    state = _state()
+    _schema_version(body, pull=True)
+    max_limit = int(state.config["SYNC_MAX_PULL_LIMIT"])
+    req = PullRequest(device_id=body.get("device_id"), cursor=_int_arg(body, "cursor", 0, 0, 2 ** 53),
+                      resume=body.get("resume") if isinstance(body.get("resume"), str) else None,
+                      scope_hash=body.get("scope_hash") if isinstance(body.get("scope_hash"), str) else None,
+                      limit=_int_arg(body, "limit", 1000, 1, max_limit),
+                      results_after=_int_arg(body, "results_after", 0, 0, 2 ** 53),
+                      refetch=body.get("refetch") if isinstance(body.get("refetch"), list) else [])
+    if len(req.refetch) > 1000:
+        raise _malformed([{"field": "refetch", "reason": "at most 1000 records"}])
+    now = _now()
+    principal: Principal = g.principal
+    snapshot = g.snapshot
+    scope = device_scope(snapshot.model, principal, now, snapshot.store.codec)
+    with state.engine.begin() as conn:
+        device = _device(conn, req.device_id)
+        try:
+            page = pull_page(conn, snapshot.store, scope, req, secret=state.secret_bytes, now=now)
+        except SyncReset as reset:
+            raise _problem(410, "sync-reset", "Device must resync", reset.detail, horizon=reset.horizon,
+                           reason=reset.reason) from None
+        except InvalidResume as exc:
+            raise _problem(400, "invalid-resume", "Invalid resume token", str(exc)) from None
+        items, more_results = results_for(conn, snapshot.store, scope, device["device_id"], req.results_after)
+        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role,
+                                  "served_cursor": max(device["served_cursor"], page["cursor"]),
+                                  "acked_cursor": max(device["acked_cursor"], min(req.cursor, device["served_cursor"]))}
+        if page["resume"] is None:
+            values["scope_hash"] = page["scope_hash"]
+        conn.execute(DEVICES.update().where(DEVICES.c.device_id == device["device_id"]).values(**values))
+        checkpoint = write_checkpoint(conn, device["device_id"])
+    out = {"device_id": device["device_id"], "schema_version": snapshot.model.schema_version, **page,
+           "results": items, "more_results": more_results, "write_checkpoint": checkpoint,
+           "unsettled": state.sync.unsettled(device["device_id"])}
+    return _json(out)
+
+
+@blueprint.post("/ack")
+def ack():
+    body = _body()
+    if not isinstance(body, dict):
+        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    state = _state()
+    cursor = _int_arg(body, "cursor", 0, 0, 2 ** 53)
+    through = _int_arg(body, "results_through", 0, 0, 2 ** 53)
+    reported = {k: body[k] for k in ("outbox", "quarantined") if k in body}
+    now = _now()
+    with state.engine.begin() as conn:
+        device = _device(conn, body.get("device_id"))
+        if cursor > device["served_cursor"]:
+            raise _malformed([{"field": "cursor", "reason": f"is above any cursor served to this device "
+                                                           f"({device['served_cursor']})"}])
+        values = {"acked_cursor": max(cursor, device["acked_cursor"]),
+                  "results_through": max(through, device["results_through"]), "last_contact_at": now}
+        if reported:
+            values["reported"] = json.dumps({**reported, "at": format_datetime(now)})
+        conn.execute(DEVICES.update().where(DEVICES.c.device_id == device["device_id"]).values(**values))
+        head = head_position(conn)
+    return _json({"device_id": device["device_id"], "acked_cursor": values["acked_cursor"],
+                  "results_through": values["results_through"], "head": head})

@@ -1,0 +1,520 @@
+"""Processing pushed mutations: one queued push batch, one database transaction.
+
+For every mutation of the batch, in seq order: skip it when the dedupe ledger already holds its
+seq (a redelivery, invariant 2); otherwise check it (entity, direction, permission, values,
+references, scope, the entity's conflict policy) and decide its result. All effects of the batch,
+their change-log entries (one counter update, invariant 3) and the ledger rows commit together.
+A worker killed before the commit leaves nothing; one killed after the commit but before the
+queue ack leaves the ledger rows that make the redelivery a no-op.
+
+A rejected mutation is rejected alone, with its type and field problems; the rest of its batch
+is applied (invariant 5). A database error that is not a rule violation (a unique index raced by
+a concurrent writer) makes the batch fall back to one transaction per mutation, so one bad
+mutation can never poison the batch into the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Callable, Mapping, Sequence
+
+import sqlalchemy as sa
+
+from fieldsync.auth.tokens import Principal
+from fieldsync.defs import expr as ex
+from fieldsync.defs.model import Entity, Model
+from fieldsync.defs.values import FieldProblem, format_datetime, parse_datetime, validate_record, ValueProblem
+from fieldsync.store.changelog import ChangeLog, record_history
+from fieldsync.store.engine import write_transaction
+from fieldsync.store.records import RecordStore, utc_now
+from fieldsync.sync.scope import PUSHED_DIRECTIONS
+from fieldsync.sync.tables import DEVICES, LEDGER
+
+__all__ = ["MutationApplier", "PushBatch", "mutation_digest", "OPS"]
+
+OPS = ("insert", "update", "delete")
+_ACTION = {"insert": "create", "update": "update", "delete": "delete"}
+_TITLES = {
+    "validation": "Invalid values", "forbidden": "Not allowed", "direction": "Entity is not pushed by devices",
+    "unknown-entity": "Unknown entity", "unknown-record": "No such record", "record-deleted": "Record was deleted",
+    "id-exists": "Id already exists", "stale": "Record changed since base_version",
+    "malformed-mutation": "Malformed mutation",
+}
+
+
+def mutation_digest(m: Mapping[str, Any]) -> str:
+    """A digest of what a mutation asks for: a reused seq with a different payload is detected."""
+    core = {k: m.get(k) for k in ("entity", "op", "id", "base_version", "fields")}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+@dataclass
+class PushBatch:
+    """What the push endpoint enqueues: one device's received mutations and who sent them."""
+
+    device_id: str
+    user_id: str
+    role: str
+    attributes: dict[str, Any]
+    received_at: str
+    sent_at: str | None
+    schema_version: int
+    mutations: list[dict[str, Any]]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> "PushBatch":
+        return cls(**json.loads(body))
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(self.user_id, self.role, self.attributes)
+
+
+class _Rejected(Exception):
+    def __init__(self, problem: str, detail: str, errors: Sequence[FieldProblem] = (),
+                 current_version: int | None = None):
+        super().__init__(detail)
+        self.problem, self.detail, self.errors, self.current_version = problem, detail, list(errors), current_version
+
+
+@dataclass
+class _Record:
+    """A record as the batch sees it: its DB row and whether it is already in the table."""
+
+    db: dict[str, Any]
+    stored: bool
+    dirty: bool = False
+    versions_by_me: set[int] = dc_field(default_factory=set)
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_datetime(value)
+    except (ValueProblem, TypeError):
+        return None
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+class _Batch:
+    """The state of one batch being applied inside one transaction."""
+
+    def __init__(self, applier: "MutationApplier", conn: sa.Connection, batch: PushBatch, now: dt.datetime):
+        self.applier = applier
+        self.store: RecordStore = applier.store()
+        self.model: Model = self.store.model
+        self.conn = conn
+        self.batch = batch
+        self.now = now
+        self.user = batch.principal.expression_user()
+        self.records: dict[tuple[str, str], _Record | None] = {}
+        self.changes: list[tuple] = []        # (entity, op, record, prev) for the change log
+        self.change_seqs: list[int] = []
+        self.results: list[dict[str, Any]] = []
+        self.result_change: dict[int, int] = {}  # index in results -> index in changes
+        received = _time(batch.received_at) or now
+        sent = _time(batch.sent_at)
+        self.received_at = _aware(received)
+        self.offset = (self.received_at - _aware(sent)) if sent is not None else dt.timedelta(0)
+
+    # -- loading -------------------------------------------------------------------------------
+    def prefetch(self, mutations: Sequence[Mapping[str, Any]]) -> None:
+        """Load (and on PostgreSQL lock) every record the batch names and every referenced id,
+        one query per entity, so checks do not cost a query per mutation."""
+        wanted: dict[str, set[str]] = {}
+        for m in mutations:
+            name = m.get("entity")
+            if not isinstance(name, str) or not self.model.has_entity(name) or not _is_uuid(m.get("id")):
+                continue
+            entity = self.model.entity(name)
+            wanted.setdefault(name, set()).add(str(m["id"]))
+            fields = m.get("fields") if isinstance(m.get("fields"), dict) else {}
+            for f in entity.fields:
+                v = fields.get(f.name)
+                if f.type == "ref" and isinstance(v, str) and not f.encrypted and self.model.has_entity(f.ref):
+                    wanted.setdefault(f.ref, set()).add(v)
+        for name, ids in sorted(wanted.items()):
+            table = self.store.table(self.model.entity(name))
+            for key in ids:
+                self.records.setdefault((name, key), None)
+            ordered = sorted(ids)
+            for i in range(0, len(ordered), 500):
+                query = sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))
+                if self.conn.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                for row in self.conn.execute(query).mappings():
+                    self.records[(name, row["id"])] = _Record(dict(row), stored=True)
+
+    def record(self, entity: Entity, record_id: str) -> _Record | None:
+        key = (entity.name, record_id)
+        if key not in self.records:
+            table = self.store.table(entity)
+            row = self.conn.execute(sa.select(table).where(table.c.id == record_id)).mappings().first()
+            self.records[key] = _Record(dict(row), stored=True) if row is not None else None
+        return self.records[key]
+
+    def wire(self, entity: Entity, rec: _Record) -> dict[str, Any]:
+        return self.store._to_wire_row(entity, rec.db)
+
+    # -- rules ---------------------------------------------------------------------------------
+    def allowed(self, entity: Entity, wire: Mapping[str, Any]) -> bool:
+        """The record lies inside what this device's user may write: the role's row filter and,
+        for a root entity, its sync scope; a child inherits its parent's."""
+        perm = entity.permission(self.batch.role)
+        if perm is not None and perm.row_filter is not None and not ex.evaluate(perm.row_filter, dict(wire), self.user):
+            return False
+        if entity.parent is None:
+            if entity.sync.scope is not None and not ex.evaluate(entity.sync.scope, dict(wire), self.user):
+                return False
+            return True
+        parent = self.model.entity(entity.parent)
+        parent_id = wire.get(entity.parent_field)
+        rec = self.record(parent, parent_id) if isinstance(parent_id, str) else None
+        if rec is None or rec.db["deleted"]:
+            return False
+        return self.allowed(parent, self.wire(parent, rec))
+
+    def check_refs(self, entity: Entity, values: Mapping[str, Any]) -> list[FieldProblem]:
+        problems = []
+        for f in entity.fields:
+            v = values.get(f.name)
+            if f.type == "ref" and v is not None and not f.encrypted:
+                rec = self.record(self.model.entity(f.ref), v)
+                if rec is None or rec.db["deleted"]:
+                    problems.append(FieldProblem(f.name, f"refers to a {f.ref} that does not exist ({v})"))
+        return problems
+
+    def effective_time(self, m: Mapping[str, Any]) -> dt.datetime:
+        """The device's edit time corrected by the clock offset of its push, never in the future
+        (docs/protocol.md §8.1)."""
+        client = _time(m.get("client_time"))
+        if client is None:
+            return self.received_at
+        return min(_aware(client) + self.offset, self.received_at)
+
+    def other_writers(self, entity: Entity, rec: _Record, base: int) -> dict[str, dt.datetime] | None:
+        """Fields changed by another writer since `base`, each with the latest write time; None
+        when no other writer changed the record. Missing history counts as another writer."""
+        current = rec.db["version"]
+        if base >= current:
+            return None
+        history = record_history(self.conn, entity.name, rec.db["id"], base) if rec.stored else []
+        covered = set(rec.versions_by_me)
+        fields: dict[str, dt.datetime] = {}
+        other = False
+        for change in history:
+            covered.add(change.version)
+            if change.origin == self.batch.device_id:
+                continue
+            other = True
+            when = _time(change.row.get("updated_at")) or change.changed_at
+            prev = change.prev or {}
+            for f in entity.field_names:
+                if change.op == "create" or prev.get(f) != change.row.get(f):
+                    fields[f] = max(fields.get(f, when), when)
+        if any(v not in covered for v in range(base + 1, current + 1)):
+            other = True  # history compacted away: assume the worst
+            when = _aware(rec.db["updated_at"])
+            for f in entity.field_names:
+                fields[f] = max(fields.get(f, when), when)
+        return fields if other else None
+
+    # -- one mutation --------------------------------------------------------------------------
+    def apply(self, m: Mapping[str, Any]) -> dict[str, Any]:
+        seq = m.get("seq")
+        base = {"device_id": self.batch.device_id, "seq": seq, "digest": mutation_digest(m),
+                "entity": str(m.get("entity"))[:64], "record_id": str(m.get("id"))[:64],
+                "op": str(m.get("op"))[:8], "position": None, "version": None, "effect": None,
+                "overridden": None, "problem": None, "detail": None, "errors": None,
+                "current_version": None, "processed_at": self.now}
+        try:
+            base.update(self._decide(m))
+            base["status"] = "applied"
+        except _Rejected as r:
+            base.update(status="rejected", problem=r.problem, detail=r.detail,
+                        errors=json.dumps([p.as_dict() for p in r.errors]) if r.errors else None,
+                        current_version=r.current_version)
+        return base
+
+    def _decide(self, m: Mapping[str, Any]) -> dict[str, Any]:
+        name, op, record_id = m.get("entity"), m.get("op"), m.get("id")
+        fields = m.get("fields", {})
+        if op not in OPS or not isinstance(fields, dict) or not _is_uuid(record_id):
+            raise _Rejected("malformed-mutation", "a mutation needs op insert/update/delete, a UUID id and a fields object")
+        if not isinstance(name, str) or not self.model.has_entity(name):
+            raise _Rejected("unknown-entity", f"no entity {name!r}")
+        entity = self.model.entity(name)
+        root = self.model.entity(entity.parent) if entity.parent else entity
+        if root.sync.direction not in PUSHED_DIRECTIONS:
+            raise _Rejected("direction", f"{name} is {root.sync.direction}-only: devices may not write it")
+        perm = entity.permission(self.batch.role)
+        if perm is None or not perm.can(_ACTION[op]):
+            raise _Rejected("forbidden", f"role {self.batch.role!r} may not {_ACTION[op]} {name} records")
+        record_id = str(uuid.UUID(record_id))
+        writable = tuple(n for n in (perm.editable if perm.editable is not None else entity.field_names)
+                         if n != entity.owner)
+        if op == "insert":
+            return self._insert(entity, record_id, fields, writable, m)
+        rec = self.record(entity, record_id)
+        if rec is None:
+            raise _Rejected("unknown-record", f"no {name} with id {record_id}")
+        if rec.db["deleted"]:
+            if op == "delete":
+                return {"version": rec.db["version"], "effect": "unchanged"}
+            raise _Rejected("record-deleted", f"{name} {record_id} was deleted; deletes are final",
+                            current_version=rec.db["version"])
+        current = self.wire(entity, rec)
+        if not self.allowed(entity, current):
+            raise _Rejected("forbidden", f"{name} {record_id} is outside the records your role may change")
+        base_version = m.get("base_version")
+        if not isinstance(base_version, int) or isinstance(base_version, bool) or base_version < 0:
+            raise _Rejected("malformed-mutation", "base_version must be an integer >= 0 for update and delete")
+        if base_version > rec.db["version"]:
+            raise _Rejected("malformed-mutation", f"base_version {base_version} is above the current version "
+                            f"{rec.db['version']}")
+        policy = root.sync.conflict
+        others = self.other_writers(entity, rec, base_version)
+        effective = self.effective_time(m)
+        if op == "delete":
+            return self._delete(entity, rec, current, policy, others, effective, m)
+        return self._update(entity, rec, current, fields, writable, policy, others, effective, m)
+
+    def _stamp(self, root: Entity, effective: dt.datetime) -> dt.datetime:
+        # last_write_wins and field_merge compare write times, so a device write carries its
+        # effective time; other policies stamp the server clock
+        return effective if root.sync.conflict in ("last_write_wins", "field_merge") else self.now
+
+    def _insert(self, entity: Entity, record_id: str, fields: Mapping[str, Any], writable, m) -> dict[str, Any]:
+        existing = self.record(entity, record_id)
+        if existing is not None:
+            raise _Rejected("id-exists", f"a {entity.name} with id {record_id} already exists",
+                            current_version=existing.db["version"])
+        server_values = {entity.owner: self.batch.user_id} if entity.owner else {}
+        clean, problems = validate_record(entity, dict(fields), partial=False, writable=writable,
+                                          server_set=tuple(server_values))
+        if problems:
+            raise _Rejected("validation", "some values are invalid", problems)
+        clean.update(server_values)
+        problems = self.check_refs(entity, clean) + self._check_unique(entity, clean, None)
+        if problems:
+            raise _Rejected("validation", "some values are invalid", problems)
+        root = self.model.entity(entity.parent) if entity.parent else entity
+        stamp = self._stamp(root, self.effective_time(m))
+        db = {"id": record_id, "version": 1, "created_at": stamp, "updated_at": stamp, "deleted": False}
+        db.update(self.store._values_to_db(entity, clean))
+        for f in entity.fields:
+            db.setdefault(f.name, None)
+        wire = self.store._to_wire_row(entity, db)
+        if not self.allowed(entity, wire):
+            raise _Rejected("forbidden", f"the new {entity.name} would fall outside the records your role may reach")
+        rec = _Record(db, stored=False, dirty=True, versions_by_me={1})
+        self.records[(entity.name, record_id)] = rec
+        self._log(entity, "create", wire, None, m)
+        return {"version": 1, "effect": "changed"}
+
+    def _update(self, entity, rec, current, fields, writable, policy, others, effective, m) -> dict[str, Any]:
+        clean, problems = validate_record(entity, dict(fields), partial=True, writable=writable)
+        if problems:
+            raise _Rejected("validation", "some values are invalid", problems)
+        overridden: list[str] = []
+        if others is not None:
+            if policy == "reject_stale":
+                raise _Rejected("stale", f"{entity.name} {rec.db['id']} is at version {rec.db['version']}; "
+                                f"the change was made on version {m.get('base_version')}",
+                                current_version=rec.db["version"])
+            if policy == "server_wins":
+                return {"version": rec.db["version"], "effect": "discarded", "overridden": json.dumps(sorted(clean))}
+            if policy == "field_merge":
+                overridden = sorted(f for f in clean if f in others and effective < others[f])
+                clean = {k: v for k, v in clean.items() if k not in overridden}
+        if policy == "last_write_wins" and effective < _aware(rec.db["updated_at"]):
+            return {"version": rec.db["version"], "effect": "discarded", "overridden": json.dumps(sorted(clean))}
+        if not clean:
+            return {"version": rec.db["version"], "effect": "discarded" if overridden else "unchanged",
+                    "overridden": json.dumps(overridden) if overridden else None}
+        values = self.store._values_to_db(entity, clean)
+        if all(rec.db.get(k) == v for k, v in values.items()):
+            return {"version": rec.db["version"], "effect": "unchanged",
+                    "overridden": json.dumps(overridden) if overridden else None}
+        problems = self.check_refs(entity, clean) + self._check_unique(entity, clean, rec.db["id"])
+        if problems:
+            raise _Rejected("validation", "some values are invalid", problems)
+        new_db = dict(rec.db)
+        new_db.update(values)
+        root = self.model.entity(entity.parent) if entity.parent else entity
+        stamp = self._stamp(root, effective)
+        new_db["updated_at"] = max(_aware(rec.db["updated_at"]), stamp) if policy == "field_merge" else stamp
+        new_db["version"] = rec.db["version"] + 1
+        wire = self.store._to_wire_row(entity, new_db)
+        if not self.allowed(entity, wire):
+            raise _Rejected("forbidden", f"the change would move {entity.name} {rec.db['id']} outside the records "
+                            "your role may reach")
+        rec.db, rec.dirty = new_db, True
+        rec.versions_by_me.add(new_db["version"])
+        self._log(entity, "update", wire, current, m)
+        return {"version": new_db["version"], "effect": "partial" if overridden else "changed",
+                "overridden": json.dumps(overridden) if overridden else None}
+
+    def _delete(self, entity, rec, current, policy, others, effective, m) -> dict[str, Any]:
+        if others is not None:
+            if policy == "reject_stale":
+                raise _Rejected("stale", f"{entity.name} {rec.db['id']} is at version {rec.db['version']}; "
+                                f"the delete was made on version {m.get('base_version')}",
+                                current_version=rec.db["version"])
+            if policy == "server_wins":
+                return {"version": rec.db["version"], "effect": "discarded", "overridden": "[]"}
+        if policy in ("last_write_wins", "field_merge"):
+            latest = max([_aware(rec.db["updated_at"])] + list((others or {}).values()))
+            if effective < latest:
+                return {"version": rec.db["version"], "effect": "discarded", "overridden": "[]"}
+        new_db = dict(rec.db)
+        new_db.update(deleted=True, version=rec.db["version"] + 1, updated_at=self.now)
+        rec.db, rec.dirty = new_db, True
+        rec.versions_by_me.add(new_db["version"])
+        self._log(entity, "delete", self.store._to_wire_row(entity, new_db), current, m)
+        return {"version": new_db["version"], "effect": "changed"}
+
+    def _check_unique(self, entity: Entity, values: Mapping[str, Any], own_id: str | None) -> list[FieldProblem]:
+        if not any(f.unique and values.get(f.name) is not None for f in entity.fields):
+            return []
+        problems = self.store.check_unique(self.conn, entity, values, own_id)
+        for f in entity.fields:  # records written earlier in this batch are not in the table yet
+            if f.unique and values.get(f.name) is not None and not any(p.field == f.name for p in problems):
+                stored = self.store._values_to_db(entity, {f.name: values[f.name]})[f.name]
+                for (name, rid), rec in self.records.items():
+                    if (name == entity.name and rec is not None and rec.dirty and rid != own_id
+                            and not rec.db["deleted"] and rec.db.get(f.name) == stored):
+                        problems.append(FieldProblem(f.name, "must be unique; another record has this value"))
+                        break
+        return problems
+
+    def _log(self, entity: Entity, op: str, wire: dict[str, Any], prev: dict[str, Any] | None, m) -> None:
+        self.result_change[len(self.results)] = len(self.changes)
+        self.changes.append((entity, op, wire, prev))
+        self.change_seqs.append(m.get("seq"))
+
+    # -- commit --------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the batch's records, change-log entries and ledger rows."""
+        inserts: dict[str, list[dict[str, Any]]] = {}
+        for (name, _), rec in self.records.items():
+            if rec is None or not rec.dirty:
+                continue
+            entity = self.model.entity(name)
+            table = self.store.table(entity)
+            if not rec.stored:
+                inserts.setdefault(name, []).append(rec.db)
+            else:
+                values = {k: v for k, v in rec.db.items() if k != "id"}
+                self.conn.execute(table.update().where(table.c.id == rec.db["id"]).values(values))
+        for name, rows in inserts.items():
+            self.conn.execute(self.store.table(self.model.entity(name)).insert(), rows)
+        positions = self.applier.changelog.record_changes(self.conn, self.changes, origin=self.batch.device_id,
+                                                          seqs=self.change_seqs)
+        for i, change_index in self.result_change.items():
+            self.results[i]["position"] = positions[change_index]
+        if self.results:
+            self.conn.execute(LEDGER.insert(), self.results)
+            rejected = sum(1 for r in self.results if r["status"] == "rejected")
+            if rejected:
+                self.conn.execute(DEVICES.update().where(DEVICES.c.device_id == self.batch.device_id)
+                                  .values(rejected=DEVICES.c.rejected + rejected))
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class MutationApplier:
+    """Applies queued push batches. `store` returns the current RecordStore (the model can be
+    swapped while the server runs); `changelog` is the server's ChangeLog."""
+
+    def __init__(self, store: Callable[[], RecordStore], changelog: ChangeLog,
+                 clock: Callable[[], dt.datetime] = utc_now):
+        self.store = store
+        self.changelog = changelog
+        self.clock = clock
+
+    def _processed(self, conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> set[int]:
+        done: set[int] = set()
+        ordered = sorted(s for s in seqs if isinstance(s, int))
+        for i in range(0, len(ordered), 500):
+            rows = conn.execute(sa.select(LEDGER.c.seq).where(LEDGER.c.device_id == device_id,
+                                                              LEDGER.c.seq.in_(ordered[i:i + 500])))
+            done.update(r[0] for r in rows)
+        return done
+
+    def apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
+        """Process `batch`; return the ledger rows written (empty for a full redelivery)."""
+        try:
+            return self._apply(batch, batch.mutations)
+        except sa.exc.IntegrityError:
+            # a concurrent writer took a unique value or an id between our checks and the write:
+            # redo the batch one mutation per transaction, so only the offending one is rejected
+            results: list[dict[str, Any]] = []
+            for m in batch.mutations:
+                try:
+                    results += self._apply(batch, [m])
+                except sa.exc.IntegrityError:
+                    results += self._reject_alone(batch, m)
+            return results
+
+    def _apply(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        with write_transaction(self.store().engine) as conn:
+            done = self._processed(conn, batch.device_id, [m.get("seq") for m in mutations])
+            todo = sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"])
+            if not todo:
+                return []
+            state = _Batch(self, conn, batch, self.clock())
+            state.prefetch(todo)
+            for m in todo:
+                state.results.append(state.apply(m))
+            state.flush()
+            return state.results
+
+    def _reject_alone(self, batch: PushBatch, m: Mapping[str, Any]) -> list[dict[str, Any]]:
+        with write_transaction(self.store().engine) as conn:
+            if self._processed(conn, batch.device_id, [m["seq"]]):
+                return []
+            state = _Batch(self, conn, batch, self.clock())
+            row = state.apply({**m, "fields": {}, "op": "__invalid__"})
+            row.update(op=str(m.get("op"))[:8], problem="validation",
+                       detail="the write conflicts with a unique value or id another writer just took",
+                       digest=mutation_digest(m))
+            state.results.append(row)
+            state.flush()
+            return state.results
+
+
+def result_to_wire(ledger: Mapping[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
+    """A ledger row as the result object of docs/sync-design.md (with `row` read at delivery)."""
+    out: dict[str, Any] = {"seq": ledger["seq"], "status": ledger["status"], "entity": ledger["entity"],
+                           "id": ledger["record_id"], "op": ledger["op"], "position": ledger["position"]}
+    if ledger["status"] == "applied":
+        out.update(version=ledger["version"], effect=ledger["effect"],
+                   overridden=json.loads(ledger["overridden"]) if ledger["overridden"] else [])
+    else:
+        name = ledger["problem"]
+        out.update(permanent=True, type=f"https://fieldsync.dev/problems/{name}",
+                   title=_TITLES.get(name, "Rejected"), detail=ledger["detail"],
+                   errors=json.loads(ledger["errors"]) if ledger["errors"] else [],
+                   current_version=ledger["current_version"])
+    out["row"] = row
+    return out

@@ -1,0 +1,372 @@
+"""Assembling pull pages: the snapshot and rescope phases from the tables, the stream from the
+change log (docs/sync-design.md decisions 6 and 7, docs/protocol.md §6).
+
+Every page is read in one read transaction, so the rows, the head and the change-log range it
+reports belong together. Pages are idempotent for the device: a page it did not commit is pulled
+again with its old cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Mapping, Sequence
+
+import sqlalchemy as sa
+
+from fieldsync.defs import expr as ex
+from fieldsync.defs.model import Entity
+from fieldsync.errors import Error
+from fieldsync.store.changelog import Change, changes_after, count_after, decode_row, head_position, \
+    oldest_retained_position
+from fieldsync.store.records import RecordStore
+from fieldsync.sync.apply import result_to_wire
+from fieldsync.sync.scope import DeviceScope
+from fieldsync.sync.tables import LEDGER, SCOPES
+
+__all__ = ["PullRequest", "SyncReset", "InvalidResume", "pull_page", "results_for", "readable_row",
+           "write_checkpoint", "remember_scope"]
+
+MAX_RESULTS_PER_PAGE = 1000
+
+
+class SyncReset(Error):
+    """The device must reset (410 sync-reset): its cursor can no longer be served."""
+
+    def __init__(self, reason: str, detail: str, horizon: int):
+        super().__init__(detail)
+        self.reason, self.detail, self.horizon = reason, detail, horizon
+
+
+class InvalidResume(Error):
+    """The resume token was not issued by this server (400 invalid-resume)."""
+
+
+@dataclass
+class PullRequest:
+    device_id: str
+    cursor: int
+    resume: str | None = None
+    scope_hash: str | None = None
+    limit: int = 1000
+    results_after: int = 0
+    refetch: list[dict[str, str]] = dc_field(default_factory=list)
+
+
+# -- resume tokens -----------------------------------------------------------------------------
+
+def _sign(secret: bytes, body: str) -> str:
+    return base64.urlsafe_b64encode(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:18]).decode()
+
+
+def encode_resume(secret: bytes, state: Mapping[str, Any]) -> str:
+    body = base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":"), sort_keys=True).encode()).decode()
+    return f"r1.{body}.{_sign(secret, body)}"
+
+
+def decode_resume(secret: bytes, token: str) -> dict[str, Any]:
+    try:
+        prefix, body, signature = token.split(".")
+        if prefix != "r1" or not hmac.compare_digest(_sign(secret, body), signature):
+            raise ValueError
+        return json.loads(base64.urlsafe_b64decode(body))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidResume("the resume token was not issued by this server") from None
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def remember_scope(conn: sa.Connection, scope: DeviceScope, now) -> None:
+    """Store the scope's digests under its hash, so a later pull can tell what changed."""
+    if conn.execute(sa.select(SCOPES.c.scope_hash).where(SCOPES.c.scope_hash == scope.hash)).first() is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(SCOPES.insert().values(scope_hash=scope.hash, digests=json.dumps(scope.digests),
+                                                    created_at=now))
+        except sa.exc.IntegrityError:
+            pass  # another request stored it first
+
+
+def _old_digests(conn: sa.Connection, scope_hash: str | None) -> dict[str, str]:
+    if not scope_hash:
+        return {}
+    raw = conn.execute(sa.select(SCOPES.c.digests).where(SCOPES.c.scope_hash == scope_hash)).scalar_one_or_none()
+    return json.loads(raw) if raw else {}
+
+
+def readable_row(store: RecordStore, entity: Entity, wire: Mapping[str, Any] | None, scope: DeviceScope,
+                 conn: sa.Connection) -> dict[str, Any] | None:
+    """`wire` as the device's user may read it (visible fields and system members), None when
+    the role may not read it. Used for results: a device sees its own pushed records even for
+    push-only entities, within its role's rules."""
+    if wire is None:
+        return None
+    if wire.get("deleted"):
+        return {"id": wire["id"], "version": wire["version"], "deleted": True}
+    perm = entity.permission(scope.principal.role)
+    if perm is None or not perm.can("read"):
+        return None
+    if perm.row_filter is not None and not ex.evaluate(perm.row_filter, dict(wire), scope.user):
+        return None
+    if entity.parent is None:
+        if entity.sync.scope is not None and not ex.evaluate(entity.sync.scope, dict(wire), scope.user):
+            return None
+    else:
+        parent = store.model.entity(entity.parent)
+        table = store.table(parent)
+        row = conn.execute(sa.select(table).where(table.c.id == wire.get(entity.parent_field))).mappings().first()
+        if row is None or readable_row(store, parent, store._to_wire_row(parent, row), scope, conn) is None:
+            return None
+    out = {f.name: wire.get(f.name) for f in entity.fields if perm.visible is None or f.name in perm.visible}
+    out.update(id=wire["id"], version=wire["version"], created_at=wire.get("created_at"),
+               updated_at=wire.get("updated_at"), deleted=False)
+    return out
+
+
+def results_for(conn: sa.Connection, store: RecordStore, scope: DeviceScope, device_id: str, after_seq: int,
+                limit: int = MAX_RESULTS_PER_PAGE) -> tuple[list[dict[str, Any]], bool]:
+    """The results of this device's processed seqs above `after_seq`, ascending, with `row`
+    read now; and whether more remain."""
+    rows = list(conn.execute(sa.select(LEDGER).where(LEDGER.c.device_id == device_id, LEDGER.c.seq > after_seq)
+                             .order_by(LEDGER.c.seq).limit(limit + 1)).mappings())
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    wanted: dict[str, set[str]] = {}
+    for r in rows:
+        if store.model.has_entity(r["entity"]):
+            wanted.setdefault(r["entity"], set()).add(r["record_id"])
+    current: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, ids in wanted.items():
+        entity = store.model.entity(name)
+        table = store.table(entity)
+        ordered = sorted(ids)
+        for i in range(0, len(ordered), 500):
+            for row in conn.execute(sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))).mappings():
+                current[(name, row["id"])] = store._to_wire_row(entity, row)
+    out = []
+    for r in rows:
+        wire = current.get((r["entity"], r["record_id"]))
+        row = readable_row(store, store.model.entity(r["entity"]), wire, scope, conn) if wire else None
+        out.append(result_to_wire(r, row))
+    return out, has_more
+
+
+def write_checkpoint(conn: sa.Connection, device_id: str) -> int:
+    return conn.execute(sa.select(sa.func.coalesce(sa.func.max(LEDGER.c.position), 0))
+                        .where(LEDGER.c.device_id == device_id)).scalar_one()
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+class _Page:
+    def __init__(self, store: RecordStore, scope: DeviceScope, conn: sa.Connection):
+        self.store, self.scope, self.conn = store, scope, conn
+        self.changes: list[tuple[int, int, dict[str, Any]]] = []   # (entity order, position, change)
+        self.order = {name: i for i, name in enumerate(scope.order)}
+
+    def add(self, name: str, position: int | None, change: dict[str, Any]) -> None:
+        self.changes.append((self.order.get(name, 0), position or 0, change))
+
+    def upsert(self, name: str, wire: Mapping[str, Any], position: int | None) -> None:
+        self.add(name, position, {"kind": "upsert", "entity": name, "id": wire["id"], "position": position,
+                                  "version": wire["version"], "row": self.scope.visible_row(name, wire)})
+
+    def sorted(self) -> list[dict[str, Any]]:
+        return [c for _, _, c in sorted(self.changes, key=lambda t: (t[0], t[1]))]
+
+
+def _snapshot_query(store: RecordStore, scope: DeviceScope, name: str, after: str | None, limit: int):
+    entity = scope.entities[name].entity
+    table = store.table(entity)
+    query = sa.select(table).where(*scope.sql_where(name, table))
+    if entity.parent is not None:
+        parent_table = store.table(store.model.entity(entity.parent))
+        query = query.join(parent_table, parent_table.c.id == table.c[entity.parent_field]).where(
+            *scope.sql_where(entity.parent, parent_table))
+    if after is not None:
+        query = query.where(table.c.id > after)
+    return query.order_by(table.c.id).limit(limit)
+
+
+def _phase_page(page: _Page, state: dict[str, Any], limit: int) -> tuple[dict[str, Any], bool]:
+    """Fill `page` with the next rows of the phase; returns the new state and whether the phase
+    is finished."""
+    budget = limit
+    while state["i"] < len(state["ents"]) and budget > 0:
+        name = state["ents"][state["i"]]
+        if name not in page.scope.entities:
+            state.update(i=state["i"] + 1, after=None)
+            continue
+        entity = page.scope.entities[name].entity
+        if state["after"] is None:
+            page.add(name, None, {"kind": "clear", "entity": name})
+        rows = list(page.conn.execute(_snapshot_query(page.store, page.scope, name, state["after"], budget + 1))
+                    .mappings())
+        for row in rows[:budget]:
+            page.upsert(name, page.store._to_wire_row(entity, row), None)
+        if len(rows) > budget:
+            state["after"] = rows[budget - 1]["id"]
+            budget = 0
+        else:
+            budget -= len(rows)
+            state.update(i=state["i"] + 1, after=None)
+    return state, state["i"] >= len(state["ents"])
+
+
+def _current_rows(page: _Page, name: str, ids: set[str]) -> dict[str, dict[str, Any]]:
+    entity = page.store.model.entity(name)
+    table = page.store.table(entity)
+    out = {}
+    ordered = sorted(ids)
+    for i in range(0, len(ordered), 500):
+        for row in page.conn.execute(sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))).mappings():
+            out[row["id"]] = page.store._to_wire_row(entity, row)
+    return out
+
+
+def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
+    """docs/sync-design.md decision 7: per record, compare held (before its first change in
+    range) with wanted (after its last change in range)."""
+    store, scope = page.store, page.scope
+    first: dict[tuple[str, str], Change] = {}
+    last: dict[tuple[str, str], Change] = {}
+    changed_fields: dict[tuple[str, str], set[str]] = {}
+    for c in changes:
+        key = (c.entity, c.record_id)
+        first.setdefault(key, c)
+        last[key] = c
+        entity = store.model.entity(c.entity)
+        prev = c.prev or {}
+        fields = changed_fields.setdefault(key, set())
+        for f in entity.field_names:
+            if c.op == "create" or prev.get(f) != c.row.get(f):
+                fields.add(f)
+    # a child is in scope iff its parent is now: look the parents up once
+    parents: dict[str, set[str]] = {}
+    for (name, _), c in last.items():
+        entity = store.model.entity(name)
+        if entity.parent is not None:
+            for row in (c.row, first[(name, c.record_id)].prev or {}):
+                if row.get(entity.parent_field):
+                    parents.setdefault(entity.parent, set()).add(row[entity.parent_field])
+    parent_rows = {name: _current_rows(page, name, ids) for name, ids in parents.items()}
+
+    def in_scope(entity: Entity, row: Mapping[str, Any] | None) -> bool:
+        if not scope.matches(entity.name, row):
+            return False
+        if entity.parent is None:
+            return True
+        parent = parent_rows.get(entity.parent, {}).get(row.get(entity.parent_field))
+        return parent is not None and scope.matches(entity.parent, parent)
+
+    entering: list[tuple[Entity, str, int]] = []
+    for key, c_last in last.items():
+        name, record_id = key
+        entity = store.model.entity(name)
+        c_first = first[key]
+        row = decode_row(entity, c_last.row, store.codec)
+        prev = decode_row(entity, c_first.prev, store.codec) if c_first.prev is not None else None
+        held = in_scope(entity, prev)
+        wanted = in_scope(entity, row)
+        if wanted and held:
+            visible = set(scope.entities[name].visible)
+            page.add(name, c_last.position, {
+                "kind": "patch", "entity": name, "id": record_id, "position": c_last.position,
+                "version": c_last.version, "from_version": prev["version"],
+                "fields": {f: row.get(f) for f in sorted(changed_fields[key] & visible)},
+                "updated_at": row.get("updated_at")})
+        elif wanted:
+            page.upsert(name, row, c_last.position)
+            if c_first.op != "create" and entity.children:
+                entering.append((entity, record_id, c_last.position))
+        elif held:
+            if row.get("deleted"):
+                page.add(name, c_last.position, {"kind": "delete", "entity": name, "id": record_id,
+                                                 "position": c_last.position, "version": c_last.version})
+            else:
+                page.add(name, c_last.position, {"kind": "remove", "entity": name, "id": record_id,
+                                                 "position": c_last.position, "reason": "scope"})
+    # a parent that entered scope brings its live children (their own changes may be older)
+    for entity, record_id, position in entering:
+        for child_name in entity.children:
+            if child_name not in scope.entities:
+                continue
+            child = store.model.entity(child_name)
+            table = store.table(child)
+            query = sa.select(table).where(table.c[child.parent_field] == record_id,
+                                           *scope.sql_where(child_name, table))
+            for row in page.conn.execute(query).mappings():
+                if (child_name, row["id"]) not in last:
+                    page.upsert(child_name, store._to_wire_row(child, row), position)
+
+
+def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
+    """Answer each refetched record with an upsert when the device may see it, else a remove
+    (whether or not it exists, so nothing leaks)."""
+    for item in refetch[:1000]:
+        name, record_id = item.get("entity"), item.get("id")
+        if not isinstance(name, str) or not isinstance(record_id, str):
+            continue
+        row = None
+        if name in page.scope.entities:
+            entity = page.scope.entities[name].entity
+            table = page.store.table(entity)
+            found = page.conn.execute(_snapshot_query(page.store, page.scope, name, None, 1)
+                                      .where(table.c.id == record_id)).mappings().first()
+            row = page.store._to_wire_row(entity, found) if found is not None else None
+        if row is not None:
+            page.upsert(name, row, None)
+        else:
+            page.add(name, None, {"kind": "remove", "entity": name, "id": record_id, "position": None,
+                                  "reason": "refetch"})
+
+
+def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, request: PullRequest, *,
+              secret: bytes, now) -> dict[str, Any]:
+    """One pull page for `request` (everything but results and device bookkeeping)."""
+    head = head_position(conn)
+    cursor = request.cursor
+    retained_from = oldest_retained_position(conn)
+    if cursor > head:
+        raise SyncReset("cursor-ahead", f"cursor {cursor} is beyond the last position this server issued ({head})",
+                        retained_from - 1)
+    if 0 < cursor < retained_from - 1:
+        raise SyncReset("cursor-too-old", f"cursor {cursor} is older than the retention horizon {retained_from - 1}",
+                        retained_from - 1)
+    page = _Page(store, scope, conn)
+    state = None
+    if request.resume:
+        state = decode_resume(secret, request.resume)
+        if state.get("new") != scope.hash or state.get("B") != cursor or state.get("old") != request.scope_hash:
+            state = None  # the scope changed again during the phase, or another cursor: start over
+    if state is None and request.scope_hash != scope.hash:
+        old = _old_digests(conn, request.scope_hash)
+        remember_scope(conn, scope, now)
+        changed = [name for name in scope.order if old.get(name) != scope.digests[name]]
+        state = {"B": cursor, "S": head, "ents": changed, "i": 0, "after": None,
+                 "old": request.scope_hash, "new": scope.hash}
+    body: dict[str, Any] = {"head": head, "windows": scope.windows()}
+    if state is not None:
+        phase = "snapshot" if not request.scope_hash else "rescope"
+        state, done = _phase_page(page, state, request.limit)
+        if done:
+            new_cursor = state["S"] if state["B"] == 0 else state["B"]
+            body.update(phase=phase, cursor=new_cursor, resume=None, scope_hash=scope.hash,
+                        has_more=new_cursor < head)
+        else:
+            body.update(phase=phase, cursor=cursor, resume=encode_resume(secret, state),
+                        scope_hash=request.scope_hash, has_more=True)
+    else:
+        changes, next_cursor, has_more = changes_after(conn, cursor, request.limit, entities=scope.order)
+        _stream_page(page, changes)
+        body.update(phase="stream", cursor=next_cursor, resume=None, scope_hash=scope.hash, has_more=has_more)
+    if request.refetch:
+        _refetch(page, request.refetch)
+    body["changes"] = page.sorted()
+    body["remaining"] = count_after(conn, body["cursor"], entities=scope.order) if body["has_more"] else 0
+    if body["has_more"] and body["remaining"] == 0:
+        body["remaining"] = 1  # a phase page: more rows come, their count is not known cheaply
+    return body

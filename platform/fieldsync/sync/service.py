@@ -1,0 +1,139 @@
+"""The sync service of one server process: the push queue, the listener pool applying pushed
+batches, and the maintenance jobs (retention). Built by `create_app`; nothing starts at import.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from fieldsync.store.changelog import ChangeLog, first_position_since, head_position, purge_before
+from fieldsync.store.engine import write_transaction
+from fieldsync.store.records import RecordStore, utc_now
+from fieldsync.sync.apply import MutationApplier, PushBatch
+from fieldsync.sync.queue import Message, Queue, open_queue
+
+__all__ = ["SyncService", "compact_history"]
+
+log = logging.getLogger("fieldsync.sync")
+
+
+class SyncService:
+    """Receives push batches into the queue and applies them with a pool of listeners."""
+
+    def __init__(self, store: Callable[[], RecordStore], changelog: ChangeLog, queue: Queue | Callable[[], Queue], *,
+                 listeners: int = 2, clock: Callable[[], dt.datetime] = utc_now):
+        self._queue = queue if not callable(queue) or hasattr(queue, "send") else None
+        self._open_queue = None if self._queue is not None else queue
+        self.applier = MutationApplier(store, changelog, clock=clock)
+        self.listeners = listeners
+        self._pool = None
+        self._lock = threading.Lock()
+        self._started = False
+
+    @classmethod
+    def from_config(cls, config, store, changelog, clock=None) -> "SyncService":
+        """The service for `config`; its queue is opened on first use, so building an app
+        creates no file and starts no thread."""
+        url = config.queue_url
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return cls(store, changelog, lambda: open_queue(url), listeners=int(config["SYNC_LISTENERS"]),
+                   clock=clock or utc_now)
+
+    @property
+    def queue(self) -> Queue:
+        with self._lock:
+            if self._queue is None:
+                self._queue = self._open_queue()
+            return self._queue
+
+    @property
+    def pool(self):
+        from fieldsync.sync.worker import ListenerPool
+        queue = self.queue
+        with self._lock:
+            if self._pool is None:
+                self._pool = ListenerPool(queue, self.handle, threads=max(self.listeners, 1), name="fieldsync-push")
+            return self._pool
+
+    def enqueue(self, batch: PushBatch) -> None:
+        """Make `batch` durable in the queue (invariant 1: only then is it "received")."""
+        self.queue.send(batch.to_bytes(), group=batch.device_id)
+
+    def handle(self, message: Message) -> None:
+        """A listener's handler: apply one push batch. Raising leaves the message unacked, so it
+        is redelivered; the ledger makes the second run exact-once."""
+        batch = PushBatch.from_bytes(message.body)
+        results = self.applier.apply_batch(batch)
+        log.info("applied push batch of device %s: %d mutations, %d new results",
+                 batch.device_id, len(batch.mutations), len(results))
+
+    def unsettled(self, device_id: str) -> int:
+        """Push batches of this device received and not yet applied."""
+        return self.queue.pending(device_id)
+
+    def start(self) -> None:
+        """Start the listeners (once; later calls do nothing). The server starts them at boot so
+        batches received before a restart are applied; a push starts them too."""
+        if self.listeners <= 0:
+            return
+        pool = self.pool
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        pool.start()
+
+    def stop(self, timeout: float | None = 30) -> None:
+        with self._lock:
+            started, self._started = self._started, False
+        if started and self._pool is not None:
+            self._pool.stop(timeout)
+
+    def drain(self, *, fail_after_apply: bool = False) -> int:
+        """Apply every queued batch in the calling thread (a server run with SYNC_LISTENERS=0,
+        tests, `fieldsync demo`); returns how many batches were applied. With
+        `fail_after_apply`, each batch is applied and committed but never acked — what a worker
+        killed between apply and acknowledgement leaves behind (fault injection)."""
+        done = 0
+        while True:
+            messages = self.queue.receive(10, visibility_timeout=60.0)
+            if not messages:
+                return done
+            for message in messages:
+                self.handle(message)
+                done += 1
+            if fail_after_apply:
+                self.queue.release([m.receipt for m in messages])
+                return done
+            self.queue.ack([m.receipt for m in messages])
+
+    def wait_idle(self, timeout: float = 30) -> bool:
+        """True once every received batch is applied (tests, demos, the bench)."""
+        if not self._started:
+            self.drain()
+            return self.queue.pending() == 0
+        return self.pool.wait_idle(timeout)
+
+
+def compact_history(engine: sa.Engine, store: RecordStore, retention_days: int, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Retention (docs/sync-design.md decision 8): drop change-log entries older than the
+    window and purge tombstones older than it. Returns what was done."""
+    now = now or utc_now()
+    since = now - dt.timedelta(days=retention_days)
+    purged = 0
+    with write_transaction(engine) as conn:
+        first = first_position_since(conn, since)
+        horizon = first if first is not None else head_position(conn) + 1
+        deleted = purge_before(conn, horizon)
+        for entity in store.model.entities:
+            table = store.table(entity)
+            purged += conn.execute(table.delete().where(table.c.deleted == sa.true(),
+                                                        table.c.updated_at < since)).rowcount
+    return {"horizon": horizon, "changes_deleted": deleted, "tombstones_purged": purged}

@@ -1,0 +1,70 @@
+"""The sync server's platform tables: devices, the dedupe ledger and stored scope descriptors.
+
+`fs_ledger` is the dedupe ledger of invariant 2: one row per processed `(device_id, seq)`,
+written in the same transaction as the mutation's effect, holding its result. It stores no
+field values (a result's `row` is read at delivery time), so it never holds PHI (invariant 7).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from fieldsync.store.tables import PLATFORM_PREFIX
+
+__all__ = ["DEVICES", "LEDGER", "SCOPES", "create_sync_tables", "sync_metadata"]
+
+sync_metadata = sa.MetaData()
+
+DEVICES = sa.Table(
+    PLATFORM_PREFIX + "devices", sync_metadata,
+    sa.Column("device_id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("install_id", sa.String(64), nullable=False),
+    sa.Column("platform", sa.String(128), nullable=True),
+    sa.Column("app_version", sa.String(64), nullable=True),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),  # active | revoked
+    sa.Column("role", sa.String(64), nullable=True),                 # the role of its last request
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_contact_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("scope_hash", sa.String(32), nullable=True),           # what its data conforms to
+    sa.Column("acked_cursor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("served_cursor", sa.BigInteger, nullable=False, server_default="0"),  # highest cursor a pull gave it
+    sa.Column("results_through", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_received_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rejected", sa.BigInteger, nullable=False, server_default="0"),  # permanent rejections so far
+    sa.Column("reported", sa.Text, nullable=True),                   # JSON: the device's own counts at its last ack
+    sa.UniqueConstraint("user_id", "install_id", name="uq_fs_devices_install"),
+)
+
+LEDGER = sa.Table(
+    PLATFORM_PREFIX + "ledger", sync_metadata,
+    sa.Column("device_id", sa.String(36), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("digest", sa.String(64), nullable=False),    # of the mutation as first processed
+    sa.Column("status", sa.String(16), nullable=False),    # applied | rejected
+    sa.Column("entity", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.String(64), nullable=False),
+    sa.Column("op", sa.String(8), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=True),   # of the change it made, if any
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("effect", sa.String(16), nullable=True),     # changed | unchanged | partial | discarded
+    sa.Column("overridden", sa.Text, nullable=True),       # JSON list of field names
+    sa.Column("problem", sa.String(64), nullable=True),    # rejection type name
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("errors", sa.Text, nullable=True),           # JSON [{field, reason}]
+    sa.Column("current_version", sa.Integer, nullable=True),
+    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+SCOPES = sa.Table(
+    PLATFORM_PREFIX + "scopes", sync_metadata,
+    sa.Column("scope_hash", sa.String(32), primary_key=True),
+    sa.Column("digests", sa.Text, nullable=False),         # JSON {entity: digest}
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def create_sync_tables(engine: sa.Engine) -> None:
+    """Create the sync tables when missing (safe to run again, from several servers)."""
+    sync_metadata.create_all(engine, checkfirst=True)
