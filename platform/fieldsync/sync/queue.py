@@ -1,0 +1,508 @@
+"""The queue between "received" and "applied": push batches wait here for the listener pool.
+
+`Queue` is the interface; `SqliteQueue` is the embedded default (`var/queue.db`), and the queue
+issue adds SQS and STOMP behind the same interface. `open_queue(url)` picks the backend.
+
+What the server relies on (DESIGN.md §3):
+
+* **Durable send** (invariant 1). `send` and `send_batch` return only after the message is
+  committed with `synchronous=FULL` in WAL mode: the server may say "received" at that point.
+* **FIFO per group** (sync-design.md decision 2). A group's messages are handed out in send
+  order, one at a time: only the oldest unacked message of a group is eligible, and not while
+  it is in flight. Messages without a group are independent of each other.
+* **At-least-once delivery** (invariant 2 is the ledger's job). A claimed message that is not
+  acked within its visibility timeout becomes visible again and is redelivered with
+  `receive_count + 1`. After `max_receives` deliveries it moves to the dead letters instead.
+
+Receipts. Every delivery gets a new receipt; `ack`, `extend` and `release` act only when the
+receipt is the message's current one. A stale receipt (the message was redelivered since, or
+released, or already acked) is a silent no-op: it must never ack or extend someone else's
+delivery. A receipt whose visibility expired stays current until the message is claimed
+again, so a slow handler that finishes before anyone else took the message still acks it.
+
+How it is stored. One table, `fs_queue`, ordered by `seq` (send order). The column `ready`
+marks the head of each group (and every message without a group); it is maintained in the same
+transaction as every send, ack and dead-lettering, so a claim only looks at ready rows whose
+`visible_at` has passed — one index range, however long a device's backlog. Dead letters move
+to `fs_queue_dead`.
+
+Concurrency. Each `SqliteQueue` has one connection guarded by a lock, so one object may be
+shared by threads; several objects and several processes on the same file coordinate through
+SQLite's write lock (every change is one `BEGIN IMMEDIATE` transaction) and a busy timeout.
+Claims, acks, extends and releases commit with `synchronous=NORMAL`: they survive a crash of
+the process, and a power loss can at worst undo the latest ones, which redelivers messages —
+harmless, because the ledger makes redelivery exact-once (invariant 2). Sends stay FULL.
+
+Long polls (`wait_seconds`) wake at once when a message is sent, released or unblocked by an
+object on the same file in this process, and re-check the file every `POLL_INTERVAL` seconds
+for other processes (and for visibility timeouts running out).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence
+
+from fieldsync.errors import ConfigError, Error
+
+__all__ = [
+    "DEFAULT_MAX_RECEIVES", "POLL_INTERVAL", "Message", "Queue", "QueueClosed", "SqliteQueue",
+    "open_queue",
+]
+
+DEFAULT_MAX_RECEIVES = 5
+POLL_INTERVAL = 0.05          # seconds between re-checks of the file during a long poll
+BUSY_TIMEOUT_S = 30.0         # a writer waits this long for another process's transaction
+SCHEMA_VERSION = 1            # PRAGMA user_version of a queue file
+_MAX_SQL_VARIABLES = 400      # receipts per `IN (...)` chunk (two variables each in ack)
+
+
+class QueueClosed(Error):
+    """The queue object was closed; open a new one."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery of a queued message."""
+
+    id: str                 # queue-assigned id (safe to log; the body is not)
+    body: bytes
+    group: str | None       # FIFO group (the device id); None = no ordering
+    receipt: str            # handle for ack/extend/release; new on every delivery ("" for dead letters)
+    receive_count: int      # 1 on the first delivery
+    enqueued_at: float      # epoch seconds
+
+
+class Queue(Protocol):
+    """What the sync server needs from a queue; see the module docstring for the semantics."""
+
+    def send(self, body: bytes, *, group: str | None = None) -> str:
+        """Enqueue one message durably; returns its id."""
+
+    def send_batch(self, items: Sequence[tuple[bytes, str | None]]) -> list[str]:
+        """Enqueue `(body, group)` pairs in one durable commit; returns their ids in order."""
+
+    def receive(self, max_messages: int = 10, *, visibility_timeout: float = 60.0,
+                wait_seconds: float = 0.0) -> list[Message]:
+        """Claim up to `max_messages` eligible messages, hidden for `visibility_timeout`
+        seconds; waits up to `wait_seconds` for one when none is eligible."""
+
+    def ack(self, receipts: Sequence[str]) -> None:
+        """Delete the delivered messages (stale receipts are ignored)."""
+
+    def extend(self, receipt: str, seconds: float) -> None:
+        """Keep a delivery hidden for `seconds` from now (a heartbeat; stale receipt: no-op)."""
+
+    def release(self, receipts: Sequence[str], delay: float = 0.0) -> None:
+        """Give deliveries back, visible again after `delay` seconds (stale receipts ignored)."""
+
+    def pending(self, group: str | None = None) -> int:
+        """Messages not yet acked (visible or in flight), of `group` or of all groups."""
+
+    def dead_letters(self, limit: int = 100) -> list[Message]:
+        """Messages that exceeded `max_receives`, oldest first."""
+
+    def close(self) -> None:
+        """Release the backend's resources; further calls raise QueueClosed."""
+
+
+def open_queue(url: str, **options) -> Queue:
+    """The queue at `url`. `sqlite:///var/queue.db` (relative) or `sqlite:////srv/queue.db`
+    (absolute) opens a SqliteQueue; `options` go to its constructor."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError("a queue URL needs a scheme, like sqlite:///var/queue.db")
+    if scheme != "sqlite":
+        raise ConfigError(f"queue URL scheme {scheme!r} is not supported; available: 'sqlite'")
+    if not rest.startswith("/") or len(rest) < 2:
+        raise ConfigError("a sqlite queue URL needs a path: sqlite:///var/queue.db (relative) "
+                          "or sqlite:////srv/fieldsync/queue.db (absolute)")
+    return SqliteQueue(rest[1:], **options)
+
+
+# -- wake-ups within one process ----------------------------------------------------------------
+
+class _Doorbell:
+    """Wakes long polls in this process when a message may have become eligible."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._rings = 0
+
+    def rings(self) -> int:
+        with self._cond:
+            return self._rings
+
+    def ring(self) -> None:
+        with self._cond:
+            self._rings += 1
+            self._cond.notify_all()
+
+    def wait(self, since: int, timeout: float) -> None:
+        with self._cond:
+            if self._rings == since:
+                self._cond.wait(timeout)
+
+
+_doorbells: weakref.WeakValueDictionary[str, _Doorbell] = weakref.WeakValueDictionary()
+_doorbells_lock = threading.Lock()
+
+
+def _doorbell_for(path: str) -> _Doorbell:
+    """The doorbell shared by every queue object on the file `path` in this process."""
+    with _doorbells_lock:
+        bell = _doorbells.get(path)
+        if bell is None:
+            bell = _doorbells[path] = _Doorbell()
+        return bell
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS fs_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        grp TEXT,
+        body BLOB NOT NULL,
+        enqueued_at REAL NOT NULL,
+        visible_at REAL NOT NULL,
+        ready INTEGER NOT NULL,
+        token INTEGER NOT NULL,
+        receive_count INTEGER NOT NULL DEFAULT 0)""",
+    # the claim scan: heads of groups (and ungrouped messages) in send order. visible_at rides
+    # along so in-flight heads are skipped inside the index, and a claim rewrites its entry in
+    # place (the key starts with seq) instead of moving it to another page
+    "CREATE INDEX IF NOT EXISTS fs_queue_ready ON fs_queue (seq, visible_at) WHERE ready = 1",
+    # the next message of a group, when its head is acked or dead-lettered
+    "CREATE INDEX IF NOT EXISTS fs_queue_group ON fs_queue (grp, seq) WHERE grp IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS fs_queue_dead (
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        grp TEXT,
+        body BLOB NOT NULL,
+        enqueued_at REAL NOT NULL,
+        receive_count INTEGER NOT NULL,
+        died_at REAL NOT NULL)""",
+)
+
+# ?2 is the group: a message is its group's head when the group has no unacked message yet
+_INSERT = """INSERT INTO fs_queue (id, grp, body, enqueued_at, visible_at, ready, token)
+    VALUES (?1, ?2, ?3, ?4, ?4, ?2 IS NULL OR NOT EXISTS (SELECT 1 FROM fs_queue WHERE grp = ?2),
+            random())"""
+# one statement claims a batch; every delivery draws a new random token for its receipt
+_CLAIM = """UPDATE fs_queue SET receive_count = receive_count + 1, visible_at = ?, token = random()
+    WHERE seq IN (SELECT seq FROM fs_queue WHERE ready = 1 AND visible_at <= ?
+                  ORDER BY seq LIMIT ?)
+    RETURNING seq, id, grp, body, enqueued_at, receive_count, token"""
+_ANY_CANDIDATE = "SELECT 1 FROM fs_queue WHERE ready = 1 AND visible_at <= ? LIMIT 1"
+_PROMOTE = """UPDATE fs_queue SET ready = 1
+    WHERE seq = (SELECT min(seq) FROM fs_queue WHERE grp = ?)"""
+# a claim that picked an exhausted message has already counted one delivery too many: min()
+_BURY = """INSERT INTO fs_queue_dead (seq, id, grp, body, enqueued_at, receive_count, died_at)
+    SELECT seq, id, grp, body, enqueued_at, min(receive_count, ?), ? FROM fs_queue WHERE seq = ?"""
+
+
+def _parse_receipt(receipt: str) -> tuple[int, int]:
+    """`(seq, token)` of a receipt `"<seq>:<delivery>:<token>"`."""
+    try:
+        seq, _, token = receipt.split(":")
+        return int(seq), int(token)
+    except ValueError:
+        raise ValueError(f"not a receipt of this queue: {receipt!r}") from None
+
+
+def _receipt(seq: int, count: int, token: int) -> str:
+    return f"{seq}:{count}:{token}"
+
+
+def _chunks(items: list, size: int = _MAX_SQL_VARIABLES) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the queue file readable by its owner only (messages hold PHI until the security
+    issue encrypts them, sync-design.md decision 10). SQLite gives the -wal and -shm files the
+    database file's permissions. An existing file keeps the mode its operator gave it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+class SqliteQueue:
+    """The embedded queue in one SQLite file; see the module docstring.
+
+    `path` may be `":memory:"` (one object only, for tests). `clock` gives epoch seconds for
+    visibility and enqueue times; tests pass a controllable one so expiry needs no sleeping.
+    Long polls always wait in real time.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_receives: int = DEFAULT_MAX_RECEIVES,
+                 clock: Callable[[], float] = time.time) -> None:
+        if max_receives < 1:
+            raise ConfigError(f"max_receives must be at least 1, not {max_receives}")
+        self._path = os.fspath(path)
+        self._max_receives = max_receives
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = False
+        self._synchronous: str | None = None
+        memory = self._path == ":memory:"
+        if memory:
+            self._doorbell = _Doorbell()
+        else:
+            _create_private_file(Path(self._path))
+            self._doorbell = _doorbell_for(os.path.realpath(self._path))
+        self._conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            self._prepare(memory)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _prepare(self, memory: bool) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        # acked bodies are zeroed in the file, whatever the build's default (invariant 7: the
+        # queue holds plaintext PHI until the security issue encrypts messages)
+        conn.execute("PRAGMA secure_delete = ON")
+        if not memory:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise ConfigError(f"the queue file {self._path} cannot use WAL (journal_mode={mode})")
+        with self._transaction("FULL"):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(f"the queue file {self._path} has format {version}; this "
+                                  f"fieldsync reads format {SCHEMA_VERSION} (upgrade fieldsync)")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def __repr__(self) -> str:
+        return f"SqliteQueue({self._path!r})"
+
+    def __enter__(self) -> SqliteQueue:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def max_receives(self) -> int:
+        return self._max_receives
+
+    # -- plumbing (callers hold self._lock) --
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosed(f"{self!r} is closed")
+
+    @contextmanager
+    def _transaction(self, synchronous: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction. BEGIN IMMEDIATE takes the write lock up front, so a claim's
+        read and its update see the same state across processes (no double delivery)."""
+        conn = self._conn
+        if self._synchronous != synchronous:
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            self._synchronous = synchronous
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _promote(self, conn: sqlite3.Connection, groups: set[str]) -> None:
+        """Make the oldest remaining message of each group its head (FIFO per group)."""
+        conn.executemany(_PROMOTE, [(group,) for group in groups])
+
+    def _bury(self, conn: sqlite3.Connection, rows: list[tuple[int, str | None]], now: float) -> None:
+        """Move `(seq, group)` rows to the dead letters and unblock their groups."""
+        conn.executemany(_BURY, [(self._max_receives, now, seq) for seq, _ in rows])
+        conn.executemany("DELETE FROM fs_queue WHERE seq = ?", [(seq,) for seq, _ in rows])
+        self._promote(conn, {group for _, group in rows if group is not None})
+
+    # -- Queue --
+
+    def send(self, body: bytes, *, group: str | None = None) -> str:
+        """Enqueue `body` durably (committed with synchronous=FULL before this returns)."""
+        return self.send_batch([(body, group)])[0]
+
+    def send_batch(self, items: Sequence[tuple[bytes, str | None]]) -> list[str]:
+        """Enqueue every `(body, group)` in one durable commit; ids in the same order."""
+        now = self._clock()
+        rows = []
+        for body, group in items:
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a message body is bytes, not {type(body).__name__}")
+            if group is not None and not isinstance(group, str):
+                raise TypeError(f"a message group is a str or None, not {type(group).__name__}")
+            rows.append((uuid.uuid4().hex, group, bytes(body), now))
+        if not rows:
+            return []
+        with self._lock:
+            self._check_open()
+            with self._transaction("FULL") as conn:
+                conn.executemany(_INSERT, rows)
+        self._doorbell.ring()
+        return [row[0] for row in rows]
+
+    def receive(self, max_messages: int = 10, *, visibility_timeout: float = 60.0,
+                wait_seconds: float = 0.0) -> list[Message]:
+        """Claim up to `max_messages` eligible messages (at most one per group), hidden for
+        `visibility_timeout` seconds. When none is eligible, waits up to `wait_seconds`."""
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, not {max_messages}")
+        if visibility_timeout < 0:
+            raise ValueError(f"visibility_timeout must not be negative, not {visibility_timeout}")
+        deadline = time.monotonic() + max(wait_seconds, 0.0)
+        first = True
+        while True:
+            rung = self._doorbell.rings()
+            if first or self._has_candidates():
+                messages = self._claim(max_messages, visibility_timeout)
+                if messages:
+                    return messages
+            first = False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._doorbell.wait(rung, min(POLL_INTERVAL, remaining))
+            if self._closed:
+                return []
+
+    def _has_candidates(self) -> bool:
+        """A read without the write lock, so idle long polls do not contend with writers."""
+        with self._lock:
+            if self._closed:
+                return False
+            return self._conn.execute(_ANY_CANDIDATE, (self._clock(),)).fetchone() is not None
+
+    def _claim(self, max_messages: int, visibility_timeout: float) -> list[Message]:
+        claimed: list[Message] = []
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            with self._transaction("NORMAL") as conn:
+                while len(claimed) < max_messages:
+                    rows = conn.execute(_CLAIM, (now + visibility_timeout, now,
+                                                 max_messages - len(claimed))).fetchall()
+                    if not rows:
+                        break
+                    rows.sort()  # RETURNING order is arbitrary; a batch goes out in send order
+                    dead = [(row[0], row[2]) for row in rows if row[5] > self._max_receives]
+                    claimed.extend(Message(message_id, body, group, _receipt(seq, count, token), count,
+                                           enqueued_at)
+                                   for seq, message_id, group, body, enqueued_at, count, token in rows
+                                   if count <= self._max_receives)
+                    if not dead:
+                        break
+                    # exhausted messages go to the dead letters; that unblocks their groups,
+                    # whose next messages may fill the batch
+                    self._bury(conn, dead, now)
+                    if visibility_timeout <= 0:
+                        break  # what was just claimed is eligible again: do not hand it out twice
+        return claimed
+
+    def ack(self, receipts: Sequence[str]) -> None:
+        """Delete the messages of these deliveries, in one transaction. A stale receipt (the
+        message was released or redelivered since, or is already gone) is a no-op."""
+        wanted = dict(map(_parse_receipt, receipts))
+        if not wanted:
+            return
+        unblocked: set[str] = set()
+        with self._lock:
+            self._check_open()
+            with self._transaction("NORMAL") as conn:
+                for seqs in _chunks(list(wanted)):
+                    # "seq IN" finds the rows by key; the pairs keep only current deliveries
+                    marks = ",".join("?" * len(seqs))
+                    pairs = ",".join(["(?,?)"] * len(seqs))
+                    rows = conn.execute(
+                        f"DELETE FROM fs_queue WHERE seq IN ({marks}) AND (seq, token) IN (VALUES {pairs}) "
+                        "RETURNING grp", [*seqs, *(v for seq in seqs for v in (seq, wanted[seq]))]).fetchall()
+                    unblocked.update(group for group, in rows if group is not None)
+                if unblocked:
+                    self._promote(conn, unblocked)
+        if unblocked:
+            self._doorbell.ring()
+
+    def extend(self, receipt: str, seconds: float) -> None:
+        """Keep the delivery hidden until `seconds` from now. A stale receipt is a no-op."""
+        seq, token = _parse_receipt(receipt)
+        with self._lock:
+            self._check_open()
+            with self._transaction("NORMAL") as conn:
+                conn.execute("UPDATE fs_queue SET visible_at = ? WHERE seq = ? AND token = ?",
+                             (self._clock() + seconds, seq, token))
+
+    def release(self, receipts: Sequence[str], delay: float = 0.0) -> None:
+        """End these deliveries without acking: each message is visible again after `delay`
+        seconds (its group stays blocked until then), or moves to the dead letters when it has
+        had `max_receives` deliveries. Stale receipts are ignored."""
+        wanted = dict(map(_parse_receipt, receipts))
+        if not wanted:
+            return
+        released = False
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            with self._transaction("NORMAL") as conn:
+                for seqs in _chunks(list(wanted)):
+                    marks = ",".join("?" * len(seqs))
+                    rows = conn.execute(f"SELECT seq, grp, token, receive_count FROM fs_queue "
+                                        f"WHERE seq IN ({marks})", seqs).fetchall()
+                    mine = [row for row in rows if row[2] == wanted[row[0]]]
+                    dead = [(seq, group) for seq, group, _, count in mine if count >= self._max_receives]
+                    back = [(now + delay, seq) for seq, _, _, count in mine if count < self._max_receives]
+                    # a new token ends the delivery: its receipt is stale from now on
+                    conn.executemany("UPDATE fs_queue SET visible_at = ?, token = random() WHERE seq = ?", back)
+                    self._bury(conn, dead, now)
+                    released = released or bool(back and delay <= 0) or bool(dead)
+        if released:
+            self._doorbell.ring()
+
+    def pending(self, group: str | None = None) -> int:
+        """Messages not yet acked or dead-lettered (visible or in flight), of `group` or all."""
+        with self._lock:
+            self._check_open()
+            if group is None:
+                return self._conn.execute("SELECT count(*) FROM fs_queue").fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM fs_queue WHERE grp = ?", (group,)).fetchone()[0]
+
+    def dead_letters(self, limit: int = 100) -> list[Message]:
+        """Up to `limit` dead letters, oldest first (their receipt is "": nothing to ack)."""
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT id, body, grp, receive_count, enqueued_at FROM fs_queue_dead "
+                "ORDER BY rowid LIMIT ?", (limit,)).fetchall()
+        return [Message(message_id, body, group, "", count, enqueued_at)
+                for message_id, body, group, count, enqueued_at in rows]
+
+    def close(self) -> None:
+        """Close the connection; long polls of this object return [] and later calls raise
+        QueueClosed. Closing twice is harmless."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+        self._doorbell.ring()
