@@ -194,6 +194,73 @@ def _attribute_value(attr, raw: str):
     return one(attr.type, raw)
 
 
+def cmd_devices(args) -> int:
+    """The registered devices and where each stands (what GET /api/v1/sync/devices returns)."""
+    import json as _json
+    import sqlalchemy as sa
+    from fieldsync.store.changelog import create_changelog_tables, head_position
+    from fieldsync.store.engine import make_engine
+    from fieldsync.sync.queue import open_queue
+    from fieldsync.sync.tables import DEVICES, LEDGER, create_sync_tables
+    config = _config(args)
+    engine = make_engine(config.database_url)
+    queue = open_queue(config.queue_url)
+    try:
+        create_changelog_tables(engine)
+        create_sync_tables(engine)
+        with engine.connect() as conn:
+            head = head_position(conn)
+            rows = list(conn.execute(sa.select(DEVICES).order_by(DEVICES.c.user_id, DEVICES.c.registered_at))
+                        .mappings())
+            checkpoints = dict(conn.execute(sa.select(LEDGER.c.device_id, sa.func.max(LEDGER.c.position))
+                                            .group_by(LEDGER.c.device_id)).all())
+        items = []
+        for r in rows:
+            reported = _json.loads(r["reported"]) if r["reported"] else {}
+            items.append({"device_id": r["device_id"], "user_id": r["user_id"], "status": r["status"],
+                          "last_contact_at": str(r["last_contact_at"])[:19], "acked_cursor": r["acked_cursor"],
+                          "behind": max(head - r["acked_cursor"], 0), "last_received_seq": r["last_received_seq"],
+                          "unsettled": queue.pending(r["device_id"]), "rejected": r["rejected"],
+                          "pending": (reported.get("outbox") or {}).get("pending"),
+                          "quarantined": reported.get("quarantined"),
+                          "write_checkpoint": checkpoints.get(r["device_id"]) or 0})
+    finally:
+        queue.close()
+        engine.dispose()
+    if args.json:
+        print(_json.dumps({"head": head, "items": items}, indent=2))
+        return 0
+    columns = ("device_id", "user_id", "status", "last_contact_at", "acked_cursor", "behind",
+               "last_received_seq", "unsettled", "rejected", "pending", "quarantined")
+    widths = {c: max([len(c)] + [len(str(i[c])) for i in items]) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for i in items:
+        print("  ".join(str(i[c] if i[c] is not None else "-").ljust(widths[c]) for c in columns))
+    print(f"{len(items)} device(s); head position {head}")
+    return 0
+
+
+def cmd_compact(args) -> int:
+    """Retention: drop change-log entries and tombstones older than RETENTION_DAYS."""
+    from fieldsync.api import create_app
+    from fieldsync.sync.service import compact_history
+    config = _config(args)
+    days = args.retention_days if args.retention_days is not None else int(config["RETENTION_DAYS"])
+    app = create_app(config)
+    state = app.extensions["fieldsync"]
+    done = compact_history(state.engine, state.store, days)
+    print(f"kept positions from {done['horizon']}: {done['changes_deleted']} change(s) and "
+          f"{done['tombstones_purged']} tombstone(s) older than {days} day(s) removed")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Two devices offline, syncing through the server and converging."""
+    from fieldsync.demo import run_demo
+    config = _config(args)
+    return 0 if run_demo(config, url=args.url, workdir=args.workdir) else 1
+
+
 # -- parser --------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "seed", "load the master seed data (records already present are kept)", cmd_seed)
     p.add_argument("dir", nargs="?", default="examples/seed", help="seed directory")
     p.add_argument("--database-url", help="database URL")
+
+    p = _command(sub, "devices", "list registered devices: last contact, cursor, pending and quarantined counts",
+                 cmd_devices)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--database-url", help="database URL")
+    p.add_argument("--data-dir", help="data directory (default var/)")
+
+    p = _command(sub, "compact", "drop change-log entries and tombstones older than the retention window",
+                 cmd_compact)
+    p.add_argument("--retention-days", type=int, help="override RETENTION_DAYS")
+    p.add_argument("--database-url", help="database URL")
+    p.add_argument("--data-dir", help="data directory (default var/)")
+
+    p = _command(sub, "demo", "two devices work offline, sync through the server and converge", cmd_demo)
+    p.add_argument("--url", help="a running server (make run); default: a server in this process")
+    p.add_argument("--workdir", help="where the device stores go (default: a temporary directory)")
+    p.add_argument("--data-dir", help="the server's data directory, for its token key (default var/)")
 
     token = _command(sub, "token", "issue signed bearer tokens", lambda args: token.print_help() or 2)
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION")

@@ -301,6 +301,11 @@ class _Batch:
             raise _Rejected("id-exists", f"a {entity.name} with id {record_id} already exists",
                             current_version=existing.db["version"])
         server_values = {entity.owner: self.batch.user_id} if entity.owner else {}
+        # a device store materialises defaults: a field the role may not set is accepted on
+        # insert when it only carries its default (or null)
+        fields = {k: v for k, v in fields.items()
+                  if k in writable or not entity.has_field(k)
+                  or not (v is None or (entity.field(k).has_default and v == entity.field(k).default))}
         clean, problems = validate_record(entity, dict(fields), partial=False, writable=writable,
                                           server_set=tuple(server_values))
         if problems:
