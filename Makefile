@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test generate clean
+.PHONY: run test bench generate clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/fieldsync generate --check
 	$(BIN)/python -m pytest -q
+
+# Benchmarks print figures (docs/benchmarks.md); they are not tests and `make test` skips them.
+bench: $(STAMP)
+	@status=0; for bench in bench/*_bench.py; do \
+		$(BIN)/python $$bench || status=1; \
+	done; exit $$status
 
 generate: $(STAMP)
 	$(BIN)/fieldsync generate
