@@ -324,13 +324,8 @@ def test_a_device_never_receives_rows_or_fields_outside_its_rules(sync_server, s
     assert [c["kind"] for c in rep_seen if c.get("id") == products[0]] == ["upsert", "remove"]
 
 
-# -- found while writing these tests ---------------------------------------------------------------
+# -- a device store materialises defaults (expense.approved); the insert must still apply ----------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client bug: fieldsync.client.outbox.write_insert queues the defaults validate_record filled in "
-    "(expense.approved = false) as if the app had set them; the server refuses fields the role may not "
-    "set, so every expense a field rep records on a device is quarantined ('approved: may not be set by "
-    "your role'). An insert must carry only the fields the app set (protocol §4.1)."))
 def test_an_expense_recorded_on_a_field_reps_device_is_applied(sync_server, settle, assert_converged):
     server = sync_server
     device = asha(server)
