@@ -262,6 +262,8 @@ class _Batch:
         if perm is None or not perm.can(_ACTION[op]):
             raise _Rejected("forbidden", f"role {self.batch.role!r} may not {_ACTION[op]} {name} records")
         record_id = str(uuid.UUID(record_id))
+        if self.batch.schema_version < self.model.schema_version:
+            fields = _renamed(entity, fields)
         writable = tuple(n for n in (perm.editable if perm.editable is not None else entity.field_names)
                          if n != entity.owner)
         if op == "insert":
@@ -435,6 +437,17 @@ class _Batch:
             if rejected:
                 self.conn.execute(DEVICES.update().where(DEVICES.c.device_id == self.batch.device_id)
                                   .values(rejected=DEVICES.c.rejected + rejected))
+
+
+def _renamed(entity: Entity, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Fields written by a device on an older schema, under their current names (invariant 9:
+    a rename declared with `renamed_from` never loses a pushed value)."""
+    out = dict(fields)
+    for f in entity.fields:
+        for old in f.renamed_from:
+            if old in out and f.name not in out:
+                out[f.name] = out.pop(old)
+    return out
 
 
 def _is_uuid(value: Any) -> bool:
