@@ -115,7 +115,9 @@ def cmd_serve(args) -> int:
 def _serve(app, host: str, port: int) -> None:
     import waitress
     # bind first, then say so: whoever reads "serving on" may connect at once
-    app.extensions["fieldsync"].sync.start()  # apply batches received before a restart
+    state = app.extensions["fieldsync"]
+    state.sync.start()  # apply batches received before a restart
+    state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
     server = waitress.create_server(app, host=host, port=port, threads=8, ident="fieldsync")
     print(f"fieldsync serving on http://{host}:{port}/api/v1  (Ctrl-C stops)", flush=True)
     server.run()

@@ -35,6 +35,7 @@ class SyncService:
         self._pool = None
         self._lock = threading.Lock()
         self._started = False
+        self._stopping = threading.Event()
 
     @classmethod
     def from_config(cls, config, store, changelog, clock=None) -> "SyncService":
@@ -74,6 +75,21 @@ class SyncService:
         log.info("applied push batch of device %s: %d mutations, %d new results",
                  batch.device_id, len(batch.mutations), len(results))
 
+    def start_maintenance(self, engine: sa.Engine, retention_days: int, *, interval: float = 24 * 3600) -> None:
+        """Run `compact_history` now and then every `interval` seconds in a daemon thread, until
+        `stop()` (the server does this; `fieldsync compact` does it once by hand)."""
+        def loop() -> None:
+            while True:
+                try:
+                    done = compact_history(engine, self.applier.store(), retention_days)
+                    log.info("retention: %s", done)
+                except Exception:
+                    log.exception("retention compaction failed; retrying at the next interval")
+                if self._stopping.wait(interval):
+                    return
+        self._stopping.clear()
+        threading.Thread(target=loop, name="fieldsync-retention", daemon=True).start()
+
     def unsettled(self, device_id: str) -> int:
         """Push batches of this device received and not yet applied."""
         return self.queue.pending(device_id)
@@ -91,6 +107,7 @@ class SyncService:
         pool.start()
 
     def stop(self, timeout: float | None = 30) -> None:
+        self._stopping.set()
         with self._lock:
             started, self._started = self._started, False
         if started and self._pool is not None:
