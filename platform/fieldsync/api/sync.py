@@ -24,8 +24,9 @@ from fieldsync.errors import AuthError
 from fieldsync.store.records import new_id, utc_now
 from fieldsync.defs.values import format_datetime
 from fieldsync.sync.apply import PushBatch, mutation_digest, result_to_wire
-from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, results_for, \
-    write_checkpoint
+from fieldsync.store.engine import write_transaction
+from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
+    results_for, write_checkpoint
 from fieldsync.sync.scope import device_scope
 from fieldsync.sync.tables import DEVICES, LEDGER
 from fieldsync.store.changelog import head_position
@@ -267,7 +268,7 @@ def register():
     now = _now()
     state = _state()
     wanted_id = body.get("device_id")
-    with state.engine.begin() as conn:
+    with write_transaction(state.engine) as conn:
         row = conn.execute(sa.select(DEVICES).where(DEVICES.c.user_id == principal.user_id,
                                                     DEVICES.c.install_id == install_id)).mappings().first()
         status = 200
@@ -396,7 +397,7 @@ def push():
             raise _problem(503, "unavailable", "Service unavailable",
                            "the push could not be made durable; nothing was received, send it again",
                            ) from None
-    with state.engine.begin() as conn:
+    with write_transaction(state.engine) as conn:
         values: dict[str, Any] = {"last_contact_at": now, "role": principal.role}
         if fresh:
             values["last_received_seq"] = sa.func.max(DEVICES.c.last_received_seq, fresh[-1]["seq"]) \
@@ -444,7 +445,9 @@ def pull():
     principal: Principal = g.principal
     snapshot = g.snapshot
     scope = device_scope(snapshot.model, principal, now, snapshot.store.codec)
-    with state.engine.begin() as conn:
+    # read the page in one transaction, then write the bookkeeping in a short write transaction:
+    # on SQLite a read transaction cannot be upgraded to a write while listeners commit
+    with state.engine.connect() as conn, conn.begin():
         device = _device(conn, req.device_id)
         try:
             page = pull_page(conn, snapshot.store, scope, req, secret=state.secret_bytes, now=now)
@@ -454,13 +457,20 @@ def pull():
         except InvalidResume as exc:
             raise _problem(400, "invalid-resume", "Invalid resume token", str(exc)) from None
         items, more_results = results_for(conn, snapshot.store, scope, device["device_id"], req.results_after)
+        checkpoint = write_checkpoint(conn, device["device_id"])
+    with write_transaction(state.engine) as conn:
+        remember_scope(conn, scope, now)
         values: dict[str, Any] = {"last_contact_at": now, "role": principal.role,
-                                  "served_cursor": max(device["served_cursor"], page["cursor"]),
-                                  "acked_cursor": max(device["acked_cursor"], min(req.cursor, device["served_cursor"]))}
+                                  "served_cursor": sa.func.max(DEVICES.c.served_cursor, page["cursor"]),
+                                  "acked_cursor": sa.func.max(DEVICES.c.acked_cursor,
+                                                              sa.func.min(req.cursor, DEVICES.c.served_cursor))}
+        if conn.dialect.name != "sqlite":
+            values["served_cursor"] = sa.func.greatest(DEVICES.c.served_cursor, page["cursor"])
+            values["acked_cursor"] = sa.func.greatest(DEVICES.c.acked_cursor,
+                                                      sa.func.least(req.cursor, DEVICES.c.served_cursor))
         if page["resume"] is None:
             values["scope_hash"] = page["scope_hash"]
         conn.execute(DEVICES.update().where(DEVICES.c.device_id == device["device_id"]).values(**values))
-        checkpoint = write_checkpoint(conn, device["device_id"])
     out = {"device_id": device["device_id"], "schema_version": snapshot.model.schema_version, **page,
            "results": items, "more_results": more_results, "write_checkpoint": checkpoint,
            "unsettled": state.sync.unsettled(device["device_id"])}
@@ -477,7 +487,7 @@ def ack():
     through = _int_arg(body, "results_through", 0, 0, 2 ** 53)
     reported = {k: body[k] for k in ("outbox", "quarantined") if k in body}
     now = _now()
-    with state.engine.begin() as conn:
+    with write_transaction(state.engine) as conn:
         device = _device(conn, body.get("device_id"))
         if cursor > device["served_cursor"]:
             raise _malformed([{"field": "cursor", "reason": f"is above any cursor served to this device "

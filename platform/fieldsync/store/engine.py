@@ -1,8 +1,10 @@
 """Creating SQLAlchemy engines for the server database (SQLite or PostgreSQL).
 
 SQLite gets WAL (readers never block the single writer), a busy timeout (a second writer
-waits instead of failing at once) and `synchronous=NORMAL`, which with WAL is still durable
-at every checkpoint and crash-safe. PostgreSQL goes through psycopg 3; a plain
+waits instead of failing at once) and `synchronous=FULL`: a commit is on disk when it returns.
+NORMAL would survive a process crash but could lose the last commits on power loss, while the
+queue (also FULL) had already forgotten the batch — a lost write (invariant 1). Writes are
+batched, so the fsync per commit is paid once per push batch. PostgreSQL goes through psycopg 3; a plain
 `postgresql://` URL is rewritten to use it.
 """
 
@@ -30,7 +32,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
 

@@ -326,7 +326,8 @@ def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
 
 def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, request: PullRequest, *,
               secret: bytes, now) -> dict[str, Any]:
-    """One pull page for `request` (everything but results and device bookkeeping)."""
+    """One pull page for `request` (everything but results and device bookkeeping). Read-only:
+    the caller stores the scope (`remember_scope`) in its write transaction."""
     head = head_position(conn)
     cursor = request.cursor
     retained_from = oldest_retained_position(conn)
@@ -344,7 +345,6 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
             state = None  # the scope changed again during the phase, or another cursor: start over
     if state is None and request.scope_hash != scope.hash:
         old = _old_digests(conn, request.scope_hash)
-        remember_scope(conn, scope, now)
         changed = [name for name in scope.order if old.get(name) != scope.digests[name]]
         state = {"B": cursor, "S": head, "ents": changed, "i": 0, "after": None,
                  "old": request.scope_hash, "new": scope.hash}
