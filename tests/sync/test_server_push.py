@@ -288,3 +288,30 @@ def test_update_after_delete_is_rejected_and_delete_of_tombstone_is_unchanged(ap
     app.extensions["fieldsync"].sync.drain()
     row = ledger_rows(app, dev.device_id)[-1]
     assert (row["status"], row["problem"]) == ("rejected", "record-deleted")
+
+
+def test_server_wins_discards_a_device_edit_made_before_the_servers(defs_copy, tmp_path):
+    """A master opened to devices (`direction: both`) under server_wins: a device edit based on
+    an old version is applied as `discarded`, reported with every field it lost; one based on
+    the current version takes effect."""
+    path = defs_copy / "masters" / "product.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("  field_rep:\n    actions: [read]\n", "  field_rep:\n    actions: [read, update]\n", 1)
+                    .replace("  direction: pull\n", "  direction: both\n", 1))
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": SECRET, "SYNC_LISTENERS": 0,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'server.db'}", "DEFS_DIR": str(defs_copy)})
+    load_seed(app.extensions["fieldsync"].config, "examples/seed")
+    store = app.extensions["fieldsync"].store
+    product = next(p for p in store.list("product", limit=100).items if p["active"])
+    _server_update(app, "product", product["id"], {"description": "from the catalogue team"})
+    dev = Device(app)
+    dev.push([dev.mutation("product", "update", product["id"], {"description": "from the field"},
+                           base_version=product["version"]),
+              dev.mutation("product", "update", product["id"], {"pack_size": 20},
+                           base_version=product["version"] + 1)])
+    app.extensions["fieldsync"].sync.drain()
+    lost, taken = ledger_rows(app, dev.device_id)
+    assert (lost["status"], lost["effect"], json.loads(lost["overridden"])) == ("applied", "discarded", ["description"])
+    assert (taken["status"], taken["effect"]) == ("applied", "changed")
+    current = store.get("product", product["id"])
+    assert (current["description"], current["pack_size"]) == ("from the catalogue team", 20)
