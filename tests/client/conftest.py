@@ -7,17 +7,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
+from fieldsync.api import create_app
 from fieldsync.client import Client
+from fieldsync.seed import load_seed
 
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = "client-test-secret"
+LISTENERS = 2   # the server's listener pool applies pushes in threads, as in production
 PROBLEMS = "https://fieldsync.dev/problems/"
 TERRITORY = "0192a000-0000-7000-8000-000000000011"
 RETAILER = "0192a000-0000-7000-8000-000000000301"
+PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"     # a seed territory (examples/seed)
 
 
 @pytest.fixture(scope="session")
@@ -259,3 +265,57 @@ def make_client(tmp_path, schema, clock):
             client.close()
         except Exception:
             pass
+
+
+# -- the real server (integration tests) --------------------------------------------------------
+
+@pytest.fixture
+def app(tmp_path, example_model):
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'server.db'}", "SECRET_KEY": SECRET,
+                      "DATA_DIR": str(tmp_path / "var"), "SYNC_LISTENERS": LISTENERS}, model=example_model)
+    state = app.extensions["fieldsync"]
+    load_seed(state.config, ROOT / "examples" / "seed", store=state.store)
+    yield app
+    state.sync.stop()
+    state.engine.dispose()
+
+
+@pytest.fixture
+def settle(app):
+    """`settle()`: wait until the server's listener pool has applied every received push."""
+    def wait(timeout: float = 20.0) -> None:
+        assert app.extensions["fieldsync"].sync.wait_idle(timeout), "the listener pool did not finish in time"
+    return wait
+
+
+@pytest.fixture
+def token():
+    """`token(user, *territory_ids, role="field_rep")`: a bearer token the test server accepts."""
+    from fieldsync.auth import issue_token
+
+    def make(user: str, *territories: str, role: str = "field_rep") -> str:
+        return issue_token(SECRET, user, role, {"territory_ids": list(territories or [PUNE])}, ttl=3600)
+    return make
+
+
+@pytest.fixture
+def http_url(app):
+    """The app served by waitress on a free port. The test drives waitress's event loop in a
+    thread of its own, so stopping it never closes a socket under a running select()."""
+    import waitress
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, ident="fieldsync-test")
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            server.asyncore.loop(timeout=0.05, map=server._map, count=1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    server.task_dispatcher.shutdown()
+    for channel in list(server._map.values()):  # connections a test left open, the listener
+        channel.close()

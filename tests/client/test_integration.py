@@ -8,72 +8,21 @@ device synced, an incrementally synced store equals a snapshot (invariant 4)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from fieldsync.api import create_app
-from fieldsync.auth import issue_token
 from fieldsync.client import Client, HttpTransport, TransportError, WsgiTransport
-from fieldsync.seed import load_seed
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "client-test-secret"
 PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"
 RURAL = "58f87001-cb0b-5eac-8382-fd18ac1f335e"
 SAI = "2fd6ae15-929b-509f-9c04-01a819382ca2"      # a retailer in PUNE
-LISTENERS = 2
 SYNCED = ("territory", "product", "price_list", "price_list_item", "retailer", "order", "order_line", "visit",
           "expense")
-
-
-def token(user: str, *territories: str) -> str:
-    return issue_token(SECRET, user, "field_rep", {"territory_ids": list(territories or [PUNE])}, ttl=3600)
-
-
-@pytest.fixture
-def app(tmp_path, example_model):
-    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'server.db'}", "SECRET_KEY": SECRET,
-                      "DATA_DIR": str(tmp_path / "var"), "SYNC_LISTENERS": LISTENERS}, model=example_model)
-    state = app.extensions["fieldsync"]
-    load_seed(state.config, ROOT / "examples" / "seed", store=state.store)
-    yield app
-    state.sync.stop()
-    state.engine.dispose()
-
-
-def settle(app, timeout: float = 20.0) -> None:
-    assert app.extensions["fieldsync"].sync.wait_idle(timeout), "the listener pool did not finish in time"
-
-
-@pytest.fixture
-def http_url(app):
-    """The app served by waitress on a free port. The test drives waitress's event loop in a
-    thread of its own, so stopping it never closes a socket under a running select()."""
-    import waitress
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, ident="fieldsync-test")
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            server.asyncore.loop(timeout=0.05, map=server._map, count=1)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    stop.set()
-    thread.join(5)
-    assert not thread.is_alive()
-    server.task_dispatcher.shutdown()
-    for channel in list(server._map.values()):  # connections a test left open, the listener
-        channel.close()
 
 
 @pytest.fixture(params=["wsgi", "http"])
@@ -124,7 +73,7 @@ def visit_fields(**extra):
             **extra}
 
 
-def test_two_offline_devices_converge(app, transport_for, devices):
+def test_two_offline_devices_converge(app, transport_for, devices, settle, token):
     ana = devices("ana", transport_for(), token("rep-ana"), install_info={"platform": "test", "app_version": "1"})
     ben = devices("ben", transport_for(), token("rep-ben"))
     ana.sync()
@@ -139,14 +88,14 @@ def test_two_offline_devices_converge(app, transport_for, devices):
     ben_visit = ben.insert("visit", visit_fields(notes="ben"))
     order = ana.insert("order", {"retailer_id": SAI, "territory_id": PUNE, "ordered_at": "2026-11-26T11:00:00Z"})
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     ana.delete("visit", ana_visits[2])          # field reps may not delete: rejected, quarantined
 
     for device in (ana, ben):
         report = device.sync()
         assert report.pushed > 0
-    settle(app)
+    settle()
     for _ in range(2):
         for device in (ana, ben):
             device.sync()
@@ -173,25 +122,25 @@ def test_two_offline_devices_converge(app, transport_for, devices):
         assert contents(device) == contents(fresh)
 
 
-def test_deletes_made_elsewhere_reach_the_device(app, transport_for, devices):
+def test_deletes_made_elsewhere_reach_the_device(app, transport_for, devices, settle, token):
     ana = devices("ana", transport_for(), token("rep-ana"))
-    admin = devices("admin", transport_for(), issue_token(SECRET, "boss", "admin", {"territory_ids": [PUNE]}))
+    admin = devices("admin", transport_for(), token("boss", PUNE, role="admin"))
     record_id = ana.insert("visit", visit_fields(notes="to be deleted"))
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     admin.sync()
     admin.delete("visit", record_id)
     assert admin.get("visit", record_id) is None
     admin.sync()
-    settle(app)
+    settle()
     admin.sync()
     ana.sync()
     assert ana.get("visit", record_id) is None and admin.status().unsettled == 0
     assert admin.query("visit") == [] and ana.query("visit") == []
 
 
-def test_a_push_whose_answer_is_cut_is_resent_and_applied_once(app, transport_for, devices):
+def test_a_push_whose_answer_is_cut_is_resent_and_applied_once(app, transport_for, devices, settle, token):
     class CutOnce:
         def __init__(self, inner):
             self.inner, self.cut = inner, 1
@@ -209,9 +158,9 @@ def test_a_push_whose_answer_is_cut_is_resent_and_applied_once(app, transport_fo
     with pytest.raises(TransportError):
         ana.sync()
     assert ana.status().sent == 1
-    settle(app)                       # the first copy was received and is applied meanwhile
+    settle()                       # the first copy was received and is applied meanwhile
     ana.sync()                        # resent with the same seq: a duplicate, settled at once
-    settle(app)
+    settle()
     ana.sync()
     assert server_count(app, "visit", record_id) == 1
     assert ana.get("visit", record_id)["version"] == 1 and ana.status().unsettled == 0
@@ -220,7 +169,7 @@ def test_a_push_whose_answer_is_cut_is_resent_and_applied_once(app, transport_fo
         assert conn.execute(sa.select(sa.func.count()).select_from(LEDGER)).scalar() == 1
 
 
-def test_rejections_are_quarantined_and_can_be_fixed(app, transport_for, devices):
+def test_rejections_are_quarantined_and_can_be_fixed(app, transport_for, devices, settle, token):
     ana = devices("ana", transport_for(), token("rep-ana"))
     ben = devices("ben", transport_for(), token("rep-ben"))
     ana.sync()
@@ -228,7 +177,7 @@ def test_rejections_are_quarantined_and_can_be_fixed(app, transport_for, devices
     outside = ana.insert("visit", visit_fields(territory_id=RURAL, notes="outside my territory"))
     fine = ana.insert("visit", visit_fields(notes="fine"))
     first = ana.sync()
-    settle(app)
+    settle()
     second = ana.sync()    # the listeners may have been quick enough for the first pull
     assert (first.rejected + second.rejected, first.applied + second.applied) == (1, 1)
     [q] = ana.quarantined()
@@ -237,27 +186,27 @@ def test_rejections_are_quarantined_and_can_be_fixed(app, transport_for, devices
     new_seq = ana.resubmit(q.seq, {"territory_id": PUNE})
     assert new_seq > q.seq and ana.quarantined() == []
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     assert ana.get("visit", outside)["territory_id"] == PUNE and ana.get("visit", outside)["version"] == 1
 
 
-def test_reject_stale_order_update_repairs_the_row(app, transport_for, devices):
+def test_reject_stale_order_update_repairs_the_row(app, transport_for, devices, settle, token):
     ana = devices("ana", transport_for(), token("rep-ana"))
     ana_tablet = devices("ana-tablet", transport_for(), token("rep-ana"))
     ana.sync()
     order = ana.insert("order", {"retailer_id": SAI, "territory_id": PUNE, "ordered_at": "2026-11-26T11:00:00Z",
                                  "status": "draft"})
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     ana_tablet.sync()
     ana_tablet.update("order", order, {"remarks": "deliver Monday"})   # the other device wins the race
     ana_tablet.sync()
-    settle(app)
+    settle()
     ana.update("order", order, {"status": "submitted"})               # made on version 1: stale
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     [q] = ana.quarantined()
     assert q.name == "stale" and q.fields == {"status": "submitted"}
@@ -265,13 +214,14 @@ def test_reject_stale_order_update_repairs_the_row(app, transport_for, devices):
     assert row["remarks"] == "deliver Monday" and row["status"] == "draft" and row["version"] == 2
     ana.resubmit(q.seq)                                                  # re-applied on version 2
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     row = ana.get("order", order)
     assert (row["status"], row["remarks"], row["version"]) == ("submitted", "deliver Monday", 3)
 
 
-def test_schema_upgrade_adds_the_new_field_and_keeps_the_outbox(app, transport_for, devices, defs_copy):
+def test_schema_upgrade_adds_the_new_field_and_keeps_the_outbox(app, transport_for, devices, defs_copy, settle,
+                                                               token):
     from fieldsync.defs import load_model
     ana = devices("ana", transport_for(), token("rep-ana"))
     ana.sync()
@@ -286,22 +236,23 @@ def test_schema_upgrade_adds_the_new_field_and_keeps_the_outbox(app, transport_f
     app.extensions["fieldsync"].swap_model(load_model(defs_copy))
 
     ana.sync()          # pushes on schema 1 (accepted), pull says upgrade: migrate, rescope
-    settle(app)
+    settle()
     ana.sync()
     row = ana.get("visit", offline)
     assert row["notes"] == "made on schema 1" and row["mood"] == "calm" and row["version"] == 1
     mine = ana.insert("visit", visit_fields(mood="cheerful"))
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     assert ana.get("visit", mine)["mood"] == "cheerful" and ana.get("visit", mine)["version"] == 1
 
 
 CRASH_SCRIPT = r'''
 import json, os, sys
+from pathlib import Path
 from fieldsync.client import Client, HttpTransport
 path, url, bearer, schema_path, moment = sys.argv[1:6]
-client = Client(path, HttpTransport(url), bearer, schema=json.load(open(schema_path)))
+client = Client(path, HttpTransport(url), bearer, schema=json.loads(Path(schema_path).read_text()))
 
 if moment == "push":
     # the process dies after the server answered the push, before the answer is stored
@@ -331,29 +282,30 @@ os._exit(3)  # not reached when the crash happened
 '''
 
 
-def run_until_crash(tmp_path, url, moment, *extra):
+def run_until_crash(tmp_path, url, bearer, moment, *extra):
     script = tmp_path / "crash.py"
     script.write_text(CRASH_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "ana.db"), url, token("rep-ana"),
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "ana.db"), url, bearer,
                            str(ROOT / "generated" / "device" / "schema.json"), moment, *extra],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 17, done.stderr
 
 
-def test_a_device_killed_between_push_and_answer_loses_and_duplicates_nothing(app, http_url, tmp_path, devices):
-    run_until_crash(tmp_path, http_url, "push", SAI, PUNE)
+def test_a_device_killed_between_push_and_answer_loses_and_duplicates_nothing(app, http_url, tmp_path, devices,
+                                                                             settle, token):
+    run_until_crash(tmp_path, http_url, token("rep-ana"), "push", SAI, PUNE)
     ana = devices("ana", HttpTransport(http_url), token("rep-ana"), schema=None)   # the app restarts
     assert ana.status().sent == 1
     [visit] = ana.query("visit")
     ana.sync()
-    settle(app)
+    settle()
     ana.sync()
     assert server_count(app, "visit", visit["id"]) == 1
     assert ana.get("visit", visit["id"])["version"] == 1 and ana.status().unsettled == 0
 
 
-def test_a_device_killed_while_applying_a_page_pulls_it_again(app, http_url, tmp_path, devices):
-    run_until_crash(tmp_path, http_url, "page")
+def test_a_device_killed_while_applying_a_page_pulls_it_again(app, http_url, tmp_path, devices, token):
+    run_until_crash(tmp_path, http_url, token("rep-ana"), "page")
     ana = devices("ana", HttpTransport(http_url), token("rep-ana"), schema=None)
     status = ana.status()
     assert status.cursor == 0 and status.device_id is not None           # registered, page not committed
