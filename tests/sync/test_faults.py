@@ -317,3 +317,17 @@ def test_an_expense_recorded_on_a_field_reps_device_is_applied(sync_server, sett
     assert [(q["code"], q["errors"]) for q in device.quarantine()] == []
     assert server.records("expense")[expense]["approved"] is False
     assert_converged(server, device)
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
+    "client bug: fieldsync.client.transport.decode_body decodes a zstd body cut short to the part it has "
+    "(ZstdDecompressor().decompressobj() never checks that the frame ended); a pull page cut inside its "
+    "frame decodes to b'', Wire._interpret takes an empty 2xx body as {}, and sync() dies with "
+    "KeyError 'cursor' in apply_page instead of raising TransportError (gzip bodies are checked)"))
+def test_a_zstd_answer_cut_short_is_a_transport_error(make_server):
+    device = asha(make_server())
+    device.transport.fail("cut_zstd_response", path="/pull")
+    with pytest.raises(TransportError):
+        device.sync()
+    assert device.state("cursor", 0) == 0
+    assert device.sync().complete
