@@ -57,14 +57,6 @@ def raw_rows(tmp_path, table):
         conn.close()
 
 
-def state(tmp_path):
-    conn = sqlite3.connect(tmp_path / "device.db")
-    try:
-        return {k: json.loads(v) if v is not None else None for k, v in conn.execute('SELECT key, value FROM "_sync_state"')}
-    finally:
-        conn.close()
-
-
 def test_upsert_patch_delete_and_remove(make_client, server, tmp_path):
     client = make_client(server)
     script_pulls(server, [

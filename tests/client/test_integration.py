@@ -7,7 +7,6 @@ device synced, an incrementally synced store equals a snapshot (invariant 4)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -314,3 +313,12 @@ def test_a_device_killed_while_applying_a_page_pulls_it_again(app, http_url, tmp
     reference = devices("reference", WsgiTransport(app), token("rep-ana"))
     reference.sync()
     assert contents(ana) == contents(reference) and len(ana.query("product")) == 8
+
+
+def test_a_store_made_from_the_servers_schema(app, transport_for, devices, token):
+    ana = devices("ana", transport_for(), token("rep-ana"), schema=None)
+    report = ana.sync()
+    assert report.complete and report.cursor > 0
+    assert {r["id"] for r in ana.query("retailer")} >= {SAI}
+    assert all(r["territory_id"] == PUNE for r in ana.query("retailer"))
+    assert len(ana.query("product")) == 8

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from fieldsync.client import Client, ClientError
+from fieldsync.client import ClientError
 
 
 def tables(path) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import zstandard
 
 from fieldsync.client import HttpTransport, TransportError
 
@@ -18,6 +19,7 @@ class Recorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive
     seen: list[dict] = []
     refuse_gzip = False
+    refuse_zstd = False
     close_after = False
     stall = False
 
@@ -27,9 +29,11 @@ class Recorder(BaseHTTPRequestHandler):
         coding = self.headers.get("Content-Encoding")
         self.seen.append({"coding": coding, "raw": len(raw), "port": self.client_address[1],
                           "accept": self.headers.get("Accept-Encoding"), "path": self.path})
-        if coding == "gzip" and self.refuse_gzip:
+        if (coding == "gzip" and self.refuse_gzip) or (coding == "zstd" and self.refuse_zstd):
             return self._send(415, b'{"type": "https://fieldsync.dev/problems/unsupported-encoding"}')
         body = gzip.decompress(raw) if coding == "gzip" else raw
+        if coding == "zstd":
+            body = zstandard.ZstdDecompressor().stream_reader(raw).read()
         if self.stall:
             threading.Event().wait(2)
         echo = json.dumps({"got": json.loads(body), "pad": "x" * 4000}).encode()
@@ -52,7 +56,8 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server():
-    handler = type("Handler", (Recorder,), {"seen": [], "refuse_gzip": False, "close_after": False, "stall": False})
+    handler = type("Handler", (Recorder,), {"seen": [], "refuse_gzip": False, "refuse_zstd": False,
+                                            "close_after": False, "stall": False})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -101,6 +106,20 @@ def test_415_resends_uncompressed_and_remembers(http_server, connect):
     assert post(transport, big)[0] == 200
     assert post(transport, big)[0] == 200
     assert [s["coding"] for s in handler.seen] == ["gzip", None, None]
+
+
+def test_zstd_when_the_server_lists_it_and_gzip_after_a_415(http_server, connect):
+    server, handler = http_server
+    transport = connect(f"http://127.0.0.1:{server.server_port}")
+    big = {"notes": "z" * 5000}
+    assert post(transport, big)[0] == 200            # capabilities not known yet: gzip
+    transport.use_encodings(["zstd", "gzip"])
+    assert json.loads(post(transport, big)[2])["got"] == big
+    handler.refuse_zstd = True                        # a proxy that cannot take zstd
+    assert json.loads(post(transport, big)[2])["got"] == big
+    assert post(transport, big)[0] == 200
+    assert [s["coding"] for s in handler.seen] == ["gzip", "zstd", "zstd", "gzip", "gzip"]
+    assert handler.seen[0]["accept"] == "zstd, gzip"
 
 
 def test_a_connection_the_server_closed_is_reopened(http_server, connect):
