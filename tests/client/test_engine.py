@@ -319,3 +319,22 @@ def test_resubmit_and_discard(make_client, server, visit):
     assert client.get("visit", a)["version"] == 1 and client.get("visit", a)["notes"] == "fixed"
     assert {"entity": "visit", "id": b} in server.bodies("/pull")[-1]["refetch"]
     assert client.status().quarantined == 0 and client.status().pending == 0
+
+
+def test_an_empty_or_incomplete_answer_is_not_taken_for_one(make_client, server):
+    server.server_insert("product", "0192a000-0000-7000-8000-000000000501", sku="A", name="A", category="pharma",
+                         unit_price="1.00")
+    client = make_client(server)
+    on(server, "/pull", (200, {}, b""))
+    with pytest.raises(TransportError):
+        client.sync()
+    on(server, "/pull", (200, {}, b'{"device_id": "device-1", "changes": []'))
+    with pytest.raises(TransportError):
+        client.sync()
+    on(server, "/pull", (200, {}, json.dumps({"device_id": "device-1", "has_more": False, "changes": [
+        {"kind": "upsert", "entity": "product", "id": "0192a000-0000-7000-8000-000000000501", "version": 1,
+         "row": {"name": "A"}}]}).encode()))
+    with pytest.raises(ProtocolError, match="cursor"):
+        client.sync()
+    assert client.query("product") == [] and client.status().cursor == 0
+    assert client.sync().complete and len(client.query("product")) == 1

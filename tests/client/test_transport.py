@@ -146,3 +146,16 @@ def test_refused_connections_and_timeouts_are_transport_errors(http_server, conn
 def test_only_http_urls_are_accepted():
     with pytest.raises(ValueError):
         HttpTransport("ftp://example.com")
+
+
+def test_a_compressed_answer_cut_short_is_a_transport_error():
+    from fieldsync.client.transport import decode_body
+    page = json.dumps({"cursor": 5, "changes": ["x" * 100] * 100}).encode()
+    for coding, packed in (("zstd", zstandard.ZstdCompressor(level=3).compress(page)),
+                           ("gzip", gzip.compress(page))):
+        assert decode_body(packed, coding) == page
+        for cut in (len(packed) // 2, len(packed) - 1, 3):
+            with pytest.raises(TransportError):
+                decode_body(packed[:cut], coding)
+    with pytest.raises(TransportError, match="cannot read"):
+        decode_body(page, "br")

@@ -89,6 +89,20 @@ def _settle_record(store: LocalStore, conn: sqlite3.Connection, entry: sqlite3.R
 
 # -- pages ---------------------------------------------------------------------------------------
 
+def check_page(page: Mapping[str, Any]) -> None:
+    """Refuse a page without the members the device stores (before anything is applied)."""
+    problems = []
+    if not isinstance(page.get("cursor"), int) or isinstance(page.get("cursor"), bool):
+        problems.append("cursor")
+    if not isinstance(page.get("has_more"), bool):
+        problems.append("has_more")
+    for member in ("changes", "results"):
+        if not isinstance(page.get(member, []), list):
+            problems.append(member)
+    if problems:
+        raise ProtocolError(200, {"detail": f"the pull page lacks or mistypes {', '.join(problems)}"})
+
+
 def apply_page(store: LocalStore, conn: sqlite3.Connection, page: Mapping[str, Any], *,
                refetch_sent: list[Mapping[str, str]], now: dt.datetime) -> Applied:
     """Apply one pull page inside the caller's transaction (§10.2)."""

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from fieldsync.client import outbox
-from fieldsync.client.apply import Applied, apply_page, reset_store, settle_results
+from fieldsync.client.apply import Applied, apply_page, check_page, reset_store, settle_results
 from fieldsync.client.errors import ProtocolError
 from fieldsync.client.reports import SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
@@ -200,6 +200,7 @@ class SyncEngine:
                     raise
                 recoveries += 1
                 continue
+            check_page(page)
             with self.store.transaction() as conn:
                 outcome = apply_page(self.store, conn, page, refetch_sent=refetch, now=self.clock())
             report.pages += 1

@@ -45,10 +45,14 @@ def decode_body(body: bytes, coding: str | None) -> bytes:
         if coding == "gzip":
             return gzip.decompress(body)
         if coding == "zstd" and zstandard is not None:
-            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
-    except (OSError, EOFError, ValueError) as exc:
-        raise TransportError(f"the response body is not valid {coding}: {exc}") from exc
-    except Exception as exc:  # zstandard.ZstdError
+            decoder = zstandard.ZstdDecompressor().decompressobj()
+            data = decoder.decompress(body)
+            if not decoder.eof:  # a frame cut short decodes to a prefix: that is no answer
+                raise TransportError("the zstd response body ends before its frame does")
+            return data
+    except TransportError:
+        raise
+    except Exception as exc:  # OSError, EOFError (gzip cut short), zstandard.ZstdError
         raise TransportError(f"the response body is not valid {coding}: {exc}") from exc
     raise TransportError(f"the response uses an encoding this client cannot read: {coding}")
 

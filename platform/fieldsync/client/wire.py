@@ -75,12 +75,13 @@ class Wire:
 
     def _interpret(self, status: int, headers: Mapping[str, str], data: bytes, method: str, path: str) -> dict:
         try:
-            document = json.loads(data) if data else {}
+            document = json.loads(data) if data else None
         except ValueError:
             document = None
         if 200 <= status < 300:
+            # every sync endpoint answers a JSON object: anything else is an answer cut short
             if not isinstance(document, dict):
-                raise TransportError(f"{method} {path}: the answer is not a JSON object")
+                raise TransportError(f"{method} {path}: HTTP {status} without a complete JSON body")
             return document
         problem = document if isinstance(document, dict) else {"detail": data[:200].decode("utf-8", "replace")}
         retry_after = retry_after_seconds(headers.get("retry-after"))
