@@ -266,3 +266,50 @@ def test_fields_the_role_may_not_see_are_never_sent(defs_copy, tmp_path):
     patch = next(c for p in more for c in p["changes"] if c["id"] == product["id"])
     assert patch["kind"] == "patch" and patch["fields"] == {"name": "Renamed"}
     assert "13.50" not in json.dumps(more)
+
+
+def test_entity_leaving_the_scope_is_cleared(defs_copy, tmp_path):
+    """An analyst makes visits push-only: devices drop the visits they held (invariant 6)."""
+    from fieldsync.defs import load_model
+    app = create_app({"DATA_DIR": str(tmp_path / "d3"), "SECRET_KEY": SECRET, "SYNC_LISTENERS": 0,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 's3.db'}", "DEFS_DIR": str(defs_copy)})
+    state = app.extensions["fieldsync"]
+    load_seed(state.config, "examples/seed")
+    state.store.create("visit", {"rep_id": "rep-asha", **visit_fields(app)})
+    dev = Device(app)
+    pages = dev.pull_all()
+    local = apply_pages(pages)
+    assert any(k[0] == "visit" for k in local)
+    path = defs_copy / "transactions" / "visit.yaml"
+    path.write_text(path.read_text().replace("  direction: both\n", "  direction: push\n", 1))
+    state.swap_model(load_model(defs_copy))
+    more = dev.pull_all(cursor=pages[-1]["cursor"], scope_hash=pages[-1]["scope_hash"])
+    assert {"kind": "clear", "entity": "visit"} in more[0]["changes"]
+    assert not any(k[0] == "visit" for k in apply_pages(more, local))
+
+
+def test_a_device_synced_at_position_zero_is_reset_when_history_is_gone(tmp_path):
+    """A device whose snapshot ended at head 0 streams from 0; once retention removed changes
+    it never saw (a create and delete), it must reset rather than miss the delete silently."""
+    import datetime as dt
+    app = create_app({"DATA_DIR": str(tmp_path / "d4"), "SECRET_KEY": SECRET, "SYNC_LISTENERS": 0,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 's4.db'}"})
+    state = app.extensions["fieldsync"]
+    dev = Device(app)
+    pages = dev.pull_all()
+    assert pages[-1]["cursor"] == 0 and pages[-1]["scope_hash"]
+    territory = state.store.create("territory", {"name": "Nashik", "code": "NSK1", "region": "west"})
+    state.store.delete("territory", territory["id"])
+    compact_history(state.engine, state.store, retention_days=0,
+                    now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
+    r = dev.post("/pull", {"device_id": dev.device_id, "schema_version": 1, "cursor": 0,
+                           "scope_hash": pages[-1]["scope_hash"]})
+    assert r.status_code == 410 and r.json["reason"] == "cursor-too-old"
+
+
+def test_a_body_over_the_limit_by_content_length_names_the_limit(app):
+    dev = Device(app)
+    big = b'{"pad": "' + b"a" * (5 * 1024 * 1024) + b'"}'
+    r = dev.client.post("/api/v1/sync/push", data=big, headers={**dev.headers(), "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json["max_bytes"] == 4 * 1024 * 1024
+    assert r.json["type"].endswith("/payload-too-large")

@@ -315,3 +315,32 @@ def test_server_wins_discards_a_device_edit_made_before_the_servers(defs_copy, t
     assert (taken["status"], taken["effect"]) == ("applied", "changed")
     current = store.get("product", product["id"])
     assert (current["description"], current["pack_size"]) == ("from the catalogue team", 20)
+
+
+def test_a_batch_failing_every_delivery_is_answered_not_dropped(sqlite_app):
+    """Invariant 5: the last delivery of a batch that always fails gives each mutation a
+    permanent `unprocessable` result instead of vanishing into the dead-letter queue."""
+    from fieldsync.sync.queue import Message
+    app = sqlite_app
+    dev = Device(app)
+    dev.push([dev.mutation("visit", "insert", new_id(), visit_fields(app)) for _ in range(3)])
+    sync = app.extensions["fieldsync"].sync
+    real = sync.applier.apply_batch
+
+    def broken(batch):
+        raise RuntimeError("disk on fire")
+    sync.applier.apply_batch = broken
+    try:
+        [message] = sync.queue.receive(1, visibility_timeout=60)
+        with pytest.raises(RuntimeError):
+            sync.handle(message)                                  # not the last delivery: retried
+        assert ledger_rows(app, dev.device_id) == []
+        last = Message(message.id, message.body, message.group, message.receipt,
+                       sync.queue.max_receives, message.enqueued_at)
+        sync.handle(last)                                         # the last one: answered
+    finally:
+        sync.applier.apply_batch = real
+    rows = ledger_rows(app, dev.device_id)
+    assert [(r["seq"], r["status"], r["problem"]) for r in rows] == [(i, "rejected", "unprocessable") for i in (1, 2, 3)]
+    pulled = [r for p in dev.pull_all() for r in p["results"]]
+    assert {r["type"] for r in pulled} == {"https://fieldsync.dev/problems/unprocessable"}

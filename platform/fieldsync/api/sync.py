@@ -109,6 +109,14 @@ def _compress(response: Response) -> Response:
     return response
 
 
+@blueprint.errorhandler(413)
+def _body_too_large(_exc):
+    # Flask refuses a body whose Content-Length is over MAX_CONTENT_LENGTH before we read it;
+    # answer it like our own check, with max_bytes, so clients split the batch the same way
+    from fieldsync.api.problems import problem_response
+    return problem_response(_too_large(_limit_bytes()))
+
+
 def _limit_bytes() -> int:
     return int(_state().config["MAX_BODY_BYTES"])
 

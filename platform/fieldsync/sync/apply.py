@@ -43,6 +43,7 @@ _TITLES = {
     "unknown-entity": "Unknown entity", "unknown-record": "No such record", "record-deleted": "Record was deleted",
     "id-exists": "Id already exists", "stale": "Record changed since base_version",
     "malformed-mutation": "Malformed mutation",
+    "unprocessable": "The server could not process this mutation",
 }
 
 
@@ -352,7 +353,7 @@ class _Batch:
                     "overridden": json.dumps(overridden) if overridden else None}
         values = self.store._values_to_db(entity, clean)
         if all(rec.db.get(k) == v for k, v in values.items()):
-            return {"version": rec.db["version"], "effect": "unchanged",
+            return {"version": rec.db["version"], "effect": "partial" if overridden else "unchanged",
                     "overridden": json.dumps(overridden) if overridden else None}
         problems = self.check_refs(entity, clean) + self._check_unique(entity, clean, rec.db["id"])
         if problems:
@@ -504,6 +505,21 @@ class MutationApplier:
             state.prefetch(todo)
             for m in todo:
                 state.results.append(state.apply(m))
+            state.flush()
+            return state.results
+
+    def reject_unprocessable(self, batch: PushBatch, detail: str) -> list[dict[str, Any]]:
+        """Give every unprocessed mutation of `batch` a permanent `unprocessable` result: the
+        last delivery of a batch that failed every time, so its device learns and quarantines
+        rather than waiting forever (invariant 5: nothing dropped silently)."""
+        with write_transaction(self.store().engine) as conn:
+            done = self._processed(conn, batch.device_id, [m.get("seq") for m in batch.mutations])
+            state = _Batch(self, conn, batch, self.clock())
+            for m in sorted((m for m in batch.mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
+                row = state.apply({**m, "fields": {}, "op": "__invalid__"})
+                row.update(op=str(m.get("op"))[:8], problem="unprocessable", detail=detail[:500],
+                           digest=mutation_digest(m))
+                state.results.append(row)
             state.flush()
             return state.results
 

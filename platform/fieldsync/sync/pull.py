@@ -198,6 +198,8 @@ def _phase_page(page: _Page, state: dict[str, Any], limit: int) -> tuple[dict[st
     while state["i"] < len(state["ents"]) and budget > 0:
         name = state["ents"][state["i"]]
         if name not in page.scope.entities:
+            # left the scope: the device drops its clean rows of it
+            page.add(name, None, {"kind": "clear", "entity": name})
             state.update(i=state["i"] + 1, after=None)
             continue
         entity = page.scope.entities[name].entity
@@ -334,7 +336,9 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
     if cursor > head:
         raise SyncReset("cursor-ahead", f"cursor {cursor} is beyond the last position this server issued ({head})",
                         retained_from - 1)
-    if 0 < cursor < retained_from - 1:
+    # a device that has a scope (it finished a snapshot) streams from its cursor, even from 0:
+    # if the log below the horizon is gone it would miss deletes silently (invariant 4)
+    if cursor < retained_from - 1 and (cursor > 0 or request.scope_hash):
         raise SyncReset("cursor-too-old", f"cursor {cursor} is older than the retention horizon {retained_from - 1}",
                         retained_from - 1)
     page = _Page(store, scope, conn)
@@ -346,6 +350,14 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
     if state is None and request.scope_hash != scope.hash:
         old = _old_digests(conn, request.scope_hash)
         changed = [name for name in scope.order if old.get(name) != scope.digests[name]]
+        # entities the device pulled before and may not now (read taken away, direction
+        # changed): cleared too; with an unknown old scope, every pullable entity outside it
+        if old:
+            gone = [name for name in old if name not in scope.entities]
+        else:
+            gone = [e.name for e in store.model.entities if e.name not in scope.entities
+                    and (store.model.entity(e.parent) if e.parent else e).sync.direction in ("pull", "both")]
+        changed = sorted(gone) + changed
         state = {"B": cursor, "S": head, "ents": changed, "i": 0, "after": None,
                  "old": request.scope_hash, "new": scope.hash}
     body: dict[str, Any] = {"head": head, "windows": scope.windows()}

@@ -71,7 +71,18 @@ class SyncService:
         """A listener's handler: apply one push batch. Raising leaves the message unacked, so it
         is redelivered; the ledger makes the second run exact-once."""
         batch = PushBatch.from_bytes(message.body)
-        results = self.applier.apply_batch(batch)
+        try:
+            results = self.applier.apply_batch(batch)
+        except Exception as exc:
+            last = getattr(self.queue, "max_receives", 5)
+            if message.receive_count < last:
+                raise  # redelivered later; the ledger keeps the retry exact-once
+            # the last delivery: answer every mutation rather than let the batch die unseen
+            log.exception("push batch of device %s failed %d times; rejecting it as unprocessable",
+                          batch.device_id, message.receive_count)
+            results = self.applier.reject_unprocessable(
+                batch, f"the server failed to process this batch {message.receive_count} times "
+                       f"({type(exc).__name__}); send the change again or contact support")
         log.info("applied push batch of device %s: %d mutations, %d new results",
                  batch.device_id, len(batch.mutations), len(results))
 
