@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import os
+import platform
 import pstats
 import sqlite3
 import time
@@ -138,7 +139,9 @@ def profile_top(call, limit: int = 15) -> tuple[Any, str]:
 
 def header(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
-    print(f"   machine: {os.cpu_count()} cores, sqlite {sqlite3.sqlite_version}, SQLAlchemy {sa.__version__}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"   machine: {os.cpu_count()} cores (load {load}), Python {platform.python_version()}, "
+          f"sqlite {sqlite3.sqlite_version}, SQLAlchemy {sa.__version__}")
 
 
 def figure(name: str, rate: float, baseline: float, budget: float, unit: str = "rows/s") -> bool:

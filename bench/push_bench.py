@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         run = push_end_to_end(tmp / "e2e", args.records, args.batch)
         baseline = raw_executemany(tmp / "raw.db", run["ddl"], "visit", run["columns"], run["rows"])
         total = run["receive"] + run["apply"]
+        bare = raw_executemany(tmp / "raw-bare.db", run["ddl"][:1], "visit", run["columns"], run["rows"])
         figure("push, received -> applied and pullable", args.records / total, baseline, 0.50)
+        info("raw baseline = the server's visit table (PK + 4 indexes); without its indexes",
+             f"{bare:,.0f} rows/s")
         info("of which receive (HTTP + queue)", f"{run['receive']:.2f} s = {args.records / run['receive']:,.0f} rows/s")
         info("of which apply (drain)", f"{run['apply']:.2f} s = {args.records / run['apply']:,.0f} rows/s")
         seconds, _ = apply_only(tmp / "apply", args.records, args.batch, profile=False)
