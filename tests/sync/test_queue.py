@@ -127,6 +127,22 @@ def test_messages_come_back_as_sent(queue, clock):
     assert len({m.receipt for m in messages}) == 3
 
 
+def test_sends_commit_with_synchronous_full_and_claims_with_normal(queue):
+    statements: list[str] = []
+    queue._conn.set_trace_callback(statements.append)  # the one connection the queue uses
+    queue.send(b"a")             # the file was opened with FULL
+    [m] = queue.receive()
+    queue.ack([m.receipt])
+    queue.send(b"b")
+    queue._conn.set_trace_callback(None)
+    steps = [s for s in statements if s.startswith(("PRAGMA synchronous", "BEGIN", "COMMIT"))]
+    # invariant 1: a send's commit is fsynced; a claim or ack lost to a power failure only means
+    # a redelivery, which the ledger absorbs (invariant 2)
+    assert steps == ["BEGIN IMMEDIATE", "COMMIT",
+                     "PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE", "COMMIT", "BEGIN IMMEDIATE", "COMMIT",
+                     "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE", "COMMIT"]
+
+
 def test_send_batch_checks_every_item_before_writing(queue):
     with pytest.raises(TypeError):
         queue.send_batch([(b"ok", None), ("not bytes", None)])

@@ -373,14 +373,16 @@ class SqliteQueue:
         if visibility_timeout < 0:
             raise ValueError(f"visibility_timeout must not be negative, not {visibility_timeout}")
         deadline = time.monotonic() + max(wait_seconds, 0.0)
-        first = True
+        with self._lock:
+            self._check_open()
         while True:
             rung = self._doorbell.rings()
-            if first or self._has_candidates():
+            # look before taking the write lock: idle polls then never hold it, so they cannot
+            # starve writers in other connections (a heartbeat's extend, an ack) of it
+            if self._has_candidates():
                 messages = self._claim(max_messages, visibility_timeout)
                 if messages:
                     return messages
-            first = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
