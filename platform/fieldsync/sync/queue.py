@@ -22,9 +22,11 @@ again, so a slow handler that finishes before anyone else took the message still
 
 How it is stored. One table, `fs_queue`, ordered by `seq` (send order). The column `ready`
 marks the head of each group (and every message without a group); it is maintained in the same
-transaction as every send, ack and dead-lettering, so a claim only looks at ready rows whose
-`visible_at` has passed — one index range, however long a device's backlog. Dead letters move
-to `fs_queue_dead`.
+transaction as every send, ack and dead-lettering, so a claim walks only the ready rows, in
+send order, however long a device's backlog. It skips heads still in flight or waiting out a
+retry delay inside the index; there are few of those (consumers × batch size, plus failing
+devices). Dead letters move to `fs_queue_dead`. Receipts are `"<seq>:<delivery>:<token>"`,
+the token a random number drawn on every claim and release.
 
 Concurrency. Each `SqliteQueue` has one connection guarded by a lock, so one object may be
 shared by threads; several objects and several processes on the same file coordinate through
