@@ -129,15 +129,28 @@ def test_413_halves_the_batch_and_quarantines_a_lone_mutation_too_large(make_cli
 
 
 def test_401_asks_the_token_callable_once_more(make_client, server):
-    tokens = iter(["expired", "fresh", "fresh-2"])
+    class Tokens:
+        """The app's token source: expired at first; renewing gives a fresh one."""
+
+        def __init__(self):
+            self.current, self.calls = "expired", 0
+
+        def __call__(self):
+            self.calls += 1
+            value = self.current
+            self.current = "fresh"
+            return value
+
+    tokens = Tokens()
     server.valid_tokens = {"fresh"}
-    client = make_client(server, token=lambda: next(tokens))
+    client = make_client(server, token=tokens)
     client.sync()
     assert server.tokens_seen[:2] == ["expired", "fresh"] and set(server.tokens_seen[2:]) == {"fresh"}
     server.valid_tokens = set()
+    seen = len(server.requests)
     with pytest.raises(ProtocolError) as caught:
         client.sync()
-    assert caught.value.status == 401
+    assert caught.value.status == 401 and len(server.requests) == seen + 2  # one retry, then give up
 
 
 def test_a_fixed_token_is_not_retried(make_client, server):

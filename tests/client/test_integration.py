@@ -322,3 +322,22 @@ def test_a_store_made_from_the_servers_schema(app, transport_for, devices, token
     assert {r["id"] for r in ana.query("retailer")} >= {SAI}
     assert all(r["territory_id"] == PUNE for r in ana.query("retailer"))
     assert len(ana.query("product")) == 8
+
+
+def test_a_new_territory_in_the_token_rescopes_the_store(app, transport_for, devices, token, settle):
+    territories = [PUNE]
+    ana = devices("ana", transport_for(), lambda: token("rep-ana", *territories))
+    ana.sync()
+    assert {r["territory_id"] for r in ana.query("retailer")} == {PUNE}
+    pending = ana.insert("visit", visit_fields(notes="made in Pune"))
+    territories[:] = [RURAL]    # the app signs in again: the next request carries the new token
+    ana.sync()
+    settle()
+    ana.sync()
+    assert {r["territory_id"] for r in ana.query("retailer")} == {RURAL}   # Pune's left, Rural's came
+    assert ana.get("visit", pending) is None                               # settled: now out of scope
+    [refused] = ana.quarantined()
+    assert refused.record_id == pending and refused.name == "forbidden"
+    fresh = devices("ana-fresh", transport_for(), token("rep-ana", RURAL))
+    fresh.sync()
+    assert contents(ana) == contents(fresh)

@@ -27,8 +27,8 @@ from fieldsync.defs.values import FieldProblem, ValueProblem, normalize_value
 class Client:
     """One device: its store at `path`, talking to a server through `transport`.
 
-    `token` is a bearer token or a callable returning a fresh one (called again once after a
-    401). `schema` is the device schema JSON (`generated/device/schema.json`) the store is
+    `token` is a bearer token, or a callable returning the current one: it is asked on every
+    request (answer from a cache) and once more after a 401. `schema` is the device schema JSON (`generated/device/schema.json`) the store is
     created from on first open; with None it is fetched from the server then (the only time
     the constructor uses the network). A newer `schema` than the store's (an app update)
     migrates the store additively. `clock` returns the current UTC time; `rng` drives the

@@ -1,8 +1,8 @@
 """The sync endpoints as function calls: JSON bodies, the protocol headers, the bearer token,
 and problem answers turned into the SDK's errors (protocol §2.5).
 
-A 401 makes the token callable run once more and the request repeat (a 401 is never a data
-error). 408, 429 and 5xx become `ServerUnavailable` (with `Retry-After` as `retry_after`),
+A token callable is asked on every request, and once more after a 401 before the request is
+repeated (a 401 is never a data error). 408, 429 and 5xx become `ServerUnavailable` (with `Retry-After` as `retry_after`),
 403 `device-revoked` `DeviceRevoked`, 409 `schema-too-new` `SchemaTooNew`; every other 4xx is
 a `ProtocolError` whose `name` the sync engine switches on (`sync-reset`, `unknown-device`, ...).
 """
@@ -46,30 +46,26 @@ class Wire:
     def __init__(self, transport: Transport, token: TokenSource, *, device_version: Callable[[], int]):
         self.transport = transport
         self._token_source = token
-        self._token: str | None = token if isinstance(token, str) else None
         self._device_version = device_version
 
-    def _current_token(self, *, fresh: bool = False) -> str:
-        if isinstance(self._token_source, str):
-            return self._token_source
-        if fresh or self._token is None:
-            self._token = self._token_source()
-        return self._token
+    def _token(self) -> str:
+        # a callable is asked on every request, so a token the app renewed (a new territory,
+        # a new role) is used at once; it should answer from the app's cache
+        return self._token_source if isinstance(self._token_source, str) else self._token_source()
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """One request; the answer's JSON body, or the SDK error the answer means."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        refreshed = False
+        retried = False
         while True:
-            headers = {"Authorization": f"Bearer {self._current_token(fresh=False)}",
+            headers = {"Authorization": f"Bearer {self._token()}",
                        "Fieldsync-Protocol": str(PROTOCOL_VERSION), "Accept": "application/json"}
             if payload is not None:
                 headers["Content-Type"] = "application/json"
             status, answer_headers, data = self.transport.request(method, SYNC_PREFIX + path,
                                                                   headers=headers, body=payload)
-            if status == 401 and not refreshed and not isinstance(self._token_source, str):
-                self._current_token(fresh=True)
-                refreshed = True
+            if status == 401 and not retried and not isinstance(self._token_source, str):
+                retried = True  # never a data error: ask for a fresh token, once
                 continue
             return self._interpret(status, answer_headers, data, method, path)
 
