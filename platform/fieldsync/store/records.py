@@ -118,6 +118,15 @@ def to_wire(field: Field | None, value: Any, entity: Entity, codec: FieldCodec) 
     return value
 
 
+def _wire_step(field: Field | None, entity: Entity, codec: FieldCodec) -> Callable[[Any], Any]:
+    """The conversion `to_wire` applies to non-null values of `field` (None: a system timestamp)."""
+    if field is not None and field.encrypted:
+        return lambda value: codec.decode(entity, field, value)
+    if field is None or field.type in ("datetime", "date", "decimal"):
+        return lambda value: to_wire(field, value, entity, codec)
+    return lambda value: value
+
+
 # -- list requests -----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -222,15 +231,30 @@ class RecordStore:
         return self.model.entity(entity) if isinstance(entity, str) else entity
 
     def _to_wire_row(self, entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": row["id"], "version": row["version"],
-            "created_at": to_wire(None, row["created_at"], entity, self.codec),
-            "updated_at": to_wire(None, row["updated_at"], entity, self.codec),
-            "deleted": bool(row["deleted"]),
-        }
-        for f in entity.fields:
-            out[f.name] = to_wire(f, row.get(f.name), entity, self.codec)
-        return out
+        return self.wire_converter(entity)(row)
+
+    def wire_converter(self, entity: Entity) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+        """A function turning a stored row of `entity` into its wire form, built once per entity:
+        pull pages convert thousands of rows, and deciding each value's conversion per value
+        cost more than converting it."""
+        cache = self.__dict__.setdefault("_wire_converters", {})
+        converter = cache.get(entity.name)
+        if converter is not None:
+            return converter
+        codec = self.codec
+        steps = [(f.name, _wire_step(f, entity, codec)) for f in entity.fields]
+        stamp = _wire_step(None, entity, codec)
+
+        def convert(row: Mapping[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {"id": row["id"], "version": row["version"],
+                                   "created_at": stamp(row["created_at"]), "updated_at": stamp(row["updated_at"]),
+                                   "deleted": bool(row["deleted"])}
+            for name, step in steps:
+                value = row.get(name)
+                out[name] = None if value is None else step(value)
+            return out
+        cache[entity.name] = convert
+        return convert
 
     def _values_to_db(self, entity: Entity, values: Mapping[str, Any]) -> dict[str, Any]:
         table = self.table(entity)

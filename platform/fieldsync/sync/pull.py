@@ -20,8 +20,7 @@ import sqlalchemy as sa
 from fieldsync.defs import expr as ex
 from fieldsync.defs.model import Entity
 from fieldsync.errors import Error
-from fieldsync.store.changelog import Change, changes_after, count_after, decode_row, head_position, \
-    oldest_retained_position
+from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
 from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import result_to_wire
 from fieldsync.sync.scope import DeviceScope
@@ -378,7 +377,6 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
     if request.refetch:
         _refetch(page, request.refetch)
     body["changes"] = page.sorted()
-    body["remaining"] = count_after(conn, body["cursor"], entities=scope.order) if body["has_more"] else 0
-    if body["has_more"] and body["remaining"] == 0:
-        body["remaining"] = 1  # a phase page: more rows come, their count is not known cheaply
+    # for progress bars only: positions still ahead (counting them exactly costs a scan per page)
+    body["remaining"] = max(head - body["cursor"], 1) if body["has_more"] else 0
     return body
