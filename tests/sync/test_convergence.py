@@ -25,7 +25,7 @@ import os
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from fieldsync.client import ClientError
 from fieldsync.seed import BENGALURU_EAST, PUNE_CENTRAL, PUNE_RURAL
@@ -125,8 +125,8 @@ class Day:
                         {"location": {"lat": 18.5, "lon": 73.8 + self.draw(st.integers(0, 9)) / 100}}]))
                 client.update("retailer", target, fields)
                 record = ("retailer", "update", target)
-        except ClientError:
-            pass     # refused locally (nothing changed, or the row is already being deleted)
+        except ClientError as exc:
+            event(f"refused locally: {kind}: {type(exc).__name__}")  # nothing changed, or already deleting
         if record is not None:
             self._note(device, before, record)
 
@@ -181,8 +181,10 @@ class Day:
     def step(self) -> None:
         action = self.draw(st.sampled_from(["write", "write", "write", "server", "sync", "sync", "drain",
                                             "restart"]), "action")
-        if action == "write":
-            self.device_write(self.draw(st.sampled_from(self.devices), "device"))
+        if action == "write":       # a burst of offline work on one device
+            device = self.draw(st.sampled_from(self.devices), "device")
+            for _ in range(self.draw(st.integers(1, 4), "writes")):
+                self.device_write(device)
         elif action == "server":
             self.server_write()
         elif action == "sync":
@@ -199,8 +201,8 @@ def play_a_day(make_server, database_url, data, settle, assert_converged, assert
     devices = [server.device(user, role, **attributes) for user, role, attributes in USERS[:count]]
     day = Day(server, devices, data)
     for device in devices:
-        day.sync(device)        # the first sync (registration, snapshot) may fail too
-    for _ in range(data.draw(st.integers(4, 24), "steps")):
+        device.sync()           # registered and holding its snapshot, the day starts
+    for _ in range(data.draw(st.integers(6, 24), "steps")):
         day.step()
 
     settle(server, devices)
@@ -215,6 +217,18 @@ def play_a_day(make_server, database_url, data, settle, assert_converged, assert
                 assert row["record_id"] in server.records(row["entity"], deleted=True)
                 creates = server.changes(entity=row["entity"], record_id=row["record_id"], op="create")
                 assert len(creates) == 1
+    # what the example went through (pytest --hypothesis-show-statistics)
+    event(f"device writes: {min(sum(len(w) for w in day.written.values()) // 5 * 5, 20)}+")
+    for device in devices:
+        for fault, _ in device.transport.faults_injected:
+            event(f"fault: {fault}")
+        for q in device.quarantine():
+            event(f"quarantined: {q['code'].rsplit('/', 1)[-1]}")
+        for row in server.ledger(device.device_id):
+            if row["effect"] in ("partial", "discarded"):
+                event(f"conflict lost: {row['effect']}")
+        if 410 in device.transport.statuses("/pull"):
+            event("sync-reset")
     for device in devices:
         device.close()
 
