@@ -232,6 +232,7 @@ CREATE TABLE "_quarantine" (
     "client_time" TEXT NOT NULL,
     "reason" TEXT NOT NULL,
     "code" TEXT,  -- the problem type the server gave
+    "errors" TEXT NOT NULL DEFAULT '[]',  -- JSON [{field, reason}] the server gave
     "quarantined_at" TEXT NOT NULL
 );
 CREATE INDEX "ix__quarantine_record" ON "_quarantine" ("entity", "record_id");

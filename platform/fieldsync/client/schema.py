@@ -9,6 +9,7 @@ converts values between their wire form and their SQLite storage (`storage` of e
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -159,6 +160,9 @@ def _bookkeeping_sql(b: Mapping[str, Any]) -> str:
 
 def _field(column: Mapping[str, Any]) -> Field:
     extra = {k: column[k] for k in _CONSTRAINTS if column.get(k) is not None}
+    for key in ("minimum", "maximum"):  # decimal bounds travel as strings, exactly
+        if isinstance(extra.get(key), str):
+            extra[key] = Decimal(extra[key])
     return Field(
         name=column["name"], type=column["type"], label=column.get("label", ""),
         required=bool(column.get("required")), has_default="default" in column,

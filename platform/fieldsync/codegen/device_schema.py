@@ -92,7 +92,27 @@ def _field_column(f: Field) -> dict[str, Any]:
         column["ref"] = f.ref
     if f.has_default:
         column["default"] = f.default
+    # the device checks what it can before a write is queued, so fewer writes come back rejected
+    for key in ("min_length", "max_length", "pattern"):
+        if getattr(f, key) is not None:
+            column[key] = getattr(f, key)
+    for key in ("minimum", "maximum"):
+        value = getattr(f, key)
+        if value is not None:
+            column[key] = str(value) if f.type == "decimal" else value
+    if f.renamed_from:
+        column["renamed_from"] = list(f.renamed_from)
     return column
+
+
+def window_field(entity: Entity) -> str | None:
+    """The field a windowed entity's window is measured on: the declared one, else its first
+    date or datetime field (the server's scope uses the same rule)."""
+    if entity.parent is not None or entity.sync.window_days is None:
+        return None
+    if entity.sync.window_field:
+        return entity.sync.window_field
+    return next((f.name for f in entity.fields if f.type in ("datetime", "date")), None)
 
 
 def _entity_table(entity: Entity) -> dict[str, Any]:
@@ -110,7 +130,10 @@ def _entity_table(entity: Entity) -> dict[str, Any]:
         "parent_field": entity.parent_field,
         "owner": entity.owner,
         "sync": {"direction": entity.sync.direction, "conflict": entity.sync.conflict,
-                 "priority": entity.sync.priority},
+                 "priority": entity.sync.priority,
+                 # the device deletes clean rows below the floor the pull reports for the entity
+                 "window_days": entity.sync.window_days if entity.parent is None else None,
+                 "window_field": window_field(entity)},
         "columns": columns,
         "bookkeeping": [dict(c) for c in BOOKKEEPING_COLUMNS],
         "indexes": indexes,
