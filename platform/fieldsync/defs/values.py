@@ -76,11 +76,29 @@ def to_decimal(value: Any) -> Decimal:
     return d
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def uuid_text(value: str) -> str:
+    """`value` as a canonical UUID string (lower case, hyphenated); ValueError when it is not
+    a UUID. Text already in that form is returned as it is, without building a UUID object."""
+    if _CANONICAL_UUID.fullmatch(value):
+        return value
+    return str(uuid.UUID(value))
+
+
 def normalize_value(f: Field, value: Any) -> Any:
     """Return `value` in its canonical wire form, or raise ValueProblem saying why not."""
     if value is None:
         return None
     t = f.type
+    if t in ("uuid", "ref"):  # first: ids are the most common values pushed
+        if not isinstance(value, str):
+            raise ValueProblem("must be a UUID string")
+        try:
+            return uuid_text(value)
+        except ValueError:
+            raise ValueProblem("must be a UUID (e.g. 0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0d)") from None
     if t in ("string", "text"):
         if not isinstance(value, str):
             raise ValueProblem("must be a string")
@@ -127,13 +145,6 @@ def normalize_value(f: Field, value: Any) -> Any:
             raise ValueProblem("must be a date (YYYY-MM-DD)") from None
     if t == "datetime":
         return format_datetime(parse_datetime(value))
-    if t in ("uuid", "ref"):
-        if not isinstance(value, str):
-            raise ValueProblem("must be a UUID string")
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            raise ValueProblem("must be a UUID (e.g. 0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0d)") from None
     if t == "enum":
         if not isinstance(value, str) or value not in f.values:
             raise ValueProblem(f"must be one of: {', '.join(f.values)}")
@@ -177,7 +188,10 @@ def parse_datetime(value: Any) -> dt.datetime:
 
 
 def format_datetime(value: dt.datetime) -> str:
-    value = value.astimezone(dt.timezone.utc)
+    if value.tzinfo is not dt.timezone.utc:
+        value = value.astimezone(dt.timezone.utc)
+    if value.year >= 1000:  # isoformat pads years to 4 digits where strftime does not
+        return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond:06d}Z"
 
 
@@ -198,6 +212,21 @@ def _check_json(value: Any, depth: int) -> None:
         raise ValueProblem("must be a JSON value")
 
 
+_FIELD_MAPS: dict[int, tuple[Entity, dict[str, Field]]] = {}
+
+
+def field_map(entity: Entity) -> dict[str, Field]:
+    """`entity`'s fields by name, built once per entity object (do not modify it)."""
+    cached = _FIELD_MAPS.get(id(entity))
+    if cached is not None and cached[0] is entity:
+        return cached[1]
+    if len(_FIELD_MAPS) > 4096:  # many models loaded over a long run: start again
+        _FIELD_MAPS.clear()
+    known = {f.name: f for f in entity.fields}
+    _FIELD_MAPS[id(entity)] = (entity, known)
+    return known
+
+
 def validate_record(entity: Entity, data: Any, *, partial: bool,
                     writable: tuple[str, ...] | None = None,
                     server_set: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[FieldProblem]]:
@@ -211,7 +240,7 @@ def validate_record(entity: Entity, data: Any, *, partial: bool,
         return {}, [FieldProblem("", "the body must be a JSON object")]
     clean: dict[str, Any] = {}
     problems: list[FieldProblem] = []
-    known = {f.name: f for f in entity.fields}
+    known = field_map(entity)
     for name in data:
         if name not in known:
             problems.append(FieldProblem(name, f"is not a field of {entity.name}"))

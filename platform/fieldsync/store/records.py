@@ -122,9 +122,41 @@ def _wire_step(field: Field | None, entity: Entity, codec: FieldCodec) -> Callab
     """The conversion `to_wire` applies to non-null values of `field` (None: a system timestamp)."""
     if field is not None and field.encrypted:
         return lambda value: codec.decode(entity, field, value)
-    if field is None or field.type in ("datetime", "date", "decimal"):
+    if field is None or field.type == "datetime":
+        def stamp(value: Any) -> Any:
+            if isinstance(value, dt.datetime):
+                if value.tzinfo is None and value.year >= 1000:  # SQLite: naive, in UTC
+                    return value.isoformat(timespec="microseconds") + "Z"
+                return format_datetime(value if value.tzinfo is not None
+                                       else value.replace(tzinfo=dt.timezone.utc))
+            return to_wire(field, value, entity, codec)
+        return stamp
+    if field.type == "decimal":
+        scale = field.scale or 0
+        quantum = Decimal(1).scaleb(-scale)
+        spec = f".{scale}f"
+
+        def decimal(value: Any) -> Any:
+            if isinstance(value, Decimal):
+                return format(value.quantize(quantum), spec)
+            return to_wire(field, value, entity, codec)
+        return decimal
+    if field.type == "date":
         return lambda value: to_wire(field, value, entity, codec)
     return lambda value: value
+
+
+def _db_step(column: sa.Column, field: Field, entity: Entity, codec: FieldCodec) -> Callable[[Any], Any]:
+    """The conversion `to_db` applies to non-null values of `field` stored in `column`."""
+    if field.encrypted:
+        return lambda value: codec.encode(entity, field, value)
+    if field.type in ("json", "geopoint"):
+        return lambda value: value
+    if isinstance(column.type, (sa.String, sa.Text)):
+        def text(value: Any) -> Any:
+            return value if isinstance(value, str) else python_value(column.type, value)
+        return text
+    return lambda value: python_value(column.type, value)
 
 
 # -- list requests -----------------------------------------------------------------------------
@@ -256,10 +288,20 @@ class RecordStore:
         cache[entity.name] = convert
         return convert
 
+    def db_converters(self, entity: Entity) -> dict[str, Callable[[Any], Any]]:
+        """Per field of `entity`, the function `to_db` applies to a non-null wire value, built
+        once per entity (a push converts every value of every mutation)."""
+        cache = self.__dict__.setdefault("_db_converters", {})
+        steps = cache.get(entity.name)
+        if steps is None:
+            table = self.table(entity)
+            steps = {f.name: _db_step(table.c[f.name], f, entity, self.codec) for f in entity.fields}
+            cache[entity.name] = steps
+        return steps
+
     def _values_to_db(self, entity: Entity, values: Mapping[str, Any]) -> dict[str, Any]:
-        table = self.table(entity)
-        by_name = {f.name: f for f in entity.fields}
-        return {name: to_db(table.c[name], by_name[name], v, entity, self.codec) for name, v in values.items()}
+        steps = self.db_converters(entity)
+        return {name: None if v is None else steps[name](v) for name, v in values.items()}
 
     def _row_filter(self, entity: Entity, row_filter: RowFilter | None) -> sa.ColumnElement | None:
         if row_filter is None:

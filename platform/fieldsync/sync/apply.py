@@ -25,13 +25,14 @@ from typing import Any, Callable, Mapping, Sequence
 import sqlalchemy as sa
 
 from fieldsync.auth.tokens import Principal
-from fieldsync.defs import expr as ex
 from fieldsync.defs.model import Entity, Model
-from fieldsync.defs.values import FieldProblem, format_datetime, parse_datetime, validate_record, ValueProblem
+from fieldsync.defs.model import Field, Permission
+from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
+                                   validate_record, ValueProblem)
 from fieldsync.store.changelog import ChangeLog, record_history
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore, utc_now
-from fieldsync.sync.scope import PUSHED_DIRECTIONS
+from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.sync.tables import DEVICES, LEDGER
 
 __all__ = ["MutationApplier", "PushBatch", "mutation_digest", "OPS"]
@@ -86,6 +87,23 @@ class _Rejected(Exception):
 
 
 @dataclass
+class _Rules:
+    """What one batch needs of an entity, worked out once per batch: the batch's role and user
+    are fixed, so the row filter and scope are compiled to Python functions once."""
+
+    entity: Entity
+    root: Entity
+    perm: Permission | None
+    fields: dict[str, Field]
+    writable: tuple[str, ...]
+    refs: tuple[Field, ...]                    # plain ref fields whose target entity exists
+    has_unique: bool
+    plain: bool                                # no encrypted field: wire values are the clean values
+    row_filter: Callable[[Mapping[str, Any]], bool] | None
+    scope: Callable[[Mapping[str, Any]], bool] | None
+
+
+@dataclass
 class _Record:
     """A record as the batch sees it: its DB row and whether it is already in the table."""
 
@@ -119,6 +137,9 @@ class _Batch:
         self.batch = batch
         self.now = now
         self.user = batch.principal.expression_user()
+        self.entities: dict[str, Entity] = {e.name: e for e in self.model.entities}
+        self._rules: dict[str, _Rules] = {}
+        self._stamp_text: tuple[dt.datetime | None, str] = (None, "")
         self.records: dict[tuple[str, str], _Record | None] = {}
         self.changes: list[tuple] = []        # (entity, op, record, prev) for the change log
         self.change_seqs: list[int] = []
@@ -129,6 +150,33 @@ class _Batch:
         self.received_at = _aware(received)
         self.offset = (self.received_at - _aware(sent)) if sent is not None else dt.timedelta(0)
 
+    def rules(self, entity: Entity) -> _Rules:
+        found = self._rules.get(entity.name)
+        if found is not None:
+            return found
+        perm = entity.permission(self.batch.role)
+        writable = tuple(n for n in (perm.editable if perm is not None and perm.editable is not None
+                                     else entity.field_names) if n != entity.owner)
+        row_filter = perm.row_filter if perm is not None else None
+        scope = entity.sync.scope if entity.parent is None else None
+        found = _Rules(
+            entity=entity, root=self.entities[entity.parent] if entity.parent else entity, perm=perm,
+            fields=field_map(entity), writable=writable,
+            refs=tuple(f for f in entity.fields if f.type == "ref" and not f.encrypted and f.ref in self.entities),
+            has_unique=any(f.unique for f in entity.fields), plain=not any(f.encrypted for f in entity.fields),
+            row_filter=compile_predicate(row_filter, self.user) if row_filter is not None else None,
+            scope=compile_predicate(scope, self.user) if scope is not None else None)
+        self._rules[entity.name] = found
+        return found
+
+    def stamp_text(self, stamp: dt.datetime) -> str:
+        """`stamp` in wire form; the inserts of a batch mostly share one stamp."""
+        last, text = self._stamp_text
+        if last is not stamp and last != stamp:
+            text = format_datetime(_aware(stamp))
+            self._stamp_text = (stamp, text)
+        return text
+
     # -- loading -------------------------------------------------------------------------------
     def prefetch(self, mutations: Sequence[Mapping[str, Any]]) -> None:
         """Load (and on PostgreSQL lock) every record the batch names and every referenced id,
@@ -136,17 +184,17 @@ class _Batch:
         wanted: dict[str, set[str]] = {}
         for m in mutations:
             name = m.get("entity")
-            if not isinstance(name, str) or not self.model.has_entity(name) or not _is_uuid(m.get("id")):
+            entity = self.entities.get(name) if isinstance(name, str) else None
+            if entity is None or not _is_uuid(m.get("id")):
                 continue
-            entity = self.model.entity(name)
             wanted.setdefault(name, set()).add(str(m["id"]))
             fields = m.get("fields") if isinstance(m.get("fields"), dict) else {}
-            for f in entity.fields:
+            for f in self.rules(entity).refs:
                 v = fields.get(f.name)
-                if f.type == "ref" and isinstance(v, str) and not f.encrypted and self.model.has_entity(f.ref):
+                if isinstance(v, str):
                     wanted.setdefault(f.ref, set()).add(v)
         for name, ids in sorted(wanted.items()):
-            table = self.store.table(self.model.entity(name))
+            table = self.store.table(self.entities[name])
             for key in ids:
                 self.records.setdefault((name, key), None)
             ordered = sorted(ids)
@@ -172,14 +220,12 @@ class _Batch:
     def allowed(self, entity: Entity, wire: Mapping[str, Any]) -> bool:
         """The record lies inside what this device's user may write: the role's row filter and,
         for a root entity, its sync scope; a child inherits its parent's."""
-        perm = entity.permission(self.batch.role)
-        if perm is not None and perm.row_filter is not None and not ex.evaluate(perm.row_filter, dict(wire), self.user):
+        rules = self.rules(entity)
+        if rules.row_filter is not None and not rules.row_filter(wire):
             return False
         if entity.parent is None:
-            if entity.sync.scope is not None and not ex.evaluate(entity.sync.scope, dict(wire), self.user):
-                return False
-            return True
-        parent = self.model.entity(entity.parent)
+            return rules.scope is None or rules.scope(wire)
+        parent = self.entities[entity.parent]
         parent_id = wire.get(entity.parent_field)
         rec = self.record(parent, parent_id) if isinstance(parent_id, str) else None
         if rec is None or rec.db["deleted"]:
@@ -188,10 +234,10 @@ class _Batch:
 
     def check_refs(self, entity: Entity, values: Mapping[str, Any]) -> list[FieldProblem]:
         problems = []
-        for f in entity.fields:
+        for f in self.rules(entity).refs:
             v = values.get(f.name)
-            if f.type == "ref" and v is not None and not f.encrypted:
-                rec = self.record(self.model.entity(f.ref), v)
+            if v is not None:
+                rec = self.record(self.entities[f.ref], v)
                 if rec is None or rec.db["deleted"]:
                     problems.append(FieldProblem(f.name, f"refers to a {f.ref} that does not exist ({v})"))
         return problems
@@ -251,22 +297,22 @@ class _Batch:
     def _decide(self, m: Mapping[str, Any]) -> dict[str, Any]:
         name, op, record_id = m.get("entity"), m.get("op"), m.get("id")
         fields = m.get("fields", {})
-        if op not in OPS or not isinstance(fields, dict) or not _is_uuid(record_id):
+        record_id = _uuid_or_none(record_id)
+        if op not in OPS or not isinstance(fields, dict) or record_id is None:
             raise _Rejected("malformed-mutation", "a mutation needs op insert/update/delete, a UUID id and a fields object")
-        if not isinstance(name, str) or not self.model.has_entity(name):
+        entity = self.entities.get(name) if isinstance(name, str) else None
+        if entity is None:
             raise _Rejected("unknown-entity", f"no entity {name!r}")
-        entity = self.model.entity(name)
-        root = self.model.entity(entity.parent) if entity.parent else entity
+        rules = self.rules(entity)
+        root = rules.root
         if root.sync.direction not in PUSHED_DIRECTIONS:
             raise _Rejected("direction", f"{name} is {root.sync.direction}-only: devices may not write it")
-        perm = entity.permission(self.batch.role)
+        perm = rules.perm
         if perm is None or not perm.can(_ACTION[op]):
             raise _Rejected("forbidden", f"role {self.batch.role!r} may not {_ACTION[op]} {name} records")
-        record_id = str(uuid.UUID(record_id))
         if self.batch.schema_version < self.model.schema_version:
             fields = _renamed(entity, fields)
-        writable = tuple(n for n in (perm.editable if perm.editable is not None else entity.field_names)
-                         if n != entity.owner)
+        writable = rules.writable
         if op == "insert":
             return self._insert(entity, record_id, fields, writable, m)
         rec = self.record(entity, record_id)
@@ -304,26 +350,37 @@ class _Batch:
             raise _Rejected("id-exists", f"a {entity.name} with id {record_id} already exists",
                             current_version=existing.db["version"])
         server_values = {entity.owner: self.batch.user_id} if entity.owner else {}
+        rules = self.rules(entity)
+        known = rules.fields
         # a device store materialises defaults: a field the role may not set is accepted on
         # insert when it only carries its default (or null)
         fields = {k: v for k, v in fields.items()
-                  if k in writable or not entity.has_field(k)
-                  or not (v is None or (entity.field(k).has_default and v == entity.field(k).default))}
-        clean, problems = validate_record(entity, dict(fields), partial=False, writable=writable,
+                  if k in writable or k not in known
+                  or not (v is None or (known[k].has_default and v == known[k].default))}
+        clean, problems = validate_record(entity, fields, partial=False, writable=writable,
                                           server_set=tuple(server_values))
         if problems:
             raise _Rejected("validation", "some values are invalid", problems)
         clean.update(server_values)
-        problems = self.check_refs(entity, clean) + self._check_unique(entity, clean, None)
+        problems = self.check_refs(entity, clean)
+        if rules.has_unique:
+            problems += self._check_unique(entity, clean, None)
         if problems:
             raise _Rejected("validation", "some values are invalid", problems)
-        root = self.model.entity(entity.parent) if entity.parent else entity
-        stamp = self._stamp(root, self.effective_time(m))
+        stamp = self._stamp(rules.root, self.effective_time(m))
         db = {"id": record_id, "version": 1, "created_at": stamp, "updated_at": stamp, "deleted": False}
         db.update(self.store._values_to_db(entity, clean))
-        for f in entity.fields:
-            db.setdefault(f.name, None)
-        wire = self.store._to_wire_row(entity, db)
+        if rules.plain:
+            # validated values are already in wire form (what the stored row converts back to)
+            text = self.stamp_text(stamp)
+            wire = {"id": record_id, "version": 1, "created_at": text, "updated_at": text, "deleted": False}
+            for f in entity.fields:
+                db.setdefault(f.name, None)
+                wire[f.name] = clean.get(f.name)
+        else:
+            for f in entity.fields:
+                db.setdefault(f.name, None)
+            wire = self.store._to_wire_row(entity, db)
         if not self.allowed(entity, wire):
             raise _Rejected("forbidden", f"the new {entity.name} would fall outside the records your role may reach")
         rec = _Record(db, stored=False, dirty=True, versions_by_me={1})
@@ -355,13 +412,14 @@ class _Batch:
         if all(rec.db.get(k) == v for k, v in values.items()):
             return {"version": rec.db["version"], "effect": "partial" if overridden else "unchanged",
                     "overridden": json.dumps(overridden) if overridden else None}
-        problems = self.check_refs(entity, clean) + self._check_unique(entity, clean, rec.db["id"])
+        problems = self.check_refs(entity, clean)
+        if self.rules(entity).has_unique:
+            problems += self._check_unique(entity, clean, rec.db["id"])
         if problems:
             raise _Rejected("validation", "some values are invalid", problems)
         new_db = dict(rec.db)
         new_db.update(values)
-        root = self.model.entity(entity.parent) if entity.parent else entity
-        stamp = self._stamp(root, effective)
+        stamp = self._stamp(self.rules(entity).root, effective)
         new_db["updated_at"] = max(_aware(rec.db["updated_at"]), stamp) if policy == "field_merge" else stamp
         new_db["version"] = rec.db["version"] + 1
         wire = self.store._to_wire_row(entity, new_db)
@@ -451,14 +509,18 @@ def _renamed(entity: Entity, fields: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_uuid(value: Any) -> bool:
+def _uuid_or_none(value: Any) -> str | None:
+    """`value` as a canonical UUID string, None when it is not a UUID."""
     if not isinstance(value, str):
-        return False
+        return None
     try:
-        uuid.UUID(value)
+        return uuid_text(value)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _is_uuid(value: Any) -> bool:
+    return _uuid_or_none(value) is not None
 
 
 class MutationApplier:

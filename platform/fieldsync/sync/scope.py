@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import operator
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
 
@@ -23,10 +24,77 @@ from fieldsync.defs.model import Entity, Model
 from fieldsync.store.expr_sql import compile_expr, python_value
 from fieldsync.store.records import FieldCodec, PlainJsonCodec
 
-__all__ = ["DeviceScope", "EntityScope", "device_scope", "scope_hash_of", "PULLED_DIRECTIONS", "PUSHED_DIRECTIONS"]
+__all__ = ["DeviceScope", "EntityScope", "compile_predicate", "device_scope", "scope_hash_of", "PULLED_DIRECTIONS", "PUSHED_DIRECTIONS"]
 
 PULLED_DIRECTIONS = ("pull", "both")
 PUSHED_DIRECTIONS = ("push", "both")
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+_LISTS = (list, tuple, set, frozenset)
+
+
+def _operand(op: ex.Operand, user: Mapping[str, Any]) -> tuple[bool, Any]:
+    """(True, value) for an operand that does not depend on the row, else (False, getter)."""
+    if isinstance(op, ex.FieldRef):
+        name = op.name
+        return False, lambda row: row.get(name)
+    if isinstance(op, ex.UserAttr):
+        value = user.get(op.name)
+        return True, list(value) if isinstance(value, _LISTS) else value
+    if isinstance(op, ex.ListOf):
+        items = [_operand(i, user) for i in op.items]
+        if all(const for const, _ in items):
+            return True, [v for _, v in items]
+        getters = [(lambda row, v=v: v) if const else v for const, v in items]
+        return False, lambda row: [g(row) for g in getters]
+    return True, op.value
+
+
+def compile_predicate(expr: ex.Expr, user: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
+    """`expr` for `user` as a function of a row with exactly `ex.evaluate`'s semantics (null
+    comparisons are false, a TypeError is false), with the user's values looked up once."""
+    if isinstance(expr, (ex.And, ex.Or)):
+        parts = [compile_predicate(i, user) for i in expr.items]
+        if isinstance(expr, ex.And):
+            return lambda row: all(p(row) for p in parts)
+        return lambda row: any(p(row) for p in parts)
+    if isinstance(expr, ex.Not):
+        inner = compile_predicate(expr.item, user)
+        return lambda row: not inner(row)
+    if isinstance(expr, ex.IsNull):
+        const, value = _operand(expr.operand, user)
+        negated = expr.negated
+        if const:
+            return lambda row: (value is not None) if negated else (value is None)
+        return (lambda row: value(row) is not None) if negated else (lambda row: value(row) is None)
+    l_const, left = _operand(expr.left, user)
+    r_const, right = _operand(expr.right, user)
+    get_left = (lambda row: left) if l_const else left
+    get_right = (lambda row: right) if r_const else right
+    if expr.op in ("in", "not in"):
+        negate = expr.op == "not in"
+
+        def member(row: Mapping[str, Any]) -> bool:
+            a, b = get_left(row), get_right(row)
+            if a is None or b is None:
+                return False
+            found = a in (b if isinstance(b, _LISTS) else [b])
+            return not found if negate else found
+        return member
+    compare = _COMPARE[expr.op]
+
+    def comparison(row: Mapping[str, Any]) -> bool:
+        a, b = get_left(row), get_right(row)
+        if a is None or b is None:
+            return False
+        try:
+            return bool(compare(a, b))
+        except TypeError:
+            return False
+    return comparison
 
 
 def _digest(value: Any) -> str:
@@ -84,16 +152,32 @@ class DeviceScope:
         A child's parent must be checked separately (`parent_id`)."""
         if row is None or row.get("deleted"):
             return False
+        return self.matcher(name)(row)
+
+    def matcher(self, name: str) -> Callable[[Mapping[str, Any] | None], bool]:
+        """`matches` for one entity as a function of the row, its predicates compiled once."""
+        cache = self.__dict__.setdefault("_matchers", {})
+        found = cache.get(name)
+        if found is not None:
+            return found
         scope = self.entities[name]
-        for predicate in scope.predicates:
-            if not ex.evaluate(predicate, dict(row), self.user):
-                return False
+        predicates = [compile_predicate(p, self.user) for p in scope.predicates]
         floor = scope.floor(self.now)
-        if floor is not None:
-            value = row.get(scope.window_field)
-            if value is None or str(value) < floor:
+        window_field = scope.window_field
+
+        def match(row: Mapping[str, Any] | None) -> bool:
+            if row is None or row.get("deleted"):
                 return False
-        return True
+            for predicate in predicates:
+                if not predicate(row):
+                    return False
+            if floor is not None:
+                value = row.get(window_field)
+                if value is None or str(value) < floor:
+                    return False
+            return True
+        cache[name] = match
+        return match
 
     def visible_row(self, name: str, row: Mapping[str, Any]) -> dict[str, Any]:
         """`row` reduced to the fields the role may see plus `created_at`/`updated_at`."""
