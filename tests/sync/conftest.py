@@ -15,9 +15,9 @@ servers inside the test body, one per example):
 * `fresh_database` — a callable returning the URL of a new, empty database on the backend of
   `db_url` (a new SQLite file, or a new PostgreSQL schema; all dropped after the test).
 * `pg_database` — the same on PostgreSQL only (fails, never skips, when it is unreachable).
-* `make_server` — a callable `make_server(database_url=None, **config) -> SyncServer` (seeded
-  unless `seed=False`); every server it made is closed after the test.
-
+* `make_server` — a callable `make_server(database_url=None, *, seed=True, clock=None, **config)
+  -> SyncServer`; every server it made is closed after the test. A seeded SQLite server starts
+  as a copy of `seeded_sqlite_template` (session scope), made once.
 * `settle` — `settle(server, devices)`: heal the network, then sync, drain and repeat until
   a round applies nothing and every device is quiet (nothing to send, nothing to refetch).
 * `assert_converged` — `assert_converged(server, device)`: invariant 4, the device's store
@@ -25,8 +25,13 @@ servers inside the test body, one per example):
 * `assert_exactly_once` — `assert_exactly_once(server, device)`: invariants 1 and 2 for a
   settled device (ledger row per seq, each effect once, outbox empty, quarantine explained).
 
-Tests get the classes through these (`server.device(...)` makes a `Device`, whose
-`transport` is its `FaultyTransport`); nothing needs importing from this file.
+Tests get the classes through these; nothing needs importing from this file. A `SyncServer`
+has `app`, `state`, `store`, `engine`, `http` (a Flask test client), `token(user, role,
+**attributes)`, `rest(method, path, token, body)`, `drain()`, `records(entity)`,
+`expected_rows(principal)`, `ledger(device_id)` and `changes(**where)`; `server.device(user,
+role, **attributes)` makes a `Device` (`client`, `transport`, `principal`, `sync()`,
+`try_sync()`, `restart()`, `retoken(**attributes)`, `rows(entity)`, `outbox()`,
+`quarantine()`, `state(key)`).
 """
 
 from __future__ import annotations
@@ -303,8 +308,8 @@ class Device:
     """A phone: a real `Client` on its own store file, behind a FaultyTransport.
 
     `client` is the SDK object (recreated by `restart`); `transport` injects faults and logs
-    what was exchanged; `principal` is who its token speaks for (`retoken` changes it, as a
-    user's next login after an admin changed their territories would).
+    what was exchanged; `principal` is who its token speaks for (`retoken` changes it, as the
+    renewed token of a user whose territories an admin changed would).
     """
 
     def __init__(self, server: SyncServer, path: Path, user: str, role: str, attributes: Mapping[str, Any],
@@ -315,7 +320,8 @@ class Device:
         self.principal = Principal(user, role, dict(attributes))
         self.token = server.token(user, role, **attributes)
         self.transport = FaultyTransport(server.app)
-        self.client: Client | None = Client(path, self.transport, token=self.token, schema=schema)
+        self.client: Client | None = None
+        self.restart()
 
     def __repr__(self) -> str:
         return f"Device({self.principal.user_id}, {self.path.name})"
@@ -328,13 +334,13 @@ class Device:
     def restart(self) -> None:
         """The app is killed and started again: a new Client on the same store file."""
         self.close()
-        self.client = Client(self.path, self.transport, token=self.token, schema=self.schema)
+        # the SDK asks the callable for a token on every request: `retoken` takes effect at once
+        self.client = Client(self.path, self.transport, token=lambda: self.token, schema=self.schema)
 
     def retoken(self, **attributes: Any) -> None:
-        """The user signs in again with new attributes (e.g. other territory_ids)."""
+        """The user's token is renewed with new attributes (e.g. other territory_ids)."""
         self.principal = Principal(self.principal.user_id, self.principal.role, dict(attributes))
         self.token = self.server.token(self.principal.user_id, self.principal.role, **attributes)
-        self.restart()
 
     def sync(self):
         assert self.client is not None

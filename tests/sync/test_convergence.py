@@ -5,7 +5,8 @@ territories write offline (visits, orders with lines, expenses, their own record
 retailers, deletes their role may not make), the server writes meanwhile through the store and
 REST (moves retailers between territories, retires products, deletes visits, books orders),
 devices sync while their transports drop requests, lose answers, send requests twice and cut
-answers short, workers die between apply and ack, apps restart. Then the network heals and
+answers short, workers die between apply and ack, apps restart, users sign in again with other
+territories. Then the network heals and
 every device syncs until quiet. Afterwards:
 
 * every device's store equals the server's records its scope matches, field by field, with
@@ -39,6 +40,12 @@ USERS = (
 )
 REPS = ("rep-asha", "rep-bala")
 FAULT_OR_NONE = st.sampled_from([None, None, "drop_request", "drop_response", "duplicate", "cut_response"])
+
+
+# days before now: inside every window (90 days), or well outside (the device keeps such a row
+# until the pull's window floor purges it); never near the floor, where the test's clock and the
+# server's could disagree
+AGES = st.sampled_from([0, 0, 1, 3, 12, 30, 150])
 
 
 def when(days_ago: float) -> str:
@@ -80,7 +87,7 @@ class Day:
                 row = device.rows("retailer")[retailer]
                 record = ("visit", "insert", client.insert("visit", {
                     "retailer_id": retailer, "territory_id": row["territory_id"],
-                    "visited_at": when(self.draw(st.integers(0, 20))), "purpose": "order",
+                    "visited_at": when(self.draw(AGES, "age")), "purpose": "order",
                     "notes": self.draw(st.sampled_from([None, "met owner", "shop closed"]))}))
             elif kind == "insert_order":
                 retailer = self.pick(device.rows("retailer"), "retailer")
@@ -89,7 +96,7 @@ class Day:
                     return
                 row = device.rows("retailer")[retailer]
                 order = client.insert("order", {"retailer_id": retailer, "territory_id": row["territory_id"],
-                                                "ordered_at": when(1), "total": "99.00"})
+                                                "ordered_at": when(self.draw(AGES, "age")), "total": "99.00"})
                 self._note(device, before, ("order", "insert", order))
                 before = device.last_seq()
                 record = ("order_line", "insert", client.insert("order_line", {
@@ -97,7 +104,7 @@ class Day:
                     "unit_price": "33.00"}))
             elif kind == "insert_expense":
                 record = ("expense", "insert", client.insert("expense", {
-                    "spent_on": when(self.draw(st.integers(0, 10)))[:10], "category": "travel",
+                    "spent_on": when(self.draw(AGES, "age"))[:10], "category": "travel",
                     "amount": f"{self.draw(st.integers(1, 900))}.00"}))
             elif kind in ("update_visit", "update_order", "update_expense", "delete_visit"):
                 entity = kind.split("_")[1]
@@ -154,7 +161,7 @@ class Day:
         elif kind in ("visit", "visit_rest"):
             retailer = self.server.records("retailer")[self.pick(self.server.records("retailer"), "retailer")]
             body = {"rep_id": self.draw(st.sampled_from(REPS)), "retailer_id": retailer["id"],
-                    "territory_id": retailer["territory_id"], "visited_at": when(2), "purpose": "survey"}
+                    "territory_id": retailer["territory_id"], "visited_at": when(self.draw(AGES, "age")), "purpose": "survey"}
             if kind == "visit":
                 store.create("visit", body)
             else:
@@ -170,7 +177,7 @@ class Day:
             retailer = self.server.records("retailer")[self.pick(self.server.records("retailer"), "retailer")]
             product = self.pick(self.server.records("product"), "product")
             store.create("order", {"rep_id": self.draw(st.sampled_from(REPS)), "retailer_id": retailer["id"],
-                                   "territory_id": retailer["territory_id"], "ordered_at": when(3)},
+                                   "territory_id": retailer["territory_id"], "ordered_at": when(self.draw(AGES, "age"))},
                          children={"lines": [{"product_id": product, "quantity": 2, "unit_price": "10.00"}]})
 
     # -- the network and the processes --------------------------------------------------------
@@ -180,7 +187,7 @@ class Day:
 
     def step(self) -> None:
         action = self.draw(st.sampled_from(["write", "write", "write", "server", "sync", "sync", "drain",
-                                            "restart"]), "action")
+                                            "restart", "sign-in"]), "action")
         if action == "write":       # a burst of offline work on one device
             device = self.draw(st.sampled_from(self.devices), "device")
             for _ in range(self.draw(st.integers(1, 4), "writes")):
@@ -191,8 +198,13 @@ class Day:
             self.sync(self.draw(st.sampled_from(self.devices), "device"))
         elif action == "drain":
             self.server.drain(fail_after_apply=self.draw(st.booleans(), "worker dies before ack"))
-        else:
+        elif action == "restart":
             self.draw(st.sampled_from(self.devices), "device").restart()
+        else:   # an admin changed the user's territories; the next sign-in carries them
+            device = self.draw(st.sampled_from(self.devices), "device")
+            territories = self.draw(st.lists(st.sampled_from(TERRITORIES), min_size=1, max_size=3, unique=True),
+                                    "territories")
+            device.retoken(**{**device.principal.attributes, "territory_ids": territories})
 
 
 def play_a_day(make_server, database_url, data, settle, assert_converged, assert_exactly_once) -> None:
@@ -229,6 +241,8 @@ def play_a_day(make_server, database_url, data, settle, assert_converged, assert
                 event(f"conflict lost: {row['effect']}")
         if 410 in device.transport.statuses("/pull"):
             event("sync-reset")
+        if any(e[4] and e[4].get("phase") == "rescope" for e in device.transport.exchanges if e[1].endswith("/pull")):
+            event("rescope")
     for device in devices:
         device.close()
 
