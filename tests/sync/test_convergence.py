@@ -1,13 +1,13 @@
 """Convergence under random offline work and a failing network (invariants 2, 4, 5, 6).
 
-Hypothesis plays a day in the field: two or three devices of different users, roles and
-territories write offline (visits, orders with lines, expenses, their own records and shared
-retailers, deletes their role may not make), the server writes meanwhile through the store and
-REST (moves retailers between territories, retires products, deletes visits, books orders),
-devices sync while their transports drop requests, lose answers, send requests twice and cut
-answers short, workers die between apply and ack, apps restart, users sign in again with other
-territories. Then the network heals and
-every device syncs until quiet. Afterwards:
+Hypothesis plays a day in the field: two to four devices of different users, roles and
+territories (one user on two phones) write offline (visits, orders with lines, expenses, their
+own records and shared retailers, deletes their role may not make); the server writes meanwhile
+through the store and REST (moves retailers between territories, retires products, deletes
+visits and orders, books orders); devices sync while their transports drop requests, lose
+answers, send requests twice and cut answers short; workers die between apply and ack; apps
+restart; users get tokens with other territories. Then the network heals and every device
+syncs until quiet. Afterwards:
 
 * every device's store equals the server's records its scope matches, field by field, with
   the fields its role may not see empty (invariants 4 and 6);
@@ -37,6 +37,7 @@ USERS = (
     ("rep-asha", "field_rep", {"territory_ids": [PUNE_CENTRAL, PUNE_RURAL]}),
     ("sup-ravi", "supervisor", {"region": "west", "territory_ids": [PUNE_CENTRAL, PUNE_RURAL]}),
     ("rep-bala", "field_rep", {"territory_ids": [PUNE_RURAL, BENGALURU_EAST]}),
+    ("rep-asha", "field_rep", {"territory_ids": [PUNE_CENTRAL, PUNE_RURAL]}),    # her second phone
 )
 REPS = ("rep-asha", "rep-bala")
 FAULT_OR_NONE = st.sampled_from([None, None, "drop_request", "drop_response", "duplicate", "cut_response"])
@@ -147,7 +148,7 @@ class Day:
     def server_write(self) -> None:
         store = self.server.store
         kind = self.draw(st.sampled_from(["retailer", "move_retailer", "product", "visit", "delete_visit",
-                                          "order", "visit_rest"]), "server write")
+                                          "order", "delete_order", "visit_rest"]), "server write")
         if kind in ("retailer", "move_retailer"):
             target = self.pick(self.server.records("retailer"), "retailer")
             change = ({"territory_id": self.draw(st.sampled_from(TERRITORIES))} if kind == "move_retailer"
@@ -169,10 +170,11 @@ class Day:
                                             self.admin, {"notes": "from the office"}, {"If-Match": "*"}) \
                     if self.server.records("visit") else None
                 assert response is None or response.status_code == 200, response.json
-        elif kind == "delete_visit":
-            target = self.pick(self.server.records("visit"), "visit")
+        elif kind in ("delete_visit", "delete_order"):      # an order's lines go with it
+            entity = kind.split("_")[1]
+            target = self.pick(self.server.records(entity), entity)
             if target is not None:
-                assert self.server.rest("DELETE", f"/visit/{target}", self.admin).status_code == 204
+                assert self.server.rest("DELETE", f"/{entity}/{target}", self.admin).status_code == 204
         elif kind == "order":
             retailer = self.server.records("retailer")[self.pick(self.server.records("retailer"), "retailer")]
             product = self.pick(self.server.records("product"), "product")
@@ -209,7 +211,7 @@ class Day:
 
 def play_a_day(make_server, database_url, data, settle, assert_converged, assert_exactly_once) -> None:
     server = make_server(database_url)
-    count = data.draw(st.integers(2, 3), "devices")
+    count = data.draw(st.integers(2, 4), "devices")
     devices = [server.device(user, role, **attributes) for user, role, attributes in USERS[:count]]
     day = Day(server, devices, data)
     for device in devices:
