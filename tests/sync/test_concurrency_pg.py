@@ -44,6 +44,7 @@ class Reader:
         self.scope_hash = None
         self.resume = None
         self.pages = 0
+        self.pages_while_writing = 0
         self.problems: list[str] = []
         answer = self.http.post("/api/v1/sync/devices", json={"install_id": name, "schema_version": 1},
                                 headers=self.headers)
@@ -158,7 +159,9 @@ def test_readers_pulling_during_concurrent_writes_skip_no_change(make_server, pg
         try:
             start.wait()
             while time.monotonic() < deadline:
+                writing = not writers_done.is_set()
                 page = reader.pull(rng.randint(1, 12))
+                reader.pages_while_writing += writing
                 if writers_done.is_set() and not page["has_more"] and page["cursor"] >= final_head[0]:
                     return
             failures.append(AssertionError(f"reader at {reader.cursor} did not catch up in {DEADLINE_S} s"))
@@ -184,7 +187,7 @@ def test_readers_pulling_during_concurrent_writes_skip_no_change(make_server, pg
     assert [c["position"] for c in server.changes()][-len(writes):] == list(range(head_before + 1, final_head[0] + 1))
     for reader in readers:
         assert reader.problems == []
-        assert reader.pages > 20, "the readers should have pulled while the writers wrote"
+        assert reader.pages_while_writing >= 5, "the readers should have pulled while the writers wrote"
         for entity, rows in expected.items():
             held = {record_id: row for (name, record_id), row in reader.rows.items() if name == entity}
             assert set(held) == set(rows), entity

@@ -238,8 +238,7 @@ def test_one_invalid_mutation_in_a_batch_of_500_is_quarantined_alone(sync_server
 
     [bad] = device.client.quarantined()
     assert (bad.seq, bad.record_id, bad.op, bad.name) == (251, ids[250], "insert", "validation")
-    assert bad.reason and bad.errors == [{"field": "retailer_id",
-                                          "reason": f"refers to a retailer that does not exist ({ghost})"}]
+    assert bad.reason and [e["field"] for e in bad.errors] == ["retailer_id"] and ghost in bad.errors[0]["reason"]
     visits = server.records("visit")
     assert len(visits) == 499 and ids[250] not in visits and set(ids) - {ids[250]} == set(visits)
     assert set(device.rows("visit")) == set(visits)
