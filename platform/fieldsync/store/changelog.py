@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity
-from fieldsync.store.records import FieldCodec, PlainJsonCodec, RecordStore, utc_now
+from fieldsync.store.records import FieldCodec, PlainJsonCodec, RecordStore, insert_many, utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
 
 __all__ = [
@@ -199,7 +199,7 @@ class ChangeLog:
                          "prev": _encode_row(entity, prev, self.codec) if prev is not None else None,
                          "origin": origin, "seq": seqs[i] if seqs is not None else None,
                          "changed_at": now})
-        conn.execute(_CHANGES.insert(), rows)
+        insert_many(conn, _CHANGES, rows)
         return [r["position"] for r in rows]
 
     def _take_positions(self, conn: sa.Connection, n: int) -> int:

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field as dc_field
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import sqlalchemy as sa
 
@@ -639,6 +639,63 @@ class RecordStore:
         return sa.or_(col > value, sa.and_(col == value, id_col > last_id), col.is_(None))
 
 
+# -- bulk inserts ------------------------------------------------------------------------------
+
+_INSERT_PLANS: dict[tuple[int, tuple[str, ...]], tuple[sa.Table, str, list[tuple[str, Callable[[Any], Any] | None]]]] = {}
+
+
+def _sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLAlchemy's SQLite DATETIME bind processor (its default storage format: the wall time
+    as `YYYY-MM-DD HH:MM:SS.ffffff`, zone dropped) done by `isoformat`, several times faster."""
+    def process(value: Any) -> Any:
+        if type(value) is dt.datetime:
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return fallback(value)
+    return process
+
+
+def _insert_plan(dialect: sa.Dialect, table: sa.Table, names: tuple[str, ...]):
+    key = (id(table), names)
+    plan = _INSERT_PLANS.get(key)
+    if plan is not None and plan[0] is table:
+        return plan[1], plan[2]
+    statement = table.insert().compile(dialect=dialect, column_keys=list(names))
+    steps = []
+    for name in statement.positiontup:
+        column = table.c[name]
+        impl = column.type.dialect_impl(dialect)
+        process = impl.bind_processor(dialect)
+        if process is not None and isinstance(impl, sa.DateTime) and getattr(impl, "_storage_format", None) == (
+                "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"):
+            process = _sqlite_datetime(process)
+        steps.append((name, process))
+    if len(_INSERT_PLANS) > 1024:
+        _INSERT_PLANS.clear()
+    _INSERT_PLANS[key] = (table, str(statement), steps)
+    return str(statement), steps
+
+
+def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT `rows` (each with the keys of the first) into `table` with one executemany.
+
+    On SQLite the statement is compiled once per table and the values are converted here by the
+    dialect's own bind processors: SQLAlchemy's per-row parameter processing cost more than the
+    insert itself. Other databases take SQLAlchemy's executemany (batched VALUES on PostgreSQL).
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
+        conn.execute(table.insert(), list(rows))
+        return
+    names = tuple(rows[0])
+    sql, steps = _insert_plan(conn.dialect, table, names)
+    if len(steps) != len(names):  # a column with a Python-side default: SQLAlchemy fills it in
+        conn.execute(table.insert(), list(rows))
+        return
+    conn.exec_driver_sql(sql, [tuple([row[name] if step is None else step(row[name]) for name, step in steps])
+                               for row in rows])
+
+
 def filter_from_query(field: Field, op: str, raw: str) -> Filter:
     """A Filter from a query parameter's raw string (`__in` values are comma-separated)."""
     if op == "in":
@@ -652,5 +709,5 @@ def wire_problems(problems: Iterable[FieldProblem]) -> list[dict[str, str]]:
 
 __all__ = [
     "BadQuery", "FieldCodec", "Filter", "Page", "PlainJsonCodec", "RecordStore", "RowFilter",
-    "filter_from_query", "new_id", "parse_query_value", "to_db", "to_wire", "utc_now", "ValueProblem",
+    "filter_from_query", "insert_many", "new_id", "parse_query_value", "to_db", "to_wire", "utc_now", "ValueProblem",
 ]

@@ -31,7 +31,7 @@ from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, par
                                    validate_record, ValueProblem)
 from fieldsync.store.changelog import ChangeLog, record_history
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.records import RecordStore, utc_now
+from fieldsync.store.records import RecordStore, insert_many, utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.sync.tables import DEVICES, LEDGER
 
@@ -477,21 +477,20 @@ class _Batch:
         for (name, _), rec in self.records.items():
             if rec is None or not rec.dirty:
                 continue
-            entity = self.model.entity(name)
-            table = self.store.table(entity)
+            table = self.store.table(self.entities[name])
             if not rec.stored:
                 inserts.setdefault(name, []).append(rec.db)
             else:
                 values = {k: v for k, v in rec.db.items() if k != "id"}
                 self.conn.execute(table.update().where(table.c.id == rec.db["id"]).values(values))
         for name, rows in inserts.items():
-            self.conn.execute(self.store.table(self.model.entity(name)).insert(), rows)
+            insert_many(self.conn, self.store.table(self.entities[name]), rows)
         positions = self.applier.changelog.record_changes(self.conn, self.changes, origin=self.batch.device_id,
                                                           seqs=self.change_seqs)
         for i, change_index in self.result_change.items():
             self.results[i]["position"] = positions[change_index]
         if self.results:
-            self.conn.execute(LEDGER.insert(), self.results)
+            insert_many(self.conn, LEDGER, self.results)
             rejected = sum(1 for r in self.results if r["status"] == "rejected")
             if rejected:
                 self.conn.execute(DEVICES.update().where(DEVICES.c.device_id == self.batch.device_id)
