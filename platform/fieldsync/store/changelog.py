@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity
+from fieldsync.defs.values import field_map
 from fieldsync.store.records import FieldCodec, PlainJsonCodec, RecordStore, insert_many, utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
 
@@ -140,12 +141,12 @@ class Change:
 
 
 def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) -> str:
-    row = dict(record)
+    known = field_map(entity)
+    # children created inline are logged as changes of their own
+    row = {k: v for k, v in record.items() if not isinstance(v, list) or k in known}
     for f in entity.fields:
         if f.encrypted and row.get(f.name) is not None:
             row[f.name] = codec.encode(entity, f, row[f.name])
-    # children created inline are logged as changes of their own
-    row = {k: v for k, v in row.items() if not isinstance(v, list) or k in {f.name for f in entity.fields}}
     return json.dumps(row, sort_keys=True, separators=(",", ":"))
 
 
@@ -271,7 +272,7 @@ def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit:
         head = head_position(conn) if entities is not None else None
         query = (sa.select(_CHANGES).where(*_where_after(cursor, entities))
                  .order_by(_CHANGES.c.position).limit(limit + 1))
-        rows = list(conn.execute(query).mappings())
+        rows = conn.execute(query).all()
     has_more = len(rows) > limit
     rows = rows[:limit]
     changes = [_change(r) for r in rows]
@@ -281,10 +282,11 @@ def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit:
     return changes, next_cursor, has_more
 
 
-def _change(r: Mapping[str, Any]) -> Change:
-    return Change(r["position"], r["entity"], r["record_id"], r["version"], r["op"],
-                  json.loads(r["row"]), _as_utc(r["changed_at"]),
-                  json.loads(r["prev"]) if r["prev"] is not None else None, r["origin"], r["seq"])
+def _change(r: Sequence[Any]) -> Change:
+    """A Change from a row of `select(fs_changes)` (its columns in table order)."""
+    position, entity, record_id, version, op, row, prev, origin, seq, changed_at = r
+    return Change(position, entity, record_id, version, op, json.loads(row), _as_utc(changed_at),
+                  json.loads(prev) if prev is not None else None, origin, seq)
 
 
 def record_history(conn: sa.Connection, entity: str, record_id: str, after_version: int) -> list[Change]:
@@ -292,7 +294,7 @@ def record_history(conn: sa.Connection, entity: str, record_id: str, after_versi
     (conflict detection: who wrote the record since a device's base version)."""
     rows = conn.execute(sa.select(_CHANGES).where(_CHANGES.c.entity == entity, _CHANGES.c.record_id == record_id,
                                                   _CHANGES.c.version > after_version)
-                        .order_by(_CHANGES.c.position)).mappings()
+                        .order_by(_CHANGES.c.position))
     return [_change(r) for r in rows]
 
 

@@ -201,15 +201,22 @@ def _phase_page(page: _Page, state: dict[str, Any], limit: int) -> tuple[dict[st
             page.add(name, None, {"kind": "clear", "entity": name})
             state.update(i=state["i"] + 1, after=None)
             continue
-        entity = page.scope.entities[name].entity
+        entity_scope = page.scope.entities[name]
         if state["after"] is None:
             page.add(name, None, {"kind": "clear", "entity": name})
-        rows = list(page.conn.execute(_snapshot_query(page.store, page.scope, name, state["after"], budget + 1))
-                    .mappings())
+        result = page.conn.execute(_snapshot_query(page.store, page.scope, name, state["after"], budget + 1))
+        columns = tuple(result.keys())
+        rows = result.all()
+        # the visible row (`DeviceScope.visible_row` of the wire row) straight from the stored one
+        visible = page.store.tuple_converter(entity_scope.entity, columns,
+                                             entity_scope.visible + ("created_at", "updated_at"))
+        id_at, version_at = columns.index("id"), columns.index("version")
+        order = page.order.get(name, 0)
         for row in rows[:budget]:
-            page.upsert(name, page.store._to_wire_row(entity, row), None)
+            page.changes.append((order, 0, {"kind": "upsert", "entity": name, "id": row[id_at], "position": None,
+                                            "version": row[version_at], "row": visible(row)}))
         if len(rows) > budget:
-            state["after"] = rows[budget - 1]["id"]
+            state["after"] = rows[budget - 1][id_at]
             budget = 0
         else:
             budget -= len(rows)
@@ -232,6 +239,13 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
     """docs/sync-design.md decision 7: per record, compare held (before its first change in
     range) with wanted (after its last change in range)."""
     store, scope = page.store, page.scope
+    entities: dict[str, Entity] = {}
+    names: dict[str, tuple[str, ...]] = {}
+    encrypted: dict[str, bool] = {}
+    for name in {c.entity for c in changes}:
+        entities[name] = store.model.entity(name)
+        names[name] = entities[name].field_names
+        encrypted[name] = any(f.encrypted for f in entities[name].fields)
     first: dict[tuple[str, str], Change] = {}
     last: dict[tuple[str, str], Change] = {}
     changed_fields: dict[tuple[str, str], set[str]] = {}
@@ -239,16 +253,18 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
         key = (c.entity, c.record_id)
         first.setdefault(key, c)
         last[key] = c
-        entity = store.model.entity(c.entity)
-        prev = c.prev or {}
-        fields = changed_fields.setdefault(key, set())
-        for f in entity.field_names:
-            if c.op == "create" or prev.get(f) != c.row.get(f):
-                fields.add(f)
+        fields = changed_fields.get(key)
+        if fields is None:
+            fields = changed_fields[key] = set()
+        if c.op == "create":
+            fields.update(names[c.entity])
+        else:
+            prev, row = c.prev or {}, c.row
+            fields.update(f for f in names[c.entity] if prev.get(f) != row.get(f))
     # a child is in scope iff its parent is now: look the parents up once
     parents: dict[str, set[str]] = {}
     for (name, _), c in last.items():
-        entity = store.model.entity(name)
+        entity = entities[name]
         if entity.parent is not None:
             for row in (c.row, first[(name, c.record_id)].prev or {}):
                 if row.get(entity.parent_field):
@@ -256,20 +272,22 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
     parent_rows = {name: _current_rows(page, name, ids) for name, ids in parents.items()}
 
     def in_scope(entity: Entity, row: Mapping[str, Any] | None) -> bool:
-        if not scope.matches(entity.name, row):
+        if not scope.matcher(entity.name)(row):
             return False
         if entity.parent is None:
             return True
         parent = parent_rows.get(entity.parent, {}).get(row.get(entity.parent_field))
-        return parent is not None and scope.matches(entity.parent, parent)
+        return parent is not None and scope.matcher(entity.parent)(parent)
 
     entering: list[tuple[Entity, str, int]] = []
     for key, c_last in last.items():
         name, record_id = key
-        entity = store.model.entity(name)
+        entity = entities[name]
         c_first = first[key]
-        row = decode_row(entity, c_last.row, store.codec)
-        prev = decode_row(entity, c_first.prev, store.codec) if c_first.prev is not None else None
+        row, prev = c_last.row, c_first.prev
+        if encrypted[name]:
+            row = decode_row(entity, row, store.codec)
+            prev = decode_row(entity, prev, store.codec) if prev is not None else None
         held = in_scope(entity, prev)
         wanted = in_scope(entity, row)
         if wanted and held:
