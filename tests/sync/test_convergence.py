@@ -263,7 +263,7 @@ def test_devices_converge_after_a_day_offline_on_a_failing_network(make_server, 
 
 
 @pytest.mark.postgres
-@settings(max_examples=EXAMPLES or 4, **SETTINGS)
+@settings(max_examples=EXAMPLES or 3, **SETTINGS)
 @given(data=st.data())
 def test_devices_converge_on_postgresql(make_server, pg_database, data, settle, assert_converged,
                                         assert_exactly_once):
