@@ -204,8 +204,7 @@ class SyncServer:
             device.close()
         self.devices.clear()
         sync = self.state.sync
-        if sync._queue is not None:   # opened lazily; close only what exists
-            sync._queue.close()
+        sync.close()
         self.engine.dispose()
 
     # -- people --

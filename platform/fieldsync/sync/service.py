@@ -142,6 +142,14 @@ class SyncService:
                 return done
             self.queue.ack([m.receipt for m in messages])
 
+    def close(self) -> None:
+        """Stop the listeners and close the queue (if it was ever opened)."""
+        self.stop()
+        with self._lock:
+            queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.close()
+
     def wait_idle(self, timeout: float = 30) -> bool:
         """True once every received batch is applied (tests, demos, the bench)."""
         if not self._started:
