@@ -159,6 +159,14 @@ def _body() -> Any:
         raise _problem(400, "malformed-request", "Malformed request", "the body is not JSON") from None
 
 
+def _body_object() -> dict[str, Any]:
+    """The body, which every sync POST sends as a JSON object."""
+    body = _body()
+    if not isinstance(body, dict):
+        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    return body
+
+
 def _malformed(errors: list[dict[str, str]]) -> Problem:
     return _problem(400, "malformed-request", "Malformed request",
                     "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5]), errors=errors)
@@ -259,9 +267,7 @@ def schema():
 
 @blueprint.post("/devices")
 def register():
-    body = _body()
-    if not isinstance(body, dict):
-        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    body = _body_object()
     install_id = body.get("install_id")
     errors = []
     if not isinstance(install_id, str) or not 0 < len(install_id) <= 64:
@@ -350,9 +356,7 @@ def _check_mutations(mutations: Any, limit: int) -> None:
 
 @blueprint.post("/push")
 def push():
-    body = _body()
-    if not isinstance(body, dict):
-        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    body = _body_object()
     state = _state()
     mutations = body.get("mutations")
     _check_mutations(mutations, int(state.config["SYNC_MAX_MUTATIONS"]))
@@ -435,9 +439,7 @@ def results():
 
 @blueprint.post("/pull")
 def pull():
-    body = _body()
-    if not isinstance(body, dict):
-        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    body = _body_object()
     state = _state()
     _schema_version(body, pull=True)
     max_limit = int(state.config["SYNC_MAX_PULL_LIMIT"])
@@ -487,9 +489,7 @@ def pull():
 
 @blueprint.post("/ack")
 def ack():
-    body = _body()
-    if not isinstance(body, dict):
-        raise _malformed([{"field": "", "reason": "must be a JSON object"}])
+    body = _body_object()
     state = _state()
     cursor = _int_arg(body, "cursor", 0, 0, 2 ** 53)
     through = _int_arg(body, "results_through", 0, 0, 2 ** 53)

@@ -395,9 +395,7 @@ class _Batch:
         overridden: list[str] = []
         if others is not None:
             if policy == "reject_stale":
-                raise _Rejected("stale", f"{entity.name} {rec.db['id']} is at version {rec.db['version']}; "
-                                f"the change was made on version {m.get('base_version')}",
-                                current_version=rec.db["version"])
+                raise _stale(entity, rec, m, "change")
             if policy == "server_wins":
                 return {"version": rec.db["version"], "effect": "discarded", "overridden": json.dumps(sorted(clean))}
             if policy == "field_merge":
@@ -435,9 +433,7 @@ class _Batch:
     def _delete(self, entity, rec, current, policy, others, effective, m) -> dict[str, Any]:
         if others is not None:
             if policy == "reject_stale":
-                raise _Rejected("stale", f"{entity.name} {rec.db['id']} is at version {rec.db['version']}; "
-                                f"the delete was made on version {m.get('base_version')}",
-                                current_version=rec.db["version"])
+                raise _stale(entity, rec, m, "delete")
             if policy == "server_wins":
                 return {"version": rec.db["version"], "effect": "discarded", "overridden": "[]"}
         if policy in ("last_write_wins", "field_merge"):
@@ -495,6 +491,12 @@ class _Batch:
             if rejected:
                 self.conn.execute(DEVICES.update().where(DEVICES.c.device_id == self.batch.device_id)
                                   .values(rejected=DEVICES.c.rejected + rejected))
+
+
+def _stale(entity: Entity, rec: _Record, m: Mapping[str, Any], what: str) -> _Rejected:
+    """reject_stale: another writer changed the record since the device's base version."""
+    return _Rejected("stale", f"{entity.name} {rec.db['id']} is at version {rec.db['version']}; "
+                     f"the {what} was made on version {m.get('base_version')}", current_version=rec.db["version"])
 
 
 def _renamed(entity: Entity, fields: Mapping[str, Any]) -> dict[str, Any]:
