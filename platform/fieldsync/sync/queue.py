@@ -56,8 +56,8 @@ from typing import Callable, Iterator, Protocol, Sequence
 from fieldsync.errors import ConfigError, Error
 
 __all__ = [
-    "DEFAULT_MAX_RECEIVES", "POLL_INTERVAL", "Message", "Queue", "QueueClosed", "SqliteQueue",
-    "open_queue",
+    "BACKENDS", "DEFAULT_MAX_RECEIVES", "POLL_INTERVAL", "Message", "Queue", "QueueClosed", "QueueDepth",
+    "SqliteQueue", "open_queue",
 ]
 
 DEFAULT_MAX_RECEIVES = 5
@@ -112,18 +112,54 @@ class Queue(Protocol):
     def dead_letters(self, limit: int = 100) -> list[Message]:
         """Messages that exceeded `max_receives`, oldest first."""
 
+    def replay_dead(self, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters (those named, or all) back to the queue as new deliveries
+        (`receive_count` starts again); returns how many were moved."""
+
+    def depth(self) -> "QueueDepth":
+        """How many messages wait, are in flight and are dead (None where the backend cannot tell)."""
+
     def close(self) -> None:
         """Release the backend's resources; further calls raise QueueClosed."""
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    """A queue's size for `fieldsync workers status`; SQS and brokers report approximations."""
+
+    visible: int | None
+    in_flight: int | None
+    dead: int | None
+
+
+# scheme -> "module:function" building the queue from (url, **options); imported on first use,
+# so boto3 and stomp.py load only when configured
+BACKENDS: dict[str, str] = {
+    "sqlite": "fieldsync.sync.queue:_open_sqlite",
+    "sqs": "fieldsync.sync.queue_sqs:open_sqs_queue",
+    "sqs+fifo": "fieldsync.sync.queue_sqs:open_sqs_queue",
+    "stomp": "fieldsync.sync.queue_stomp:open_stomp_queue",
+    "stomp+ssl": "fieldsync.sync.queue_stomp:open_stomp_queue",
+}
+
+
 def open_queue(url: str, **options) -> Queue:
-    """The queue at `url`. `sqlite:///var/queue.db` (relative) or `sqlite:////srv/queue.db`
-    (absolute) opens a SqliteQueue; `options` go to its constructor."""
-    scheme, sep, rest = url.partition("://")
+    """The queue at `url`: `sqlite:///var/queue.db` (relative) or `sqlite:////srv/queue.db`
+    (absolute) for the embedded queue, `sqs://…` for Amazon SQS, `stomp://…` for a JMS broker
+    (docs/queues.md). `options` go to the backend."""
+    import importlib
+    scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigError("a queue URL needs a scheme, like sqlite:///var/queue.db")
-    if scheme != "sqlite":
-        raise ConfigError(f"queue URL scheme {scheme!r} is not supported; available: 'sqlite'")
+    if scheme not in BACKENDS:
+        raise ConfigError(f"queue URL scheme {scheme!r} is not supported; available: "
+                          + ", ".join(repr(k) for k in BACKENDS))
+    module, _, function = BACKENDS[scheme].partition(":")
+    return getattr(importlib.import_module(module), function)(url, **options)
+
+
+def _open_sqlite(url: str, **options) -> "SqliteQueue":
+    rest = url.partition("://")[2]
     if not rest.startswith("/") or len(rest) < 2:
         raise ConfigError("a sqlite queue URL needs a path: sqlite:///var/queue.db (relative) "
                           "or sqlite:////srv/fieldsync/queue.db (absolute)")
@@ -500,6 +536,39 @@ class SqliteQueue:
                 "ORDER BY rowid LIMIT ?", (limit,)).fetchall()
         return [Message(message_id, body, group, "", count, enqueued_at)
                 for message_id, body, group, count, enqueued_at in rows]
+
+    def replay_dead(self, ids: Sequence[str] | None = None) -> int:
+        """Re-drive dead letters (those with the given ids, or all) as new messages at the end
+        of the queue, in their original order; their delivery count starts again."""
+        now = self._clock()
+        with self._lock:
+            self._check_open()
+            with self._transaction("FULL") as conn:
+                query = "SELECT rowid, id, grp, body FROM fs_queue_dead"
+                params: tuple = ()
+                if ids is not None:
+                    wanted = list(ids)
+                    if not wanted:
+                        return 0
+                    query += f" WHERE id IN ({','.join('?' * len(wanted))})"
+                    params = tuple(wanted)
+                rows = conn.execute(query + " ORDER BY rowid", params).fetchall()
+                conn.executemany(_INSERT, [(message_id, group, body, now) for _, message_id, group, body in rows])
+                conn.executemany("DELETE FROM fs_queue_dead WHERE rowid = ?", [(rowid,) for rowid, *_ in rows])
+        if rows:
+            self._doorbell.ring()
+        return len(rows)
+
+    def depth(self) -> QueueDepth:
+        """Waiting (visible now), in flight (claimed, not yet acked) and dead messages."""
+        now = self._clock()
+        with self._lock:
+            self._check_open()
+            visible, in_flight = self._conn.execute(
+                "SELECT coalesce(sum(visible_at <= ?), 0), coalesce(sum(visible_at > ?), 0) FROM fs_queue",
+                (now, now)).fetchone()
+            dead = self._conn.execute("SELECT count(*) FROM fs_queue_dead").fetchone()[0]
+        return QueueDepth(visible=visible, in_flight=in_flight, dead=dead)
 
     def close(self) -> None:
         """Close the connection; long polls of this object return [] and later calls raise
