@@ -79,8 +79,7 @@ def test_open_queue_reads_sqlite_urls(tmp_path, monkeypatch):
     assert (tmp_path / "var" / "queue.db").exists()
 
 
-@pytest.mark.parametrize("url, named", [("sqs://eu-west-1/pushes.fifo", "'sqs'"),
-                                        ("stomp://broker:61613/queue", "'stomp'"),
+@pytest.mark.parametrize("url, named", [("amqp://broker/pushes", "'amqp'"),
                                         ("var/queue.db", "scheme"),
                                         ("sqlite://", "path")])
 def test_open_queue_refuses_unknown_urls(url, named):
