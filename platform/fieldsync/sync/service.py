@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +37,9 @@ class SyncService:
         self._lock = threading.Lock()
         self._started = False
         self._stopping = threading.Event()
+        # called after every handled message: (message, batch or None, outcome, seconds,
+        # new results); outcome is applied | redelivery | unprocessable | failed
+        self.observers: list[Callable[[Message, PushBatch | None, str, float, int], None]] = []
 
     @classmethod
     def from_config(cls, config, store, changelog, clock=None) -> "SyncService":
@@ -69,22 +73,34 @@ class SyncService:
 
     def handle(self, message: Message) -> None:
         """A listener's handler: apply one push batch. Raising leaves the message unacked, so it
-        is redelivered; the ledger makes the second run exact-once."""
-        batch = PushBatch.from_bytes(message.body)
+        is redelivered; the ledger makes the second run exact-once. Every outcome is reported
+        to `observers` (the processing log)."""
+        started = time.perf_counter()
+        batch: PushBatch | None = None
+        outcome, results = "failed", []
         try:
-            results = self.applier.apply_batch(batch)
-        except Exception as exc:
-            last = getattr(self.queue, "max_receives", 5)
-            if message.receive_count < last:
-                raise  # redelivered later; the ledger keeps the retry exact-once
-            # the last delivery: answer every mutation rather than let the batch die unseen
-            log.exception("push batch of device %s failed %d times; rejecting it as unprocessable",
-                          batch.device_id, message.receive_count)
-            results = self.applier.reject_unprocessable(
-                batch, f"the server failed to process this batch {message.receive_count} times "
-                       f"({type(exc).__name__}); send the change again or contact support")
-        log.info("applied push batch of device %s: %d mutations, %d new results",
-                 batch.device_id, len(batch.mutations), len(results))
+            batch = PushBatch.from_bytes(message.body)
+            try:
+                results = self.applier.apply_batch(batch)
+                outcome = "applied" if results else "redelivery"
+            except Exception as exc:
+                last = getattr(self.queue, "max_receives", 5)
+                if message.receive_count < last:
+                    raise  # redelivered later; the ledger keeps the retry exact-once
+                # the last delivery: answer every mutation rather than let the batch die unseen
+                log.exception("push batch of device %s failed %d times; rejecting it as unprocessable",
+                              batch.device_id, message.receive_count)
+                results = self.applier.reject_unprocessable(
+                    batch, f"the server failed to process this batch {message.receive_count} times "
+                           f"({type(exc).__name__}); send the change again or contact support")
+                outcome = "unprocessable"
+        finally:
+            duration = time.perf_counter() - started
+            for observer in list(self.observers):
+                try:
+                    observer(message, batch, outcome, duration, len(results))
+                except Exception:
+                    log.exception("a processing observer failed")
 
     def start_maintenance(self, engine: sa.Engine, retention_days: int, *, interval: float = 24 * 3600) -> None:
         """Run `compact_history` now and then every `interval` seconds in a daemon thread, until
