@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from fieldsync.client.errors import ProtocolError
 from fieldsync.client.outbox import add_refetch, quarantine_entry, quarantine_locally, remaining_entries
@@ -108,9 +108,7 @@ def apply_page(store: LocalStore, conn: sqlite3.Connection, page: Mapping[str, A
     """Apply one pull page inside the caller's transaction (§10.2)."""
     outcome = Applied()
     settle_results(store, conn, list(page.get("results") or ()), now, outcome)
-    for change in page.get("changes") or ():
-        apply_change(store, conn, change, outcome)
-        outcome.changes += 1
+    apply_changes(store, conn, page.get("changes") or (), outcome)
     purge_windows(store, conn, page.get("windows") or {})
     sent = {(i["entity"], i["id"]) for i in refetch_sent}
     pending = [i for i in store.state_in(conn, "refetch", []) if (i["entity"], i["id"]) not in sent]
@@ -126,47 +124,112 @@ def apply_page(store: LocalStore, conn: sqlite3.Connection, page: Mapping[str, A
     return outcome
 
 
-def apply_change(store: LocalStore, conn: sqlite3.Connection, change: Mapping[str, Any], outcome: Applied) -> None:
-    """One change (§6.3). Rows with `_dirty = 1` keep their local values whatever arrives: their
-    outbox entry's result will put them right."""
-    kind = change.get("kind")
-    try:
-        table = store.table(change["entity"])
-    except KeyError:
-        raise ProtocolError(200, {"detail": f"a {kind} change names an entity this device does not have: "
-                                            f"{change.get('entity')!r}"}) from None
-    if kind == "clear":
-        conn.execute(f"DELETE FROM {quote(table.table)} WHERE _dirty = 0")
-        return
-    record_id = change["id"]
-    local = store.row(conn, table, record_id)
-    if kind in ("delete", "remove"):
-        store.delete_row(conn, table, record_id, only_clean=True)
-        return
-    if local is not None and local["_dirty"]:
-        return
-    version = int(change["version"])
-    if kind == "upsert":
-        if local is None or local["_version"] < version:
-            store.write_server_row(conn, table, record_id, change.get("row") or {}, version)
-    elif kind == "patch":
-        if local is not None and local["_version"] >= version:
-            return  # already newer
-        if local is None or local["_version"] != change.get("from_version"):
-            outcome.refetch.append({"entity": table.name, "id": record_id})
-            return
-        _patch(conn, table, record_id, change, version)
-    else:
-        raise ProtocolError(200, {"detail": f"unknown change kind {kind!r}"})
+def apply_changes(store: LocalStore, conn: sqlite3.Connection, changes: Iterable[Mapping[str, Any]],
+                  outcome: Applied) -> None:
+    """A page's changes, in order (§6.3). Rows with `_dirty = 1` keep their local values whatever
+    arrives: their outbox entry's result will put them right.
+
+    The changes are written in runs with one statement per table (and patched field set)
+    instead of one per change. A run is `upsert`s and `patch`es of distinct records (each
+    touches one row, so their order does not matter), then `delete`s and `remove`s (deleting
+    clean rows and their clean children leaves the same rows whatever the order). A `clear`,
+    a record already in the run or a write after a delete starts a new run, so the store ends
+    as if the changes were applied one by one (tests/client/test_page_runs.py checks this).
+    """
+    assert store.schema is not None
+    entities = store.schema.entities
+    run = _Run(store, conn)
+    records, upserts, patches, deletes = run.records, run.upserts, run.patches, run.deletes
+    for index, change in enumerate(changes):
+        kind = change.get("kind")
+        table = entities.get(change.get("entity"))
+        if table is None:
+            raise ProtocolError(200, {"detail": f"a {kind} change names an entity this device does not have: "
+                                                f"{change.get('entity')!r}"})
+        if kind == "upsert" or kind == "patch":
+            record_id = change["id"]
+            key = (table.name, record_id)
+            if deletes or key in records:
+                run.flush()
+            records.add(key)
+            version = int(change["version"])
+            if kind == "upsert":
+                rows = upserts.get(table.name)
+                if rows is None:
+                    rows = upserts[table.name] = (table, [])
+                rows[1].append(table.server_row_values(record_id, change.get("row") or {}, version))
+            else:
+                converters = table.converters
+                fields = {k: v for k, v in (change.get("fields") or {}).items() if k in converters}
+                values = [v if v is None or converters[k] is None else converters[k](v) for k, v in fields.items()]
+                values += (version, change.get("updated_at"), record_id, change.get("from_version"), version)
+                patches.setdefault((table.name, tuple(fields)), (table, []))[1].append(
+                    (index, record_id, version, values))
+        elif kind == "delete" or kind == "remove":
+            record_id = change["id"]
+            deletes.setdefault(table.name, (table, {}))[1][record_id] = None
+        elif kind == "clear":
+            run.flush()
+            conn.execute(f"DELETE FROM {quote(table.table)} WHERE _dirty = 0")
+        else:
+            raise ProtocolError(200, {"detail": f"unknown change kind {kind!r}"})
+        outcome.changes += 1
+    run.flush()
+    run.refetch.sort(key=lambda item: item[0])
+    outcome.refetch += [item for _, item in run.refetch]
 
 
-def _patch(conn: sqlite3.Connection, table: EntityTable, record_id: str, change: Mapping[str, Any],
-           version: int) -> None:
-    known = set(table.field_names)
-    fields = {k: v for k, v in (change.get("fields") or {}).items() if k in known}
-    assignments = [f"{quote(k)} = ?" for k in fields] + ["_version = ?", "_updated_at = ?"]
-    values = [table.column(k).to_storage(v) for k, v in fields.items()] + [version, change.get("updated_at")]
-    conn.execute(f"UPDATE {quote(table.table)} SET {', '.join(assignments)} WHERE id = ?", [*values, record_id])
+class _Run:
+    """The changes of the current run, by table, waiting to be written together: the writes
+    first, then the deletes."""
+
+    def __init__(self, store: LocalStore, conn: sqlite3.Connection):
+        self.store = store
+        self.conn = conn
+        self.records: set[tuple[str, str]] = set()
+        # entity -> (table, parameters of its pulled_row_sql)
+        self.upserts: dict[str, tuple[EntityTable, list[list[Any]]]] = {}
+        # (entity, patched fields) -> (table, [(change index, record id, version, parameters)])
+        self.patches: dict[tuple[str, tuple[str, ...]], tuple[EntityTable, list[tuple[int, str, int, list[Any]]]]] = {}
+        # entity -> (table, record ids as the keys of a dict: ordered, each once)
+        self.deletes: dict[str, tuple[EntityTable, dict[str, None]]] = {}
+        # (change index, record to refetch), from patches that found no clean row at from_version
+        self.refetch: list[tuple[int, dict[str, str]]] = []
+
+    def flush(self) -> None:
+        """Write the run and start an empty one."""
+        for table, rows in self.upserts.values():
+            self.conn.executemany(table.pulled_row_sql, rows)
+        for (_, names), (table, patches) in self.patches.items():
+            cursor = self.conn.executemany(table.patch_sql(names), [p[3] for p in patches])
+            if cursor.rowcount != len(patches):
+                self.refetch += _to_refetch(self.conn, table, patches)
+        for table, ids in self.deletes.values():
+            self.store.delete_clean_rows(self.conn, table, list(ids))
+        self.records.clear()
+        self.upserts.clear()
+        self.patches.clear()
+        self.deletes.clear()
+
+
+def _to_refetch(conn: sqlite3.Connection, table: EntityTable,
+                patches: list[tuple[int, str, int, list[Any]]]) -> list[tuple[int, dict[str, str]]]:
+    """The patched records to refetch: missing, or clean and older than the patch without having
+    taken it (their version was not its `from_version`). Dirty rows and rows already at the
+    patch's version or newer need nothing."""
+    local: dict[str, tuple[int, int]] = {}
+    ids = [p[1] for p in patches]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        local.update((r[0], (r[1], r[2])) for r in conn.execute(
+            f"SELECT id, _version, _dirty FROM {quote(table.table)} WHERE id IN ({', '.join('?' for _ in chunk)})",
+            chunk))
+    found = []
+    for index, record_id, version, _ in patches:
+        row = local.get(record_id)
+        if row is None or (not row[1] and row[0] < version):
+            found.append((index, {"entity": table.name, "id": record_id}))
+    return found
 
 
 def purge_windows(store: LocalStore, conn: sqlite3.Connection, windows: Mapping[str, Any]) -> None:

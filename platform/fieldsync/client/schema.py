@@ -9,9 +9,10 @@ converts values between their wire form and their SQLite storage (`storage` of e
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from decimal import Decimal
+from functools import cached_property
+from typing import Any, Callable, Iterable, Mapping
 
 from fieldsync.defs.model import Entity, Field, SyncRule
 
@@ -52,6 +53,11 @@ PLATFORM_DDL = (
 
 BOOKKEEPING = ("_version", "_created_at", "_updated_at", "_deleted", "_dirty")
 
+# A wire value -> its stored value; `None` where they are the same (most columns).
+StorageConverter = Callable[[Any], Any] | None
+# (record id, the server's row, version) -> the parameters of `EntityTable.server_row_sql`.
+ServerRowValues = Callable[[str, Mapping[str, Any], int], list[Any]]
+
 # Field constraints copied into the rebuilt Field when the JSON carries them.
 _CONSTRAINTS = ("max_length", "min_length", "pattern", "minimum", "maximum")
 
@@ -72,11 +78,17 @@ class Column:
         """Wire value -> what the column stores."""
         if value is None:
             return None
+        convert = self.storage_converter
+        return value if convert is None else convert(value)
+
+    @property
+    def storage_converter(self) -> StorageConverter:
+        """The function `to_storage` applies to a value that is not None (None: none needed)."""
         if self.storage == "integer-0-1":
-            return 1 if value else 0
+            return _to_0_1
         if self.storage == "json-text":
-            return json.dumps(value, sort_keys=True, separators=(",", ":"))
-        return value
+            return _to_json_text
+        return None
 
     def from_storage(self, value: Any) -> Any:
         """Stored value -> wire value."""
@@ -87,6 +99,14 @@ class Column:
         if self.storage == "json-text":
             return json.loads(value)
         return value
+
+
+def _to_0_1(value: Any) -> int:
+    return 1 if value else 0
+
+
+def _to_json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,74 @@ class EntityTable:
             if c.name == name:
                 return c
         raise KeyError(name)
+
+    # -- the SQL of pulled rows, rendered once per table (cached on the frozen instance) ----------
+
+    @cached_property
+    def server_row_columns(self) -> tuple[str, ...]:
+        """The columns a server row sets, in the order of `server_row_values`."""
+        return ("id", *self.field_names, *BOOKKEEPING)
+
+    @cached_property
+    def server_row_sql(self) -> str:
+        """Put a server row in place unconditionally (a settled result may overwrite a dirty row)."""
+        names = self.server_row_columns
+        return (f"INSERT OR REPLACE INTO {quote(self.table)} ({', '.join(quote(n) for n in names)}) "
+                f"VALUES ({', '.join('?' for _ in names)})")
+
+    @cached_property
+    def pulled_row_sql(self) -> str:
+        """A pulled `upsert` (§6.3): insert the row, or replace a local one that is clean and older.
+
+        A dirty row keeps its local values (its outbox entry's result will put it right) and the
+        version guard keeps an older change from overwriting a newer row, both in SQL, so a page
+        is applied without reading the local rows first. Every column is set, so a field absent
+        from the row (hidden from the role) is cleared, as `INSERT OR REPLACE` would.
+        """
+        names = self.server_row_columns
+        table = quote(self.table)
+        updates = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in names[1:])
+        return (f"INSERT INTO {table} ({', '.join(quote(n) for n in names)}) "
+                f"VALUES ({', '.join('?' for _ in names)}) ON CONFLICT(id) DO UPDATE SET {updates} "
+                f"WHERE {table}._dirty = 0 AND {table}._version < excluded._version")
+
+    @cached_property
+    def server_row_values(self) -> ServerRowValues:
+        """A converter from the server's row to the parameters of `server_row_sql` and
+        `pulled_row_sql`, built once: fields in storage form (absent ones NULL), version,
+        server times, not deleted, clean."""
+        names = self.field_names
+        converted = tuple((i, c.storage_converter) for i, c in enumerate(self.columns, start=1)
+                          if c.storage_converter is not None)
+
+        def values(record_id: str, row: Mapping[str, Any], version: int) -> list[Any]:
+            get = row.get
+            out = [record_id, *map(get, names), version, get("created_at"), get("updated_at"), 0, 0]
+            for i, convert in converted:
+                if out[i] is not None:
+                    out[i] = convert(out[i])
+            return out
+        return values
+
+    def patch_sql(self, fields: tuple[str, ...]) -> str:
+        """A pulled `patch` of `fields` (§6.3), applied only to a clean row at `from_version`
+        and older than the patch; parameters: the field values, version, updated_at, then id,
+        from_version, version."""
+        sql = self._patch_sql.get(fields)
+        if sql is None:
+            assignments = ", ".join([*(f"{quote(k)} = ?" for k in fields), "_version = ?", "_updated_at = ?"])
+            sql = self._patch_sql[fields] = (f"UPDATE {quote(self.table)} SET {assignments} "
+                                             "WHERE id = ? AND _dirty = 0 AND _version = ? AND _version < ?")
+        return sql
+
+    @cached_property
+    def _patch_sql(self) -> dict[tuple[str, ...], str]:
+        return {}
+
+    @cached_property
+    def converters(self) -> dict[str, StorageConverter]:
+        """Each field's storage converter, by name."""
+        return {c.name: c.storage_converter for c in self.columns}
 
     def create_statements(self) -> list[str]:
         lines = ['"id" TEXT PRIMARY KEY NOT NULL']

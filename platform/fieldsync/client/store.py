@@ -156,11 +156,7 @@ class LocalStore:
                          row: Mapping[str, Any], version: int) -> None:
         """Replace the local row with the server's: every field from `row` (absent ones NULL,
         so a field hidden from the role is cleared), server version and times, clean."""
-        names = ["id", *table.field_names, "_version", "_created_at", "_updated_at", "_deleted", "_dirty"]
-        values = [record_id, *(c.to_storage(row.get(c.name)) for c in table.columns),
-                  int(version), row.get("created_at"), row.get("updated_at"), 0, 0]
-        conn.execute(f"INSERT OR REPLACE INTO {quote(table.table)} ({', '.join(quote(n) for n in names)}) "
-                     f"VALUES ({', '.join('?' for _ in names)})", values)
+        conn.execute(table.server_row_sql, table.server_row_values(record_id, row, int(version)))
 
     def delete_row(self, conn: sqlite3.Connection, table: EntityTable, record_id: str, *,
                    only_clean: bool = True) -> None:
@@ -171,20 +167,36 @@ class LocalStore:
         if cursor.rowcount:
             self.delete_children(conn, table, [record_id])
 
+    def delete_clean_rows(self, conn: sqlite3.Connection, table: EntityTable, record_ids: list[str]) -> None:
+        """`delete_row` of many clean rows at once (the same rows go, children included)."""
+        doomed = self._clean_ids(conn, table, "id", record_ids)
+        self._delete_ids(conn, table, doomed)
+        if doomed and self.schema is not None and self.schema.children_of(table.name):
+            self.delete_children(conn, table, doomed)
+
     def delete_children(self, conn: sqlite3.Connection, table: EntityTable, parent_ids: list[str]) -> None:
         assert self.schema is not None
         for child in self.schema.children_of(table.name):
             if not child.parent_field:
                 continue
-            ids: list[str] = []
-            for chunk_start in range(0, len(parent_ids), 500):
-                chunk = parent_ids[chunk_start:chunk_start + 500]
-                marks = ", ".join("?" for _ in chunk)
-                ids += [r["id"] for r in conn.execute(
-                    f"SELECT id FROM {quote(child.table)} WHERE {quote(child.parent_field)} IN ({marks}) "
-                    "AND _dirty = 0", chunk)]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                conn.execute(f"DELETE FROM {quote(child.table)} WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
+            ids = self._clean_ids(conn, child, child.parent_field, parent_ids)
+            self._delete_ids(conn, child, ids)
             if ids:
                 self.delete_children(conn, child, ids)
+
+    @staticmethod
+    def _clean_ids(conn: sqlite3.Connection, table: EntityTable, column: str, values: list[str]) -> list[str]:
+        """The ids of the clean rows whose `column` is one of `values` (500 bound values a query)."""
+        ids: list[str] = []
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
+            ids += [r[0] for r in conn.execute(
+                f"SELECT id FROM {quote(table.table)} WHERE {quote(column)} IN ({', '.join('?' for _ in chunk)}) "
+                "AND _dirty = 0", chunk)]
+        return ids
+
+    @staticmethod
+    def _delete_ids(conn: sqlite3.Connection, table: EntityTable, ids: list[str]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            conn.execute(f"DELETE FROM {quote(table.table)} WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
