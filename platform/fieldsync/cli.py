@@ -202,11 +202,9 @@ def cmd_devices(args) -> int:
     import sqlalchemy as sa
     from fieldsync.store.changelog import create_changelog_tables, head_position
     from fieldsync.store.engine import make_engine
-    from fieldsync.sync.queue import open_queue
-    from fieldsync.sync.tables import DEVICES, LEDGER, create_sync_tables
+    from fieldsync.sync.tables import DEVICES, LEDGER, RECEIVED, create_sync_tables
     config = _config(args)
     engine = make_engine(config.database_url)
-    queue = open_queue(config.queue_url)
     try:
         create_changelog_tables(engine)
         create_sync_tables(engine)
@@ -216,18 +214,19 @@ def cmd_devices(args) -> int:
                         .mappings())
             checkpoints = dict(conn.execute(sa.select(LEDGER.c.device_id, sa.func.max(LEDGER.c.position))
                                             .group_by(LEDGER.c.device_id)).all())
+            unsettled_by = dict(conn.execute(sa.select(RECEIVED.c.device_id, sa.func.count())
+                                             .group_by(RECEIVED.c.device_id)).all())
         items = []
         for r in rows:
             reported = _json.loads(r["reported"]) if r["reported"] else {}
             items.append({"device_id": r["device_id"], "user_id": r["user_id"], "status": r["status"],
                           "last_contact_at": str(r["last_contact_at"])[:19], "acked_cursor": r["acked_cursor"],
                           "behind": max(head - r["acked_cursor"], 0), "last_received_seq": r["last_received_seq"],
-                          "unsettled": queue.pending(r["device_id"]), "rejected": r["rejected"],
+                          "unsettled": unsettled_by.get(r["device_id"], 0), "rejected": r["rejected"],
                           "pending": (reported.get("outbox") or {}).get("pending"),
                           "quarantined": reported.get("quarantined"),
                           "write_checkpoint": checkpoints.get(r["device_id"]) or 0})
     finally:
-        queue.close()
         engine.dispose()
     if args.json:
         print(_json.dumps({"head": head, "items": items}, indent=2))

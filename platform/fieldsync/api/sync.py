@@ -28,7 +28,7 @@ from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
     results_for, write_checkpoint
 from fieldsync.sync.scope import device_scope
-from fieldsync.sync.tables import DEVICES, LEDGER
+from fieldsync.sync.tables import DEVICES, LEDGER, clear_received, mark_received
 from fieldsync.store.changelog import head_position
 
 try:  # optional: zstd is preferred when both sides have it
@@ -402,9 +402,14 @@ def push():
                           sent_at=body.get("sent_at") if isinstance(body.get("sent_at"), str) else None,
                           schema_version=version, mutations=fresh)
         state.sync.start()
+        seqs = [m["seq"] for m in fresh]
+        with write_transaction(state.engine) as conn:
+            mark_received(conn, device_id, seqs)   # before the enqueue: a listener may be quick
         try:
             state.sync.enqueue(batch)  # invariant 1: "received" only once this returned
         except Exception:
+            with write_transaction(state.engine) as conn:
+                clear_received(conn, device_id, seqs)
             current_app.logger.exception("the push queue refused a batch")
             raise _problem(503, "unavailable", "Service unavailable",
                            "the push could not be made durable; nothing was received, send it again",

@@ -33,7 +33,7 @@ from fieldsync.store.changelog import ChangeLog, record_history
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore, insert_many, utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
-from fieldsync.sync.tables import DEVICES, LEDGER
+from fieldsync.sync.tables import DEVICES, LEDGER, clear_received
 
 __all__ = ["MutationApplier", "PushBatch", "mutation_digest", "OPS"]
 
@@ -562,6 +562,7 @@ class MutationApplier:
         with write_transaction(self.store().engine) as conn:
             done = self._processed(conn, batch.device_id, [m.get("seq") for m in mutations])
             todo = sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"])
+            clear_received(conn, batch.device_id, [m.get("seq") for m in mutations])
             if not todo:
                 return []
             state = _Batch(self, conn, batch, self.clock())
@@ -577,6 +578,7 @@ class MutationApplier:
         rather than waiting forever (invariant 5: nothing dropped silently)."""
         with write_transaction(self.store().engine) as conn:
             done = self._processed(conn, batch.device_id, [m.get("seq") for m in batch.mutations])
+            clear_received(conn, batch.device_id, [m.get("seq") for m in batch.mutations])
             state = _Batch(self, conn, batch, self.clock())
             for m in sorted((m for m in batch.mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
                 row = state.apply({**m, "fields": {}, "op": "__invalid__"})
@@ -588,6 +590,7 @@ class MutationApplier:
 
     def _reject_alone(self, batch: PushBatch, m: Mapping[str, Any]) -> list[dict[str, Any]]:
         with write_transaction(self.store().engine) as conn:
+            clear_received(conn, batch.device_id, [m["seq"]])
             if self._processed(conn, batch.device_id, [m["seq"]]):
                 return []
             state = _Batch(self, conn, batch, self.clock())

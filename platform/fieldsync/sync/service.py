@@ -118,8 +118,10 @@ class SyncService:
         threading.Thread(target=loop, name="fieldsync-retention", daemon=True).start()
 
     def unsettled(self, device_id: str) -> int:
-        """Push batches of this device received and not yet applied."""
-        return self.queue.pending(device_id)
+        """The device's mutations received and not yet processed (any queue backend)."""
+        from fieldsync.sync.tables import unsettled
+        with self.applier.store().engine.connect() as conn:
+            return unsettled(conn, device_id)
 
     def start(self) -> None:
         """Start the listeners (once; later calls do nothing). The server starts them at boot so

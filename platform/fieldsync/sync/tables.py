@@ -7,11 +7,14 @@ field values (a result's `row` is read at delivery time), so it never holds PHI 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import sqlalchemy as sa
 
 from fieldsync.store.tables import PLATFORM_PREFIX
 
-__all__ = ["DEVICES", "LEDGER", "SCOPES", "create_sync_tables", "sync_metadata"]
+__all__ = ["DEVICES", "LEDGER", "RECEIVED", "SCOPES", "clear_received", "create_sync_tables", "mark_received",
+           "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
 
@@ -63,6 +66,41 @@ SCOPES = sa.Table(
     sa.Column("digests", sa.Text, nullable=False),         # JSON {entity: digest}
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+# Seqs received (in the queue) and not yet processed: a device's `unsettled` count, whatever
+# the queue backend (SQS and brokers cannot count one device's messages). Rows are written
+# before the batch is enqueued and deleted in the transaction that processes it.
+RECEIVED = sa.Table(
+    PLATFORM_PREFIX + "received", sync_metadata,
+    sa.Column("device_id", sa.String(36), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+)
+
+
+def mark_received(conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> None:
+    """Record `seqs` as received and not yet processed (already recorded ones are kept)."""
+    if not seqs:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    conn.execute(insert(RECEIVED).on_conflict_do_nothing(), [{"device_id": device_id, "seq": s} for s in seqs])
+
+
+def clear_received(conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> None:
+    """Forget `seqs` of `device_id`: they are processed (or were never enqueued)."""
+    ordered = sorted({s for s in seqs if isinstance(s, int)})
+    for i in range(0, len(ordered), 500):
+        conn.execute(RECEIVED.delete().where(RECEIVED.c.device_id == device_id,
+                                             RECEIVED.c.seq.in_(ordered[i:i + 500])))
+
+
+def unsettled(conn: sa.Connection, device_id: str) -> int:
+    """How many of the device's mutations are received and not yet processed."""
+    return conn.execute(sa.select(sa.func.count()).select_from(RECEIVED)
+                        .where(RECEIVED.c.device_id == device_id)).scalar_one()
 
 
 def create_sync_tables(engine: sa.Engine) -> None:
