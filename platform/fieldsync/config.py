@@ -27,10 +27,14 @@ DEFAULTS: dict[str, Any] = {
     "PAGE_SIZE_MAX": 1000,
     "AUTO_MIGRATE": True,              # additive migrations when the server starts
     "QUEUE_URL": None,                 # None: sqlite:///<DATA_DIR>/queue.db (the embedded queue)
+    "QUEUE_ENCRYPTION": True,          # seal every queued payload with AES-256-GCM (invariant 7)
+    "KEY_PROVIDER": "local",           # where data keys come from: local = a master key in KEYS_DIR
+    "KEYS_DIR": None,                  # None: <DATA_DIR>/keys (mode 0700; master.key 0600)
     "SYNC_LISTENERS": 2,               # threads applying pushed batches; 0: this process only receives
     "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
     "SYNC_MAX_PULL_LIMIT": 10000,      # changes per pull page
     "RETENTION_DAYS": 90,              # change log and tombstones; older devices get a typed reset
+    "PROCESSING_LOG_DAYS": 14,         # days of fs_processing_log kept (one row per handled push batch)
     "HOST": "127.0.0.1",
     "PORT": 8000,
 }

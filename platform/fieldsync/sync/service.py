@@ -48,8 +48,14 @@ class SyncService:
         url = config.queue_url
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return cls(store, changelog, lambda: open_queue(url), listeners=int(config["SYNC_LISTENERS"]),
-                   clock=clock or utc_now)
+        def opened() -> Queue:
+            queue = open_queue(url)
+            if not config.get("QUEUE_ENCRYPTION", True):
+                return queue
+            from fieldsync.security.keys import key_provider_from_config
+            from fieldsync.sync.queue_crypto import EncryptedQueue
+            return EncryptedQueue(queue, key_provider_from_config(config))  # invariant 7
+        return cls(store, changelog, opened, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
 
     @property
     def queue(self) -> Queue:

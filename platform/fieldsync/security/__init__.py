@@ -1,0 +1,1 @@
+"""Keys and encryption: key providers, envelope encryption of data that leaves the process."""
