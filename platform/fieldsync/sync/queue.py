@@ -285,7 +285,7 @@ class SqliteQueue:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, max_receives: int = DEFAULT_MAX_RECEIVES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, secure_delete: bool = True) -> None:
         if max_receives < 1:
             raise ConfigError(f"max_receives must be at least 1, not {max_receives}")
         self._path = os.fspath(path)
@@ -294,6 +294,7 @@ class SqliteQueue:
         self._lock = threading.Lock()
         self._closed = False
         self._synchronous: str | None = None
+        self._secure_delete = secure_delete
         memory = self._path == ":memory:"
         if memory:
             self._doorbell = _Doorbell()
@@ -311,9 +312,10 @@ class SqliteQueue:
     def _prepare(self, memory: bool) -> None:
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        # acked bodies are zeroed in the file, whatever the build's default (invariant 7: the
-        # queue holds plaintext PHI until the security issue encrypts messages)
-        conn.execute("PRAGMA secure_delete = ON")
+        # acked bodies are zeroed in the file, whatever the build's default, unless the caller
+        # seals every body (EncryptedQueue: the server's default), where zeroing ciphertext buys
+        # nothing and costs a fifth of the claim+ack rate
+        conn.execute(f"PRAGMA secure_delete = {'ON' if self._secure_delete else 'OFF'}")
         if not memory:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":

@@ -49,8 +49,10 @@ class SyncService:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         def opened() -> Queue:
-            queue = open_queue(url)
-            if not config.get("QUEUE_ENCRYPTION", True):
+            sealed = bool(config.get("QUEUE_ENCRYPTION", True))
+            # the embedded queue need not zero acked bodies that are ciphertext
+            queue = open_queue(url, secure_delete=False) if url.startswith("sqlite:") and sealed else open_queue(url)
+            if not sealed:
                 return queue
             from fieldsync.security.keys import key_provider_from_config
             from fieldsync.sync.queue_crypto import EncryptedQueue
