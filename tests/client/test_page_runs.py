@@ -173,3 +173,46 @@ def test_the_runs_of_a_page_keep_its_order():
     assert [tuple(r) for r in order] == [("submitted", "Monday", 3)]
     assert [r[0] for r in store.conn.execute('SELECT id FROM "order_line"')] == ["l2"]
     assert outcome.refetch == [{"entity": "order_line", "id": "l1"}]   # l1 went with its parent
+
+
+def window_value(draw, floor: dt.datetime) -> Any:
+    """A stored window value near the floor, in the forms a store may hold (canonical, other
+    offsets, ISO basic and week dates, a date without a time, junk, non-text)."""
+    moment = floor + dt.timedelta(hours=draw(st.integers(-24 * 4, 24 * 4)), minutes=draw(st.sampled_from([0, 1, 59])))
+    offset = dt.timezone(dt.timedelta(minutes=draw(st.sampled_from([0, 330, -(23 * 60 + 59), 23 * 60 + 59]))))
+    local = moment.astimezone(offset)
+    year, week, weekday = local.isocalendar()
+    return draw(st.sampled_from([
+        moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), local.isoformat(), local.strftime("%Y%m%dT%H%M%S") + "Z",
+        f"{year}-W{week:02d}-{weekday}T{local:%H:%M:%S}" + local.strftime("%z"), local.strftime("%Y-%m-%d"),
+        local.strftime("%Y-%m-%d") + "junk", None, 20260901, "9999", ""]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_the_window_purge_drops_exactly_the_rows_below_the_floor(data):
+    """purge_windows leaves out, in SQL, the rows that surely stay; the others are judged as
+    before: a value that does not parse stays, a null or an earlier one goes (§6.6)."""
+    from fieldsync.client.apply import purge_windows
+    from fieldsync.defs.values import ValueProblem, parse_datetime
+
+    floor = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=data.draw(st.integers(0, 2880)))
+    visits = {f"v{i}": window_value(data.draw, floor) for i in range(data.draw(st.integers(0, 12)))}
+    expenses = {f"e{i}": window_value(data.draw, floor) for i in range(data.draw(st.integers(0, 12)))}
+    dirty = set(data.draw(st.lists(st.sampled_from(sorted(visits) or ["-"]), max_size=2)))
+    store = fresh_store([])
+    with store.transaction() as conn:
+        conn.executemany('INSERT INTO "visit" (id, visited_at, _dirty) VALUES (?, ?, ?)',
+                         [(k, v, int(k in dirty)) for k, v in visits.items()])
+        conn.executemany('INSERT INTO "expense" (id, spent_on) VALUES (?, ?)', expenses.items())
+        purge_windows(store, conn, {"visit": floor.strftime("%Y-%m-%dT%H:%M:%SZ"), "expense": f"{floor:%Y-%m-%d}"})
+
+    def kept_visit(value) -> bool:
+        try:
+            return value is not None and not parse_datetime(value) < floor
+        except ValueProblem:
+            return True
+    assert {r[0] for r in store.conn.execute('SELECT id FROM "visit"')} == \
+        {k for k, v in visits.items() if k in dirty or kept_visit(v)}
+    assert {r[0] for r in store.conn.execute('SELECT id FROM "expense"')} == \
+        {k for k, v in expenses.items() if v is not None and not str(v)[:10] < f"{floor:%Y-%m-%d}"}

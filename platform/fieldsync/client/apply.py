@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from fieldsync.client.errors import ProtocolError
 from fieldsync.client.outbox import add_refetch, quarantine_entry, quarantine_locally, remaining_entries
@@ -233,25 +233,37 @@ def _to_refetch(conn: sqlite3.Connection, table: EntityTable,
 
 
 def purge_windows(store: LocalStore, conn: sqlite3.Connection, windows: Mapping[str, Any]) -> None:
-    """§6.6: drop clean rows whose window field is below the floor (or null)."""
+    """§6.6: drop clean rows whose window field is below the floor (or null).
+
+    Every page carries the floors, so this must not read every row of a large table: SQLite
+    leaves out the rows whose value is text starting with an ISO date at or after a day that is
+    surely not below the floor (`_below`), and only the others are checked here.
+    """
     assert store.schema is not None
     for entity, floor in windows.items():
         table = store.schema.entities.get(entity)
         if table is None or floor is None or not table.window_field:
             continue
         column = table.column(table.window_field)
-        below = _below(column.type, str(floor))
-        doomed = [r["id"] for r in conn.execute(
-            f"SELECT id, {quote(column.name)} AS w FROM {quote(table.table)} WHERE _dirty = 0")
-            if r["w"] is None or below(r["w"])]
-        for record_id in doomed:
-            store.delete_row(conn, table, record_id, only_clean=True)
+        below, kept_from = _below(column.type, str(floor))
+        doomed = [r[0] for r in conn.execute(
+            f"SELECT id, {quote(column.name)} FROM {quote(table.table)} WHERE _dirty = 0 AND NOT coalesce("
+            f"typeof({quote(column.name)}) = 'text' AND {quote(column.name)} GLOB '{_ISO_DATE}*' "
+            f"AND substr({quote(column.name)}, 1, 10) >= ?, 0)", (kept_from,))
+            if r[1] is None or below(r[1])]
+        store.delete_clean_rows(conn, table, doomed)
 
 
-def _below(kind: str, floor: str):
+_ISO_DATE = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+
+
+def _below(kind: str, floor: str) -> tuple[Callable[[Any], bool], str]:
+    """Whether a stored value is below the floor, and the first day (`YYYY-MM-DD`) from which a
+    value starting with that date never is: the floor's day for a date; two days after it for a
+    date-time, since a time zone offset moves an instant by less than a day."""
     if kind == "date":
         floor_date = floor[:10]
-        return lambda value: str(value)[:10] < floor_date
+        return (lambda value: str(value)[:10] < floor_date), floor_date
     floor_time = parse_datetime(floor if "T" in floor else floor + "T00:00:00Z")
 
     def below(value: Any) -> bool:
@@ -259,7 +271,7 @@ def _below(kind: str, floor: str):
             return parse_datetime(value) < floor_time
         except ValueProblem:
             return False
-    return below
+    return below, (floor_time.date() + dt.timedelta(days=2)).isoformat()
 
 
 # -- reset ---------------------------------------------------------------------------------------
