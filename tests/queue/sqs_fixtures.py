@@ -1,0 +1,187 @@
+"""SQS fixtures: one moto server in server mode (real HTTP on 127.0.0.1, SQS and S3) for the
+whole test session, fake credentials, and a fresh queue, dead-letter queue and bucket per test.
+
+Import the fixtures where they are wanted (`from sqs_fixtures import *`): the moto server is one
+per process however many modules import them. moto missing is a failure, never a skip.
+
+    sqs_queue_url        a fresh FIFO queue with a claim-check bucket: sqs+fifo://…&create=1
+    sqs_queue_factory    make(fifo=True, s3=True, **query) -> URL of another fresh queue
+    sqs_raw_bodies       read(url) -> list[bytes]: what is stored in SQS and S3, read with raw boto3
+    sqs_session          a boto3 Session on the fake credentials (hooks for counting calls)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import uuid
+from typing import Callable
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+
+__all__ = ["aws_credentials", "sqs_endpoint", "sqs_queue_factory", "sqs_queue_url", "sqs_raw_bodies",
+           "sqs_session"]
+
+REGION = "eu-west-1"
+
+_server_lock = threading.Lock()
+_server: dict[str, object] = {}
+
+
+def _moto_endpoint() -> str:
+    """Start moto's threaded server once per process; its URL."""
+    with _server_lock:
+        if "endpoint" not in _server:
+            try:
+                from moto.server import ThreadedMotoServer
+            except ImportError as exc:
+                pytest.fail(f"moto[server] is not installed ({exc}); the SQS tests need it: "
+                            ".venv/bin/pip install -e '.[test]'")
+            # moto logs every request at INFO through werkzeug; failures show up in the tests
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            try:
+                server.start()
+            except OSError as exc:
+                pytest.fail(f"the moto server could not listen on 127.0.0.1: {exc}")
+            host, port = server.get_host_and_port()
+            _server["server"] = server
+            _server["endpoint"] = f"http://{host}:{port}"
+        return str(_server["endpoint"])
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> str:
+    """The moto server's URL (SQS and S3 on one port)."""
+    return _moto_endpoint()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    """Fake credentials for boto3's normal chain; no profile or config file of this machine."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+
+
+@pytest.fixture
+def sqs_session(aws_credentials):
+    """A boto3 Session on the fake credentials."""
+    import boto3
+    return boto3.session.Session(region_name=REGION)
+
+
+def _clients(endpoint: str):
+    import boto3
+    from botocore.config import Config
+    session = boto3.session.Session(region_name=REGION)
+    config = Config(s3={"addressing_style": "path"})
+    return (session.client("sqs", endpoint_url=endpoint, config=config),
+            session.client("s3", endpoint_url=endpoint, config=config))
+
+
+@pytest.fixture
+def sqs_queue_factory(sqs_endpoint, aws_credentials):
+    """make(fifo=True, s3=True, **query) -> the URL of a fresh queue (create=1: the backend makes
+    it, its dead-letter queue and bucket); all of them are deleted after the test."""
+    made: list[dict[str, str]] = []
+
+    def make(*, fifo: bool = True, s3: bool = True, **query: object) -> str:
+        token = uuid.uuid4().hex[:12]
+        name = f"fs-{token}" + (".fifo" if fifo else "")
+        params = {"region": REGION, "endpoint_url": sqs_endpoint, "create": "1",
+                  "dlq": f"fs-{token}-dlq" + (".fifo" if fifo else "")}
+        if s3:
+            params["s3_bucket"] = f"fs-claims-{token}"
+        params.update({key: str(value) for key, value in query.items()})
+        made.append({"queue": name, "dlq": params["dlq"], "bucket": params.get("s3_bucket", "")})
+        return f"{'sqs+fifo' if fifo else 'sqs'}://{name}?{urlencode(params)}"
+
+    yield make
+    sqs, s3 = _clients(sqs_endpoint)
+    for names in made:
+        for queue in (names["queue"], names["dlq"]):
+            try:
+                sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=queue)["QueueUrl"])
+            except sqs.exceptions.QueueDoesNotExist:
+                pass
+        if names["bucket"]:
+            try:
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=names["bucket"]):
+                    for item in page.get("Contents", []):
+                        s3.delete_object(Bucket=names["bucket"], Key=item["Key"])
+                s3.delete_bucket(Bucket=names["bucket"])
+            except s3.exceptions.NoSuchBucket:
+                pass
+    sqs.close()
+    s3.close()
+
+
+@pytest.fixture
+def sqs_queue_url(sqs_queue_factory) -> str:
+    """A fresh FIFO queue (ordering per group, as the server wants) with a claim-check bucket."""
+    return sqs_queue_factory(fifo=True, s3=True)
+
+
+def _scan(sqs, queue_url: str) -> list[dict]:
+    """Every message of a queue, received with raw boto3 and made visible again. Each look adds
+    one to the messages' receive counts (SQS cannot peek)."""
+    seen: dict[str, dict] = {}
+    while True:
+        answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30,
+                                     WaitTimeSeconds=0, MessageAttributeNames=["All"])
+        page = [m for m in answer.get("Messages", []) if m["MessageId"] not in seen]
+        if not page:
+            break
+        seen.update((m["MessageId"], m) for m in page)
+    for message in seen.values():
+        sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"],
+                                      VisibilityTimeout=0)
+    return list(seen.values())
+
+
+@pytest.fixture
+def sqs_raw_bodies(sqs_endpoint, aws_credentials) -> Callable[[str], list[bytes]]:
+    """read(url) -> the bytes the backend stored for the queue at `url`: every message body of
+    the queue and its dead-letter queue, base64-decoded (base64 alone would hide plaintext from a
+    search, so the check could never fail), the raw text of claim-check pointers, and every
+    object in the claim-check bucket. Read with plain boto3, not with the backend."""
+
+    def read(url: str) -> list[bytes]:
+        parts = urlsplit(url)
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        name = parts.netloc
+        if parts.scheme == "sqs+fifo" and not name.endswith(".fifo"):
+            name += ".fifo"
+        sqs, s3 = _clients(query.get("endpoint_url", sqs_endpoint))
+        try:
+            bodies: list[bytes] = []
+            for queue in (name, query.get("dlq")):
+                if not queue:
+                    continue
+                for message in _scan(sqs, sqs.get_queue_url(QueueName=queue)["QueueUrl"]):
+                    attributes = message.get("MessageAttributes", {})
+                    if "fieldsync_claim" in attributes:
+                        bodies.append(message["Body"].encode())
+                        json.loads(message["Body"])  # a pointer: the body itself is in S3
+                    else:
+                        bodies.append(base64.b64decode(message["Body"]))
+            bucket = query.get("s3_bucket")
+            if bucket:
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                    for item in page.get("Contents", []):
+                        bodies.append(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            return bodies
+        finally:
+            sqs.close()
+            s3.close()
+
+    return read
