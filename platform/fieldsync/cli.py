@@ -117,6 +117,8 @@ def _serve(app, host: str, port: int) -> None:
     # bind first, then say so: whoever reads "serving on" may connect at once
     state = app.extensions["fieldsync"]
     state.sync.start()  # apply batches received before a restart
+    if state.sync.listeners > 0:
+        state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
     server = waitress.create_server(app, host=host, port=port, threads=8, ident="fieldsync")
     print(f"fieldsync serving on http://{host}:{port}/api/v1  (Ctrl-C stops)", flush=True)
@@ -262,6 +264,163 @@ def cmd_demo(args) -> int:
     return 0 if run_demo(config, url=args.url, workdir=args.workdir) else 1
 
 
+# -- the listener pool, workers and dead letters (docs/workers.md) -------------------------------
+
+def _table(items: list[dict], columns: Sequence[str]) -> None:
+    """Print `items` as aligned columns (None as "-")."""
+    cells = [[str(item[c]) if item[c] is not None else "-" for c in columns] for item in items]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _worker_logging() -> None:
+    """Log to standard error: the processing log as bare JSON lines (one per message, for a
+    log shipper), everything else at INFO with a timestamp."""
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    processing = logging.getLogger("fieldsync.sync.processing")
+    if not processing.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        processing.addHandler(handler)
+        processing.propagate = False
+
+
+def cmd_worker(args) -> int:
+    """A process that only applies the push queue (no HTTP), until SIGTERM or SIGINT."""
+    import signal
+    import threading
+    from fieldsync.api import create_app
+    from fieldsync.sync.workers import InvalidPoolSize, check_pool_size, desired_size
+    config = _config(args)
+    if args.threads is not None:
+        try:
+            check_pool_size("push", args.threads)
+        except InvalidPoolSize as exc:
+            print(f"fieldsync worker: {exc}", file=sys.stderr)
+            return 2
+    _worker_logging()
+    app = create_app(config)
+    state = app.extensions["fieldsync"]
+    sync, control = state.sync, state.workers
+    if args.heartbeat is not None:
+        control.interval = args.heartbeat
+    with state.engine.connect() as conn:
+        desired = desired_size(conn, control.queue)
+    threads = args.threads or (desired.threads if desired else max(int(config["SYNC_LISTENERS"]), 1))
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        stopping.set()
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        sync.listeners = threads
+        sync.start()
+        control.start(adopt=args.threads is None)
+        print(f"fieldsync worker {control.worker_id}: applying the push queue with {threads} thread(s); "
+              "SIGTERM or Ctrl-C drains and stops", flush=True)
+        while not stopping.wait(1.0):
+            pass
+        print(f"fieldsync worker {control.worker_id}: draining what is in flight", flush=True)
+        sync.stop(timeout=args.drain_timeout)   # running handlers finish, unstarted messages go back
+        control.stop()
+        sync.close()
+        state.engine.dispose()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print(f"fieldsync worker {control.worker_id}: stopped", flush=True)
+    return 0
+
+
+def cmd_workers_set(args) -> int:
+    import getpass
+    import socket
+    from fieldsync.store.engine import make_engine
+    from fieldsync.sync.workers import InvalidPoolSize, create_worker_tables, set_desired_size
+    config = _config(args)
+    engine = make_engine(config.database_url)
+    try:
+        create_worker_tables(engine)
+        done = set_desired_size(engine, args.queue, args.threads, f"{getpass.getuser()}@{socket.gethostname()} (cli)")
+    except InvalidPoolSize as exc:
+        print(f"fieldsync workers set: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"queue {done.queue}: {done.threads} thread(s) per process from now on; each process resizes "
+          "at its next heartbeat")
+    return 0
+
+
+def cmd_workers_status(args) -> int:
+    import json as _json
+    from fieldsync.store.engine import make_engine
+    from fieldsync.sync.workers import create_worker_tables, open_push_queue, workers_status
+    config = _config(args)
+    engine = make_engine(config.database_url)
+    queue = open_push_queue(config)
+    try:
+        create_worker_tables(engine)
+        status = workers_status(engine, queue)
+    finally:
+        queue.close()
+        engine.dispose()
+    if args.json:
+        print(_json.dumps(status, indent=2))
+        return 0
+    depth = status["depth"]
+    desired = status["desired_threads"]
+    print(f"queue {status['queue']}: desired size "
+          + (f"{desired} thread(s) per process (set {status['updated_at']} by {status['updated_by']})"
+             if desired is not None else "not set (each process keeps its own)"))
+    print(f"depth: {depth['visible']} waiting, {depth['in_flight']} in flight, {depth['dead']} dead letter(s)")
+    items = [dict(p, state="stale" if p["stale"] else "live") for p in status["workers"]]
+    if items:
+        _table(items, ("worker_id", "host", "pid", "threads", "in_flight", "processed", "failed",
+                       "started_at", "last_seen", "state"))
+    stale = sum(p["stale"] for p in status["workers"])
+    print(f"{len(items) - stale} live process(es) with {status['threads']} thread(s) and {status['in_flight']} "
+          f"message(s) in flight" + (f"; {stale} stale" if stale else ""))
+    return 0
+
+
+def cmd_dlq_list(args) -> int:
+    import json as _json
+    from fieldsync.sync.workers import dead_letter_summaries, open_push_queue
+    queue = open_push_queue(_config(args))
+    try:
+        items = dead_letter_summaries(queue, args.limit)
+    finally:
+        queue.close()
+    if args.json:
+        print(_json.dumps({"items": items}, indent=2))
+        return 0
+    if items:
+        _table(items, ("message_id", "device_id", "mutations", "receive_count", "enqueued_at"))
+    print(f"{len(items)} dead letter(s)")
+    return 0
+
+
+def cmd_dlq_replay(args) -> int:
+    from fieldsync.sync.workers import open_push_queue
+    if bool(args.ids) == bool(args.all):
+        print("fieldsync dlq replay: name messages with --id ID (repeatable) or pass --all", file=sys.stderr)
+        return 2
+    queue = open_push_queue(_config(args))
+    try:
+        moved = queue.replay_dead(None if args.all else args.ids)
+    finally:
+        queue.close()
+    print(f"replayed {moved} dead letter(s) onto the push queue")
+    if args.ids and moved < len(set(args.ids)):
+        print(f"{len(set(args.ids)) - moved} of the ids named are not dead letters", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +474,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="a running server (make run); default: a server in this process")
     p.add_argument("--workdir", help="where the device stores go (default: a temporary directory)")
     p.add_argument("--data-dir", help="the server's data directory, for its token key (default var/)")
+
+    p = _command(sub, "worker", "apply the push queue in this process (no HTTP) until SIGTERM, then drain",
+                 cmd_worker)
+    p.add_argument("--threads", type=int, help="listener threads (1-64; default: the desired size, "
+                                               "else SYNC_LISTENERS)")
+    p.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 5)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds to wait for running batches on SIGTERM (default 30)")
+    p.add_argument("--defs", help="definitions directory")
+    p.add_argument("--database-url", help="database URL")
+    p.add_argument("--data-dir", help="data directory (default var/)")
+
+    workers = _command(sub, "workers", "show or change the listener pool of every process",
+                       lambda args: workers.print_help() or 2)
+    workers_sub = workers.add_subparsers(dest="workers_command", metavar="ACTION")
+    for name, help_text, handler in (
+            ("set", "set the desired listener threads per process for a queue", cmd_workers_set),
+            ("status", "desired size, queue depth, in-flight and dead letters, and every process", cmd_workers_status)):
+        COMMANDS["workers " + name] = help_text
+        p = workers_sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        if name == "set":
+            p.add_argument("--queue", default="push", help="the queue (default push)")
+            p.add_argument("--threads", type=int, required=True, help="threads per process, 1-64")
+        else:
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument("--database-url", help="database URL")
+        p.add_argument("--data-dir", help="data directory (default var/)")
+
+    dlq = _command(sub, "dlq", "show and re-drive the push queue's dead letters", lambda args: dlq.print_help() or 2)
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION")
+    for name, help_text, handler in (
+            ("list", "list dead letters: message id, device, mutations, deliveries, enqueue time", cmd_dlq_list),
+            ("replay", "move dead letters back onto the push queue", cmd_dlq_replay)):
+        COMMANDS["dlq " + name] = help_text
+        p = dlq_sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        if name == "list":
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+            p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+        else:
+            p.add_argument("--id", dest="ids", action="append", metavar="ID", help="a message id (repeatable)")
+            p.add_argument("--all", action="store_true", help="every dead letter")
+        p.add_argument("--data-dir", help="data directory (default var/)")
 
     token = _command(sub, "token", "issue signed bearer tokens", lambda args: token.print_help() or 2)
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION")

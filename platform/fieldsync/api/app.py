@@ -124,4 +124,6 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     register_error_handlers(app)
     app.register_blueprint(sync_blueprint, url_prefix=API_PREFIX + "/sync")
     app.register_blueprint(blueprint, url_prefix=API_PREFIX)
+    from fieldsync.api.workers import register_workers
+    register_workers(app)  # /api/v1/admin/workers; processing log observer and WorkerControl (state.workers)
     return app

@@ -1,0 +1,105 @@
+"""The listener pool's admin endpoints, `/api/v1/admin/workers` (admin role only; docs/workers.md).
+
+* `GET  /api/v1/admin/workers` — the desired pool size, the queue's depth and every process's
+  heartbeat row (stale ones flagged).
+* `POST /api/v1/admin/workers` `{"queue": "push", "threads": N}` (1..64) — sets the desired
+  size; this process resizes at once, the others at their next heartbeat.
+* `GET  /api/v1/admin/workers/log?limit=` — the latest processing-log entries, newest first.
+
+Errors are problem+json like the rest of the API; a bad size is 422 `validation`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+
+from fieldsync.api.problems import Problem
+from fieldsync.auth.tokens import verify_token
+from fieldsync.codegen.openapi import API_PREFIX
+from fieldsync.defs.values import FieldProblem
+from fieldsync.errors import AuthError
+from fieldsync.sync.workers import (InvalidPoolSize, attach, check_pool_size, processing_entries,
+                                    set_desired_size, workers_status)
+
+__all__ = ["blueprint", "register_workers"]
+
+blueprint = Blueprint("fieldsync_workers", __name__)
+LOG_LIMIT_DEFAULT, LOG_LIMIT_MAX = 100, 1000
+
+
+def register_workers(app: Flask) -> None:
+    """Mount the endpoints and give the app's sync service its processing log and its
+    WorkerControl (`state.workers`, started by whoever starts the listeners)."""
+    state = app.extensions["fieldsync"]
+    state.workers = attach(state)
+    app.register_blueprint(blueprint, url_prefix=API_PREFIX + "/admin/workers")
+
+
+def _state():
+    return current_app.extensions["fieldsync"]
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+@blueprint.before_request
+def _authenticate() -> None:
+    state = _state()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "send a bearer token in the Authorization header",
+                      headers={"WWW-Authenticate": 'Bearer realm="fieldsync"'})
+    try:
+        g.principal = verify_token(state.secret, token.strip(), roles=state.model.role_names)
+    except AuthError as exc:
+        reason = getattr(exc, "reason", "invalid")
+        raise Problem(401, str(exc), headers={
+            "WWW-Authenticate": f'Bearer realm="fieldsync", error="invalid_token", '
+                                f'error_description="{reason}"'}) from None
+    if g.principal.role != "admin":
+        raise Problem(403, "only an admin may see or change the listener pool")
+
+
+def _status() -> dict[str, Any]:
+    state = _state()
+    return workers_status(state.engine, state.sync.queue)
+
+
+@blueprint.get("")
+def status():
+    return _json(_status())
+
+
+@blueprint.post("")
+def resize():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise Problem(400, "send a JSON object: {\"queue\": \"push\", \"threads\": N}")
+    queue, threads = body.get("queue", "push"), body.get("threads")
+    try:
+        check_pool_size(queue, threads)
+    except InvalidPoolSize as exc:
+        raise Problem(422, str(exc), errors=[FieldProblem(exc.field, str(exc))]) from None
+    state = _state()
+    set_desired_size(state.engine, queue, threads, f"{g.principal.user_id} (api)")
+    control = getattr(state, "workers", None)
+    if control is not None and control.running:
+        control.tick()   # this process at once; the others at their next heartbeat
+    return _json(_status())
+
+
+@blueprint.get("/log")
+def processing_log():
+    raw = request.args.get("limit", str(LOG_LIMIT_DEFAULT))
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= LOG_LIMIT_MAX:
+        raise Problem(422, f"limit must be a whole number from 1 to {LOG_LIMIT_MAX}, not {raw!r}",
+                      errors=[FieldProblem("limit", f"from 1 to {LOG_LIMIT_MAX}")])
+    return _json({"items": processing_entries(_state().engine, limit)})
