@@ -6,14 +6,14 @@ per process however many modules import them. moto missing is a failure, never a
 
     sqs_queue_url        a fresh FIFO queue with a claim-check bucket: sqs+fifo://…&create=1
     sqs_queue_factory    make(fifo=True, s3=True, **query) -> URL of another fresh queue
-    sqs_raw_bodies       read(url) -> list[bytes]: what is stored in SQS and S3, read with raw boto3
+    sqs_raw_bodies       read(url) -> list[bytes]: the payloads stored in SQS and S3 (raw boto3)
+    sqs_raw_messages     read(url) -> list[dict]: the SQS messages themselves (raw boto3)
     sqs_session          a boto3 Session on the fake credentials (hooks for counting calls)
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import uuid
@@ -23,12 +23,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 __all__ = ["aws_credentials", "sqs_endpoint", "sqs_queue_factory", "sqs_queue_url", "sqs_raw_bodies",
-           "sqs_session"]
+           "sqs_raw_messages", "sqs_session"]
 
 REGION = "eu-west-1"
 
 _server_lock = threading.Lock()
-_server: dict[str, object] = {}
+_server: dict[str, object] = {}     # the server, its URL, clients and loader: one per process
 
 
 def _moto_endpoint() -> str:
@@ -74,18 +74,34 @@ def aws_credentials(monkeypatch):
 
 @pytest.fixture
 def sqs_session(aws_credentials):
-    """A boto3 Session on the fake credentials."""
+    """A boto3 Session of this test's own on the fake credentials (event hooks registered on it
+    stay in the test). It shares the loaded service models with the others: loading them is most
+    of what a new session's first client costs."""
     import boto3
-    return boto3.session.Session(region_name=REGION)
+    import botocore.session
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _shared("loader", lambda: core.get_component("data_loader")))
+    return boto3.session.Session(botocore_session=core, region_name=REGION)
+
+
+def _shared(name: str, make: Callable):
+    with _server_lock:
+        if name not in _server:
+            _server[name] = make()
+        return _server[name]
 
 
 def _clients(endpoint: str):
-    import boto3
-    from botocore.config import Config
-    session = boto3.session.Session(region_name=REGION)
-    config = Config(s3={"addressing_style": "path"})
-    return (session.client("sqs", endpoint_url=endpoint, config=config),
-            session.client("s3", endpoint_url=endpoint, config=config))
+    """Plain boto3 clients for the fixtures' own reads and clean-ups, made once per endpoint."""
+    def make():
+        import boto3
+        from botocore.config import Config
+        session = boto3.session.Session(region_name=REGION, aws_access_key_id="testing",
+                                        aws_secret_access_key="testing")
+        config = Config(s3={"addressing_style": "path"})
+        return (session.client("sqs", endpoint_url=endpoint, config=config),
+                session.client("s3", endpoint_url=endpoint, config=config))
+    return _shared(f"clients {endpoint}", make)
 
 
 @pytest.fixture
@@ -121,8 +137,6 @@ def sqs_queue_factory(sqs_endpoint, aws_credentials):
                 s3.delete_bucket(Bucket=names["bucket"])
             except s3.exceptions.NoSuchBucket:
                 pass
-    sqs.close()
-    s3.close()
 
 
 @pytest.fixture
@@ -148,40 +162,40 @@ def _scan(sqs, queue_url: str) -> list[dict]:
     return list(seen.values())
 
 
+def _read_url(url: str, endpoint: str, pick: Callable) -> list:
+    parts = urlsplit(url)
+    query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+    name = parts.netloc
+    if parts.scheme == "sqs+fifo" and not name.endswith(".fifo"):
+        name += ".fifo"
+    sqs, s3 = _clients(query.get("endpoint_url", endpoint))
+    messages = [message for queue in (name, query.get("dlq")) if queue
+                for message in _scan(sqs, sqs.get_queue_url(QueueName=queue)["QueueUrl"])]
+    return pick(messages, s3, query.get("s3_bucket"))
+
+
+@pytest.fixture
+def sqs_raw_messages(sqs_endpoint, aws_credentials) -> Callable[[str], list[dict]]:
+    """read(url) -> every SQS message (boto3's dicts, with MessageAttributes) of the queue at
+    `url` and of its dead-letter queue, read with plain boto3. Each read adds one to their
+    receive counts (SQS cannot peek)."""
+    return lambda url: _read_url(url, sqs_endpoint, lambda messages, s3, bucket: messages)
+
+
 @pytest.fixture
 def sqs_raw_bodies(sqs_endpoint, aws_credentials) -> Callable[[str], list[bytes]]:
-    """read(url) -> the bytes the backend stored for the queue at `url`: every message body of
-    the queue and its dead-letter queue, base64-decoded (base64 alone would hide plaintext from a
-    search, so the check could never fail), the raw text of claim-check pointers, and every
-    object in the claim-check bucket. Read with plain boto3, not with the backend."""
+    """read(url) -> the payloads stored for the queue at `url`, read with plain boto3: every
+    inline message body of the queue and its dead-letter queue, base64-decoded (base64 alone
+    would hide plaintext from a search, so the check could never fail), and every object in
+    the claim-check bucket (a claim-checked message holds only a pointer to one of them)."""
 
-    def read(url: str) -> list[bytes]:
-        parts = urlsplit(url)
-        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
-        name = parts.netloc
-        if parts.scheme == "sqs+fifo" and not name.endswith(".fifo"):
-            name += ".fifo"
-        sqs, s3 = _clients(query.get("endpoint_url", sqs_endpoint))
-        try:
-            bodies: list[bytes] = []
-            for queue in (name, query.get("dlq")):
-                if not queue:
-                    continue
-                for message in _scan(sqs, sqs.get_queue_url(QueueName=queue)["QueueUrl"]):
-                    attributes = message.get("MessageAttributes", {})
-                    if "fieldsync_claim" in attributes:
-                        bodies.append(message["Body"].encode())
-                        json.loads(message["Body"])  # a pointer: the body itself is in S3
-                    else:
-                        bodies.append(base64.b64decode(message["Body"]))
-            bucket = query.get("s3_bucket")
-            if bucket:
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                    for item in page.get("Contents", []):
-                        bodies.append(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
-            return bodies
-        finally:
-            sqs.close()
-            s3.close()
+    def pick(messages: list[dict], s3, bucket: str | None) -> list[bytes]:
+        bodies = [base64.b64decode(m["Body"]) for m in messages
+                  if "fieldsync_claim" not in m.get("MessageAttributes", {})]
+        if bucket:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for item in page.get("Contents", []):
+                    bodies.append(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        return bodies
 
-    return read
+    return lambda url: _read_url(url, sqs_endpoint, pick)

@@ -15,7 +15,7 @@ from fieldsync.errors import ConfigError
 from fieldsync.sync.queue import QueueClosed, QueueDepth, open_queue
 from fieldsync.sync.queue_sqs import SqsQueue, SqsSendFailed, open_sqs_queue, parse_sqs_url
 from sqs_fixtures import (aws_credentials, sqs_endpoint, sqs_queue_factory, sqs_queue_url,  # noqa: F401
-                          sqs_raw_bodies, sqs_session)
+                          sqs_raw_bodies, sqs_raw_messages, sqs_session)
 
 
 @pytest.fixture
@@ -90,14 +90,14 @@ def test_batches_also_split_by_payload_size(sqs_queue_factory, sqs_session, call
 
 
 def test_a_large_body_goes_through_s3_and_its_object_is_deleted_after_ack(
-        sqs_queue_url, sqs_session, sqs_raw_bodies, calls):
+        sqs_queue_url, sqs_session, sqs_raw_bodies, sqs_raw_messages, calls):
     big = bytes(range(256)) * 1200                          # 300 KiB: over SQS's 256 KiB
     with open_sqs_queue(sqs_queue_url, session=sqs_session) as queue:
         [message_id] = queue.send_batch([(big, "device-1")])
         assert calls["PutObject"] == 1
-        raw = sqs_raw_bodies(sqs_queue_url)                 # the pointer and the S3 object
-        pointer = json.loads(min(raw, key=len))
-        assert pointer["s3_key"] == message_id and big in raw
+        [raw] = sqs_raw_messages(sqs_queue_url)             # the message holds a pointer only
+        assert json.loads(raw["Body"])["s3_key"] == message_id and len(raw["Body"]) < 200
+        assert sqs_raw_bodies(sqs_queue_url) == [big]       # the body is the S3 object
         [message] = queue.receive(visibility_timeout=30)
         assert (message.id, message.body, message.group) == (message_id, big, "device-1")
         queue.ack([message.receipt])
@@ -145,7 +145,7 @@ def test_a_head_released_with_a_delay_keeps_its_group_waiting(sqs_queue_url, sqs
     with open_sqs_queue(sqs_queue_url, session=sqs_session) as queue:
         head, nxt = queue.send_batch([(b"head", "device-a"), (b"next", "device-a")])
         [message] = queue.receive(visibility_timeout=30)
-        queue.release([message.receipt], delay=2)
+        queue.release([message.receipt], delay=1)
         assert queue.receive(10, visibility_timeout=30) == []       # not "next" meanwhile
         [back] = queue.receive(10, visibility_timeout=30, wait_seconds=5)
         assert (back.id, back.receive_count) == (head, 2)
@@ -185,11 +185,11 @@ def test_a_heartbeat_keeps_a_delivery_hidden_past_its_timeout(sqs_queue_factory,
         kept, behind = queue.send_batch([(b"kept", "device-a"), (b"behind", "device-a")])
         lapsed = queue.send(b"lapsed", group="device-b")
         started = time.monotonic()
-        first = queue.receive(10, visibility_timeout=2)
+        first = queue.receive(10, visibility_timeout=1)
         assert [m.id for m in first] == [kept, lapsed]
-        queue.extend(first[0].receipt, 6)                    # the heartbeat; "lapsed" gets none
+        queue.extend(first[0].receipt, 5)                    # the heartbeat; "lapsed" gets none
         seen = []
-        while time.monotonic() - started < 4:                # twice the original timeout
+        while time.monotonic() - started < 2.5:              # well past the original timeout
             seen += other.receive(10, visibility_timeout=30, wait_seconds=1)
         assert [(m.id, m.receive_count) for m in seen] == [(lapsed, 2)]   # nothing of device-a
         queue.ack([first[0].receipt])                        # the first receipt is still good

@@ -168,10 +168,26 @@ def _flag(value: Any) -> bool:
 
 def open_sqs_queue(url: str, *, session: Any = None, **options: Any) -> "SqsQueue":
     """The SQS queue at `url` (see the module docstring). Credentials come from boto3's usual
-    chain (environment, profile, instance role) of `session` (a `boto3.session.Session`; a new
-    default one when None). Options: region, endpoint_url, dlq, max_receives, s3_bucket, create,
-    max_message_bytes, max_pool_connections."""
+    chain (environment, profile, instance role) of `session` (a `boto3.session.Session`; when
+    None, one session shared by this process's queues). Options: region, endpoint_url, dlq,
+    max_receives, s3_bucket, create, max_message_bytes, max_pool_connections."""
     return SqsQueue(parse_sqs_url(url, options), session=session)
+
+
+_shared_session: Any = None
+_shared_session_lock = threading.Lock()
+
+
+def _default_session() -> Any:
+    """One boto3 session for the queues opened without one, made on first use: a session loads
+    the service models once, so the next queue's clients cost milliseconds instead of a few
+    hundred (boto3.client() does the same with boto3's default session)."""
+    global _shared_session
+    import boto3
+    with _shared_session_lock:
+        if _shared_session is None:
+            _shared_session = boto3.session.Session()
+        return _shared_session
 
 
 @dataclass
@@ -237,7 +253,6 @@ class SqsQueue:
     listener pool's threads share one object (boto3 clients are thread-safe)."""
 
     def __init__(self, settings: SqsSettings, *, session: Any = None) -> None:
-        import boto3
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -245,7 +260,7 @@ class SqsQueue:
         self._client_errors = (ClientError, BotoCoreError)
         self._lock = threading.Lock()
         self._closed = False
-        session = session or boto3.session.Session()
+        session = session or _default_session()
         config = Config(region_name=settings.region or session.region_name,
                         retries={"mode": "standard", "max_attempts": 5},
                         connect_timeout=10, read_timeout=MAX_WAIT_SECONDS + 20,
@@ -640,12 +655,15 @@ class SqsQueue:
 
     # -- dead letters --
 
-    def _scan_dead(self, want: int | None) -> Iterator[list[dict]]:
-        """Pages of dead-letter messages, each hidden for SCAN_VISIBILITY_SECONDS, until the
-        dead-letter queue has nothing more to show (or `want` were seen)."""
+    def _scan_dead(self, limit: int | None) -> Iterator[list[dict]]:
+        """Pages of dead-letter messages, each hidden for SCAN_VISIBILITY_SECONDS: as many as the
+        dead-letter queue counted when the scan began (at most `limit`), or fewer if a poll comes
+        back empty first. Knowing the count spares the final empty long poll."""
+        visible, _, _ = self._counts(self._dlq_url)
+        want = visible if limit is None else min(limit, visible)
         seen: set[str] = set()
-        while want is None or len(seen) < want:
-            count = BATCH_ENTRIES if want is None else min(BATCH_ENTRIES, want - len(seen))
+        while len(seen) < want:
+            count = min(BATCH_ENTRIES, want - len(seen))
             answer = self._call("ReceiveMessage", self._sqs.receive_message, QueueUrl=self._dlq_url,
                                 MaxNumberOfMessages=count, WaitTimeSeconds=SCAN_WAIT_SECONDS,
                                 VisibilityTimeout=SCAN_VISIBILITY_SECONDS,
