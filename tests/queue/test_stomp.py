@@ -16,7 +16,7 @@ import pytest
 from fieldsync.errors import ConfigError
 from fieldsync.sync.queue import Message, QueueClosed, QueueDepth, open_queue
 from fieldsync.sync.queue_stomp import StompQueue, open_stomp_queue
-from stomp_fixtures import REPO, activemq, browse_bodies, run_broker_script, stomp_queue_url  # noqa: F401
+from stomp_fixtures import REPO, browse_bodies, run_broker_script
 
 
 def receive_n(queue, count: int, timeout: float = 10.0, **options) -> list[Message]:

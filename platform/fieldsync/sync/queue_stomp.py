@@ -17,8 +17,11 @@ onto the broker:
   dead. ActiveMQ's STOMP deliveries do not echo `JMSXGroupID`, so the group is also sent as
   `fieldsync_group`; the message id is `fieldsync_id` (stable across redeliveries and replays).
 * **Receiving.** One subscription per queue object, opened by the first `receive`:
-  `ack: client-individual` and `activemq.prefetchSize: prefetch` (default 10). The broker pushes
-  up to `prefetch` unacknowledged messages to the object, `receive` hands them out. A delivery
+  `ack: client-individual` and `activemq.prefetchSize: prefetch` (default 100). The broker pushes
+  up to `prefetch` unacknowledged messages to the object, `receive` hands them out: so the
+  object never holds more than `prefetch` unacked messages, and `prefetch` must be at least the
+  listener pool's threads × batch size; what one process prefetched waits for it, not for idle
+  workers elsewhere (a device's messages are pinned to one consumer anyway). A delivery
   stays with this consumer at the broker until it is acked, dead-lettered, or the connection
   ends; then (close, crash, broker restart) the broker gives it to another consumer, with the
   header `redelivered: true`.
@@ -47,7 +50,7 @@ onto the broker:
   deliveries.
 * **Reconnect.** When the connection drops (a broker restart), the deliveries it held are void —
   their receipts turn stale and the broker redelivers the messages — and the next call
-  reconnects with exponential backoff (0.1 s doubling to 5 s, with jitter), re-subscribing if
+  reconnects with exponential backoff (0.1 s doubling to 2 s, with jitter), re-subscribing if
   the object was receiving. `send` and the admin calls keep trying for `reconnect_timeout`
   seconds (default 60) and then raise `BrokerUnavailable`; `receive` returns [] while the
   outage is younger than that and raises afterwards. Heartbeats (`heartbeat`, ms, default
@@ -62,36 +65,26 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import re
 import threading
 import time
 import uuid
 import xml.etree.ElementTree as ElementTree
 from collections import OrderedDict
-from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Callable, Iterator, Sequence
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-import stomp
-import stomp.exception
-
-from fieldsync.errors import ConfigError, Error
-from fieldsync.sync.queue import DEFAULT_MAX_RECEIVES, Message, QueueClosed, QueueDepth
+from fieldsync.errors import Error
+from fieldsync.sync.queue import Message, QueueClosed, QueueDepth
+from fieldsync.sync.stomp_link import (
+    MAIN_SUBSCRIPTION, BrokerRefused, Link, LinkLost, StompSettings, parse_stomp_url,
+)
 
 __all__ = ["BrokerRefused", "BrokerUnavailable", "StompQueue", "open_stomp_queue"]
 
 log = logging.getLogger("fieldsync.sync.queue_stomp")
 
-DEFAULT_PORT = 61613
-DEFAULT_SSL_PORT = 61614
-DEFAULT_PREFETCH = 10
-DEFAULT_HEARTBEAT_MS = 10_000
-DEFAULT_RECONNECT_TIMEOUT = 60.0   # seconds a send or an admin call waits for the broker
 RECONNECT_FIRST_DELAY = 0.1        # seconds before the second connection attempt; doubles
-RECONNECT_MAX_DELAY = 5.0
-CONNECT_TIMEOUT = 5.0              # one attempt: TCP connect + CONNECTED frame
-RECEIPT_TIMEOUT = 30.0             # a frame the broker does not confirm by then: connection dropped
+RECONNECT_MAX_DELAY = 2.0
 ADMIN_REPLY_TIMEOUT = 2.0          # statistics replies (absent when the plugin is not installed)
 STATS_RETRY_INTERVAL = 300.0       # seconds before a broker that did not answer is asked again
 BROWSE_TIMEOUT = 10.0              # between two frames of a browse
@@ -99,8 +92,6 @@ REPLAY_CHUNK = 100                 # dead letters moved per transaction
 
 _STATS_PREFIX = "ActiveMQ.Statistics.Destination."
 _STATS_END = "ActiveMQ.Statistics.Destination.List.End.With.Null"  # asks for an empty map last
-_MAIN = "fieldsync"                # the subscription id of the queue on the consumer connection
-_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _HEADER_ID = "fieldsync_id"        # property names must be Java identifiers (JMS selectors)
 _HEADER_GROUP = "fieldsync_group"
 
@@ -109,42 +100,8 @@ class BrokerUnavailable(Error):
     """The broker could not be reached within `reconnect_timeout`."""
 
 
-class BrokerRefused(Error):
-    """The broker answered a frame with an ERROR (its message says why)."""
-
-
-class _LinkLost(Exception):
-    """The connection ended before the broker confirmed a frame."""
-
-
 class _NotYet(Exception):
     """No connection could be made before the caller's deadline."""
-
-
-@dataclass(frozen=True)
-class _Settings:
-    host: str
-    port: int
-    tls: bool
-    queue: str
-    dead_letter_queue: str
-    user: str | None
-    password: str | None
-    vhost: str | None
-    max_receives: int
-    prefetch: int
-    heartbeat_ms: int
-    reconnect_timeout: float
-    ca_certs: str | None
-    cert_file: str | None
-    key_file: str | None
-
-
-_OPTIONS = {
-    "user": str, "password": str, "vhost": str, "dead_letter_queue": str, "ca_certs": str,
-    "cert_file": str, "key_file": str, "max_receives": int, "prefetch": int, "heartbeat": int,
-    "reconnect_timeout": float,
-}
 
 
 def open_stomp_queue(url: str, **options) -> StompQueue:
@@ -152,49 +109,7 @@ def open_stomp_queue(url: str, **options) -> StompQueue:
     for TLS). Options come from the query string and from keyword arguments (these win):
     user, password, vhost, max_receives, prefetch, heartbeat (ms), reconnect_timeout (s),
     dead_letter_queue (default `DLQ.<queue>`), ca_certs, cert_file, key_file."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("stomp", "stomp+ssl"):
-        raise ConfigError(f"not a STOMP queue URL: {parts.scheme}://…")
-    queue = unquote(parts.path.lstrip("/"))
-    if not queue or not _NAME.fullmatch(queue):
-        raise ConfigError("a STOMP queue URL names its queue (letters, digits, '.', '_', '-'): "
-                          "stomp://127.0.0.1:61613/fieldsync.push")
-    given: dict[str, object] = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if parts.username:
-        given.setdefault("user", unquote(parts.username))
-    if parts.password:
-        given.setdefault("password", unquote(parts.password))
-    given.update(options)
-    values: dict[str, object] = {}
-    for key, value in given.items():
-        if key not in _OPTIONS:
-            raise ConfigError(f"unknown STOMP queue option {key!r}; known: {', '.join(sorted(_OPTIONS))}")
-        try:
-            values[key] = _OPTIONS[key](value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"STOMP queue option {key}={value!r} is not a {_OPTIONS[key].__name__}") from None
-    tls = parts.scheme == "stomp+ssl"
-    settings = _Settings(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or (DEFAULT_SSL_PORT if tls else DEFAULT_PORT),
-        tls=tls, queue=queue,
-        dead_letter_queue=str(values.get("dead_letter_queue", f"DLQ.{queue}")),
-        user=values.get("user"), password=values.get("password"), vhost=values.get("vhost"),
-        max_receives=int(values.get("max_receives", DEFAULT_MAX_RECEIVES)),
-        prefetch=int(values.get("prefetch", DEFAULT_PREFETCH)),
-        heartbeat_ms=int(values.get("heartbeat", DEFAULT_HEARTBEAT_MS)),
-        reconnect_timeout=float(values.get("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT)),
-        ca_certs=values.get("ca_certs"), cert_file=values.get("cert_file"), key_file=values.get("key_file"),
-    )
-    if settings.max_receives < 1:
-        raise ConfigError(f"max_receives must be at least 1, not {settings.max_receives}")
-    if settings.prefetch < 1:
-        raise ConfigError(f"prefetch must be at least 1, not {settings.prefetch}")
-    if settings.heartbeat_ms < 0 or settings.reconnect_timeout < 0:
-        raise ConfigError("heartbeat and reconnect_timeout must not be negative")
-    if not _NAME.fullmatch(settings.dead_letter_queue):
-        raise ConfigError(f"dead_letter_queue {settings.dead_letter_queue!r} is not a queue name")
-    return StompQueue(settings)
+    return StompQueue(parse_stomp_url(url, **options))
 
 
 def _quote(value: str) -> str:
@@ -208,169 +123,6 @@ def _message_headers(message_id: str, group: str | None) -> dict[str, str]:
         headers["JMSXGroupID"] = group   # ActiveMQ message groups: one consumer per group, in order
         headers[_HEADER_GROUP] = group
     return headers
-
-
-# -- one connection -----------------------------------------------------------------------------
-
-class _Link(stomp.ConnectionListener):
-    """One STOMP connection: waits for receipts, and routes MESSAGE frames to the queue (the main
-    subscription) or to an inbox (browses, replays, statistics replies). Callbacks run on
-    stomp.py's receiver thread."""
-
-    def __init__(self, settings: _Settings, generation: int,
-                 on_message: Callable[[_Link, stomp.utils.Frame], None] | None,
-                 on_lost: Callable[[_Link], None] | None) -> None:
-        self.generation = generation
-        self.alive = False
-        self.subscribed = False                       # the consumer's subscription to the queue is open
-        self.stats_inbox: SimpleQueue | None = None   # the temp-queue reply subscription, once opened
-        self._settings = settings
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._lock = threading.Lock()
-        self._receipts: dict[str, list] = {}          # receipt id -> [Event, error or None]
-        self._inboxes: dict[str, SimpleQueue] = {}
-        self._connected = threading.Event()
-        self._gone = threading.Event()
-        self._refusal: str | None = None
-        heartbeat = settings.heartbeat_ms
-        self.conn = stomp.Connection12([(settings.host, settings.port)], heartbeats=(heartbeat, heartbeat),
-                                       reconnect_attempts_max=1, timeout=CONNECT_TIMEOUT,
-                                       vhost=settings.vhost, auto_decode=False)
-        if settings.tls:
-            self.conn.set_ssl(for_hosts=[(settings.host, settings.port)], ca_certs=settings.ca_certs,
-                              cert_file=settings.cert_file, key_file=settings.key_file)
-        self.conn.set_listener("fieldsync", self)
-
-    def open(self) -> None:
-        """Connect, or raise _LinkLost (unreachable) / BrokerRefused (e.g. bad credentials)."""
-        try:
-            self.conn.connect(self._settings.user, self._settings.password, wait=False)
-        except (stomp.exception.StompException, OSError) as exc:
-            self.drop()
-            raise _LinkLost(f"cannot connect: {type(exc).__name__}") from None
-        if not self._connected.wait(CONNECT_TIMEOUT) or not self.alive:
-            self.drop()
-            if self._refusal is not None:
-                raise BrokerRefused(f"the broker refused the connection: {self._refusal}")
-            raise _LinkLost("no CONNECTED frame")
-
-    # -- stomp.py callbacks --
-
-    def on_connected(self, frame) -> None:
-        self.alive = True
-        self._connected.set()
-
-    def on_message(self, frame) -> None:
-        subscription = frame.headers.get("subscription")
-        if subscription == _MAIN and self._on_message is not None:
-            self._on_message(self, frame)
-            return
-        with self._lock:
-            inbox = self._inboxes.get(subscription)
-        if inbox is not None:
-            inbox.put(frame)
-
-    def on_receipt(self, frame) -> None:
-        with self._lock:
-            waiter = self._receipts.pop(frame.headers.get("receipt-id"), None)
-        if waiter is not None:
-            waiter[0].set()
-
-    def on_error(self, frame) -> None:
-        reason = frame.headers.get("message", "unknown error")
-        with self._lock:
-            waiter = self._receipts.pop(frame.headers.get("receipt-id"), None)
-        if waiter is not None:
-            waiter[1] = BrokerRefused(f"the broker refused a frame: {reason}")
-            waiter[0].set()
-        elif not self.alive:
-            self._refusal = reason
-            self._connected.set()
-        else:
-            log.warning("STOMP broker %s:%s reported an error: %s", self._settings.host, self._settings.port, reason)
-
-    def on_disconnected(self) -> None:
-        self._lost()
-
-    def on_heartbeat_timeout(self) -> None:
-        log.warning("STOMP broker %s:%s missed its heartbeats; reconnecting", self._settings.host, self._settings.port)
-
-    # -- calls --
-
-    def _lost(self) -> None:
-        with self._lock:
-            if self._gone.is_set():
-                return
-            self._gone.set()
-            self.alive = False
-            waiters, self._receipts = list(self._receipts.values()), {}
-            inboxes = list(self._inboxes.values())
-        self._connected.set()
-        for waiter in waiters:
-            waiter[1] = _LinkLost("the connection ended")
-            waiter[0].set()
-        for inbox in inboxes:
-            inbox.put(None)
-        if self._on_lost is not None:
-            self._on_lost(self)
-
-    def call(self, send: Callable[[str], None], timeout: float = RECEIPT_TIMEOUT) -> None:
-        """Run `send(receipt_id)` (frames, the last asking for that receipt) and wait until the
-        broker confirms it. The broker handles a connection's frames in order, so the receipt
-        confirms every frame before it too."""
-        receipt = uuid.uuid4().hex
-        waiter: list = [threading.Event(), None]
-        with self._lock:
-            if not self.alive:
-                raise _LinkLost("the connection ended")
-            self._receipts[receipt] = waiter
-        try:
-            send(receipt)
-        except (stomp.exception.StompException, OSError) as exc:
-            self.drop()
-            raise _LinkLost(f"sending failed: {type(exc).__name__}") from None
-        if not waiter[0].wait(timeout):
-            self.drop()
-            raise _LinkLost(f"no receipt within {timeout:g} s")
-        if waiter[1] is not None:
-            raise waiter[1]
-
-    def open_inbox(self, subscription: str) -> SimpleQueue:
-        inbox: SimpleQueue = SimpleQueue()
-        with self._lock:
-            if not self.alive:
-                raise _LinkLost("the connection ended")
-            self._inboxes[subscription] = inbox
-        return inbox
-
-    def close_inbox(self, subscription: str) -> None:
-        """Forget the inbox and UNSUBSCRIBE (a broken connection is dropped)."""
-        with self._lock:
-            self._inboxes.pop(subscription, None)
-        if self.alive:
-            try:
-                self.conn.unsubscribe(subscription)
-            except (stomp.exception.StompException, OSError):
-                self.drop()
-
-    def drop(self) -> None:
-        """End the connection without a goodbye (the broker keeps nothing for it)."""
-        try:
-            self.conn.transport.disconnect_socket()
-        except Exception:  # the socket may already be half torn down; it is gone either way
-            pass
-        self._lost()
-
-    def close(self, timeout: float = 2.0) -> None:
-        """DISCONNECT politely (the broker then returns unacked messages to the queue at once)."""
-        if self.alive:
-            try:
-                self.conn.disconnect()
-            except (stomp.exception.StompException, OSError):
-                pass
-            self._gone.wait(timeout)
-        self.drop()
 
 
 # -- the queue ----------------------------------------------------------------------------------
@@ -403,7 +155,7 @@ class StompQueue:
     """A queue on an ActiveMQ broker over STOMP; see the module docstring. One object may be
     shared by threads; build it with `open_stomp_queue` (or `open_queue("stomp://…")`)."""
 
-    def __init__(self, settings: _Settings) -> None:
+    def __init__(self, settings: StompSettings) -> None:
         self._settings = settings
         self._destination = f"/queue/{settings.queue}"
         self._dead_destination = f"/queue/{settings.dead_letter_queue}"
@@ -413,8 +165,8 @@ class StompQueue:
         self._admin_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
-        self._link: _Link | None = None
-        self._admin: _Link | None = None
+        self._link: Link | None = None
+        self._admin: Link | None = None
         self._generations = itertools.count(1)
         self._tokens = itertools.count(1)
         self._subscribed = False
@@ -445,7 +197,7 @@ class StompQueue:
         if self._closed:
             raise QueueClosed(f"{self!r} is closed")
 
-    def _connect(self, deadline: float, *, on_message=None, on_lost=None) -> _Link:
+    def _connect(self, deadline: float, *, on_message=None, on_lost=None) -> Link:
         """A new connection, trying with backoff until `deadline` (monotonic); the first attempt
         is made whatever the deadline. Callers hold `_connect_lock` or `_admin_lock`."""
         while True:
@@ -457,10 +209,10 @@ class StompQueue:
                     raise _NotYet()
                 self._closing.wait(pause)
                 self._check_open()
-            link = _Link(self._settings, next(self._generations), on_message, on_lost)
+            link = Link(self._settings, next(self._generations), on_message, on_lost)
             try:
                 link.open()
-            except _LinkLost:
+            except LinkLost:
                 now = time.monotonic()
                 if self._down_since is None:
                     self._down_since = now
@@ -477,7 +229,7 @@ class StompQueue:
             self._next_attempt = 0.0
             return link
 
-    def _consumer_link(self, deadline: float, *, subscribe: bool = False) -> _Link:
+    def _consumer_link(self, deadline: float, *, subscribe: bool = False) -> Link:
         """The connection that sends and receives, (re)connected and subscribed as needed."""
         while True:
             with self._lock:
@@ -501,17 +253,17 @@ class StompQueue:
                 if self._subscribed and not link.subscribed:
                     try:
                         self._subscribe(link)
-                    except _LinkLost:
+                    except LinkLost:
                         continue
                 return link
 
-    def _subscribe(self, link: _Link) -> None:
+    def _subscribe(self, link: Link) -> None:
         link.call(lambda receipt: link.conn.subscribe(
-            self._destination, id=_MAIN, ack="client-individual", receipt=receipt,
+            self._destination, id=MAIN_SUBSCRIPTION, ack="client-individual", receipt=receipt,
             headers={"activemq.prefetchSize": str(self._settings.prefetch)}))
         link.subscribed = True
 
-    def _arrived(self, link: _Link, frame) -> None:
+    def _arrived(self, link: Link, frame) -> None:
         delivery = _Delivery(frame)
         with self._changed:
             if link is not self._link or self._closed:
@@ -519,7 +271,7 @@ class StompQueue:
             self._held[delivery.ack_id] = delivery
             self._changed.notify_all()
 
-    def _lost(self, link: _Link) -> None:
+    def _lost(self, link: Link) -> None:
         with self._changed:
             if link is not self._link:
                 return
@@ -558,13 +310,13 @@ class StompQueue:
         return [message_id for message_id, _, _ in frames]
 
     def _send_frames(self, destination: str, frames: list[tuple[str, bytes, dict]],
-                     acks: Sequence[str] = (), link: _Link | None = None) -> None:
+                     acks: Sequence[str] = (), link: Link | None = None) -> None:
         """SEND `frames` (and ACK `acks`, on `link`) durably: one SEND with a receipt, or a
         transaction committed with a receipt. Retries on a new connection until
         reconnect_timeout, except when `link` is given (the acks belong to it)."""
         deadline = time.monotonic() + self._settings.reconnect_timeout
 
-        def transmit(target: _Link, receipt: str) -> None:
+        def transmit(target: Link, receipt: str) -> None:
             conn = target.conn
             if len(frames) == 1 and not acks:
                 _, body, headers = frames[0]
@@ -587,7 +339,7 @@ class StompQueue:
             try:
                 target.call(lambda receipt: transmit(target, receipt))
                 return
-            except _LinkLost:
+            except LinkLost:
                 # the broker aborts an uncommitted transaction with its connection; a lone SEND
                 # may have been stored: sending it again is at-least-once (invariant 2)
                 if link is not None:
@@ -634,7 +386,7 @@ class StompQueue:
             if messages:
                 return messages
 
-    def _claim(self, link: _Link, max_messages: int, visibility_timeout: float
+    def _claim(self, link: Link, max_messages: int, visibility_timeout: float
                ) -> tuple[list[Message], list[_Delivery]]:
         """Pick eligible deliveries in arrival order; the first held message of a group is its
         head, and only a head that is neither out nor waiting can go. Callers hold the lock."""
@@ -673,7 +425,7 @@ class StompQueue:
         dues = [delivery.due - now for delivery in self._held.values() if delivery.due > now]
         return max(min(dues), 0.001) if dues else 3600.0
 
-    def _current(self, receipts: Sequence[str]) -> tuple[_Link | None, list[_Delivery]]:
+    def _current(self, receipts: Sequence[str]) -> tuple[Link | None, list[_Delivery]]:
         """The held deliveries these receipts name, if still current (callers hold the lock)."""
         self._check_open()
         link = self._link
@@ -710,7 +462,7 @@ class StompQueue:
 
         try:
             link.call(transmit)
-        except _LinkLost:
+        except LinkLost:
             pass   # the broker redelivers them: at-least-once, and the ledger dedupes (invariant 2)
 
     def extend(self, receipt: str, seconds: float) -> None:
@@ -741,7 +493,7 @@ class StompQueue:
         if dead:
             self._dead_letter(link, dead)
 
-    def _dead_letter(self, link: _Link, deliveries: list[_Delivery]) -> None:
+    def _dead_letter(self, link: Link, deliveries: list[_Delivery]) -> None:
         """NACK: ActiveMQ treats it as a poison ack and moves the message to the dead-letter
         queue before it confirms the receipt."""
         ack_ids = [delivery.ack_id for delivery in deliveries]
@@ -756,12 +508,12 @@ class StompQueue:
 
         try:
             link.call(transmit)
-        except _LinkLost:
+        except LinkLost:
             pass   # the broker redelivers them, and they count again
 
     # -- administration (second connection) --
 
-    def _admin_call(self, operation: Callable[[_Link], object]):
+    def _admin_call(self, operation: Callable[[Link], object]):
         """Run `operation(link)` on the admin connection, reconnecting (with backoff) and starting
         over if the connection drops, for up to reconnect_timeout."""
         deadline = time.monotonic() + self._settings.reconnect_timeout
@@ -776,11 +528,11 @@ class StompQueue:
                         raise self._unavailable() from None
                 try:
                     return operation(link)
-                except _LinkLost:
+                except LinkLost:
                     if time.monotonic() > deadline:
                         raise self._unavailable() from None
 
-    def _browse(self, link: _Link, destination: str, *, selector: str | None = None,
+    def _browse(self, link: Link, destination: str, *, selector: str | None = None,
                 limit: int | None = None) -> Iterator:
         """MESSAGE frames of a queue browser (`browser: true`: nothing is consumed), in order."""
         subscription = f"browse-{uuid.uuid4().hex}"
@@ -796,9 +548,9 @@ class StompQueue:
                     frame = inbox.get(timeout=BROWSE_TIMEOUT)
                 except Empty:
                     link.drop()
-                    raise _LinkLost("the browse stalled") from None
+                    raise LinkLost("the browse stalled") from None
                 if frame is None:
-                    raise _LinkLost("the connection ended")
+                    raise LinkLost("the connection ended")
                 if frame.headers.get("browser") == "end":
                     return
                 seen += 1
@@ -806,7 +558,7 @@ class StompQueue:
         finally:
             link.close_inbox(subscription)
 
-    def _statistics(self, link: _Link, queues: list[str]) -> dict[str, dict[str, str]] | None:
+    def _statistics(self, link: Link, queues: list[str]) -> dict[str, dict[str, str]] | None:
         """ActiveMQ's statistics of `queues` (name -> map), or None without the plugin. A queue
         the broker does not know yet is missing from the answer."""
         if link.stats_inbox is None:
@@ -884,7 +636,7 @@ class StompQueue:
         if limit < 1:
             return []
 
-        def browse(link: _Link) -> list[Message]:
+        def browse(link: Link) -> list[Message]:
             return [Message(frame.headers.get(_HEADER_ID) or frame.headers["message-id"],
                             bytes(frame.body or b""), frame.headers.get(_HEADER_GROUP), "",
                             self._settings.max_receives, int(frame.headers.get("timestamp", "0")) / 1000.0)
@@ -904,7 +656,7 @@ class StompQueue:
             selector = f"{_HEADER_ID} IN ({', '.join(_quote(message_id) for message_id in wanted)})"
         moved = 0
 
-        def replay(link: _Link) -> int:
+        def replay(link: Link) -> int:
             nonlocal moved
             expected = sum(1 for _ in self._browse(link, self._dead_destination, selector=selector))
             if not expected:
@@ -967,7 +719,7 @@ def _take(inbox: SimpleQueue, count: int) -> list:
         except Empty:
             break
         if frame is None:
-            raise _LinkLost("the connection ended")
+            raise LinkLost("the connection ended")
         frames.append(frame)
         timeout = 0.2
     return frames
