@@ -216,6 +216,9 @@ def test_nothing_is_lost_across_a_broker_restart(opened, stomp_queue_url):
     sender.start()
     sender.join(0.5)
     assert sender.is_alive(), f"send returned while the broker was down: {outcome}"
+    started = time.monotonic()
+    assert consumer.receive(1, wait_seconds=0.5) == []   # a long poll in an outage just comes back empty
+    assert time.monotonic() - started < 5
     run_broker_script("start")
     sender.join(120)
     assert not sender.is_alive() and "error" not in outcome, outcome

@@ -197,40 +197,44 @@ class StompQueue:
         if self._closed:
             raise QueueClosed(f"{self!r} is closed")
 
-    def _connect(self, deadline: float, *, on_message=None, on_lost=None) -> Link:
-        """A new connection, trying with backoff until `deadline` (monotonic); the first attempt
-        is made whatever the deadline. Callers hold `_connect_lock` or `_admin_lock`."""
-        while True:
-            self._check_open()
+    def _pause_for_backoff(self, deadline: float) -> None:
+        """Wait until the next connection attempt is due, or raise _NotYet if that is after
+        `deadline` (monotonic). No wait when the last attempt succeeded."""
+        now = time.monotonic()
+        pause = self._next_attempt - now
+        if pause <= 0:
+            return
+        if now + pause > deadline:
+            raise _NotYet()
+        self._closing.wait(pause)
+        self._check_open()
+
+    def _attempt(self, on_message=None, on_lost=None) -> Link | None:
+        """One connection attempt; on failure, None and the next attempt is due later
+        (exponential backoff with jitter, shared by the object's threads and connections)."""
+        self._check_open()
+        link = Link(self._settings, next(self._generations), on_message, on_lost)
+        try:
+            link.open()
+        except LinkLost:
             now = time.monotonic()
-            pause = self._next_attempt - now
-            if pause > 0:
-                if now + pause > deadline:
-                    raise _NotYet()
-                self._closing.wait(pause)
-                self._check_open()
-            link = Link(self._settings, next(self._generations), on_message, on_lost)
-            try:
-                link.open()
-            except LinkLost:
-                now = time.monotonic()
-                if self._down_since is None:
-                    self._down_since = now
-                    log.warning("%r: cannot reach the broker; retrying with backoff", self)
-                self._next_attempt = now + self._retry_delay * random.uniform(0.8, 1.2)
-                self._retry_delay = min(self._retry_delay * 2, RECONNECT_MAX_DELAY)
-                if self._next_attempt > deadline:
-                    raise _NotYet() from None
-                continue
-            if self._down_since is not None:
-                log.warning("%r: connected again after %.1f s", self, time.monotonic() - self._down_since)
-            self._down_since = None
-            self._retry_delay = RECONNECT_FIRST_DELAY
-            self._next_attempt = 0.0
-            return link
+            if self._down_since is None:
+                self._down_since = now
+                log.warning("%r: cannot reach the broker; retrying with backoff", self)
+            self._next_attempt = now + self._retry_delay * random.uniform(0.8, 1.2)
+            self._retry_delay = min(self._retry_delay * 2, RECONNECT_MAX_DELAY)
+            return None
+        if self._down_since is not None:
+            log.warning("%r: connected again after %.1f s", self, time.monotonic() - self._down_since)
+        self._down_since = None
+        self._retry_delay = RECONNECT_FIRST_DELAY
+        self._next_attempt = 0.0
+        return link
 
     def _consumer_link(self, deadline: float, *, subscribe: bool = False) -> Link:
-        """The connection that sends and receives, (re)connected and subscribed as needed."""
+        """The connection that sends and receives, (re)connected and subscribed as needed. Backoff
+        pauses happen outside `_connect_lock`, so a sender waiting out an outage never holds up a
+        long poll past its own deadline."""
         while True:
             with self._lock:
                 self._check_open()
@@ -239,12 +243,17 @@ class StompQueue:
                     self._subscribed = True
                 if link is not None and link.alive and (link.subscribed or not self._subscribed):
                     return link
+            self._pause_for_backoff(deadline)
             with self._connect_lock:
                 with self._lock:
                     self._check_open()
                     link = self._link
                 if link is None or not link.alive:
-                    link = self._connect(deadline, on_message=self._arrived, on_lost=self._lost)
+                    if self._next_attempt > time.monotonic():
+                        continue   # another thread's attempt just failed: back off first
+                    link = self._attempt(on_message=self._arrived, on_lost=self._lost)
+                    if link is None:
+                        continue
                     with self._lock:
                         if self._closed:
                             link.drop()
@@ -358,6 +367,8 @@ class StompQueue:
         if visibility_timeout < 0:
             raise ValueError(f"visibility_timeout must not be negative, not {visibility_timeout}")
         deadline = time.monotonic() + max(wait_seconds, 0.0)
+        with self._lock:
+            self._check_open()
         while True:
             try:
                 link = self._consumer_link(deadline, subscribe=True)
@@ -366,9 +377,7 @@ class StompQueue:
                     raise self._unavailable() from None
                 return []
             except QueueClosed:
-                if wait_seconds > 0:
-                    return []   # closed while polling, like SqliteQueue
-                raise
+                return []   # closed while this call waited, like SqliteQueue
             with self._changed:
                 if self._closed:
                     return []
@@ -523,9 +532,12 @@ class StompQueue:
                 link = self._admin
                 if link is None or not link.alive:
                     try:
-                        link = self._admin = self._connect(deadline)
+                        self._pause_for_backoff(deadline)
                     except _NotYet:
                         raise self._unavailable() from None
+                    link = self._admin = self._attempt()
+                    if link is None:
+                        continue
                 try:
                     return operation(link)
                 except LinkLost:
