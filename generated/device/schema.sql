@@ -115,6 +115,7 @@ CREATE TABLE "expense" (
     "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
 );
 CREATE INDEX "ix_expense_rep_id" ON "expense" ("rep_id");
+CREATE INDEX "ix_expense_spent_on" ON "expense" ("spent_on");
 
 -- order: Order (transaction; sync both, reject_stale, priority 40)
 CREATE TABLE "order" (
@@ -133,6 +134,7 @@ CREATE TABLE "order" (
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
     "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
 );
+CREATE INDEX "ix_order_ordered_at" ON "order" ("ordered_at");
 CREATE INDEX "ix_order_rep_id" ON "order" ("rep_id");
 CREATE INDEX "ix_order_retailer_id" ON "order" ("retailer_id");
 CREATE INDEX "ix_order_territory_id" ON "order" ("territory_id");
@@ -174,6 +176,7 @@ CREATE TABLE "prescription" (
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
     "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
 );
+CREATE INDEX "ix_prescription_prescribed_at" ON "prescription" ("prescribed_at");
 CREATE INDEX "ix_prescription_product_id" ON "prescription" ("product_id");
 CREATE INDEX "ix_prescription_rep_id" ON "prescription" ("rep_id");
 CREATE INDEX "ix_prescription_retailer_id" ON "prescription" ("retailer_id");
@@ -199,6 +202,7 @@ CREATE TABLE "visit" (
 CREATE INDEX "ix_visit_rep_id" ON "visit" ("rep_id");
 CREATE INDEX "ix_visit_retailer_id" ON "visit" ("retailer_id");
 CREATE INDEX "ix_visit_territory_id" ON "visit" ("territory_id");
+CREATE INDEX "ix_visit_visited_at" ON "visit" ("visited_at");
 
 -- The outbox: every local write, in the order it was made. `seq` is this device's mutation
 -- sequence number; AUTOINCREMENT guarantees a number is never reused, even after the

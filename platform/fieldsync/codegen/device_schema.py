@@ -120,6 +120,9 @@ def _entity_table(entity: Entity) -> dict[str, Any]:
                 "required": True, "label": "Id", "primary_key": True, "encryption": "plain", "phi": False}]
     columns += [_field_column(f) for f in entity.fields]
     indexed = [f.name for f in entity.fields if f.type == "ref" or f.name == entity.owner]
+    floor_field = window_field(entity)
+    if floor_field is not None and floor_field not in indexed:
+        indexed.append(floor_field)  # the window purge after each pull reads rows below the floor
     indexes = sorted(({"name": _index_name(entity.name, c), "columns": [c]} for c in indexed),
                      key=lambda ix: ix["name"])
     return {
