@@ -130,7 +130,7 @@ LOG4J
   fi
   ln -sfn "$AVAILABLE" "$ENABLED"
   # the instance's data (KahaDB) must belong to the broker's user; lib/ is on its class path
-  install -d -o activemq -g activemq "$BASE" "$BASE/lib" /var/run/activemq
+  install -d -o activemq -g activemq "$BASE" "$BASE/data" "$BASE/lib" /var/run/activemq
   ln -sfn /usr/share/java/xstream.jar "$BASE/lib/xstream.jar"
 }
 
