@@ -175,3 +175,39 @@ def test_only_an_admin_may_see_or_change_the_pool(make_server):
         assert answer.status_code == 403 and answer.json["type"].endswith("/forbidden")
     assert server.admin_api("GET").json["desired_threads"] is None
     assert server.admin_api("POST", body=["push", 2]).status_code == 400
+
+
+def test_the_worker_tables_behave_the_same_on_sqlite_and_postgresql(db_url):
+    """The shared size, heartbeats, the processing log and its pruning, on each database."""
+    from fieldsync.store.engine import make_engine
+    from fieldsync.sync.queue import Message, SqliteQueue
+    from fieldsync.sync.worker import ListenerPool
+    from fieldsync.sync.workers import ProcessingLog, create_worker_tables, prune_processing_log
+
+    engine = make_engine(db_url)
+    queue = SqliteQueue(":memory:")
+    try:
+        create_worker_tables(engine)
+        create_worker_tables(engine)                       # again: nothing to do
+        pool = ListenerPool(queue, lambda message: None, threads=1)
+        control = WorkerControl(engine, lambda: pool, worker_id="w-1", interval=HOUR)
+        control.tick()
+        set_desired_size(engine, "push", 7, "first")
+        set_desired_size(engine, "push", 6, "second")      # an update of the same row
+        assert control.tick() == 6
+        now = dt.datetime.now(dt.timezone.utc)
+        status = workers_status(engine, queue, now=now)
+        assert (status["desired_threads"], status["updated_by"]) == (6, "second")
+        assert [(w["worker_id"], w["threads"], w["stale"]) for w in status["workers"]] == [("w-1", 6, False)]
+        message = Message("m-1", b"", "device-1", "", 1, 0.0)
+        for days in (20, 0):
+            ProcessingLog(engine, "w-1", clock=lambda: now - dt.timedelta(days=days))(
+                message, None, "applied", 0.002, 3)
+        assert prune_processing_log(engine, 14, now=now) == 1
+        assert [(e["outcome"], e["results"], e["duration_ms"]) for e in processing_entries(engine)] == [
+            ("applied", 3, 2.0)]
+        control.stop()
+        assert workers_status(engine, queue)["workers"] == []
+    finally:
+        queue.close()
+        engine.dispose()

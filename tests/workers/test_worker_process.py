@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from fieldsync.cli import main
 from fieldsync.sync.workers import PROCESSING_LOG, workers_status
 
 from workers_support import ROOT, Device, expire_in_flight, wait_for, worker_command
@@ -60,6 +61,8 @@ def push_backlog(server, devices: int, rounds: int, size: int) -> list[Device]:
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_another_finishes(make_server, worker_env, tmp_path):
+    """SIGKILL while it holds claimed batches; a second worker (resized by `workers set` while
+    it runs) takes them after their visibility timeout: every mutation applied exactly once."""
     server = make_server()
     devices = push_backlog(server, devices=8, rounds=5, size=25)
     first = Worker(server, worker_env(server), tmp_path / "first.log", "--threads", "1", "--heartbeat", "0.2")
@@ -80,6 +83,10 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_another_finishes(make_serve
         assert expire_in_flight(server.queue_file) == held
 
         second = Worker(server, worker_env(server), tmp_path / "second.log", "--threads", "2", "--heartbeat", "0.2")
+        assert main(["workers", "set", "--threads", "3", "--database-url", server.database_url]) == 0
+        wait_for(lambda: [w["threads"] for w in workers_status(server.engine, server.sync.queue)["workers"]
+                          if w["worker_id"] == second.worker_id] == [3],
+                 what="the running worker to take the new size at its next heartbeat")
         wait_for(lambda: server.sync.queue.pending() == 0, timeout=40, what="the second worker to finish")
         second.process.send_signal(signal.SIGTERM)
         code, out = second.finish()
