@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "KEY_PROVIDER": "local",           # where data keys come from: local = a master key in KEYS_DIR
     "KEYS_DIR": None,                  # None: <DATA_DIR>/keys (mode 0700; master.key 0600)
     "SYNC_LISTENERS": 2,               # threads applying pushed batches; 0: this process only receives
+    "SYNC_VISIBILITY_TIMEOUT": 60,     # seconds a claimed batch stays hidden; a dead worker's comes back after it
     "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
     "SYNC_MAX_PULL_LIMIT": 10000,      # changes per pull page
     "RETENTION_DAYS": 90,              # change log and tombstones; older devices get a typed reset

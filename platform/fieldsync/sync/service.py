@@ -34,6 +34,7 @@ class SyncService:
         self.applier = MutationApplier(store, changelog, clock=clock)
         self.listeners = listeners
         self._pool = None
+        self.visibility_timeout = 60.0  # seconds a batch stays hidden before it is redelivered
         self._lock = threading.Lock()
         self._started = False
         self._stopping = threading.Event()
@@ -57,7 +58,9 @@ class SyncService:
             from fieldsync.security.keys import key_provider_from_config
             from fieldsync.sync.queue_crypto import EncryptedQueue
             return EncryptedQueue(queue, key_provider_from_config(config))  # invariant 7
-        return cls(store, changelog, opened, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
+        service = cls(store, changelog, opened, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
+        service.visibility_timeout = float(config.get("SYNC_VISIBILITY_TIMEOUT") or 60.0)
+        return service
 
     @property
     def queue(self) -> Queue:
@@ -72,7 +75,8 @@ class SyncService:
         queue = self.queue
         with self._lock:
             if self._pool is None:
-                self._pool = ListenerPool(queue, self.handle, threads=max(self.listeners, 1), name="fieldsync-push")
+                self._pool = ListenerPool(queue, self.handle, threads=max(self.listeners, 1), name="fieldsync-push",
+                                          visibility_timeout=self.visibility_timeout)
             return self._pool
 
     def enqueue(self, batch: PushBatch) -> None:

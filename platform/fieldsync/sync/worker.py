@@ -106,6 +106,12 @@ class ListenerPool:
                 return self._target
             return sum(1 for listener in self._listeners if not listener.retire.is_set())
 
+    @property
+    def in_flight(self) -> int:
+        """Messages the pool holds now (claimed, not yet acked or released)."""
+        with self._lock:
+            return sum(len(listener.held) for listener in self._listeners)
+
     def start(self) -> None:
         """Start the listener threads and the heartbeat."""
         with self._lock:

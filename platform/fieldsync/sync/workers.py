@@ -187,17 +187,7 @@ def new_worker_id() -> str:
 
 def _in_flight(pool: Any) -> int:
     """Messages the pool holds now (claimed, not yet acked or released)."""
-    count = getattr(pool, "in_flight", None)
-    if count is not None:
-        return int(count)
-    # ListenerPool has no public count yet (asked of its owner): read its listeners' holdings
-    # under its own lock
-    lock = getattr(pool, "_lock", None)
-    listeners = getattr(pool, "_listeners", None)
-    if lock is None or listeners is None:
-        return 0
-    with lock:
-        return sum(len(listener.held) for listener in listeners)
+    return int(getattr(pool, "in_flight", 0))
 
 
 class WorkerControl:
