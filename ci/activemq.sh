@@ -19,7 +19,7 @@ PIDFILE=/var/run/activemq/$INSTANCE.pid
 HOST=127.0.0.1
 STOMP_PORT=61613
 START_TIMEOUT=${ACTIVEMQ_START_TIMEOUT:-120} # seconds; the JVM starts in ~5 s on 2 idle cores
-MARKER="fieldsync broker configuration v2"   # bump when the configuration below changes
+MARKER="fieldsync broker configuration v3"   # bump when the configuration below changes
 CHANGED=0
 
 log() { echo "activemq.sh: $*" >&2; }
@@ -57,7 +57,8 @@ install_packages() {
 
 # Rewrites the instance's activemq.xml from Debian's original (kept as activemq.xml.debian),
 # adding:
-# - a STOMP transport connector on 127.0.0.1:61613;
+# - a STOMP transport connector on 127.0.0.1:61613, with TCP_NODELAY: receipts and deliveries
+#   are small frames that a client waits for, which Nagle's algorithm would hold back ~40 ms;
 # - a dead-letter queue per queue (DLQ.<queue>) instead of the shared ActiveMQ.DLQ, so one
 #   queue's dead letters can be browsed and replayed on their own;
 # - an unbounded message-group map: the default remembers 1024 groups (devices) and reassigns
@@ -104,7 +105,7 @@ insert_before("        <transportConnectors>", """        <plugins>
 
 """)
 insert_before("        </transportConnectors>",
-              f'            <transportConnector name="stomp" uri="stomp://{host}:{port}"/>\n')
+              f'            <transportConnector name="stomp" uri="stomp://{host}:{port}?transport.tcpNoDelay=true"/>\n')
 open(target, "w", encoding="utf-8").write(text)
 PY
     CHANGED=1

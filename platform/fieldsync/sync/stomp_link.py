@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import uuid
 from dataclasses import dataclass
@@ -160,6 +161,12 @@ class Link(stomp.ConnectionListener):
         except (stomp.exception.StompException, OSError) as exc:
             self.drop()
             raise LinkLost(f"cannot connect: {type(exc).__name__}") from None
+        try:
+            # frames are small and each waits for an answer (a receipt, the next MESSAGE):
+            # without this, Nagle's algorithm and delayed ACKs stall every exchange ~40 ms
+            self.conn.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass   # the socket is already gone: the wait below finds out
         if not self._connected.wait(CONNECT_TIMEOUT) or not self.alive:
             self.drop()
             if self._refusal is not None:
