@@ -18,8 +18,14 @@ BASE=/var/lib/activemq/$INSTANCE             # the instance's ACTIVEMQ_BASE (dat
 PIDFILE=/var/run/activemq/$INSTANCE.pid
 HOST=127.0.0.1
 STOMP_PORT=61613
+STOMP_TLS_PORT=61614
+# a self-signed certificate for 127.0.0.1, so the tests can check stomp+ssl:// (verified against
+# broker-cert.pem); a real deployment uses its own keystore
+KEYSTORE=$AVAILABLE/broker.p12
+CERTIFICATE=$AVAILABLE/broker-cert.pem
+KEYSTORE_PASSWORD=fieldsync-test-broker
 START_TIMEOUT=${ACTIVEMQ_START_TIMEOUT:-120} # seconds; the JVM starts in ~5 s on 2 idle cores
-MARKER="fieldsync broker configuration v3"   # bump when the configuration below changes
+MARKER="fieldsync broker configuration v4"   # bump when the configuration below changes
 CHANGED=0
 
 log() { echo "activemq.sh: $*" >&2; }
@@ -63,7 +69,8 @@ install_packages() {
 #   queue's dead letters can be browsed and replayed on their own;
 # - an unbounded message-group map: the default remembers 1024 groups (devices) and reassigns
 #   the ones it forgets, which could give one device's messages to two consumers at once;
-# - the statistics plugin (ActiveMQ.Statistics.Destination.<queue> answers depth requests).
+# - the statistics plugin (ActiveMQ.Statistics.Destination.<queue> answers depth requests);
+# - a STOMP+TLS connector on 127.0.0.1:61614 with the self-signed test certificate.
 # Children of <broker> stay in alphabetical order, as ActiveMQ's schema wants.
 configure_instance() {
   local xml=$AVAILABLE/activemq.xml
@@ -71,9 +78,9 @@ configure_instance() {
   if ! grep -q "$MARKER" "$xml"; then
     log "configuring $xml"
     grep -q "fieldsync broker configuration" "$xml" || cp "$xml" "$xml.debian"
-    python3 - "$xml.debian" "$xml" "$MARKER" "$HOST" "$STOMP_PORT" <<'PY'
+    python3 - "$xml.debian" "$xml" "$MARKER" "$HOST" "$STOMP_PORT" "$STOMP_TLS_PORT" "$KEYSTORE" "$KEYSTORE_PASSWORD" <<'PY'
 import sys
-source, target, marker, host, port = sys.argv[1:]
+source, target, marker, host, port, tls_port, keystore, password = sys.argv[1:]
 text = open(source, encoding="utf-8").read()
 
 def insert_before(anchor: str, block: str) -> None:
@@ -99,13 +106,18 @@ insert_before("        <persistenceAdapter>", f"""        <!-- {marker}, written
         </destinationPolicy>
 
 """)
-insert_before("        <transportConnectors>", """        <plugins>
+insert_before("        <transportConnectors>", f"""        <plugins>
             <statisticsBrokerPlugin/>
         </plugins>
 
+        <sslContext>
+            <sslContext keyStore="file:{keystore}" keyStoreType="PKCS12" keyStorePassword="{password}"/>
+        </sslContext>
+
 """)
 insert_before("        </transportConnectors>",
-              f'            <transportConnector name="stomp" uri="stomp://{host}:{port}?transport.tcpNoDelay=true"/>\n')
+              f'            <transportConnector name="stomp" uri="stomp://{host}:{port}?transport.tcpNoDelay=true"/>\n'
+              f'            <transportConnector name="stomp+ssl" uri="stomp+ssl://{host}:{tls_port}?transport.tcpNoDelay=true"/>\n')
 open(target, "w", encoding="utf-8").write(text)
 PY
     CHANGED=1
@@ -127,6 +139,17 @@ log4j.appender.console=org.apache.log4j.ConsoleAppender
 log4j.appender.console.layout=org.apache.log4j.PatternLayout
 log4j.appender.console.layout.ConversionPattern=%d | %-5p | %m | %c | %t%n
 LOG4J
+    CHANGED=1
+  fi
+  if [ ! -f "$KEYSTORE" ] || [ ! -f "$CERTIFICATE" ]; then
+    log "making a self-signed certificate for $HOST"
+    rm -f "$KEYSTORE" "$CERTIFICATE"
+    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 -dname "CN=$HOST" \
+      -ext "SAN=ip:$HOST,dns:localhost" -storetype PKCS12 -keystore "$KEYSTORE" \
+      -storepass "$KEYSTORE_PASSWORD" -keypass "$KEYSTORE_PASSWORD" >/dev/null 2>&1
+    keytool -exportcert -rfc -alias broker -keystore "$KEYSTORE" -storepass "$KEYSTORE_PASSWORD" \
+      -file "$CERTIFICATE" >/dev/null 2>&1
+    chown root:activemq "$KEYSTORE" && chmod 640 "$KEYSTORE" && chmod 644 "$CERTIFICATE"
     CHANGED=1
   fi
   ln -sfn "$AVAILABLE" "$ENABLED"

@@ -22,6 +22,10 @@ import stomp
 REPO = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = REPO / "ci" / "activemq.sh"
 STOMP_ADDRESS = os.environ.get("FIELDSYNC_TEST_STOMP", "127.0.0.1:61613")
+# the TLS connector and its self-signed certificate, both made by ci/activemq.sh
+STOMP_TLS_ADDRESS = os.environ.get("FIELDSYNC_TEST_STOMP_TLS", "127.0.0.1:61614")
+STOMP_TLS_CA = os.environ.get("FIELDSYNC_TEST_STOMP_TLS_CA",
+                              "/etc/activemq/instances-available/main/broker-cert.pem")
 
 
 def _connect(host: str, port: int, timeout: float = 5.0) -> tuple[stomp.Connection12, "_Collector"]:
@@ -104,6 +108,14 @@ def stomp_queue_url(activemq) -> str:
     """A fresh queue (unique name) on the running broker."""
     host, port = activemq
     return f"stomp://{host}:{port}/fieldsync-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def stomp_tls_url(activemq) -> str:
+    """A fresh queue on the broker's TLS connector, verified against its test certificate."""
+    if not Path(STOMP_TLS_CA).is_file():
+        pytest.fail(f"no broker certificate at {STOMP_TLS_CA}: run `bash ci/activemq.sh`", pytrace=False)
+    return f"stomp+ssl://{STOMP_TLS_ADDRESS}/fieldsync-test-{uuid.uuid4().hex[:12]}?ca_certs={STOMP_TLS_CA}"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from fieldsync.errors import ConfigError
 from fieldsync.sync.queue import Message, QueueClosed, QueueDepth, open_queue
-from fieldsync.sync.queue_stomp import StompQueue, open_stomp_queue
+from fieldsync.sync.queue_stomp import BrokerUnavailable, StompQueue, open_stomp_queue
 from stomp_fixtures import REPO, browse_bodies, run_broker_script
 
 
@@ -59,6 +59,19 @@ def test_url_names_the_queue_and_options_override_the_query():
         open_stomp_queue("stomp://127.0.0.1:61613/q?max_receives=many")
     with pytest.raises(ConfigError, match="at least 1"):
         open_stomp_queue("stomp://127.0.0.1:61613/q", max_receives=0)
+
+
+def test_stomp_ssl_verifies_the_broker_and_carries_messages(stomp_tls_url):
+    with open_queue(stomp_tls_url) as queue:
+        message_id = queue.send(b"sealed anyway", group="device-1")
+        [message] = receive_n(queue, 1)
+        assert (message.id, message.body) == (message_id, b"sealed anyway")
+        queue.ack([message.receipt])
+        assert queue.pending() == 0
+    # without the broker's certificate as CA, verification fails: no connection, ever
+    untrusted = stomp_tls_url.partition("?")[0]
+    with open_queue(untrusted, reconnect_timeout=0.3) as queue, pytest.raises(BrokerUnavailable):
+        queue.send(b"never sent")
 
 
 def test_binary_bodies_are_stored_by_the_broker_as_sent(opened, stomp_queue_url):
