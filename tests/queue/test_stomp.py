@@ -208,6 +208,22 @@ def test_depth_and_pending_come_from_the_broker_statistics(opened):
     assert (queue.pending(), queue.pending("device-1"), queue.pending("device-3")) == (3, 2, 0)
 
 
+def test_without_the_statistics_plugin_depth_is_unknown_and_pending_browses(opened, monkeypatch):
+    import fieldsync.sync.queue_stomp as queue_stomp
+    # a destination no plugin answers for: the same silence as a broker without the plugin
+    monkeypatch.setattr(queue_stomp, "_STATS_PREFIX", "NoStatistics.")
+    monkeypatch.setattr(queue_stomp, "ADMIN_REPLY_TIMEOUT", 0.3)
+    queue = opened()
+    queue.send_batch([(b"a", "device-1"), (b"b", "device-1"), (b"c", None)])
+    [held] = receive_n(queue, 1)                         # in flight: still pending
+    assert queue.depth() == QueueDepth(visible=None, in_flight=None, dead=None)
+    started = time.monotonic()
+    assert (queue.pending(), queue.pending("device-1")) == (3, 2)
+    assert time.monotonic() - started < 0.3              # not asked again: no wait for an answer
+    queue.ack([held.receipt])
+    assert queue.pending() == 2
+
+
 def test_nothing_is_lost_across_a_broker_restart(opened, stomp_queue_url):
     """The slow one (stops and starts the JVM). Messages stored before the restart, one of them
     in flight, come back after it; a send made while the broker is down waits and reconnects."""

@@ -76,7 +76,7 @@ from typing import Callable, Iterator, Sequence
 from fieldsync.errors import Error
 from fieldsync.sync.queue import Message, QueueClosed, QueueDepth
 from fieldsync.sync.stomp_link import (
-    MAIN_SUBSCRIPTION, BrokerRefused, Link, LinkLost, StompSettings, parse_stomp_url,
+    MAIN_SUBSCRIPTION, TRANSPORT_ERRORS, BrokerRefused, Link, LinkLost, StompSettings, parse_stomp_url,
 )
 
 __all__ = ["BrokerRefused", "BrokerUnavailable", "StompQueue", "open_stomp_queue"]
@@ -172,6 +172,7 @@ class StompQueue:
         self._subscribed = False
         self._held: OrderedDict[str, _Delivery] = OrderedDict()   # ack id -> delivery, arrival order
         self._stats_retry_at = 0.0   # monotonic time before which statistics are not asked again
+        self._stats_drops = 0        # connections lost in a row while waiting for statistics
         # reconnect backoff, shared by every thread of the object
         self._down_since: float | None = None
         self._retry_delay = RECONNECT_FIRST_DELAY
@@ -540,7 +541,8 @@ class StompQueue:
                         continue
                 try:
                     return operation(link)
-                except LinkLost:
+                except (LinkLost, *TRANSPORT_ERRORS):
+                    link.drop()
                     if time.monotonic() > deadline:
                         raise self._unavailable() from None
 
@@ -596,8 +598,12 @@ class StompQueue:
             except Empty:
                 return None
             if frame is None:
-                # a broker without XStream fails to convert the map and drops the connection
-                return None
+                # a broker without XStream fails to convert the map and drops the connection;
+                # so does a restart: only a second drop in a row means "no statistics"
+                self._stats_drops += 1
+                if self._stats_drops >= 2:
+                    return None
+                raise LinkLost("the connection ended")
             correlation = frame.headers.get("correlation-id", "")
             if not correlation.startswith(request + ":"):
                 continue   # a late answer to an earlier request
@@ -607,6 +613,7 @@ class StompQueue:
                 answers[name] = entries
             else:
                 pending.discard(name)   # the empty map that ends the list
+        self._stats_drops = 0
         return answers
 
     def _stats(self, queues: list[str]) -> dict[str, dict[str, str]] | None:
@@ -616,6 +623,7 @@ class StompQueue:
         if answer is None:
             # the plugin is not installed, or the broker cannot convert its answer: every request
             # would wait ADMIN_REPLY_TIMEOUT (or cost a connection), so ask again only later
+            self._stats_drops = 0
             self._stats_retry_at = time.monotonic() + STATS_RETRY_INTERVAL
             log.warning("%r: the broker does not answer statistics requests (statisticsBrokerPlugin and "
                         "XStream, see ci/activemq.sh); depth() reports None and pending() browses", self)

@@ -22,7 +22,8 @@ import stomp.exception
 from fieldsync.errors import ConfigError, Error
 from fieldsync.sync.queue import DEFAULT_MAX_RECEIVES
 
-__all__ = ["BrokerRefused", "Link", "LinkLost", "MAIN_SUBSCRIPTION", "StompSettings", "parse_stomp_url"]
+__all__ = ["BrokerRefused", "Link", "LinkLost", "MAIN_SUBSCRIPTION", "StompSettings", "TRANSPORT_ERRORS",
+           "parse_stomp_url"]
 
 log = logging.getLogger("fieldsync.sync.queue_stomp")
 
@@ -43,6 +44,10 @@ class BrokerRefused(Error):
 
 class LinkLost(Exception):
     """The connection ended before the broker confirmed a frame."""
+
+
+# what stomp.py raises when a frame cannot be written: the connection is gone
+TRANSPORT_ERRORS = (stomp.exception.StompException, OSError)
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class Link(stomp.ConnectionListener):
         """Connect, or raise LinkLost (unreachable) / BrokerRefused (e.g. bad credentials)."""
         try:
             self.conn.connect(self._settings.user, self._settings.password, wait=False)
-        except (stomp.exception.StompException, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             self.drop()
             raise LinkLost(f"cannot connect: {type(exc).__name__}") from None
         try:
@@ -245,7 +250,7 @@ class Link(stomp.ConnectionListener):
             self._receipts[receipt] = waiter
         try:
             send(receipt)
-        except (stomp.exception.StompException, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             self.drop()
             raise LinkLost(f"sending failed: {type(exc).__name__}") from None
         if not waiter[0].wait(timeout):
@@ -269,7 +274,7 @@ class Link(stomp.ConnectionListener):
         if self.alive:
             try:
                 self.conn.unsubscribe(subscription)
-            except (stomp.exception.StompException, OSError):
+            except TRANSPORT_ERRORS:
                 self.drop()
 
     def drop(self) -> None:
@@ -285,7 +290,7 @@ class Link(stomp.ConnectionListener):
         if self.alive:
             try:
                 self.conn.disconnect()
-            except (stomp.exception.StompException, OSError):
+            except TRANSPORT_ERRORS:
                 pass
             self._gone.wait(timeout)
         self.drop()
