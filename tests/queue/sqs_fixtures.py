@@ -31,6 +31,24 @@ _server_lock = threading.Lock()
 _server: dict[str, object] = {}     # the server, its URL, clients and loader: one per process
 
 
+def _lock_moto_deletes() -> None:
+    """moto's Queue.delete_message rebuilds the queue's message list without the lock that
+    add_message takes, so a message sent while another is deleted can vanish inside moto (a
+    loss our invariant tests would blame on the backend). Hold that lock (a reentrant
+    Condition) around deletes."""
+    from moto.sqs.models import Queue
+    original = Queue.delete_message
+    if getattr(original, "fieldsync_locked", False):
+        return
+
+    def delete_message(self, receipt_handle):
+        with self._messages_lock:
+            return original(self, receipt_handle)
+
+    delete_message.fieldsync_locked = True
+    Queue.delete_message = delete_message
+
+
 def _moto_endpoint() -> str:
     """Start moto's threaded server once per process; its URL."""
     with _server_lock:
@@ -42,6 +60,7 @@ def _moto_endpoint() -> str:
                             ".venv/bin/pip install -e '.[test]'")
             # moto logs every request at INFO through werkzeug; failures show up in the tests
             logging.getLogger("werkzeug").setLevel(logging.WARNING)
+            _lock_moto_deletes()
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             try:
                 server.start()
