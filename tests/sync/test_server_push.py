@@ -344,3 +344,25 @@ def test_a_batch_failing_every_delivery_is_answered_not_dropped(sqlite_app):
     assert [(r["seq"], r["status"], r["problem"]) for r in rows] == [(i, "rejected", "unprocessable") for i in (1, 2, 3)]
     pulled = [r for p in dev.pull_all() for r in p["results"]]
     assert {r["type"] for r in pulled} == {"https://fieldsync.dev/problems/unprocessable"}
+
+
+def test_a_child_of_a_deleted_parent_is_not_sent_back(sqlite_app):
+    """Found by the convergence property: a line edited offline while the office deleted its
+    order must come back with `row: null` (the device drops it), not with the orphaned line."""
+    app = sqlite_app
+    dev = Device(app)
+    store = app.extensions["fieldsync"].store
+    product = store.list("product", limit=1).items[0]
+    oid, lid = new_id(), new_id()
+    dev.push([dev.mutation("order", "insert", oid, {"retailer_id": retailer_in(app, PUNE_CENTRAL)["id"],
+                                                     "territory_id": PUNE_CENTRAL, "ordered_at": "2026-11-27T09:00:00Z"}),
+              dev.mutation("order_line", "insert", lid, {"order_id": oid, "product_id": product["id"],
+                                                          "quantity": 2, "unit_price": "10.00"})])
+    app.extensions["fieldsync"].sync.drain()
+    store.delete("order", oid)
+    dev.push([dev.mutation("order_line", "update", lid, {"quantity": 3}, base_version=1)])
+    app.extensions["fieldsync"].sync.drain()
+    results = [r for p in dev.pull_all() for r in p["results"]]
+    last = next(r for r in results if r["seq"] == 3)
+    assert (last["status"], last["row"]) == ("rejected", None)
+    assert next(r for r in results if r["seq"] == 2)["row"] is None     # the line's first result too

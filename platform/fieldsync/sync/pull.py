@@ -117,7 +117,10 @@ def readable_row(store: RecordStore, entity: Entity, wire: Mapping[str, Any] | N
         parent = store.model.entity(entity.parent)
         table = store.table(parent)
         row = conn.execute(sa.select(table).where(table.c.id == wire.get(entity.parent_field))).mappings().first()
-        if row is None or readable_row(store, parent, store._to_wire_row(parent, row), scope, conn) is None:
+        # a child is readable only under a live, readable parent: a deleted parent's tombstone
+        # must not make its orphaned children visible (they would come back to the device)
+        if row is None or row["deleted"] or readable_row(store, parent, store._to_wire_row(parent, row), scope,
+                                                         conn) is None:
             return None
     out = {f.name: wire.get(f.name) for f in entity.fields if perm.visible is None or f.name in perm.visible}
     out.update(id=wire["id"], version=wire["version"], created_at=wire.get("created_at"),
