@@ -85,7 +85,7 @@ class Client:
 
     # -- local data ------------------------------------------------------------------------------
 
-    def insert(self, entity: str, fields: Mapping[str, Any]) -> str:
+    def insert(self, entity: str | type, fields: Mapping[str, Any]) -> str:
         """Create a record on the device; returns its id (a UUIDv7). No network."""
         record_id = outbox.write_insert(self._store, self._entity_name(entity), fields, self._clock())
         self._written()
@@ -101,19 +101,22 @@ class Client:
         outbox.write_delete(self._store, self._entity_name(entity), id, self._clock())
         self._written()
 
-    def get(self, entity: str, id: str) -> dict[str, Any] | None:
-        """A record in wire form (decimals as strings, ...), or None if absent or deleted here."""
+    def get(self, entity: str | type, id: str) -> Any:
+        """A record in wire form (decimals as strings, ...), or None if absent or deleted here.
+        Pass a generated model class (`generated/sdk/python/fieldsync_models.py`, e.g. `Visit`)
+        instead of the entity name to get a typed instance."""
         table = self._store.table(self._entity_name(entity))
         with self._store.lock:
             row = self._store.row(self._store.conn, table, id)
         if row is None or row["_deleted"]:
             return None
-        return self._store.to_wire(table, row)
+        return _typed(entity, self._store.to_wire(table, row))
 
-    def query(self, entity: str, where: Mapping[str, Any] | None = None, order_by: str = "id",
-              limit: int | None = None) -> list[dict[str, Any]]:
+    def query(self, entity: str | type, where: Mapping[str, Any] | None = None, order_by: str = "id",
+              limit: int | None = None) -> list[Any]:
         """Records of `entity` whose fields equal `where`'s values, ordered by `order_by`
-        (a field or `id`; prefix `-` for descending)."""
+        (a field or `id`; prefix `-` for descending). A generated model class as `entity`
+        returns typed instances."""
         table = self._store.table(self._entity_name(entity))
         clauses, params = ["_deleted = 0"], []
         for name, value in (where or {}).items():
@@ -141,10 +144,11 @@ class Client:
             params.append(int(limit))
         with self._store.lock:
             rows = self._store.conn.execute(sql, params).fetchall()
-        return [self._store.to_wire(table, r) for r in rows]
+        return [_typed(entity, self._store.to_wire(table, r)) for r in rows]
 
-    def _entity_name(self, entity: str) -> str:
+    def _entity_name(self, entity: str | type) -> str:
         assert self._store.schema is not None
+        entity = getattr(entity, "ENTITY", entity)   # a generated model class names its entity
         if entity not in self._store.schema.entities:
             raise ClientError(f"no entity {entity!r} in this device's schema")
         return entity
@@ -228,3 +232,10 @@ class Client:
     def discard(self, seq: int) -> None:
         """Drop a quarantined write; the record is fetched again on the next pull."""
         outbox.discard(self._store, seq)
+
+
+def _typed(entity: str | type, row: dict[str, Any]) -> Any:
+    """`row` as an instance of the generated model class `entity`, or as it is for a name."""
+    if isinstance(entity, type) and hasattr(entity, "from_row"):
+        return entity.from_row(row)
+    return row
