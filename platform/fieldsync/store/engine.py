@@ -38,24 +38,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[sa.Connection]:
+def write_transaction(engine: Engine, *, sqlite_synchronous: str | None = None) -> Iterator[sa.Connection]:
     """A connection in a write transaction, committed on success and rolled back on error.
 
     On SQLite the transaction is BEGIN IMMEDIATE: it takes the write lock up front, because a
     deferred transaction that reads and then writes can fail with SQLITE_BUSY without waiting
     for busy_timeout (the sqlite3 module would only begin before the first write).
+    `sqlite_synchronous` (e.g. "NORMAL") relaxes the commit's durability for this transaction
+    only, for data that may be lost on power failure; the connection returns to FULL after.
     """
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.begin()
+        sqlite = conn.dialect.name == "sqlite"
+        relaxed = sqlite and sqlite_synchronous is not None
+        if relaxed:
+            conn.exec_driver_sql(f"PRAGMA synchronous={sqlite_synchronous}")
         try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+            if sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            if relaxed:
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
+                conn.commit()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
