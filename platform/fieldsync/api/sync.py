@@ -28,7 +28,7 @@ from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
     results_for, write_checkpoint
 from fieldsync.sync.scope import device_scope
-from fieldsync.sync.tables import DEVICES, LEDGER, clear_received, mark_received
+from fieldsync.sync.tables import DEVICES, LEDGER, clear_received, mark_received, unsettled
 from fieldsync.store.changelog import head_position
 
 try:  # optional: zstd is preferred when both sides have it
@@ -194,9 +194,9 @@ def _iso(value) -> str | None:
     return format_datetime(value)
 
 
-def _device_status(conn: sa.Connection, row: Mapping[str, Any]) -> dict[str, Any]:
-    head = head_position(conn)
-    pending = _state().sync.unsettled(row["device_id"])
+def _device_status(conn: sa.Connection, row: Mapping[str, Any], head: int | None = None) -> dict[str, Any]:
+    head = head_position(conn) if head is None else head
+    pending = unsettled(conn, row["device_id"])   # on this connection, not a new one per device
     return {"device_id": row["device_id"], "user_id": row["user_id"], "status": row["status"],
             "platform": row["platform"], "app_version": row["app_version"], "schema_version": row["schema_version"],
             "registered_at": _iso(row["registered_at"]), "last_contact_at": _iso(row["last_contact_at"]),
@@ -318,7 +318,8 @@ def list_devices():
     state = _state()
     with state.engine.connect() as conn:
         rows = list(conn.execute(sa.select(DEVICES).order_by(DEVICES.c.user_id, DEVICES.c.registered_at)).mappings())
-        return _json({"items": [_device_status(conn, r) for r in rows]})
+        head = head_position(conn)   # once for the list, not once per device
+        return _json({"items": [_device_status(conn, r, head) for r in rows]})
 
 
 @blueprint.get("/devices/<device_id>")
@@ -438,7 +439,7 @@ def results():
         items, has_more = results_for(conn, g.snapshot.store, scope, device["device_id"], after, limit)
         return _json({"results": items, "has_more": has_more,
                       "write_checkpoint": write_checkpoint(conn, device["device_id"]),
-                      "unsettled": state.sync.unsettled(device["device_id"]),
+                      "unsettled": unsettled(conn, device["device_id"]),
                       "last_received_seq": device["last_received_seq"]})
 
 
