@@ -576,29 +576,26 @@ class MutationApplier:
         """Give every unprocessed mutation of `batch` a permanent `unprocessable` result: the
         last delivery of a batch that failed every time, so its device learns and quarantines
         rather than waiting forever (invariant 5: nothing dropped silently)."""
-        with write_transaction(self.store().engine) as conn:
-            done = self._processed(conn, batch.device_id, [m.get("seq") for m in batch.mutations])
-            clear_received(conn, batch.device_id, [m.get("seq") for m in batch.mutations])
-            state = _Batch(self, conn, batch, self.clock())
-            for m in sorted((m for m in batch.mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
-                row = state.apply({**m, "fields": {}, "op": "__invalid__"})
-                row.update(op=str(m.get("op"))[:8], problem="unprocessable", detail=detail[:500],
-                           digest=mutation_digest(m))
-                state.results.append(row)
-            state.flush()
-            return state.results
+        return self._reject(batch, batch.mutations, "unprocessable", detail[:500])
 
     def _reject_alone(self, batch: PushBatch, m: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self._reject(batch, [m], "validation",
+                            "the write conflicts with a unique value or id another writer just took")
+
+    def _reject(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]], problem: str,
+                detail: str) -> list[dict[str, Any]]:
+        """Record a permanent rejection of type `problem` for each of `mutations` not yet in the
+        ledger, without touching any record."""
         with write_transaction(self.store().engine) as conn:
-            clear_received(conn, batch.device_id, [m["seq"]])
-            if self._processed(conn, batch.device_id, [m["seq"]]):
-                return []
+            seqs = [m.get("seq") for m in mutations]
+            done = self._processed(conn, batch.device_id, seqs)
+            clear_received(conn, batch.device_id, seqs)
             state = _Batch(self, conn, batch, self.clock())
-            row = state.apply({**m, "fields": {}, "op": "__invalid__"})
-            row.update(op=str(m.get("op"))[:8], problem="validation",
-                       detail="the write conflicts with a unique value or id another writer just took",
-                       digest=mutation_digest(m))
-            state.results.append(row)
+            for m in sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
+                # an impossible op yields a rejected ledger row with no effect; then name it
+                row = state.apply({**m, "fields": {}, "op": "__invalid__"})
+                row.update(op=str(m.get("op"))[:8], problem=problem, detail=detail, digest=mutation_digest(m))
+                state.results.append(row)
             state.flush()
             return state.results
 
