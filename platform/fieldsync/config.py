@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_ENCRYPTION": True,          # seal every queued payload with AES-256-GCM (invariant 7)
     "KEY_PROVIDER": "local",           # where data keys come from: local = a master key in KEYS_DIR
     "KEYS_DIR": None,                  # None: <DATA_DIR>/keys (mode 0700; master.key 0600)
+    "KMS_KEY_ID": None,                # KEY_PROVIDER=kms: the KMS key (id, key ARN, alias name or alias ARN)
+    "KMS_ENDPOINT_URL": None,          # KEY_PROVIDER=kms: another endpoint (None: AWS_ENDPOINT_URL[_KMS], else AWS)
     "SYNC_LISTENERS": 2,               # threads applying pushed batches; 0: this process only receives
     "SYNC_VISIBILITY_TIMEOUT": 60,     # seconds a claimed batch stays hidden; a dead worker's comes back after it
     "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
@@ -38,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "PROCESSING_LOG_DAYS": 14,         # days of fs_processing_log kept (one row per handled push batch)
     "HOST": "127.0.0.1",
     "PORT": 8000,
+    "TLS_CERT": None,                  # serve HTTPS with this PEM certificate chain (with TLS_KEY)
+    "TLS_KEY": None,                   # the PEM private key of TLS_CERT (keep it mode 0600)
 }
 
 ENV_PREFIX = "FIELDSYNC_"

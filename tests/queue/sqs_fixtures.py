@@ -1,5 +1,6 @@
-"""SQS fixtures: one moto server in server mode (real HTTP on 127.0.0.1, SQS and S3) for the
-whole test session, fake credentials, and a fresh queue, dead-letter queue and bucket per test.
+"""SQS fixtures: the shared moto server (tests/moto_server.py: real HTTP on 127.0.0.1, SQS and
+S3 among others) for the whole test session, fake credentials, and a fresh queue, dead-letter
+queue and bucket per test.
 
 Import the fixtures where they are wanted (`from sqs_fixtures import *`): the moto server is one
 per process however many modules import them. moto missing is a failure, never a skip.
@@ -14,81 +15,22 @@ per process however many modules import them. moto missing is a failure, never a
 from __future__ import annotations
 
 import base64
-import logging
-import threading
 import uuid
 from typing import Callable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
+from moto_server import REGION, aws_credentials, moto_endpoint_url, shared as _shared
+
 __all__ = ["aws_credentials", "sqs_endpoint", "sqs_queue_factory", "sqs_queue_url", "sqs_raw_bodies",
            "sqs_raw_messages", "sqs_session"]
-
-REGION = "eu-west-1"
-
-_server_lock = threading.Lock()
-_server: dict[str, object] = {}     # the server, its URL, clients and loader: one per process
-
-
-def _lock_moto_deletes() -> None:
-    """moto's Queue.delete_message rebuilds the queue's message list without the lock that
-    add_message takes, so a message sent while another is deleted can vanish inside moto (a
-    loss our invariant tests would blame on the backend). Hold that lock (a reentrant
-    Condition) around deletes."""
-    from moto.sqs.models import Queue
-    original = Queue.delete_message
-    if getattr(original, "fieldsync_locked", False):
-        return
-
-    def delete_message(self, receipt_handle):
-        with self._messages_lock:
-            return original(self, receipt_handle)
-
-    delete_message.fieldsync_locked = True
-    Queue.delete_message = delete_message
-
-
-def _moto_endpoint() -> str:
-    """Start moto's threaded server once per process; its URL."""
-    with _server_lock:
-        if "endpoint" not in _server:
-            try:
-                from moto.server import ThreadedMotoServer
-            except ImportError as exc:
-                pytest.fail(f"moto[server] is not installed ({exc}); the SQS tests need it: "
-                            ".venv/bin/pip install -e '.[test]'")
-            # moto logs every request at INFO through werkzeug; failures show up in the tests
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
-            _lock_moto_deletes()
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            try:
-                server.start()
-            except OSError as exc:
-                pytest.fail(f"the moto server could not listen on 127.0.0.1: {exc}")
-            host, port = server.get_host_and_port()
-            _server["server"] = server
-            _server["endpoint"] = f"http://{host}:{port}"
-        return str(_server["endpoint"])
 
 
 @pytest.fixture(scope="session")
 def sqs_endpoint() -> str:
-    """The moto server's URL (SQS and S3 on one port)."""
-    return _moto_endpoint()
-
-
-@pytest.fixture
-def aws_credentials(monkeypatch):
-    """Fake credentials for boto3's normal chain; no profile or config file of this machine."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    """The moto server's URL (SQS and S3 on one port; tests/moto_server.py)."""
+    return moto_endpoint_url()
 
 
 @pytest.fixture
@@ -101,13 +43,6 @@ def sqs_session(aws_credentials):
     core = botocore.session.get_session()
     core.register_component("data_loader", _shared("loader", lambda: core.get_component("data_loader")))
     return boto3.session.Session(botocore_session=core, region_name=REGION)
-
-
-def _shared(name: str, make: Callable):
-    with _server_lock:
-        if name not in _server:
-            _server[name] = make()
-        return _server[name]
 
 
 def _clients(endpoint: str):
