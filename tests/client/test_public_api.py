@@ -4,8 +4,8 @@ under fieldsync.errors.Error (STYLE.md 6)."""
 from __future__ import annotations
 
 import fieldsync.client as client_module
-from fieldsync.client import (ClientError, DeviceRevoked, ProtocolError, SchemaTooNew, ServerUnavailable,
-                              TransportError, ValidationError)
+from fieldsync.client import (ClientError, DeviceRevoked, PinMismatch, ProtocolError, SchemaTooNew,
+                              ServerUnavailable, StoreLocked, TransportError, ValidationError, WrongStoreKey)
 from fieldsync.errors import Error, ValidationFailed
 
 
@@ -13,16 +13,19 @@ def test_all_lists_exactly_the_public_names():
     assert sorted(client_module.__all__) == sorted([
         "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation",
         "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
-        "ProtocolError", "ValidationError"])
+        "ProtocolError", "ValidationError", "PinMismatch", "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey"])
     for name in client_module.__all__:
         assert getattr(client_module, name).__module__.startswith("fieldsync.client.")
 
 
 def test_errors_form_one_tree_under_fieldsync_error():
-    for error in (TransportError, ServerUnavailable, SchemaTooNew, DeviceRevoked, ProtocolError, ValidationError):
+    for error in (TransportError, ServerUnavailable, SchemaTooNew, DeviceRevoked, ProtocolError, ValidationError,
+                  StoreLocked, WrongStoreKey):
         assert issubclass(error, ClientError)
+    assert issubclass(WrongStoreKey, StoreLocked)          # both: this client cannot open the store
     assert issubclass(ClientError, Error)
     assert issubclass(ServerUnavailable, TransportError)   # retryable like a network error
+    assert issubclass(PinMismatch, TransportError)          # nothing was sent; retried with backoff
     assert issubclass(ValidationError, ValidationFailed)   # same .problems as every write path
 
 

@@ -9,17 +9,27 @@
     report = client.sync()                       # push, pull, settle, ack
     client.start(interval=300)                   # or keep syncing in the background
 
+An app that holds PHI encrypts its store (docs/device-store.md): once, online,
+`enrollment = enroll("device.db", transport, token, schema=...)` registers the device and
+returns its device secret for the OS keystore; then `Client(..., store_key=StoreKey(secret,
+pin))` opens the store with SQLCipher, offline, and `client.rekey(StoreKey(secret, new_pin))`
+changes the PIN.
+
 Everything else in this package is private.
 """
 
 from fieldsync.client.client import Client
-from fieldsync.client.errors import (ClientError, DeviceRevoked, ProtocolError, SchemaTooNew, ServerUnavailable,
-                                     TransportError, ValidationError)
+from fieldsync.client.enrollment import Enrollment, enroll
+from fieldsync.client.errors import (ClientError, DeviceRevoked, PinMismatch, ProtocolError, SchemaTooNew,
+                                     ServerUnavailable, StoreLocked, TransportError, ValidationError,
+                                     WrongStoreKey)
 from fieldsync.client.reports import QuarantinedMutation, Status, SyncReport
+from fieldsync.client.store_key import StoreKey
 from fieldsync.client.transport import HttpTransport, WsgiTransport
 
 __all__ = [
     "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation",
     "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
-    "ProtocolError", "ValidationError",
+    "ProtocolError", "ValidationError", "PinMismatch",
+    "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey",
 ]

@@ -15,10 +15,11 @@ from typing import Any, Callable, Mapping
 from fieldsync.client import outbox
 from fieldsync.client.background import Backoff, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
-from fieldsync.client.errors import ClientError, ValidationError
+from fieldsync.client.errors import ClientError, StoreLocked, ValidationError, WrongStoreKey
 from fieldsync.client.reports import QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
 from fieldsync.client.store import LocalStore
+from fieldsync.client.store_key import StoreHeader, StoreKey
 from fieldsync.client.transport import Transport
 from fieldsync.client.wire import TokenSource, Wire
 from fieldsync.defs.values import FieldProblem, ValueProblem, normalize_value
@@ -33,15 +34,23 @@ class Client:
     the constructor uses the network). A newer `schema` than the store's (an app update)
     migrates the store additively. `clock` returns the current UTC time; `rng` drives the
     backoff jitter.
+
+    `store_key` (a `StoreKey`: the device secret from `enroll()`, and the user's PIN when the
+    app sets one) opens the store with SQLCipher; a plain store is encrypted in place on the
+    way. Without it the store is plain SQLite: apps that hold PHI must set one
+    (docs/device-store.md). A wrong key raises `WrongStoreKey`, an encrypted store opened
+    without one `StoreLocked`.
     """
 
     def __init__(self, path: str | Path, transport: Transport, token: TokenSource, *,
                  schema: Mapping[str, Any] | None = None, install_info: Mapping[str, Any] | None = None,
                  clock: Callable[[], dt.datetime] | None = None, rng: random.Random | None = None,
-                 push_batch: int = 500, pull_limit: int = 1000):
+                 push_batch: int = 500, pull_limit: int = 1000, store_key: StoreKey | None = None):
         self._clock = clock or outbox.now_utc
         self._rng = rng or random.Random()
-        self._store = LocalStore(path)
+        self._path = str(path)
+        self._header = StoreHeader.read(self._path) if self._path != ":memory:" else None
+        self._store = self._open_store(store_key)
         self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version)
         self._engine = SyncEngine(self._store, self._wire, clock=self._clock, install_info=install_info,
                                   push_batch=push_batch, pull_limit=pull_limit)
@@ -55,10 +64,37 @@ class Client:
             self._store.close()
             raise
 
+    def _open_store(self, store_key: StoreKey | None) -> LocalStore:
+        if store_key is None:
+            return LocalStore(self._path)
+        header = self._enrolled_header()
+        try:
+            return LocalStore(self._path, key=header.derive(store_key))
+        except WrongStoreKey:
+            if header.pin and store_key.pin is None:
+                why = "the store is protected by a PIN and none was given"
+            elif not header.pin and store_key.pin is not None:
+                why = "a PIN was given but the store has none"
+            else:
+                why = "a wrong device secret or PIN, or a damaged file"
+            raise WrongStoreKey(self._path, f"the store at {self._path} does not open with this key ({why})") \
+                from None
+
+    def _enrolled_header(self) -> StoreHeader:
+        if self._header is None:
+            raise StoreLocked(self._path, f"there is no store header at {StoreHeader.path_for(self._path)}: "
+                                          "enroll the device first (fieldsync.client.enroll), which writes it")
+        return self._header
+
     def _open(self, schema: Mapping[str, Any] | None) -> None:
         if not self._store.initialised:
             document = schema if schema is not None else self._engine.fetch_schema()
             self._store.create(DeviceSchema(document))
+        if self._header is not None and self._store.state("install_id") is None:
+            # enroll() registered this install id: the first sync registers it again (idempotent,
+            # the same device) instead of making a second device
+            with self._store.transaction() as conn:
+                self._store.set_state(conn, install_id=self._header.install_id)
         elif schema is not None:
             wanted = DeviceSchema(schema)
             current = self._store.schema
@@ -76,6 +112,24 @@ class Client:
         close = getattr(self._wire.transport, "close", None)
         if close is not None:
             close()
+
+    def rekey(self, store_key: StoreKey) -> None:
+        """Re-encrypt the store under `store_key` (a new PIN, no PIN, or a new device secret);
+        a plain store is encrypted in place, its outbox and everything else kept. Safe while
+        background sync runs: local work waits for the rekey. Afterwards only `store_key` opens
+        the store."""
+        header = self._enrolled_header()
+        self._store.rekey(header.derive(store_key))
+        pin = store_key.pin is not None
+        if header.pin != pin:
+            # after the rekey: a crash in between leaves only a stale hint in the header
+            self._header = header.with_pin(pin)
+            self._header.write(self._path)
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the store is encrypted (SQLCipher)."""
+        return self._store.encrypted
 
     def __enter__(self) -> "Client":
         return self

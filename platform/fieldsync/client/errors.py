@@ -6,12 +6,18 @@
           |    |                  Nothing is known; outbox entries stay `sent` and are resent
           |    |                  with the same seqs next time.
           |    +-- ServerUnavailable   the server answered 408/429/5xx (`retry_after` when given)
+          |    +-- PinMismatch    the server's TLS key is not one of the pinned keys; the
+          |                       connection was closed before anything was sent
           +-- SchemaTooNew        the device's schema is newer than the server's; nothing was
           |                       sent, everything is kept; retry later with a long backoff
           +-- DeviceRevoked       an admin revoked this device; its data and outbox stay
           +-- ProtocolError       an unexpected 4xx answer (`status`, `problem`, `name`)
           +-- ValidationError     a local write was refused (`problems`: field and reason);
-                                  also a fieldsync.errors.ValidationFailed
+          |                       also a fieldsync.errors.ValidationFailed
+          +-- StoreLocked         the device store is encrypted and no key was given, or its
+               |                  key header (`<store>.header`) is missing
+               +-- WrongStoreKey  the store does not open with the key given (wrong device
+                                  secret or PIN); nothing was read or changed
 
 A mutation the server refuses is not an exception: it is quarantined (`Client.quarantined()`).
 """
@@ -42,6 +48,21 @@ class ServerUnavailable(TransportError):
         self.status = status
         self.retry_after = retry_after
         self.problem = dict(problem or {})
+
+
+class PinMismatch(TransportError):
+    """The server's certificate verified, but its public key is not one of the pinned keys
+    (`host`, `presented` pin, `expected` pins). Nothing was sent on that connection. Retried
+    like any transport failure; tell the user when it persists (an interception, or a server
+    moved to a key the app does not pin)."""
+
+    def __init__(self, host: str, presented: str | None, expected: tuple[str, ...]):
+        self.host = host
+        self.presented = presented
+        self.expected = tuple(expected)
+        shown = presented or "no certificate"
+        super().__init__(f"{host}: the server's public key pin {shown} is not one of the pinned keys "
+                         f"({', '.join(self.expected)}); the connection was closed before anything was sent")
 
 
 class ProtocolError(ClientError):
@@ -78,6 +99,18 @@ class ValidationError(ClientError, ValidationFailed):
         text = "; ".join(f"{p.field or entity}: {p.reason}" for p in problems)
         ValidationFailed.__init__(self, problems, f"{entity}: {text}")
         self.entity = entity
+
+
+class StoreLocked(ClientError):
+    """The device store cannot be opened: it is encrypted and no usable key was given."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class WrongStoreKey(StoreLocked):
+    """The store at `path` does not open with the key given (wrong device secret or PIN)."""
 
 
 def problem_name(problem: Mapping[str, Any] | None) -> str:

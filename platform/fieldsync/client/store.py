@@ -1,5 +1,6 @@
 """The device store: one SQLite file holding the entity tables, `_outbox`, `_quarantine`,
-`_sync_state` and `_meta` (schema created from the device schema JSON, WAL journal).
+`_sync_state` and `_meta` (schema created from the device schema JSON, WAL journal), encrypted
+with SQLCipher when opened with a key (`store_cipher.py`, docs/device-store.md).
 
 Every change goes through `transaction()`, a `BEGIN IMMEDIATE ... COMMIT` on the one connection
 the client shares between the app's threads and the background sync thread (a re-entrant lock
@@ -16,22 +17,24 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from fieldsync.client.schema import DeviceSchema, EntityTable, quote
+from fieldsync.client.store_cipher import encrypt_plain_store, open_connection, rekey
 
 STORE_FORMAT = "1"
 
 
 class LocalStore:
-    """The open device store and its schema."""
+    """The open device store and its schema.
 
-    def __init__(self, path: str | Path):
+    `key` (32 bytes, from `StoreHeader.derive`) opens the store with SQLCipher; a plain store
+    opened with a key is encrypted in place first. Without a key the store is plain SQLite.
+    """
+
+    def __init__(self, path: str | Path, *, key: bytes | None = None):
         self.path = str(path)
         self.lock = threading.RLock()
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA busy_timeout = 30000")
-        if self.path != ":memory:":
-            self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")  # a committed page survives a power cut
+        self.conn = open_connection(self.path, key)
+        self.encrypted = key is not None
+        self._configure()
         self._in_transaction = False
         self.schema: DeviceSchema | None = None
         stored = self._meta_value("schema")
@@ -44,9 +47,38 @@ class LocalStore:
     def initialised(self) -> bool:
         return self.schema is not None
 
+    def _configure(self) -> None:
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+        if self.path != ":memory:":
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")  # a committed page survives a power cut
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+    def rekey(self, key: bytes) -> None:
+        """Encrypt the store under `key`: `PRAGMA rekey` when it is encrypted, an in-place
+        migration when it is plain. Other threads wait on the lock meanwhile, and find the
+        (new) connection when they get it."""
+        with self.lock:
+            if self._in_transaction:
+                raise RuntimeError("cannot rekey inside a local transaction")
+            if self.encrypted:
+                rekey(self.conn, self.path, key)
+                return
+            if self.path == ":memory:":
+                raise ValueError("an in-memory store cannot be encrypted")
+            self.conn.close()
+            try:
+                encrypt_plain_store(self.path, key)
+            except BaseException:
+                self.conn = open_connection(self.path, None)   # the plain store, untouched
+                self._configure()
+                raise
+            self.conn = open_connection(self.path, key)
+            self.encrypted = True
+            self._configure()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from fieldsync.store.tables import PLATFORM_PREFIX
 
-__all__ = ["DEVICES", "LEDGER", "RECEIVED", "SCOPES", "clear_received", "create_sync_tables", "mark_received",
+__all__ = ["DEVICES", "DEVICE_SECRETS", "LEDGER", "RECEIVED", "SCOPES", "clear_received", "create_sync_tables", "mark_received",
            "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
@@ -67,6 +67,15 @@ SCOPES = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# The device secret each device's store key is derived from (docs/device-store.md), wrapped by
+# the key provider with the device id as encryption context: the database never holds it in
+# clear (invariant 7), and a wrapped secret copied to another device's row does not unwrap.
+DEVICE_SECRETS = sa.Table(
+    PLATFORM_PREFIX + "device_secrets", sync_metadata,
+    sa.Column("device_id", sa.String(36), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 # Seqs received (in the queue) and not yet processed: a device's `unsettled` count, whatever
 # the queue backend (SQS and brokers cannot count one device's messages). Rows are written
