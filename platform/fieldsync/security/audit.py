@@ -1,0 +1,694 @@
+"""The tamper-evident audit trail of PHI access (invariant 8).
+
+Every PHI read, write, export and admin view, every authentication event and key operation is
+an `AuditEvent`: references only (user, role, device, entity, record ids, PHI field *names*,
+subject references), never a PHI value. The one free-text member, a break-glass `reason`, may
+hold PHI and is stored encrypted (AES-256-GCM under a data key from the key provider).
+
+Entries live in the main database (SQLite or PostgreSQL), in three platform tables:
+
+    fs_audit_head         one row: the last seq and entry hash, the log id, the purge anchor
+    fs_audit_entries      one row per event, with prev_hash, entry_hash and seal
+    fs_audit_checkpoints  Ed25519-signed statements "entry S has hash H"
+    fs_audit_keys         the wrapped data keys (sealing and reason encryption)
+
+Integrity, three layers (docs/audit.md):
+
+1. A hash chain. `entry_hash` is SHA-256 over a canonical encoding of the entry, its `seq` and
+   the previous entry's hash; `prev_hash` links it. The head row is updated inside the
+   appending transaction (`UPDATE fs_audit_head SET seq = seq + n RETURNING ...`), so its row
+   lock serialises appenders like `fs_position` does for the change log: one chain, no forks.
+2. A seal per entry: HMAC-SHA256 of the entry hash under a key only the key provider can
+   unwrap. Anyone can recompute a SHA-256 chain; nobody without the key can seal a forged or
+   re-hashed entry, so an inserted or rewritten entry is found wherever it is.
+3. Checkpoints signed with Ed25519 every `checkpoint_every` entries, on demand and at every
+   purge. The signing key is a file in KEYS_DIR (0600, created on first use); its public half
+   is exported (`fieldsync audit public-key`), so a verifier holding it detects truncation of
+   the tail and a rewrite of the whole chain, even by someone holding the sealing key.
+
+If an append fails, `AuditUnavailable` is raised and the caller's PHI operation fails with it:
+`append` runs inside the caller's write transaction (the PHI write and its entry commit or roll
+back together), `record` in a transaction of its own before PHI is returned.
+
+Lock order (PostgreSQL): the change log's `fs_position` row before `fs_audit_head`, never the
+other way round; both are taken as late as possible in a transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import stat
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fieldsync.errors import ConfigError, Error
+from fieldsync.store.engine import write_transaction
+from fieldsync.store.tables import PLATFORM_PREFIX
+
+__all__ = [
+    "ACTIONS", "CHANNELS", "OUTCOMES", "AuditEntry", "AuditEvent", "AuditLog", "AuditUnavailable",
+    "Checkpoint", "audit_metadata", "create_audit_tables",
+]
+
+ACTIONS = ("read", "create", "update", "delete", "export", "auth", "key", "admin")
+OUTCOMES = ("success", "failure", "denied")
+CHANNELS = ("rest", "pull", "push", "cli", "admin", "system")
+GENESIS = "0" * 64              # the prev_hash of entry 1
+HASH_VERSION = "fsa1"           # names the canonical encoding; a new encoding gets a new tag
+SIGNING_KEY_FILE = "audit-signing.key"
+_HEAD_ID = 1
+_KEY_CONTEXT = {"purpose": "audit"}
+
+
+class AuditUnavailable(Error):
+    """An audit entry could not be appended; the PHI operation that needed it must fail."""
+
+
+class AuditTampered(Error):
+    """The audit log does not verify; an operation that needs an intact log (purge) refused."""
+
+
+# -- events and entries --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What happened, in references: who, on which device, through which channel, to which
+    records, which PHI fields (names), which subjects (`codec.subject_ref` values)."""
+
+    action: str
+    outcome: str = "success"
+    actor: str | None = None
+    role: str | None = None
+    device: str | None = None
+    channel: str = "rest"
+    entity: str | None = None
+    record_ids: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+    purpose: str | None = None
+    reason: str | None = None
+    detail: Mapping[str, Any] = dc_field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"audit action {self.action!r} is not one of {', '.join(ACTIONS)}")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"audit outcome {self.outcome!r} is not one of {', '.join(OUTCOMES)}")
+        if self.channel not in CHANNELS:
+            raise ValueError(f"audit channel {self.channel!r} is not one of {', '.join(CHANNELS)}")
+        for name in ("record_ids", "fields", "subjects"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"AuditEvent.{name} is a tuple of strings")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An entry as stored: the event's references, its place in the chain and whether it holds
+    an (encrypted) reason. `reason` is filled only when asked to decrypt."""
+
+    seq: int
+    recorded_at: dt.datetime
+    action: str
+    outcome: str
+    actor: str | None
+    role: str | None
+    device: str | None
+    channel: str
+    entity: str | None
+    record_ids: tuple[str, ...]
+    fields: tuple[str, ...]
+    subjects: tuple[str, ...]
+    purpose: str | None
+    detail: Mapping[str, Any]
+    has_reason: bool
+    entry_hash: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement that entry `seq` has hash `entry_hash`. `statement` is the exact
+    JSON that was signed; `signature` its Ed25519 signature (base64)."""
+
+    seq: int
+    entry_hash: str
+    statement: str
+    signature: str
+    key_id: str
+
+    def as_json(self) -> str:
+        """One line a verifier can keep outside the database (`audit verify --checkpoints`)."""
+        return json.dumps({"statement": self.statement, "signature": self.signature, "key_id": self.key_id},
+                          separators=(",", ":"), sort_keys=True)
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+audit_metadata = sa.MetaData()
+
+HEAD = sa.Table(
+    PLATFORM_PREFIX + "audit_head", audit_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),             # the last seq handed out
+    sa.Column("hash", sa.String(64), nullable=False),            # the entry hash at `seq`
+    sa.Column("log_id", sa.String(36), nullable=False),          # names this log in signed statements
+    # retention: entries up to anchor_seq were purged; anchor_hash is entry anchor_seq's hash
+    sa.Column("anchor_seq", sa.BigInteger, nullable=False),
+    sa.Column("anchor_hash", sa.String(64), nullable=False),
+    sa.CheckConstraint(f"id = {_HEAD_ID}", name="ck_fs_audit_head_one_row"),
+)
+
+ENTRIES = sa.Table(
+    PLATFORM_PREFIX + "audit_entries", audit_metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=True),
+    sa.Column("role", sa.String(64), nullable=True),
+    sa.Column("device", sa.String(64), nullable=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("entity", sa.String(64), nullable=True),
+    sa.Column("record_ids", sa.Text, nullable=False),            # JSON list
+    sa.Column("fields", sa.Text, nullable=False),                # JSON list of PHI field names
+    sa.Column("subjects", sa.Text, nullable=False),              # JSON list of subject references
+    sa.Column("purpose", sa.String(64), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),                 # r1.<base64(nonce || AES-GCM)>, never plaintext
+    sa.Column("key_id", sa.String(32), nullable=False),          # the data key of seal and reason
+    sa.Column("detail", sa.Text, nullable=False),                # JSON object, non-PHI extras
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("entry_hash", sa.String(64), nullable=False),
+    sa.Column("seal", sa.String(64), nullable=False),            # HMAC-SHA256(seal key, entry_hash)
+    sa.Index("ix_fs_audit_entries_recorded_at", "recorded_at"),
+)
+
+CHECKPOINTS = sa.Table(
+    PLATFORM_PREFIX + "audit_checkpoints", audit_metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("entry_hash", sa.String(64), nullable=False),
+    sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),          # fingerprint of the public key
+    sa.Column("statement", sa.Text, nullable=False),             # the signed JSON
+    sa.Column("signature", sa.Text, nullable=False),             # base64 Ed25519 signature
+)
+
+KEYS = sa.Table(
+    PLATFORM_PREFIX + "audit_keys", audit_metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),        # wrapped by the key provider
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def create_audit_tables(engine: sa.Engine) -> None:
+    """Create the audit tables and the head row when missing (safe to run again, from several
+    servers at once)."""
+    audit_metadata.create_all(engine, checkfirst=True)
+    with engine.connect() as conn:
+        exists = conn.execute(sa.select(HEAD.c.id)).first() is not None
+    if exists:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(HEAD.insert().values(id=_HEAD_ID, seq=0, hash=GENESIS, log_id=str(uuid.uuid4()),
+                                              anchor_seq=0, anchor_hash=GENESIS))
+    except sa.exc.IntegrityError:
+        pass  # another server inserted it first
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """`value` in UTC; a naive value (SQLite keeps no zone) is taken as UTC already."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def iso(value: dt.datetime) -> str:
+    """The canonical text of a time: UTC, microseconds, `Z`."""
+    return utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=True)
+
+
+def _json_detail(detail: Mapping[str, Any]) -> str:
+    return json.dumps(dict(detail), sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def entry_hash(row: Mapping[str, Any], seq: int | None = None) -> str:
+    """SHA-256 over the canonical encoding of a stored entry (its columns as stored, the JSON
+    ones as their text), with `seq` in place of the row's own when given (the verifier asks
+    "was this entry written at another position?")."""
+    material = [HASH_VERSION, row["seq"] if seq is None else seq, row["prev_hash"], iso(row["recorded_at"]),
+                row["action"], row["outcome"], row["actor"], row["role"], row["device"], row["channel"],
+                row["entity"], row["record_ids"], row["fields"], row["subjects"], row["purpose"], row["reason"],
+                row["key_id"], row["detail"]]
+    return hashlib.sha256(json.dumps(material, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass(frozen=True)
+class _DataKey:
+    """One audit data key: a sealing key and a reason-encryption key derived from it."""
+
+    key_id: str
+    seal_key: bytes
+    reason: AESGCM
+
+    @classmethod
+    def derive(cls, key_id: str, data_key: bytes) -> "_DataKey":
+        def sub(info: bytes) -> bytes:
+            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(data_key)
+        return cls(key_id, sub(b"fieldsync audit seal v1"), AESGCM(sub(b"fieldsync audit reason v1")))
+
+    def seal(self, digest: str) -> str:
+        return hmac.new(self.seal_key, digest.encode(), hashlib.sha256).hexdigest()
+
+
+def _reason_aad(log_id: str, seq: int) -> bytes:
+    # binds the ciphertext to its entry: a reason moved to another entry does not decrypt
+    return f"fieldsync-audit-reason\x1f{log_id}\x1f{seq}".encode()
+
+
+def _key_fingerprint(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM (what `fieldsync audit public-key` writes)."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError:
+        raise ConfigError("not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError("the audit public key must be an Ed25519 key")
+    return key
+
+
+# -- the log -------------------------------------------------------------------------------------
+
+class AuditLog:
+    """Appends, checkpoints, verifies, exports and purges the audit trail in `engine`'s database.
+
+    `keys` is the key provider (`fieldsync.security.keys`), `signing_key_path` the Ed25519 key
+    file, `clock` the time source (injected by tests); `checkpoint_every` entries a checkpoint
+    is signed inside the appending transaction; `retention_days` is what `purge` keeps.
+    """
+
+    def __init__(self, engine: sa.Engine, keys, signing_key_path: str | os.PathLike[str], *,
+                 checkpoint_every: int = 1000, retention_days: int = 2192,
+                 clock: Callable[[], dt.datetime] | None = None):
+        if checkpoint_every < 0:
+            raise ConfigError(f"AUDIT_CHECKPOINT_EVERY must be 0 (off) or more, not {checkpoint_every}")
+        if retention_days < 1:
+            raise ConfigError(f"AUDIT_RETENTION_DAYS must be at least 1, not {retention_days}")
+        self.engine = engine
+        self.keys = keys
+        self.signing_key_path = Path(signing_key_path)
+        self.checkpoint_every = checkpoint_every
+        self.retention_days = retention_days
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._lock = threading.Lock()
+        self._active: _DataKey | None = None
+        self._data_keys: dict[str, _DataKey] = {}
+        self._signer: Ed25519PrivateKey | None = None
+
+    @classmethod
+    def from_config(cls, config, engine: sa.Engine, *, clock: Callable[[], dt.datetime] | None = None) -> "AuditLog":
+        """The audit log of a configuration: key provider from KEY_PROVIDER, signing key
+        AUDIT_SIGNING_KEY (default `<KEYS_DIR>/audit-signing.key`), AUDIT_CHECKPOINT_EVERY and
+        AUDIT_RETENTION_DAYS. Nothing is opened or created until `prepare` or first use."""
+        from fieldsync.security.keys import key_provider_from_config
+        keys_dir = Path(config.get("KEYS_DIR") or (config.data_dir / "keys"))
+        signing = config.get("AUDIT_SIGNING_KEY") or (keys_dir / SIGNING_KEY_FILE)
+        return cls(engine, key_provider_from_config(config), signing,
+                   checkpoint_every=int(config.get("AUDIT_CHECKPOINT_EVERY", 1000)),
+                   retention_days=int(config.get("AUDIT_RETENTION_DAYS", 2192)), clock=clock)
+
+    def prepare(self) -> None:
+        """Create the tables, the head row, the data key and the signing key when missing.
+        Called at app start, outside any transaction: an append inside a caller's transaction
+        must not have to create a key in another one (on SQLite that would wait on itself)."""
+        create_audit_tables(self.engine)
+        self._active_key(None)
+        self._signing_key()
+
+    # -- keys ------------------------------------------------------------------------------------
+    def _unwrap(self, wrapped: bytes) -> bytes:
+        try:
+            return self.keys.decrypt_data_key(bytes(wrapped), context=_KEY_CONTEXT)
+        except TypeError:  # a provider without encryption contexts
+            return self.keys.decrypt_data_key(bytes(wrapped))
+
+    def _generate(self) -> tuple[bytes, bytes]:
+        try:
+            return self.keys.generate_data_key(context=_KEY_CONTEXT)
+        except TypeError:
+            return self.keys.generate_data_key()
+
+    def _active_key(self, conn: sa.Connection | None) -> _DataKey:
+        """The newest audit data key; created (in its own transaction) only when `conn` is None."""
+        with self._lock:
+            if self._active is not None:
+                return self._active
+        query = sa.select(KEYS.c.key_id, KEYS.c.wrapped).order_by(KEYS.c.created_at.desc(), KEYS.c.key_id).limit(1)
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.engine.connect() as c:
+                row = c.execute(query).first()
+            if row is None:
+                key, wrapped = self._generate()
+                key_id = uuid.uuid4().hex
+                with self.engine.begin() as c:
+                    c.execute(KEYS.insert().values(key_id=key_id, wrapped=wrapped, created_at=self.clock()))
+                row = (key_id, wrapped)
+        if row is None:
+            raise AuditUnavailable("the audit log has no data key yet; the server creates it at start "
+                                   "(AuditLog.prepare)")
+        data_key = self._data_key(row[0], row[1])
+        with self._lock:
+            self._active = data_key
+        return data_key
+
+    def _data_key(self, key_id: str, wrapped: bytes) -> _DataKey:
+        with self._lock:
+            found = self._data_keys.get(key_id)
+        if found is None:
+            found = _DataKey.derive(key_id, self._unwrap(wrapped))
+            with self._lock:
+                self._data_keys[key_id] = found
+        return found
+
+    def data_keys(self, conn: sa.Connection) -> tuple[dict[str, _DataKey], dict[str, str]]:
+        """Every audit data key by id, and the ids that cannot be unwrapped with why."""
+        out: dict[str, _DataKey] = {}
+        failed: dict[str, str] = {}
+        for key_id, wrapped in conn.execute(sa.select(KEYS.c.key_id, KEYS.c.wrapped)):
+            try:
+                out[key_id] = self._data_key(key_id, wrapped)
+            except Error as exc:
+                failed[key_id] = str(exc)
+        return out, failed
+
+    def _signing_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 checkpoint key: read from its file, created there (0600) on first use."""
+        with self._lock:
+            if self._signer is not None:
+                return self._signer
+            path = self.signing_key_path
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                key = Ed25519PrivateKey.generate()
+                pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    pass  # another process made it first: use theirs
+                else:
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(pem)
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise ConfigError(f"the audit signing key {path} is readable by others (mode {mode:o}); "
+                                  "chmod 600 it")
+            try:
+                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except ValueError:
+                raise ConfigError(f"{path} is not a PEM private key") from None
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ConfigError(f"{path} must hold an Ed25519 private key")
+            self._signer = key
+            return key
+
+    def public_key_pem(self) -> str:
+        """The public half of the checkpoint signing key, PEM (give it to whoever verifies)."""
+        public = self._signing_key().public_key()
+        return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def local_public_key(self) -> Ed25519PublicKey | None:
+        """The public half of the local signing key, None when there is no key file (a verifier
+        never creates one)."""
+        if self._signer is None and not self.signing_key_path.exists():
+            return None
+        return self._signing_key().public_key()
+
+    # -- appending -------------------------------------------------------------------------------
+    def append(self, conn: sa.Connection, event: AuditEvent) -> int:
+        """Append `event` inside the caller's open write transaction, so the PHI write and its
+        entry commit or roll back together; returns the entry's seq."""
+        return self.append_all(conn, [event])[0]
+
+    def append_all(self, conn: sa.Connection, events: Sequence[AuditEvent]) -> list[int]:
+        """Append `events` in order inside the caller's write transaction (one head update for
+        all of them); returns their seqs. AuditUnavailable when anything fails."""
+        if not events:
+            return []
+        try:
+            return self._append(conn, events)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:
+            raise AuditUnavailable(f"the audit trail could not record this access ({_describe(exc)}); "
+                                   "nothing was done") from exc
+
+    def record(self, event: AuditEvent) -> int:
+        """Append `event` in a write transaction of its own (reads, auth events, exports, key
+        operations); returns its seq. AuditUnavailable when it cannot be recorded."""
+        return self.record_all([event])[0]
+
+    def record_all(self, events: Sequence[AuditEvent]) -> list[int]:
+        """`record` for several events, in one transaction."""
+        if not events:
+            return []
+        try:
+            with write_transaction(self.engine) as conn:
+                return self.append_all(conn, events)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:
+            raise AuditUnavailable(f"the audit trail could not record this access ({_describe(exc)}); "
+                                   "nothing was done") from exc
+
+    def _append(self, conn: sa.Connection, events: Sequence[AuditEvent]) -> list[int]:
+        key = self._active_key(conn)
+        n = len(events)
+        # invariant 8: one chain. The head row's lock (held until commit) serialises appenders,
+        # so every entry's prev_hash is the committed hash of the one before it.
+        head = conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(seq=HEAD.c.seq + n)
+                            .returning(HEAD.c.seq, HEAD.c.hash, HEAD.c.log_id)).first()
+        if head is None:
+            raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
+        last, prev, log_id = head
+        first = last - n + 1
+        now = utc(self.clock())
+        rows = []
+        for i, event in enumerate(events):
+            seq = first + i
+            reason = None
+            if event.reason is not None:
+                nonce = os.urandom(12)
+                reason = "r1." + _b64(nonce + key.reason.encrypt(nonce, event.reason.encode(), _reason_aad(log_id, seq)))
+            row = {"seq": seq, "recorded_at": now, "action": event.action, "outcome": event.outcome,
+                   "actor": event.actor, "role": event.role, "device": event.device, "channel": event.channel,
+                   "entity": event.entity, "record_ids": _json_list(event.record_ids),
+                   "fields": _json_list(event.fields), "subjects": _json_list(event.subjects),
+                   "purpose": event.purpose, "reason": reason, "key_id": key.key_id,
+                   "detail": _json_detail(event.detail), "prev_hash": prev}
+            row["entry_hash"] = prev = entry_hash(row)
+            row["seal"] = key.seal(prev)
+            rows.append(row)
+        conn.execute(ENTRIES.insert(), rows)
+        conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(hash=prev))
+        every = self.checkpoint_every
+        if every and (first - 1) // every != last // every:
+            self._sign(conn, last, prev, now, log_id)
+        return [r["seq"] for r in rows]
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _sign(self, conn: sa.Connection, seq: int, digest: str, recorded_at: dt.datetime, log_id: str) -> Checkpoint:
+        existing = conn.execute(sa.select(CHECKPOINTS).where(CHECKPOINTS.c.seq == seq)).mappings().first()
+        if existing is not None:
+            return Checkpoint(seq, existing["entry_hash"], existing["statement"], existing["signature"],
+                              existing["key_id"])
+        signer = self._signing_key()
+        now = utc(self.clock())
+        statement = json.dumps({"v": 1, "log": log_id, "seq": seq, "hash": digest, "recorded_at": iso(recorded_at),
+                                "signed_at": iso(now)}, sort_keys=True, separators=(",", ":"))
+        signature = _b64(signer.sign(statement.encode()))
+        key_id = _key_fingerprint(signer.public_key())
+        conn.execute(CHECKPOINTS.insert().values(seq=seq, entry_hash=digest, signed_at=now, key_id=key_id,
+                                                 statement=statement, signature=signature))
+        return Checkpoint(seq, digest, statement, signature, key_id)
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign a checkpoint at the newest entry now (None for an empty log); returns it, or the
+        one already signed at that entry."""
+        with write_transaction(self.engine) as conn:
+            head = conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+            if head is None or head["seq"] == 0 or head["seq"] == head["anchor_seq"]:
+                return None
+            row = conn.execute(sa.select(ENTRIES.c.recorded_at).where(ENTRIES.c.seq == head["seq"])).first()
+            if row is None:
+                raise AuditTampered(f"the head names entry {head['seq']}, which is missing; run `fieldsync audit verify`")
+            return self._sign(conn, head["seq"], head["hash"], row[0], head["log_id"])
+
+    def checkpoints(self, conn: sa.Connection) -> list[Checkpoint]:
+        return [Checkpoint(r["seq"], r["entry_hash"], r["statement"], r["signature"], r["key_id"])
+                for r in conn.execute(sa.select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq)).mappings()]
+
+    # -- reading ---------------------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[sa.Connection]:
+        """A connection reading one consistent state of the log (a verifier must not see an
+        entry committed after it read the head)."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN")  # a deferred read transaction: one WAL snapshot
+                try:
+                    yield conn
+                finally:
+                    conn.rollback()
+            else:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+
+    def head(self, conn: sa.Connection) -> Mapping[str, Any]:
+        head = conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+        if head is None:
+            raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
+        return head
+
+    def entries(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
+                actor: str | None = None, entity: str | None = None, subject: str | None = None,
+                decrypt_reasons: bool = False) -> Iterator[AuditEntry]:
+        """Entries recorded in [start, end), oldest first, filtered by actor, entity and subject
+        reference. Reasons are decrypted only with `decrypt_reasons`."""
+        where = []
+        if start is not None:
+            where.append(ENTRIES.c.recorded_at >= utc(start))
+        if end is not None:
+            where.append(ENTRIES.c.recorded_at < utc(end))
+        if actor is not None:
+            where.append(ENTRIES.c.actor == actor)
+        if entity is not None:
+            where.append(ENTRIES.c.entity == entity)
+        if subject is not None:
+            where.append(ENTRIES.c.subjects.contains(json.dumps(subject)))  # narrowed, then checked exactly
+        query = sa.select(ENTRIES).where(*where).order_by(ENTRIES.c.seq)
+        with self.snapshot() as conn:
+            log_id = self.head(conn)["log_id"]
+            keys = self.data_keys(conn)[0] if decrypt_reasons else {}
+            for row in conn.execution_options(yield_per=500).execute(query).mappings():
+                entry = _entry(row)
+                if subject is not None and subject not in entry.subjects:
+                    continue
+                if decrypt_reasons and row["reason"] is not None:
+                    entry = _with_reason(entry, self._decrypt_reason(keys, row, log_id))
+                yield entry
+
+    def _decrypt_reason(self, keys: Mapping[str, _DataKey], row: Mapping[str, Any], log_id: str) -> str:
+        key = keys.get(row["key_id"])
+        text = row["reason"]
+        if key is None or not text.startswith("r1."):
+            raise AuditTampered(f"the reason of entry {row['seq']} cannot be decrypted (key {row['key_id']})")
+        data = base64.b64decode(text[3:])
+        try:
+            return key.reason.decrypt(data[:12], data[12:], _reason_aad(log_id, row["seq"])).decode()
+        except Exception:
+            raise AuditTampered(f"the reason of entry {row['seq']} does not decrypt: it was altered or moved") from None
+
+    # -- verification and retention --------------------------------------------------------------
+    def verify(self, *, checkpoints: Iterable[Checkpoint] = (), public_keys: Iterable[Ed25519PublicKey] = ()):
+        """Check the whole log; returns a `fieldsync.security.audit_verify.VerifyReport` naming
+        every problem found. `checkpoints` kept outside the database and `public_keys` given by
+        the verifier are checked too (the local signing key's public half always is)."""
+        from fieldsync.security.audit_verify import verify_log
+        return verify_log(self, external=list(checkpoints), public_keys=list(public_keys))
+
+    def purge(self, retention_days: int | None = None, *, actor: str | None = None,
+              channel: str = "cli") -> dict[str, Any]:
+        """Retention: delete the entries older than `retention_days` (default the configured
+        AUDIT_RETENTION_DAYS). Refused when the log does not verify (evidence is not destroyed).
+        The purge signs a checkpoint at the last purged entry and appends an entry recording
+        it, so verification starts at the first retained entry and a deletion from the start
+        that no purge recorded is still detected."""
+        days = self.retention_days if retention_days is None else int(retention_days)
+        if days < 1:
+            raise ConfigError(f"the audit retention must be at least 1 day, not {days}")
+        report = self.verify()
+        if not report.ok:
+            raise AuditTampered("the audit log does not verify, so nothing is purged: "
+                                + "; ".join(report.problems[:5]))
+        cutoff = utc(self.clock()) - dt.timedelta(days=days)
+        with write_transaction(self.engine) as conn:
+            head = self.head(conn)
+            through = conn.execute(sa.select(sa.func.max(ENTRIES.c.seq))
+                                   .where(ENTRIES.c.recorded_at < cutoff)).scalar_one_or_none()
+            if through is None or through <= head["anchor_seq"]:
+                return {"purged": 0, "through": head["anchor_seq"], "cutoff": iso(cutoff)}
+            row = conn.execute(sa.select(ENTRIES.c.entry_hash, ENTRIES.c.recorded_at)
+                               .where(ENTRIES.c.seq == through)).one()
+            self._sign(conn, through, row[0], row[1], head["log_id"])
+            self.append_all(conn, [AuditEvent(action="admin", actor=actor, channel=channel,
+                                              detail={"event": "audit-purge", "through": through,
+                                                      "cutoff": iso(cutoff), "retention_days": days})])
+            deleted = conn.execute(ENTRIES.delete().where(ENTRIES.c.seq <= through)).rowcount
+            conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(anchor_seq=through, anchor_hash=row[0]))
+        return {"purged": deleted, "through": through, "cutoff": iso(cutoff)}
+
+
+def verify_signature(public: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:
+    try:
+        public.verify(base64.b64decode(checkpoint.signature), checkpoint.statement.encode())
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def _entry(row: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(seq=row["seq"], recorded_at=utc(row["recorded_at"]), action=row["action"],
+                      outcome=row["outcome"], actor=row["actor"], role=row["role"], device=row["device"],
+                      channel=row["channel"], entity=row["entity"], record_ids=tuple(json.loads(row["record_ids"])),
+                      fields=tuple(json.loads(row["fields"])), subjects=tuple(json.loads(row["subjects"])),
+                      purpose=row["purpose"], detail=json.loads(row["detail"]), has_reason=row["reason"] is not None,
+                      entry_hash=row["entry_hash"])
+
+
+def _with_reason(entry: AuditEntry, reason: str) -> AuditEntry:
+    return dataclasses.replace(entry, reason=reason)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, value-free description of a failure: its type and the database's first line
+    (SQLAlchemy's own message also lists the statement's parameters)."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+        return f"{type(orig).__name__}: {first[:200]}"
+    return type(exc).__name__
