@@ -230,8 +230,11 @@ CREATE TABLE prescription (
     product_id VARCHAR(36),
     dosage VARCHAR(200),
     prescribed_at TIMESTAMP WITH TIME ZONE,
+    fs_bidx_patient_name VARCHAR(32),
     PRIMARY KEY (id)
 );
+CREATE INDEX ix_prescription_fs_bidx_patient_name ON prescription (fs_bidx_patient_name);
+CREATE INDEX ix_prescription_patient_id ON prescription (patient_id);
 CREATE INDEX ix_prescription_product_id ON prescription (product_id);
 CREATE INDEX ix_prescription_rep_id ON prescription (rep_id);
 CREATE INDEX ix_prescription_retailer_id ON prescription (retailer_id);

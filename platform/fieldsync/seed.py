@@ -63,6 +63,7 @@ def dependency_order(model: Model, names: list[str]) -> list[str]:
 
 def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
     """Insert the seed records that are not there yet; returns how many were new per entity."""
+    from fieldsync.security.keyring import crypto_from_config
     from fieldsync.store.engine import make_engine
     from fieldsync.store.changelog import ChangeLog, create_changelog_tables
     from fieldsync.store.records import RecordStore
@@ -80,7 +81,8 @@ def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
         engine = make_engine(config.database_url)
         # every server-side write is logged, or devices would never pull it (invariant 4)
         create_changelog_tables(engine)
-        store = RecordStore(engine=engine, model=model, write_hooks=[ChangeLog().hook])
+        crypto = crypto_from_config(config, engine, model=model)   # seeded PHI is encrypted like any write
+        store = RecordStore(engine=engine, model=model, codec=crypto, write_hooks=[ChangeLog(codec=crypto).hook])
     counts: dict[str, int] = {}
     try:
         for name in dependency_order(model, list(seed)):

@@ -162,10 +162,10 @@ def test_batch_takes_consecutive_positions_in_one_update(store, engine):
 
 def test_encrypted_fields_are_stored_encoded(engine, example_model):
     class Reversing:
-        def encode(self, entity, field, value):
+        def encode(self, entity, field, value, record_id=None, subject=None):
             return "enc:" + str(value)[::-1]
 
-        def decode(self, entity, field, stored):
+        def decode(self, entity, field, stored, record_id=None):
             return stored[4:][::-1]
 
     entity = next(e for e in example_model.entities if any(f.encrypted and f.type == "string" for f in e.fields))

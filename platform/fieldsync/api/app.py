@@ -18,6 +18,7 @@ from flask import Flask
 from fieldsync.codegen.openapi import API_PREFIX, openapi_document
 from fieldsync.config import Config, load_config
 from fieldsync.defs.model import Model
+from fieldsync.security.keyring import crypto_from_config, prepare_keys
 from fieldsync.store.engine import make_engine
 from fieldsync.store.changelog import ChangeLog, create_changelog_tables
 from fieldsync.store.records import RecordStore, utc_now
@@ -56,8 +57,12 @@ class FieldsyncState:
         self.engine = engine
         self.secret = config.secret_key()
         self.clock = clock
-        self.changelog = ChangeLog(clock=clock or utc_now)
+        # field-level encryption (docs/encryption.md): one codec for the record store and the
+        # change log, so PHI is ciphertext in both
+        self.crypto = crypto_from_config(config, engine)
+        self.changelog = ChangeLog(codec=self.crypto, clock=clock or utc_now)
         self.sync = None  # the SyncService, set by create_app
+        self.audit = None  # the AuditLog (fieldsync.security.audit), set by create_app
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self.swap_model(model)
@@ -87,18 +92,23 @@ class FieldsyncState:
                 metadata = migrate_tables(self.engine, model)
             else:
                 metadata = build_metadata(model)
+            prepare_keys(self.crypto.keyring, model)
             kwargs = {"clock": self.clock} if self.clock is not None else {}
             old_hooks = list(self._snapshot.store.write_hooks) if self._snapshot else [self.changelog.hook]
-            store = RecordStore(self.engine, model, metadata=metadata, write_hooks=old_hooks, **kwargs)
+            store = RecordStore(self.engine, model, metadata=metadata, write_hooks=old_hooks, codec=self.crypto,
+                                **kwargs)
             document = openapi_document(model, page_size_max=int(self.config["PAGE_SIZE_MAX"]))
             self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
 
 
-def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None = None, clock=None) -> Flask:
+def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None = None, clock=None,
+               auth_clock=None) -> Flask:
     """Build the fieldsync API app.
 
     `config` overrides the layered configuration (see fieldsync.config). `model` skips loading
-    DEFS_DIR (tests, the admin preview); `clock` injects the record store's time source.
+    DEFS_DIR (tests, the admin preview); `clock` injects the record store's time source;
+    `auth_clock` (seconds since the epoch) the time token expiry, idle timeouts and the
+    authentication rate limit are measured with.
     """
     from fieldsync.api.entities import blueprint
     from fieldsync.api.problems import register_error_handlers
@@ -120,10 +130,18 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     create_sync_tables(engine)
     state = FieldsyncState(settings, engine, model, clock=clock)
     state.sync = SyncService.from_config(settings, lambda: state.store, state.changelog, clock=clock)
+    from fieldsync.api.audit_trail import register_audit
+    from fieldsync.security.audit import AuditLog
+    state.audit = AuditLog.from_config(settings, engine, clock=clock)
+    state.audit.prepare()                   # tables, data key and signing key, before any request
+    state.sync.applier.audit = state.audit  # pushed PHI is audited in the batch's transaction
+    register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
     app.extensions["fieldsync"] = state
     register_error_handlers(app)
     app.register_blueprint(sync_blueprint, url_prefix=API_PREFIX + "/sync")
     app.register_blueprint(blueprint, url_prefix=API_PREFIX)
     from fieldsync.api.workers import register_workers
     register_workers(app)  # /api/v1/admin/workers; processing log observer and WorkerControl (state.workers)
+    from fieldsync.api.auth import install_auth
+    install_auth(app, clock=auth_clock)  # sessions (idle timeout, revocation) and the failure limiter
     return app

@@ -43,24 +43,30 @@ SYSTEM_QUERY_COLUMNS = {
 def query_fields(entity: Entity) -> dict[str, Field]:
     """Columns a list request may filter and sort on, by name (system columns included).
 
-    Encrypted fields are excluded (their stored form is ciphertext), as are json and geopoint
-    (no total order). The API further removes the columns a role may not see.
+    Encrypted fields take part only when they can be searched by equality: `deterministic`
+    (equal values have equal ciphertexts) and `blind_index` (a keyed hash column); `encrypt`
+    fields are excluded, as are json and geopoint (no total order). The API further removes
+    the columns a role may not see.
     """
     out = dict(SYSTEM_QUERY_COLUMNS)
     for f in entity.fields:
-        if not f.encrypted and f.type in _EQUALITY_TYPES:
+        if f.type in _EQUALITY_TYPES and f.encryption in ("plain", "deterministic", "blind_index"):
             out[f.name] = f
     return out
 
 
 def operators_for(field: Field) -> tuple[str, ...]:
-    """The filter operators `field` supports."""
+    """The filter operators `field` supports (equality only on an encrypted field)."""
+    if field.encrypted:
+        return ("eq", "in")
     if field.type in _RANGE_TYPES:
         return FILTER_OPERATORS
     return ("eq", "ne", "in")
 
 
 def sortable(field: Field) -> bool:
+    if field.encrypted:
+        return False   # ciphertexts have no useful order
     return field.type in _RANGE_TYPES or field.type in ("boolean", "media")
 
 

@@ -344,7 +344,7 @@ class _Builder:
                 label=spec.get("label") or _title(spec["entity"]),
                 description=(spec.get("description") or "").strip(), parent=name,
                 parent_field=parent_field, collection=collection, renamed_from=_names(spec.get("renamed_from")),
-                permissions=tuple(Permission(p.role, p.actions) for p in permissions),
+                permissions=tuple(Permission(p.role, p.actions, break_glass=p.break_glass) for p in permissions),
                 sync=SyncRule(direction=sync.direction, conflict=sync.conflict, priority=sync.priority),
                 location=doc.at(path),
             ))
@@ -357,6 +357,10 @@ class _Builder:
             if fname in SYSTEM_COLUMNS:
                 self.error(doc, fpath, f"{fname!r} is a column the platform adds to every entity; "
                                        f"choose another name ({', '.join(SYSTEM_COLUMNS)} are reserved)")
+                continue
+            if fname.startswith("fs_"):
+                self.error(doc, fpath, "field names starting with fs_ are reserved for the platform's own "
+                                       "columns (blind indexes)")
                 continue
             t = spec["type"]
             self.check_field_keys(doc, fpath, spec)
@@ -443,8 +447,11 @@ class _Builder:
                     if fname in names and fname not in visible:
                         self.error(doc, path + ("editable", i), f"{fname!r} is editable but not visible")
             row_filter = self.build_expression(doc, path + ("row_filter",), spec.get("row_filter"), fields, attributes)
+            break_glass = bool(spec.get("break_glass", False))
+            if break_glass and "read" not in spec["actions"]:
+                self.error(doc, path + ("break_glass",), "break_glass widens reads: the role needs the read action")
             result.append(Permission(role, frozenset(spec["actions"]), visible, editable, row_filter,
-                                     spec.get("row_filter")))
+                                     spec.get("row_filter"), break_glass=break_glass))
         return tuple(result)
 
     def build_sync(self, doc: _Located, kind: str, spec: dict, fields: tuple[Field, ...],

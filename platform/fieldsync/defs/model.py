@@ -77,7 +77,8 @@ class Permission:
     """What one role may do with one entity.
 
     `visible` and `editable` are None when the role sees / may edit every field.
-    `row_filter` limits the rows the role reaches (None: all rows).
+    `row_filter` limits the rows the role reaches (None: all rows). `break_glass` lets the role
+    read every field, PHI included, on a request that gives a reason (audited; docs/access.md).
     """
 
     role: str
@@ -86,6 +87,7 @@ class Permission:
     editable: tuple[str, ...] | None = None
     row_filter: Expr | None = None
     row_filter_source: str | None = None
+    break_glass: bool = False
 
     def can(self, action: str) -> bool:
         return action in self.actions
@@ -142,6 +144,10 @@ class Entity:
             if p.role == role:
                 return p
         return None
+
+    @property
+    def has_encrypted(self) -> bool:
+        return any(f.encrypted for f in self.fields)
 
     @property
     def phi_fields(self) -> tuple[Field, ...]:

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import field_map
+from fieldsync.security.fields import KeyShredded
 from fieldsync.store.records import FieldCodec, PlainJsonCodec, RecordStore, insert_many, utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
 
@@ -144,18 +145,24 @@ def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) ->
     known = field_map(entity)
     # children created inline are logged as changes of their own
     row = {k: v for k, v in record.items() if not isinstance(v, list) or k in known}
-    for f in entity.fields:
-        if f.encrypted and row.get(f.name) is not None:
-            row[f.name] = codec.encode(entity, f, row[f.name])
+    if entity.has_encrypted:
+        subject = record.get(entity.subject) if entity.subject else None
+        for f in entity.fields:
+            if f.encrypted and row.get(f.name) is not None:
+                row[f.name] = codec.encode(entity, f, row[f.name], record["id"], subject)
     return json.dumps(row, sort_keys=True, separators=(",", ":"))
 
 
 def decode_row(entity: Entity, row: Mapping[str, Any], codec: FieldCodec) -> dict[str, Any]:
-    """`row` from a Change with its encrypted fields decoded to their wire values."""
+    """`row` from a Change with its encrypted fields decoded to their wire values (None for a
+    value whose key was shredded)."""
     out = dict(row)
     for f in entity.fields:
         if f.encrypted and out.get(f.name) is not None:
-            out[f.name] = codec.decode(entity, f, out[f.name])
+            try:
+                out[f.name] = codec.decode(entity, f, out[f.name], row["id"])
+            except KeyShredded:
+                out[f.name] = None
     return out
 
 

@@ -10,6 +10,7 @@ batched, so the fsync per commit is paid once per push batch. PostgreSQL goes th
 
 from __future__ import annotations
 
+import contextvars
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -17,6 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# True while this thread (or task) is inside `write_transaction`: on SQLite it then holds the
+# write lock, so work that would open a second writing connection (creating a data key) must
+# have been done before (security/keyring.py).
+in_write_transaction: contextvars.ContextVar[bool] = contextvars.ContextVar("fs_in_write_txn", default=False)
 
 
 def normalize_url(url: str) -> str:
@@ -52,6 +58,7 @@ def write_transaction(engine: Engine, *, sqlite_synchronous: str | None = None) 
         relaxed = sqlite and sqlite_synchronous is not None
         if relaxed:
             conn.exec_driver_sql(f"PRAGMA synchronous={sqlite_synchronous}")
+        token = in_write_transaction.set(True)
         try:
             if sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -64,6 +71,7 @@ def write_transaction(engine: Engine, *, sqlite_synchronous: str | None = None) 
                 raise
             conn.commit()
         finally:
+            in_write_transaction.reset(token)
             if relaxed:
                 conn.exec_driver_sql("PRAGMA synchronous=FULL")
                 conn.commit()

@@ -109,9 +109,6 @@ class _Compiler:
     def bind(self, column: sa.Column, value: Any) -> Any:
         """A bound parameter holding `value` as `column` stores it."""
         converted = python_value(column.type, value)
-        encode = self.encoders.get(column.name)
-        if encode is not None:
-            converted = encode(converted)
         bind_type = column.type
         if isinstance(converted, Decimal) and not isinstance(bind_type, sa.Numeric):
             bind_type = sa.Numeric()  # an integer column met by 2.5: do not truncate the value
@@ -155,6 +152,12 @@ class _Compiler:
             return sa.false()  # evaluate(): null never compares
         if isinstance(value, list):
             return col.isnot(None) if op == "!=" else sa.false()  # a list never equals a scalar
+        encode = self.encoders.get(col.name)
+        if encode is not None:
+            # an encrypted column: only equality, against every stored form the value may have
+            forms = encode(value)
+            found = col.in_(sa.bindparam(None, forms, type_=col.type, expanding=True, unique=True))
+            return sa.and_(col.isnot(None), sa.not_(found) if op == "!=" else found)
         try:
             param = self.bind(col, value)
         except Unconvertible:
@@ -194,6 +197,9 @@ class _Compiler:
             v = self.value(item)
             if v is None or isinstance(v, list):
                 continue  # null is never a member; nested lists equal no scalar
+            if col.name in self.encoders:
+                constants.append(v)   # encoded below, from the wire value the row was written with
+                continue
             try:
                 v = python_value(col.type, v)
             except Unconvertible:
@@ -205,7 +211,7 @@ class _Compiler:
             constants.append(v)
         encode = self.encoders.get(col.name)
         if encode is not None:
-            constants = [encode(v) for v in constants]
+            constants = [form for v in constants for form in encode(v)]
         parts = list(others)
         if constants:
             parts.append(col.in_(sa.bindparam(None, constants, type_=col.type, expanding=True, unique=True)))
@@ -218,7 +224,7 @@ def compile_expr(expr: ex.Expr, table: sa.Table, user: Mapping[str, Any], *,
     """A parametrised WHERE clause selecting the rows of `table` that satisfy `expr` for `user`.
 
     `user` maps attribute names (id, role, and the model's attributes) to values. `encoders`
-    maps column names to a function turning a value into its stored form (deterministically
-    encrypted columns), applied to every value compared with that column.
+    maps column names to a function turning a value into the list of its stored forms
+    (deterministically encrypted columns: one per key in use), compared by equality only.
     """
     return _Compiler(table, user, encoders or {}).compile(expr)

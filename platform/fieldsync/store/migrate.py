@@ -36,7 +36,8 @@ from alembic.runtime.migration import MigrationContext
 from fieldsync.defs.model import SYSTEM_COLUMNS, Entity, Model
 from fieldsync.errors import MigrationRefused
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.tables import PLATFORM_PREFIX, build_metadata
+from fieldsync.security.fields import bidx_column
+from fieldsync.store.tables import PLATFORM_PREFIX, blind_index_columns, build_metadata
 
 __all__ = [
     "SCHEMA_TABLE", "MigrationPlan", "Step", "apply_migration", "auto_migrate", "format_plan",
@@ -50,8 +51,8 @@ _LOCK_KEY = zlib.crc32(b"fieldsync.migrate")
 # Steps run in this order: renames first (so later steps see the new names), indexes dropped
 # before the columns they cover, new tables and indexes once every column exists, table drops last.
 _PHASES = (
-    "replace_table", "rename_table", "drop_index", "replace_column", "rename_column", "add_column",
-    "alter_column", "create_table", "create_index", "drop_table",
+    "replace_table", "rename_table", "drop_index", "replace_column", "rename_column", "clear_column",
+    "add_column", "alter_column", "create_table", "create_index", "drop_table",
 )
 
 
@@ -110,6 +111,8 @@ class Step:
             text = f"change the type of {t}.{c}"
         elif k == "drop_column":
             text = f"drop column {t}.{c}"
+        elif k == "clear_column":
+            text = f"clear the values of {t}.{c}"
         elif k == "create_index":
             text = f"create index {self.index} on {t} ({c})"
         elif k == "drop_index":
@@ -273,13 +276,33 @@ class _Planner:
                 renamed[current] = f.name
                 self.add("rename_column", Step("rename_column", entity.name, f.name, source=current))
             kept.update((f.name, current))
+            self.plan_encryption(entity, source, current, f)
             self.plan_type(entity.name, source, sa.Column(f.name, reflected[current]["type"]), target_col)
+        for column in blind_index_columns(entity):
+            if column.name not in reflected:
+                self.add("add_column", Step("add_column", entity.name, column.name,
+                                            detail=_type_name(column.type, self.conn.dialect)))
+            kept.add(column.name)
         for name in reflected:
             if name not in kept and name not in replaced:
                 values = self.count(source, name)
                 self.add("alter_column", Step("drop_column", entity.name, name, destructive=True,
                                               detail=f"{values} non-null values lost"))
         self.plan_indexes(entity, table, source, renamed, replaced)
+
+    def plan_encryption(self, entity: Entity, source: str, column: str, f) -> None:
+        """A field whose encryption mode changed since the recorded model (plain to encrypted,
+        or between modes) holds values the new mode cannot read: clearing them is destructive
+        and needs the flag (docs/encryption.md: how to change a field's mode and keep data)."""
+        recorded = ((self.record or {}).get("tables") or {}).get(source) or {}
+        modes = recorded.get("encryption")
+        if modes is None or column not in modes or modes[column] == f.encryption:
+            return   # recorded before modes were recorded, or unchanged
+        values = self.count(source, column)
+        if values == 0:
+            return
+        self.add("clear_column", Step("clear_column", entity.name, f.name, destructive=True, detail=(
+            f"{values} values stored {modes[column]} cannot be read as {f.encryption}; they are lost")))
 
     def _old_names(self, entity: Entity, field: str) -> list[str]:
         olds = list(entity.field(field).renamed_from)
@@ -468,6 +491,12 @@ def _execute_step(conn: sa.Connection, op: Operations, step: Step, target: sa.Me
                         existing_nullable=True, **kw)
     elif k == "drop_column":
         op.drop_column(step.table, step.column)
+    elif k == "clear_column":
+        table = target.tables[step.table]
+        values = {step.column: None}
+        if bidx_column(step.column) in table.c:
+            values[bidx_column(step.column)] = None
+        conn.execute(sa.table(step.table, *(sa.column(c) for c in values)).update().values(values))
     else:
         raise ValueError(f"unknown step kind {k!r}")
 
@@ -497,7 +526,8 @@ def _record(conn: sa.Connection, plan: MigrationPlan, applied: tuple[Step, ...],
     if not sa.inspect(conn).has_table(SCHEMA_TABLE):
         Operations(MigrationContext.configure(conn)).invoke(ops.CreateTableOp.from_table(table))
     tables: dict[str, dict] = {
-        e.name: {"entity": e.name, "columns": {f.name: f.name for f in e.fields}}
+        e.name: {"entity": e.name, "columns": {f.name: f.name for f in e.fields},
+                 "encryption": {f.name: f.encryption for f in e.fields}}
         for e in plan.model.entities
     }
     # A table whose drop is still pending stays ours, so the next plan still offers to drop it.

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import binascii
 import datetime as dt
+import hashlib
 import json
 import os
 import threading
@@ -32,29 +33,60 @@ from fieldsync.defs.expr import Expr
 from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from fieldsync.security.fields import KeyShredded, bidx_column
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
 from fieldsync.store.tables import build_metadata
 
 
-# -- the codec for encrypted fields (replaced by AES-GCM in the security work) ---------------
+# -- the codec for encrypted fields -----------------------------------------------------------
 
 class FieldCodec(Protocol):
-    """Turns an encrypted field's wire value into the text stored in its column, and back."""
+    """Turns an encrypted field's wire value into the text stored in its column, and back
+    (`fieldsync.security.fields.FieldCrypto` on a server; see docs/encryption.md)."""
 
-    def encode(self, entity: Entity, field: Field, value: Any) -> str: ...
+    def encode(self, entity: Entity, field: Field, value: Any, record_id: str | None = None,
+               subject: Any = None) -> str: ...
 
-    def decode(self, entity: Entity, field: Field, stored: str) -> Any: ...
+    def decode(self, entity: Entity, field: Field, stored: str, record_id: str | None = None) -> Any: ...
+
+    def lookup_values(self, entity: Entity, field: Field, value: Any) -> list[str]: ...
+
+    def blind_index(self, entity: Entity, field: Field, value: Any) -> str: ...
+
+    def blind_indexes(self, entity: Entity, field: Field, value: Any) -> list[str]: ...
+
+    def subject_ref(self, value: Any) -> str: ...
+
+    def ensure_subjects(self, entity: Entity, values: Iterable[Any]) -> None: ...
 
 
 class PlainJsonCodec:
-    """Placeholder codec: stores the wire value as JSON text (NOT encryption)."""
+    """A codec for unit tests of the store that are not about encryption: the wire value as JSON
+    text, NOT encryption. The server never uses it (create_app builds a FieldCrypto)."""
 
-    def encode(self, entity: Entity, field: Field, value: Any) -> str:
+    def encode(self, entity: Entity, field: Field, value: Any, record_id: str | None = None,
+               subject: Any = None) -> str:
         return json.dumps(value)
 
-    def decode(self, entity: Entity, field: Field, stored: str) -> Any:
+    def decode(self, entity: Entity, field: Field, stored: str, record_id: str | None = None) -> Any:
         return json.loads(stored)
+
+    def lookup_values(self, entity: Entity, field: Field, value: Any) -> list[str]:
+        return [json.dumps(value)]
+
+    def blind_index(self, entity: Entity, field: Field, value: Any) -> str:
+        from fieldsync.security.fields import normalise_for_index
+        return hashlib.sha256(field.name.encode() + b"\x1f" + normalise_for_index(value)).hexdigest()[:32]
+
+    def blind_indexes(self, entity: Entity, field: Field, value: Any) -> list[str]:
+        return [self.blind_index(entity, field, value)]
+
+    def subject_ref(self, value: Any) -> str:
+        return "sr_" + hashlib.sha256(str(value).encode()).hexdigest()[:32]
+
+    def ensure_subjects(self, entity: Entity, values: Iterable[Any]) -> None:
+        return None
 
 
 # -- ids and time ------------------------------------------------------------------------------
@@ -89,23 +121,25 @@ def new_id(now: dt.datetime | None = None) -> str:
 
 # -- value conversion --------------------------------------------------------------------------
 
-def to_db(column: sa.Column, field: Field | None, value: Any, entity: Entity, codec: FieldCodec) -> Any:
-    """A wire value as the Python value stored in `column`."""
+def to_db(column: sa.Column, field: Field | None, value: Any, entity: Entity, codec: FieldCodec,
+          record_id: str | None = None, subject: Any = None) -> Any:
+    """A wire value as the Python value stored in `column` (`record_id` and `subject` are what
+    an encrypted field's ciphertext is bound to and keyed by)."""
     if value is None:
         return None
     if field is not None and field.encrypted:
-        return codec.encode(entity, field, value)
+        return codec.encode(entity, field, value, record_id, subject)
     if field is not None and field.type in ("json", "geopoint"):
         return value
     return python_value(column.type, value)
 
 
-def to_wire(field: Field | None, value: Any, entity: Entity, codec: FieldCodec) -> Any:
-    """A stored value in its wire form."""
+def to_wire(field: Field | None, value: Any, entity: Entity, codec: FieldCodec, record_id: str | None = None) -> Any:
+    """A stored value in its wire form (`record_id`: the record an encrypted value belongs to)."""
     if value is None:
         return None
     if field is not None and field.encrypted:
-        return codec.decode(entity, field, value)
+        return _decrypted(codec, entity, field, value, record_id)
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:  # SQLite keeps no zone; everything is stored in UTC
             value = value.replace(tzinfo=dt.timezone.utc)
@@ -118,10 +152,18 @@ def to_wire(field: Field | None, value: Any, entity: Entity, codec: FieldCodec) 
     return value
 
 
+def _decrypted(codec: FieldCodec, entity: Entity, field: Field, value: Any, record_id: str | None) -> Any:
+    """An encrypted field's wire value; None when its key was shredded (the value is gone)."""
+    try:
+        return codec.decode(entity, field, value, record_id)
+    except KeyShredded:
+        return None
+
+
 def _wire_step(field: Field | None, entity: Entity, codec: FieldCodec) -> Callable[[Any], Any]:
-    """The conversion `to_wire` applies to non-null values of `field` (None: a system timestamp)."""
-    if field is not None and field.encrypted:
-        return lambda value: codec.decode(entity, field, value)
+    """The conversion `to_wire` applies to non-null values of `field` (None: a system timestamp).
+    Not for encrypted fields: their conversion needs the record id (`_decrypted`)."""
+    assert field is None or not field.encrypted
     if field is None or field.type == "datetime":
         def stamp(value: Any) -> Any:
             if isinstance(value, dt.datetime):
@@ -147,9 +189,9 @@ def _wire_step(field: Field | None, entity: Entity, codec: FieldCodec) -> Callab
 
 
 def _db_step(column: sa.Column, field: Field, entity: Entity, codec: FieldCodec) -> Callable[[Any], Any]:
-    """The conversion `to_db` applies to non-null values of `field` stored in `column`."""
-    if field.encrypted:
-        return lambda value: codec.encode(entity, field, value)
+    """The conversion `to_db` applies to non-null values of `field` stored in `column`.
+    Not for encrypted fields: `RecordStore._values_to_db` encodes those with their record."""
+    assert not field.encrypted
     if field.type in ("json", "geopoint"):
         return lambda value: value
     if isinstance(column.type, (sa.String, sa.Text)):
@@ -262,7 +304,20 @@ class RecordStore:
     def _entity(self, entity: Entity | str) -> Entity:
         return self.model.entity(entity) if isinstance(entity, str) else entity
 
-    def _to_wire_row(self, entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
+    def _to_wire_row(self, entity: Entity, row: Mapping[str, Any],
+                     known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """`row` in wire form. `known` holds wire values just written for some encrypted fields:
+        taken as they are instead of decrypting what was encrypted a moment ago."""
+        if known and entity.has_encrypted:
+            shown = {k: v for k, v in row.items()}
+            for f in entity.fields:
+                if f.encrypted and f.name in known:
+                    shown[f.name] = None
+            out = self.wire_converter(entity)(shown)
+            for f in entity.fields:
+                if f.encrypted and f.name in known:
+                    out[f.name] = known[f.name]
+            return out
         return self.wire_converter(entity)(row)
 
     def wire_converter(self, entity: Entity) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
@@ -274,7 +329,8 @@ class RecordStore:
         if converter is not None:
             return converter
         codec = self.codec
-        steps = [(f.name, _wire_step(f, entity, codec)) for f in entity.fields]
+        steps = [(f.name, _wire_step(f, entity, codec)) for f in entity.fields if not f.encrypted]
+        secret = [f for f in entity.fields if f.encrypted]
         stamp = _wire_step(None, entity, codec)
 
         def convert(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,18 +340,22 @@ class RecordStore:
             for name, step in steps:
                 value = row.get(name)
                 out[name] = None if value is None else step(value)
+            for f in secret:
+                value = row.get(f.name)
+                out[f.name] = None if value is None else _decrypted(codec, entity, f, value, row["id"])
             return out
         cache[entity.name] = convert
         return convert
 
     def db_converters(self, entity: Entity) -> dict[str, Callable[[Any], Any]]:
-        """Per field of `entity`, the function `to_db` applies to a non-null wire value, built
-        once per entity (a push converts every value of every mutation)."""
+        """Per plain field of `entity`, the function `to_db` applies to a non-null wire value,
+        built once per entity (a push converts every value of every mutation)."""
         cache = self.__dict__.setdefault("_db_converters", {})
         steps = cache.get(entity.name)
         if steps is None:
             table = self.table(entity)
-            steps = {f.name: _db_step(table.c[f.name], f, entity, self.codec) for f in entity.fields}
+            steps = {f.name: _db_step(table.c[f.name], f, entity, self.codec) for f in entity.fields
+                     if not f.encrypted}
             cache[entity.name] = steps
         return steps
 
@@ -311,40 +371,93 @@ class RecordStore:
             return found
         fields = {f.name: f for f in entity.fields}
         plan = []
+        secret = []
+        codec = self.codec
         for name in out:
             if name in ("created_at", "updated_at"):
-                step = _wire_step(None, entity, self.codec)
+                step = _wire_step(None, entity, codec)
             elif name == "deleted":
                 step = bool
             elif name in ("id", "version"):
                 step = None
+            elif fields[name].encrypted:
+                secret.append((fields[name], columns.index(name)))
+                continue
             else:
-                step = _wire_step(fields[name], entity, self.codec)
-                if not fields[name].encrypted and fields[name].type not in ("datetime", "date", "decimal"):
+                step = _wire_step(fields[name], entity, codec)
+                if fields[name].type not in ("datetime", "date", "decimal"):
                     step = None
             plan.append((name, columns.index(name), step))
         plan = tuple(plan)
+        id_at = columns.index("id") if secret else -1
 
         def convert(row: tuple) -> dict[str, Any]:
             result = {}
             for name, i, step in plan:
                 value = row[i]
                 result[name] = value if value is None or step is None else step(value)
+            for f, i in secret:
+                value = row[i]
+                result[f.name] = None if value is None else _decrypted(codec, entity, f, value, row[id_at])
             return result
         cache[key] = convert
         return convert
 
-    def _values_to_db(self, entity: Entity, values: Mapping[str, Any]) -> dict[str, Any]:
+    def _values_to_db(self, entity: Entity, values: Mapping[str, Any], record_id: str | None = None,
+                      subject: Any = None) -> dict[str, Any]:
+        """`values` (wire) as stored: encrypted fields encoded for record `record_id` under the
+        key of `subject`, with the blind index columns of blind-indexed fields."""
         steps = self.db_converters(entity)
-        return {name: None if v is None else steps[name](v) for name, v in values.items()}
+        out = {name: None if v is None else steps[name](v) for name, v in values.items() if name in steps}
+        if len(out) != len(values):
+            self._row_encoder(entity)(out, values, record_id, subject)
+        return out
+
+    def _row_encoder(self, entity: Entity) -> Callable[[dict, Mapping[str, Any], str | None, Any], None]:
+        cache = self.__dict__.setdefault("_row_encoders", {})
+        encoder = cache.get(entity.name)
+        if encoder is None:
+            codec = self.codec
+            secret = [(f, bidx_column(f) if f.encryption == "blind_index" else None)
+                      for f in entity.fields if f.encrypted]
+
+            def encoder(out: dict, values: Mapping[str, Any], record_id: str | None, subject: Any) -> None:
+                for f, bidx in secret:
+                    if f.name not in values:
+                        continue
+                    v = values[f.name]
+                    if v is None:
+                        out[f.name] = None
+                        if bidx:
+                            out[bidx] = None
+                        continue
+                    out[f.name] = codec.encode(entity, f, v, record_id, subject)
+                    if bidx:
+                        out[bidx] = codec.blind_index(entity, f, v)
+            cache[entity.name] = encoder
+        return encoder
+
+    def encoders(self, entity: Entity) -> dict[str, Callable[[Any], list[Any]]]:
+        """Per deterministically encrypted field, a function giving every stored form of a wire
+        value (for WHERE clauses compiled from expressions)."""
+        return {f.name: (lambda v, f=f: self.codec.lookup_values(entity, f, v))
+                for f in entity.fields if f.encryption == "deterministic"}
+
+    def subject_of(self, conn: sa.Connection, entity: Entity, record_id: str) -> Any:
+        """The wire value of record `record_id`'s subject field (None without one)."""
+        if entity.subject is None:
+            return None
+        table = self.table(entity)
+        stored = conn.execute(sa.select(table.c[entity.subject]).where(table.c.id == record_id)).scalar()
+        if stored is None:
+            return None
+        return to_wire(entity.field(entity.subject), stored, entity, self.codec, record_id)
 
     def _row_filter(self, entity: Entity, row_filter: RowFilter | None) -> sa.ColumnElement | None:
         if row_filter is None:
             return None
         table = self.table(entity)
-        encoders = {f.name: (lambda v, f=f: self.codec.encode(entity, f, v))
-                    for f in entity.fields if f.encrypted}
-        return compile_expr(row_filter.expr, table, row_filter.user, encoders=encoders)
+        return compile_expr(row_filter.expr, table, row_filter.user, encoders=self.encoders(entity))
 
     def _select_live(self, entity: Entity, record_id: str, row_filter: RowFilter | None):
         table = self.table(entity)
@@ -399,8 +512,11 @@ class RecordStore:
         problems = []
         for f in entity.fields:
             if f.unique and values.get(f.name) is not None:
-                stored = to_db(table.c[f.name], f, values[f.name], entity, self.codec)
-                query = sa.select(table.c.id).where(table.c[f.name] == stored, table.c.deleted == sa.false())
+                if f.encrypted:   # deterministic (the loader allows no other mode on a unique field)
+                    match = table.c[f.name].in_(self.codec.lookup_values(entity, f, values[f.name]))
+                else:
+                    match = table.c[f.name] == to_db(table.c[f.name], f, values[f.name], entity, self.codec)
+                query = sa.select(table.c.id).where(match, table.c.deleted == sa.false())
                 if own_id is not None:
                     query = query.where(table.c.id != own_id)
                 if conn.execute(query.limit(1)).first() is not None:
@@ -464,6 +580,10 @@ class RecordStore:
                 child_plans.append((child, c_clean, c_id, prefix))
         if problems:
             raise ValidationFailed(problems)
+        self.codec.ensure_subjects(entity, [clean.get(entity.subject)] if entity.subject else [])
+        for child, c_clean, _c_id, _prefix in child_plans:
+            if child.subject:
+                self.codec.ensure_subjects(child, [c_clean.get(child.subject)])
         now = self.clock()
         record_id = record_id or self.id_factory(now)
         with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
@@ -490,9 +610,9 @@ class RecordStore:
         if conn.execute(sa.select(table.c.id).where(table.c.id == record_id)).first() is not None:
             raise Conflict(f"a {entity.name} with id {record_id} already exists")
         row = {"id": record_id, "version": 1, "created_at": now, "updated_at": now, "deleted": False}
-        row.update(self._values_to_db(entity, clean))
+        row.update(self._values_to_db(entity, clean, record_id, clean.get(entity.subject) if entity.subject else None))
         conn.execute(table.insert().values(row))
-        record = self._to_wire_row(entity, row)
+        record = self._to_wire_row(entity, row, known=clean)
         self._run_hooks(conn, entity, "create", record)
         return record
 
@@ -542,12 +662,19 @@ class RecordStore:
         if problems:
             raise ValidationFailed(problems)
         table = self.table(entity)
+        keyed = entity.subject is not None and any(f.encrypted and f.name in clean for f in entity.fields)
+        if keyed:   # the subject's key must exist before the write transaction (security/keyring.py)
+            if entity.subject in clean:
+                self.codec.ensure_subjects(entity, [clean[entity.subject]])
+            else:
+                with self.engine.connect() as conn:
+                    self.codec.ensure_subjects(entity, [self.subject_of(conn, entity, record_id)])
         with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
             current = self._current_for_write(conn, entity, record_id, row_filter, expected_version)
             problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean, record_id)
             if problems:
                 raise ValidationFailed(problems)
-            values = self._values_to_db(entity, clean)
+            values = self.encrypted_update(conn, entity, record_id, clean, current)
             values.update(version=current["version"] + 1, updated_at=self.clock())
             result = conn.execute(table.update().where(table.c.id == record_id,
                                                        table.c.version == current["version"]).values(values))
@@ -557,9 +684,29 @@ class RecordStore:
                 raise PermissionDenied("the change would move the record outside the records your role may reach")
             row = dict(current)
             row.update(values)
-            record = self._to_wire_row(entity, row)
+            record = self._to_wire_row(entity, row, known=clean)
             self._run_hooks(conn, entity, "update", record, self._to_wire_row(entity, current))
         return record
+
+    def encrypted_update(self, conn: sa.Connection, entity: Entity, record_id: str, clean: Mapping[str, Any],
+                         current: Mapping[str, Any]) -> dict[str, Any]:
+        """`clean` (wire changes to record `record_id`, whose stored row is `current`) as stored
+        values. When the change gives the record another subject, its other encrypted values
+        move to the new subject's key too (re-encrypted), so shredding a subject never misses
+        a value nor takes another subject's."""
+        if entity.subject is None or not entity.has_encrypted:
+            return self._values_to_db(entity, clean, record_id)
+        stored = current.get(entity.subject)
+        old_subject = None if stored is None else to_wire(entity.field(entity.subject), stored, entity, self.codec,
+                                                          record_id)
+        subject = clean.get(entity.subject, old_subject) if entity.subject in clean else old_subject
+        if subject != old_subject:
+            moved = dict(clean)
+            for f in entity.fields:
+                if f.encrypted and f.name not in moved and f.name != entity.subject and current.get(f.name) is not None:
+                    moved[f.name] = to_wire(f, current[f.name], entity, self.codec, record_id)
+            return self._values_to_db(entity, moved, record_id, subject)
+        return self._values_to_db(entity, clean, record_id, subject)
 
     def delete(self, entity: Entity | str, record_id: str, *, expected_version: int | None = None,
                row_filter: RowFilter | None = None) -> dict[str, Any]:
@@ -587,6 +734,14 @@ class RecordStore:
         if flt.op not in operators_for(f):
             raise BadQuery(f"{flt.column}: the operator {flt.op!r} does not apply to a {f.type} field")
         col = self.table(entity).c[flt.column]
+        if f.encrypted:   # equality only: against every stored form (deterministic) or blind index
+            values = flt.value if flt.op == "in" else [flt.value]
+            if f.encryption == "deterministic":
+                forms = [form for v in values for form in self.codec.lookup_values(entity, f, v)]
+            else:
+                col = self.table(entity).c[bidx_column(f)]
+                forms = [form for v in values for form in self.codec.blind_indexes(entity, f, v)]
+            return col.in_(sa.bindparam(None, forms, type_=col.type, expanding=True, unique=True))
 
         def convert(value: Any) -> Any:
             try:

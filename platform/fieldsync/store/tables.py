@@ -8,7 +8,8 @@ live tables, and the target that `fieldsync migrate` compares a database against
 Decisions (docs/decisions.md): no database-level foreign keys (refs are checked by the
 application, so soft-deleted rows and device batches arriving in any order never trip a
 constraint); enums are strings; unique fields get a unique index over live rows only;
-encrypted fields are stored as text whatever their type.
+encrypted fields are stored as text whatever their type, a blind-indexed field has a second
+column `fs_bidx_<field>` with its keyed hash (docs/encryption.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import (
 
 from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import DEFAULT_STRING_MAX, MEDIA_MAX
+from fieldsync.security.fields import bidx_column
 
 PLATFORM_PREFIX = "fs_"
 ID_LENGTH = 36
@@ -80,15 +82,23 @@ def _index_name(prefix: str, table: str, column: str) -> str:
     return name[:54] + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]
 
 
+def blind_index_columns(entity: Entity) -> list[Column]:
+    """A `fs_bidx_<field>` column per blind-indexed field: the keyed hash equality searches
+    compare (security/fields.py), 128 bits as 32 hex digits."""
+    return [Column(bidx_column(f), String(32), nullable=True) for f in entity.fields if f.encryption == "blind_index"]
+
+
 def entity_table(entity: Entity, metadata: MetaData) -> Table:
     table = Table(entity.name, metadata, *system_columns(), *(field_column(f) for f in entity.fields),
-                  comment=entity.label or None)
+                  *blind_index_columns(entity), comment=entity.label or None)
     live = table.c.deleted == false()
     for f in entity.fields:
+        if f.encryption == "blind_index":
+            Index(_index_name("ix", entity.name, bidx_column(f)), table.c[bidx_column(f)])
         if f.unique:
             Index(_index_name("uq", entity.name, f.name), table.c[f.name], unique=True,
                   sqlite_where=live, postgresql_where=live)
-        elif f.type == "ref" or f.name == entity.owner:
+        elif f.type == "ref" or f.name == entity.owner or f.name == entity.subject:
             Index(_index_name("ix", entity.name, f.name), table.c[f.name])
     Index(_index_name("ix", entity.name, "updated_at"), table.c.updated_at, table.c.id)
     return table

@@ -31,7 +31,7 @@ from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, par
                                    validate_record, ValueProblem)
 from fieldsync.store.changelog import ChangeLog, record_history
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.records import RecordStore, insert_many, utc_now
+from fieldsync.store.records import RecordStore, insert_many, to_wire, utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.sync.tables import DEVICES, LEDGER, clear_received
 
@@ -369,7 +369,8 @@ class _Batch:
             raise _Rejected("validation", "some values are invalid", problems)
         stamp = self._stamp(rules.root, self.effective_time(m))
         db = {"id": record_id, "version": 1, "created_at": stamp, "updated_at": stamp, "deleted": False}
-        db.update(self.store._values_to_db(entity, clean))
+        db.update(self.store._values_to_db(entity, clean, record_id,
+                                           clean.get(entity.subject) if entity.subject else None))
         if rules.plain:
             # validated values are already in wire form (what the stored row converts back to)
             text = self.stamp_text(stamp)
@@ -380,7 +381,7 @@ class _Batch:
         else:
             for f in entity.fields:
                 db.setdefault(f.name, None)
-            wire = self.store._to_wire_row(entity, db)
+            wire = self.store._to_wire_row(entity, db, known=clean)
         if not self.allowed(entity, wire):
             raise _Rejected("forbidden", f"the new {entity.name} would fall outside the records your role may reach")
         rec = _Record(db, stored=False, dirty=True, versions_by_me={1})
@@ -406,8 +407,14 @@ class _Batch:
         if not clean:
             return {"version": rec.db["version"], "effect": "discarded" if overridden else "unchanged",
                     "overridden": json.dumps(overridden) if overridden else None}
-        values = self.store._values_to_db(entity, clean)
-        if all(rec.db.get(k) == v for k, v in values.items()):
+        if self.rules(entity).plain:
+            values = self.store._values_to_db(entity, clean)
+            same = all(rec.db.get(k) == v for k, v in values.items())
+        else:
+            # ciphertexts differ on every write: compare what they hold
+            values = None
+            same = self._same(entity, rec.db, clean)
+        if same:
             return {"version": rec.db["version"], "effect": "partial" if overridden else "unchanged",
                     "overridden": json.dumps(overridden) if overridden else None}
         problems = self.check_refs(entity, clean)
@@ -415,12 +422,14 @@ class _Batch:
             problems += self._check_unique(entity, clean, rec.db["id"])
         if problems:
             raise _Rejected("validation", "some values are invalid", problems)
+        if values is None:
+            values = self.store.encrypted_update(self.conn, entity, rec.db["id"], clean, rec.db)
         new_db = dict(rec.db)
         new_db.update(values)
         stamp = self._stamp(self.rules(entity).root, effective)
         new_db["updated_at"] = max(_aware(rec.db["updated_at"]), stamp) if policy == "field_merge" else stamp
         new_db["version"] = rec.db["version"] + 1
-        wire = self.store._to_wire_row(entity, new_db)
+        wire = self.store._to_wire_row(entity, new_db, known=clean)
         if not self.allowed(entity, wire):
             raise _Rejected("forbidden", f"the change would move {entity.name} {rec.db['id']} outside the records "
                             "your role may reach")
@@ -446,6 +455,15 @@ class _Batch:
         rec.versions_by_me.add(new_db["version"])
         self._log(entity, "delete", self.store._to_wire_row(entity, new_db), current, m)
         return {"version": new_db["version"], "effect": "changed"}
+
+    def _same(self, entity: Entity, db: Mapping[str, Any], clean: Mapping[str, Any]) -> bool:
+        """Whether the stored row `db` already holds every value of `clean` (wire values)."""
+        fields = self.rules(entity).fields
+        plain = {k: v for k, v in clean.items() if not fields[k].encrypted}
+        if any(db.get(k) != v for k, v in self.store._values_to_db(entity, plain).items()):
+            return False
+        return all(to_wire(fields[k], db.get(k), entity, self.store.codec, db["id"]) == v
+                   for k, v in clean.items() if fields[k].encrypted)
 
     def _check_unique(self, entity: Entity, values: Mapping[str, Any], own_id: str | None) -> list[FieldProblem]:
         if not any(f.unique and values.get(f.name) is not None for f in entity.fields):
@@ -485,6 +503,14 @@ class _Batch:
                                                           seqs=self.change_seqs)
         for i, change_index in self.result_change.items():
             self.results[i]["position"] = positions[change_index]
+        if self.applier.audit is not None and self.changes:
+            # invariant 8: applied PHI is audited in the batch's own transaction, so a failing
+            # append leaves the batch unapplied (redelivered later), never applied-unaudited
+            from fieldsync.security.audit_events import write_events
+            b = self.batch
+            self.applier.audit.append_all(self.conn, write_events(
+                self.changes, codec=self.store.codec, actor=b.user_id, role=b.role, device=b.device_id,
+                channel="push"))
         if self.results:
             insert_many(self.conn, LEDGER, self.results)
             rejected = sum(1 for r in self.results if r["status"] == "rejected")
@@ -533,6 +559,7 @@ class MutationApplier:
         self.store = store
         self.changelog = changelog
         self.clock = clock
+        self.audit = None  # the server's AuditLog (set by create_app): pushed PHI writes are audited
 
     def _processed(self, conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> set[int]:
         done: set[int] = set()
@@ -543,8 +570,41 @@ class MutationApplier:
             done.update(r[0] for r in rows)
         return done
 
+    def ensure_keys(self, mutations: Sequence[Mapping[str, Any]]) -> None:
+        """Create the data keys of every subject the batch writes encrypted values for, before
+        its transaction opens (security/keyring.py: on SQLite a key cannot be created while the
+        batch holds the write lock). A subject is read from the mutation, or for an update
+        without it from the stored record."""
+        store = self.store()
+        subjects: dict[str, list[Any]] = {}
+        lookups: dict[str, set[str]] = {}
+        for m in mutations:
+            name = m.get("entity")
+            entity = store.model.entity(name) if isinstance(name, str) and store.model.has_entity(name) else None
+            fields = m.get("fields")
+            if entity is None or entity.subject is None or not isinstance(fields, dict):
+                continue
+            fields = _renamed(entity, fields)
+            if not any(f.encrypted and f.name in fields for f in entity.fields):
+                continue
+            value = fields.get(entity.subject)
+            if value is not None:
+                _clean, problems = validate_record(entity, {entity.subject: value}, partial=True)
+                if not problems:
+                    subjects.setdefault(entity.name, []).append(value)
+            elif m.get("op") == "update" and _is_uuid(m.get("id")):
+                lookups.setdefault(entity.name, set()).add(str(m["id"]))
+        if lookups:
+            with store.engine.connect() as conn:
+                for name, ids in lookups.items():
+                    entity = store.model.entity(name)
+                    subjects.setdefault(name, []).extend(store.subject_of(conn, entity, i) for i in sorted(ids))
+        for name, values in subjects.items():
+            store.codec.ensure_subjects(store.model.entity(name), sorted(set(v for v in values if v is not None), key=str))
+
     def apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
         """Process `batch`; return the ledger rows written (empty for a full redelivery)."""
+        self.ensure_keys(batch.mutations)
         try:
             return self._apply(batch, batch.mutations)
         except sa.exc.IntegrityError:

@@ -191,7 +191,8 @@ class DeviceScope:
         """WHERE clauses selecting the live rows of the entity inside its own rules."""
         scope = self.entities[name]
         entity = scope.entity
-        encoders = {f.name: (lambda v, f=f: self.codec.encode(entity, f, v)) for f in entity.fields if f.encrypted}
+        encoders = {f.name: (lambda v, f=f: self.codec.lookup_values(entity, f, v))
+                    for f in entity.fields if f.encryption == "deterministic"}
         where = [table.c.deleted == sa.false()]
         where += [compile_expr(p, table, self.user, encoders=encoders) for p in scope.predicates]
         floor = scope.floor(self.now)

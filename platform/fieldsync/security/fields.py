@@ -1,0 +1,258 @@
+"""Field-level encryption driven by the definitions (invariant 7).
+
+Every encrypted field is stored as text carrying its mode and key id:
+
+- `encrypt`:       `e1.<kid>.<base64url(nonce || AES-256-GCM ciphertext)>`, a random 96-bit nonce;
+                   the associated data binds entity, record id, field and key id, so a ciphertext
+                   moved to another row or another field does not decrypt.
+- `deterministic`: `d1.<kid>.<base64url(AES-256-SIV ciphertext)>`, bound to entity, field and key
+                   id (not the record: equal values must give equal ciphertexts for lookups).
+- `blind_index`:   stored like `encrypt`, plus a keyed HMAC of the normalised value in the column
+                   `fs_bidx_<field>` (see `blind_index`), which equality searches compare.
+
+Keys (see `security/keyring.py`): one data key per entity, one per subject where the
+definition names one (`encryption.subject`, e.g. the prescription's patient), one HMAC key per
+entity for blind indexes, and one global key for subject references. The subject field itself
+is encrypted under the entity key (it is what finds the subject's key); every other encrypted
+field of a record with a subject uses that subject's key, so shredding the subject's key makes
+exactly that patient's values unreadable.
+
+The plaintext inside a ciphertext is the wire value with a one-byte type tag (`s` a string,
+`j` anything else as JSON), so a value decrypts to the same wire value that was written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import threading
+import unicodedata
+from typing import Any, Callable, Iterable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+
+from fieldsync.defs.model import Entity, Field
+from fieldsync.errors import Error
+
+__all__ = ["BIDX_PREFIX", "FieldCrypto", "IntegrityFailure", "KeyShredded", "bidx_column",
+           "ciphertext_key_id", "normalise_for_index"]
+
+BIDX_PREFIX = "fs_bidx_"
+_RANDOM = "e1"
+_DETERMINISTIC = "d1"
+_SEP = "\x1f"
+
+
+class IntegrityFailure(Error):
+    """A stored ciphertext does not decrypt: it was altered, or moved from another row or field.
+
+    The message names entity, field and record, never a value."""
+
+
+class KeyShredded(Error):
+    """The data key of a ciphertext was destroyed (crypto-shredding): the value is gone."""
+
+
+def bidx_column(field: Field | str) -> str:
+    """The column holding the blind index of `field`."""
+    return BIDX_PREFIX + (field if isinstance(field, str) else field.name)
+
+
+def ciphertext_key_id(stored: str) -> str | None:
+    """The key id a stored ciphertext names (None for anything that is not one)."""
+    if isinstance(stored, str) and len(stored) > 4 and stored[2] == "." and stored[:2] in (_RANDOM, _DETERMINISTIC):
+        end = stored.find(".", 3)
+        if end > 3:
+            return stored[3:end]
+    return None
+
+
+def normalise_for_index(value: Any) -> bytes:
+    """What a blind index is computed over: strings NFKC-normalised, case-folded and with runs
+    of white space collapsed (a search for "jane  DOE" finds "Jane Doe"); other values as JSON."""
+    if isinstance(value, str):
+        return " ".join(unicodedata.normalize("NFKC", value).casefold().split()).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _pack(value: Any) -> bytes:
+    if type(value) is str:
+        return b"s" + value.encode()
+    return b"j" + json.dumps(value, separators=(",", ":")).encode()
+
+
+def _unpack(data: bytes) -> Any:
+    if data[:1] == b"s":
+        return data[1:].decode()
+    return json.loads(data[1:])
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class _Nonces:
+    """Random 96-bit nonces drawn from the OS generator in blocks (one syscall per 512 nonces;
+    each nonce is still fresh random bytes, never a counter)."""
+
+    _BLOCK = 12 * 512
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            if self._pos >= len(self._buf):
+                self._buf, self._pos = os.urandom(self._BLOCK), 0
+            n = self._buf[self._pos:self._pos + 12]
+            self._pos += 12
+            return n
+
+
+class FieldCrypto:
+    """The codec of a RecordStore: encodes wire values of encrypted fields into their stored
+    text and back, computes blind indexes and subject references.
+
+    `keyring` is a `fieldsync.security.keyring.KeyRing` (or anything with its `active`,
+    `cipher`, `siv`, `hmac_key` and `ensure_subject` methods).
+    """
+
+    def __init__(self, keyring) -> None:
+        self.keyring = keyring
+        self._nonces = _Nonces()
+
+    # -- scopes ------------------------------------------------------------------------------
+    @staticmethod
+    def entity_scope(entity: Entity) -> str:
+        return f"entity:{entity.name}"
+
+    @staticmethod
+    def index_scope(entity: Entity) -> str:
+        return f"index:{entity.name}"
+
+    def subject_scope(self, entity: Entity, subject_value: Any) -> str:
+        return f"subject:{entity.name}:{self.subject_ref(subject_value)}"
+
+    def _scope(self, entity: Entity, field: Field, subject_value: Any) -> str:
+        if entity.subject is not None and field.name != entity.subject and subject_value is not None:
+            return self.subject_scope(entity, subject_value)
+        return self.entity_scope(entity)
+
+    # -- subjects ----------------------------------------------------------------------------
+    def subject_ref(self, value: Any) -> str:
+        """A keyed reference to a data subject (e.g. a patient id): the same value gives the
+        same reference in every entity and in the audit log, and reveals nothing without the
+        key. Never the value itself."""
+        key = self.keyring.hmac_key("subject-ref")
+        return "sr_" + hmac.digest(key, normalise_for_index(value), "sha256")[:16].hex()
+
+    def ensure_subjects(self, entity: Entity, values: Iterable[Any]) -> None:
+        """Make sure each subject in `values` has an active data key. Called before a write
+        transaction opens (a key is created in its own committed transaction, so a write that
+        later fails leaves at most an unused key, never a ciphertext without its key)."""
+        if entity.subject is None:
+            return
+        for value in values:
+            if value is not None:
+                self.keyring.ensure(self.subject_scope(entity, value))
+
+    # -- encode / decode ---------------------------------------------------------------------
+    def encode(self, entity: Entity, field: Field, value: Any, record_id: str | None = None,
+               subject: Any = None) -> str:
+        """The stored text of `value` (a wire value) for `field` of record `record_id`, whose
+        subject (when the entity names one) is `subject`."""
+        if field.encryption == "deterministic":
+            kid, siv = self.keyring.siv(self.entity_scope(entity))
+            ad = f"{entity.name}{_SEP}{field.name}{_SEP}{kid}".encode()
+            return f"{_DETERMINISTIC}.{kid}.{_b64(siv.encrypt(_pack(value), [ad]))}"
+        if record_id is None:
+            raise ValueError(f"{entity.name}.{field.name} is encrypted per record: the record id is required")
+        kid, aead = self.keyring.active(self._scope(entity, field, subject))
+        nonce = self._nonces.take()
+        ad = f"{entity.name}{_SEP}{record_id}{_SEP}{field.name}{_SEP}{kid}".encode()
+        return f"{_RANDOM}.{kid}.{_b64(nonce + aead.encrypt(nonce, _pack(value), ad))}"
+
+    def decode(self, entity: Entity, field: Field, stored: str, record_id: str | None = None) -> Any:
+        """The wire value of a stored ciphertext; IntegrityFailure when it does not decrypt
+        (altered, or moved from another row or field), KeyShredded when its key was destroyed."""
+        kid = ciphertext_key_id(stored)
+        where = f"{entity.name}.{field.name}" + (f" of record {record_id}" if record_id else "")
+        if kid is None:
+            raise IntegrityFailure(f"the stored value of {where} is not a fieldsync ciphertext")
+        mode = stored[:2]
+        body = stored[4 + len(kid):]
+        try:
+            data = _unb64(body)
+        except (binascii.Error, ValueError):
+            raise IntegrityFailure(f"the stored value of {where} is damaged") from None
+        try:
+            if mode == _DETERMINISTIC:
+                if field.encryption != "deterministic":
+                    raise InvalidTag()
+                siv = self.keyring.siv_for(kid)
+                ad = f"{entity.name}{_SEP}{field.name}{_SEP}{kid}".encode()
+                return _unpack(siv.decrypt(data, [ad]))
+            if field.encryption == "deterministic" or record_id is None:
+                raise InvalidTag()
+            aead = self.keyring.cipher(kid)
+            ad = f"{entity.name}{_SEP}{record_id}{_SEP}{field.name}{_SEP}{kid}".encode()
+            return _unpack(aead.decrypt(data[:12], data[12:], ad))
+        except InvalidTag:
+            raise IntegrityFailure(f"the stored value of {where} does not decrypt: it was altered, "
+                                   "or moved from another record or field") from None
+
+    def lookup_values(self, entity: Entity, field: Field, value: Any) -> list[str]:
+        """Every stored form `value` may have in a deterministic column: one per key of the
+        entity still in use (during a rotation rows hold the old key's ciphertexts too)."""
+        out = []
+        for kid, siv in self.keyring.sivs_in_use(self.entity_scope(entity)):
+            ad = f"{entity.name}{_SEP}{field.name}{_SEP}{kid}".encode()
+            out.append(f"{_DETERMINISTIC}.{kid}.{_b64(siv.encrypt(_pack(value), [ad]))}")
+        return out
+
+    def blind_index(self, entity: Entity, field: Field, value: Any) -> str:
+        """The blind index of `value` (keyed HMAC-SHA256, 128 bits, hex) for equality search."""
+        key = self.keyring.hmac_key(self.index_scope(entity))
+        msg = field.name.encode() + b"\x1f" + normalise_for_index(value)
+        return hmac.digest(key, msg, "sha256")[:16].hex()
+
+    def blind_indexes(self, entity: Entity, field: Field, value: Any) -> list[str]:
+        """Every blind index `value` may have (one per index key still in use)."""
+        msg = field.name.encode() + b"\x1f" + normalise_for_index(value)
+        return [hmac.digest(key, msg, "sha256")[:16].hex()
+                for key in self.keyring.hmac_keys_in_use(self.index_scope(entity))]
+
+    # -- conversion helpers for the record store ---------------------------------------------
+    def row_encoder(self, entity: Entity) -> Callable[[dict[str, Any], str, Any], None]:
+        """A function `(values, record_id, subject)` that replaces, in place, the wire values of
+        `entity`'s encrypted fields in `values` by their stored form and adds the blind index
+        columns of the blind-indexed ones present."""
+        fields = [f for f in entity.fields if f.encrypted]
+
+        def encode_row(values: dict[str, Any], record_id: str, subject: Any) -> None:
+            for f in fields:
+                if f.name in values:
+                    v = values[f.name]
+                    if v is None:
+                        if f.encryption == "blind_index":
+                            values[bidx_column(f)] = None
+                        continue
+                    if f.encryption == "blind_index":
+                        values[bidx_column(f)] = self.blind_index(entity, f, v)
+                    values[f.name] = self.encode(entity, f, v, record_id, subject)
+        return encode_row
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
