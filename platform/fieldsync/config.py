@@ -22,6 +22,11 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": None,              # None: sqlite:///<DATA_DIR>/fieldsync.db
     "SECRET_KEY": None,                # None: read or create <DATA_DIR>/secret.key (mode 0600)
     "TOKEN_TTL_SECONDS": 12 * 3600,
+    "TOKEN_IDLE_SECONDS": 900,         # a user token unused this long is refused (HIPAA automatic logoff)
+    "DEVICE_TOKEN_IDLE_SECONDS": 14 * 86400,   # a device token's idle limit: devices are offline for days
+    "DEVICE_TOKEN_TTL_SECONDS": 30 * 86400,    # lifetime of a device token issued at registration
+    "AUTH_FAILURE_LIMIT": 10,          # failed authentications per client address (and per device) ...
+    "AUTH_FAILURE_WINDOW_SECONDS": 60,  # ... within this many seconds; beyond: 429 with Retry-After
     "MAX_BODY_BYTES": 4 * 1024 * 1024,
     "PAGE_SIZE_DEFAULT": 50,
     "PAGE_SIZE_MAX": 1000,

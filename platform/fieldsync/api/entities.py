@@ -18,13 +18,15 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 
 from fieldsync.api.problems import Problem
-from fieldsync.auth.tokens import Principal, verify_token
+from fieldsync.api.auth import authenticate_request, refuse_device_token
+from fieldsync.api.break_glass import audit_break_glass, break_glass_reason, widen_for_break_glass
+from fieldsync.auth.tokens import Principal
 from fieldsync.codegen.openapi import (
     API_PREFIX, CONTROL_PARAMETERS, FILTER_OPERATORS, operators_for, query_fields,
 )
 from fieldsync.defs.model import Entity, Model, Permission
 from fieldsync.defs.values import FieldProblem, validate_record
-from fieldsync.errors import AuthError, Conflict, NotFound, PermissionDenied, ValidationFailed
+from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.records import BadQuery, Filter, RowFilter, filter_from_query
 
 blueprint = Blueprint("fieldsync_api", __name__)
@@ -51,18 +53,9 @@ def authenticate() -> None:
     g.snapshot = _state().snapshot  # one model for the whole request, even if it is swapped meanwhile
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "send a bearer token in the Authorization header",
-                      headers={"WWW-Authenticate": 'Bearer realm="fieldsync"'})
-    try:
-        g.principal = verify_token(_state().secret, token.strip(), roles=g.snapshot.model.role_names)
-    except AuthError as exc:
-        reason = getattr(exc, "reason", "invalid")
-        raise Problem(401, str(exc), headers={
-            "WWW-Authenticate": f'Bearer realm="fieldsync", error="invalid_token", '
-                                f'error_description="{reason}"'}) from None
+    g.principal = authenticate_request(channel="rest")   # 401/429; idle timeout, revocation (docs/access.md)
+    refuse_device_token(g.principal, "use the entity API")
+    g.break_glass = break_glass_reason(g.principal)   # None unless X-Fieldsync-Break-Glass was sent
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -85,6 +78,8 @@ def _permission(entity: Entity, action: str) -> Permission:
     perm = entity.permission(principal.role)
     if perm is None or not perm.can(action):
         raise Problem(403, f"role {principal.role!r} may not {action} {entity.name} records")
+    if action == "read" and g.get("break_glass") is not None:
+        perm = widen_for_break_glass(entity, perm, g.break_glass)   # every field visible, audited
     return perm
 
 
@@ -264,6 +259,8 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
     page = _store_call(g.snapshot.store.list, entity, filters=filters, sort=request.args.get("sort", "id"),
                        limit=limit, cursor=request.args.get("cursor"), total=total_raw == "true",
                        row_filter=_row_filter(perm), columns=allowed.keys())
+    if g.get("break_glass") is not None:
+        audit_break_glass(entity, page.items, g.break_glass)   # before any PHI leaves (invariant 8)
     body: dict[str, Any] = {"items": [_visible(entity, perm, r) for r in page.items],
                             "next_cursor": page.next_cursor}
     if page.total is not None:
@@ -318,6 +315,8 @@ def item(name: str, record_id: str):
             if c not in collections:
                 raise Problem(400, f"cannot expand {c!r}", slug="bad-query", title="Bad query parameter")
         record = _store_call(store.get, entity, record_id, row_filter=_row_filter(perm))
+        if g.get("break_glass") is not None:
+            audit_break_glass(entity, [record], g.break_glass)   # before any PHI leaves (invariant 8)
         if_none = request.headers.get("If-None-Match")
         if if_none is not None:
             versions = _etag_versions(if_none)

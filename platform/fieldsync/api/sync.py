@@ -18,9 +18,11 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, g, request
 
 from fieldsync.api.problems import Problem
-from fieldsync.auth.tokens import Principal, verify_token
+from fieldsync.api.auth import audit_event, authenticate_request, record_audit, refuse_device_token
+from fieldsync.auth.sessions import revoke_device as mark_device_revoked
+from fieldsync.auth.tokens import Principal, issue_token, new_token_id
 from fieldsync.codegen.device_schema import device_schema, device_schema_json
-from fieldsync.errors import AuthError
+from fieldsync.errors import NotFound
 from fieldsync.store.records import new_id, utc_now
 from fieldsync.defs.values import format_datetime
 from fieldsync.sync.apply import PushBatch, mutation_digest, result_to_wire
@@ -43,6 +45,9 @@ SUPPORTED_PROTOCOLS = [1]
 COMPRESS_OVER = 1024
 blueprint = Blueprint("fieldsync_sync", __name__)
 NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
+AUDIT_CHANNELS = {"fieldsync_sync.push": "push", "fieldsync_sync.pull": "pull",
+                  "fieldsync_sync.list_devices": "admin", "fieldsync_sync.revoke": "admin"}
+REVOKE_REASON_MAX = 500
 
 
 def _state():
@@ -75,17 +80,9 @@ def _authenticate() -> None:
                            supported=SUPPORTED_PROTOCOLS)
     if request.endpoint == "fieldsync_sync.capabilities":
         return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "send a bearer token in the Authorization header", slug="unauthenticated",
-                      headers={"WWW-Authenticate": 'Bearer realm="fieldsync"'})
-    try:
-        g.principal = verify_token(_state().secret, token.strip(), roles=g.snapshot.model.role_names)
-    except AuthError as exc:
-        reason = getattr(exc, "reason", "invalid")
-        raise Problem(401, str(exc), slug="unauthenticated", headers={
-            "WWW-Authenticate": f'Bearer realm="fieldsync", error="invalid_token", error_description="{reason}"'}) \
-            from None
+    # 401 `unauthenticated` (with a `reason`), 429 `too-many-requests`; idle timeout and
+    # revocation of user and device tokens (docs/access.md)
+    g.principal = authenticate_request(slug="unauthenticated", channel=AUDIT_CHANNELS.get(request.endpoint, "rest"))
 
 
 @blueprint.after_request
@@ -218,6 +215,9 @@ def _device(conn: sa.Connection, device_id: Any) -> Mapping[str, Any]:
     if row["user_id"] != principal.user_id:
         raise _problem(403, "device-user-mismatch", "Device belongs to another user",
                        "this device is registered to another user")
+    if principal.device_id is not None and principal.device_id != device_id:
+        raise _problem(403, "device-token-mismatch", "Token belongs to another device",
+                       "a device token speaks for its own device only")
     if row["status"] == "revoked":
         raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
     return row
@@ -279,9 +279,11 @@ def register():
         raise _malformed(errors)
     version = _schema_version(body, pull=False)
     principal: Principal = g.principal
+    refuse_device_token(principal, "register a device")   # the user authenticates a device, not itself
     now = _now()
     state = _state()
     wanted_id = body.get("device_id")
+    token_id = new_token_id()
     with write_transaction(state.engine) as conn:
         row = conn.execute(sa.select(DEVICES).where(DEVICES.c.user_id == principal.user_id,
                                                     DEVICES.c.install_id == install_id)).mappings().first()
@@ -304,15 +306,27 @@ def register():
             status = 201
             row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().one()
         else:
+            if row["status"] == "revoked":   # a revoked device gets no new token (docs/access.md)
+                raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
             conn.execute(DEVICES.update().where(DEVICES.c.device_id == row["device_id"]).values(
                 last_contact_at=now, schema_version=version, app_version=body.get("app_version", row["app_version"])))
+        record_audit(audit_event(action="auth", channel="rest", actor=principal.user_id, role=principal.role,
+                                 device=row["device_id"], detail={"event": "device_token_issued", "token_id": token_id,
+                                                                  "source_ip": request.remote_addr or "unknown"}),
+                     conn)   # in the registration's transaction: no token without its audit entry
     out = {"device_id": row["device_id"], "user_id": row["user_id"], "registered_at": _iso(row["registered_at"]),
            "schema_version": g.snapshot.model.schema_version, "capabilities": _capabilities()}
+    ttl = int(state.config["DEVICE_TOKEN_TTL_SECONDS"])
+    issued = int(state.auth_clock())
+    out["device_token"] = issue_token(state.secret, principal.user_id, principal.role, principal.attributes, ttl=ttl,
+                                      now=issued, device_id=row["device_id"], token_id=token_id)
+    out["device_token_expires_at"] = format_datetime(dt.datetime.fromtimestamp(issued + ttl, dt.timezone.utc))
     return _json(out, status, {"Location": f"{request.script_root}/api/v1/sync/devices/{row['device_id']}"})
 
 
 @blueprint.get("/devices")
 def list_devices():
+    refuse_device_token(g.principal, "list devices")
     if g.principal.role != "admin":
         raise Problem(403, "only an admin may list devices")
     state = _state()
@@ -327,9 +341,40 @@ def device_status(device_id: str):
     state = _state()
     with state.engine.connect() as conn:
         row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().first()
-        if row is None or (row["user_id"] != g.principal.user_id and g.principal.role != "admin"):
+        principal: Principal = g.principal
+        mine = row is not None and row["user_id"] == principal.user_id \
+            and principal.device_id in (None, device_id)   # a device token sees its own device only
+        if row is None or not (mine or (principal.role == "admin" and principal.device_id is None)):
             raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}")
         return _json(_device_status(conn, row))
+
+
+@blueprint.post("/devices/<device_id>/revoke")
+def revoke(device_id: str):
+    """An admin revokes a device: every token of it is refused from now on (401 `revoked`),
+    its syncs with a user token are 403 `device-revoked`; audited with the reason."""
+    principal: Principal = g.principal
+    refuse_device_token(principal, "revoke a device")
+    if principal.role != "admin":
+        raise Problem(403, "only an admin may revoke devices")
+    body = _body_object()
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > REVOKE_REASON_MAX:
+        raise _malformed([{"field": "reason", "reason": f"is required: why the device is revoked "
+                                                        f"(1 to {REVOKE_REASON_MAX} characters)"}])
+    state = _state()
+    with write_transaction(state.engine) as conn:
+        try:
+            before = mark_device_revoked(conn, device_id)
+        except NotFound:
+            raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}") from None
+        if before["status"] != "revoked":
+            record_audit(audit_event(action="admin", channel="admin", actor=principal.user_id, role=principal.role,
+                                     device=device_id, reason=reason.strip(),
+                                     detail={"event": "device_revoked", "device_user": before["user_id"],
+                                             "source_ip": request.remote_addr or "unknown"}), conn)
+        row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().one()
+        return _json({**_device_status(conn, row), "already_revoked": before["status"] == "revoked"})
 
 
 def _check_mutations(mutations: Any, limit: int) -> None:

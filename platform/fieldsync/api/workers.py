@@ -17,10 +17,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from fieldsync.api.problems import Problem
-from fieldsync.auth.tokens import verify_token
+from fieldsync.api.auth import authenticate_request, refuse_device_token
 from fieldsync.codegen.openapi import API_PREFIX
 from fieldsync.defs.values import FieldProblem
-from fieldsync.errors import AuthError
 from fieldsync.sync.workers import (InvalidPoolSize, attach, check_pool_size, processing_entries,
                                     set_desired_size, workers_status)
 
@@ -48,18 +47,8 @@ def _json(body: Any, status: int = 200) -> Response:
 
 @blueprint.before_request
 def _authenticate() -> None:
-    state = _state()
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "send a bearer token in the Authorization header",
-                      headers={"WWW-Authenticate": 'Bearer realm="fieldsync"'})
-    try:
-        g.principal = verify_token(state.secret, token.strip(), roles=state.model.role_names)
-    except AuthError as exc:
-        reason = getattr(exc, "reason", "invalid")
-        raise Problem(401, str(exc), headers={
-            "WWW-Authenticate": f'Bearer realm="fieldsync", error="invalid_token", '
-                                f'error_description="{reason}"'}) from None
+    g.principal = authenticate_request(channel="admin")   # 401/429, idle timeout, revocation (docs/access.md)
+    refuse_device_token(g.principal, "manage workers")
     if g.principal.role != "admin":
         raise Problem(403, "only an admin may see or change the listener pool")
 

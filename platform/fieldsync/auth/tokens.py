@@ -1,9 +1,11 @@
 """Signed, expiring bearer tokens (HMAC-SHA256 over a compact JSON payload).
 
 A token is `v1.<payload>.<signature>`, both parts base64url without padding. The payload holds
-the user id (`sub`), role, attributes (`$user.<name>` in expressions) and the issue and expiry
-times. Tokens are stateless: any server process holding the secret verifies them, which keeps
-the API horizontally scalable. The clock is passed in (`now`), so tests decide what time it is.
+the user id (`sub`), role, attributes (`$user.<name>` in expressions), the issue and expiry
+times and a random token id (`jti`); a device token also names its device (`dev`). The
+signature and expiry are checked here, statelessly, by any server process holding the secret;
+the idle timeout and revocation need the token id and live in `fieldsync.auth.sessions`.
+The clock is passed in (`now`), so tests decide what time it is.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -30,6 +33,14 @@ class Principal:
     role: str
     attributes: Mapping[str, Any] = field(default_factory=dict)
     expires_at: int = 0
+    token_id: str = ""            # the token's `jti`: what sessions and revocation are keyed on
+    issued_at: int = 0
+    device_id: str | None = None  # set for a device token: the one device it speaks for
+
+    @property
+    def kind(self) -> str:
+        """"device" for a device token (bound to one device), "user" otherwise."""
+        return "device" if self.device_id is not None else "user"
 
     def expression_user(self) -> dict[str, Any]:
         """The `user` mapping expressions are evaluated with ($user.id, $user.role, attributes)."""
@@ -40,7 +51,8 @@ class Principal:
 
 
 class TokenError(AuthError):
-    """An AuthError with a machine-readable `reason`: expired, bad_signature, malformed, unknown_role."""
+    """An AuthError with a machine-readable `reason`: expired, bad_signature, malformed,
+    unknown_role; and from the session check: idle, revoked."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -63,12 +75,20 @@ def _sign(secret: bytes | str, message: str) -> str:
     return _b64(hmac.new(_key(secret), message.encode(), hashlib.sha256).digest())
 
 
+def new_token_id() -> str:
+    """A random token id (128 bits, base64url): unguessable, so it names a token without being one."""
+    return _b64(secrets.token_bytes(16))
+
+
 def issue_token(secret: bytes | str, user: str, role: str, attributes: Mapping[str, Any] | None = None,
-                ttl: int = 12 * 3600, now: float | None = None, *, roles: tuple[str, ...] | None = None) -> str:
+                ttl: int = 12 * 3600, now: float | None = None, *, roles: tuple[str, ...] | None = None,
+                device_id: str | None = None, token_id: str | None = None) -> str:
     """A token for `user` acting as `role` with `attributes`, valid for `ttl` seconds from `now`.
 
     Pass the model's role names as `roles` to refuse a role that does not exist (TokenError
-    with reason "unknown_role"); `attributes` must be JSON-serialisable.
+    with reason "unknown_role"); `attributes` must be JSON-serialisable. With `device_id` the
+    token is a device token, bound to that device. Every token gets a fresh random id unless
+    `token_id` names one.
     """
     if roles is not None and role not in roles:
         raise TokenError("unknown_role", f"no role {role!r} (roles: {', '.join(roles)})")
@@ -77,7 +97,12 @@ def issue_token(secret: bytes | str, user: str, role: str, attributes: Mapping[s
     if not isinstance(role, str) or not role:
         raise ValueError("role must be a non-empty string")
     issued = int(time.time() if now is None else now)
-    payload = {"sub": user, "role": role, "attrs": dict(attributes or {}), "iat": issued, "exp": issued + int(ttl)}
+    if device_id is not None and (not isinstance(device_id, str) or not device_id):
+        raise ValueError("device_id must be a non-empty string")
+    payload = {"sub": user, "role": role, "attrs": dict(attributes or {}), "iat": issued, "exp": issued + int(ttl),
+               "jti": token_id or new_token_id()}
+    if device_id is not None:
+        payload["dev"] = device_id
     body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
     message = f"{PREFIX}.{body}"
     return f"{message}.{_sign(secret, message)}"
@@ -99,14 +124,34 @@ def verify_token(secret: bytes | str, token: str, now: float | None = None,
     try:
         payload = json.loads(_unb64(body))
         user, role, attrs, exp = payload["sub"], payload["role"], payload["attrs"], payload["exp"]
+        issued, device = payload.get("iat", 0), payload.get("dev")
         if not (isinstance(user, str) and isinstance(role, str) and isinstance(attrs, dict)
-                and isinstance(exp, int)):
+                and isinstance(exp, int) and isinstance(issued, int) and (device is None or isinstance(device, str))):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise TokenError("malformed", "the token is malformed") from None
+    token_id = payload.get("jti")
+    if not isinstance(token_id, str) or not token_id:
+        # a token from before token ids: without one it cannot be idled out or revoked
+        raise TokenError("malformed", "the token carries no token id; issue a new one")
     current = time.time() if now is None else now
     if current >= exp:
         raise TokenError("expired", "the token has expired")
     if roles is not None and role not in roles:
         raise TokenError("unknown_role", f"the token's role {role!r} does not exist")
-    return Principal(user_id=user, role=role, attributes=attrs, expires_at=exp)
+    return Principal(user_id=user, role=role, attributes=attrs, expires_at=exp, token_id=token_id,
+                     issued_at=issued, device_id=device)
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of `token` WITHOUT checking its signature ({} when it does not parse).
+
+    Only for choosing a rate-limit bucket (the device a token claims) before the token is
+    verified; never for deciding access.
+    """
+    try:
+        _prefix, body, _signature = token.split(".")
+        payload = json.loads(_unb64(body))
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, AttributeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}

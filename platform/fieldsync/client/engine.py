@@ -43,6 +43,8 @@ class SyncEngine:
         self.push_batch = push_batch
         self.pull_limit = pull_limit
         self._encodings_set = False
+        self._refresh_failed_for: str | None = None   # the user token a device token refresh failed with
+        wire.on_device_token_refused = self._forget_device_token
 
     # -- the cycle -------------------------------------------------------------------------------
 
@@ -64,10 +66,31 @@ class SyncEngine:
     def ensure_registered(self) -> str:
         device_id = self.store.state("device_id")
         if device_id is None:
-            device_id = self.register()
-        elif not self._encodings_set:
+            return self.register()
+        if not self._encodings_set:
             self._use_capabilities(self.store.state("capabilities") or {})
+        self.wire.device_token = self.store.state("device_token")
+        self._refresh_device_token()
         return device_id
+
+    def _refresh_device_token(self) -> None:
+        """Register again (idempotent) when the device token was not issued from the user's
+        current token: it was dropped (idle, expired), or the app has a new token (a new
+        territory: the device token carries the user's role and attributes). A user token the
+        server refuses (401) leaves the device token in use; that token is not tried again."""
+        fingerprint = self.wire.user_token_fingerprint()
+        if fingerprint in (self.store.state("device_token_for"), self._refresh_failed_for):
+            return
+        try:
+            self.register()
+        except ProtocolError as exc:
+            if exc.status != 401:
+                raise
+            self._refresh_failed_for = fingerprint
+
+    def _forget_device_token(self) -> None:
+        with self.store.transaction() as conn:
+            self.store.set_state(conn, device_token=None, device_token_for=None)
 
     def register(self, *, keep_id: str | None = None) -> str:
         """Register this install (idempotent on `install_id`, so a lost answer is harmless)."""
@@ -82,11 +105,14 @@ class SyncEngine:
                 body[key] = self.install_info[key]
         if keep_id is not None:
             body["device_id"] = keep_id
-        answer = self.wire.call("POST", "/devices", body)
+        answer = self.wire.call("POST", "/devices", body, user_token=True)   # a user registers a device
+        fingerprint = self.wire.user_token_fingerprint(self.wire.last_user_token)   # the token that got it
         capabilities = answer.get("capabilities") or {}
+        device_token = answer.get("device_token") if isinstance(answer.get("device_token"), str) else None
         with self.store.transaction() as conn:
             self.store.set_state(conn, device_id=answer["device_id"], user_id=answer.get("user_id"),
-                                 capabilities=capabilities)
+                                 capabilities=capabilities, device_token=device_token, device_token_for=fingerprint)
+        self.wire.device_token = device_token
         self._use_capabilities(capabilities)
         return answer["device_id"]
 

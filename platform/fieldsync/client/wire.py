@@ -2,7 +2,11 @@
 and problem answers turned into the SDK's errors (protocol §2.5).
 
 A token callable is asked on every request, and once more after a 401 before the request is
-repeated (a 401 is never a data error). 408, 429 and 5xx become `ServerUnavailable` (with `Retry-After` as `retry_after`),
+repeated (a 401 is never a data error). Once the device is registered the requests carry its
+device token instead (`device_token`, issued at registration and bound to the device), so sync
+goes on while the user's own token is idle or expired; a device token the server refuses
+(idle, expired) is dropped and the request repeated with the user's token, one refused with
+reason `revoked` raises `DeviceRevoked` (docs/access.md). 408, 429 and 5xx become `ServerUnavailable` (with `Retry-After` as `retry_after`),
 403 `device-revoked` `DeviceRevoked`, 409 `schema-too-new` `SchemaTooNew`; every other 4xx is
 a `ProtocolError` whose `name` the sync engine switches on (`sync-reset`, `unknown-device`, ...).
 """
@@ -10,6 +14,7 @@ a `ProtocolError` whose `name` the sync engine switches on (`sync-reset`, `unkno
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import time
 from typing import Any, Callable, Mapping
@@ -40,6 +45,14 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _problem_member(data: bytes, name: str) -> Any:
+    try:
+        document = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return document.get(name) if isinstance(document, dict) else None
+
+
 class Wire:
     """Requests to one server with one device's credentials."""
 
@@ -47,23 +60,44 @@ class Wire:
         self.transport = transport
         self._token_source = token
         self._device_version = device_version
+        self.device_token: str | None = None   # set by the sync engine from the store after registering
+        self.on_device_token_refused: Callable[[], None] | None = None
+        self.last_user_token: str | None = None   # the user token of the latest request that sent one
 
     def _token(self) -> str:
         # a callable is asked on every request, so a token the app renewed (a new territory,
         # a new role) is used at once; it should answer from the app's cache
         return self._token_source if isinstance(self._token_source, str) else self._token_source()
 
-    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """One request; the answer's JSON body, or the SDK error the answer means."""
+    def user_token_fingerprint(self, token: str | None = None) -> str:
+        """A short hash of `token` (default: the user's current one), to remember which user
+        token a device token was issued from without keeping the token."""
+        return hashlib.sha256((token if token is not None else self._token()).encode()).hexdigest()[:16]
+
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
+             user_token: bool = False) -> dict[str, Any]:
+        """One request; the answer's JSON body, or the SDK error the answer means.
+
+        `user_token` sends the user's token even when a device token is set (registration)."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         retried = False
         while True:
-            headers = {"Authorization": f"Bearer {self._token()}",
+            device_token = None if user_token else self.device_token
+            if device_token is None:
+                self.last_user_token = self._token()
+            headers = {"Authorization": f"Bearer {device_token or self.last_user_token}",
                        "Fieldsync-Protocol": str(PROTOCOL_VERSION), "Accept": "application/json"}
             if payload is not None:
                 headers["Content-Type"] = "application/json"
             status, answer_headers, data = self.transport.request(method, SYNC_PREFIX + path,
                                                                   headers=headers, body=payload)
+            if status == 401 and device_token is not None:
+                if _problem_member(data, "reason") == "revoked":
+                    raise DeviceRevoked("an administrator revoked this device; its token is refused")
+                self.device_token = None   # idle or expired: sync on with the user's token
+                if self.on_device_token_refused is not None:
+                    self.on_device_token_refused()
+                continue
             if status == 401 and not retried and not isinstance(self._token_source, str):
                 retried = True  # never a data error: ask for a fresh token, once
                 continue

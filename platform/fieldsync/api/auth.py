@@ -1,0 +1,139 @@
+"""Authenticating a request, shared by the entity API and the sync API (docs/access.md).
+
+In order: the rate limit (a client address, or the device a token claims, with too many recent
+failures gets 429 and Retry-After; its token is not even checked), the bearer token's signature,
+expiry and role (`fieldsync.auth.tokens`), then its session (`fieldsync.auth.sessions`: idle
+timeout, revocation). Each failure counts against the limiter and is audited (action "auth",
+outcome "failure", a reason code: never the token). A token's first use starts its session,
+audited with the session row in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, current_app, g, request
+
+from fieldsync.api.problems import Problem
+from fieldsync.auth.ratelimit import FailureLimiter
+from fieldsync.auth.sessions import SessionPolicy, Sessions, create_session_tables
+from fieldsync.auth.tokens import Principal, TokenError, unverified_claims, verify_token
+
+__all__ = ["audit_event", "authenticate_request", "install_auth", "record_audit", "refuse_device_token"]
+
+log = logging.getLogger("fieldsync.auth")
+
+
+def install_auth(app: Flask, *, clock=None) -> None:
+    """Give the app's state its session store and failure limiter (called by create_app).
+
+    `clock` returns seconds since the epoch (default time.time); tests inject one to move time.
+    """
+    import time
+
+    state = app.extensions["fieldsync"]
+    config = state.config
+    state.auth_clock = clock or time.time
+    create_session_tables(state.engine)
+    state.sessions = Sessions(state.engine, SessionPolicy.from_config(config), clock=state.auth_clock)
+    state.auth_limiter = FailureLimiter(int(config["AUTH_FAILURE_LIMIT"]), float(config["AUTH_FAILURE_WINDOW_SECONDS"]),
+                                        clock=state.auth_clock)
+
+
+# -- audit (fieldsync.security.audit; docs/access.md lists the events) ---------------------------
+
+def audit_event(**fields: Any):
+    """An AuditEvent, or None while the audit module is not installed."""
+    try:
+        from fieldsync.security.audit import AuditEvent
+    except ImportError:  # pragma: no cover - the audit module lands with the same issue
+        return None
+    return AuditEvent(**fields)
+
+
+def record_audit(event, conn=None) -> None:
+    """Append `event` (in the caller's transaction `conn`, else in its own); failures propagate:
+    the operation being audited fails with it (invariant 8)."""
+    audit = getattr(current_app.extensions["fieldsync"], "audit", None)
+    if event is None or audit is None:
+        return
+    if conn is not None:
+        audit.append(conn, event)
+    else:
+        audit.record(event)
+
+
+def _address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _refused(status_slug: str | None, reason: str, message: str, keys: list, channel: str,
+             principal: Principal | None = None) -> Problem:
+    """Count and audit a failed authentication; the 401 problem to raise."""
+    state = current_app.extensions["fieldsync"]
+    address = _address()
+    newly_blocked = state.auth_limiter.failed(keys)
+    detail: dict[str, Any] = {"event": "token_refused", "reason": reason, "source_ip": address,
+                              "endpoint": request.endpoint or request.path}
+    if principal is not None:   # the signature verified: who it was is known, and which token
+        detail["token_id"] = principal.token_id
+    try:
+        record_audit(audit_event(action="auth", outcome="failure", channel=channel,
+                                 actor=principal.user_id if principal else None,
+                                 role=principal.role if principal else None,
+                                 device=principal.device_id if principal else None, detail=detail))
+        if newly_blocked:
+            record_audit(audit_event(action="auth", outcome="denied", channel=channel, detail={
+                "event": "rate_limited", "source_ip": address, "limit": state.auth_limiter.limit,
+                "window_seconds": state.auth_limiter.window,
+                "keys": [f"{kind}:{value}" for kind, value in newly_blocked]}))
+    except Exception:
+        # the request is refused either way; an unaudited refusal is logged, never let through
+        log.exception("the audit log refused an authentication failure (reason %s)", reason)
+    headers = {"WWW-Authenticate": 'Bearer realm="fieldsync"' if reason == "missing" else
+               f'Bearer realm="fieldsync", error="invalid_token", error_description="{reason}"'}
+    return Problem(401, message, slug=status_slug, headers=headers, extra={"reason": reason})
+
+
+def authenticate_request(*, slug: str | None = None, channel: str = "rest") -> Principal:
+    """The Principal of the current request's bearer token, or a Problem (401, or 429).
+
+    `slug` is the problem type of a 401 (the sync API's `unauthenticated`; the entity API's
+    default `unauthorized`); `channel` is the audit channel of the request.
+    """
+    state = current_app.extensions["fieldsync"]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    keys: list[tuple[str, str]] = [("address", _address())]
+    claimed_device = unverified_claims(token).get("dev") if token else None
+    if isinstance(claimed_device, str) and claimed_device:
+        keys.append(("device", claimed_device[:64]))
+    wait = state.auth_limiter.retry_after(keys)
+    if wait is not None:
+        raise Problem(429, f"too many failed authentications from this client; retry after {wait} s",
+                      slug="too-many-requests", title="Too many requests",
+                      headers={"Retry-After": str(wait)}, extra={"retry_after": wait})
+    if scheme.lower() != "bearer" or not token:
+        raise _refused(slug, "missing", "send a bearer token in the Authorization header", keys, channel)
+    try:
+        snapshot = getattr(g, "snapshot", None)   # the blueprints pin one model per request
+        model = snapshot.model if snapshot is not None else state.model
+        principal = verify_token(state.secret, token, now=state.auth_clock(), roles=model.role_names)
+    except TokenError as exc:
+        raise _refused(slug, exc.reason, str(exc), keys, channel) from None
+    try:
+        state.sessions.admit(principal, on_start=lambda conn: record_audit(audit_event(
+            action="auth", channel=channel, actor=principal.user_id, role=principal.role, device=principal.device_id,
+            detail={"event": "session_start", "token_id": principal.token_id, "kind": principal.kind,
+                    "source_ip": _address()}), conn))
+    except TokenError as exc:
+        raise _refused(slug, exc.reason, str(exc), keys, channel, principal) from None
+    return principal
+
+
+def refuse_device_token(principal: Principal, what: str) -> None:
+    """403 when `principal` comes from a device token: those speak for one device's sync only."""
+    if principal.device_id is not None:
+        raise Problem(403, f"a device token cannot {what}; use the user's own token",
+                      slug="device-token-not-allowed", title="Device token not allowed here")

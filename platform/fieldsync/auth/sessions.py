@@ -1,0 +1,179 @@
+"""Token sessions: the idle timeout and revocation of bearer tokens (HIPAA 164.312(a)(2)(iii),
+automatic logoff; 164.312(d), authentication).
+
+A token's signature and expiry are checked statelessly (`fieldsync.auth.tokens`); this module
+adds the state that a signature cannot carry. `fs_sessions` has one row per token id (`jti`),
+written at the token's first use (a "session start") and holding when it was last used and
+whether it was revoked. A token unused for longer than its idle limit is refused with reason
+"idle" even before it expires; a token, or any token of a revoked device, is refused with
+reason "revoked". Issuing a token needs no database (`fieldsync token create` works offline):
+until its first use a token's last use is its issue time.
+
+Last use is written only when the stored value is `touch_every` seconds old or more (a minute
+by default), not on every request, so a busy token costs one primary-key read per request and
+one small write a minute. The price is that a token may be idled out up to `touch_every`
+seconds early (its stored last use lags the real one by at most that); never late.
+
+Every time is whole seconds since the epoch from an injected clock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import sqlalchemy as sa
+
+from fieldsync.auth.tokens import Principal, TokenError
+from fieldsync.errors import ConfigError, NotFound
+from fieldsync.store.engine import write_transaction
+from fieldsync.store.tables import PLATFORM_PREFIX
+from fieldsync.sync.tables import DEVICES
+
+__all__ = ["SESSIONS", "SessionPolicy", "Sessions", "create_session_tables", "revoke_device", "revoke_token"]
+
+sessions_metadata = sa.MetaData()
+
+SESSIONS = sa.Table(
+    PLATFORM_PREFIX + "sessions", sessions_metadata,
+    sa.Column("token_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(8), nullable=False),          # user | device | unknown (revoked unseen)
+    sa.Column("user_id", sa.String(128), nullable=True),
+    sa.Column("device_id", sa.String(36), nullable=True),
+    sa.Column("issued_at", sa.BigInteger, nullable=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),     # rows are swept a day after this
+    sa.Column("last_used_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+    sa.Column("revoked_by", sa.String(128), nullable=True),
+)
+
+DAY = 86400
+SWEEP_EVERY = 1000   # session starts between two sweeps of expired rows (per process)
+
+
+def create_session_tables(engine: sa.Engine) -> None:
+    """Create `fs_sessions` when missing (safe to run again, from several servers)."""
+    sessions_metadata.create_all(engine, checkfirst=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """Idle limits in seconds, per kind of token, and how stale a stored last use may get."""
+
+    user_idle: int = 900                # TOKEN_IDLE_SECONDS: HIPAA automatic logoff
+    device_idle: int = 14 * DAY         # DEVICE_TOKEN_IDLE_SECONDS: devices are offline for days
+    touch_every: int = 60
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "SessionPolicy":
+        policy = cls(user_idle=int(config.get("TOKEN_IDLE_SECONDS", cls.user_idle)),
+                     device_idle=int(config.get("DEVICE_TOKEN_IDLE_SECONDS", cls.device_idle)))
+        if policy.user_idle <= 0 or policy.device_idle <= 0:
+            raise ConfigError("TOKEN_IDLE_SECONDS and DEVICE_TOKEN_IDLE_SECONDS must be positive "
+                              f"(got {policy.user_idle} and {policy.device_idle})")
+        return policy
+
+    def idle_limit(self, principal: Principal) -> int:
+        return self.device_idle if principal.device_id is not None else self.user_idle
+
+
+# Called inside the write transaction that records a session start, e.g. to append its audit
+# entry there: if it raises, the session is not recorded and the request fails.
+OnStart = Callable[[sa.Connection], Any]
+
+
+class Sessions:
+    """The session check every authenticated request passes after its token verified."""
+
+    def __init__(self, engine: sa.Engine, policy: SessionPolicy | None = None, *,
+                 clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.policy = policy or SessionPolicy()
+        self.clock = clock
+        self._starts = 0
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def admit(self, principal: Principal, *, on_start: OnStart | None = None) -> bool:
+        """Refuse a revoked or idle token (TokenError "revoked" / "idle"); otherwise record its
+        use. True when this was the token's first use (a session started)."""
+        now = self.now()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(SESSIONS.c.last_used_at, SESSIONS.c.revoked_at)
+                               .where(SESSIONS.c.token_id == principal.token_id)).first()
+            device_status = None
+            if principal.device_id is not None:
+                device_status = conn.execute(sa.select(DEVICES.c.status)
+                                             .where(DEVICES.c.device_id == principal.device_id)).scalar()
+        if (row is not None and row.revoked_at is not None) or device_status == "revoked":
+            raise TokenError("revoked", "the token was revoked" if device_status != "revoked"
+                             else "the token's device was revoked by an administrator")
+        last_used = row.last_used_at if row is not None else principal.issued_at
+        limit = self.policy.idle_limit(principal)
+        if now - last_used > limit:
+            raise TokenError("idle", f"the token was unused for more than {limit} s; sign in again")
+        if row is None:
+            return self._start(principal, now, on_start)
+        if now - last_used >= self.policy.touch_every:
+            with write_transaction(self.engine) as conn:
+                conn.execute(SESSIONS.update().where(SESSIONS.c.token_id == principal.token_id,
+                                                     SESSIONS.c.last_used_at < now).values(last_used_at=now))
+        return False
+
+    def _start(self, principal: Principal, now: int, on_start: OnStart | None) -> bool:
+        with write_transaction(self.engine) as conn:
+            # a concurrent first use may have inserted it meanwhile: only one of them starts it
+            exists = conn.execute(sa.select(SESSIONS.c.revoked_at)
+                                  .where(SESSIONS.c.token_id == principal.token_id)).first()
+            if exists is not None:
+                if exists.revoked_at is not None:
+                    raise TokenError("revoked", "the token was revoked")
+                return False
+            conn.execute(SESSIONS.insert().values(
+                token_id=principal.token_id, kind=principal.kind, user_id=principal.user_id,
+                device_id=principal.device_id, issued_at=principal.issued_at, expires_at=principal.expires_at,
+                last_used_at=now))
+            if on_start is not None:
+                on_start(conn)
+        self._starts += 1
+        if self._starts % SWEEP_EVERY == 0:
+            self.sweep()
+        return True
+
+    def sweep(self) -> int:
+        """Delete the rows of tokens expired for a day (an expired token is refused anyway)."""
+        with write_transaction(self.engine) as conn:
+            return conn.execute(SESSIONS.delete().where(SESSIONS.c.expires_at < self.now() - DAY)).rowcount
+
+
+def revoke_token(conn: sa.Connection, token_id: str, *, by: str, now: int) -> bool:
+    """Revoke the token `token_id` from now on, inside the caller's write transaction.
+
+    A token never used yet is revoked too (a row is written for it). True when the token had
+    a session (it was used), False when it was unknown; revoking twice keeps the first time.
+    """
+    if not isinstance(token_id, str) or not token_id or len(token_id) > 64:
+        raise ValueError("a token id is a non-empty string of at most 64 characters")
+    known = conn.execute(sa.select(SESSIONS.c.revoked_at).where(SESSIONS.c.token_id == token_id)).first()
+    if known is None:
+        conn.execute(SESSIONS.insert().values(token_id=token_id, kind="unknown", last_used_at=now,
+                                              revoked_at=now, revoked_by=by))
+        return False
+    if known.revoked_at is None:
+        conn.execute(SESSIONS.update().where(SESSIONS.c.token_id == token_id)
+                     .values(revoked_at=now, revoked_by=by))
+    return True
+
+
+def revoke_device(conn: sa.Connection, device_id: str) -> Mapping[str, Any]:
+    """Mark `device_id` revoked inside the caller's write transaction: every token of the
+    device, issued or still to be, is refused from then on. Returns the device row as it was
+    before; NotFound when there is no such device."""
+    row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"no device {device_id}")
+    if row["status"] != "revoked":
+        conn.execute(DEVICES.update().where(DEVICES.c.device_id == device_id).values(status="revoked"))
+    return row
