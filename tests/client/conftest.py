@@ -319,3 +319,20 @@ def http_url(app):
     server.task_dispatcher.shutdown()
     for channel in list(server._map.values()):  # connections a test left open, the listener
         channel.close()
+
+
+# -- the encrypted device store ------------------------------------------------------------------
+
+@pytest.fixture
+def enrolled(tmp_path):
+    """`enrolled(name="device") -> (path, secret)`: a store path with the header `enroll()`
+    writes (without a server; a cheap PIN cost) and a random device secret."""
+    import os
+
+    from fieldsync.client.store_key import StoreHeader
+
+    def make(name: str = "device", scrypt_n: int = 1024) -> tuple[Path, bytes]:
+        path = tmp_path / f"{name}.db"
+        StoreHeader.new(f"device-{name}", f"install-{name}", scrypt_n=scrypt_n).write(path)
+        return path, os.urandom(32)
+    return make

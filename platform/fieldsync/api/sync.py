@@ -8,6 +8,7 @@ decompression, so a small bomb cannot inflate past the limit.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import json
@@ -275,6 +276,9 @@ def register():
     for name in ("platform", "app_version"):
         if body.get(name) is not None and (not isinstance(body[name], str) or len(body[name]) > 64):
             errors.append({"field": name, "reason": "must be a string of at most 64 characters"})
+    issue_secret = body.get("issue_secret", False)
+    if not isinstance(issue_secret, bool):
+        errors.append({"field": "issue_secret", "reason": "must be a boolean"})
     if errors:
         raise _malformed(errors)
     version = _schema_version(body, pull=False)
@@ -314,14 +318,36 @@ def register():
                                  device=row["device_id"], detail={"event": "device_token_issued", "token_id": token_id,
                                                                   "source_ip": request.remote_addr or "unknown"}),
                      conn)   # in the registration's transaction: no token without its audit entry
+        secret = _issue_device_secret(conn, row, principal, now) if issue_secret else None
     out = {"device_id": row["device_id"], "user_id": row["user_id"], "registered_at": _iso(row["registered_at"]),
            "schema_version": g.snapshot.model.schema_version, "capabilities": _capabilities()}
+    if secret is not None:
+        out["device_secret"] = base64.b64encode(secret).decode("ascii")
     ttl = int(state.config["DEVICE_TOKEN_TTL_SECONDS"])
     issued = int(state.auth_clock())
     out["device_token"] = issue_token(state.secret, principal.user_id, principal.role, principal.attributes, ttl=ttl,
                                       now=issued, device_id=row["device_id"], token_id=token_id)
     out["device_token_expires_at"] = format_datetime(dt.datetime.fromtimestamp(issued + ttl, dt.timezone.utc))
     return _json(out, status, {"Location": f"{request.script_root}/api/v1/sync/devices/{row['device_id']}"})
+
+
+def _issue_device_secret(conn: sa.Connection, row: Mapping[str, Any], principal: Principal, now) -> bytes:
+    """The device's store secret (docs/device-store.md), audited as a key operation in the
+    registration's transaction. Never for a revoked device."""
+    from fieldsync.security.keys import key_provider_from_config
+    from fieldsync.sync.device_secrets import DeviceSecrets
+
+    if row["status"] == "revoked":
+        raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
+    device_id = row["device_id"]
+    extensions = current_app.extensions
+    if "fieldsync_device_secrets" not in extensions:
+        extensions["fieldsync_device_secrets"] = DeviceSecrets(key_provider_from_config(_state().config))
+    secret, first = extensions["fieldsync_device_secrets"].issue(conn, device_id, now)
+    record_audit(audit_event(action="key", channel="rest", actor=principal.user_id, role=principal.role,
+                             device=device_id, detail={"event": "device_secret_issued" if first
+                                                       else "device_secret_reissued"}), conn)
+    return secret
 
 
 @blueprint.get("/devices")

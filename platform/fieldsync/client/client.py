@@ -69,7 +69,7 @@ class Client:
             return LocalStore(self._path)
         header = self._enrolled_header()
         try:
-            return LocalStore(self._path, key=header.derive(store_key))
+            store = LocalStore(self._path, key=header.derive(store_key))
         except WrongStoreKey:
             if header.pin and store_key.pin is None:
                 why = "the store is protected by a PIN and none was given"
@@ -79,6 +79,14 @@ class Client:
                 why = "a wrong device secret or PIN, or a damaged file"
             raise WrongStoreKey(self._path, f"the store at {self._path} does not open with this key ({why})") \
                 from None
+        # the key that opened the store says whether it has a PIN: a new store records it, and
+        # a crash between a rekey and its header update heals here
+        try:
+            self._record_pin(store_key)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def _enrolled_header(self) -> StoreHeader:
         if self._header is None:
@@ -118,11 +126,13 @@ class Client:
         a plain store is encrypted in place, its outbox and everything else kept. Safe while
         background sync runs: local work waits for the rekey. Afterwards only `store_key` opens
         the store."""
+        self._store.rekey(self._enrolled_header().derive(store_key))
+        self._record_pin(store_key)   # after the rekey: a crash in between leaves a stale hint only
+
+    def _record_pin(self, store_key: StoreKey) -> None:
         header = self._enrolled_header()
-        self._store.rekey(header.derive(store_key))
         pin = store_key.pin is not None
         if header.pin != pin:
-            # after the rekey: a crash in between leaves only a stale hint in the header
             self._header = header.with_pin(pin)
             self._header.write(self._path)
 

@@ -20,6 +20,7 @@ from fieldsync.client.store_key import KEY_BYTES, fsync_directory
 
 PLAIN_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT = 30
+EXCLUSIVE_WAIT = 5.0   # seconds an in-place encryption waits for another writer to finish
 
 Connection = sqlite3.Connection | sqlcipher.Connection
 
@@ -120,20 +121,33 @@ def encrypt_plain_store(path: str, key: bytes) -> None:
 
 
 def _export(path: str, target: str, key: bytes) -> None:
-    source = sqlcipher.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)   # no key: plain
+    source = sqlcipher.connect(path, isolation_level=None, timeout=EXCLUSIVE_WAIT)   # no key: plain
     try:
-        # everything into the main file first, so the -wal left behind is empty
+        version = int(source.execute("PRAGMA user_version").fetchone()[0])
+        # an exclusive lock, held until the connection closes: no other process writes the
+        # plain store while it is copied (the SDK itself keeps one connection per store)
+        source.execute("PRAGMA locking_mode = EXCLUSIVE")
+        source.execute("ATTACH DATABASE ? AS encrypted KEY ?", (target, key_literal(key)))
+        try:
+            try:
+                source.execute("BEGIN EXCLUSIVE")
+            except sqlcipher.OperationalError:
+                raise ClientError(f"the store at {path} is in use by another connection; close it "
+                                  "before encrypting") from None
+            try:
+                source.execute("SELECT sqlcipher_export('encrypted')")
+                source.execute(f"PRAGMA encrypted.user_version = {version}")
+                _check_copy(source, path)
+            except BaseException:
+                source.execute("ROLLBACK")
+                raise
+            source.execute("COMMIT")
+        finally:
+            source.execute("DETACH DATABASE encrypted")
+        # everything into the main file, so the -wal left behind is empty and can go
         busy, _, _ = source.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
             raise ClientError(f"the store at {path} is in use by another connection; close it before encrypting")
-        version = int(source.execute("PRAGMA user_version").fetchone()[0])
-        source.execute("ATTACH DATABASE ? AS encrypted KEY ?", (target, key_literal(key)))
-        try:
-            source.execute("SELECT sqlcipher_export('encrypted')")
-            source.execute(f"PRAGMA encrypted.user_version = {version}")
-            _check_copy(source, path)
-        finally:
-            source.execute("DETACH DATABASE encrypted")
     finally:
         source.close()
     wal = Path(f"{path}-wal")
