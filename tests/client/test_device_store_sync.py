@@ -5,6 +5,7 @@ delivers the writes it held."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import uuid
@@ -93,6 +94,16 @@ def test_enrol_then_a_full_sync_cycle_on_an_encrypted_store(app, settle, token, 
     again = enroll(path, WsgiTransport(app), bearer, schema=schema_document)
     assert (again.device_id, again.device_secret) == (enrollment.device_id, enrollment.device_secret)
     assert StoreHeader.read(path) == header            # the salt is part of the key: never rewritten
+    # both issues are key operations in the audit trail, which holds references only
+    audit = app.extensions["fieldsync"].audit
+    issued = [(e.detail.get("event"), e.actor, e.device) for e in audit.entries(actor="rep-asha")
+              if e.action == "key"]
+    assert issued == [("device_secret_issued", "rep-asha", enrollment.device_id),
+                      ("device_secret_reissued", "rep-asha", enrollment.device_id)]
+    with app.extensions["fieldsync"].engine.connect() as conn:
+        audit_rows = repr(conn.execute(sa.text("SELECT * FROM fs_audit_entries")).fetchall())
+    assert base64.b64encode(enrollment.device_secret).decode() not in audit_rows
+    assert enrollment.device_secret.hex() not in audit_rows
     with Client(path, WsgiTransport(app), bearer, store_key=again.store_key(pin="4826")) as reopened:
         assert reopened.get("prescription", rx_id)["patient_name"] == PATIENT
 
