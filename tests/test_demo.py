@@ -17,6 +17,10 @@ def test_demo_two_devices_converge(tmp_path):
     assert "shared data identical on both devices: yes" in text
     assert "credit_limit may not be set by your role" in text      # the quarantined change, with its reason
     assert "change(s) waiting in the outbox" in text
+    stores = sorted((tmp_path / "work").glob("*.db"))
+    assert [s.name for s in stores] == ["asha-phone.db", "kiran-tablet.db"]
+    for store in stores:   # the demo's device stores are encrypted (docs/device-store.md)
+        assert store.read_bytes()[:16] != b"SQLite format 3\x00"
 
 
 def test_devices_command_lists_what_the_demo_registered(tmp_path, capsys):

@@ -30,7 +30,7 @@ def _rows(client, entity: str) -> dict[str, dict]:
 def run_demo(config, *, url: str | None = None, workdir: str | None = None,
              out: Callable[[str], None] = print) -> bool:
     """Run the walkthrough; True when both devices converged with the server."""
-    from fieldsync.client import Client, HttpTransport, WsgiTransport
+    from fieldsync.client import Client, HttpTransport, WsgiTransport, enroll
 
     work = Path(workdir or tempfile.mkdtemp(prefix="fieldsync-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -54,11 +54,16 @@ def run_demo(config, *, url: str | None = None, workdir: str | None = None,
     def device(name: str, user: str):
         token = issue_token(secret, user, "field_rep", attributes if user != "rep-asha" else asha["attributes"])
         transport = WsgiTransport(app) if app is not None else HttpTransport(url)
-        return Client(work / f"{name}.db", transport, token, install_info={"platform": "demo", "app_version": "1.0"})
+        info = {"platform": "demo", "app_version": "1.0"}
+        # encrypted stores (docs/device-store.md): enrol once online; a real app keeps the
+        # device secret in the OS keystore, the demo in memory
+        enrollment = enroll(work / f"{name}.db", transport, token, install_info=info)
+        return Client(work / f"{name}.db", transport, token, install_info=info, store_key=enrollment.store_key())
 
     phone = device("asha-phone", "rep-asha")
     tablet = device("kiran-tablet", "rep-kiran")
     _say(out, "two devices: Asha's phone and Kiran's tablet, both field reps in Pune Central")
+    _say(out, "each store is encrypted (SQLCipher) with a key derived from the device secret issued at enrolment")
 
     def settle(*clients) -> None:
         # sync until every outbox is settled: the server applies pushes asynchronously
