@@ -182,7 +182,13 @@ def cmd_token_create(args) -> int:
             return 2
         attributes[key] = _attribute_value(attr, raw)
     ttl = args.ttl or int(config["TOKEN_TTL_SECONDS"])
-    print(_issue(config, args.user, args.role, attributes, ttl))
+    from fieldsync.auth.tokens import issue_token, new_token_id
+    token_id = new_token_id()
+    print(issue_token(config.secret_key(), user=args.user, role=args.role, attributes=attributes, ttl=ttl,
+                      token_id=token_id))
+    idle = int(config["TOKEN_IDLE_SECONDS"])
+    print(f"token id {token_id} (fieldsync token revoke {token_id}); refused after {idle} s unused, "
+          "counted from now", file=sys.stderr)
     return 0
 
 
@@ -460,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "devices", "list registered devices: last contact, cursor, pending and quarantined counts",
                  cmd_devices)
+    from fieldsync.auth.revoke_cli import add_device_revoke_command, add_token_revoke_command
+    add_device_revoke_command(p, _config, COMMANDS)   # fieldsync devices revoke <id> --reason
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--database-url", help="database URL")
     p.add_argument("--data-dir", help="data directory (default var/)")
@@ -529,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attr", action="append", metavar="KEY=VALUE",
                    help="a user attribute; lists are comma-separated (repeatable)")
     p.add_argument("--ttl", type=int, help="lifetime in seconds (default TOKEN_TTL_SECONDS)")
+    add_token_revoke_command(token_sub, _config, COMMANDS)   # fieldsync token revoke <token id>
     return parser
 
 

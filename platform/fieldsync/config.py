@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "PORT": 8000,
     "TLS_CERT": None,                  # serve HTTPS with this PEM certificate chain (with TLS_KEY)
     "TLS_KEY": None,                   # the PEM private key of TLS_CERT (keep it mode 0600)
+    "BEHIND_TLS_PROXY": False,         # serve plain HTTP beyond loopback: a proxy in front terminates TLS
 }
 
 ENV_PREFIX = "FIELDSYNC_"

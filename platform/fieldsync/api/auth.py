@@ -11,14 +11,17 @@ audited with the session row in one transaction.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask, current_app, g, request
 
 from fieldsync.api.problems import Problem
 from fieldsync.auth.ratelimit import FailureLimiter
 from fieldsync.auth.sessions import SessionPolicy, Sessions, create_session_tables
 from fieldsync.auth.tokens import Principal, TokenError, unverified_claims, verify_token
+from fieldsync.security.audit import AuditEvent
 
 __all__ = ["audit_event", "authenticate_request", "install_auth", "record_audit", "refuse_device_token"]
 
@@ -30,8 +33,6 @@ def install_auth(app: Flask, *, clock=None) -> None:
 
     `clock` returns seconds since the epoch (default time.time); tests inject one to move time.
     """
-    import time
-
     state = app.extensions["fieldsync"]
     config = state.config
     state.auth_clock = clock or time.time
@@ -43,21 +44,15 @@ def install_auth(app: Flask, *, clock=None) -> None:
 
 # -- audit (fieldsync.security.audit; docs/access.md lists the events) ---------------------------
 
-def audit_event(**fields: Any):
-    """An AuditEvent, or None while the audit module is not installed."""
-    try:
-        from fieldsync.security.audit import AuditEvent
-    except ImportError:  # pragma: no cover - the audit module lands with the same issue
-        return None
+def audit_event(**fields: Any) -> AuditEvent:
+    """An AuditEvent (references only: never a token, a secret or a PHI value)."""
     return AuditEvent(**fields)
 
 
-def record_audit(event, conn=None) -> None:
-    """Append `event` (in the caller's transaction `conn`, else in its own); failures propagate:
-    the operation being audited fails with it (invariant 8)."""
-    audit = getattr(current_app.extensions["fieldsync"], "audit", None)
-    if event is None or audit is None:
-        return
+def record_audit(event: AuditEvent, conn: sa.Connection | None = None) -> None:
+    """Append `event` (in the caller's transaction `conn`, else in its own); AuditUnavailable
+    propagates: the operation being audited fails with it (invariant 8)."""
+    audit = current_app.extensions["fieldsync"].audit
     if conn is not None:
         audit.append(conn, event)
     else:

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from fieldsync.api.problems import Problem
 from fieldsync.api.auth import audit_event, authenticate_request, record_audit, refuse_device_token
-from fieldsync.auth.sessions import revoke_device as mark_device_revoked
+from fieldsync.auth.revocation import REASON_MAX as REVOKE_REASON_MAX, revoke_device
 from fieldsync.auth.tokens import Principal, issue_token, new_token_id
 from fieldsync.codegen.device_schema import device_schema, device_schema_json
 from fieldsync.errors import NotFound
@@ -48,7 +48,6 @@ blueprint = Blueprint("fieldsync_sync", __name__)
 NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
 AUDIT_CHANNELS = {"fieldsync_sync.push": "push", "fieldsync_sync.pull": "pull",
                   "fieldsync_sync.list_devices": "admin", "fieldsync_sync.revoke": "admin"}
-REVOKE_REASON_MAX = 500
 
 
 def _state():
@@ -389,16 +388,12 @@ def revoke(device_id: str):
         raise _malformed([{"field": "reason", "reason": f"is required: why the device is revoked "
                                                         f"(1 to {REVOKE_REASON_MAX} characters)"}])
     state = _state()
-    with write_transaction(state.engine) as conn:
-        try:
-            before = mark_device_revoked(conn, device_id)
-        except NotFound:
-            raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}") from None
-        if before["status"] != "revoked":
-            record_audit(audit_event(action="admin", channel="admin", actor=principal.user_id, role=principal.role,
-                                     device=device_id, reason=reason.strip(),
-                                     detail={"event": "device_revoked", "device_user": before["user_id"],
-                                             "source_ip": request.remote_addr or "unknown"}), conn)
+    try:
+        before = revoke_device(state.engine, state.audit, device_id, reason=reason, actor=principal.user_id,
+                               role=principal.role, detail={"source_ip": request.remote_addr or "unknown"})
+    except NotFound:
+        raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}") from None
+    with state.engine.connect() as conn:
         row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().one()
         return _json({**_device_status(conn, row), "already_revoked": before["status"] == "revoked"})
 

@@ -26,12 +26,12 @@ from typing import Any, Callable, Mapping
 import sqlalchemy as sa
 
 from fieldsync.auth.tokens import Principal, TokenError
-from fieldsync.errors import ConfigError, NotFound
+from fieldsync.errors import ConfigError
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.sync.tables import DEVICES
 
-__all__ = ["SESSIONS", "SessionPolicy", "Sessions", "create_session_tables", "revoke_device", "revoke_token"]
+__all__ = ["SESSIONS", "SessionPolicy", "Sessions", "create_session_tables"]
 
 sessions_metadata = sa.MetaData()
 
@@ -147,33 +147,3 @@ class Sessions:
         with write_transaction(self.engine) as conn:
             return conn.execute(SESSIONS.delete().where(SESSIONS.c.expires_at < self.now() - DAY)).rowcount
 
-
-def revoke_token(conn: sa.Connection, token_id: str, *, by: str, now: int) -> bool:
-    """Revoke the token `token_id` from now on, inside the caller's write transaction.
-
-    A token never used yet is revoked too (a row is written for it). True when the token had
-    a session (it was used), False when it was unknown; revoking twice keeps the first time.
-    """
-    if not isinstance(token_id, str) or not token_id or len(token_id) > 64:
-        raise ValueError("a token id is a non-empty string of at most 64 characters")
-    known = conn.execute(sa.select(SESSIONS.c.revoked_at).where(SESSIONS.c.token_id == token_id)).first()
-    if known is None:
-        conn.execute(SESSIONS.insert().values(token_id=token_id, kind="unknown", last_used_at=now,
-                                              revoked_at=now, revoked_by=by))
-        return False
-    if known.revoked_at is None:
-        conn.execute(SESSIONS.update().where(SESSIONS.c.token_id == token_id)
-                     .values(revoked_at=now, revoked_by=by))
-    return True
-
-
-def revoke_device(conn: sa.Connection, device_id: str) -> Mapping[str, Any]:
-    """Mark `device_id` revoked inside the caller's write transaction: every token of the
-    device, issued or still to be, is refused from then on. Returns the device row as it was
-    before; NotFound when there is no such device."""
-    row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no device {device_id}")
-    if row["status"] != "revoked":
-        conn.execute(DEVICES.update().where(DEVICES.c.device_id == device_id).values(status="revoked"))
-    return row

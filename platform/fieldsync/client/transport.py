@@ -10,19 +10,28 @@ Compression (protocol §2.3): request bodies over 1 KiB are sent with gzip, or z
 `zstandard` module is importable and the server listed it in its capabilities; a 415 answer
 makes the transport resend with gzip and remember. Responses are asked for with
 `Accept-Encoding` and decompressed here.
+
+TLS: `HttpTransport` verifies the server's certificate against the system's CAs (or `ca_file`)
+and its hostname, always; with `pins` it also requires the certificate's public key to be one
+of the pinned keys (client/pinning.py), checked after the handshake and before any request is
+written. Plain `http://` is refused unless the host is this machine (loopback) or the app says
+`allow_insecure=True` (development against another machine).
 """
 
 from __future__ import annotations
 
 import gzip
 import http.client
+import ipaddress
+import os
 import socket
 import ssl
 import threading
 import urllib.parse
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from fieldsync.client.errors import TransportError
+from fieldsync.client.pinning import check_pin, normalise_pins
 
 try:  # optional: zstd only when the module is installed
     import zstandard
@@ -111,14 +120,33 @@ class CompressingTransport:
         raise NotImplementedError
 
 
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1); names are not resolved
+    (a DNS answer is no proof that traffic stays on this machine)."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpTransport(CompressingTransport):
     """HTTP(S) to a fieldsync server over one kept-alive `http.client` connection.
 
     `timeout` is (connect, read) in seconds. One request at a time per transport (the client
     never has two in flight: protocol §4.4).
+
+    TLS: `ca_file` (PEM) replaces the system CAs, or `ssl_context` replaces the whole context
+    (it must verify certificates and hostnames). `pins`: SPKI SHA-256 pins (`sha256/<base64>`,
+    the server key's and a backup key's); a server presenting another key is refused with
+    PinMismatch before anything is sent. `allow_insecure=True` permits plain `http://` to a
+    host that is not this machine (development only).
     """
 
     def __init__(self, base_url: str, *, ssl_context: ssl.SSLContext | None = None,
+                 ca_file: str | os.PathLike[str] | None = None, pins: Sequence[str] | None = None,
+                 allow_insecure: bool = False,
                  timeout: float | tuple[float, float] = (10, 120), compress: bool = True):
         super().__init__(compress=compress)
         parts = urllib.parse.urlsplit(base_url)
@@ -128,7 +156,23 @@ class HttpTransport(CompressingTransport):
         self.host = parts.hostname
         self.port = parts.port
         self.prefix = parts.path.rstrip("/")
+        if self.scheme == "http":
+            if pins is not None or ca_file is not None or ssl_context is not None:
+                raise ValueError(f"{base_url}: pins, ca_file and ssl_context need an https:// URL")
+            if not allow_insecure and not is_loopback(self.host):
+                raise ValueError(f"{base_url}: plain http to {self.host} would send tokens and PHI unencrypted; "
+                                 "use https://, or allow_insecure=True for development")
+        if ssl_context is not None and ca_file is not None:
+            raise ValueError("give ca_file or ssl_context, not both (load the CA into the context)")
+        if ssl_context is not None and (ssl_context.verify_mode != ssl.CERT_REQUIRED
+                                        or not ssl_context.check_hostname):
+            raise ValueError("ssl_context must verify the server's certificate and hostname "
+                             "(CERT_REQUIRED, check_hostname=True); pins come on top of that, not instead")
+        if self.scheme == "https" and ssl_context is None:
+            ssl_context = ssl.create_default_context(cafile=os.fspath(ca_file) if ca_file is not None else None)
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.ssl_context = ssl_context
+        self.pins = normalise_pins(pins) if pins is not None else None
         self.connect_timeout, self.read_timeout = (timeout, timeout) if isinstance(timeout, (int, float)) else timeout
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -144,13 +188,19 @@ class HttpTransport(CompressingTransport):
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.scheme == "https":
-            context = self.ssl_context or ssl.create_default_context()
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.connect_timeout, context=context)
+                self.host, self.port, timeout=self.connect_timeout, context=self.ssl_context)
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
-        conn.connect()
+        conn.connect()   # TCP, and for https the handshake: CA and hostname verified here
         assert conn.sock is not None
+        if self.pins is not None:
+            # pinning: before the first byte of a request (a push holds PHI) goes out
+            try:
+                check_pin(conn.sock.getpeercert(binary_form=True), self.host, self.pins)
+            except BaseException:
+                conn.close()
+                raise
         conn.sock.settimeout(self.read_timeout)
         return conn
 
@@ -175,6 +225,10 @@ class HttpTransport(CompressingTransport):
                     if reused and attempt == 1:
                         continue
                     raise TransportError(f"{method} {path}: connection lost: {exc}") from exc
+                except ssl.SSLCertVerificationError as exc:
+                    self._drop()
+                    raise TransportError(f"{method} {path}: the TLS certificate of {self.host} does not verify "
+                                         f"({exc.verify_message or exc})") from exc
                 except (OSError, http.client.HTTPException, socket.timeout) as exc:
                     self._drop()
                     raise TransportError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
