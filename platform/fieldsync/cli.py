@@ -106,21 +106,58 @@ def cmd_serve(args) -> int:
     from fieldsync.api import create_app
     config = _config(args)
     host = args.host or config["HOST"]
-    port = args.port or int(config["PORT"])
+    port = args.port if args.port is not None else int(config["PORT"])
+    tls = _tls_files(args, config)  # a certificate that does not load stops here, before anything starts
+    behind_tls_proxy = bool(args.behind_tls_proxy or config.get("BEHIND_TLS_PROXY"))
+    if tls is None:
+        from fieldsync.api.https_server import check_plain_http_allowed
+        check_plain_http_allowed(host, behind_tls_proxy=behind_tls_proxy)
     app = create_app(config)
-    _serve(app, host, port)
+    _serve(app, host, port, tls=tls, behind_tls_proxy=behind_tls_proxy)
     return 0
 
 
-def _serve(app, host: str, port: int) -> None:
-    import waitress
+def _tls_files(args, config) -> tuple[str, str] | None:
+    """(certificate, key) from --tls-cert/--tls-key or TLS_CERT/TLS_KEY, checked to load; None: plain HTTP."""
+    from fieldsync.api.https_server import server_tls_context
+    from fieldsync.errors import ConfigError
+    cert = getattr(args, "tls_cert", None) or config.get("TLS_CERT")
+    key = getattr(args, "tls_key", None) or config.get("TLS_KEY")
+    if bool(cert) != bool(key):
+        raise ConfigError("TLS needs a certificate and its key together: --tls-cert FILE --tls-key FILE "
+                          f"(TLS_CERT, TLS_KEY); only the {'certificate' if cert else 'key'} was given")
+    if not cert:
+        return None
+    server_tls_context(cert, key)
+    return str(cert), str(key)
+
+
+def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, behind_tls_proxy: bool = False) -> None:
+    from fieldsync.api.https_server import check_plain_http_allowed, is_loopback_address, make_https_server
+    if tls is None:
+        check_plain_http_allowed(host, behind_tls_proxy=behind_tls_proxy)
     # bind first, then say so: whoever reads "serving on" may connect at once
     state = app.extensions["fieldsync"]
     state.sync.start()  # apply batches received before a restart
     if state.sync.listeners > 0:
         state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
+    if tls is not None:
+        server = make_https_server(app, host, port, *tls, threads=8)
+        server.prepare()
+        print(f"fieldsync serving on https://{host}:{server.bind_addr[1]}/api/v1  (TLS; Ctrl-C stops)", flush=True)
+        try:
+            server.serve()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C: stop and exit 0, as waitress does
+        finally:
+            server.stop()
+        return
+    import waitress
     server = waitress.create_server(app, host=host, port=port, threads=8, ident="fieldsync")
+    if not is_loopback_address(host):
+        print(f"WARNING: plain HTTP on {host or 'every interface'}:{port}; only the TLS proxy in front "
+              "(--behind-tls-proxy) may reach this port", file=sys.stderr, flush=True)
     print(f"fieldsync serving on http://{host}:{port}/api/v1  (Ctrl-C stops)", flush=True)
     server.run()
 
@@ -137,11 +174,13 @@ def cmd_seed(args) -> int:
 def cmd_run(args) -> int:
     """make run: the embedded defaults, the example definitions and seed data, demo tokens."""
     from fieldsync.api import create_app
+    from fieldsync.api.https_server import check_plain_http_allowed
     from fieldsync.seed import DEMO_USERS, load_seed
     config = _config(args)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     host = args.host or config["HOST"]
     port = args.port or int(config["PORT"])
+    check_plain_http_allowed(host, behind_tls_proxy=bool(config.get("BEHIND_TLS_PROXY")))  # before anything starts
+    config.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(config)          # creates/migrates the tables
     counts = load_seed(config, Path(args.seed))
     base = f"http://{host}:{port}/api/v1"
@@ -155,13 +194,35 @@ def cmd_run(args) -> int:
     print("try:")
     print(f"  curl -H 'Authorization: Bearer {tokens['field_rep']}' {base}/retailer")
     print(f"  curl {base}/openapi.json")
-    _serve(app, host, port)
+    _serve(app, host, port, behind_tls_proxy=bool(config.get("BEHIND_TLS_PROXY")))  # development: plain HTTP
     return 0
 
 
 def _issue(config, user: str, role: str, attributes: dict, ttl: int) -> str:
     from fieldsync.auth import issue_token
     return issue_token(config.secret_key(), user=user, role=role, attributes=attributes, ttl=ttl)
+
+
+def cmd_tls_dev_cert(args) -> int:
+    from fieldsync.security.devcert import DEFAULT_HOSTS, make_dev_certificates
+    directory = Path(args.dir) if args.dir else _config(args).data_dir / "tls"
+    made = make_dev_certificates(directory, args.hosts or DEFAULT_HOSTS, force=args.force)
+    pins = ", ".join(f'"{pin}"' for pin in made.pins)
+    print(f"development CA        {made.ca_file}   (the SDK trusts it: ca_file=)")
+    print(f"server certificate    {made.cert_file}   for {', '.join(made.hosts)} (90 days)")
+    print(f"server key            {made.key_file}   (mode 0600)")
+    print(f"backup key            {made.backup_key_file}   (mode 0600; in no certificate yet)")
+    print("pins (SPKI SHA-256 of the public keys; give the app both):")
+    print(f"  {made.server_pin}   server.key (in use)")
+    print(f"  {made.backup_pin}   backup.key (the next certificate's key: rotate without breaking devices)")
+    print("serve:")
+    print(f"  fieldsync serve --tls-cert {made.cert_file} --tls-key {made.key_file}")
+    print("SDK:")
+    host = f"[{made.hosts[0]}]" if ":" in made.hosts[0] else made.hosts[0]
+    print(f'  HttpTransport("https://{host}:8000", ca_file="{made.ca_file}",')
+    print(f"                pins=[{pins}])")
+    print("for development only: production certificates come from your CA, its keys from your own process")
+    return 0
 
 
 def cmd_token_create(args) -> int:
@@ -459,6 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="data directory (default var/)")
         if name == "run":
             p.add_argument("--seed", default="examples/seed", help="seed data directory")
+        else:
+            p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate chain "
+                                                               "(default TLS_CERT)")
+            p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (default TLS_KEY)")
+            p.add_argument("--behind-tls-proxy", action="store_true",
+                           help="plain HTTP on a non-loopback address, because a proxy in front terminates TLS")
 
     p = _command(sub, "seed", "load the master seed data (records already present are kept)", cmd_seed)
     p.add_argument("dir", nargs="?", default="examples/seed", help="seed directory")
@@ -526,6 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--id", dest="ids", action="append", metavar="ID", help="a message id (repeatable)")
             p.add_argument("--all", action="store_true", help="every dead letter")
         p.add_argument("--data-dir", help="data directory (default var/)")
+
+    tls = _command(sub, "tls", "TLS for development: certificates and pins", lambda args: tls.print_help() or 2)
+    tls_sub = tls.add_subparsers(dest="tls_command", metavar="ACTION")
+    help_text = "write a development CA, a server certificate and a backup key; print their pins"
+    COMMANDS["tls dev-cert"] = help_text
+    p = tls_sub.add_parser("dev-cert", help=help_text, description=help_text)
+    p.set_defaults(handler=cmd_tls_dev_cert)
+    p.add_argument("--dir", help="where the files go (default <DATA_DIR>/tls, var/tls)")
+    p.add_argument("--host", dest="hosts", action="append", metavar="NAME",
+                   help="a DNS name or IP address of the server (repeatable; default localhost, 127.0.0.1, ::1)")
+    p.add_argument("--force", action="store_true", help="replace the files of an earlier run")
+    p.add_argument("--data-dir", help="data directory (default var/)")
 
     token = _command(sub, "token", "issue signed bearer tokens", lambda args: token.print_help() or 2)
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION")
