@@ -142,6 +142,9 @@ def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, beh
     if state.sync.listeners > 0:
         state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
+    from fieldsync.security.rotation import KeyMaintenance
+    KeyMaintenance(lambda: state.store, state.crypto,   # finishes re-encryption after `keys rotate`
+                   interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300))).start()
     if tls is not None:
         server = make_https_server(app, host, port, *tls, threads=8)
         server.prepare()
@@ -617,6 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a user attribute; lists are comma-separated (repeatable)")
     p.add_argument("--ttl", type=int, help="lifetime in seconds (default TOKEN_TTL_SECONDS)")
     add_token_revoke_command(token_sub, _config, COMMANDS)   # fieldsync token revoke <token id>
+
+    from fieldsync.security.audit_cli import add_audit_commands
+    add_audit_commands(sub, _command, _config, COMMANDS)   # fieldsync audit verify|export|checkpoint|purge|public-key
+    from fieldsync.security.keys_cli import add_keys_commands
+    add_keys_commands(sub, _command, _config, COMMANDS)    # fieldsync keys list|rotate|reencrypt|shred
     return parser
 
 

@@ -37,12 +37,18 @@ DEFAULTS: dict[str, Any] = {
     "KEYS_DIR": None,                  # None: <DATA_DIR>/keys (mode 0700; master.key 0600)
     "KMS_KEY_ID": None,                # KEY_PROVIDER=kms: the KMS key (id, key ARN, alias name or alias ARN)
     "KMS_ENDPOINT_URL": None,          # KEY_PROVIDER=kms: another endpoint (None: AWS_ENDPOINT_URL[_KMS], else AWS)
+    "KEY_CACHE_SECONDS": 5,            # unwrapped data keys are cached this long; rotations and shreds reach every server within it
+    "KEY_RETIRE_GRACE_SECONDS": None,  # None: KEY_CACHE_SECONDS + 120; a retired key is destroyed no sooner
+    "KEY_MAINTENANCE_SECONDS": 300,    # the server re-encrypts values under retired keys this often
     "SYNC_LISTENERS": 2,               # threads applying pushed batches; 0: this process only receives
     "SYNC_VISIBILITY_TIMEOUT": 60,     # seconds a claimed batch stays hidden; a dead worker's comes back after it
     "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
     "SYNC_MAX_PULL_LIMIT": 10000,      # changes per pull page
     "RETENTION_DAYS": 90,              # change log and tombstones; older devices get a typed reset
     "PROCESSING_LOG_DAYS": 14,         # days of fs_processing_log kept (one row per handled push batch)
+    "AUDIT_RETENTION_DAYS": 2192,      # audit entries kept (6 years, HIPAA 164.316(b)(2)); `fieldsync audit purge`
+    "AUDIT_CHECKPOINT_EVERY": 1000,    # sign an Ed25519 checkpoint every this many audit entries (0: only on demand)
+    "AUDIT_SIGNING_KEY": None,         # None: <KEYS_DIR>/audit-signing.key (Ed25519, mode 0600, created on first use)
     "HOST": "127.0.0.1",
     "PORT": 8000,
     "TLS_CERT": None,                  # serve HTTPS with this PEM certificate chain (with TLS_KEY)

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from fieldsync.codegen.openapi import PROBLEM_MEDIA_TYPE, problem_type
 from fieldsync.defs.values import FieldProblem
+from fieldsync.security.fields import IntegrityFailure
 
 log = logging.getLogger("fieldsync.api")
 
@@ -80,6 +81,13 @@ def register_error_handlers(app: Flask) -> None:
             413: "the request body is larger than this server accepts",
         }.get(status, exc.description or "")
         return problem_response(Problem(status, detail, headers=headers))
+
+    @app.errorhandler(IntegrityFailure)
+    def _integrity(exc: IntegrityFailure):
+        # a stored ciphertext that does not decrypt: altered at rest, or moved between rows or
+        # fields (the message names entity, field and record, never a value)
+        log.error("integrity check failed on %s %s: %s", request.method, request.path, exc)
+        return problem_response(Problem(500, str(exc), slug="integrity-failure", title="Stored data failed its integrity check"))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -102,12 +102,15 @@ class KeyRing:
     """The data keys of one database, wrapped by `provider`."""
 
     def __init__(self, engine: sa.Engine, provider: KeyProvider, *, provider_name: str = "local",
-                 cache_seconds: float = 5.0, clock: Callable[[], dt.datetime] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 cache_seconds: float = 5.0, retire_grace_seconds: float | None = None,
+                 clock: Callable[[], dt.datetime] | None = None, monotonic: Callable[[], float] = time.monotonic):
         self.engine = engine
         self.provider = provider
         self.provider_name = provider_name
         self.cache_seconds = cache_seconds
+        # how long after its retirement a key may still be used for a write somewhere: a
+        # process's cache, plus a write transaction that loaded the key just before it expired
+        self.retire_grace_seconds = cache_seconds + 120.0 if retire_grace_seconds is None else retire_grace_seconds
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.monotonic = monotonic
         self._lock = threading.RLock()
@@ -352,6 +355,8 @@ def crypto_from_config(config, engine: sa.Engine, *, model=None, clock=None):
     keyring = KeyRing(engine, key_provider_from_config(config),
                       provider_name=str(config.get("KEY_PROVIDER") or "local"),
                       cache_seconds=float(config.get("KEY_CACHE_SECONDS", 5.0)),
+                      retire_grace_seconds=(float(config["KEY_RETIRE_GRACE_SECONDS"])
+                                            if config.get("KEY_RETIRE_GRACE_SECONDS") is not None else None),
                       clock=clock)
     if model is not None:
         prepare_keys(keyring, model)

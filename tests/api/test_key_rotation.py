@@ -1,0 +1,258 @@
+"""Key rotation and re-encryption under live traffic, the keys CLI, and the codec's round trip
+(hypothesis). Rotation loses no readable value; retired keys are destroyed only once nothing
+uses them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fieldsync.api import create_app
+from fieldsync.auth import issue_token
+from fieldsync.security.fields import FieldCrypto, IntegrityFailure, ciphertext_key_id
+from fieldsync.security.keyring import KeyRing, create_key_tables, prepare_keys
+from fieldsync.security.keys import LocalKeyProvider
+from fieldsync.security.rotation import reencrypt, rotate
+from fieldsync.store.changelog import CHANGES_TABLE, decode_row
+from fieldsync.store.engine import make_engine
+
+SECRET = "test-secret-key"
+
+
+class Api:
+    """A test client signing requests as one user (like tests/api/conftest.py's)."""
+
+    def __init__(self, app, user="admin-1", role="admin", **attributes):
+        import time
+        self.app = app
+        self.client = app.test_client()
+        self.token = issue_token(SECRET, user, role, attributes, ttl=3600, now=time.time())
+
+    def as_user(self, user, role, **attributes) -> "Api":
+        return Api(self.app, user, role, **attributes)
+
+    def request(self, method, path, *, json=None):
+        return self.client.open("/api/v1" + path, method=method, json=json,
+                                headers={"Authorization": f"Bearer {self.token}"})
+
+    def ok(self, method, path, json=None):
+        r = self.request(method, path, json=json)
+        assert r.status_code == (201 if method == "POST" else 200), (r.status_code, r.get_json())
+        return r.get_json()
+
+
+@pytest.fixture
+def fast_app(db_url, example_model, tmp_path):
+    """An app whose key cache and retirement grace are zero, so a rotation is seen at once."""
+    app = create_app({"DATABASE_URL": db_url, "SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
+                      "KEY_CACHE_SECONDS": 0, "KEY_RETIRE_GRACE_SECONDS": 0}, model=example_model)
+    yield app
+    app.extensions["fieldsync"].engine.dispose()
+
+
+def _world(api):
+    territory = api.ok("POST", "/territory", {"code": "N-1", "name": "North", "region": "north"})
+    retailer = api.ok("POST", "/retailer", {"name": "Shop N", "territory_id": territory["id"]})
+    product = api.ok("POST", "/product", {"sku": "PILL", "name": "Pill", "category": "pharma", "unit_price": "2.50"})
+    return territory, retailer, product
+
+
+def _body(world, n, patient):
+    territory, retailer, product = world
+    return {"retailer_id": retailer["id"], "territory_id": territory["id"], "patient_id": patient,
+            "patient_name": f"Patient {n}", "patient_dob": "1970-01-02", "diagnosis": f"Condition number {n}",
+            "product_id": product["id"], "prescribed_at": "2026-11-20T10:00:00Z"}
+
+
+def _kids_in_use(engine) -> set[str]:
+    with engine.connect() as conn:
+        kids = set()
+        for row in conn.execute(sa.text("select patient_id, patient_name, patient_dob, diagnosis from prescription")):
+            kids.update(ciphertext_key_id(v) for v in row if v is not None)
+        for row, prev in conn.execute(sa.text(f"select row, prev from {CHANGES_TABLE} where entity = 'prescription'")):
+            for text in (row, prev):
+                if text:
+                    data = json.loads(text)
+                    kids.update(ciphertext_key_id(data[f]) for f in ("patient_id", "patient_name", "patient_dob",
+                                                                     "diagnosis") if data.get(f) is not None)
+    return kids
+
+
+def test_rotation_under_live_traffic_loses_nothing(fast_app, example_model):
+    state = fast_app.extensions["fieldsync"]
+    admin = Api(fast_app)
+    world = _world(admin)
+    rep = admin.as_user("rep-1", "field_rep", territory_ids=[])
+    patients = [str(uuid.uuid4()) for _ in range(4)]
+    written: dict[str, dict] = {}
+    for n in range(12):
+        rec = rep.ok("POST", "/prescription", _body(world, n, patients[n % 4]))
+        written[rec["id"]] = rec
+    before = {r["kid"] for r in state.crypto.keyring.describe() if r["state"] == "active"}
+
+    stop = threading.Event()
+    progress = threading.Condition()
+    count = [0]
+    failures: list = []
+
+    def writer():
+        client = Api(fast_app, "rep-1", "field_rep", territory_ids=[])
+        n = 100
+        while not stop.is_set():
+            try:
+                rec = client.ok("POST", "/prescription", _body(world, n, patients[n % 4]))
+                if n % 3 == 0:   # updates of older records too
+                    old = next(iter(written))
+                    client.request("GET", f"/prescription/{old}")
+            except AssertionError as exc:   # reported to the main thread
+                failures.append(exc)
+                return
+            with progress:
+                written[rec["id"]] = rec
+                count[0] += 1
+                progress.notify_all()
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with progress:
+            assert progress.wait_for(lambda: count[0] >= 3, timeout=60)
+        rotated = rotate(state.crypto, state.model, "prescription")
+        assert {old for _s, old, _n in rotated} >= before & {old for _s, old, _n in rotated}
+        with progress:
+            target = count[0] + 5
+            assert progress.wait_for(lambda: count[0] >= target or failures, timeout=60)
+        reencrypt(state.store, state.crypto, entity="prescription")   # while the writer goes on
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not failures, failures
+    report = reencrypt(state.store, state.crypto, entity="prescription")
+    keys = list(state.crypto.keyring.describe())
+    assert not [k for k in keys if k["state"] == "retired"], report.summary()
+    destroyed = {k["kid"] for k in keys if k["state"] == "destroyed"}
+    assert destroyed >= {old for _s, old, _n in rotated if old}
+    assert not _kids_in_use(state.engine) & destroyed
+    # every value written before, during and after the rotation reads back exactly
+    compliance = admin.as_user("officer-1", "compliance")
+    for record_id, rec in written.items():
+        got = compliance.ok("GET", f"/prescription/{record_id}")
+        assert {k: got[k] for k in ("patient_id", "patient_name", "patient_dob", "diagnosis")} == \
+               {k: rec[k] for k in ("patient_id", "patient_name", "patient_dob", "diagnosis")}
+    # and the change log, which devices pull from, decodes under the new keys
+    entity = state.model.entity("prescription")
+    with state.engine.connect() as conn:
+        for (row,) in conn.execute(sa.text(f"select row from {CHANGES_TABLE} where entity = 'prescription'")):
+            decoded = decode_row(entity, json.loads(row), state.crypto)
+            assert decoded["diagnosis"] == written[decoded["id"]]["diagnosis"]
+    # search still finds by the rotated blind index and the re-encrypted deterministic field
+    assert len(compliance.ok("GET", "/prescription?patient_name=patient%200")["items"]) == 1
+    assert compliance.ok("GET", f"/prescription?patient_id={patients[1]}")["items"]
+
+
+def test_a_pass_started_within_the_grace_keeps_the_retired_keys(db_url, example_model, tmp_path):
+    app = create_app({"DATABASE_URL": db_url, "SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
+                      "KEY_CACHE_SECONDS": 0, "KEY_RETIRE_GRACE_SECONDS": 3600}, model=example_model)
+    try:
+        state = app.extensions["fieldsync"]
+        admin = Api(app)
+        rep = admin.as_user("rep-1", "field_rep", territory_ids=[])
+        rec = rep.ok("POST", "/prescription", _body(_world(admin), 1, str(uuid.uuid4())))
+        rotate(state.crypto, state.model)
+        report = reencrypt(state.store, state.crypto)
+        assert report.rows >= 1 and not report.destroyed and report.still_retired
+        # nothing refers to the retired keys any more, yet they are kept: a server may still
+        # hold one in its cache for a write in flight
+        retired = {k["kid"] for k in state.crypto.keyring.describe() if k["state"] == "retired"}
+        assert retired and not _kids_in_use(state.engine) & retired
+        assert admin.as_user("o", "compliance").ok("GET", f"/prescription/{rec['id']}")["diagnosis"] == rec["diagnosis"]
+    finally:
+        app.extensions["fieldsync"].engine.dispose()
+
+
+def test_keys_cli_lists_rotates_and_shreds_with_audit(tmp_path, example_model, capsys):
+    from fieldsync.cli import main
+    from fieldsync.security.audit import AuditLog
+    data = tmp_path / "var"
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    app = create_app({"DATABASE_URL": url, "SECRET_KEY": SECRET, "DATA_DIR": str(data)}, model=example_model)
+    admin = Api(app)
+    rep = admin.as_user("rep-1", "field_rep", territory_ids=[])
+    world = _world(admin)
+    patient = str(uuid.uuid4())
+    rec = rep.ok("POST", "/prescription", _body(world, 1, patient))
+    app.extensions["fieldsync"].engine.dispose()
+    common = ["--database-url", url, "--data-dir", str(data)]
+    assert main(["keys", "list", *common]) == 0
+    listed = capsys.readouterr().out
+    assert "entity:prescription" in listed and "active" in listed and "subject:prescription:sr_" in listed
+    assert patient not in listed
+    assert main(["keys", "rotate", "--entity", "prescription", *common]) == 0
+    assert "key(s) rotated for prescription" in capsys.readouterr().out
+    assert main(["keys", "shred", "--subject", patient, *common]) == 2      # without --yes: refused
+    assert main(["keys", "shred", "--subject", patient, "--reason", "erasure request 17", "--yes", *common]) == 0
+    assert "destroyed" in capsys.readouterr().out
+    app = create_app({"DATABASE_URL": url, "SECRET_KEY": SECRET, "DATA_DIR": str(data)}, model=example_model)
+    try:
+        got = Api(app, "o", "compliance").ok("GET", f"/prescription/{rec['id']}")
+        assert got["diagnosis"] is None and got["dosage"] is None and got["prescribed_at"] == rec["prescribed_at"]
+        state = app.extensions["fieldsync"]
+        entries = list(AuditLog.from_config(state.config, state.engine).entries())
+        key_events = [e for e in entries if e.action == "key"]
+        assert {e.detail.get("event") for e in key_events} >= {"rotate", "reencrypt", "shred-subject"}
+        shred = next(e for e in key_events if e.detail.get("event") == "shred-subject")
+        assert shred.subjects == (state.crypto.subject_ref(patient),)
+        assert patient not in json.dumps([e.detail for e in entries], default=str)
+    finally:
+        app.extensions["fieldsync"].engine.dispose()
+
+
+# -- the codec, property-based ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crypto(tmp_path_factory, example_model):
+    directory = tmp_path_factory.mktemp("codec")
+    engine = make_engine(f"sqlite:///{directory / 'keys.db'}")
+    create_key_tables(engine)
+    keyring = KeyRing(engine, LocalKeyProvider(directory / "keys"))
+    prepare_keys(keyring, example_model)
+    return FieldCrypto(keyring)
+
+
+_values = st.one_of(st.text(max_size=60), st.integers(-2**53, 2**53), st.booleans(),
+                    st.dates().map(dt.date.isoformat),
+                    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_values, other=_values, record=st.uuids(), mode=st.sampled_from(["encrypt", "blind_index", "deterministic"]))
+def test_every_mode_round_trips_and_binds_what_it_should(crypto, example_model, value, other, record, mode):
+    import dataclasses
+    entity = example_model.entity("prescription")
+    field = dataclasses.replace(entity.field("diagnosis"), encryption=mode)
+    record_id = str(record)
+    subject = "0190a0b0-0000-7000-8000-00000000000a"
+    crypto.ensure_subjects(entity, [subject])
+    stored = crypto.encode(entity, field, value, record_id, subject)
+    assert crypto.decode(entity, field, stored, record_id) == value
+    assert ciphertext_key_id(stored)
+    again = crypto.encode(entity, field, value, record_id, subject)
+    if mode == "deterministic":
+        assert again == stored and crypto.decode(entity, field, stored, str(uuid.uuid4())) == value
+        assert stored in crypto.lookup_values(entity, field, value)
+        if other != value:
+            assert crypto.encode(entity, field, other) != stored
+    else:
+        assert again != stored                                     # a fresh nonce each time
+        with pytest.raises(IntegrityFailure):                      # bound to its record
+            crypto.decode(entity, field, stored, str(uuid.uuid4()))
+        moved = dataclasses.replace(entity.field("patient_dob"), encryption=mode)
+        with pytest.raises(IntegrityFailure):                      # and to its field
+            crypto.decode(entity, moved, stored, record_id)
