@@ -173,6 +173,10 @@ HEAD = sa.Table(
     # retention: entries up to anchor_seq were purged; anchor_hash is entry anchor_seq's hash
     sa.Column("anchor_seq", sa.BigInteger, nullable=False),
     sa.Column("anchor_hash", sa.String(64), nullable=False),
+    # HMAC of the row's values under the audit key (NULL only for the empty log): a head moved
+    # or edited by hand does not match, so it cannot hide a truncated tail or an appended entry
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("seal", sa.String(64), nullable=True),
     sa.CheckConstraint(f"id = {_HEAD_ID}", name="ck_fs_audit_head_one_row"),
 )
 
@@ -286,6 +290,9 @@ class _DataKey:
     def seal(self, digest: str) -> str:
         return hmac.new(self.seal_key, digest.encode(), hashlib.sha256).hexdigest()
 
+    def seal_head(self, log_id: str, seq: int, digest: str, anchor_seq: int, anchor_hash: str) -> str:
+        return self.seal(json.dumps(["head", log_id, seq, digest, anchor_seq, anchor_hash], separators=(",", ":")))
+
 
 def _reason_aad(log_id: str, seq: int) -> bytes:
     # binds the ciphertext to its entry: a reason moved to another entry does not decrypt
@@ -353,8 +360,14 @@ class AuditLog:
         Called at app start, outside any transaction: an append inside a caller's transaction
         must not have to create a key in another one (on SQLite that would wait on itself)."""
         create_audit_tables(self.engine)
-        self._active_key(None)
+        key = self._active_key(None)
         self._signing_key()
+        with write_transaction(self.engine) as conn:   # the empty log's head is sealed too
+            head = self.head(conn)
+            if head["seal"] is None and head["seq"] == 0:
+                conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID, HEAD.c.seq == 0).values(
+                    key_id=key.key_id, seal=key.seal_head(head["log_id"], 0, head["hash"], head["anchor_seq"],
+                                                          head["anchor_hash"])))
 
     # -- keys ------------------------------------------------------------------------------------
     def _unwrap(self, wrapped: bytes) -> bytes:
@@ -500,10 +513,11 @@ class AuditLog:
         # invariant 8: one chain. The head row's lock (held until commit) serialises appenders,
         # so every entry's prev_hash is the committed hash of the one before it.
         head = conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(seq=HEAD.c.seq + n)
-                            .returning(HEAD.c.seq, HEAD.c.hash, HEAD.c.log_id)).first()
+                            .returning(HEAD.c.seq, HEAD.c.hash, HEAD.c.log_id, HEAD.c.anchor_seq,
+                                       HEAD.c.anchor_hash)).first()
         if head is None:
             raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
-        last, prev, log_id = head
+        last, prev, log_id, anchor_seq, anchor_hash = head
         first = last - n + 1
         now = utc(self.clock())
         rows = []
@@ -523,10 +537,13 @@ class AuditLog:
             row["seal"] = key.seal(prev)
             rows.append(row)
         conn.execute(ENTRIES.insert(), rows)
-        conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(hash=prev))
+        conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(
+            hash=prev, key_id=key.key_id, seal=key.seal_head(log_id, last, prev, anchor_seq, anchor_hash)))
         every = self.checkpoint_every
-        if every and (first - 1) // every != last // every:
-            self._sign(conn, last, prev, now, log_id)
+        if every:
+            for r in rows:
+                if r["seq"] % every == 0:
+                    self._sign(conn, r["seq"], r["entry_hash"], now, log_id)
         return [r["seq"] for r in rows]
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -659,7 +676,11 @@ class AuditLog:
                                               detail={"event": "audit-purge", "through": through,
                                                       "cutoff": iso(cutoff), "retention_days": days})])
             deleted = conn.execute(ENTRIES.delete().where(ENTRIES.c.seq <= through)).rowcount
-            conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(anchor_seq=through, anchor_hash=row[0]))
+            head = self.head(conn)
+            key = self._active_key(conn)
+            conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(
+                anchor_seq=through, anchor_hash=row[0], key_id=key.key_id,
+                seal=key.seal_head(head["log_id"], head["seq"], head["hash"], through, row[0])))
         return {"purged": deleted, "through": through, "cutoff": iso(cutoff)}
 
 

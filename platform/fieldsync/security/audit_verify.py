@@ -166,6 +166,16 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
         valid = _checked_checkpoints(log, stored, external, list(public_keys), head["log_id"], problems)
         head_seq, anchor_seq, anchor_hash = head["seq"], head["anchor_seq"], head["anchor_hash"]
         report.head_seq, report.anchor_seq = head_seq, anchor_seq
+        head_key = keys.get(head["key_id"]) if head["key_id"] else None
+        head_trusted = head["seal"] is not None and head_key is not None and hmac.compare_digest(
+            head_key.seal_head(head["log_id"], head_seq, head["hash"], anchor_seq, anchor_hash), head["seal"])
+        if not head_trusted:
+            # an unsealed head proves nothing: the tail is then checked against checkpoints only
+            if head["key_id"] and head_key is None:
+                why = unreadable.get(head["key_id"], "is not in fs_audit_keys (deleted?)")
+                problems.append(f"the head row cannot be checked: its key {head['key_id']} {why}")
+            else:
+                problems.append("the head row was edited (its seal does not match)")
         if anchor_seq and valid.get(anchor_seq) != anchor_hash:
             problems.append(f"the log starts after entry {anchor_seq}, but no signed checkpoint vouches for "
                             f"entry {anchor_seq} (entries were deleted from the start)")
@@ -173,7 +183,6 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
         moved: list[tuple[int, int]] = []
         genuine_hash: dict[int, str] = {}     # original seq -> hash, for the checkpoints
         purge_recorded = anchor_seq == 0
-        head_on_forged = False                # the head was moved onto an inserted entry
         rows = conn.execution_options(yield_per=1000).execute(sa.select(ENTRIES).order_by(ENTRIES.c.seq)).mappings()
         for r, nxt in _lookahead(iter(rows)):
             pos = r["seq"]
@@ -196,11 +205,10 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
             sealed = hmac.compare_digest(key.seal(r["entry_hash"]), r["seal"])
             if not sealed:
                 passed_over = nxt is not None and prev is not None and nxt["prev_hash"] == prev
-                beyond = pos - offset > head_seq
-                last_rewritten = nxt is None and pos - offset == head_seq and head["hash"] != r["entry_hash"]
-                if passed_over or beyond or (nxt is None and not last_rewritten):
+                beyond = head_trusted and pos - offset > head_seq
+                vouched = head_trusted and pos - offset == head_seq   # the sealed head counts this position
+                if passed_over or beyond or (nxt is None and not vouched):
                     problems.append(f"entry {pos} was inserted")
-                    head_on_forged = head_on_forged or head["hash"] == r["entry_hash"]
                     offset += 1
                 else:
                     problems.append(f"entry {pos} was edited (its hash was recomputed, and the seal does not match)")
@@ -227,8 +235,8 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
             expected, prev = expected + 1, r["entry_hash"]
     problems.extend(_moved_runs(moved))
     last = expected - 1
-    if head_on_forged:
-        pass  # the insert is the problem; the head merely points at it
+    if not head_trusted:
+        pass
     elif head_seq > last:
         problems.append(f"{_span(last + 1, head_seq)} missing from the end: the log ends at {last} but its head "
                         f"is at {head_seq} (truncated)")
@@ -236,7 +244,7 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
         problems.append(f"the log goes on past its head: it ends at {last} but the head says {head_seq} "
                         "(the head was rolled back)")
     elif prev is not None and head["hash"] != prev:
-        problems.append(f"the head's hash is not the hash of entry {last} (the head row was edited)")
+        problems.append(f"entry {last} does not match the hash its sealed head recorded (it was rewritten)")
     for seq, digest in sorted(valid.items()):
         if seq < anchor_seq:
             continue

@@ -1,0 +1,106 @@
+"""Helpers of the audit tests (imported by conftest.py and the tests: `from audit_support import ...`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from fieldsync.security.audit import AuditEvent, AuditLog
+
+SECRET = "audit-tests-" + "k" * 24
+
+
+class Clock:
+    """A settable UTC clock; every call returns a time one millisecond after the last."""
+
+    def __init__(self, start: dt.datetime | None = None):
+        self.now = start or dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        self.now += dt.timedelta(milliseconds=1)
+        return self.now
+
+    def advance(self, **delta) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+_ACTORS = itertools.cycle(["rep-1", "rep-2", "nurse-7", None])
+
+
+def sample_event(i: int) -> AuditEvent:
+    """A varied, PHI-free event (the i-th of a test's log)."""
+    action = ("read", "create", "update", "delete", "auth", "export")[i % 6]
+    return AuditEvent(action=action, actor=next(_ACTORS), role="field_rep", device=f"dev-{i % 3}",
+                      channel=("rest", "pull", "push")[i % 3], entity="prescription",
+                      record_ids=(str(uuid.UUID(int=i + 1)),), fields=("diagnosis",),
+                      subjects=(f"sr_{i:032x}",), purpose="treatment", detail={"n": i})
+
+
+def fill(log: AuditLog, n: int) -> list[int]:
+    return [log.record(sample_event(i)) for i in range(n)]
+
+
+def raw(log: AuditLog, sql: str, **params: Any) -> int:
+    with log.engine.begin() as conn:
+        return conn.execute(sa.text(sql), params).rowcount
+
+
+class PhiApp:
+    """The fieldsync app over the example definitions, with a territory, retailer and product."""
+
+    def __init__(self, app):
+        from fieldsync.auth import issue_token
+        self.app = app
+        self.state = app.extensions["fieldsync"]
+        self.audit: AuditLog = self.state.audit
+        self.client = app.test_client()
+        self._issue = issue_token
+        admin = self.token("admin-1", "admin")
+        self.territory = self.ok("POST", "/territory", admin, {"code": "N-1", "name": "North", "region": "north"})
+        self.retailer = self.ok("POST", "/retailer", admin, {"name": "Clinic", "territory_id": self.territory["id"]})
+        self.product = self.ok("POST", "/product", admin, {"sku": "PILL", "name": "Pill", "category": "pharma",
+                                                           "unit_price": "2.50"})
+
+    def token(self, user: str, role: str, **attributes: Any) -> str:
+        return self._issue(SECRET, user, role, attributes, ttl=3600, now=time.time())
+
+    def request(self, method: str, path: str, token: str, body: Any = None, headers: dict | None = None):
+        all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+        return self.client.open("/api/v1" + path, method=method, json=body, headers=all_headers)
+
+    def ok(self, method: str, path: str, token: str, body: Any = None) -> Any:
+        r = self.request(method, path, token, body)
+        assert r.status_code in (200, 201), (r.status_code, r.get_json())
+        return r.get_json()
+
+    def prescription(self, **overrides: Any) -> dict[str, Any]:
+        values = {"retailer_id": self.retailer["id"], "territory_id": self.territory["id"],
+                  "patient_id": str(uuid.uuid4()), "patient_name": "Jane Q. Marple",
+                  "patient_dob": "1951-04-17", "diagnosis": "Chronic zebrafish allergy",
+                  "product_id": self.product["id"], "dosage": "2 per day",
+                  "prescribed_at": "2024-03-01T09:00:00Z"}
+        values.update(overrides)
+        return values
+
+    def entries(self, **filters: Any):
+        return list(self.audit.entries(**filters))
+
+    def sync_headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", "Fieldsync-Protocol": "1"}
+
+    def sync(self, path: str, token: str, body: Any):
+        return self.client.post("/api/v1/sync" + path, json=body, headers=self.sync_headers(token))
+
+    def register(self, token: str, install: str = "install-1") -> str:
+        r = self.sync("/devices", token, {"install_id": install, "schema_version": self.state.model.schema_version})
+        assert r.status_code in (200, 201), r.get_json()
+        return r.get_json()["device_id"]
+
+    def close(self) -> None:
+        self.state.sync.close()
+        self.state.engine.dispose()
