@@ -456,3 +456,25 @@ def test_random_additive_edits_never_lose_a_row(engine, edits, rows_per_step):
                                      for r in all_rows(engine, entity.name)]
     assert plan_migration(engine, model).up_to_date
 
+
+
+def test_encrypting_a_field_that_holds_values_is_destructive(engine, migrated, defs_copy):
+    """fs_schema records each field's encryption mode: values written plain cannot be read as
+    ciphertext, so a mode change over existing values is refused without the flag, left pending
+    by the server start, and with the flag clears them (never a plaintext read as "encrypted")."""
+    before_rows = insert_products(engine, migrated)
+    path = defs_copy / "masters" / "product.yaml"
+    path.write_text(path.read_text() + "encryption:\n  fields:\n    description:\n      mode: encrypt\n")
+    model = load_model(defs_copy)
+    plan = plan_migration(engine, model)
+    assert [(s.kind, s.column, s.destructive) for s in plan.steps] == [("clear_column", "description", True)]
+    assert "12 values stored plain cannot be read as encrypt" in plan.steps[0].describe()
+    started = auto_migrate(engine, model)
+    assert started.steps == () and [s.column for s in started.pending] == ["description"]
+    assert all_rows(engine, "product") == before_rows
+    apply_migration(engine, plan_migration(engine, model), allow_destructive=True)
+    after = all_rows(engine, "product")
+    assert [r["description"] for r in after] == [None] * 12
+    assert [{k: v for k, v in r.items() if k != "description"} for r in after] == \
+           [{k: v for k, v in r.items() if k != "description"} for r in before_rows]
+    assert plan_migration(engine, model).up_to_date

@@ -530,10 +530,16 @@ def _record(conn: sa.Connection, plan: MigrationPlan, applied: tuple[Step, ...],
                  "encryption": {f.name: f.encryption for f in e.fields}}
         for e in plan.model.entities
     }
-    # A table whose drop is still pending stays ours, so the next plan still offers to drop it.
+    # A table whose drop is still pending stays ours, so the next plan still offers to drop it;
+    # a field whose values are still stored in its old encryption mode keeps that mode recorded.
+    previous = ((read_schema_record(conn) or {}).get("tables") or {})
     for step in pending:
         if step.kind == "drop_table":
             tables[step.table] = {"entity": None, "columns": {}}
+        elif step.kind == "clear_column" and step.table in tables:
+            old = ((previous.get(step.table) or {}).get("encryption") or {}).get(step.column)
+            if old is not None:
+                tables[step.table]["encryption"][step.column] = old
     clock = now or (lambda: dt.datetime.now(dt.timezone.utc))
     conn.execute(table.insert().values(
         schema_version=plan.model.schema_version, fingerprint=plan.fingerprint, applied_at=clock(),
