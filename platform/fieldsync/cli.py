@@ -189,7 +189,7 @@ def cmd_run(args) -> int:
     base = f"http://{host}:{port}/api/v1"
     print(f"database: {config.database_url}")
     print(f"seed data: {sum(counts.values())} new record(s) from {args.seed}")
-    print("demo tokens (valid for 12 hours):")
+    print(f"demo tokens (valid for 12 hours; refused after {int(config['TOKEN_IDLE_SECONDS']) // 60} minutes unused):")
     tokens = {}
     for user in DEMO_USERS:
         tokens[user["role"]] = _issue(config, user["user"], user["role"], user["attributes"], 12 * 3600)
