@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
+from fieldsync.api.audit_trail import audit_rest_read
 from fieldsync.api.problems import Problem
 from fieldsync.api.auth import authenticate_request, refuse_device_token
 from fieldsync.api.break_glass import audit_break_glass, break_glass_reason, widen_for_break_glass
@@ -157,6 +158,7 @@ def _reject_constant(name: str):
 
 def _record_response(entity: Entity, perm: Permission, record: dict[str, Any], status: int = 200,
                      headers: dict[str, str] | None = None) -> Response:
+    audit_rest_read(entity, perm, [record])   # invariant 8: recorded before any PHI leaves
     body = _visible(entity, perm, record)
     for child_name in entity.children:
         child = _model().entity(child_name)
@@ -261,6 +263,7 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
                        row_filter=_row_filter(perm), columns=allowed.keys())
     if g.get("break_glass") is not None:
         audit_break_glass(entity, page.items, g.break_glass)   # before any PHI leaves (invariant 8)
+    audit_rest_read(entity, perm, page.items)   # invariant 8: recorded before any PHI leaves
     body: dict[str, Any] = {"items": [_visible(entity, perm, r) for r in page.items],
                             "next_cursor": page.next_cursor}
     if page.total is not None:

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, g, request
 
+from fieldsync.api.audit_trail import sync_read_events
 from fieldsync.api.problems import Problem
 from fieldsync.api.auth import audit_event, authenticate_request, record_audit, refuse_device_token
 from fieldsync.auth.revocation import REASON_MAX as REVOKE_REASON_MAX, revoke_device
@@ -461,6 +462,9 @@ def push():
                 if ledger["digest"] != mutation_digest(m):
                     result["payload_mismatch"] = True
                 duplicates.append(result)
+            # invariant 8: a duplicate's result carries the record as the device may read it
+            state.audit.record_all(sync_read_events(conn, g.snapshot.store, principal, device_id,
+                                                    results=[d["first"] for d in duplicates], channel="push"))
     else:
         fresh = list(mutations)
     if fresh:
@@ -503,6 +507,8 @@ def results():
         device = _device(conn, args.get("device_id"))
         scope = device_scope(g.snapshot.model, g.principal, now, g.snapshot.store.codec)
         items, has_more = results_for(conn, g.snapshot.store, scope, device["device_id"], after, limit)
+        state.audit.record_all(sync_read_events(conn, g.snapshot.store, g.principal, device["device_id"],
+                                                results=items))   # invariant 8: before PHI leaves
         return _json({"results": items, "has_more": has_more,
                       "write_checkpoint": write_checkpoint(conn, device["device_id"]),
                       "unsettled": unsettled(conn, device["device_id"]),
@@ -540,7 +546,10 @@ def pull():
             raise _problem(400, "invalid-resume", "Invalid resume token", str(exc)) from None
         items, more_results = results_for(conn, snapshot.store, scope, device["device_id"], req.results_after)
         checkpoint = write_checkpoint(conn, device["device_id"])
+        disclosed = sync_read_events(conn, snapshot.store, principal, device["device_id"],
+                                     changes=page["changes"], results=items)
     with write_transaction(state.engine) as conn:
+        state.audit.append_all(conn, disclosed)   # invariant 8: the page's PHI, before it is sent
         remember_scope(conn, scope, now)
         values: dict[str, Any] = {"last_contact_at": now, "role": principal.role,
                                   "served_cursor": sa.func.max(DEVICES.c.served_cursor, page["cursor"]),

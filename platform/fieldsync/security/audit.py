@@ -621,13 +621,17 @@ class AuditLog:
         with self.snapshot() as conn:
             log_id = self.head(conn)["log_id"]
             keys = self.data_keys(conn)[0] if decrypt_reasons else {}
-            for row in conn.execution_options(yield_per=500).execute(query).mappings():
-                entry = _entry(row)
-                if subject is not None and subject not in entry.subjects:
-                    continue
-                if decrypt_reasons and row["reason"] is not None:
-                    entry = _with_reason(entry, self._decrypt_reason(keys, row, log_id))
-                yield entry
+            result = conn.execution_options(yield_per=500).execute(query)
+            try:   # a reader may stop early: the server-side cursor is closed either way
+                for row in result.mappings():
+                    entry = _entry(row)
+                    if subject is not None and subject not in entry.subjects:
+                        continue
+                    if decrypt_reasons and row["reason"] is not None:
+                        entry = _with_reason(entry, self._decrypt_reason(keys, row, log_id))
+                    yield entry
+            finally:
+                result.close()
 
     def _decrypt_reason(self, keys: Mapping[str, _DataKey], row: Mapping[str, Any], log_id: str) -> str:
         key = keys.get(row["key_id"])

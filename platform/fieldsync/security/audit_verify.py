@@ -183,56 +183,59 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
         moved: list[tuple[int, int]] = []
         genuine_hash: dict[int, str] = {}     # original seq -> hash, for the checkpoints
         purge_recorded = anchor_seq == 0
-        rows = conn.execution_options(yield_per=1000).execute(sa.select(ENTRIES).order_by(ENTRIES.c.seq)).mappings()
-        for r, nxt in _lookahead(iter(rows)):
-            pos = r["seq"]
-            report.entries += 1
-            if report.first_seq is None:
-                report.first_seq = pos
-            report.last_seq = pos
-            if pos <= anchor_seq:
-                problems.append(f"entry {pos} was inserted (the log was purged through entry {anchor_seq})")
-                continue
-            if pos - offset > expected:
-                problems.append(f"{_span(expected, pos - offset - 1)} missing (deleted)")
-                expected, prev = pos - offset, None
-            key = keys.get(r["key_id"])
-            if key is None:
-                why = unreadable.get(r["key_id"], "is not in fs_audit_keys (deleted?)")
-                problems.append(f"entry {pos} cannot be checked: its key {r['key_id']} {why}")
-                expected, prev = expected + 1, None
-                continue
-            sealed = hmac.compare_digest(key.seal(r["entry_hash"]), r["seal"])
-            if not sealed:
-                passed_over = nxt is not None and prev is not None and nxt["prev_hash"] == prev
-                beyond = head_trusted and pos - offset > head_seq
-                vouched = head_trusted and pos - offset == head_seq   # the sealed head counts this position
-                if passed_over or beyond or (nxt is None and not vouched):
-                    problems.append(f"entry {pos} was inserted")
-                    offset += 1
-                else:
-                    problems.append(f"entry {pos} was edited (its hash was recomputed, and the seal does not match)")
-                    expected, prev = expected + 1, None
-                continue
-            orig = pos - offset
-            intact = entry_hash(r, orig) == r["entry_hash"]
-            if not intact:
-                at = next((s for s in range(max(1, pos - MOVE_WINDOW), pos + MOVE_WINDOW + 1)
-                           if s != orig and entry_hash(r, s) == r["entry_hash"]), None)
-                if at is not None:
-                    moved.append((pos, at))
+        result = conn.execution_options(yield_per=1000).execute(sa.select(ENTRIES).order_by(ENTRIES.c.seq))
+        try:
+            for r, nxt in _lookahead(iter(result.mappings())):
+                pos = r["seq"]
+                report.entries += 1
+                if report.first_seq is None:
+                    report.first_seq = pos
+                report.last_seq = pos
+                if pos <= anchor_seq:
+                    problems.append(f"entry {pos} was inserted (the log was purged through entry {anchor_seq})")
+                    continue
+                if pos - offset > expected:
+                    problems.append(f"{_span(expected, pos - offset - 1)} missing (deleted)")
+                    expected, prev = pos - offset, None
+                key = keys.get(r["key_id"])
+                if key is None:
+                    why = unreadable.get(r["key_id"], "is not in fs_audit_keys (deleted?)")
+                    problems.append(f"entry {pos} cannot be checked: its key {r['key_id']} {why}")
                     expected, prev = expected + 1, None
                     continue
-                problems.append(f"entry {pos} was edited")
-            elif prev is not None and r["prev_hash"] != prev:
-                problems.append(f"entry {pos} does not follow entry {pos - 1}: the chain is broken there")
-            if intact and r["action"] == "admin" and anchor_seq:
-                detail = json.loads(r["detail"])
-                if detail.get("event") == "audit-purge" and detail.get("through") == anchor_seq:
-                    purge_recorded = True
-            if orig in valid:
-                genuine_hash[orig] = r["entry_hash"]
-            expected, prev = expected + 1, r["entry_hash"]
+                sealed = hmac.compare_digest(key.seal(r["entry_hash"]), r["seal"])
+                if not sealed:
+                    passed_over = nxt is not None and prev is not None and nxt["prev_hash"] == prev
+                    beyond = head_trusted and pos - offset > head_seq
+                    vouched = head_trusted and pos - offset == head_seq   # the sealed head counts this position
+                    if passed_over or beyond or (nxt is None and not vouched):
+                        problems.append(f"entry {pos} was inserted")
+                        offset += 1
+                    else:
+                        problems.append(f"entry {pos} was edited (its hash was recomputed, and the seal does not match)")
+                        expected, prev = expected + 1, None
+                    continue
+                orig = pos - offset
+                intact = entry_hash(r, orig) == r["entry_hash"]
+                if not intact:
+                    at = next((s for s in range(max(1, pos - MOVE_WINDOW), pos + MOVE_WINDOW + 1)
+                               if s != orig and entry_hash(r, s) == r["entry_hash"]), None)
+                    if at is not None:
+                        moved.append((pos, at))
+                        expected, prev = expected + 1, None
+                        continue
+                    problems.append(f"entry {pos} was edited")
+                elif prev is not None and r["prev_hash"] != prev:
+                    problems.append(f"entry {pos} does not follow entry {pos - 1}: the chain is broken there")
+                if intact and r["action"] == "admin" and anchor_seq:
+                    detail = json.loads(r["detail"])
+                    if detail.get("event") == "audit-purge" and detail.get("through") == anchor_seq:
+                        purge_recorded = True
+                if orig in valid:
+                    genuine_hash[orig] = r["entry_hash"]
+                expected, prev = expected + 1, r["entry_hash"]
+        finally:
+            result.close()
     problems.extend(_moved_runs(moved))
     last = expected - 1
     if not head_trusted:

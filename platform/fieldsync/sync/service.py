@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
+from fieldsync.security.audit import AuditUnavailable
 from fieldsync.store.changelog import ChangeLog, first_position_since, head_position, purge_before
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore, utc_now
@@ -97,8 +98,11 @@ class SyncService:
                 outcome = "applied" if results else "redelivery"
             except Exception as exc:
                 last = getattr(self.queue, "max_receives", 5)
-                if message.receive_count < last:
-                    raise  # redelivered later; the ledger keeps the retry exact-once
+                if message.receive_count < last or isinstance(exc, AuditUnavailable):
+                    # redelivered later; the ledger keeps the retry exact-once. An audit outage
+                    # is the server's, not the batch's: never rejected for it, a batch that
+                    # outlives max_receives waits among the dead letters (`fieldsync dlq replay`)
+                    raise
                 # the last delivery: answer every mutation rather than let the batch die unseen
                 log.exception("push batch of device %s failed %d times; rejecting it as unprocessable",
                               batch.device_id, message.receive_count)
