@@ -2,10 +2,10 @@
 
 Every encrypted field is stored as text carrying its mode and key id:
 
-- `encrypt`:       `e1.<kid>.<base64url(nonce || AES-256-GCM ciphertext)>`, a random 96-bit nonce;
+- `encrypt`:       `e1.<kid>.<base64(nonce || AES-256-GCM ciphertext)>`, a random 96-bit nonce;
                    the associated data binds entity, record id, field and key id, so a ciphertext
                    moved to another row or another field does not decrypt.
-- `deterministic`: `d1.<kid>.<base64url(AES-256-SIV ciphertext)>`, bound to entity, field and key
+- `deterministic`: `d1.<kid>.<base64(AES-256-SIV ciphertext)>`, bound to entity, field and key
                    id (not the record: equal values must give equal ciphertexts for lookups).
 - `blind_index`:   stored like `encrypt`, plus a keyed HMAC of the normalised value in the column
                    `fs_bidx_<field>` (see `blind_index`), which equality searches compare.
@@ -23,7 +23,6 @@ The plaintext inside a ciphertext is the wire value with a one-byte type tag (`s
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -93,11 +92,11 @@ def _unpack(data: bytes) -> Any:
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 class _Nonces:
@@ -131,6 +130,7 @@ class FieldCrypto:
     def __init__(self, keyring) -> None:
         self.keyring = keyring
         self._nonces = _Nonces()
+        self._subject_scopes: dict[tuple[str, Any], str] = {}   # (entity, subject value) -> scope
 
     # -- scopes ------------------------------------------------------------------------------
     @staticmethod
@@ -142,12 +142,20 @@ class FieldCrypto:
         return f"index:{entity.name}"
 
     def subject_scope(self, entity: Entity, subject_value: Any) -> str:
-        return f"subject:{entity.name}:{self.subject_ref(subject_value)}"
+        key = (entity.name, subject_value) if isinstance(subject_value, (str, int)) else None
+        scope = self._subject_scopes.get(key) if key is not None else None
+        if scope is None:
+            scope = f"subject:{entity.name}:{self.subject_ref(subject_value)}"
+            if key is not None:
+                if len(self._subject_scopes) > 100_000:
+                    self._subject_scopes.clear()   # a bound, not an LRU: refilled on demand
+                self._subject_scopes[key] = scope
+        return scope
 
     def _scope(self, entity: Entity, field: Field, subject_value: Any) -> str:
-        if entity.subject is not None and field.name != entity.subject and subject_value is not None:
+        if entity.subject is not None and subject_value is not None and field.name != entity.subject:
             return self.subject_scope(entity, subject_value)
-        return self.entity_scope(entity)
+        return "entity:" + entity.name
 
     # -- subjects ----------------------------------------------------------------------------
     def subject_ref(self, value: Any) -> str:

@@ -129,14 +129,10 @@ class KeyRing:
             key.aead = AESGCM(raw)
         return key
 
-    def _fresh(self, cached: _Key | None) -> bool:
-        return cached is not None and self.monotonic() - cached.checked < self.cache_seconds
-
     def _load_kid(self, kid: str) -> _Key:
-        with self._lock:
-            cached = self._by_kid.get(kid)
-            if self._fresh(cached):
-                return cached
+        cached = self._by_kid.get(kid)   # the hot path: a dict read, no lock
+        if cached is not None and self.monotonic() - cached.checked < self.cache_seconds:
+            return cached
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(DATA_KEYS).where(DATA_KEYS.c.kid == kid)).first()
         if row is None:
@@ -199,6 +195,9 @@ class KeyRing:
 
     # -- what the codec asks for -------------------------------------------------------------
     def _active_key(self, scope: str) -> _Key:
+        hit = self._active.get(scope)    # the hot path: a dict read, no lock
+        if hit is not None and self.monotonic() - hit[1] < self.cache_seconds and hit[0].raw is not None:
+            return hit[0]
         key = self._load_active(scope)
         if key is None:
             self.ensure(scope)

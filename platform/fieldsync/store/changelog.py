@@ -147,9 +147,12 @@ def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) ->
     row = {k: v for k, v in record.items() if not isinstance(v, list) or k in known}
     if entity.has_encrypted:
         subject = record.get(entity.subject) if entity.subject else None
+        stored = getattr(record, "stored", None)   # the ciphertexts just written (records.StoredRow)
         for f in entity.fields:
             if f.encrypted and row.get(f.name) is not None:
-                row[f.name] = codec.encode(entity, f, row[f.name], record["id"], subject)
+                same = stored.get(f.name) if stored is not None else None
+                # the table's ciphertext is bound to the same entity, record and field
+                row[f.name] = same if same is not None else codec.encode(entity, f, row[f.name], record["id"], subject)
     return json.dumps(row, sort_keys=True, separators=(",", ":"))
 
 

@@ -89,6 +89,14 @@ class PlainJsonCodec:
         return None
 
 
+class StoredRow(dict):
+    """A record in wire form that also carries the stored row it came from (`stored`), so the
+    change log copies its ciphertexts instead of encrypting every value a second time. A plain
+    copy (`dict(row)`) drops it, and the change log encrypts again: never wrong, only slower."""
+
+    __slots__ = ("stored",)
+
+
 # -- ids and time ------------------------------------------------------------------------------
 
 def utc_now() -> dt.datetime:
@@ -308,17 +316,21 @@ class RecordStore:
                      known: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """`row` in wire form. `known` holds wire values just written for some encrypted fields:
         taken as they are instead of decrypting what was encrypted a moment ago."""
-        if known and entity.has_encrypted:
+        if not entity.has_encrypted:
+            return self.wire_converter(entity)(row)
+        if known:
             shown = {k: v for k, v in row.items()}
             for f in entity.fields:
                 if f.encrypted and f.name in known:
                     shown[f.name] = None
-            out = self.wire_converter(entity)(shown)
+            out = StoredRow(self.wire_converter(entity)(shown))
             for f in entity.fields:
                 if f.encrypted and f.name in known:
                     out[f.name] = known[f.name]
-            return out
-        return self.wire_converter(entity)(row)
+        else:
+            out = StoredRow(self.wire_converter(entity)(row))
+        out.stored = row
+        return out
 
     def wire_converter(self, entity: Entity) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
         """A function turning a stored row of `entity` into its wire form, built once per entity:

@@ -31,7 +31,7 @@ from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, par
                                    validate_record, ValueProblem)
 from fieldsync.store.changelog import ChangeLog, record_history
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.records import RecordStore, insert_many, to_wire, utc_now
+from fieldsync.store.records import RecordStore, StoredRow, insert_many, to_wire, utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.sync.tables import DEVICES, LEDGER, clear_received
 
@@ -371,17 +371,15 @@ class _Batch:
         db = {"id": record_id, "version": 1, "created_at": stamp, "updated_at": stamp, "deleted": False}
         db.update(self.store._values_to_db(entity, clean, record_id,
                                            clean.get(entity.subject) if entity.subject else None))
-        if rules.plain:
-            # validated values are already in wire form (what the stored row converts back to)
-            text = self.stamp_text(stamp)
-            wire = {"id": record_id, "version": 1, "created_at": text, "updated_at": text, "deleted": False}
-            for f in entity.fields:
-                db.setdefault(f.name, None)
-                wire[f.name] = clean.get(f.name)
-        else:
-            for f in entity.fields:
-                db.setdefault(f.name, None)
-            wire = self.store._to_wire_row(entity, db, known=clean)
+        # validated values are already in wire form (what the stored row converts back to)
+        text = self.stamp_text(stamp)
+        wire = {"id": record_id, "version": 1, "created_at": text, "updated_at": text, "deleted": False}
+        for f in entity.fields:
+            db.setdefault(f.name, None)
+            wire[f.name] = clean.get(f.name)
+        if not rules.plain:
+            wire = StoredRow(wire)
+            wire.stored = db   # the change log reuses these ciphertexts
         if not self.allowed(entity, wire):
             raise _Rejected("forbidden", f"the new {entity.name} would fall outside the records your role may reach")
         rec = _Record(db, stored=False, dirty=True, versions_by_me={1})
