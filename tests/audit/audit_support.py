@@ -104,3 +104,29 @@ class PhiApp:
     def close(self) -> None:
         self.state.sync.close()
         self.state.engine.dispose()
+
+
+class inserts_refused:
+    """A context in which the database refuses new audit entries (a trigger raising on INSERT),
+    while reading the trail still works: an audit store that is full or read-only."""
+
+    def __init__(self, log: AuditLog):
+        self.log = log
+
+    def __enter__(self) -> "inserts_refused":
+        if self.log.engine.dialect.name == "sqlite":
+            raw(self.log, "CREATE TRIGGER fs_audit_refuse BEFORE INSERT ON fs_audit_entries "
+                          "BEGIN SELECT RAISE(ABORT, 'the audit store refuses writes'); END")
+        else:
+            raw(self.log, "CREATE FUNCTION fs_audit_refuse() RETURNS trigger AS $$ BEGIN "
+                          "RAISE EXCEPTION 'the audit store refuses writes'; END $$ LANGUAGE plpgsql")
+            raw(self.log, "CREATE TRIGGER fs_audit_refuse BEFORE INSERT ON fs_audit_entries "
+                          "FOR EACH ROW EXECUTE FUNCTION fs_audit_refuse()")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.log.engine.dialect.name == "sqlite":
+            raw(self.log, "DROP TRIGGER fs_audit_refuse")
+        else:
+            raw(self.log, "DROP TRIGGER fs_audit_refuse ON fs_audit_entries")
+            raw(self.log, "DROP FUNCTION fs_audit_refuse()")

@@ -222,6 +222,14 @@ KEYS = sa.Table(
 )
 
 
+# the statements of an append, built once (building them cost more than running them)
+_TAKE_SEQS = (HEAD.update().where(HEAD.c.id == _HEAD_ID).values(seq=HEAD.c.seq + sa.bindparam("n", type_=sa.BigInteger))
+              .returning(HEAD.c.seq, HEAD.c.hash, HEAD.c.log_id, HEAD.c.anchor_seq, HEAD.c.anchor_hash))
+_MOVE_HEAD = HEAD.update().where(HEAD.c.id == _HEAD_ID).values(
+    hash=sa.bindparam("h"), key_id=sa.bindparam("k"), seal=sa.bindparam("s"))
+_INSERT_ENTRIES = ENTRIES.insert()
+
+
 def create_audit_tables(engine: sa.Engine) -> None:
     """Create the audit tables and the head row when missing (safe to run again, from several
     servers at once)."""
@@ -512,9 +520,7 @@ class AuditLog:
         n = len(events)
         # invariant 8: one chain. The head row's lock (held until commit) serialises appenders,
         # so every entry's prev_hash is the committed hash of the one before it.
-        head = conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(seq=HEAD.c.seq + n)
-                            .returning(HEAD.c.seq, HEAD.c.hash, HEAD.c.log_id, HEAD.c.anchor_seq,
-                                       HEAD.c.anchor_hash)).first()
+        head = conn.execute(_TAKE_SEQS, {"n": n}).first()
         if head is None:
             raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
         last, prev, log_id, anchor_seq, anchor_hash = head
@@ -536,9 +542,9 @@ class AuditLog:
             row["entry_hash"] = prev = entry_hash(row)
             row["seal"] = key.seal(prev)
             rows.append(row)
-        conn.execute(ENTRIES.insert(), rows)
-        conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(
-            hash=prev, key_id=key.key_id, seal=key.seal_head(log_id, last, prev, anchor_seq, anchor_hash)))
+        conn.execute(_INSERT_ENTRIES, rows)
+        conn.execute(_MOVE_HEAD, {"h": prev, "k": key.key_id, "s": key.seal_head(log_id, last, prev, anchor_seq,
+                                                                                   anchor_hash)})
         every = self.checkpoint_every
         if every:
             for r in rows:
