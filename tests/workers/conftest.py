@@ -43,6 +43,8 @@ def make_server(tmp_path_factory, seeded_template) -> Callable[..., Server]:
     def make(listeners: int = 0, **config: Any) -> Server:
         data_dir = tmp_path_factory.mktemp("server")
         shutil.copyfile(seeded_template, data_dir / "server.db")
+        # the copy's data keys are wrapped by the template's master key: the keys go with it
+        shutil.copytree(seeded_template.parent / "keys", data_dir / "keys")
         server = Server(data_dir, listeners, **config)
         servers.append(server)
         return server
