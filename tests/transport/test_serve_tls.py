@@ -121,14 +121,26 @@ def _serve(tmp_path: Path, *args: str) -> subprocess.Popen:
                             cwd=tmp_path)
 
 
-def _first_line(process: subprocess.Popen, timeout: float = 60) -> str:
-    """The server's first line of standard output (it says where it listens once bound)."""
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
+def _serving_line(process: subprocess.Popen, timeout: float = 60) -> str:
+    """The server's "serving on" line (printed once it is bound and listening)."""
+    found: list[str] = []
+    seen: list[str] = []
+
+    def read() -> None:
+        for line in process.stdout:
+            seen.append(line)
+            if "serving on" in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(timeout)
-    assert line and line[0], f"the server printed nothing; stderr: {process.stderr.read() if process.poll() else ''}"
-    return line[0]
+    if not found:
+        process.kill()
+        process.wait()
+        pytest.fail(f"the server did not say it was serving; stdout: {''.join(seen)!r} stderr: {process.stderr.read()!r}")
+    return found[0]
 
 
 def test_serve_with_tls_answers_health_over_https(tmp_path, capsys):
@@ -137,7 +149,7 @@ def test_serve_with_tls_answers_health_over_https(tmp_path, capsys):
     process = _serve(tmp_path, "--tls-cert", str(tmp_path / "tls" / "server.pem"),
                      "--tls-key", str(tmp_path / "tls" / "server.key"))
     try:
-        line = _first_line(process)
+        line = _serving_line(process)
         match = re.search(r"serving on https://127\.0\.0\.1:(\d+)/api/v1", line)
         assert match, line
         port = int(match.group(1))
