@@ -111,3 +111,25 @@ def test_expired_session_rows_are_swept(lite_app):
     assert sessions.sweep() >= 1
     assert lite_app.session_row(token_id(token)) is None
     assert lite_app.request("GET", "/territory", token).get_json()["reason"] == "expired"   # still refused
+
+
+def test_concurrent_first_uses_start_one_session(auth_app):
+    """Several requests of a new token at once (on PostgreSQL, several transactions insert the
+    session row together): all are served, one session start is recorded and audited."""
+    import threading
+    token = auth_app.token("admin-1", "admin")
+    barrier = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def call() -> None:
+        client = auth_app.app.test_client()
+        barrier.wait()
+        statuses.append(client.get("/api/v1/territory", headers={"Authorization": f"Bearer {token}"}).status_code)
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 6
+    starts = [e for e in auth_app.auth_entries("session_start") if e.detail["token_id"] == token_id(token)]
+    assert len(starts) == 1

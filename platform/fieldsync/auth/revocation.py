@@ -16,6 +16,8 @@ import time
 from typing import Any, Mapping
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fieldsync.auth.sessions import SESSIONS
 from fieldsync.errors import NotFound
@@ -66,12 +68,16 @@ def revoke_token(engine: sa.Engine, audit: AuditLog, token_id: str, *, actor: st
     text = _check_reason(reason, required=False)
     at = int(time.time() if now is None else now)
     with write_transaction(engine) as conn:
-        known = conn.execute(sa.select(SESSIONS.c.revoked_at, SESSIONS.c.user_id, SESSIONS.c.device_id)
-                             .where(SESSIONS.c.token_id == token_id)).first()
+        query = sa.select(SESSIONS.c.revoked_at, SESSIONS.c.user_id, SESSIONS.c.device_id) \
+            .where(SESSIONS.c.token_id == token_id)
+        known = conn.execute(query).first()
         if known is None:
-            conn.execute(SESSIONS.insert().values(token_id=token_id, kind="unknown", last_used_at=at,
-                                                  revoked_at=at, revoked_by=actor))
-        elif known.revoked_at is None:
+            insert = (postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert)(SESSIONS)
+            if conn.execute(insert.values(token_id=token_id, kind="unknown", last_used_at=at, revoked_at=at,
+                                          revoked_by=actor).on_conflict_do_nothing()
+                            .returning(SESSIONS.c.token_id)).first() is None:
+                known = conn.execute(query).first()   # its first use came in meanwhile
+        if known is not None and known.revoked_at is None:
             conn.execute(SESSIONS.update().where(SESSIONS.c.token_id == token_id)
                          .values(revoked_at=at, revoked_by=actor))
         if known is None or known.revoked_at is None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fieldsync.auth.tokens import Principal, TokenError
 from fieldsync.errors import ConfigError
@@ -124,17 +126,20 @@ class Sessions:
 
     def _start(self, principal: Principal, now: int, on_start: OnStart | None) -> bool:
         with write_transaction(self.engine) as conn:
-            # a concurrent first use may have inserted it meanwhile: only one of them starts it
-            exists = conn.execute(sa.select(SESSIONS.c.revoked_at)
-                                  .where(SESSIONS.c.token_id == principal.token_id)).first()
-            if exists is not None:
-                if exists.revoked_at is not None:
-                    raise TokenError("revoked", "the token was revoked")
-                return False
-            conn.execute(SESSIONS.insert().values(
+            # concurrent first uses (several requests of a new token at once, on several servers):
+            # the insert is atomic and only the one that inserts starts the session
+            insert = (postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert)(SESSIONS)
+            inserted = conn.execute(insert.values(
                 token_id=principal.token_id, kind=principal.kind, user_id=principal.user_id,
                 device_id=principal.device_id, issued_at=principal.issued_at, expires_at=principal.expires_at,
-                last_used_at=now))
+                last_used_at=now).on_conflict_do_nothing(index_elements=[SESSIONS.c.token_id])
+                .returning(SESSIONS.c.token_id)).first()   # (rowcount is -1 for this on psycopg)
+            if inserted is None:
+                revoked = conn.execute(sa.select(SESSIONS.c.revoked_at)
+                                       .where(SESSIONS.c.token_id == principal.token_id)).scalar()
+                if revoked is not None:   # revoked between our read and this write
+                    raise TokenError("revoked", "the token was revoked")
+                return False
             if on_start is not None:
                 on_start(conn)
         self._starts += 1
