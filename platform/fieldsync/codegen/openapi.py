@@ -103,7 +103,7 @@ def _problem_schema() -> dict[str, Any]:
 
 _RESPONSES = {
     "BadRequest": ("400", "Malformed JSON or a bad query parameter."),
-    "Unauthorized": ("401", "Missing, malformed, forged or expired bearer token."),
+    "Unauthorized": ("401", "Missing, malformed, forged, expired, idle or revoked bearer token; `reason` says which."),
     "Forbidden": ("403", "The token's role may not do this."),
     "NotFound": ("404", "No such record, or not one the role can reach."),
     "Conflict": ("409", "A record with this id exists, or a concurrent write won."),
@@ -112,6 +112,8 @@ _RESPONSES = {
     "UnsupportedMediaType": ("415", "The body is not application/json."),
     "UnprocessableContent": ("422", "The record has invalid or unknown fields; `errors` lists each one."),
     "PreconditionRequired": ("428", "If-Match is required for this change."),
+    "TooManyRequests": ("429", "Too many failed authentications from this address or device; retry after "
+                               "Retry-After seconds (the token was not checked)."),
 }
 
 
@@ -123,6 +125,8 @@ def _problem_response(name: str) -> dict[str, Any]:
     }
     if name == "Unauthorized":
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    if name == "TooManyRequests":
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
     return response
 
 
@@ -131,7 +135,20 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _responses(*names: str) -> dict[str, Any]:
+    if "Unauthorized" in names:   # every authenticated operation may meet the auth rate limit
+        names = names + ("TooManyRequests",)
     return {_RESPONSES[n][0]: {"$ref": f"#/components/responses/{n}"} for n in names}
+
+
+_BREAK_GLASS = {"name": "X-Fieldsync-Break-Glass", "in": "header", "required": False,
+                "description": "Emergency access for a role granted `break_glass`: the reason (audited, stored "
+                               "encrypted); the answer shows every field, PHI included. Without the grant 403.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 500}}
+
+
+def _break_glass_parameters(entity: Entity) -> list[dict[str, Any]]:
+    """The break-glass header, on reads of an entity some role may break the glass on."""
+    return [_BREAK_GLASS] if any(p.break_glass for p in entity.permissions) else []
 
 
 _HEADERS = {
@@ -247,7 +264,7 @@ def _collection_ops(entity: Entity, page_size_max: int, *, nested_in: Entity | N
         "get": {
             "tags": [tag], "operationId": f"list_{entity.name}{suffix}",
             "summary": f"List {entity.label or entity.name} records",
-            "parameters": _list_parameters(entity, page_size_max),
+            "parameters": _list_parameters(entity, page_size_max) + _break_glass_parameters(entity),
             "responses": {
                 "200": {"description": "One page of records.",
                         "content": {"application/json": {"schema": _ref(f"{entity.name}.page")}}},
@@ -276,7 +293,7 @@ _IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False, "s
 
 def _item_ops(entity: Entity, model: Model) -> dict[str, Any]:
     tag, name = entity.name, entity.name
-    get_params: list[dict[str, Any]] = [_IF_NONE_MATCH]
+    get_params: list[dict[str, Any]] = [_IF_NONE_MATCH, *_break_glass_parameters(entity)]
     collections = [model.entity(c).collection for c in entity.children]
     if collections:
         get_params.append({"name": "expand", "in": "query", "required": False,
