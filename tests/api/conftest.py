@@ -66,6 +66,13 @@ def api(app) -> Api:
 
 
 @pytest.fixture
+def api_for():
+    """`api_for(app, user="admin-1", role="admin", **attributes)`: an Api on another app (a test
+    that builds its own app with other settings)."""
+    return Api
+
+
+@pytest.fixture
 def world(api):
     """Reference data: two territories, a retailer in each, two products."""
     north = api.ok("POST", "/territory", {"code": "N-1", "name": "North", "region": "north"})

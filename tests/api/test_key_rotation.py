@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fieldsync.api import create_app
-from fieldsync.auth import issue_token
 from fieldsync.security.fields import FieldCrypto, IntegrityFailure, ciphertext_key_id
 from fieldsync.security.keyring import KeyRing, create_key_tables, prepare_keys
 from fieldsync.security.keys import LocalKeyProvider
@@ -22,29 +21,7 @@ from fieldsync.security.rotation import reencrypt, rotate
 from fieldsync.store.changelog import CHANGES_TABLE, decode_row
 from fieldsync.store.engine import make_engine
 
-SECRET = "test-secret-key"
-
-
-class Api:
-    """A test client signing requests as one user (like tests/api/conftest.py's)."""
-
-    def __init__(self, app, user="admin-1", role="admin", **attributes):
-        import time
-        self.app = app
-        self.client = app.test_client()
-        self.token = issue_token(SECRET, user, role, attributes, ttl=3600, now=time.time())
-
-    def as_user(self, user, role, **attributes) -> "Api":
-        return Api(self.app, user, role, **attributes)
-
-    def request(self, method, path, *, json=None):
-        return self.client.open("/api/v1" + path, method=method, json=json,
-                                headers={"Authorization": f"Bearer {self.token}"})
-
-    def ok(self, method, path, json=None):
-        r = self.request(method, path, json=json)
-        assert r.status_code == (201 if method == "POST" else 200), (r.status_code, r.get_json())
-        return r.get_json()
+SECRET = "test-secret-key"   # the api fixtures' (tests/api/conftest.py)
 
 
 @pytest.fixture
@@ -84,7 +61,8 @@ def _kids_in_use(engine) -> set[str]:
     return kids
 
 
-def test_rotation_under_live_traffic_loses_nothing(fast_app, example_model):
+def test_rotation_under_live_traffic_loses_nothing(fast_app, example_model, api_for):
+    Api = api_for
     state = fast_app.extensions["fieldsync"]
     admin = Api(fast_app)
     world = _world(admin)
@@ -157,7 +135,8 @@ def test_rotation_under_live_traffic_loses_nothing(fast_app, example_model):
     assert compliance.ok("GET", f"/prescription?patient_id={patients[1]}")["items"]
 
 
-def test_a_pass_started_within_the_grace_keeps_the_retired_keys(db_url, example_model, tmp_path):
+def test_a_pass_started_within_the_grace_keeps_the_retired_keys(db_url, example_model, tmp_path, api_for):
+    Api = api_for
     app = create_app({"DATABASE_URL": db_url, "SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
                       "KEY_CACHE_SECONDS": 0, "KEY_RETIRE_GRACE_SECONDS": 3600}, model=example_model)
     try:
@@ -177,7 +156,8 @@ def test_a_pass_started_within_the_grace_keeps_the_retired_keys(db_url, example_
         app.extensions["fieldsync"].engine.dispose()
 
 
-def test_keys_cli_lists_rotates_and_shreds_with_audit(tmp_path, example_model, capsys):
+def test_keys_cli_lists_rotates_and_shreds_with_audit(tmp_path, example_model, capsys, api_for):
+    Api = api_for
     from fieldsync.cli import main
     from fieldsync.security.audit import AuditLog
     data = tmp_path / "var"
