@@ -236,3 +236,11 @@ def test_every_mode_round_trips_and_binds_what_it_should(crypto, example_model, 
         moved = dataclasses.replace(entity.field("patient_dob"), encryption=mode)
         with pytest.raises(IntegrityFailure):                      # and to its field
             crypto.decode(entity, moved, stored, record_id)
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=st.binary(max_size=300))
+def test_the_precomputed_hmac_is_rfc_2104_hmac_sha256(crypto, message):
+    import hmac
+    raw = crypto.keyring.hmac_key("subject-ref")
+    assert crypto.keyring.mac("subject-ref", message) == hmac.digest(raw, message, "sha256")

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import hmac
 import json
 import os
-import threading
 import unicodedata
 from typing import Any, Callable, Iterable
 
@@ -99,24 +97,9 @@ def _unb64(text: str) -> bytes:
     return binascii.a2b_base64(text, strict_mode=True)
 
 
-class _Nonces:
-    """Random 96-bit nonces drawn from the OS generator in blocks (one syscall per 512 nonces;
-    each nonce is still fresh random bytes, never a counter)."""
-
-    _BLOCK = 12 * 512
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buf = b""
-        self._pos = 0
-
-    def take(self) -> bytes:
-        with self._lock:
-            if self._pos >= len(self._buf):
-                self._buf, self._pos = os.urandom(self._BLOCK), 0
-            n = self._buf[self._pos:self._pos + 12]
-            self._pos += 12
-            return n
+def _integrity(entity: Entity, field: Field, record_id: str | None, what: str) -> IntegrityFailure:
+    where = f"{entity.name}.{field.name}" + (f" of record {record_id}" if record_id else "")
+    return IntegrityFailure(f"the stored value of {where} {what}")
 
 
 class FieldCrypto:
@@ -129,8 +112,7 @@ class FieldCrypto:
 
     def __init__(self, keyring) -> None:
         self.keyring = keyring
-        self._nonces = _Nonces()
-        self._subject_scopes: dict[tuple[str, Any], str] = {}   # (entity, subject value) -> scope
+        self._subject_scopes: dict[str, dict[Any, str]] = {}   # entity -> subject value -> scope
 
     # -- scopes ------------------------------------------------------------------------------
     @staticmethod
@@ -142,28 +124,24 @@ class FieldCrypto:
         return f"index:{entity.name}"
 
     def subject_scope(self, entity: Entity, subject_value: Any) -> str:
-        key = (entity.name, subject_value) if isinstance(subject_value, (str, int)) else None
-        scope = self._subject_scopes.get(key) if key is not None else None
+        cache = self._subject_scopes.get(entity.name)
+        if cache is None:
+            cache = self._subject_scopes.setdefault(entity.name, {})
+        scope = cache.get(subject_value) if isinstance(subject_value, (str, int)) else None
         if scope is None:
             scope = f"subject:{entity.name}:{self.subject_ref(subject_value)}"
-            if key is not None:
-                if len(self._subject_scopes) > 100_000:
-                    self._subject_scopes.clear()   # a bound, not an LRU: refilled on demand
-                self._subject_scopes[key] = scope
+            if isinstance(subject_value, (str, int)):
+                if len(cache) > 100_000:
+                    cache.clear()   # a bound, not an LRU: refilled on demand
+                cache[subject_value] = scope
         return scope
-
-    def _scope(self, entity: Entity, field: Field, subject_value: Any) -> str:
-        if entity.subject is not None and subject_value is not None and field.name != entity.subject:
-            return self.subject_scope(entity, subject_value)
-        return "entity:" + entity.name
 
     # -- subjects ----------------------------------------------------------------------------
     def subject_ref(self, value: Any) -> str:
         """A keyed reference to a data subject (e.g. a patient id): the same value gives the
         same reference in every entity and in the audit log, and reveals nothing without the
         key. Never the value itself."""
-        key = self.keyring.hmac_key("subject-ref")
-        return "sr_" + hmac.digest(key, normalise_for_index(value), "sha256")[:16].hex()
+        return "sr_" + self.keyring.mac("subject-ref", normalise_for_index(value))[:16].hex()
 
     def ensure_subjects(self, entity: Entity, values: Iterable[Any]) -> None:
         """Make sure each subject in `values` has an active data key. Called before a write
@@ -186,24 +164,26 @@ class FieldCrypto:
             return f"{_DETERMINISTIC}.{kid}.{_b64(siv.encrypt(_pack(value), [ad]))}"
         if record_id is None:
             raise ValueError(f"{entity.name}.{field.name} is encrypted per record: the record id is required")
-        kid, aead = self.keyring.active(self._scope(entity, field, subject))
-        nonce = self._nonces.take()
-        ad = f"{entity.name}{_SEP}{record_id}{_SEP}{field.name}{_SEP}{kid}".encode()
-        return f"{_RANDOM}.{kid}.{_b64(nonce + aead.encrypt(nonce, _pack(value), ad))}"
+        if subject is not None and entity.subject is not None and field.name != entity.subject:
+            scope = self.subject_scope(entity, subject)
+        else:
+            scope = "entity:" + entity.name
+        kid, aead = self.keyring.active(scope)
+        nonce = os.urandom(12)   # a fresh random nonce per value (one getrandom call)
+        ad = f"{entity.name}\x1f{record_id}\x1f{field.name}\x1f{kid}".encode()
+        return f"e1.{kid}.{_b64(nonce + aead.encrypt(nonce, _pack(value), ad))}"
 
     def decode(self, entity: Entity, field: Field, stored: str, record_id: str | None = None) -> Any:
         """The wire value of a stored ciphertext; IntegrityFailure when it does not decrypt
         (altered, or moved from another row or field), KeyShredded when its key was destroyed."""
-        kid = ciphertext_key_id(stored)
-        where = f"{entity.name}.{field.name}" + (f" of record {record_id}" if record_id else "")
-        if kid is None:
-            raise IntegrityFailure(f"the stored value of {where} is not a fieldsync ciphertext")
-        mode = stored[:2]
-        body = stored[4 + len(kid):]
+        parts = stored.split(".", 2) if isinstance(stored, str) else ()
+        if len(parts) != 3 or parts[0] not in (_RANDOM, _DETERMINISTIC) or not parts[1]:
+            raise _integrity(entity, field, record_id, "is not a fieldsync ciphertext")
+        mode, kid, body = parts
         try:
             data = _unb64(body)
         except (binascii.Error, ValueError):
-            raise IntegrityFailure(f"the stored value of {where} is damaged") from None
+            raise _integrity(entity, field, record_id, "is damaged") from None
         try:
             if mode == _DETERMINISTIC:
                 if field.encryption != "deterministic":
@@ -214,11 +194,11 @@ class FieldCrypto:
             if field.encryption == "deterministic" or record_id is None:
                 raise InvalidTag()
             aead = self.keyring.cipher(kid)
-            ad = f"{entity.name}{_SEP}{record_id}{_SEP}{field.name}{_SEP}{kid}".encode()
+            ad = f"{entity.name}\x1f{record_id}\x1f{field.name}\x1f{kid}".encode()
             return _unpack(aead.decrypt(data[:12], data[12:], ad))
         except InvalidTag:
-            raise IntegrityFailure(f"the stored value of {where} does not decrypt: it was altered, "
-                                   "or moved from another record or field") from None
+            raise _integrity(entity, field, record_id, "does not decrypt: it was altered, or moved from "
+                                                       "another record or field") from None
 
     def lookup_values(self, entity: Entity, field: Field, value: Any) -> list[str]:
         """Every stored form `value` may have in a deterministic column: one per key of the
@@ -231,15 +211,13 @@ class FieldCrypto:
 
     def blind_index(self, entity: Entity, field: Field, value: Any) -> str:
         """The blind index of `value` (keyed HMAC-SHA256, 128 bits, hex) for equality search."""
-        key = self.keyring.hmac_key(self.index_scope(entity))
         msg = field.name.encode() + b"\x1f" + normalise_for_index(value)
-        return hmac.digest(key, msg, "sha256")[:16].hex()
+        return self.keyring.mac("index:" + entity.name, msg)[:16].hex()
 
     def blind_indexes(self, entity: Entity, field: Field, value: Any) -> list[str]:
         """Every blind index `value` may have (one per index key still in use)."""
         msg = field.name.encode() + b"\x1f" + normalise_for_index(value)
-        return [hmac.digest(key, msg, "sha256")[:16].hex()
-                for key in self.keyring.hmac_keys_in_use(self.index_scope(entity))]
+        return [mac[:16].hex() for mac in self.keyring.macs_in_use(self.index_scope(entity), msg)]
 
     # -- conversion helpers for the record store ---------------------------------------------
     def row_encoder(self, entity: Entity) -> Callable[[dict[str, Any], str, Any], None]:
