@@ -244,3 +244,37 @@ def test_the_precomputed_hmac_is_rfc_2104_hmac_sha256(crypto, message):
     import hmac
     raw = crypto.keyring.hmac_key("subject-ref")
     assert crypto.keyring.mac("subject-ref", message) == hmac.digest(raw, message, "sha256")
+
+
+def test_concurrent_first_writes_for_new_patients_make_one_key_each(db_url, tmp_path):
+    """Two servers meeting the same new patients at once: both go on, and each patient ends
+    with exactly one active key (the loser of an insert race takes the winner's key)."""
+    engine = make_engine(db_url)
+    create_key_tables(engine)
+    provider = LocalKeyProvider(tmp_path / "keys")
+    rings = [KeyRing(engine, provider, cache_seconds=0) for _ in range(2)]
+    scopes = [f"subject:prescription:sr_{i:032x}" for i in range(40)]
+    barrier = threading.Barrier(2)
+    errors: list = []
+
+    def run(ring):
+        try:
+            barrier.wait()
+            ring.ensure_many(scopes)
+            for scope in scopes:
+                ring.active(scope)
+        except Exception as exc:   # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(ring,)) for ring in rings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    with engine.connect() as conn:
+        counts = dict(conn.execute(sa.text(
+            "select scope, count(*) from fs_data_keys where state = 'active' group by scope")).all())
+    assert counts == {scope: 1 for scope in scopes}
+    assert rings[0].active(scopes[0])[0] == rings[1].active(scopes[0])[0]
+    engine.dispose()

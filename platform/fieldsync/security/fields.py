@@ -149,9 +149,7 @@ class FieldCrypto:
         later fails leaves at most an unused key, never a ciphertext without its key)."""
         if entity.subject is None:
             return
-        for value in values:
-            if value is not None:
-                self.keyring.ensure(self.subject_scope(entity, value))
+        self.keyring.ensure_many([self.subject_scope(entity, v) for v in values if v is not None])
 
     # -- encode / decode ---------------------------------------------------------------------
     def encode(self, entity: Entity, field: Field, value: Any, record_id: str | None = None,

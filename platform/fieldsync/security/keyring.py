@@ -184,32 +184,65 @@ class KeyRing:
         key = self._load_active(scope)
         if key is not None:
             return key.kid
-        if in_write_transaction.get() and self.engine.dialect.name == "sqlite":
-            raise KeyMissing(f"no active data key for {scope.split(':')[0]} scope inside a write transaction; "
-                             "keys are created before the transaction opens")
-        self._create(scope)
+        self.ensure_many([scope])
         key = self._load_active(scope)
         assert key is not None
         return key.kid
 
-    def _create(self, scope: str) -> None:
-        kid = os.urandom(6).hex()
-        raw, wrapped = self.provider.generate_data_key(context=_context(scope, kid))
-        del raw   # loaded back through the provider like any other key: one code path
-        with write_transaction(self.engine) as conn:
-            if conn.execute(sa.select(DATA_KEYS.c.kid).where(DATA_KEYS.c.scope == scope,
-                                                              DATA_KEYS.c.state == "active")).first():
-                return   # another process created it first
-            version = conn.execute(sa.select(sa.func.coalesce(sa.func.max(DATA_KEYS.c.version), 0))
-                                   .where(DATA_KEYS.c.scope == scope)).scalar_one() + 1
-            conn.execute(DATA_KEYS.insert().values(
-                kid=kid, scope=scope, kind=_kind(scope), version=version, state="active", wrapped=wrapped,
-                provider=self.provider_name, created_at=self.clock()))
+    def ensure_many(self, scopes) -> None:
+        """Make sure every scope of `scopes` has an active key: one query finds the missing
+        ones, one transaction creates them (a push batch naming 200 new patients costs one
+        commit, not 200)."""
+        wanted = sorted(set(scopes))
+        now = self.monotonic()
+        missing = [s for s in wanted
+                   if (hit := self._active.get(s)) is None or now - hit[1] >= self.cache_seconds]
+        if not missing:
+            return
+        have: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(missing), 500):
+                have.update(r[0] for r in conn.execute(sa.select(DATA_KEYS.c.scope).where(
+                    DATA_KEYS.c.scope.in_(missing[i:i + 500]), DATA_KEYS.c.state == "active")))
+        todo = [s for s in missing if s not in have]
+        if not todo:
+            return
+        if in_write_transaction.get() and self.engine.dialect.name == "sqlite":
+            raise KeyMissing(f"no active data key for {len(todo)} scope(s) inside a write transaction; "
+                             "keys are created before the transaction opens")
+        made = []
+        for scope in todo:
+            kid = os.urandom(6).hex()
+            _raw, wrapped = self.provider.generate_data_key(context=_context(scope, kid))
+            made.append((scope, kid, wrapped))   # loaded back through the provider like any other key
+        try:
+            self._insert_keys(made)
+        except sa.exc.IntegrityError:
+            # another process created some of them at the same moment: one per transaction,
+            # keeping whichever key won
+            for one in made:
+                try:
+                    self._insert_keys([one])
+                except sa.exc.IntegrityError:
+                    pass
         with self._lock:
-            self._active.pop(scope, None)
-            self._hot.pop(scope, None)
-            self._hot.pop("siv " + scope, None)
-            self._in_use.pop(scope, None)
+            for scope in todo:
+                self._active.pop(scope, None)
+                self._hot.pop(scope, None)
+                self._hot.pop("siv " + scope, None)
+                self._in_use.pop(scope, None)
+
+    def _insert_keys(self, made: list[tuple[str, str, bytes]]) -> None:
+        with write_transaction(self.engine) as conn:
+            for scope, kid, wrapped in made:
+                if conn.execute(sa.select(DATA_KEYS.c.kid).where(DATA_KEYS.c.scope == scope,
+                                                                  DATA_KEYS.c.state == "active")).first():
+                    continue   # another process created it first
+                version = conn.execute(sa.select(sa.func.coalesce(sa.func.max(DATA_KEYS.c.version), 0))
+                                       .where(DATA_KEYS.c.scope == scope)).scalar_one() + 1
+                conn.execute(DATA_KEYS.insert().values(
+                    kid=kid, scope=scope, kind=_kind(scope), version=version, state="active", wrapped=wrapped,
+                    provider=self.provider_name, created_at=self.clock()))
 
     # -- what the codec asks for -------------------------------------------------------------
     def _active_key(self, scope: str) -> _Key:
