@@ -142,9 +142,10 @@ def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, beh
     if state.sync.listeners > 0:
         state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
-    from fieldsync.security.rotation import KeyMaintenance
+    from fieldsync.security.rotation import KeyMaintenance, audit_pass
     KeyMaintenance(lambda: state.store, state.crypto,   # finishes re-encryption after `keys rotate`
-                   interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300))).start()
+                   interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300)),
+                   on_pass=lambda report: audit_pass(state.audit, report)).start()
     if tls is not None:
         server = make_https_server(app, host, port, *tls, threads=8)
         server.prepare()

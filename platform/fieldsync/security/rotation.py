@@ -283,6 +283,14 @@ def _all_scopes(keyring, prefix: str) -> list[str]:
             DATA_KEYS.c.scope.startswith(prefix, autoescape=True), DATA_KEYS.c.state != "destroyed"))]
 
 
+def audit_pass(audit, report: ReencryptReport, *, channel: str = "system") -> None:
+    """Record a re-encryption pass in the audit trail (a key operation; references only)."""
+    from fieldsync.security.audit import AuditEvent
+    audit.record(AuditEvent(action="key", actor="key-maintenance", channel=channel, detail={
+        "event": "reencrypt", "rows": report.rows, "changes": report.changes,
+        "destroyed": report.destroyed[:50], "still_retired": len(report.still_retired)}))
+
+
 # -- in the server ------------------------------------------------------------------------------
 
 class KeyMaintenance:
