@@ -132,6 +132,27 @@ def _tls_files(args, config) -> tuple[str, str] | None:
     return str(cert), str(key)
 
 
+def _serve_until_signalled(server) -> None:
+    """Run a prepared cheroot server in a thread until SIGINT or SIGTERM, then stop it and
+    return (exit 0, as waitress does on Ctrl-C). cheroot's own loop in the main thread could
+    swallow the KeyboardInterrupt of a Ctrl-C arriving while it handled a failed TLS handshake,
+    and then never stop; a signal handler setting an event cannot be lost that way."""
+    import signal
+    import threading
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=server.serve, name="fieldsync-https", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() and not stopping.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        thread.join(30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, behind_tls_proxy: bool = False) -> None:
     from fieldsync.api.https_server import check_plain_http_allowed, is_loopback_address, make_https_server
     if tls is None:
@@ -150,12 +171,7 @@ def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, beh
         server = make_https_server(app, host, port, *tls, threads=8)
         server.prepare()
         print(f"fieldsync serving on https://{host}:{server.bind_addr[1]}/api/v1  (TLS; Ctrl-C stops)", flush=True)
-        try:
-            server.serve()
-        except KeyboardInterrupt:
-            pass  # Ctrl-C: stop and exit 0, as waitress does
-        finally:
-            server.stop()
+        _serve_until_signalled(server)
         return
     import waitress
     server = waitress.create_server(app, host=host, port=port, threads=8, ident="fieldsync")

@@ -181,3 +181,28 @@ def test_shredding_one_patient_leaves_the_others_readable(app, world, rep, compl
     # a new prescription for the shredded patient gets a new key and is readable
     again = rep.ok("POST", "/prescription", _prescription(world, patient_id=gone["patient_id"]))
     assert compliance.ok("GET", f"/prescription/{again['id']}")["diagnosis"] == again["diagnosis"]
+
+
+def test_a_write_racing_a_shred_makes_the_patients_next_key(app, world, rep, compliance):
+    """The patient's key destroyed after the write made sure of it and before its transaction:
+    the write goes again with a new key instead of failing."""
+    from fieldsync.security.rotation import shred_subject
+    state = app.extensions["fieldsync"]
+    crypto = state.crypto
+    original = crypto.ensure_subjects
+    patient = str(uuid.uuid4())
+    rep.ok("POST", "/prescription", _prescription(world, patient_id=patient))
+    shredded = []
+
+    def ensure_then_shred(entity, values):
+        original(entity, values)
+        if not shredded:
+            shredded.append(shred_subject(state.store, crypto, patient))
+
+    crypto.ensure_subjects = ensure_then_shred
+    try:
+        created = rep.ok("POST", "/prescription", _prescription(world, patient_id=patient, diagnosis="Gout"))
+    finally:
+        crypto.ensure_subjects = original
+    assert shredded and shredded[0]
+    assert compliance.ok("GET", f"/prescription/{created['id']}")["diagnosis"] == "Gout"

@@ -34,6 +34,7 @@ from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.security.fields import KeyShredded, bidx_column
+from fieldsync.security.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
 from fieldsync.store.tables import build_metadata
@@ -592,29 +593,34 @@ class RecordStore:
                 child_plans.append((child, c_clean, c_id, prefix))
         if problems:
             raise ValidationFailed(problems)
-        self.codec.ensure_subjects(entity, [clean.get(entity.subject)] if entity.subject else [])
-        for child, c_clean, _c_id, _prefix in child_plans:
-            if child.subject:
-                self.codec.ensure_subjects(child, [c_clean.get(child.subject)])
-        now = self.clock()
-        record_id = record_id or self.id_factory(now)
-        with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
-            problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean)
-            if problems:
-                raise ValidationFailed(problems)
-            record = self._insert(conn, entity, record_id, clean, now)
-            if row_filter is not None and conn.execute(self._select_live(entity, record_id, row_filter)).first() is None:
-                raise PermissionDenied("the new record would fall outside the records your role may reach")
-            for child, c_clean, c_id, prefix in child_plans:
-                c_clean[child.parent_field] = record_id
-                problems += self.check_references(conn, child, c_clean, prefix) + self.check_unique(
-                    conn, child, c_clean, prefix=prefix)
-                if not problems:
-                    c_record = self._insert(conn, child, c_id or self.id_factory(now), c_clean, now)
-                    record.setdefault(child.collection, []).append(c_record)
-            if problems:
-                raise ValidationFailed(problems)
-        return record
+        for attempt in range(3):   # the subject's key shredded between making it and the write: again
+            try:
+                self.codec.ensure_subjects(entity, [clean.get(entity.subject)] if entity.subject else [])
+                for child, c_clean, _c_id, _prefix in child_plans:
+                    if child.subject:
+                        self.codec.ensure_subjects(child, [c_clean.get(child.subject)])
+                now = self.clock()
+                record_id = record_id or self.id_factory(now)
+                with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
+                    problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean)
+                    if problems:
+                        raise ValidationFailed(problems)
+                    record = self._insert(conn, entity, record_id, clean, now)
+                    if row_filter is not None and conn.execute(self._select_live(entity, record_id, row_filter)).first() is None:
+                        raise PermissionDenied("the new record would fall outside the records your role may reach")
+                    for child, c_clean, c_id, prefix in child_plans:
+                        c_clean[child.parent_field] = record_id
+                        problems += self.check_references(conn, child, c_clean, prefix) + self.check_unique(
+                            conn, child, c_clean, prefix=prefix)
+                        if not problems:
+                            c_record = self._insert(conn, child, c_id or self.id_factory(now), c_clean, now)
+                            record.setdefault(child.collection, []).append(c_record)
+                    if problems:
+                        raise ValidationFailed(problems)
+                return record
+            except KeyMissing:
+                if attempt == 2:
+                    raise
 
     def _insert(self, conn: sa.Connection, entity: Entity, record_id: str, clean: Mapping[str, Any],
                 now: dt.datetime) -> dict[str, Any]:
@@ -674,31 +680,36 @@ class RecordStore:
         if problems:
             raise ValidationFailed(problems)
         table = self.table(entity)
-        keyed = entity.subject is not None and any(f.encrypted and f.name in clean for f in entity.fields)
-        if keyed:   # the subject's key must exist before the write transaction (security/keyring.py)
-            if entity.subject in clean:
-                self.codec.ensure_subjects(entity, [clean[entity.subject]])
-            else:
-                with self.engine.connect() as conn:
-                    self.codec.ensure_subjects(entity, [self.subject_of(conn, entity, record_id)])
-        with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
-            current = self._current_for_write(conn, entity, record_id, row_filter, expected_version)
-            problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean, record_id)
-            if problems:
-                raise ValidationFailed(problems)
-            values = self.encrypted_update(conn, entity, record_id, clean, current)
-            values.update(version=current["version"] + 1, updated_at=self.clock())
-            result = conn.execute(table.update().where(table.c.id == record_id,
-                                                       table.c.version == current["version"]).values(values))
-            if result.rowcount != 1:  # another writer got in between (PostgreSQL read committed)
-                raise Conflict(f"{entity.name} {record_id} changed while it was being updated")
-            if row_filter is not None and conn.execute(self._select_live(entity, record_id, row_filter)).first() is None:
-                raise PermissionDenied("the change would move the record outside the records your role may reach")
-            row = dict(current)
-            row.update(values)
-            record = self._to_wire_row(entity, row, known=clean)
-            self._run_hooks(conn, entity, "update", record, self._to_wire_row(entity, current))
-        return record
+        for attempt in range(3):   # the subject's key shredded between making it and the write: again
+            try:
+                keyed = entity.subject is not None and any(f.encrypted and f.name in clean for f in entity.fields)
+                if keyed:   # the subject's key must exist before the write transaction (security/keyring.py)
+                    if entity.subject in clean:
+                        self.codec.ensure_subjects(entity, [clean[entity.subject]])
+                    else:
+                        with self.engine.connect() as conn:
+                            self.codec.ensure_subjects(entity, [self.subject_of(conn, entity, record_id)])
+                with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
+                    current = self._current_for_write(conn, entity, record_id, row_filter, expected_version)
+                    problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean, record_id)
+                    if problems:
+                        raise ValidationFailed(problems)
+                    values = self.encrypted_update(conn, entity, record_id, clean, current)
+                    values.update(version=current["version"] + 1, updated_at=self.clock())
+                    result = conn.execute(table.update().where(table.c.id == record_id,
+                                                               table.c.version == current["version"]).values(values))
+                    if result.rowcount != 1:  # another writer got in between (PostgreSQL read committed)
+                        raise Conflict(f"{entity.name} {record_id} changed while it was being updated")
+                    if row_filter is not None and conn.execute(self._select_live(entity, record_id, row_filter)).first() is None:
+                        raise PermissionDenied("the change would move the record outside the records your role may reach")
+                    row = dict(current)
+                    row.update(values)
+                    record = self._to_wire_row(entity, row, known=clean)
+                    self._run_hooks(conn, entity, "update", record, self._to_wire_row(entity, current))
+                return record
+            except KeyMissing:
+                if attempt == 2:
+                    raise
 
     def encrypted_update(self, conn: sa.Connection, entity: Entity, record_id: str, clean: Mapping[str, Any],
                          current: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
                                    validate_record, ValueProblem)
 from fieldsync.store.changelog import ChangeLog, record_history
+from fieldsync.security.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore, StoredRow, insert_many, to_wire, utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
@@ -603,6 +604,15 @@ class MutationApplier:
     def apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
         """Process `batch`; return the ledger rows written (empty for a full redelivery)."""
         self.ensure_keys(batch.mutations)
+        try:
+            return self._apply_batch(batch)
+        except KeyMissing:
+            # a subject's key was shredded between ensure_keys and the batch transaction: make
+            # its next key and go again (a second miss fails the delivery; the queue redelivers)
+            self.ensure_keys(batch.mutations)
+            return self._apply_batch(batch)
+
+    def _apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
         try:
             return self._apply(batch, batch.mutations)
         except sa.exc.IntegrityError:
