@@ -24,7 +24,8 @@ HOUR = 3600.0
 def test_resizing_the_pool_live_under_load_applies_every_mutation_exactly_once(make_server):
     """300 batches pushed through the real push endpoint by six devices at once while the API
     resizes the pool 1 -> 4 -> 1: every mutation has one ledger row and made one change
-    (invariants 1, 2), and both resizes happened with batches waiting."""
+    (invariants 1, 2), and both resizes happened with batches waiting (the listeners are held
+    at a gate before each resize, so a backlog exists whatever the machine's speed)."""
     server = make_server(listeners=1)
     control = server.state.workers
     control.interval = HOUR
@@ -32,12 +33,24 @@ def test_resizing_the_pool_live_under_load_applies_every_mutation_exactly_once(m
     pushed: list[int] = []
     failures: list[BaseException] = []
     pushed_enough = {100: threading.Event(), 200: threading.Event()}
+    gate = threading.Event()          # closed: listeners wait before applying a batch
+    applier = server.sync.applier
+    apply_batch = applier.apply_batch
+
+    def gated(batch):
+        assert gate.wait(120), "the test never opened the gate"
+        return apply_batch(batch)
+
+    lock = threading.Lock()
 
     def push(device: Device) -> None:
         try:
             for _ in range(50):
                 device.push_visits(10)
-                pushed.append(1)
+                with lock:
+                    pushed.append(1)
+                    if len(pushed) == 150:
+                        gate.clear()      # a backlog again before the second resize
                 for count, event in pushed_enough.items():
                     if len(pushed) >= count:
                         event.set()
@@ -47,6 +60,7 @@ def test_resizing_the_pool_live_under_load_applies_every_mutation_exactly_once(m
                 event.set()
 
     devices[0].push_visits(10)             # the first push starts the listeners
+    applier.apply_batch = gated
     control.start()
     pool = server.sync.pool
     assert pool.threads == 1
@@ -58,6 +72,7 @@ def test_resizing_the_pool_live_under_load_applies_every_mutation_exactly_once(m
         assert pushed_enough[count].wait(60)
         answer = server.admin_api("POST", body={"queue": "push", "threads": threads_wanted})
         waiting[threads_wanted] = server.sync.queue.pending()
+        gate.set()
         assert answer.status_code == 200, answer.json
         assert pool.threads == threads_wanted and answer.json["desired_threads"] == threads_wanted
         mine = [w for w in answer.json["workers"] if w["worker_id"] == control.worker_id]
