@@ -61,6 +61,48 @@ def _kids_in_use(engine) -> set[str]:
     return kids
 
 
+class LiveWriter:
+    """A thread calling `write(client, n)` for n = start, start + 1, ... as a field rep until
+    stopped, keeping each result; `wait_more(k)` blocks until k more writes are done (or one
+    failed). Failures are kept in `failures` for the test to assert on."""
+
+    def __init__(self, app, api_class, write, start: int = 0):
+        self.client = api_class(app, "rep-1", "field_rep", territory_ids=[])
+        self.write, self.n = write, start
+        self.results: list = []
+        self.failures: list = []
+        self._stop = threading.Event()
+        self._progress = threading.Condition()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self.write(self.client, self.n)
+            except AssertionError as exc:   # reported to the main thread
+                self.failures.append(exc)
+                with self._progress:
+                    self._progress.notify_all()
+                return
+            with self._progress:
+                self.results.append(result)
+                self._progress.notify_all()
+            self.n += 1
+
+    def wait_more(self, k: int) -> None:
+        with self._progress:
+            target = len(self.results) + k
+            assert self._progress.wait_for(lambda: len(self.results) >= target or self.failures, timeout=60)
+
+    def __enter__(self) -> "LiveWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
 def test_rotation_under_live_traffic_loses_nothing(fast_app, example_model, api_for):
     Api = api_for
     state = fast_app.extensions["fieldsync"]
@@ -74,44 +116,20 @@ def test_rotation_under_live_traffic_loses_nothing(fast_app, example_model, api_
         written[rec["id"]] = rec
     before = {r["kid"] for r in state.crypto.keyring.describe() if r["state"] == "active"}
 
-    stop = threading.Event()
-    progress = threading.Condition()
-    count = [0]
-    failures: list = []
+    def write(client, n):
+        rec = client.ok("POST", "/prescription", _body(world, n, patients[n % 4]))
+        if n % 3 == 0:   # reads of older records too
+            client.request("GET", f"/prescription/{next(iter(written))}")
+        written[rec["id"]] = rec
+        return rec
 
-    def writer():
-        client = Api(fast_app, "rep-1", "field_rep", territory_ids=[])
-        n = 100
-        while not stop.is_set():
-            try:
-                rec = client.ok("POST", "/prescription", _body(world, n, patients[n % 4]))
-                if n % 3 == 0:   # updates of older records too
-                    old = next(iter(written))
-                    client.request("GET", f"/prescription/{old}")
-            except AssertionError as exc:   # reported to the main thread
-                failures.append(exc)
-                return
-            with progress:
-                written[rec["id"]] = rec
-                count[0] += 1
-                progress.notify_all()
-            n += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        with progress:
-            assert progress.wait_for(lambda: count[0] >= 3, timeout=60)
+    with LiveWriter(fast_app, Api, write, start=100) as writer:
+        writer.wait_more(3)
         rotated = rotate(state.crypto, state.model, "prescription")
         assert {old for _s, old, _n in rotated} >= before & {old for _s, old, _n in rotated}
-        with progress:
-            target = count[0] + 5
-            assert progress.wait_for(lambda: count[0] >= target or failures, timeout=60)
+        writer.wait_more(5)
         reencrypt(state.store, state.crypto, entity="prescription")   # while the writer goes on
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not failures, failures
+    assert not writer.failures, writer.failures
     report = reencrypt(state.store, state.crypto, entity="prescription")
     keys = list(state.crypto.keyring.describe())
     assert not [k for k in keys if k["state"] == "retired"], report.summary()
@@ -290,38 +308,16 @@ def test_shredding_a_patient_under_live_traffic_loses_only_that_patient(fast_app
     admin = Api(fast_app)
     world = _world(admin)
     gone, kept = str(uuid.uuid4()), str(uuid.uuid4())
-    written: list[dict] = []
-    stop = threading.Event()
-    progress = threading.Condition()
-    failures: list = []
 
-    def writer():
-        client = Api(fast_app, "rep-1", "field_rep", territory_ids=[])
-        n = 0
-        while not stop.is_set():
-            try:
-                rec = client.ok("POST", "/prescription", _body(world, n, gone if n % 2 else kept))
-            except AssertionError as exc:
-                failures.append(exc)
-                return
-            with progress:
-                written.append(rec)
-                progress.notify_all()
-            n += 1
+    def write(client, n):
+        return client.ok("POST", "/prescription", _body(world, n, gone if n % 2 else kept))
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        with progress:
-            assert progress.wait_for(lambda: len(written) >= 6 or failures, timeout=60)
+    with LiveWriter(fast_app, Api, write) as writer:
+        writer.wait_more(6)
         shred_subject(state.store, state.crypto, gone)
-        with progress:
-            target = len(written) + 6
-            assert progress.wait_for(lambda: len(written) >= target or failures, timeout=60)
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not failures, failures
+        writer.wait_more(6)
+    assert not writer.failures, writer.failures
+    written = writer.results
     officer = admin.as_user("officer-1", "compliance")
     shredded = readable_again = 0
     for rec in written:

@@ -325,6 +325,18 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
 
 # -- the log -------------------------------------------------------------------------------------
 
+@contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    """Any failure to record becomes AuditUnavailable (the caller's PHI operation then fails)."""
+    try:
+        yield
+    except AuditUnavailable:
+        raise
+    except Exception as exc:
+        raise AuditUnavailable(f"the audit trail could not record this access ({_describe(exc)}); "
+                               "nothing was done") from exc
+
+
 class AuditLog:
     """Appends, checkpoints, verifies, exports and purges the audit trail in `engine`'s database.
 
@@ -489,13 +501,8 @@ class AuditLog:
         all of them); returns their seqs. AuditUnavailable when anything fails."""
         if not events:
             return []
-        try:
+        with _unavailable_on_failure():
             return self._append(conn, events)
-        except AuditUnavailable:
-            raise
-        except Exception as exc:
-            raise AuditUnavailable(f"the audit trail could not record this access ({_describe(exc)}); "
-                                   "nothing was done") from exc
 
     def record(self, event: AuditEvent) -> int:
         """Append `event` in a write transaction of its own (reads, auth events, exports, key
@@ -506,14 +513,8 @@ class AuditLog:
         """`record` for several events, in one transaction."""
         if not events:
             return []
-        try:
-            with write_transaction(self.engine) as conn:
-                return self.append_all(conn, events)
-        except AuditUnavailable:
-            raise
-        except Exception as exc:
-            raise AuditUnavailable(f"the audit trail could not record this access ({_describe(exc)}); "
-                                   "nothing was done") from exc
+        with _unavailable_on_failure(), write_transaction(self.engine) as conn:   # begin/commit can fail too
+            return self.append_all(conn, events)
 
     def _append(self, conn: sa.Connection, events: Sequence[AuditEvent]) -> list[int]:
         key = self._active_key(conn)

@@ -24,14 +24,12 @@ The plaintext inside a ciphertext is the wire value with a one-byte type tag (`s
 from __future__ import annotations
 
 import binascii
-import hashlib
 import json
 import os
 import unicodedata
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
 from fieldsync.defs.model import Entity, Field
 from fieldsync.errors import Error
@@ -106,8 +104,7 @@ class FieldCrypto:
     """The codec of a RecordStore: encodes wire values of encrypted fields into their stored
     text and back, computes blind indexes and subject references.
 
-    `keyring` is a `fieldsync.security.keyring.KeyRing` (or anything with its `active`,
-    `cipher`, `siv`, `hmac_key` and `ensure_subject` methods).
+    `keyring` is a `fieldsync.security.keyring.KeyRing`.
     """
 
     def __init__(self, keyring) -> None:
@@ -216,27 +213,3 @@ class FieldCrypto:
         """Every blind index `value` may have (one per index key still in use)."""
         msg = field.name.encode() + b"\x1f" + normalise_for_index(value)
         return [mac[:16].hex() for mac in self.keyring.macs_in_use(self.index_scope(entity), msg)]
-
-    # -- conversion helpers for the record store ---------------------------------------------
-    def row_encoder(self, entity: Entity) -> Callable[[dict[str, Any], str, Any], None]:
-        """A function `(values, record_id, subject)` that replaces, in place, the wire values of
-        `entity`'s encrypted fields in `values` by their stored form and adds the blind index
-        columns of the blind-indexed ones present."""
-        fields = [f for f in entity.fields if f.encrypted]
-
-        def encode_row(values: dict[str, Any], record_id: str, subject: Any) -> None:
-            for f in fields:
-                if f.name in values:
-                    v = values[f.name]
-                    if v is None:
-                        if f.encryption == "blind_index":
-                            values[bidx_column(f)] = None
-                        continue
-                    if f.encryption == "blind_index":
-                        values[bidx_column(f)] = self.blind_index(entity, f, v)
-                    values[f.name] = self.encode(entity, f, v, record_id, subject)
-        return encode_row
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -129,9 +129,7 @@ class KeyRing:
         self.monotonic = monotonic
         self._lock = threading.RLock()
         self._by_kid: dict[str, _Key] = {}
-        self._active: dict[str, tuple[_Key, float]] = {}
-        # scope (or "siv <scope>") -> (fresh until, kid, cipher): the one-dict-read hot path
-        self._hot: dict[str, tuple[float, str, Any]] = {}
+        self._active: dict[str, tuple[_Key, float]] = {}   # scope -> (active key, fresh until)
         self._in_use: dict[str, tuple[list[_Key], float]] = {}
 
     # -- loading -----------------------------------------------------------------------------
@@ -163,18 +161,16 @@ class KeyRing:
         return key
 
     def _load_active(self, scope: str) -> _Key | None:
-        with self._lock:
-            hit = self._active.get(scope)
-            if hit is not None and self.monotonic() - hit[1] < self.cache_seconds:
-                return hit[0]
+        hit = self._active.get(scope)
+        if hit is not None and self.monotonic() < hit[1]:
+            return hit[0]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(DATA_KEYS).where(DATA_KEYS.c.scope == scope,
                                                           DATA_KEYS.c.state == "active")).first()
         if row is None:
             return None
         key = self._load_kid(row.kid)
-        with self._lock:
-            self._active[scope] = (key, self.monotonic())
+        self._active[scope] = (key, self.monotonic() + self.cache_seconds)
         return key
 
     # -- creating ----------------------------------------------------------------------------
@@ -196,7 +192,7 @@ class KeyRing:
         wanted = sorted(set(scopes))
         now = self.monotonic()
         missing = [s for s in wanted
-                   if (hit := self._active.get(s)) is None or now - hit[1] >= self.cache_seconds]
+                   if (hit := self._active.get(s)) is None or now >= hit[1]]
         if not missing:
             return
         have: set[str] = set()
@@ -228,8 +224,6 @@ class KeyRing:
         with self._lock:
             for scope in todo:
                 self._active.pop(scope, None)
-                self._hot.pop(scope, None)
-                self._hot.pop("siv " + scope, None)
                 self._in_use.pop(scope, None)
 
     def _insert_keys(self, made: list[tuple[str, str, bytes]]) -> None:
@@ -246,8 +240,10 @@ class KeyRing:
 
     # -- what the codec asks for -------------------------------------------------------------
     def _active_key(self, scope: str) -> _Key:
-        hit = self._active.get(scope)    # the hot path: a dict read, no lock
-        if hit is not None and self.monotonic() - hit[1] < self.cache_seconds and hit[0].raw is not None:
+        """The scope's active key: the hot path of every encryption, one dict read (no lock)
+        while the cached entry is fresh."""
+        hit = self._active.get(scope)
+        if hit is not None and self.monotonic() < hit[1]:
             return hit[0]
         key = self._load_active(scope)
         if key is None:
@@ -257,21 +253,13 @@ class KeyRing:
         return key
 
     def active(self, scope: str) -> tuple[str, AESGCM]:
-        """(key id, cipher) of the scope's active key: the hot path of every encryption, one
-        dict read while the cached entry is fresh."""
-        hot = self._hot.get(scope)
-        if hot is not None and self.monotonic() < hot[0]:
-            return hot[1], hot[2]
+        """(key id, cipher) of the scope's active key."""
         key = self._active_key(scope)
-        self._hot[scope] = (self.monotonic() + self.cache_seconds, key.kid, key.aead)
         return key.kid, key.aead
 
     def siv(self, scope: str) -> tuple[str, AESSIV]:
-        hot = self._hot.get("siv " + scope)
-        if hot is not None and self.monotonic() < hot[0]:
-            return hot[1], hot[2]
+        """(key id, AES-SIV cipher) of the scope's active key."""
         key = self._active_key(scope)
-        self._hot["siv " + scope] = (self.monotonic() + self.cache_seconds, key.kid, key.siv)
         return key.kid, key.siv
 
     def hmac_key(self, scope: str) -> bytes:
@@ -319,15 +307,13 @@ class KeyRing:
     def sivs_in_use(self, scope: str) -> list[tuple[str, AESSIV]]:
         return [(k.kid, k.siv) for k in self._keys_in_use(scope)]
 
-    def hmac_keys_in_use(self, scope: str) -> list[bytes]:
-        return [k.raw for k in self._keys_in_use(scope)]
-
     # -- operations (fieldsync keys ...) -----------------------------------------------------
-    def scopes(self, prefix: str = "") -> list[str]:
+    def scopes(self, prefix: str = "", *, states: tuple[str, ...] = ("active",)) -> list[str]:
+        """The scopes starting with `prefix` that hold a key in one of `states`."""
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(
-                sa.select(DATA_KEYS.c.scope).where(DATA_KEYS.c.state == "active",
-                                                   DATA_KEYS.c.scope.startswith(prefix, autoescape=True))
+                sa.select(DATA_KEYS.c.scope).distinct().where(
+                    DATA_KEYS.c.state.in_(states), DATA_KEYS.c.scope.startswith(prefix, autoescape=True))
                 .order_by(DATA_KEYS.c.scope))]
 
     def rotate(self, scope: str) -> tuple[str | None, str]:
@@ -367,7 +353,6 @@ class KeyRing:
             for kid in kids:
                 self._by_kid.pop(kid, None)
             self._active.clear()
-            self._hot.clear()
             self._in_use.clear()
         return n
 
@@ -384,14 +369,11 @@ class KeyRing:
         with self._lock:
             if scope is None:
                 self._active.clear()
-                self._hot.clear()
                 self._in_use.clear()
                 for key in self._by_kid.values():
                     key.checked = float("-inf")
             else:
                 self._active.pop(scope, None)
-                self._hot.pop(scope, None)
-                self._hot.pop("siv " + scope, None)
                 self._in_use.pop(scope, None)
 
     def describe(self) -> Iterator[dict[str, Any]]:

@@ -73,7 +73,7 @@ def cmd_rotate(config_fn: Callable, args) -> int:
                                                            "destroyed": report.destroyed[:50]})
     print(report.summary())
     if report.still_retired:
-        print(f"retired keys are kept until no server may still write with them (KEY_CACHE_SECONDS); "
+        print("retired keys are kept until no server may still write with them (KEY_RETIRE_GRACE_SECONDS); "
               "run `fieldsync keys reencrypt` again later, or let the server's key maintenance do it")
     return 0
 

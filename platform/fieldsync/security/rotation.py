@@ -31,7 +31,6 @@ import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity, Model
 from fieldsync.security.fields import FieldCrypto, KeyShredded, bidx_column, ciphertext_key_id
-from fieldsync.security.keyring import DATA_KEYS
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 
@@ -130,11 +129,16 @@ def _reencrypt_table(store: RecordStore, crypto: FieldCrypto, entity: Entity, re
             return
         last = rows[-1]["id"]
         updates = []
+
+        def holds(values) -> None:   # the key ids a row keeps after this pass
+            seen.update(ciphertext_key_id(values[f.name]) for f in secret if values.get(f.name) is not None)
+
         for row in rows:
             stale = [f for f in secret if row.get(f.name) is not None and ciphertext_key_id(row[f.name]) in retired]
             redo_index = index_rotated and any(f.encryption == "blind_index" and row.get(f.name) is not None
                                                for f in secret)
             if not stale and not redo_index:
+                holds(row)
                 continue
             record_id = row["id"]
             try:
@@ -146,6 +150,7 @@ def _reencrypt_table(store: RecordStore, crypto: FieldCrypto, entity: Entity, re
                         continue
                     values[f.name] = crypto.decode(entity, f, row[f.name], record_id)
             except KeyShredded:
+                holds(row)
                 continue   # a shredded subject: nothing readable to move
             if subject is not None:
                 crypto.ensure_subjects(entity, [subject])
@@ -154,26 +159,20 @@ def _reencrypt_table(store: RecordStore, crypto: FieldCrypto, entity: Entity, re
             new = {k: v for k, v in new.items()
                    if k.startswith("fs_bidx_") or entity.field(k) in stale}
             report.values += sum(1 for k in new if not k.startswith("fs_bidx_"))
-            updates.append((record_id, row["version"], new))
+            updates.append((row, new))
         if updates:
             with write_transaction(store.engine) as conn:
-                for record_id, version, new in updates:
-                    if not new:
-                        continue
-                    n = conn.execute(table.update().where(table.c.id == record_id, table.c.version == version)
-                                     .values(new)).rowcount
+                for row, new in updates:
+                    n = conn.execute(table.update().where(table.c.id == row["id"], table.c.version == row["version"])
+                                     .values(new)).rowcount if new else 0
                     if n == 1:
                         report.rows += 1
+                        holds({**row, **new})
                     else:
-                        report.skipped += 1
-        # what this batch still holds after the pass (a skipped row may keep an old key)
-        with store.engine.connect() as conn:
-            ids = [r["id"] for r in rows]
-            for stored in conn.execute(sa.select(*(table.c[f.name] for f in secret)).where(table.c.id.in_(ids))):
-                for value in stored:
-                    kid = ciphertext_key_id(value) if value is not None else None
-                    if kid is not None:
-                        seen.add(kid)
+                        # changed by a writer meanwhile (with an active key: retired ones are past
+                        # their grace when the pass may destroy them); counted as it was read
+                        report.skipped += 1 if new else 0
+                        holds(row)
 
 
 def _reencrypt_changes(store: RecordStore, crypto: FieldCrypto, entities: list[Entity], retired: dict[str, Any],
@@ -272,15 +271,10 @@ def shred_entity(store: RecordStore, crypto: FieldCrypto, entity: str) -> list[s
             conn.execute(table.update().values({c: None for c in bidx}))
     keyring = crypto.keyring
     destroyed = []
-    for scope in ([crypto.entity_scope(e), crypto.index_scope(e)] + _all_scopes(keyring, f"subject:{e.name}:")):
+    subjects = keyring.scopes(f"subject:{e.name}:", states=("active", "retired"))
+    for scope in [crypto.entity_scope(e), crypto.index_scope(e)] + subjects:
         destroyed += keyring.destroy_scope(scope)
     return destroyed
-
-
-def _all_scopes(keyring, prefix: str) -> list[str]:
-    with keyring.engine.connect() as conn:
-        return [r[0] for r in conn.execute(sa.select(DATA_KEYS.c.scope).distinct().where(
-            DATA_KEYS.c.scope.startswith(prefix, autoescape=True), DATA_KEYS.c.state != "destroyed"))]
 
 
 def audit_pass(audit, report: ReencryptReport, *, channel: str = "system") -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Mapping, Sequence
 
