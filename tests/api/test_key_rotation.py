@@ -351,3 +351,18 @@ def test_key_maintenance_finishes_a_rotation_and_audits_it(fast_app, api_for):
     assert got["diagnosis"] == rec["diagnosis"]
     events = [e for e in state.audit.entries() if e.action == "key" and e.detail.get("event") == "reencrypt"]
     assert events and events[-1].detail["destroyed"] == report.destroyed[:50]
+
+
+def test_keys_cli_refuses_bad_input_clearly(tmp_path, example_model, capsys):
+    from fieldsync.cli import main
+    data = tmp_path / "var"
+    common = ["--data-dir", str(data)]
+    assert main(["keys", "list", *common]) == 1                       # no database yet: nothing created
+    assert "no server database in" in capsys.readouterr().err and not data.exists()
+    create_app({"DATA_DIR": str(data), "SECRET_KEY": SECRET}, model=example_model).extensions["fieldsync"].engine.dispose()
+    assert main(["keys", "rotate", "--entity", "nosuch", *common]) == 1
+    assert "no entity 'nosuch'" in capsys.readouterr().err
+    assert main(["keys", "shred", "--entity", "territory", "--yes", *common]) == 1
+    assert "has no encrypted field" in capsys.readouterr().err
+    assert main(["keys", "shred", "--subject", "x", *common]) == 2     # no --yes
+    assert "--yes" in capsys.readouterr().err

@@ -28,8 +28,21 @@ def _open(config_fn: Callable, args) -> tuple[Any, Any, Any, Any]:
     from fieldsync.store.records import RecordStore
     from fieldsync.store.tables import build_metadata
 
+    from fieldsync.errors import ConfigError
     config = config_fn(args)
+    if not config.get("DATABASE_URL") and not (config.data_dir / "fieldsync.db").exists():
+        raise ConfigError(f"no server database in {config.data_dir}: pass --database-url or the server's --data-dir")
     model = load_model(config["DEFS_DIR"])
+    entity = getattr(args, "entity", None)
+    if entity is not None and not model.has_entity(entity):
+        raise ConfigError(f"no entity {entity!r} in {config['DEFS_DIR']}")
+    if entity is not None and not model.entity(entity).has_encrypted:
+        raise ConfigError(f"entity {entity!r} has no encrypted field: it has no data keys")
+    if getattr(args, "subject", None) is not None:
+        named = [e.name for e in model.entities if e.subject and (entity is None or e.name == entity)]
+        if not named:
+            raise ConfigError(f"{'entity ' + repr(entity) if entity else 'no entity'} names no encryption "
+                              "subject: --subject has nothing to shred")
     engine = make_engine(config.database_url)
     create_changelog_tables(engine)
     build_metadata(model).create_all(engine)
