@@ -89,6 +89,8 @@ def cmd_migrate(args) -> int:
     model = _load_model_or_report(config["DEFS_DIR"])
     if model is None:
         return 1
+    if not config.get("DATABASE_URL"):
+        config.data_dir.mkdir(parents=True, exist_ok=True)   # the embedded SQLite file lives there
     engine = make_engine(config.database_url)
     try:
         plan = plan_migration(engine, model)
@@ -528,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-destructive", action="store_true", help="also drop or narrow columns/tables")
     p.add_argument("--defs", help="definitions directory")
     p.add_argument("--database-url", help="database URL (default: SQLite in the data directory)")
+    p.add_argument("--data-dir", help="data directory (default var/)")
 
     for name, help_text, handler in (
             ("serve", "start the REST server", cmd_serve),
@@ -549,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "seed", "load the master seed data (records already present are kept)", cmd_seed)
     p.add_argument("dir", nargs="?", default="examples/seed", help="seed directory")
+    p.add_argument("--defs", help="definitions directory")
     p.add_argument("--database-url", help="database URL")
+    p.add_argument("--data-dir", help="data directory (default var/)")
 
     p = _command(sub, "devices", "list registered devices: last contact, cursor, pending and quarantined counts",
                  cmd_devices)

@@ -66,6 +66,7 @@ def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
     from fieldsync.security.keyring import crypto_from_config
     from fieldsync.store.engine import make_engine
     from fieldsync.store.changelog import ChangeLog, create_changelog_tables
+    from fieldsync.store.migrate import auto_migrate
     from fieldsync.store.records import RecordStore
 
     directory = Path(directory)
@@ -78,7 +79,11 @@ def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
         raise ConfigError(f"{directory}: seed for unknown entities: {', '.join(unknown)}")
     engine = None
     if store is None:
+        if not config.get("DATABASE_URL"):
+            config.data_dir.mkdir(parents=True, exist_ok=True)   # the embedded SQLite file lives there
         engine = make_engine(config.database_url)
+        # a fresh database gets its tables here, as the server would at start (additive steps only)
+        auto_migrate(engine, model)
         # every server-side write is logged, or devices would never pull it (invariant 4)
         create_changelog_tables(engine)
         crypto = crypto_from_config(config, engine, model=model)   # seeded PHI is encrypted like any write
