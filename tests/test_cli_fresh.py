@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +54,20 @@ def test_seed_on_a_fresh_data_dir_from_the_environment(tmp_path):
     done = run_cli("seed", env={"FIELDSYNC_DATA_DIR": str(data_dir)})
     assert done.returncode == 0, done.stderr
     assert "retailer: 8 record(s) new" in done.stdout
+
+
+def _break_definitions(defs_copy: Path) -> None:
+    product = defs_copy / "masters" / "product.yaml"
+    product.write_text(product.read_text().replace("type: integer", "type: integr"))
+
+
+@pytest.mark.parametrize("command", ["serve", "run", "seed", "migrate", "worker"])
+def test_commands_on_invalid_definitions_print_validate_messages(command, defs_copy, tmp_path):
+    _break_definitions(defs_copy)
+    validate = run_cli("validate", str(defs_copy))
+    assert validate.returncode == 1 and "product.yaml:" in validate.stderr
+    done = run_cli(command, "--defs", str(defs_copy), "--data-dir", str(tmp_path / "var"),
+                   *(("--port", "0") if command in ("serve", "run") else ()), timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr == validate.stderr

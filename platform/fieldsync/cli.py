@@ -38,10 +38,15 @@ def _load_model_or_report(defs_dir) -> object | None:
     try:
         return load_model(defs_dir)
     except DefinitionErrors as exc:
-        for err in exc.errors:
-            print(err, file=sys.stderr)
-        print(f"{len(exc.errors)} error(s) in {defs_dir}", file=sys.stderr)
+        _report_definition_errors(exc, defs_dir)
         return None
+
+
+def _report_definition_errors(exc, defs_dir) -> None:
+    """What `fieldsync validate` prints: one `file:line:column: key: message` per error, then the count."""
+    for err in exc.errors:
+        print(err, file=sys.stderr)
+    print(f"{len(exc.errors)} error(s) in {defs_dir}", file=sys.stderr)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -653,8 +658,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from fieldsync.defs import DefinitionErrors
     try:
         return int(args.handler(args) or 0)
+    except DefinitionErrors as exc:
+        # any command that loads the model (serve, run, seed, worker...) reports invalid
+        # definitions as validate does, not as a traceback
+        try:
+            defs_dir = _config(args)["DEFS_DIR"]
+        except Error:
+            defs_dir = "the definitions"
+        _report_definition_errors(exc, defs_dir)
+        return 1
     except Error as exc:
         print(f"fieldsync {args.command}: {exc}", file=sys.stderr)
         return 1
