@@ -316,6 +316,8 @@ def cmd_devices(args) -> int:
         for r in rows:
             reported = _json.loads(r["reported"]) if r["reported"] else {}
             items.append({"device_id": r["device_id"], "user_id": r["user_id"], "status": r["status"],
+                          # as of its latest push or pull (registration until then)
+                          "schema_version": r["schema_version"], "app_version": r["app_version"],
                           "last_contact_at": str(r["last_contact_at"])[:19], "acked_cursor": r["acked_cursor"],
                           "behind": max(head - r["acked_cursor"], 0), "last_received_seq": r["last_received_seq"],
                           "unsettled": unsettled_by.get(r["device_id"], 0), "rejected": r["rejected"],
@@ -327,7 +329,8 @@ def cmd_devices(args) -> int:
     if args.json:
         print(_json.dumps({"head": head, "items": items}, indent=2))
         return 0
-    columns = ("device_id", "user_id", "status", "last_contact_at", "acked_cursor", "behind",
+    columns = ("device_id", "user_id", "status", "schema_version", "app_version", "last_contact_at",
+               "acked_cursor", "behind",
                "last_received_seq", "unsettled", "rejected", "pending", "quarantined")
     widths = {c: max([len(c)] + [len(str(i[c])) for i in items]) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))

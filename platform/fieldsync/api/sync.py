@@ -47,6 +47,9 @@ SUPPORTED_PROTOCOLS = [1]
 COMPRESS_OVER = 1024
 blueprint = Blueprint("fieldsync_sync", __name__)
 NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
+# admin endpoints (an operator's curl, the admin UI) are not the device protocol: the header is
+# optional there, and checked only when sent
+PROTOCOL_HEADER_OPTIONAL = {"fieldsync_sync.list_devices", "fieldsync_sync.device_status", "fieldsync_sync.revoke"}
 AUDIT_CHANNELS = {"fieldsync_sync.push": "push", "fieldsync_sync.pull": "pull",
                   "fieldsync_sync.list_devices": "admin", "fieldsync_sync.revoke": "admin"}
 
@@ -73,7 +76,8 @@ def _now():
 @blueprint.before_request
 def _authenticate() -> None:
     g.snapshot = _state().snapshot
-    if request.endpoint not in NO_PROTOCOL_HEADER:
+    optional = request.endpoint in PROTOCOL_HEADER_OPTIONAL and "Fieldsync-Protocol" not in request.headers
+    if request.endpoint not in NO_PROTOCOL_HEADER and not optional:
         version = request.headers.get("Fieldsync-Protocol", "")
         if version.strip() not in {str(v) for v in SUPPORTED_PROTOCOLS}:
             raise _problem(400, "protocol-unsupported", "Protocol version not supported",
@@ -238,6 +242,18 @@ def _schema_version(body: Mapping[str, Any], *, pull: bool) -> int:
                        f"the device has schema version {version}; the server has {server}",
                        schema_version=server, schema_url=f"{request.script_root}/api/v1/sync/schema?from={version}")
     return version
+
+
+def _synced_versions(body: Mapping[str, Any], schema_version: int) -> dict[str, Any]:
+    """The device row's `schema_version` and `app_version` as of this push or pull: what admins
+    see is the version a device last synced with, not the one it registered with."""
+    values: dict[str, Any] = {"schema_version": schema_version}
+    app_version = body.get("app_version")
+    if app_version is not None:
+        if not isinstance(app_version, str) or len(app_version) > 64:
+            raise _malformed([{"field": "app_version", "reason": "must be a string of at most 64 characters"}])
+        values["app_version"] = app_version
+    return values
 
 
 def _int_arg(body: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -429,6 +445,7 @@ def push():
     mutations = body.get("mutations")
     _check_mutations(mutations, int(state.config["SYNC_MAX_MUTATIONS"]))
     version = _schema_version(body, pull=False)
+    synced = _synced_versions(body, version)
     principal: Principal = g.principal
     now = _now()
     with state.engine.connect() as conn:
@@ -486,7 +503,7 @@ def push():
                            "the push could not be made durable; nothing was received, send it again",
                            ) from None
     with write_transaction(state.engine) as conn:
-        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role}
+        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role, **synced}
         if fresh:
             values["last_received_seq"] = sa.func.max(DEVICES.c.last_received_seq, fresh[-1]["seq"]) \
                 if conn.dialect.name == "sqlite" else sa.func.greatest(DEVICES.c.last_received_seq, fresh[-1]["seq"])
@@ -519,7 +536,7 @@ def results():
 def pull():
     body = _body_object()
     state = _state()
-    _schema_version(body, pull=True)
+    synced = _synced_versions(body, _schema_version(body, pull=True))
     max_limit = int(state.config["SYNC_MAX_PULL_LIMIT"])
     req = PullRequest(device_id=body.get("device_id"), cursor=_int_arg(body, "cursor", 0, 0, 2 ** 53),
                       resume=body.get("resume") if isinstance(body.get("resume"), str) else None,
@@ -551,7 +568,7 @@ def pull():
     with write_transaction(state.engine) as conn:
         state.audit.append_all(conn, disclosed)   # invariant 8: the page's PHI, before it is sent
         remember_scope(conn, scope, now)
-        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role,
+        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role, **synced,
                                   "served_cursor": sa.func.max(DEVICES.c.served_cursor, page["cursor"]),
                                   "acked_cursor": sa.func.max(DEVICES.c.acked_cursor,
                                                               sa.func.min(req.cursor, DEVICES.c.served_cursor))}

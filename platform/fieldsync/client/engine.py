@@ -219,6 +219,8 @@ class SyncEngine:
                     "cursor": int(self.store.state("cursor", 0)), "resume": self.store.state("resume"),
                     "scope_hash": self.store.state("scope_hash"), "limit": self.pull_limit,
                     "results_after": outbox.settled_through(self.store), "refetch": refetch}
+            if self.install_info.get("app_version") is not None:   # the server shows what a device runs now
+                body["app_version"] = self.install_info["app_version"]
             try:
                 page = self.wire.call("POST", "/pull", body)
             except ProtocolError as exc:
