@@ -71,3 +71,35 @@ def test_commands_on_invalid_definitions_print_validate_messages(command, defs_c
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr == validate.stderr
+
+
+def _closed_early(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run the command with its standard output read for one line and then closed, as `| head -1`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
+    proc = subprocess.Popen([str(FIELDSYNC), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            env=clean)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.wait(timeout=120)
+    return subprocess.CompletedProcess(argv, proc.returncode, first.decode(), err)
+
+
+def test_streaming_commands_exit_quietly_when_the_reader_goes_away(tmp_path):
+    from fieldsync.api import create_app
+    from fieldsync.security.audit import AuditEvent
+    data_dir = tmp_path / "var"
+    app = create_app({"DATA_DIR": str(data_dir), "SYNC_LISTENERS": 0})
+    state = app.extensions["fieldsync"]
+    state.audit.record_all([AuditEvent(action="read", actor=f"user-{i}", role="admin", channel="rest",
+                                       entity="retailer", detail={"n": i}) for i in range(1500)])
+    state.sync.close()
+    state.engine.dispose()
+    done = _closed_early(["audit", "export", "--format", "fhir", "--from", "2000-01-01", "--to", "2100-01-01",
+                          "--data-dir", str(data_dir)])
+    assert done.stdout.startswith("{")           # it did stream
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141                # as a process killed by SIGPIPE: 128 + 13
+    done = _closed_early(["audit", "verify", "--json", "--data-dir", str(data_dir)])
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

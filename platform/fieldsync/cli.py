@@ -663,7 +663,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fieldsync.defs import DefinitionErrors
     try:
-        return int(args.handler(args) or 0)
+        status = int(args.handler(args) or 0)
+        sys.stdout.flush()    # inside the try: a reader gone by now is a broken pipe like any other
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except DefinitionErrors as exc:
         # any command that loads the model (serve, run, seed, worker...) reports invalid
         # definitions as validate does, not as a traceback
@@ -678,6 +682,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone() -> int:
+    """The reader of standard output went away (`fieldsync audit export | head`): stop quietly,
+    with the status of a process killed by SIGPIPE, as other Unix tools do. Standard output is
+    pointed at /dev/null, so the interpreter's last flush cannot fail again with a traceback."""
+    import os
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 if __name__ == "__main__":
