@@ -1,11 +1,12 @@
 """Authenticating a request, shared by the entity API and the sync API (docs/access.md).
 
-In order: the rate limit (a client address, or the device a token claims, with too many recent
-failures gets 429 and Retry-After; its token is not even checked), the bearer token's signature,
-expiry and role (`fieldsync.auth.tokens`), then its session (`fieldsync.auth.sessions`: idle
-timeout, revocation). Each failure counts against the limiter and is audited (action "auth",
-outcome "failure", a reason code: never the token). A token's first use starts its session,
-audited with the session row in one transaction.
+In order: the bearer token's signature, expiry and role (`fieldsync.auth.tokens`), then its
+session (`fieldsync.auth.sessions`: idle timeout, revocation). Each failure counts against the
+limiter and is audited (action "auth", outcome "failure", a reason code: never the token). A
+client address, or the device a token claims, with too many recent failures gets 429 and
+Retry-After for every request whose token is not valid (neither counted nor audited again); a
+valid token is let through. A token's first use starts its session, audited with the session row
+in one transaction.
 """
 
 from __future__ import annotations
@@ -104,27 +105,34 @@ def authenticate_request(*, slug: str | None = None, channel: str = "rest") -> P
     claimed_device = unverified_claims(token).get("dev") if token else None
     if isinstance(claimed_device, str) and claimed_device:
         keys.append(("device", claimed_device[:64]))
+    # A blocked address or device still gets its token checked: a valid token is let through
+    # (the users behind one NAT are not locked out by someone else's failures, nor a device by
+    # forgeries claiming it); anything else is 429, neither counted again nor audited again.
     wait = state.auth_limiter.retry_after(keys)
-    if wait is not None:
-        raise Problem(429, f"too many failed authentications from this client; retry after {wait} s",
-                      slug="too-many-requests", title="Too many requests",
-                      headers={"Retry-After": str(wait)}, extra={"retry_after": wait})
     if scheme.lower() != "bearer" or not token:
-        raise _refused(slug, "missing", "send a bearer token in the Authorization header", keys, channel)
+        raise _too_many(wait) if wait is not None else \
+            _refused(slug, "missing", "send a bearer token in the Authorization header", keys, channel)
     try:
         snapshot = getattr(g, "snapshot", None)   # the blueprints pin one model per request
         model = snapshot.model if snapshot is not None else state.model
         principal = verify_token(state.secret, token, now=state.auth_clock(), roles=model.role_names)
     except TokenError as exc:
-        raise _refused(slug, exc.reason, str(exc), keys, channel) from None
+        raise (_too_many(wait) if wait is not None else _refused(slug, exc.reason, str(exc), keys, channel)) from None
     try:
         state.sessions.admit(principal, on_start=lambda conn: record_audit(audit_event(
             action="auth", channel=channel, actor=principal.user_id, role=principal.role, device=principal.device_id,
             detail={"event": "session_start", "token_id": principal.token_id, "kind": principal.kind,
                     "source_ip": _address()}), conn))
     except TokenError as exc:
-        raise _refused(slug, exc.reason, str(exc), keys, channel, principal) from None
+        raise (_too_many(wait) if wait is not None
+               else _refused(slug, exc.reason, str(exc), keys, channel, principal)) from None
     return principal
+
+
+def _too_many(wait: int) -> Problem:
+    return Problem(429, f"too many failed authentications from this client; retry after {wait} s",
+                   slug="too-many-requests", title="Too many requests",
+                   headers={"Retry-After": str(wait)}, extra={"retry_after": wait})
 
 
 def refuse_device_token(principal: Principal, what: str) -> None:
