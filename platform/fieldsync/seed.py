@@ -1,8 +1,9 @@
 """Seed data for the masters (what `make run` loads), and the demo users it prints tokens for.
 
 A seed directory holds YAML files of the form `{entity: name, records: [...]}`; children may be
-given inline under their collection name (a price list's `items`). Records go through the same
-validation as REST writes. A record whose id already exists is left alone, so seeding on every
+given inline under their collection name (a price list's `items`). Entity and field names of
+earlier definitions are mapped through `renamed_from`, so seed files need no edit after a
+rename. Records go through the same validation as REST writes. A record whose id already exists is left alone, so seeding on every
 start is safe and never overwrites what users changed.
 """
 
@@ -45,6 +46,43 @@ def read_seed(directory: Path) -> dict[str, list[dict[str, Any]]]:
     return seed
 
 
+def current_names(model: Model, seed: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """`seed` with entity and field names of earlier definitions mapped through `renamed_from`
+    (invariant 9), so seed files written before a rename still load; names the model does not
+    know, old or new, are left for the caller to report."""
+    mapped: dict[str, list[dict[str, Any]]] = {}
+    for name, records in seed.items():
+        entity = _entity_named(model, name)
+        if entity is None:
+            mapped.setdefault(name, []).extend(records)
+            continue
+        mapped.setdefault(entity.name, []).extend(_record_names(model, entity, r) for r in records)
+    return mapped
+
+
+def _entity_named(model: Model, name: str):
+    if model.has_entity(name):
+        return model.entity(name)
+    return next((e for e in model.entities if name in e.renamed_from), None)
+
+
+def _record_names(model: Model, entity, record: Any) -> Any:
+    if not isinstance(record, dict):
+        return record
+    fields = {f.name for f in entity.fields}
+    old_names = {old: f.name for f in entity.fields for old in f.renamed_from}
+    children = {model.entity(c).collection: model.entity(c) for c in entity.children}
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in children and isinstance(value, list):
+            out[key] = [_record_names(model, children[key], child) for child in value]
+        elif key not in fields and key in old_names:
+            out[old_names[key]] = value
+        else:
+            out[key] = value
+    return out
+
+
 def dependency_order(model: Model, names: list[str]) -> list[str]:
     """`names` ordered so an entity comes after those its refs point at (self-refs aside)."""
     remaining, ordered = sorted(names), []
@@ -73,7 +111,7 @@ def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
     if not directory.is_dir():
         raise ConfigError(f"seed directory {directory} not found")
     model = load_model(config["DEFS_DIR"])
-    seed = read_seed(directory)
+    seed = current_names(model, read_seed(directory))
     unknown = [name for name in seed if not model.has_entity(name)]
     if unknown:
         raise ConfigError(f"{directory}: seed for unknown entities: {', '.join(unknown)}")
