@@ -25,6 +25,7 @@ from fieldsync.defs.model import (
     BUILTIN_USER_ATTRIBUTES, SYSTEM_COLUMNS, Entity, Field, Location, Model, Permission,
     Role, SyncRule, UserAttribute,
 )
+from fieldsync.defs.patterns import compile_pattern, subset_problem
 from fieldsync.defs.values import ValueProblem, normalize_value
 
 # libyaml's C parser when PyYAML was built with it: the same nodes and marks, ~10x faster.
@@ -410,10 +411,15 @@ class _Builder:
             if key not in spec:
                 self.error(doc, fpath, f"a {t} field needs {key}")
         if "pattern" in spec:
-            try:
-                re.compile(spec["pattern"])
-            except re.error as exc:
-                self.error(doc, fpath + ("pattern",), f"invalid regular expression: {exc}")
+            # devices validate with ECMA-262: only what Python and it read the same way
+            problem = subset_problem(spec["pattern"])
+            if problem is not None:
+                self.error(doc, fpath + ("pattern",), problem)
+            else:
+                try:
+                    compile_pattern(spec["pattern"])
+                except re.error as exc:
+                    self.error(doc, fpath + ("pattern",), f"invalid regular expression: {exc}")
         if spec.get("unique") and t in ("json", "geopoint", "text"):
             self.error(doc, fpath + ("unique",), f"a {t} field cannot be unique")
 

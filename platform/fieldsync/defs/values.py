@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from fieldsync.defs.model import Entity, Field
+from fieldsync.defs.patterns import compile_pattern
 
 DEFAULT_STRING_MAX = 255
 MEDIA_MAX = 512
@@ -38,9 +39,8 @@ class ValueProblem(ValueError):
     pass
 
 
-@lru_cache(maxsize=1024)
 def _compiled(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+    return compile_pattern(pattern)   # the ECMA-262 meaning devices check with (defs/patterns.py)
 
 
 def _check_length(f: Field, value: str) -> None:
