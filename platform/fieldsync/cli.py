@@ -49,6 +49,37 @@ def _report_definition_errors(exc, defs_dir) -> None:
     print(f"{len(exc.errors)} error(s) in {defs_dir}", file=sys.stderr)
 
 
+def _unraised_in_database(config, model) -> str | None:
+    """The schema_version refusal against the model last applied to the database, if any
+    (defs/schema_version.py); None for a database that does not exist yet."""
+    from fieldsync.defs.schema_version import unraised_version
+    from fieldsync.store.engine import make_engine
+    from fieldsync.store.migrate import read_schema_record
+    if not config.get("DATABASE_URL") and not (config.data_dir / "fieldsync.db").exists():
+        return None
+    engine = make_engine(config.database_url)
+    try:
+        with engine.connect() as conn:
+            record = read_schema_record(conn) or {}
+    finally:
+        engine.dispose()
+    return unraised_version(model, record.get("schema_version"), record.get("fingerprint"),
+                            "the model last applied to the database")
+
+
+def _model_for_database(config, command: str):
+    """The definitions' model, when valid and allowed to follow what the database holds; else
+    None after printing why (every command that migrates at start checks this first)."""
+    model = _load_model_or_report(config["DEFS_DIR"])
+    if model is None:
+        return None
+    problem = _unraised_in_database(config, model)
+    if problem is not None:
+        print(f"fieldsync {command}: {problem}", file=sys.stderr)
+        return None
+    return model
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 def cmd_validate(args) -> int:
@@ -62,9 +93,25 @@ def cmd_validate(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    import json as _json
     from fieldsync.codegen import generate
     from fieldsync.defs import DefinitionErrors
+    from fieldsync.defs.schema_version import unraised_version
     config = _config(args)
+    model = _load_model_or_report(config["DEFS_DIR"])
+    if model is None:
+        return 1
+    previous = Path(args.out) / "device" / "schema.json"   # what devices were last built with
+    if previous.is_file():
+        try:
+            recorded = _json.loads(previous.read_text("utf-8"))
+        except ValueError:
+            recorded = {}
+        problem = unraised_version(model, recorded.get("schema_version"), recorded.get("fingerprint"),
+                                   f"{previous}") if isinstance(recorded, dict) else None
+        if problem is not None:
+            print(f"fieldsync generate: {problem}", file=sys.stderr)
+            return 1
     start = time.perf_counter()
     try:
         paths = generate(config["DEFS_DIR"], args.out, check=args.check)
@@ -94,12 +141,16 @@ def cmd_migrate(args) -> int:
     model = _load_model_or_report(config["DEFS_DIR"])
     if model is None:
         return 1
+    unraised = _unraised_in_database(config, model)
     if not config.get("DATABASE_URL"):
         config.data_dir.mkdir(parents=True, exist_ok=True)   # the embedded SQLite file lives there
     engine = make_engine(config.database_url)
     try:
         plan = plan_migration(engine, model)
         print(format_plan(plan))
+        if unraised is not None:   # the plan is shown, nothing is applied (--dry-run exits 1 too)
+            print(f"fieldsync migrate: {unraised}", file=sys.stderr)
+            return 1
         if args.dry_run or not plan.steps:
             return 0
         apply_migration(engine, plan, allow_destructive=args.allow_destructive)
@@ -119,7 +170,10 @@ def cmd_serve(args) -> int:
     if tls is None:
         from fieldsync.api.https_server import check_plain_http_allowed
         check_plain_http_allowed(host, behind_tls_proxy=behind_tls_proxy)
-    app = create_app(config)
+    model = _model_for_database(config, "serve")   # before the start migrates anything
+    if model is None:
+        return 1
+    app = create_app(config, model=model)
     _serve(app, host, port, tls=tls, behind_tls_proxy=behind_tls_proxy)
     return 0
 
@@ -192,6 +246,8 @@ def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, beh
 def cmd_seed(args) -> int:
     from fieldsync.seed import load_seed
     config = _config(args)
+    if _model_for_database(config, "seed") is None:   # seeding migrates a database that is behind
+        return 1
     counts = load_seed(config, Path(args.dir))
     for entity, n in counts.items():
         print(f"{entity}: {n} record(s) new")
@@ -208,7 +264,10 @@ def cmd_run(args) -> int:
     port = args.port or int(config["PORT"])
     check_plain_http_allowed(host, behind_tls_proxy=bool(config.get("BEHIND_TLS_PROXY")))  # before anything starts
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(config)          # creates/migrates the tables
+    model = _model_for_database(config, "run")
+    if model is None:
+        return 1
+    app = create_app(config, model=model)          # creates/migrates the tables
     counts = load_seed(config, Path(args.seed))
     base = f"http://{host}:{port}/api/v1"
     print(f"database: {config.database_url}")
@@ -399,7 +458,10 @@ def cmd_worker(args) -> int:
             print(f"fieldsync worker: {exc}", file=sys.stderr)
             return 2
     _worker_logging()
-    app = create_app(config)
+    model = _model_for_database(config, "worker")
+    if model is None:
+        return 1
+    app = create_app(config, model=model)
     state = app.extensions["fieldsync"]
     sync, control = state.sync, state.workers
     if args.heartbeat is not None:
