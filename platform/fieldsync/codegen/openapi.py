@@ -23,7 +23,8 @@ PROBLEM_BASE = "https://fieldsync.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 # Operators a list filter may carry as a suffix: `?quantity__gte=3`. No suffix means equality.
-FILTER_OPERATORS = ("eq", "ne", "gte", "lte", "in")
+# gt, gte, lt and lte compare by order: only on the orderable types (_RANGE_TYPES), never encrypted.
+FILTER_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
 # Query parameters that control a list; a field with one of these names filters for
 # equality as `name__eq` (always accepted) instead of the bare name.
 CONTROL_PARAMETERS = ("sort", "limit", "cursor", "total", "expand")

@@ -214,7 +214,7 @@ def _db_step(column: sa.Column, field: Field, entity: Entity, codec: FieldCodec)
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """`column op value` in a list request; op is one of eq, ne, gte, lte, in (value a list)."""
+    """`column op value` in a list request; op is one of eq, ne, gt, gte, lt, lte, in (value a list)."""
 
     column: str
     op: str
@@ -780,7 +780,10 @@ class RecordStore:
             return col == value
         if flt.op == "ne":
             return sa.or_(col != value, col.is_(None))  # "not equal" includes rows without a value
-        return col >= value if flt.op == "gte" else col <= value
+        comparisons = {"gt": col > value, "gte": col >= value, "lt": col < value, "lte": col <= value}
+        if flt.op not in comparisons:
+            raise BadQuery(f"{flt.column}: unknown filter operator {flt.op!r}")
+        return comparisons[flt.op]
 
     def list(self, entity: Entity | str, *, filters: Iterable[Filter] = (), sort: str = "id",
              limit: int = 50, cursor: str | None = None, total: bool = False,
