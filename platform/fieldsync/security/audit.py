@@ -69,7 +69,7 @@ __all__ = [
 
 ACTIONS = ("read", "create", "update", "delete", "export", "auth", "key", "admin")
 OUTCOMES = ("success", "failure", "denied")
-CHANNELS = ("rest", "pull", "push", "cli", "admin", "system")
+CHANNELS = ("rest", "sync", "pull", "push", "cli", "admin", "system")
 GENESIS = "0" * 64              # the prev_hash of entry 1
 HASH_VERSION = "fsa1"           # names the canonical encoding; a new encoding gets a new tag
 SIGNING_KEY_FILE = "audit-signing.key"
