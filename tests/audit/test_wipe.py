@@ -18,66 +18,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from audit_support import SECRET, PhiApp, fill
+from audit_support import AUDIT_TABLES, SECRET, PhiApp, drop_trail, fill, run_server_once, sql, start
 from fieldsync.cli import main
 from fieldsync.errors import Error
 from fieldsync.security.audit import AuditLog, create_audit_tables
 from fieldsync.security.keys import LocalKeyProvider
 from fieldsync.store.engine import make_engine
-
-AUDIT_TABLES = ("fs_audit_entries", "fs_audit_checkpoints", "fs_audit_head")
-
-
-class Server:
-    """A started app (no reference data written: it may be a restart)."""
-
-    def __init__(self, app):
-        self.app = app
-        self.state = app.extensions["fieldsync"]
-        self.audit: AuditLog = self.state.audit
-
-    def close(self) -> None:
-        self.state.sync.close()
-        self.state.engine.dispose()
-
-
-def start(db_url: str, data_dir: Path, model, **config) -> Server:
-    from fieldsync.api import create_app
-    app = create_app({"DATABASE_URL": db_url, "SECRET_KEY": SECRET, "DATA_DIR": str(data_dir),
-                      "SYNC_LISTENERS": 0, **config}, model=model)
-    return Server(app)
-
-
-def run_server_once(db_url: str, data_dir: Path, model, **config) -> str:
-    """Start a server, let it write audit entries (PHI writes and reads), stop it; its log id."""
-    server = start(db_url, data_dir, model, **config)
-    phi = PhiApp(server.app) if not server.audit.verify().entries else server
-    try:
-        if isinstance(phi, PhiApp):
-            rep = phi.token("rep-1", "field_rep")
-            created = phi.ok("POST", "/prescription", rep, phi.prescription())
-            phi.ok("GET", f"/prescription/{created['id']}", rep)
-            assert len(phi.entries()) >= 3
-        with phi.state.engine.connect() as conn:
-            return conn.execute(sa.text("SELECT log_id FROM fs_audit_head")).scalar_one()
-    finally:
-        phi.close()
-
-
-def sql(db_url: str, *statements: str) -> None:
-    engine = make_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(sa.text(statement))
-    finally:
-        engine.dispose()
-
-
-def drop_trail(db_url: str, *, keys_too: bool) -> None:
-    tables = AUDIT_TABLES + (("fs_audit_keys",) if keys_too else ())
-    sql(db_url, *[f"DROP TABLE {t}" for t in tables])
-
 
 def fresh_log(db_url: str, keys_dir: Path) -> None:
     """What a server without an anchor did after a wipe: a new, sealed, empty trail."""
