@@ -432,8 +432,7 @@ class AuditLog:
     def _refusal(self, store: AnchorStore, anchor: Anchor, what: str) -> str:
         database = self.engine.url.render_as_string(hide_password=True)
         return (f"the audit trail in {database} is not the one anchored in {store.location}: the anchor is a "
-                f"signed checkpoint of audit log {anchor.log_id} at entry {anchor.seq}"
-                + (f" (signed {anchor.signed_at})" if anchor.signed_at else "") + f", but {what}. "
+                f"signed checkpoint of {anchor.describe()}, but {what}. "
                 "The trail was wiped or replaced, or the server points at another database; it does not start "
                 "a new trail silently. Restore the database or point the server at the right one; if the reset "
                 f"is deliberate, run `fieldsync audit acknowledge-reset --log {anchor.log_id} --reason TEXT` "

@@ -68,6 +68,11 @@ class Anchor:
         except (ValueError, KeyError, TypeError):
             raise ValueError("not an audit anchor (a JSON object with a signed checkpoint statement)") from None
 
+    def describe(self) -> str:
+        """"audit log X at entry S (signed T)", for messages."""
+        where = f"at entry {self.seq}" if self.seq else "while still empty (entry 0)"
+        return f"audit log {self.log_id} {where}" + (f" (signed {self.signed_at})" if self.signed_at else "")
+
     def as_json(self) -> str:
         return json.dumps({"statement": self.statement, "signature": self.signature, "key_id": self.key_id},
                           separators=(",", ":"), sort_keys=True)

@@ -65,8 +65,7 @@ def _open(config_fn, args, *, create: bool):
             print(f"problem: {problem}")
         for store, anchor in found:
             print(f"problem: the audit trail was wiped: {shown} has no audit tables, but the anchor {store.location} "
-                  f"records audit log {anchor.log_id} at entry {anchor.seq}"
-                  + (f" (signed {anchor.signed_at})" if anchor.signed_at else ""))
+                  f"records {anchor.describe()}")
         print(f"fieldsync audit: {shown} has no audit trail (no {HEAD.name} table)", file=sys.stderr)
         return None, None
     return audit, engine

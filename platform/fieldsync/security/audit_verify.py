@@ -168,8 +168,8 @@ def _against_anchors(found: list, unreadable: list[str], stores: Sequence, head:
     external = []
     for store, anchor in found:
         if head is not None and head["log_id"] != anchor.log_id:
-            problems.append(f"the audit trail was replaced: the anchor {store.location} records audit log "
-                            f"{anchor.log_id} at entry {anchor.seq}, but the database holds log {head['log_id']}"
+            problems.append(f"the audit trail was replaced: the anchor {store.location} records "
+                            f"{anchor.describe()}, but the database holds log {head['log_id']}"
                             + (" (a new, empty trail)" if head["seq"] == 0 else f" at entry {head['seq']}"))
         elif anchor.seq > 0:
             external.append(Checkpoint(anchor.seq, anchor.entry_hash, anchor.statement, anchor.signature,
