@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from audit_support import AUDIT_TABLES, SECRET, PhiApp, drop_trail, fill, run_server_once, sql, start
+from audit_support import (AUDIT_TABLES, SECRET, PhiApp, drop_trail, fill, run_server_once, sample_event, sql,
+                           start)
 from fieldsync.cli import main
 from fieldsync.errors import Error
 from fieldsync.security.audit import AuditLog, create_audit_tables
@@ -197,3 +199,33 @@ def test_the_server_database_file_is_created_private(tmp_path, example_model):
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, name
     finally:
         phi.close()
+
+
+def test_a_restored_backup_is_refused_until_acknowledged(tmp_path, example_model, capsys):
+    data, db = tmp_path / "data", tmp_path / "server.db"
+    url = f"sqlite:///{db}"
+    log_id = run_server_once(url, data, example_model)
+    run_server_once(url, data, example_model)                 # anchored at its head
+    shutil.copyfile(db, tmp_path / "backup.db")              # (the engine is disposed: no -wal left)
+    server = start(url, data, example_model)
+    try:
+        server.audit.record_all([sample_event(i) for i in range(4)])
+    finally:
+        server.close()
+    run_server_once(url, data, example_model)                 # anchored past the backup
+    anchored = json.loads(json.loads((data / "keys" / "audit-anchor.json").read_text())["statement"])["seq"]
+    shutil.copyfile(tmp_path / "backup.db", db)              # the disk failed; the backup is restored
+    with pytest.raises(Error, match="older backup was restored") as refused:
+        start(url, data, example_model)
+    assert log_id in str(refused.value)
+    code, out = cli(capsys, "audit", "acknowledge-reset", "--log", log_id, "--reason", "disk failure, backup restored",
+                    "--database-url", url, "--data-dir", str(data))
+    assert code == 0, out
+    server = start(url, data, example_model)
+    try:
+        reset = list(server.audit.entries())[-1]
+        assert reset.detail["event"] == "audit-trail-reset" and reset.detail["previous_log"] == log_id
+        assert reset.detail["previous_seq"] == anchored and reset.seq < anchored
+        assert server.audit.verify().ok
+    finally:
+        server.close()

@@ -78,6 +78,7 @@ HASH_VERSION = "fsa1"           # names the canonical encoding; a new encoding g
 SIGNING_KEY_FILE = "audit-signing.key"
 _HEAD_ID = 1
 _log = logging.getLogger("fieldsync.audit")
+_NO_HEAD_ROW = "the audit trail's head row (fs_audit_head) is missing; run `fieldsync audit verify`"
 _KEY_CONTEXT = {"purpose": "audit"}
 
 
@@ -683,7 +684,7 @@ class AuditLog:
         # so every entry's prev_hash is the committed hash of the one before it.
         head = conn.execute(_TAKE_SEQS, {"n": n}).first()
         if head is None:
-            raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
+            raise AuditUnavailable(_NO_HEAD_ROW)
         last, prev, log_id, anchor_seq, anchor_hash = head
         first = last - n + 1
         now = utc(self.clock())
@@ -775,7 +776,7 @@ class AuditLog:
     def head(self, conn: sa.Connection) -> Mapping[str, Any]:
         head = conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
         if head is None:
-            raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
+            raise AuditUnavailable(_NO_HEAD_ROW)
         return head
 
     def entries(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
