@@ -927,13 +927,13 @@ def _watch_commits(engine: sa.Engine, log: "AuditLog") -> None:
         if pending in conn.info:
             conn.info[committed] = conn.info.pop(pending)
 
-    def on_rollback(conn) -> None:
+    def on_rollback(conn) -> None:   # what an earlier COMMIT of this connection made stays anchored
         conn.info.pop(pending, None)
-        conn.info.pop(committed, None)
 
-    def on_error(context) -> None:
+    def on_error(context) -> None:     # a failed COMMIT too
         if context.connection is not None:
-            on_rollback(context.connection)
+            context.connection.info.pop(pending, None)
+            context.connection.info.pop(committed, None)
 
     def on_checkin(_dbapi_connection, record) -> None:
         if record is None:
