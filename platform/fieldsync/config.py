@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "AUDIT_RETENTION_DAYS": 2192,      # audit entries kept (6 years, HIPAA 164.316(b)(2)); `fieldsync audit purge`
     "AUDIT_CHECKPOINT_EVERY": 1000,    # sign an Ed25519 checkpoint every this many audit entries (0: only on demand)
     "AUDIT_SIGNING_KEY": None,         # None: <KEYS_DIR>/audit-signing.key (Ed25519, mode 0600, created on first use)
+    "AUDIT_ANCHOR_DIR": None,          # None: the signing key's directory; audit-anchor.json: the last checkpoint
+    "AUDIT_ANCHOR_S3": None,           # s3://<bucket>[/<key>]: a second copy of the anchor in an object store
+    "AUDIT_ANCHOR_S3_ENDPOINT_URL": None,  # another S3 endpoint (None: boto3's, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
     "HOST": "127.0.0.1",
     "PORT": 8000,
     "TLS_CERT": None,                  # serve HTTPS with this PEM certificate chain (with TLS_KEY)

@@ -6,11 +6,13 @@ import datetime as dt
 import itertools
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from fieldsync.security.audit import AuditEvent, AuditLog
+from fieldsync.store.engine import make_engine
 
 SECRET = "audit-tests-" + "k" * 24
 
@@ -130,3 +132,59 @@ class inserts_refused:
         else:
             raw(self.log, "DROP TRIGGER fs_audit_refuse ON fs_audit_entries")
             raw(self.log, "DROP FUNCTION fs_audit_refuse()")
+
+
+# -- servers started and stopped over one database (the wipe and anchor tests) -----------------
+
+AUDIT_TABLES = ("fs_audit_entries", "fs_audit_checkpoints", "fs_audit_head")
+
+
+class Server:
+    """A started app (no reference data written: it may be a restart)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.state = app.extensions["fieldsync"]
+        self.audit: AuditLog = self.state.audit
+
+    def close(self) -> None:
+        self.state.sync.close()
+        self.state.engine.dispose()
+
+
+def start(db_url: str, data_dir: Path, model, **config) -> Server:
+    from fieldsync.api import create_app
+    app = create_app({"DATABASE_URL": db_url, "SECRET_KEY": SECRET, "DATA_DIR": str(data_dir),
+                      "SYNC_LISTENERS": 0, **config}, model=model)
+    return Server(app)
+
+
+def run_server_once(db_url: str, data_dir: Path, model, **config) -> str:
+    """Start a server, let it write audit entries (PHI writes and reads), stop it; its log id."""
+    server = start(db_url, data_dir, model, **config)
+    phi = PhiApp(server.app) if not server.audit.verify().entries else server
+    try:
+        if isinstance(phi, PhiApp):
+            rep = phi.token("rep-1", "field_rep")
+            created = phi.ok("POST", "/prescription", rep, phi.prescription())
+            phi.ok("GET", f"/prescription/{created['id']}", rep)
+            assert len(phi.entries()) >= 3
+        with phi.state.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT log_id FROM fs_audit_head")).scalar_one()
+    finally:
+        phi.close()
+
+
+def sql(db_url: str, *statements: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def drop_trail(db_url: str, *, keys_too: bool) -> None:
+    tables = AUDIT_TABLES + (("fs_audit_keys",) if keys_too else ())
+    sql(db_url, *[f"DROP TABLE {t}" for t in tables])

@@ -249,3 +249,18 @@ def _audit_tables_text(phi) -> str:
             for row in conn.execute(sa.text(f"SELECT * FROM {table}")):
                 parts.extend(v.hex() + repr(bytes(v)) if isinstance(v, (bytes, memoryview)) else str(v) for v in row)
     return "\n".join(parts)
+
+
+# -- the channel of authentication on the sync API ----------------------------------------------
+
+def test_a_session_started_on_a_sync_endpoint_is_audited_on_the_sync_channel(phi_app):
+    rep = phi_app.token("rep-1", "field_rep")
+    device = phi_app.register(rep)                       # the token's first use: registration
+    other = phi_app.token("rep-2", "field_rep")
+    r = phi_app.client.post("/api/v1/sync/pull", json={"device_id": device, "cursor": None},
+                            headers=phi_app.sync_headers(other))   # another token's first use: a pull
+    assert r.status_code not in (401, 429), r.get_json()   # authenticated (the session started) ...
+    starts = [e for e in phi_app.entries() if e.detail.get("event") == "session_start" and e.actor != "admin-1"]
+    assert {(e.actor, e.channel) for e in starts} == {("rep-1", "sync"), ("rep-2", "sync")}
+    issued = [e for e in phi_app.entries() if e.detail.get("event") == "device_token_issued"]
+    assert [e.channel for e in issued] == ["sync"]

@@ -176,10 +176,12 @@ class SyncServer:
     def __init__(self, data_dir: Path, database_url: str, *, seed: bool = True, clock=None, model=None,
                  **config: Any):
         # one master key for every server of the session: servers restarted on a database (a
-        # new data directory each) and the copies of the seeded template must unwrap its data keys
+        # new data directory each) and the copies of the seeded template must unwrap its data keys;
+        # the audit anchor stays with each server's data directory, as its database does
         settings = {"DATA_DIR": str(data_dir), "SECRET_KEY": SECRET, "SYNC_LISTENERS": 0,
                     "DATABASE_URL": database_url, "DEFS_DIR": str(DEFS_DIR),
-                    "KEYS_DIR": str(Path(data_dir).parent / "shared-keys"), **config}
+                    "KEYS_DIR": str(Path(data_dir).parent / "shared-keys"),
+                    "AUDIT_ANCHOR_DIR": str(Path(data_dir) / "audit-anchor"), **config}
         self.data_dir = Path(data_dir)
         self.app = create_app(settings, clock=clock, model=model)
         self.state = self.app.extensions["fieldsync"]

@@ -133,7 +133,12 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     from fieldsync.api.audit_trail import register_audit
     from fieldsync.security.audit import AuditLog
     state.audit = AuditLog.from_config(settings, engine, clock=clock)
-    state.audit.prepare()                   # tables, data key and signing key, before any request
+    try:   # tables, data key and signing key, before any request; refused when the trail was wiped
+        state.audit.prepare()
+    except BaseException:
+        state.sync.close()
+        engine.dispose()
+        raise
     state.sync.applier.audit = state.audit  # pushed PHI is audited in the batch's transaction
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
     app.extensions["fieldsync"] = state

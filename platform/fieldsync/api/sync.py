@@ -50,8 +50,10 @@ NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
 # admin endpoints (an operator's curl, the admin UI) are not the device protocol: the header is
 # optional there, and checked only when sent
 PROTOCOL_HEADER_OPTIONAL = {"fieldsync_sync.list_devices", "fieldsync_sync.device_status", "fieldsync_sync.revoke"}
-AUDIT_CHANNELS = {"fieldsync_sync.push": "push", "fieldsync_sync.pull": "pull",
-                  "fieldsync_sync.list_devices": "admin", "fieldsync_sync.revoke": "admin"}
+# the audit channel of authentication events (session start, refusals) and device registration:
+# `sync` for the device endpoints, `admin` for the administrators' ones. The PHI a push or a pull
+# carries is audited on the `push` / `pull` channels (the direction the data went).
+AUDIT_CHANNELS = {"fieldsync_sync.list_devices": "admin", "fieldsync_sync.revoke": "admin"}
 
 
 def _state():
@@ -87,7 +89,7 @@ def _authenticate() -> None:
         return
     # 401 `unauthenticated` (with a `reason`), 429 `too-many-requests`; idle timeout and
     # revocation of user and device tokens (docs/access.md)
-    g.principal = authenticate_request(slug="unauthenticated", channel=AUDIT_CHANNELS.get(request.endpoint, "rest"))
+    g.principal = authenticate_request(slug="unauthenticated", channel=AUDIT_CHANNELS.get(request.endpoint, "sync"))
 
 
 @blueprint.after_request
@@ -330,7 +332,7 @@ def register():
                 raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
             conn.execute(DEVICES.update().where(DEVICES.c.device_id == row["device_id"]).values(
                 last_contact_at=now, schema_version=version, app_version=body.get("app_version", row["app_version"])))
-        record_audit(audit_event(action="auth", channel="rest", actor=principal.user_id, role=principal.role,
+        record_audit(audit_event(action="auth", channel="sync", actor=principal.user_id, role=principal.role,
                                  device=row["device_id"], detail={"event": "device_token_issued", "token_id": token_id,
                                                                   "source_ip": request.remote_addr or "unknown"}),
                      conn)   # in the registration's transaction: no token without its audit entry
@@ -360,7 +362,7 @@ def _issue_device_secret(conn: sa.Connection, row: Mapping[str, Any], principal:
     if "fieldsync_device_secrets" not in extensions:
         extensions["fieldsync_device_secrets"] = DeviceSecrets(key_provider_from_config(_state().config))
     secret, first = extensions["fieldsync_device_secrets"].issue(conn, device_id, now)
-    record_audit(audit_event(action="key", channel="rest", actor=principal.user_id, role=principal.role,
+    record_audit(audit_event(action="key", channel="sync", actor=principal.user_id, role=principal.role,
                              device=device_id, detail={"event": "device_secret_issued" if first
                                                        else "device_secret_reissued"}), conn)
     return secret

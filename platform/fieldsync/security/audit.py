@@ -42,6 +42,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 import stat
 import threading
@@ -59,21 +60,25 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fieldsync.errors import ConfigError, Error
+from fieldsync.security.audit_anchor import (Anchor, AnchorStore, AnchorUnavailable, AuditTrailReplaced,
+                                             read_anchors)
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
 
 __all__ = [
-    "ACTIONS", "CHANNELS", "OUTCOMES", "AuditEntry", "AuditEvent", "AuditLog", "AuditUnavailable",
-    "Checkpoint", "audit_metadata", "create_audit_tables",
+    "ACTIONS", "CHANNELS", "OUTCOMES", "AuditEntry", "AuditEvent", "AuditLog", "AuditTrailReplaced",
+    "AuditUnavailable", "Checkpoint", "audit_metadata", "create_audit_tables",
 ]
 
 ACTIONS = ("read", "create", "update", "delete", "export", "auth", "key", "admin")
 OUTCOMES = ("success", "failure", "denied")
-CHANNELS = ("rest", "pull", "push", "cli", "admin", "system")
+CHANNELS = ("rest", "sync", "pull", "push", "cli", "admin", "system")
 GENESIS = "0" * 64              # the prev_hash of entry 1
 HASH_VERSION = "fsa1"           # names the canonical encoding; a new encoding gets a new tag
 SIGNING_KEY_FILE = "audit-signing.key"
 _HEAD_ID = 1
+_log = logging.getLogger("fieldsync.audit")
+_NO_HEAD_ROW = "the audit trail's head row (fs_audit_head) is missing; run `fieldsync audit verify`"
 _KEY_CONTEXT = {"purpose": "audit"}
 
 
@@ -342,12 +347,14 @@ class AuditLog:
 
     `keys` is the key provider (`fieldsync.security.keys`), `signing_key_path` the Ed25519 key
     file, `clock` the time source (injected by tests); `checkpoint_every` entries a checkpoint
-    is signed inside the appending transaction; `retention_days` is what `purge` keeps.
+    is signed inside the appending transaction; `retention_days` is what `purge` keeps;
+    `anchors` the stores of the anchor kept outside the database (`audit_anchor`; none: the
+    log is not anchored, as in unit tests of the chain).
     """
 
     def __init__(self, engine: sa.Engine, keys, signing_key_path: str | os.PathLike[str], *,
                  checkpoint_every: int = 1000, retention_days: int = 2192,
-                 clock: Callable[[], dt.datetime] | None = None):
+                 clock: Callable[[], dt.datetime] | None = None, anchors: Sequence[AnchorStore] = ()):
         if checkpoint_every < 0:
             raise ConfigError(f"AUDIT_CHECKPOINT_EVERY must be 0 (off) or more, not {checkpoint_every}")
         if retention_days < 1:
@@ -362,23 +369,83 @@ class AuditLog:
         self._active: _DataKey | None = None
         self._data_keys: dict[str, _DataKey] = {}
         self._signer: Ed25519PrivateKey | None = None
+        self.anchors: list[AnchorStore] = list(anchors)
+        self._anchor_lock = threading.Lock()
+        self._anchored: tuple[str, int] | None = None    # (log id, seq) this process last anchored
+        self._pending_key = f"fieldsync_audit_anchor_{id(self)}"
+        if self.anchors:
+            _watch_commits(engine, self)
 
     @classmethod
     def from_config(cls, config, engine: sa.Engine, *, clock: Callable[[], dt.datetime] | None = None) -> "AuditLog":
         """The audit log of a configuration: key provider from KEY_PROVIDER, signing key
         AUDIT_SIGNING_KEY (default `<KEYS_DIR>/audit-signing.key`), AUDIT_CHECKPOINT_EVERY and
         AUDIT_RETENTION_DAYS. Nothing is opened or created until `prepare` or first use."""
+        from fieldsync.security.audit_anchor import anchor_stores_from_config
         from fieldsync.security.keys import key_provider_from_config
         keys_dir = Path(config.get("KEYS_DIR") or (config.data_dir / "keys"))
-        signing = config.get("AUDIT_SIGNING_KEY") or (keys_dir / SIGNING_KEY_FILE)
+        signing = Path(config.get("AUDIT_SIGNING_KEY") or (keys_dir / SIGNING_KEY_FILE))
         return cls(engine, key_provider_from_config(config), signing,
                    checkpoint_every=int(config.get("AUDIT_CHECKPOINT_EVERY", 1000)),
-                   retention_days=int(config.get("AUDIT_RETENTION_DAYS", 2192)), clock=clock)
+                   retention_days=int(config.get("AUDIT_RETENTION_DAYS", 2192)), clock=clock,
+                   anchors=anchor_stores_from_config(config, signing))
 
     def prepare(self) -> None:
-        """Create the tables, the head row, the data key and the signing key when missing.
+        """Create the tables, the head row, the data key and the signing key when missing, after
+        checking the database's trail against the anchor kept outside it, and write the anchor.
         Called at app start, outside any transaction: an append inside a caller's transaction
-        must not have to create a key in another one (on SQLite that would wait on itself)."""
+        must not have to create a key in another one (on SQLite that would wait on itself).
+
+        AuditTrailReplaced when the trail is not the anchored one (tables dropped, rows deleted,
+        another log, cut back before the anchored entry): a server that has written entries
+        never starts a new trail silently (`fieldsync audit acknowledge-reset` accepts a
+        deliberate reset). AnchorUnavailable when an anchor store cannot be read or written."""
+        found, unreadable = read_anchors(self.anchors)
+        if unreadable:
+            raise AnchorUnavailable("; ".join(unreadable) + "; restore it, or accept the trail in the database "
+                                    "with `fieldsync audit acknowledge-reset`")
+        head = self._stored_head()
+        for store, anchor in found:
+            what = _contradiction(anchor, head)
+            if what is not None:
+                raise AuditTrailReplaced(self._refusal(store, anchor, what))
+        self._prepare_tables(head)
+        self._write_anchor(self._current_checkpoint(), strict=True)
+
+    def _stored_head(self) -> Mapping[str, Any] | None | bool:
+        """The head row; False when the audit tables do not exist, None when the row is missing."""
+        if not sa.inspect(self.engine).has_table(HEAD.name):
+            return False
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+
+    def _leftovers(self) -> list[str]:
+        """What the audit tables still hold besides the head (rows that a missing head orphaned)."""
+        out = []
+        with self.engine.connect() as conn:
+            for table, what in ((ENTRIES, "entries"), (CHECKPOINTS, "checkpoints"), (KEYS, "data keys")):
+                if sa.inspect(conn).has_table(table.name):
+                    n = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+                    if n:
+                        out.append(f"{n} {what}")
+        return out
+
+    def _refusal(self, store: AnchorStore, anchor: Anchor, what: str) -> str:
+        database = self.engine.url.render_as_string(hide_password=True)
+        return (f"the audit trail in {database} is not the one anchored in {store.location}: the anchor is a "
+                f"signed checkpoint of {anchor.describe()}, but {what}. "
+                "The trail was wiped or replaced, or the server points at another database; it does not start "
+                "a new trail silently. Restore the database or point the server at the right one; if the reset "
+                f"is deliberate, run `fieldsync audit acknowledge-reset --log {anchor.log_id} --reason TEXT` "
+                "(it is recorded in the trail) and start again")
+
+    def _prepare_tables(self, head: Mapping[str, Any] | None | bool) -> None:
+        if head is None:
+            leftovers = self._leftovers()
+            if leftovers:   # a new head would start a second trail over the rows of the first
+                raise AuditTrailReplaced(
+                    "the audit trail's head row is missing (deleted) but its tables still hold "
+                    + ", ".join(leftovers) + "; restore the database, and run `fieldsync audit verify`")
         create_audit_tables(self.engine)
         key = self._active_key(None)
         self._signing_key()
@@ -388,6 +455,100 @@ class AuditLog:
                 conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID, HEAD.c.seq == 0).values(
                     key_id=key.key_id, seal=key.seal_head(head["log_id"], 0, head["hash"], head["anchor_seq"],
                                                           head["anchor_hash"])))
+
+    # -- the anchor ------------------------------------------------------------------------------
+    def _current_checkpoint(self) -> Checkpoint:
+        """A signed checkpoint at the head now: signed at the newest entry, the purge's at the
+        purge anchor, or a statement that the (empty) log exists (seq 0, kept outside only)."""
+        cp = self.checkpoint()
+        if cp is not None:
+            return cp
+        with self.engine.connect() as conn:
+            head = self.head(conn)
+            if head["seq"] != 0:
+                row = conn.execute(sa.select(CHECKPOINTS).where(CHECKPOINTS.c.seq == head["seq"])).mappings().first()
+                if row is None:
+                    raise AuditTampered(f"the log was purged through entry {head['seq']} but its checkpoint there is "
+                                        "missing; run `fieldsync audit verify`")
+                return Checkpoint(row["seq"], row["entry_hash"], row["statement"], row["signature"], row["key_id"])
+        return self._statement(0, head["hash"], None, head["log_id"])
+
+    def _write_anchor(self, cp: Checkpoint, *, strict: bool = False, force: bool = False) -> None:
+        """Write `cp` to every anchor store, unless a store already holds a later checkpoint of
+        the same log (several servers, or a slow write overtaken). `strict`: raise
+        AnchorUnavailable when a store fails (at start); else log it (after a commit, the
+        entries are written; the next checkpoint retries)."""
+        if not self.anchors:
+            return
+        anchor = Anchor.parse(cp.as_json())
+        with self._anchor_lock:
+            if not force and self._anchored is not None and self._anchored[0] == anchor.log_id \
+                    and self._anchored[1] >= anchor.seq and not strict:
+                return
+            failures = []
+            for store in self.anchors:
+                try:
+                    if not force:
+                        current = store.read()
+                        try:
+                            held = Anchor.parse(current) if current else None
+                        except ValueError:
+                            held = None
+                        if held is not None and held.log_id == anchor.log_id and held.seq >= anchor.seq:
+                            continue
+                    store.write(anchor.as_json())
+                except AnchorUnavailable as exc:
+                    failures.append(str(exc))
+            if not failures:
+                self._anchored = (anchor.log_id, anchor.seq)
+        if failures:
+            if strict:
+                raise AnchorUnavailable("; ".join(failures))
+            _log.error("the audit anchor was not written after checkpoint %s: %s", anchor.seq, "; ".join(failures))
+
+    def _checkpoint_committed(self, conn: sa.Connection, cp: Checkpoint) -> None:
+        """Anchor `cp` once the transaction that signed it has committed (never before: an
+        anchor of a rolled-back checkpoint would accuse the intact trail of being cut)."""
+        if self.anchors:
+            conn.info.setdefault(self._pending_key, []).append(cp)
+
+    def read_anchors(self) -> tuple[list[tuple[AnchorStore, Anchor]], list[str]]:
+        """The anchors found in the stores, and problems (an unreadable anchor or store)."""
+        try:
+            return read_anchors(self.anchors)
+        except AnchorUnavailable as exc:
+            return [], [str(exc)]
+
+    def acknowledge_reset(self, previous_log: str, *, reason: str, actor: str | None) -> Checkpoint:
+        """Accept that the trail in the database is not the anchored log `previous_log` (a
+        restored backup, a deliberate new trail): create the trail when it is gone, record an
+        `audit-trail-reset` entry naming the old anchor (the reason encrypted), sign a
+        checkpoint and make it the anchor. ConfigError when no anchor names `previous_log` or
+        the trail agrees with it."""
+        if not reason or not reason.strip():
+            raise ConfigError("say why the audit trail was reset (--reason)")
+        found, unreadable = read_anchors(self.anchors)
+        anchored = {anchor.log_id: (store, anchor) for store, anchor in found}
+        if previous_log not in anchored:
+            named = ", ".join(sorted(anchored)) or "none"
+            raise ConfigError(f"no audit anchor records log {previous_log} (looked in "
+                              f"{', '.join(s.location for s in self.anchors) or 'no anchor store'}; the anchored "
+                              f"log(s): {named})")
+        store, old = anchored[previous_log]
+        head = self._stored_head()
+        what = _contradiction(old, head)
+        if what is None and not unreadable:
+            raise ConfigError(f"the audit trail in the database is log {previous_log} and agrees with its anchor: "
+                              "there is no reset to acknowledge")
+        self._prepare_tables(head)
+        event = AuditEvent(action="admin", actor=actor, channel="cli", purpose="operations", reason=reason, detail={
+            "event": "audit-trail-reset", "previous_log": old.log_id, "previous_seq": old.seq,
+            "previous_hash": old.entry_hash, "previous_signed_at": old.signed_at, "previous_anchor": old.as_json(),
+            "anchor": store.location, "found": what or "; ".join(unreadable)})
+        self.record(event)
+        cp = self._current_checkpoint()
+        self._write_anchor(cp, strict=True, force=True)
+        return cp
 
     # -- keys ------------------------------------------------------------------------------------
     def _unwrap(self, wrapped: bytes) -> bytes:
@@ -523,7 +684,7 @@ class AuditLog:
         # so every entry's prev_hash is the committed hash of the one before it.
         head = conn.execute(_TAKE_SEQS, {"n": n}).first()
         if head is None:
-            raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
+            raise AuditUnavailable(_NO_HEAD_ROW)
         last, prev, log_id, anchor_seq, anchor_hash = head
         first = last - n + 1
         now = utc(self.clock())
@@ -559,15 +720,21 @@ class AuditLog:
         if existing is not None:
             return Checkpoint(seq, existing["entry_hash"], existing["statement"], existing["signature"],
                               existing["key_id"])
+        cp = self._statement(seq, digest, recorded_at, log_id)
+        conn.execute(CHECKPOINTS.insert().values(seq=seq, entry_hash=digest, signed_at=utc(self.clock()),
+                                                 key_id=cp.key_id, statement=cp.statement, signature=cp.signature))
+        self._checkpoint_committed(conn, cp)
+        return cp
+
+    def _statement(self, seq: int, digest: str, recorded_at: dt.datetime | None, log_id: str) -> Checkpoint:
+        """A signed statement "entry `seq` of log `log_id` has hash `digest`"."""
         signer = self._signing_key()
         now = utc(self.clock())
-        statement = json.dumps({"v": 1, "log": log_id, "seq": seq, "hash": digest, "recorded_at": iso(recorded_at),
+        statement = json.dumps({"v": 1, "log": log_id, "seq": seq, "hash": digest,
+                                "recorded_at": iso(recorded_at if recorded_at is not None else now),
                                 "signed_at": iso(now)}, sort_keys=True, separators=(",", ":"))
         signature = _b64(signer.sign(statement.encode()))
-        key_id = _key_fingerprint(signer.public_key())
-        conn.execute(CHECKPOINTS.insert().values(seq=seq, entry_hash=digest, signed_at=now, key_id=key_id,
-                                                 statement=statement, signature=signature))
-        return Checkpoint(seq, digest, statement, signature, key_id)
+        return Checkpoint(seq, digest, statement, signature, _key_fingerprint(signer.public_key()))
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint at the newest entry now (None for an empty log); returns it, or the
@@ -602,10 +769,14 @@ class AuditLog:
                 with conn.begin():
                     yield conn
 
+    def head_or_none(self, conn: sa.Connection) -> Mapping[str, Any] | None:
+        """The head row, None when it was deleted."""
+        return conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+
     def head(self, conn: sa.Connection) -> Mapping[str, Any]:
         head = conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
         if head is None:
-            raise AuditUnavailable("fs_audit_head has no row; run create_audit_tables")
+            raise AuditUnavailable(_NO_HEAD_ROW)
         return head
 
     def entries(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
@@ -652,12 +823,15 @@ class AuditLog:
             raise AuditTampered(f"the reason of entry {row['seq']} does not decrypt: it was altered or moved") from None
 
     # -- verification and retention --------------------------------------------------------------
-    def verify(self, *, checkpoints: Iterable[Checkpoint] = (), public_keys: Iterable[Ed25519PublicKey] = ()):
+    def verify(self, *, checkpoints: Iterable[Checkpoint] = (), public_keys: Iterable[Ed25519PublicKey] = (),
+               use_anchors: bool = True):
         """Check the whole log; returns a `fieldsync.security.audit_verify.VerifyReport` naming
         every problem found. `checkpoints` kept outside the database and `public_keys` given by
-        the verifier are checked too (the local signing key's public half always is)."""
+        the verifier are checked too (the local signing key's public half always is), and so is
+        the anchor in each anchor store unless `use_anchors` is False."""
         from fieldsync.security.audit_verify import verify_log
-        return verify_log(self, external=list(checkpoints), public_keys=list(public_keys))
+        return verify_log(self, external=list(checkpoints), public_keys=list(public_keys),
+                          anchors=self.read_anchors() if use_anchors and self.anchors else None)
 
     def purge(self, retention_days: int | None = None, *, actor: str | None = None,
               channel: str = "cli") -> dict[str, Any]:
@@ -724,3 +898,55 @@ def _describe(exc: BaseException) -> str:
         first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
         return f"{type(orig).__name__}: {first[:200]}"
     return type(exc).__name__
+
+
+def _contradiction(anchor: Anchor, head: Mapping[str, Any] | None | bool) -> str | None:
+    """How the database's trail (its head row; None: deleted, False: no tables) contradicts
+    `anchor`, or None. Only what would make a server start a new trail, or reuse positions,
+    is checked here; `verify` checks the rest."""
+    if head is False:
+        return "the database has no audit tables (dropped)"
+    if head is None:
+        return "the trail's head row is missing (deleted)"
+    if head["log_id"] != anchor.log_id:
+        return (f"the database holds another audit log, {head['log_id']}, at entry {head['seq']}"
+                + (" (a new, empty trail)" if head["seq"] == 0 else ""))
+    if head["seq"] < anchor.seq:
+        return (f"its trail ends at entry {head['seq']}, before the anchored entry (entries were removed, or an "
+                "older backup was restored)")
+    return None
+
+
+def _watch_commits(engine: sa.Engine, log: "AuditLog") -> None:
+    """Anchor the checkpoints a transaction signed once it has committed: noted on the
+    connection when signed, kept at COMMIT, dropped at ROLLBACK or a failed COMMIT, written when
+    the connection goes back to the pool (after its commit returned)."""
+    pending, committed = log._pending_key, log._pending_key + "_committed"
+
+    def on_commit(conn) -> None:
+        if pending in conn.info:
+            conn.info[committed] = conn.info.pop(pending)
+
+    def on_rollback(conn) -> None:   # what an earlier COMMIT of this connection made stays anchored
+        conn.info.pop(pending, None)
+
+    def on_error(context) -> None:     # a failed COMMIT too
+        if context.connection is not None:
+            context.connection.info.pop(pending, None)
+            context.connection.info.pop(committed, None)
+
+    def on_checkin(_dbapi_connection, record) -> None:
+        if record is None:
+            return
+        done = record.info.pop(committed, None)
+        record.info.pop(pending, None)   # signed but never committed: not anchored
+        if done:
+            try:
+                log._write_anchor(max(done, key=lambda cp: cp.seq))
+            except Exception:   # never fail a returned connection; the next checkpoint retries
+                _log.exception("the audit anchor was not written")
+
+    sa.event.listen(engine, "commit", on_commit)
+    sa.event.listen(engine, "rollback", on_rollback)
+    sa.event.listen(engine, "handle_error", on_error)
+    sa.event.listen(engine, "checkin", on_checkin)

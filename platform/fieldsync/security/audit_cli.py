@@ -1,4 +1,5 @@
-"""`fieldsync audit ...`: verify, export, checkpoint, purge and public-key (docs/cli.md, docs/audit.md).
+"""`fieldsync audit ...`: verify, export, checkpoint, purge, public-key and acknowledge-reset
+(docs/cli.md, docs/audit.md).
 
 `fieldsync.cli` registers these through `add_audit_commands`; each parses its flags and calls the
 audit library (`fieldsync.security.audit`, `audit_verify`, `audit_export`).
@@ -24,6 +25,8 @@ _COMMANDS = {
     "checkpoint": "sign a checkpoint at the newest audit entry and print it (keep it outside the server)",
     "purge": "delete audit entries older than the retention (AUDIT_RETENTION_DAYS, default 6 years)",
     "public-key": "print the public key that verifies the audit trail's signed checkpoints",
+    "acknowledge-reset": "accept, on the record, that the audit trail no longer matches its anchor (a restored "
+                         "backup, a deliberate new trail), so the server starts again",
 }
 
 
@@ -32,17 +35,40 @@ def _who() -> str:
 
 
 def _open(config_fn, args, *, create: bool):
-    from fieldsync.security.audit import AuditLog, create_audit_tables, HEAD
+    """(audit log, engine); with `create`, the trail prepared as the server would (checked
+    against its anchor, refused when wiped). Without, (None, None) after saying why when there
+    is no trail to read: an anchor then says it was wiped."""
+    from fieldsync.security.audit import AuditLog, HEAD
     from fieldsync.store.engine import make_engine
     config = config_fn(args)
+    database = config.get("DATABASE_URL")
+    if not database:
+        if create:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        elif not (config.data_dir / "fieldsync.db").exists():
+            print(f"fieldsync audit: no server database in {config.data_dir}: pass --database-url or the server's "
+                  "--data-dir", file=sys.stderr)
+            return None, None
     engine = make_engine(config.database_url)
+    audit = AuditLog.from_config(config, engine)
     if create:
-        create_audit_tables(engine)
+        try:
+            audit.prepare()
+        except BaseException:
+            engine.dispose()
+            raise
     elif not sa.inspect(engine).has_table(HEAD.name):
         engine.dispose()
-        print(f"fieldsync audit: {config.database_url} has no audit trail (no {HEAD.name} table)", file=sys.stderr)
+        shown = engine.url.render_as_string(hide_password=True)
+        found, unreadable = audit.read_anchors() if not getattr(args, "no_anchor", False) else ([], [])
+        for problem in unreadable:
+            print(f"problem: {problem}")
+        for store, anchor in found:
+            print(f"problem: the audit trail was wiped: {shown} has no audit tables, but the anchor {store.location} "
+                  f"records {anchor.describe()}")
+        print(f"fieldsync audit: {shown} has no audit trail (no {HEAD.name} table)", file=sys.stderr)
         return None, None
-    return AuditLog.from_config(config, engine), engine
+    return audit, engine
 
 
 def cmd_verify(config_fn, args) -> int:
@@ -54,7 +80,7 @@ def cmd_verify(config_fn, args) -> int:
     try:
         external = parse_checkpoints(Path(args.checkpoints).read_text().splitlines()) if args.checkpoints else []
         keys = [load_public_key(Path(p).read_bytes()) for p in args.public_key or ()]
-        report = audit.verify(checkpoints=external, public_keys=keys)
+        report = audit.verify(checkpoints=external, public_keys=keys, use_anchors=not args.no_anchor)
     finally:
         engine.dispose()
     if args.json:
@@ -140,6 +166,23 @@ def cmd_purge(config_fn, args) -> int:
     return 0
 
 
+def cmd_acknowledge_reset(config_fn, args) -> int:
+    from fieldsync.security.audit import AuditLog
+    from fieldsync.store.engine import make_engine
+    config = config_fn(args)
+    if not config.get("DATABASE_URL"):
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(config.database_url)
+    try:
+        cp = AuditLog.from_config(config, engine).acknowledge_reset(args.log, reason=args.reason, actor=_who())
+    finally:
+        engine.dispose()
+    print(f"recorded the reset of audit log {args.log} as entry {cp.seq} of the trail; it is the new anchor. "
+          "The server starts again.", file=sys.stderr)
+    print(cp.as_json())
+    return 0
+
+
 def cmd_public_key(config_fn, args) -> int:
     from fieldsync.security.audit import AuditLog
     from fieldsync.store.engine import make_engine
@@ -163,7 +206,7 @@ def add_audit_commands(sub, command: Callable, config_fn: Callable, commands: di
                     lambda args: audit.print_help() or 2)
     actions = audit.add_subparsers(dest="audit_command", metavar="ACTION")
     handlers = {"verify": cmd_verify, "export": cmd_export, "checkpoint": cmd_checkpoint, "purge": cmd_purge,
-                "public-key": cmd_public_key}
+                "public-key": cmd_public_key, "acknowledge-reset": cmd_acknowledge_reset}
     for name, help_text in _COMMANDS.items():
         commands["audit " + name] = help_text
         p = actions.add_parser(name, help=help_text, description=help_text)
@@ -174,6 +217,9 @@ def add_audit_commands(sub, command: Callable, config_fn: Callable, commands: di
             p.add_argument("--public-key", action="append", metavar="FILE",
                            help="a PEM public key to check signatures with (repeatable; the local key is used too)")
             p.add_argument("--json", action="store_true", help="print JSON instead of text")
+            p.add_argument("--no-anchor", action="store_true",
+                           help="do not compare with the anchor kept outside the database (a copy of the database "
+                                "checked elsewhere)")
         elif name == "export":
             p.add_argument("--from", dest="start", required=True, help="start (inclusive): YYYY-MM-DD or ISO time")
             p.add_argument("--to", dest="end", required=True, help="end (exclusive): YYYY-MM-DD or ISO time")
@@ -188,6 +234,11 @@ def add_audit_commands(sub, command: Callable, config_fn: Callable, commands: di
             p.add_argument("--defs", help="definitions directory")
         elif name == "purge":
             p.add_argument("--retention-days", type=int, help="override AUDIT_RETENTION_DAYS")
+        elif name == "acknowledge-reset":
+            p.add_argument("--log", required=True, metavar="LOG_ID",
+                           help="the id of the anchored audit log being given up (the server's refusal names it)")
+            p.add_argument("--reason", required=True,
+                           help="why (recorded, encrypted, in the trail's reset entry)")
         elif name == "public-key":
             p.add_argument("--output", metavar="FILE", help="write the PEM here instead of standard output")
         p.add_argument("--database-url", help="database URL")

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 
-from fieldsync.security.audit import (AuditLog, Checkpoint, ENTRIES, entry_hash, verify_signature)
+from fieldsync.security.audit import (GENESIS, AuditLog, Checkpoint, ENTRIES, entry_hash, verify_signature)
 
 __all__ = ["VerifyReport", "verify_log", "parse_checkpoints"]
 
@@ -86,7 +86,7 @@ def _span(first: int, last: int) -> str:
 
 
 def _checked_checkpoints(log: AuditLog, stored: Sequence[Checkpoint], external: Sequence[Checkpoint],
-                         public_keys: list, log_id: str, problems: list[str]) -> dict[int, str]:
+                         public_keys: list, log_id: str | None, problems: list[str]) -> dict[int, str]:
     """The checkpoints whose signature verifies, as {seq: hash}; a problem for each that does not."""
     trusted = list(public_keys)
     local = log.local_public_key()
@@ -108,7 +108,7 @@ def _checked_checkpoints(log: AuditLog, stored: Sequence[Checkpoint], external: 
         if not any(verify_signature(k, cp) for k in trusted):
             problems.append(f"checkpoint at {cp.seq}{source} has a bad signature")
             continue
-        if statement.get("log") != log_id:
+        if log_id is not None and statement.get("log") != log_id:
             problems.append(f"checkpoint at {seq}{source} was signed for another audit log")
             continue
         if source:
@@ -155,12 +155,46 @@ def _moved_runs(moved: list[tuple[int, int]]) -> list[str]:
     return out
 
 
-def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_keys: Sequence = ()) -> VerifyReport:
-    """Verify the log of `log`; see the module docstring for what is checked."""
+_NO_HEAD = {"seq": 0, "hash": GENESIS, "log_id": None, "anchor_seq": 0, "anchor_hash": GENESIS,
+            "key_id": None, "seal": None}
+
+
+def _against_anchors(found: list, unreadable: list[str], stores: Sequence, head: Mapping[str, Any] | None,
+                     problems: list[str]) -> list[Checkpoint]:
+    """Compare the trail's head with the anchors kept outside the database: a problem for a
+    trail that is not the anchored log; the anchors of this log (past the empty statement) are
+    then checked like any checkpoint kept outside (truncation, rewrite, deleted checkpoint)."""
+    problems.extend(unreadable)
+    external = []
+    for store, anchor in found:
+        if head is not None and head["log_id"] != anchor.log_id:
+            problems.append(f"the audit trail was replaced: the anchor {store.location} records "
+                            f"{anchor.describe()}, but the database holds log {head['log_id']}"
+                            + (" (a new, empty trail)" if head["seq"] == 0 else f" at entry {head['seq']}"))
+        elif anchor.seq > 0:
+            external.append(Checkpoint(anchor.seq, anchor.entry_hash, anchor.statement, anchor.signature,
+                                       anchor.key_id))
+    if not found and not unreadable and head is not None and head["seq"] > 0:
+        problems.append("no anchor of this trail was found outside the database (in "
+                        + ", ".join(s.location for s in stores) + "): it was deleted, or no "
+                        "server started since the trail was written (the server writes it at start, and "
+                        "`fieldsync audit checkpoint` does)")
+    return external
+
+
+def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_keys: Sequence = (),
+               anchors: tuple[list, list[str]] | None = None) -> VerifyReport:
+    """Verify the log of `log`; see the module docstring for what is checked. `anchors` is what
+    `AuditLog.read_anchors` found (None: not compared)."""
     report = VerifyReport()
     problems = report.problems
     with log.snapshot() as conn:
-        head = log.head(conn)
+        stored_head = log.head_or_none(conn)
+        if stored_head is None:
+            problems.append("the head row of the audit trail is missing (deleted)")
+        head = stored_head if stored_head is not None else _NO_HEAD
+        if anchors is not None:
+            external = list(external) + _against_anchors(*anchors, log.anchors, stored_head, problems)
         keys, unreadable = log.data_keys(conn)
         stored = log.checkpoints(conn)
         valid = _checked_checkpoints(log, stored, external, list(public_keys), head["log_id"], problems)
@@ -169,7 +203,13 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
         head_key = keys.get(head["key_id"]) if head["key_id"] else None
         head_trusted = head["seal"] is not None and head_key is not None and hmac.compare_digest(
             head_key.seal_head(head["log_id"], head_seq, head["hash"], anchor_seq, anchor_hash), head["seal"])
-        if not head_trusted:
+        # a head as create_audit_tables leaves it, before the server's first start seals it:
+        # clean while the log is empty (an entry beside it means the head was reset by hand)
+        pristine = stored_head is not None and head["seal"] is None and head["key_id"] is None and head_seq == 0 \
+            and anchor_seq == 0 and head["hash"] == GENESIS and anchor_hash == GENESIS
+        if stored_head is None or pristine:
+            pass
+        elif not head_trusted:
             # an unsealed head proves nothing: the tail is then checked against checkpoints only
             if head["key_id"] and head_key is None:
                 why = unreadable.get(head["key_id"], "is not in fs_audit_keys (deleted?)")
@@ -237,6 +277,8 @@ def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_key
         finally:
             result.close()
     problems.extend(_moved_runs(moved))
+    if pristine and report.entries:
+        problems.append("the head row was edited (its seal does not match)")
     last = expected - 1
     if not head_trusted:
         pass

@@ -21,7 +21,7 @@ _COMMANDS = {
 def _open(config_fn: Callable, args) -> tuple[Any, Any, Any, Any]:
     """(config, store, crypto, audit) for the configured database."""
     from fieldsync.defs import load_model
-    from fieldsync.security.audit import AuditLog, create_audit_tables
+    from fieldsync.security.audit import AuditLog
     from fieldsync.security.keyring import crypto_from_config
     from fieldsync.store.changelog import create_changelog_tables
     from fieldsync.store.engine import make_engine
@@ -48,8 +48,8 @@ def _open(config_fn: Callable, args) -> tuple[Any, Any, Any, Any]:
     build_metadata(model).create_all(engine)
     crypto = crypto_from_config(config, engine, model=model)
     store = RecordStore(engine, model, codec=crypto)
-    create_audit_tables(engine)
     audit = AuditLog.from_config(config, engine)
+    audit.prepare()   # as the server: a trail that does not match its anchor is refused, never restarted
     return config, store, crypto, audit
 
 

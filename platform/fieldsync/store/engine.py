@@ -11,6 +11,7 @@ batched, so the fsync per commit is paid once per push batch. PostgreSQL goes th
 from __future__ import annotations
 
 import contextvars
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -77,14 +78,31 @@ def write_transaction(engine: Engine, *, sqlite_synchronous: str | None = None) 
                 conn.commit()
 
 
+def _create_private(path: str) -> None:
+    """Create the SQLite file readable by its owner only before sqlite3 creates it with the
+    umask's mode (0644): it holds the records, the change log and the audit trail. SQLite gives
+    the -wal and -shm files the database file's permissions. An existing file keeps the mode its
+    operator gave it; a missing directory is left for sqlite3 to report."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    except FileNotFoundError:
+        pass
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url` (SQLite file or memory, or PostgreSQL), configured for fieldsync."""
     url = normalize_url(url)
-    if make_url(url).get_backend_name() == "sqlite":
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
         # a file database is shared between the server's threads; each gets its own connection
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
         engine = sa.create_engine(url, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:") and not parsed.query.get("uri"):
+            # on the first connection (where sqlite3 would create it), not when the engine is made
+            sa.event.listen(engine, "do_connect", lambda *_args: None if os.path.exists(database)
+                            else _create_private(database))
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(url, **kwargs)
