@@ -184,7 +184,32 @@ def test_another_writers_concurrent_edit_is_still_resolved_by_time(policy_server
     server.drain()
     lost = phone.ledger()[phone.seq]
     assert (lost["effect"], json.loads(lost["overridden"])) == ("discarded", ["notes"])
+    assert json.loads(lost["overridden_by"]) == {"notes": "device"}
     assert server.records("visit")[vid]["notes"] == "theirs"
+
+
+def test_a_result_names_where_the_values_that_beat_it_came_from(make_server, db_url, clock):
+    """field_merge (retailer): the server's edit of the phone beats the device's older one; the
+    result delivered to the device lists the field and that the winning value came from the
+    server (`overridden_by`)."""
+    server = make_server(db_url, clock=clock)
+    phone = Phone(server, clock)
+    retailer = next(r for r in server.records("retailer").values() if r["territory_id"] == PUNE_CENTRAL)
+    clock.set(30)
+    admin = server.token("admin-1", "admin")
+    r = server.rest("PATCH", f"/retailer/{retailer['id']}", admin, {"phone": "+91 20 1111 1111"},
+                    headers={"If-Match": f'"{retailer["version"]}"'})
+    assert r.status_code == 200, r.json
+    phone.push([phone.write("retailer", "update", retailer["id"], {"phone": "+91 20 2222 2222",
+                                                                   "location": {"lat": 18.3, "lon": 73.3}},
+                            base=retailer["version"], made=20)], sent=40, arrives=40.1, offset_ms=0)
+    server.drain()
+    answer = server.http.get(f"/api/v1/sync/results?device_id={phone.device_id}",
+                             headers={"Authorization": "Bearer " + phone.token, "Fieldsync-Protocol": "1"})
+    [result] = [x for x in answer.json["results"] if x["seq"] == phone.seq]
+    assert (result["effect"], result["overridden"], result["overridden_by"]) == ("partial", ["phone"],
+                                                                                 {"phone": "server"})
+    assert server.records("retailer")[retailer["id"]]["phone"] == "+91 20 1111 1111"
 
 
 def test_an_own_earlier_write_does_not_make_another_writers_time_later(make_server, db_url, clock):
@@ -279,3 +304,22 @@ def test_property_the_final_value_is_the_devices_highest_seq(policy_server, cloc
     phone.push(batch, sent=sent_at, arrives=max(arrived + 0.001, sent_at + plans[-1][2]), offset_ms=plans[-1][3])
     server.drain()
     assert server.records("visit")[vid]["duration_minutes"] == plans[-1][0]
+
+
+def test_a_ledger_made_before_overridden_by_gets_the_column(fresh_database):
+    """A server upgraded in place adds the ledger's new nullable column on start, twice safely."""
+    import sqlalchemy as sa
+
+    from fieldsync.sync.tables import LEDGER, create_sync_tables
+
+    engine = sa.create_engine(fresh_database())
+    try:
+        old = sa.MetaData()
+        sa.Table(LEDGER.name, old, *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=False)
+                                     for c in LEDGER.columns if c.name != "overridden_by"])
+        old.create_all(engine)
+        create_sync_tables(engine)
+        create_sync_tables(engine)
+        assert "overridden_by" in {c["name"] for c in sa.inspect(engine).get_columns(LEDGER.name)}
+    finally:
+        engine.dispose()

@@ -137,6 +137,13 @@ class _Since:
 
     others: dict[str, dt.datetime] | None
     floor: dt.datetime | None
+    origins: dict[str, str] = dc_field(default_factory=dict)   # field -> "server" | "device" | "unknown"
+    latest_origin: str = "unknown"                              # of the latest other writer
+
+    def origin_of(self, name: str) -> str:
+        """Where the value that beat a write of field `name` came from: the latest other writer
+        that changed it, else the latest other writer (whose write made the policy keep the record)."""
+        return self.origins.get(name, self.latest_origin)
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -171,6 +178,7 @@ class _Batch:
         self.change_seqs: list[int] = []
         self.results: list[dict[str, Any]] = []
         self.result_change: dict[int, int] = {}  # index in results -> index in changes
+        self._since: _Since | None = None          # of the mutation being decided
         received = _time(batch.received_at) or now
         sent = _time(batch.sent_at)
         self.received_at = _aware(received)
@@ -302,6 +310,8 @@ class _Batch:
         history = record_history(self.conn, entity.name, rec.db["id"], base) if rec.stored else []
         covered = set(rec.versions_by_me)
         fields: dict[str, dt.datetime] = {}
+        origins: dict[str, str] = {}
+        latest_origin = "unknown"
         floor: dt.datetime | None = written if rec.versions_by_me else None   # our own write in this batch
         other = False
         for change in history:
@@ -316,16 +326,20 @@ class _Batch:
                 floor = when if floor is None else max(floor, when)
                 continue
             other = True
+            latest_origin = "server" if change.origin is None else "device"
             for f in entity.field_names:
                 if change.op == "create" or prev.get(f) != change.row.get(f):
                     fields[f] = max(fields.get(f, when), when)
+                    origins[f] = latest_origin
         if any(v not in covered for v in range(base + 1, current + 1)):
             other = True  # history compacted away: assume the worst
+            latest_origin = "unknown"
             for f in entity.field_names:
                 fields[f] = max(fields.get(f, written), written)
+                origins.setdefault(f, "unknown")
         if not other:
             return _Since(None, written)   # every write since base_version is the device's own
-        return _Since(fields, floor)
+        return _Since(fields, floor, origins, latest_origin)
 
     # -- one mutation --------------------------------------------------------------------------
     def apply(self, m: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,11 +347,15 @@ class _Batch:
         base = {"device_id": self.batch.device_id, "seq": seq, "digest": mutation_digest(m),
                 "entity": str(m.get("entity"))[:64], "record_id": str(m.get("id"))[:64],
                 "op": str(m.get("op"))[:8], "position": None, "version": None, "effect": None,
-                "overridden": None, "problem": None, "detail": None, "errors": None,
+                "overridden": None, "overridden_by": None, "problem": None, "detail": None, "errors": None,
                 "current_version": None, "processed_at": self.now}
+        self._since = None
         try:
             base.update(self._decide(m))
             base["status"] = "applied"
+            lost = json.loads(base["overridden"]) if base["overridden"] else []
+            if lost and self._since is not None:
+                base["overridden_by"] = json.dumps({f: self._since.origin_of(f) for f in lost}, sort_keys=True)
         except _Rejected as r:
             base.update(status="rejected", problem=r.problem, detail=r.detail,
                         errors=json.dumps([p.as_dict() for p in r.errors]) if r.errors else None,
@@ -383,7 +401,7 @@ class _Batch:
             raise _Rejected("malformed-mutation", f"base_version {base_version} is above the current version "
                             f"{rec.db['version']}")
         policy = root.sync.conflict
-        since = self.since(entity, rec, base_version)
+        since = self._since = self.since(entity, rec, base_version)
         others = since.others
         # invariant 5: the device's own earlier writes of the record never make this one lose
         effective = self.effective_time(m, since.floor)
@@ -725,7 +743,8 @@ def result_to_wire(ledger: Mapping[str, Any], row: dict[str, Any] | None) -> dic
                            "id": ledger["record_id"], "op": ledger["op"], "position": ledger["position"]}
     if ledger["status"] == "applied":
         out.update(version=ledger["version"], effect=ledger["effect"],
-                   overridden=json.loads(ledger["overridden"]) if ledger["overridden"] else [])
+                   overridden=json.loads(ledger["overridden"]) if ledger["overridden"] else [],
+                   overridden_by=json.loads(ledger["overridden_by"]) if ledger.get("overridden_by") else {})
     else:
         name = ledger["problem"]
         out.update(permanent=True, type=f"https://fieldsync.dev/problems/{name}",
