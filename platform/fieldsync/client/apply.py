@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from fieldsync.client.conflicts import is_conflict, record_conflict
 from fieldsync.client.errors import ProtocolError
 from fieldsync.client.outbox import add_refetch, quarantine_entry, quarantine_locally, remaining_entries
 from fieldsync.client.schema import EntityTable, quote
@@ -26,6 +27,7 @@ class Applied:
 
     applied: int = 0
     rejected: int = 0
+    conflicts: int = 0     # applied results reporting a conflict loss
     changes: int = 0
     refetch: list[dict[str, str]] = field(default_factory=list)
 
@@ -57,6 +59,9 @@ def settle_result(store: LocalStore, conn: sqlite3.Connection, result: Mapping[s
     if status == "applied":
         conn.execute('DELETE FROM "_outbox" WHERE seq = ?', (seq,))
         outcome.applied += 1
+        if is_conflict(result):   # invariant 5: a conflict loss reaches the app
+            record_conflict(store, conn, entry, result, now)
+            outcome.conflicts += 1
         _settle_record(store, conn, entry, result.get("row"), force=False)
     elif status == "rejected" and result.get("permanent", True) is False:
         # not sent by protocol v1 servers (decision 1), kept for a later version: send again
