@@ -323,3 +323,74 @@ def test_a_ledger_made_before_overridden_by_gets_the_column(fresh_database):
         assert "overridden_by" in {c["name"] for c in sa.inspect(engine).get_columns(LEDGER.name)}
     finally:
         engine.dispose()
+
+
+class SlowUplink:
+    """A WsgiTransport whose pushes take `upload` seconds to arrive and everything else 10 ms
+    each way, on a true time the test owns: the server's clock reads it, the device's clock
+    runs `behind` seconds slow. `during_upload` runs while a push is on its way (the app
+    writing meanwhile)."""
+
+    def __init__(self, app, clock: Clock, *, upload: float, behind: float):
+        from fieldsync.client import WsgiTransport
+        self.inner = WsgiTransport(app)
+        self.clock, self.upload, self.behind = clock, upload, behind
+        self.during_upload = None
+        self.pushes: list[dict[str, Any]] = []
+
+    def device_clock(self) -> dt.datetime:
+        return self.clock.now - dt.timedelta(seconds=self.behind)
+
+    def request(self, method, path, *, headers, body):
+        push = path.endswith("/push")
+        if push:
+            self.pushes.append(json.loads(body))
+            hook, self.during_upload = self.during_upload, None
+            if hook is not None:
+                hook()
+        self.clock.now += dt.timedelta(seconds=self.upload if push else 0.01)
+        answer = self.inner.request(method, path, headers=headers, body=body)
+        self.clock.now += dt.timedelta(seconds=0.01)
+        return answer
+
+    def close(self):
+        pass
+
+
+def test_the_issue_case_through_the_sdk(make_server, db_url, clock, tmp_path, device_schema):
+    """The SDK end to end: A goes over a 1.5 s uplink, B is made while A is in flight; both
+    take effect in seq order, device and server end on B's value, no conflict is reported,
+    and A's time is the edit time corrected by the measured offset (2 s), not by the upload."""
+    from fieldsync.client import Client
+
+    server = make_server(db_url, clock=clock)
+    link = SlowUplink(server.app, clock, upload=1.5, behind=2.0)
+    token = server.token("rep-asha", "field_rep", territory_ids=[PUNE_CENTRAL])
+    client = Client(tmp_path / "phone.db", link, token, schema=device_schema, clock=link.device_clock)
+    try:
+        client.sync()
+        vid = client.insert("visit", _visit_fields(server))
+        client.sync()
+        server.drain()
+        client.sync()
+        assert client.status().fully_synced
+        clock.now += dt.timedelta(seconds=60)
+        made = link.device_clock()
+        first = client.update("visit", vid, {"duration_minutes": 20})
+        link.during_upload = lambda: client.update("visit", vid, {"duration_minutes": 30})
+        client.sync()
+        assert [m["fields"] for p in link.pushes[-2:] for m in p["mutations"]] == [{"duration_minutes": 20},
+                                                                                   {"duration_minutes": 30}]
+        assert all(abs(p["clock_offset_ms"] - 2000) <= 20 for p in link.pushes[-2:])
+        server.drain()
+        report = client.sync()
+        assert (report.applied, report.conflicts) == (2, 0)
+        assert server.records("visit")[vid]["duration_minutes"] == 30
+        assert client.get("visit", vid)["duration_minutes"] == 30
+        assert client.conflicts() == [] and client.status().fully_synced
+        a = next(c for c in server.changes(record_id=vid) if c["seq"] == first)
+        assert a["version"] == 2
+        written = parse_datetime(server.records("visit")[vid]["updated_at"])
+        assert abs((written - (made + dt.timedelta(seconds=2))).total_seconds()) < 0.05
+    finally:
+        client.close()
