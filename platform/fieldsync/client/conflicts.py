@@ -26,9 +26,8 @@ def is_conflict(result: Mapping[str, Any]) -> bool:
     return bool(result.get("overridden")) or result.get("effect") == "discarded"
 
 
-def record_conflict(store: LocalStore, conn: sqlite3.Connection, entry: sqlite3.Row,
-                    result: Mapping[str, Any], now: dt.datetime) -> None:
-    """Keep the loss `result` reports for outbox `entry`, inside the caller's transaction."""
+def conflict_item(entry: sqlite3.Row, result: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The loss `result` reports for outbox `entry`, as it is kept (a `Conflict`'s members)."""
     lost = [f for f in result.get("overridden") or () if isinstance(f, str)]
     sent = json.loads(entry["fields"] or "{}")
     row = result.get("row") if isinstance(result.get("row"), dict) else {}
@@ -38,8 +37,16 @@ def record_conflict(store: LocalStore, conn: sqlite3.Connection, entry: sqlite3.
             "origins": {f: str(origins.get(f, "unknown")) for f in lost},
             "sent": {f: sent.get(f) for f in lost}, "kept": {f: row[f] for f in lost if f in row},
             "detected_at": format_datetime(now)}
-    kept = [c for c in store.state_in(conn, STATE_KEY, []) if c.get("seq") != entry["seq"]]
-    store.set_state(conn, **{STATE_KEY: kept + [item]})
+    return item
+
+
+def keep_conflicts(store: LocalStore, conn: sqlite3.Connection, items: list[dict[str, Any]]) -> None:
+    """Add `items` to the kept conflicts inside the caller's transaction (one write for a page)."""
+    if not items:
+        return
+    new = {c["seq"] for c in items}
+    kept = [c for c in store.state_in(conn, STATE_KEY, []) if c.get("seq") not in new]
+    store.set_state(conn, **{STATE_KEY: kept + items})
 
 
 def list_conflicts(store: LocalStore) -> list[Conflict]:
