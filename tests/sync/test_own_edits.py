@@ -315,7 +315,8 @@ def test_a_ledger_made_before_overridden_by_gets_the_column(fresh_database):
     engine = sa.create_engine(fresh_database())
     try:
         old = sa.MetaData()
-        sa.Table(LEDGER.name, old, *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=False)
+        sa.Table(LEDGER.name, old, *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
+                                               autoincrement=False)
                                      for c in LEDGER.columns if c.name != "overridden_by"])
         old.create_all(engine)
         create_sync_tables(engine)

@@ -518,7 +518,8 @@ class _Batch:
             if effective < latest:
                 return {"version": rec.db["version"], "effect": "discarded", "overridden": "[]"}
         new_db = dict(rec.db)
-        new_db.update(deleted=True, version=rec.db["version"] + 1, updated_at=max(_aware(rec.db["updated_at"]), self.now))
+        new_db.update(deleted=True, version=rec.db["version"] + 1,
+                      updated_at=max(_aware(rec.db["updated_at"]), self.now))   # never backwards
         rec.db, rec.dirty = new_db, True
         rec.versions_by_me.add(new_db["version"])
         self._log(entity, "delete", self.store._to_wire_row(entity, new_db), current, m)
