@@ -266,6 +266,26 @@ def test_a_clock_offset_that_is_not_a_plausible_integer_is_ignored(make_server, 
     assert parse_datetime(server.records("visit")[vid]["updated_at"]) == _at(11)
 
 
+
+def test_a_server_write_never_moves_the_write_time_back(make_server, db_url, clock):
+    """A REST update or delete after the server clock stepped back keeps the record's write
+    time (a device write had stamped it later): a write time never goes backwards."""
+    server = make_server(db_url, clock=clock)
+    phone = Phone(server, clock)
+    vid = _new_visit(server, phone, clock)
+    phone.push([phone.write("visit", "update", vid, {"duration_minutes": 20}, base=1, made=100)],
+               sent=100, arrives=100.5, offset_ms=0)
+    server.drain()
+    assert parse_datetime(server.records("visit")[vid]["updated_at"]) == _at(100)
+    clock.set(50)   # the server's clock stepped back (an NTP correction)
+    admin = server.token("admin-1", "admin")
+    r = server.rest("PATCH", f"/visit/{vid}", admin, {"notes": "from the office"}, headers={"If-Match": '"2"'})
+    assert r.status_code == 200, r.json
+    assert parse_datetime(server.records("visit")[vid]["updated_at"]) == _at(100)
+    r = server.rest("DELETE", f"/visit/{vid}", admin, headers={"If-Match": '"3"'})
+    assert r.status_code in (200, 204), r.json
+    assert parse_datetime(server.records("visit", deleted=True)[vid]["updated_at"]) == _at(100)
+
 # -- the property ---------------------------------------------------------------------------------
 
 write_plans = st.lists(
