@@ -175,8 +175,8 @@ class Client:
 
     @property
     def last_seq(self) -> int | None:
-        """The outbox seq of this thread's latest `insert`, `update` or `delete` through this
-        client (None before one, or when that update changed nothing): the key its result,
+        """The outbox seq of this thread's latest `insert`, `update`, `delete` or `resubmit`
+        through this client (None before one, or when that update changed nothing): the key its result,
         quarantine entry (`quarantined()`, `resubmit`, `discard`) and conflict (`conflicts()`)
         are listed under."""
         return getattr(self._writes, "seq", None)
