@@ -11,7 +11,7 @@ from fieldsync.errors import Error, ValidationFailed
 
 def test_all_lists_exactly_the_public_names():
     assert sorted(client_module.__all__) == sorted([
-        "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation",
+        "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation", "Conflict",
         "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
         "ProtocolError", "ValidationError", "PinMismatch", "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey"])
     for name in client_module.__all__:

@@ -27,7 +27,7 @@ from fieldsync.codegen.device_schema import device_schema, device_schema_json
 from fieldsync.errors import NotFound
 from fieldsync.store.records import new_id, utc_now
 from fieldsync.defs.values import format_datetime
-from fieldsync.sync.apply import PushBatch, mutation_digest, result_to_wire
+from fieldsync.sync.apply import PushBatch, mutation_digest, plausible_offset_ms, result_to_wire
 from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
     results_for, write_checkpoint
@@ -95,6 +95,8 @@ def _authenticate() -> None:
 @blueprint.after_request
 def _compress(response: Response) -> Response:
     response.headers["Fieldsync-Protocol"] = str(PROTOCOL_VERSION)
+    # the device measures its clock offset over round trips with this (protocol §8.1)
+    response.headers["Fieldsync-Server-Time"] = format_datetime(_now())
     if response.direct_passthrough or response.status_code < 200 or "Content-Encoding" in response.headers:
         return response
     data = response.get_data()
@@ -490,7 +492,8 @@ def push():
         batch = PushBatch(device_id=device_id, user_id=principal.user_id, role=principal.role,
                           attributes=dict(principal.attributes), received_at=format_datetime(now),
                           sent_at=body.get("sent_at") if isinstance(body.get("sent_at"), str) else None,
-                          schema_version=version, mutations=fresh)
+                          schema_version=version, mutations=fresh,
+                          clock_offset_ms=plausible_offset_ms(body.get("clock_offset_ms")))
         state.sync.start()
         seqs = [m["seq"] for m in fresh]
         with write_transaction(state.engine) as conn:

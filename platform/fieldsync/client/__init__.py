@@ -7,6 +7,9 @@
                     install_info={"platform": "android 14", "app_version": "2.3.0"})
     visit_id = client.insert("visit", {...})     # offline, instant
     report = client.sync()                       # push, pull, settle, ack
+    for lost in client.conflicts():              # writes another writer's values beat
+        ...
+    client.status().fully_synced                 # every write settled, cursor at the head
     client.start(interval=300)                   # or keep syncing in the background
 
 An app that holds PHI encrypts its store (docs/device-store.md): once, online,
@@ -23,12 +26,12 @@ from fieldsync.client.enrollment import Enrollment, enroll
 from fieldsync.client.errors import (ClientError, DeviceRevoked, PinMismatch, ProtocolError, SchemaTooNew,
                                      ServerUnavailable, StoreLocked, TransportError, ValidationError,
                                      WrongStoreKey)
-from fieldsync.client.reports import QuarantinedMutation, Status, SyncReport
+from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.store_key import StoreKey
 from fieldsync.client.transport import HttpTransport, WsgiTransport
 
 __all__ = [
-    "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation",
+    "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation", "Conflict",
     "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
     "ProtocolError", "ValidationError", "PinMismatch",
     "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey",

@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from fieldsync.client.conflicts import conflict_item, is_conflict, keep_conflicts
 from fieldsync.client.errors import ProtocolError
 from fieldsync.client.outbox import add_refetch, quarantine_entry, quarantine_locally, remaining_entries
 from fieldsync.client.schema import EntityTable, quote
@@ -26,8 +27,10 @@ class Applied:
 
     applied: int = 0
     rejected: int = 0
+    conflicts: int = 0     # applied results reporting a conflict loss
     changes: int = 0
     refetch: list[dict[str, str]] = field(default_factory=list)
+    lost: list[dict[str, Any]] = field(default_factory=list)   # the conflicts to keep
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -37,6 +40,8 @@ def settle_results(store: LocalStore, conn: sqlite3.Connection, results: list[Ma
     """Settle outbox entries from their results, ascending by seq (§5.2, decisions 1, 3, 4)."""
     for result in sorted(results, key=lambda r: r.get("seq", 0)):
         settle_result(store, conn, result, now, outcome)
+    keep_conflicts(store, conn, outcome.lost)
+    outcome.lost = []
 
 
 def settle_result(store: LocalStore, conn: sqlite3.Connection, result: Mapping[str, Any],
@@ -57,6 +62,9 @@ def settle_result(store: LocalStore, conn: sqlite3.Connection, result: Mapping[s
     if status == "applied":
         conn.execute('DELETE FROM "_outbox" WHERE seq = ?', (seq,))
         outcome.applied += 1
+        if is_conflict(result):   # invariant 5: a conflict loss reaches the app
+            outcome.lost.append(conflict_item(entry, result, now))
+            outcome.conflicts += 1
         _settle_record(store, conn, entry, result.get("row"), force=False)
     elif status == "rejected" and result.get("permanent", True) is False:
         # not sent by protocol v1 servers (decision 1), kept for a later version: send again

@@ -10,13 +10,13 @@ import datetime as dt
 import random
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from fieldsync.client import outbox
+from fieldsync.client import conflicts, outbox
 from fieldsync.client.background import Backoff, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
 from fieldsync.client.errors import ClientError, StoreLocked, ValidationError, WrongStoreKey
-from fieldsync.client.reports import QuarantinedMutation, Status, SyncReport
+from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
 from fieldsync.client.store import LocalStore
 from fieldsync.client.store_key import StoreHeader, StoreKey
@@ -51,10 +51,11 @@ class Client:
         self._path = str(path)
         self._header = StoreHeader.read(self._path) if self._path != ":memory:" else None
         self._store = self._open_store(store_key)
-        self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version)
+        self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version, clock=self._clock)
         self._engine = SyncEngine(self._store, self._wire, clock=self._clock, install_info=install_info,
                                   push_batch=push_batch, pull_limit=pull_limit)
         self._sync_lock = threading.Lock()
+        self._writes = threading.local()   # last_seq, per thread: another thread's writes never show
         self._progress: Callable[[int, int], None] | None = None
         self._error: Callable[[BaseException], None] | None = None
         self._background: BackgroundSync | None = None
@@ -150,20 +151,35 @@ class Client:
     # -- local data ------------------------------------------------------------------------------
 
     def insert(self, entity: str | type, fields: Mapping[str, Any]) -> str:
-        """Create a record on the device; returns its id (a UUIDv7). No network."""
-        record_id = outbox.write_insert(self._store, self._entity_name(entity), fields, self._clock())
-        self._written()
+        """Create a record on the device; returns its id (a UUIDv7), and `last_seq` its outbox
+        seq. No network."""
+        record_id, seq = outbox.write_insert(self._store, self._entity_name(entity), fields, self._clock())
+        self._written(seq)
         return record_id
 
-    def update(self, entity: str, id: str, fields: Mapping[str, Any]) -> None:
-        """Change fields of a record on the device; only changed fields are queued."""
-        if outbox.write_update(self._store, self._entity_name(entity), id, fields, self._clock()) is not None:
-            self._written()
+    def update(self, entity: str, id: str, fields: Mapping[str, Any]) -> int | None:
+        """Change fields of a record on the device; returns the outbox seq of the change (also
+        `last_seq`), or None when nothing changed. Only changed fields are queued, and fields of
+        a quarantined write of the record that the app sets again (the row may already hold
+        the refused value)."""
+        seq = outbox.write_update(self._store, self._entity_name(entity), id, fields, self._clock())
+        self._written(seq)
+        return seq
 
-    def delete(self, entity: str, id: str) -> None:
-        """Delete a record on the device (hidden at once, removed when the server confirms)."""
-        outbox.write_delete(self._store, self._entity_name(entity), id, self._clock())
-        self._written()
+    def delete(self, entity: str, id: str) -> int:
+        """Delete a record on the device (hidden at once, removed when the server confirms);
+        returns the outbox seq of the delete (also `last_seq`)."""
+        seq = outbox.write_delete(self._store, self._entity_name(entity), id, self._clock())
+        self._written(seq)
+        return seq
+
+    @property
+    def last_seq(self) -> int | None:
+        """The outbox seq of this thread's latest `insert`, `update`, `delete` or `resubmit`
+        through this client (None before one, or when that update changed nothing): the key its result,
+        quarantine entry (`quarantined()`, `resubmit`, `discard`) and conflict (`conflicts()`)
+        are listed under."""
+        return getattr(self._writes, "seq", None)
 
     def get(self, entity: str | type, id: str) -> Any:
         """A record in wire form (decimals as strings, ...), or None if absent or deleted here.
@@ -266,22 +282,32 @@ class Client:
             self._background.stop()
             self._background = None
 
-    def _written(self) -> None:
+    def _written(self, seq: int | None) -> None:
+        self._writes.seq = seq
         background = self._background
-        if background is not None:
+        if seq is not None and background is not None:
             background.notify_write()
 
     # -- status and quarantine -------------------------------------------------------------------
 
     def status(self) -> Status:
-        c = outbox.counts(self._store)
-        cursor = int(self._store.state("cursor", 0))
-        head = self._store.state("head")
-        return Status(pending=c["pending"], sent=c["sent"], received=c["received"], quarantined=c["quarantined"],
-                      last_sync_at=self._store.state("last_sync_at"), cursor=cursor,
-                      write_checkpoint=int(self._store.state("write_checkpoint", 0)),
-                      lag=None if head is None else max(0, int(head) - cursor),
-                      device_id=self._store.state("device_id"))
+        """Where the device stands, from the store alone (no network). `fully_synced`: every
+        local write has its result (nothing pending, sent or received), no pull phase or
+        refetch is open, and the cursor is at the server's head as of the last pull."""
+        with self._store.lock:   # one consistent reading, even while a sync runs
+            c = outbox.counts(self._store)
+            cursor = int(self._store.state("cursor", 0))
+            head = self._store.state("head")
+            open_work = self._store.state("resume") is not None or bool(self._store.state("refetch"))
+            return Status(pending=c["pending"], sent=c["sent"], received=c["received"], quarantined=c["quarantined"],
+                          last_sync_at=self._store.state("last_sync_at"), cursor=cursor,
+                          write_checkpoint=int(self._store.state("write_checkpoint", 0)),
+                          lag=None if head is None else max(0, int(head) - cursor),
+                          device_id=self._store.state("device_id"),
+                          head=None if head is None else int(head),
+                          conflicts=conflicts.count_conflicts(self._store),
+                          fully_synced=(head is not None and cursor >= int(head) and not open_work
+                                        and c["pending"] + c["sent"] + c["received"] == 0))
 
     def quarantined(self) -> list[QuarantinedMutation]:
         """Writes that will not take effect as made, oldest first."""
@@ -290,12 +316,22 @@ class Client:
     def resubmit(self, seq: int, fields: Mapping[str, Any] | None = None) -> int:
         """Queue a quarantined write again with `fields` merged in (a new seq, returned)."""
         new_seq = outbox.resubmit(self._store, seq, fields, self._clock())
-        self._written()
+        self._written(new_seq)
         return new_seq
 
     def discard(self, seq: int) -> None:
         """Drop a quarantined write; the record is fetched again on the next pull."""
         outbox.discard(self._store, seq)
+
+    def conflicts(self) -> list[Conflict]:
+        """Writes the server applied but whose values did not all take effect (the entity's
+        conflict policy kept another writer's), oldest first, until cleared."""
+        return conflicts.list_conflicts(self._store)
+
+    def clear_conflicts(self, seqs: Iterable[int] | None = None) -> int:
+        """Forget the conflicts of `seqs` (every one when None), once the app has shown or
+        resolved them; returns how many were forgotten."""
+        return conflicts.clear_conflicts(self._store, seqs)
 
 
 def _typed(entity: str | type, row: dict[str, Any]) -> Any:

@@ -162,6 +162,11 @@ class SyncEngine:
             body = {"device_id": self.store.state("device_id"), "schema_version": self.store.schema_version,
                     "sent_at": format_datetime(self.clock()),
                     "mutations": [outbox.as_mutation(e) for e in entries]}
+            offset = self.wire.clock_offset.estimate_ms(self.clock())
+            if offset is not None:
+                # measured over the fastest recent round trip: this push's upload time is not
+                # in it, as it would be in received_at - sent_at (protocol §8.1)
+                body["clock_offset_ms"] = offset
             try:
                 answer = self.wire.call("POST", "/push", body)
             except ProtocolError as exc:
@@ -204,6 +209,7 @@ class SyncEngine:
         report.pushed += len(seqs) - len(missing)
         report.applied += outcome.applied
         report.rejected += outcome.rejected
+        report.conflicts += outcome.conflicts
         if missing:
             # every mutation of a 202 is in exactly one of received/results (§4.2)
             raise ProtocolError(202, {"detail": f"the push answer does not account for seqs {missing}"})
@@ -235,6 +241,7 @@ class SyncEngine:
             report.pulled += outcome.changes
             report.applied += outcome.applied
             report.rejected += outcome.rejected
+            report.conflicts += outcome.conflicts
             if progress is not None:
                 progress(report.pulled, int(page.get("remaining") or 0))
             # `more_results`: over 1000 results were waiting; pull again for the rest, as long

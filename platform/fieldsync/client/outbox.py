@@ -62,8 +62,9 @@ def _live_row(store: LocalStore, conn: sqlite3.Connection, table: EntityTable, r
     return row
 
 
-def write_insert(store: LocalStore, entity: str, fields: Mapping[str, Any], now: dt.datetime) -> str:
-    """Insert a record made on the device (a UUIDv7 id, time-ordered) and queue it."""
+def write_insert(store: LocalStore, entity: str, fields: Mapping[str, Any], now: dt.datetime) -> tuple[str, int]:
+    """Insert a record made on the device (a UUIDv7 id, time-ordered) and queue it; returns
+    the id and the entry's seq."""
     table = store.table(entity)
     clean = check_fields(table, fields, partial=False)
     record_id = new_id(now)
@@ -72,26 +73,38 @@ def write_insert(store: LocalStore, entity: str, fields: Mapping[str, Any], now:
     with store.transaction() as conn:
         conn.execute(f"INSERT INTO {quote(table.table)} ({', '.join(quote(n) for n in names)}) "
                      f"VALUES ({', '.join('?' for _ in names)})", values)
-        _add_entry(conn, table, "insert", record_id, None, clean, now)
-    return record_id
+        seq = _add_entry(conn, table, "insert", record_id, None, clean, now)
+    return record_id, seq
 
 
 def write_update(store: LocalStore, entity: str, record_id: str, fields: Mapping[str, Any],
                  now: dt.datetime) -> int | None:
-    """Change some fields of a record; only the fields whose value changes are queued.
-    Returns the entry's seq, or None when nothing changed."""
+    """Change some fields of a record; only the fields whose value changes are queued, and
+    those of a quarantined write of the record, which the row may still hold though the server
+    refused them (the app setting one again means it wants it sent). Returns the entry's seq,
+    or None when nothing changed."""
     table = store.table(entity)
     clean = check_fields(table, fields, partial=True)
     with store.transaction() as conn:
         row = _live_row(store, conn, table, record_id)
         current = store.to_wire(table, row)
-        changed = {k: v for k, v in clean.items() if current.get(k) != v}
+        refused = _quarantined_fields(conn, entity, record_id)
+        changed = {k: v for k, v in clean.items() if current.get(k) != v or k in refused}
         if not changed:
             return None
         assignments = ", ".join(f"{quote(k)} = ?" for k in changed)
         conn.execute(f"UPDATE {quote(table.table)} SET {assignments}, _dirty = 1 WHERE id = ?",
                      [*(table.column(k).to_storage(v) for k, v in changed.items()), record_id])
         return _add_entry(conn, table, "update", record_id, row["_version"], changed, now)
+
+
+def _quarantined_fields(conn: sqlite3.Connection, entity: str, record_id: str) -> set[str]:
+    """The fields written by the record's quarantined writes."""
+    names: set[str] = set()
+    for (fields,) in conn.execute('SELECT fields FROM "_quarantine" WHERE entity = ? AND record_id = ?',
+                                  (entity, record_id)):
+        names.update(json.loads(fields or "{}"))
+    return names
 
 
 def write_delete(store: LocalStore, entity: str, record_id: str, now: dt.datetime) -> int:

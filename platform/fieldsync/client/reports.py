@@ -1,4 +1,5 @@
-"""What the SDK hands back to the app: a sync's report, the store's status, quarantined writes."""
+"""What the SDK hands back to the app: a sync's report, the store's status, quarantined writes
+and conflict losses."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class SyncReport:
     pulled: int = 0        # changes in the pages applied
     applied: int = 0       # outbox entries settled as applied (and deleted)
     rejected: int = 0      # outbox entries quarantined (by the server or locally)
+    conflicts: int = 0     # applied writes whose fields were overridden or that were discarded (Client.conflicts())
     pages: int = 0         # pull pages applied, each in one local transaction
     cursor: int = 0        # the store's cursor afterwards
     duration: float = 0.0  # seconds
@@ -33,6 +35,9 @@ class Status:
     write_checkpoint: int
     lag: int | None              # server head minus cursor, as of the last pull
     device_id: str | None
+    head: int | None = None      # the server's head position, as of the last pull
+    conflicts: int = 0           # conflict losses the app has not cleared (Client.conflicts())
+    fully_synced: bool = False   # nothing pending or unsettled, no pull phase or refetch open, cursor at head
 
     @property
     def unsettled(self) -> int:
@@ -59,3 +64,25 @@ class QuarantinedMutation:
     def name(self) -> str:
         """The problem type's short name (`stale`, `validation`, ...)."""
         return (self.code or "").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A write the server applied but whose values did not all take effect: the entity's
+    conflict policy kept another writer's values (invariant 5). `fields` lost (none for a
+    discarded delete); `origins` says, per lost field, where the value that beat it came from
+    (`server`: a write on the server, by REST, an admin or an import; `device`: another device;
+    `unknown`: history no longer kept); `sent` holds the values this device wrote for them and
+    `kept` the values the record has (those this device may read). Listed by
+    `Client.conflicts()` until `Client.clear_conflicts()`."""
+
+    seq: int
+    entity: str
+    record_id: str
+    op: str
+    effect: str                                          # partial | discarded
+    fields: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)
+    sent: dict[str, Any] = field(default_factory=dict)
+    kept: dict[str, Any] = field(default_factory=dict)
+    detected_at: str | None = None

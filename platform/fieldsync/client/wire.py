@@ -13,12 +13,14 @@ a `ProtocolError` whose `name` the sync engine switches on (`sync-reset`, `unkno
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import hashlib
 import json
 import time
 from typing import Any, Callable, Mapping
 
+from fieldsync.client.clock_offset import ClockOffset
 from fieldsync.client.errors import (DeviceRevoked, ProtocolError, SchemaTooNew, ServerUnavailable,
                                      TransportError, problem_name)
 from fieldsync.client.transport import Transport
@@ -56,8 +58,11 @@ def _problem_member(data: bytes, name: str) -> Any:
 class Wire:
     """Requests to one server with one device's credentials."""
 
-    def __init__(self, transport: Transport, token: TokenSource, *, device_version: Callable[[], int]):
+    def __init__(self, transport: Transport, token: TokenSource, *, device_version: Callable[[], int],
+                 clock: Callable[[], dt.datetime] | None = None):
         self.transport = transport
+        self.clock = clock
+        self.clock_offset = ClockOffset()   # sampled on every answer (protocol §8.1)
         self._token_source = token
         self._device_version = device_version
         self.device_token: str | None = None   # set by the sync engine from the store after registering
@@ -89,8 +94,11 @@ class Wire:
                        "Fieldsync-Protocol": str(PROTOCOL_VERSION), "Accept": "application/json"}
             if payload is not None:
                 headers["Content-Type"] = "application/json"
+            sent = self.clock() if self.clock is not None else None
             status, answer_headers, data = self.transport.request(method, SYNC_PREFIX + path,
                                                                   headers=headers, body=payload)
+            if sent is not None and self.clock is not None:
+                self.clock_offset.observe(sent, self.clock(), answer_headers.get("fieldsync-server-time"))
             if status == 401 and device_token is not None:
                 if _problem_member(data, "reason") == "revoked":
                     raise DeviceRevoked("an administrator revoked this device; its token is refused")

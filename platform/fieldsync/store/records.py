@@ -104,6 +104,16 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def later_write_time(now: dt.datetime, previous: dt.datetime | None) -> dt.datetime:
+    """A record's new write time: `now`, unless its write time is already later (a server
+    clock stepped back), since a write time never goes backwards (docs/protocol.md §8.1)."""
+    if previous is None:
+        return now
+    if previous.tzinfo is None:
+        previous = previous.replace(tzinfo=dt.timezone.utc)
+    return max(now, previous)
+
+
 _id_lock = threading.Lock()
 _id_last = [0, 0]  # last (milliseconds, counter) handed out by this process
 
@@ -695,7 +705,8 @@ class RecordStore:
                     if problems:
                         raise ValidationFailed(problems)
                     values = self.encrypted_update(conn, entity, record_id, clean, current)
-                    values.update(version=current["version"] + 1, updated_at=self.clock())
+                    values.update(version=current["version"] + 1,
+                                  updated_at=later_write_time(self.clock(), current["updated_at"]))
                     result = conn.execute(table.update().where(table.c.id == record_id,
                                                                table.c.version == current["version"]).values(values))
                     if result.rowcount != 1:  # another writer got in between (PostgreSQL read committed)
@@ -738,7 +749,8 @@ class RecordStore:
         table = self.table(entity)
         with write_transaction(self.engine) as conn:
             current = self._current_for_write(conn, entity, record_id, row_filter, expected_version)
-            values = {"deleted": True, "version": current["version"] + 1, "updated_at": self.clock()}
+            values = {"deleted": True, "version": current["version"] + 1,
+                      "updated_at": later_write_time(self.clock(), current["updated_at"])}
             result = conn.execute(table.update().where(table.c.id == record_id,
                                                        table.c.version == current["version"]).values(values))
             if result.rowcount != 1:

@@ -35,7 +35,7 @@ from fieldsync.store.records import RecordStore, StoredRow, insert_many, to_wire
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.sync.tables import DEVICES, LEDGER, clear_received
 
-__all__ = ["MutationApplier", "PushBatch", "mutation_digest", "OPS"]
+__all__ = ["MutationApplier", "PushBatch", "mutation_digest", "plausible_offset_ms", "OPS"]
 
 OPS = ("insert", "update", "delete")
 _ACTION = {"insert": "create", "update": "update", "delete": "delete"}
@@ -46,6 +46,17 @@ _TITLES = {
     "malformed-mutation": "Malformed mutation",
     "unprocessable": "The server could not process this mutation",
 }
+# a device clock off by more than this is not measured but broken: its offset is ignored
+MAX_CLOCK_OFFSET_MS = 100 * 366 * 24 * 3600 * 1000
+
+
+def plausible_offset_ms(value: Any) -> int | None:
+    """A push's `clock_offset_ms` (the server's clock minus the device's, as the device measured
+    it over its fastest recent round trip, docs/protocol.md §8.1) when it is an integer within
+    a century; anything else is ignored like an absent one."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_CLOCK_OFFSET_MS:
+        return value
+    return None
 
 
 def mutation_digest(m: Mapping[str, Any]) -> str:
@@ -66,6 +77,7 @@ class PushBatch:
     sent_at: str | None
     schema_version: int
     mutations: list[dict[str, Any]]
+    clock_offset_ms: int | None = None   # measured by the device over round trips (§8.1)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()
@@ -110,7 +122,28 @@ class _Record:
     db: dict[str, Any]
     stored: bool
     dirty: bool = False
-    versions_by_me: set[int] = dc_field(default_factory=set)
+    versions_by_me: set[int] = dc_field(default_factory=set)   # written by this batch
+
+
+@dataclass
+class _Since:
+    """Who wrote a record since a mutation's base version (docs/protocol.md §8.1).
+
+    `others`: the fields another writer changed, each with the record's write time after that
+    change; None when no other writer did. `floor`: the latest write time the device's own
+    history of the record holds — the record's write time at `base_version` and after each of
+    this device's own changes since —, below which its new write is never placed: a device's
+    writes of a record follow each other in seq order whatever their clocks say."""
+
+    others: dict[str, dt.datetime] | None
+    floor: dt.datetime | None
+    origins: dict[str, str] = dc_field(default_factory=dict)   # field -> "server" | "device" | "unknown"
+    latest_origin: str = "unknown"                              # of the latest other writer
+
+    def origin_of(self, name: str) -> str:
+        """Where the value that beat a write of field `name` came from: the latest other writer
+        that changed it, else the latest other writer (whose write made the policy keep the record)."""
+        return self.origins.get(name, self.latest_origin)
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -145,10 +178,21 @@ class _Batch:
         self.change_seqs: list[int] = []
         self.results: list[dict[str, Any]] = []
         self.result_change: dict[int, int] = {}  # index in results -> index in changes
+        self._since: _Since | None = None          # of the mutation being decided
         received = _time(batch.received_at) or now
         sent = _time(batch.sent_at)
         self.received_at = _aware(received)
-        self.offset = (self.received_at - _aware(sent)) if sent is not None else dt.timedelta(0)
+        if batch.clock_offset_ms is not None:
+            # measured by the device over its fastest round trip: the upload time of this
+            # push is not in it (a slow upload must not move the push's edits later)
+            self.offset = dt.timedelta(milliseconds=batch.clock_offset_ms)
+        elif sent is not None:
+            try:
+                self.offset = self.received_at - _aware(sent)
+            except OverflowError:
+                self.offset = dt.timedelta(0)
+        else:
+            self.offset = dt.timedelta(0)
 
     def rules(self, entity: Entity) -> _Rules:
         found = self._rules.get(entity.name)
@@ -242,40 +286,60 @@ class _Batch:
                     problems.append(FieldProblem(f.name, f"refers to a {f.ref} that does not exist ({v})"))
         return problems
 
-    def effective_time(self, m: Mapping[str, Any]) -> dt.datetime:
-        """The device's edit time corrected by the clock offset of its push, never in the future
-        (docs/protocol.md §8.1)."""
+    def effective_time(self, m: Mapping[str, Any], floor: dt.datetime | None = None) -> dt.datetime:
+        """The device's edit time corrected by the clock offset of its push, never in the future,
+        and never before `floor`, the device's own history of the record (docs/protocol.md §8.1)."""
         client = _time(m.get("client_time"))
         if client is None:
-            return self.received_at
-        return min(_aware(client) + self.offset, self.received_at)
+            effective = self.received_at
+        else:
+            try:
+                effective = min(_aware(client) + self.offset, self.received_at)
+            except OverflowError:   # a clock centuries off: as early or as late as can be
+                effective = self.received_at if self.offset > dt.timedelta(0) else \
+                    dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+        return effective if floor is None else max(effective, floor)
 
-    def other_writers(self, entity: Entity, rec: _Record, base: int) -> dict[str, dt.datetime] | None:
-        """Fields changed by another writer since `base`, each with the latest write time; None
-        when no other writer changed the record. Missing history counts as another writer."""
+    def since(self, entity: Entity, rec: _Record, base: int) -> _Since:
+        """Who wrote the record since `base` (see `_Since`). Missing history counts as another
+        writer."""
         current = rec.db["version"]
+        written = _aware(rec.db["updated_at"])
         if base >= current:
-            return None
+            return _Since(None, written)
         history = record_history(self.conn, entity.name, rec.db["id"], base) if rec.stored else []
         covered = set(rec.versions_by_me)
         fields: dict[str, dt.datetime] = {}
+        origins: dict[str, str] = {}
+        latest_origin = "unknown"
+        floor: dt.datetime | None = written if rec.versions_by_me else None   # our own write in this batch
         other = False
         for change in history:
             covered.add(change.version)
-            if change.origin == self.batch.device_id:
-                continue
-            other = True
             when = _time(change.row.get("updated_at")) or change.changed_at
             prev = change.prev or {}
+            if change.version == base + 1 and prev.get("version") == base:
+                at_base = _time(prev.get("updated_at"))
+                if at_base is not None:
+                    floor = at_base if floor is None else max(floor, at_base)
+            if change.origin == self.batch.device_id:
+                floor = when if floor is None else max(floor, when)
+                continue
+            other = True
+            latest_origin = "server" if change.origin is None else "device"
             for f in entity.field_names:
                 if change.op == "create" or prev.get(f) != change.row.get(f):
                     fields[f] = max(fields.get(f, when), when)
+                    origins[f] = latest_origin
         if any(v not in covered for v in range(base + 1, current + 1)):
             other = True  # history compacted away: assume the worst
-            when = _aware(rec.db["updated_at"])
+            latest_origin = "unknown"
             for f in entity.field_names:
-                fields[f] = max(fields.get(f, when), when)
-        return fields if other else None
+                fields[f] = max(fields.get(f, written), written)
+                origins.setdefault(f, "unknown")
+        if not other:
+            return _Since(None, written)   # every write since base_version is the device's own
+        return _Since(fields, floor, origins, latest_origin)
 
     # -- one mutation --------------------------------------------------------------------------
     def apply(self, m: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,11 +347,15 @@ class _Batch:
         base = {"device_id": self.batch.device_id, "seq": seq, "digest": mutation_digest(m),
                 "entity": str(m.get("entity"))[:64], "record_id": str(m.get("id"))[:64],
                 "op": str(m.get("op"))[:8], "position": None, "version": None, "effect": None,
-                "overridden": None, "problem": None, "detail": None, "errors": None,
+                "overridden": None, "overridden_by": None, "problem": None, "detail": None, "errors": None,
                 "current_version": None, "processed_at": self.now}
+        self._since = None
         try:
             base.update(self._decide(m))
             base["status"] = "applied"
+            lost = json.loads(base["overridden"]) if base["overridden"] else []
+            if lost and self._since is not None:
+                base["overridden_by"] = json.dumps({f: self._since.origin_of(f) for f in lost}, sort_keys=True)
         except _Rejected as r:
             base.update(status="rejected", problem=r.problem, detail=r.detail,
                         errors=json.dumps([p.as_dict() for p in r.errors]) if r.errors else None,
@@ -333,8 +401,10 @@ class _Batch:
             raise _Rejected("malformed-mutation", f"base_version {base_version} is above the current version "
                             f"{rec.db['version']}")
         policy = root.sync.conflict
-        others = self.other_writers(entity, rec, base_version)
-        effective = self.effective_time(m)
+        since = self._since = self.since(entity, rec, base_version)
+        others = since.others
+        # invariant 5: the device's own earlier writes of the record never make this one lose
+        effective = self.effective_time(m, since.floor)
         if op == "delete":
             return self._delete(entity, rec, current, policy, others, effective, m)
         return self._update(entity, rec, current, fields, writable, policy, others, effective, m)
@@ -425,7 +495,7 @@ class _Batch:
         new_db = dict(rec.db)
         new_db.update(values)
         stamp = self._stamp(self.rules(entity).root, effective)
-        new_db["updated_at"] = max(_aware(rec.db["updated_at"]), stamp) if policy == "field_merge" else stamp
+        new_db["updated_at"] = max(_aware(rec.db["updated_at"]), stamp)   # a write time never goes backwards
         new_db["version"] = rec.db["version"] + 1
         wire = self.store._to_wire_row(entity, new_db, known=clean)
         if not self.allowed(entity, wire):
@@ -448,7 +518,8 @@ class _Batch:
             if effective < latest:
                 return {"version": rec.db["version"], "effect": "discarded", "overridden": "[]"}
         new_db = dict(rec.db)
-        new_db.update(deleted=True, version=rec.db["version"] + 1, updated_at=self.now)
+        new_db.update(deleted=True, version=rec.db["version"] + 1,
+                      updated_at=max(_aware(rec.db["updated_at"]), self.now))   # never backwards
         rec.db, rec.dirty = new_db, True
         rec.versions_by_me.add(new_db["version"])
         self._log(entity, "delete", self.store._to_wire_row(entity, new_db), current, m)
@@ -673,7 +744,8 @@ def result_to_wire(ledger: Mapping[str, Any], row: dict[str, Any] | None) -> dic
                            "id": ledger["record_id"], "op": ledger["op"], "position": ledger["position"]}
     if ledger["status"] == "applied":
         out.update(version=ledger["version"], effect=ledger["effect"],
-                   overridden=json.loads(ledger["overridden"]) if ledger["overridden"] else [])
+                   overridden=json.loads(ledger["overridden"]) if ledger["overridden"] else [],
+                   overridden_by=json.loads(ledger["overridden_by"]) if ledger.get("overridden_by") else {})
     else:
         name = ledger["problem"]
         out.update(permanent=True, type=f"https://fieldsync.dev/problems/{name}",

@@ -53,6 +53,8 @@ LEDGER = sa.Table(
     sa.Column("version", sa.Integer, nullable=True),
     sa.Column("effect", sa.String(16), nullable=True),     # changed | unchanged | partial | discarded
     sa.Column("overridden", sa.Text, nullable=True),       # JSON list of field names
+    # JSON {field: "server" | "device" | "unknown"}: where each overridden field's winning value came from
+    sa.Column("overridden_by", sa.Text, nullable=True),
     sa.Column("problem", sa.String(64), nullable=True),    # rejection type name
     sa.Column("detail", sa.Text, nullable=True),
     sa.Column("errors", sa.Text, nullable=True),           # JSON [{field, reason}]
@@ -113,5 +115,25 @@ def unsettled(conn: sa.Connection, device_id: str) -> int:
 
 
 def create_sync_tables(engine: sa.Engine) -> None:
-    """Create the sync tables when missing (safe to run again, from several servers)."""
+    """Create the sync tables when missing, and the nullable columns a later version added to
+    them (safe to run again, from several servers)."""
     sync_metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    inspector = sa.inspect(engine)
+    for table in sync_metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            assert column.nullable and column.server_default is None, f"{table.name}.{column.name} cannot be added"
+            kind = column.type.compile(dialect=engine.dialect)
+            exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN{exists} "{column.name}" {kind}'))
+            except sa.exc.OperationalError as exc:   # SQLite: another server added it just now
+                if "duplicate column" not in str(exc):
+                    raise
