@@ -549,6 +549,8 @@ def test_every_path_allows_what_the_model_allows(world, entity, op, data):
                 assert r.status_code == 422 and [x["field"] for x in r.get_json()["errors"]] == [field]
             else:
                 assert r.status_code == (200 if reach else 404), (r.status_code, r.get_json())
+            if r.status_code != 200:   # nothing was written
+                assert db(entity, record_id)["version"] == row["version"]
         else:
             reach = can and rules.reach(role, entity, row, me, db, sync=True)
             result = world.push(user, {"entity": entity, "op": "update", "id": record_id,
@@ -557,6 +559,8 @@ def test_every_path_allows_what_the_model_allows(world, entity, op, data):
             assert (result["status"] == "applied") == expected, result
             if rules.pushed(entity) and can and reach and not writable:
                 assert result["type"].endswith("/validation") and [x["field"] for x in result["errors"]] == [field]
+            if result["status"] != "applied":   # nothing was written
+                assert db(entity, record_id)["version"] == row["version"]
             _check_result_row(world, rules, role, entity, record_id, me, result)
         return
 
