@@ -27,8 +27,8 @@ def _prescription(world, **overrides):
 
 
 @pytest.fixture
-def rep(api):
-    return api.as_user("rep-1", "field_rep", territory_ids=[])
+def rep(api, world):
+    return api.as_user("rep-1", "field_rep", territory_ids=[world["north"]["id"]])
 
 
 @pytest.fixture

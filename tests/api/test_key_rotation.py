@@ -33,8 +33,12 @@ def fast_app(db_url, example_model, tmp_path):
     app.extensions["fieldsync"].engine.dispose()
 
 
+# the reps of these tests work in it: a prescription may only name a territory its rep reaches
+NORTH = "0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c01"
+
+
 def _world(api):
-    territory = api.ok("POST", "/territory", {"code": "N-1", "name": "North", "region": "north"})
+    territory = api.ok("POST", "/territory", {"id": NORTH, "code": "N-1", "name": "North", "region": "north"})
     retailer = api.ok("POST", "/retailer", {"name": "Shop N", "territory_id": territory["id"]})
     product = api.ok("POST", "/product", {"sku": "PILL", "name": "Pill", "category": "pharma", "unit_price": "2.50"})
     return territory, retailer, product
@@ -67,7 +71,7 @@ class LiveWriter:
     failed). Failures are kept in `failures` for the test to assert on."""
 
     def __init__(self, app, api_class, write, start: int = 0):
-        self.client = api_class(app, "rep-1", "field_rep", territory_ids=[])
+        self.client = api_class(app, "rep-1", "field_rep", territory_ids=[NORTH])
         self.write, self.n = write, start
         self.results: list = []
         self.failures: list = []
@@ -108,7 +112,7 @@ def test_rotation_under_live_traffic_loses_nothing(fast_app, example_model, api_
     state = fast_app.extensions["fieldsync"]
     admin = Api(fast_app)
     world = _world(admin)
-    rep = admin.as_user("rep-1", "field_rep", territory_ids=[])
+    rep = admin.as_user("rep-1", "field_rep", territory_ids=[NORTH])
     patients = [str(uuid.uuid4()) for _ in range(4)]
     written: dict[str, dict] = {}
     for n in range(12):
@@ -160,7 +164,7 @@ def test_a_pass_started_within_the_grace_keeps_the_retired_keys(db_url, example_
     try:
         state = app.extensions["fieldsync"]
         admin = Api(app)
-        rep = admin.as_user("rep-1", "field_rep", territory_ids=[])
+        rep = admin.as_user("rep-1", "field_rep", territory_ids=[NORTH])
         rec = rep.ok("POST", "/prescription", _body(_world(admin), 1, str(uuid.uuid4())))
         rotate(state.crypto, state.model)
         report = reencrypt(state.store, state.crypto)
@@ -182,7 +186,7 @@ def test_keys_cli_lists_rotates_and_shreds_with_audit(tmp_path, example_model, c
     url = f"sqlite:///{tmp_path / 'server.db'}"
     app = create_app({"DATABASE_URL": url, "SECRET_KEY": SECRET, "DATA_DIR": str(data)}, model=example_model)
     admin = Api(app)
-    rep = admin.as_user("rep-1", "field_rep", territory_ids=[])
+    rep = admin.as_user("rep-1", "field_rep", territory_ids=[NORTH])
     world = _world(admin)
     patient = str(uuid.uuid4())
     rec = rep.ok("POST", "/prescription", _body(world, 1, patient))
@@ -338,7 +342,7 @@ def test_key_maintenance_finishes_a_rotation_and_audits_it(fast_app, api_for):
     from fieldsync.security.rotation import KeyMaintenance, audit_pass
     state = fast_app.extensions["fieldsync"]
     admin = api_for(fast_app)
-    rec = admin.as_user("rep-1", "field_rep", territory_ids=[]).ok(
+    rec = admin.as_user("rep-1", "field_rep", territory_ids=[NORTH]).ok(
         "POST", "/prescription", _body(_world(admin), 1, str(uuid.uuid4())))
     maintenance = KeyMaintenance(lambda: state.store, state.crypto,
                                  on_pass=lambda report: audit_pass(state.audit, report))

@@ -71,6 +71,10 @@ class PhiApp:
     def token(self, user: str, role: str, **attributes: Any) -> str:
         return self._issue(SECRET, user, role, attributes, ttl=3600, now=time.time())
 
+    def rep_token(self, user: str) -> str:
+        """A field rep working in the app's territory (its records may name only what it reads)."""
+        return self.token(user, "field_rep", territory_ids=[self.territory["id"]])
+
     def request(self, method: str, path: str, token: str, body: Any = None, headers: dict | None = None):
         all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
         return self.client.open("/api/v1" + path, method=method, json=body, headers=all_headers)

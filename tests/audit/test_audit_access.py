@@ -54,7 +54,7 @@ def assert_no_phi(response, values) -> None:
 # -- REST ----------------------------------------------------------------------------------------
 
 def test_a_rest_create_is_audited_in_its_own_transaction(phi_app):
-    rep = phi_app.token("rep-1", "field_rep")
+    rep = phi_app.rep_token("rep-1")
     values = phi_app.prescription()
     created = phi_app.ok("POST", "/prescription", rep, values)
     (entry,) = phi_app.entries(entity="prescription")
@@ -66,7 +66,7 @@ def test_a_rest_create_is_audited_in_its_own_transaction(phi_app):
 
 
 def test_rest_reads_are_audited_for_roles_that_see_phi_only(phi_app):
-    rep = phi_app.token("rep-1", "field_rep")
+    rep = phi_app.rep_token("rep-1")
     a = phi_app.ok("POST", "/prescription", rep, phi_app.prescription())
     b = phi_app.ok("POST", "/prescription", rep, phi_app.prescription())
     phi_app.ok("GET", f"/prescription/{a['id']}", rep)
@@ -89,7 +89,7 @@ def test_rest_reads_are_audited_for_roles_that_see_phi_only(phi_app):
 
 
 def test_a_delete_of_a_phi_record_is_audited(phi_app):
-    rep, admin = phi_app.token("rep-1", "field_rep"), phi_app.token("admin-1", "admin")
+    rep, admin = phi_app.rep_token("rep-1"), phi_app.token("admin-1", "admin")
     created = phi_app.ok("POST", "/prescription", rep, phi_app.prescription())
     r = phi_app.request("DELETE", f"/prescription/{created['id']}", admin)
     assert r.status_code == 204
@@ -98,7 +98,7 @@ def test_a_delete_of_a_phi_record_is_audited(phi_app):
 
 
 def test_a_rest_write_fails_with_nothing_stored_when_the_audit_fails(phi_app):
-    rep = phi_app.token("rep-1", "field_rep")
+    rep = phi_app.rep_token("rep-1")
     phi_app.ok("GET", "/retailer", rep)               # the token's session is started (and audited) first
     values = phi_app.prescription()
     changes_before = count(phi_app, CHANGES_TABLE)
@@ -114,7 +114,7 @@ def test_a_rest_write_fails_with_nothing_stored_when_the_audit_fails(phi_app):
 
 
 def test_a_rest_read_returns_no_phi_when_the_audit_fails(phi_app):
-    rep = phi_app.token("rep-1", "field_rep")
+    rep = phi_app.rep_token("rep-1")
     values = phi_app.prescription()
     created = phi_app.ok("POST", "/prescription", rep, values)
     secrets = (values["patient_name"], values["diagnosis"], values["patient_dob"])
@@ -150,7 +150,7 @@ def _pull(phi, token: str, device_id: str):
 
 
 def test_a_push_is_audited_in_its_batch_and_a_failing_audit_leaves_the_batch_for_later(phi_app):
-    rep = phi_app.token("rep-1", "field_rep")
+    rep = phi_app.rep_token("rep-1")
     device = phi_app.register(rep)
     record_id, values = str(uuid.uuid4()), phi_app.prescription()
     sync = phi_app.state.sync
@@ -176,7 +176,7 @@ def test_a_push_is_audited_in_its_batch_and_a_failing_audit_leaves_the_batch_for
 
 
 def test_a_pull_carrying_phi_is_audited_and_fails_when_the_audit_fails(phi_app):
-    rep = phi_app.token("rep-1", "field_rep")
+    rep = phi_app.rep_token("rep-1")
     device = phi_app.register(rep)
     record_id, values = str(uuid.uuid4()), phi_app.prescription()
     _push(phi_app, rep, device, [_mutation(phi_app, 1, record_id, values)])
@@ -210,7 +210,7 @@ def test_a_pull_carrying_phi_is_audited_and_fails_when_the_audit_fails(phi_app):
 # -- no PHI in the audit store -------------------------------------------------------------------
 
 def test_the_audit_store_holds_no_phi_value(phi_app):
-    rep = phi_app.token("rep-1", "field_rep")
+    rep = phi_app.rep_token("rep-1")
     device = phi_app.register(rep)
     written = [phi_app.prescription(patient_name="Ottoline Quibbleworth", diagnosis="Xylophone lung",
                                     patient_dob="1931-12-25"),

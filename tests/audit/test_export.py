@@ -135,7 +135,7 @@ def test_an_export_writes_nothing_when_it_cannot_be_audited(audit_log, clock):
 
 def _activity(phi):
     """Two patients' prescriptions written and read by two reps."""
-    one, two = phi.token("rep-1", "field_rep"), phi.token("rep-2", "field_rep")
+    one, two = phi.rep_token("rep-1"), phi.rep_token("rep-2")
     p1, p2 = str(uuid.uuid4()), str(uuid.uuid4())
     a = phi.ok("POST", "/prescription", one, phi.prescription(patient_id=p1))
     b = phi.ok("POST", "/prescription", two, phi.prescription(patient_id=p2))

@@ -100,8 +100,8 @@ def test_row_filters_still_apply_under_break_glass(make_app, defs_copy, example_
     mine = _prescription(app)
     other_territory = app.ok("POST", "/territory", app.token("admin-1", "admin"),
                              {"code": "S-1", "name": "South", "region": "south"})
-    app.ok("POST", "/prescription", app.rep_token("rep-bina"),
-           app.prescription(territory_id=other_territory["id"]))
+    bina = app.token("rep-bina", "field_rep", territory_ids=[other_territory["id"], app.territory["id"]])
+    app.ok("POST", "/prescription", bina, app.prescription(territory_id=other_territory["id"]))
     supervisor = app.token("sup-1", "supervisor", region=app.territory["id"])
     page = app.ok("GET", "/prescription", supervisor, headers={HEADER: REASON})
     assert [r["id"] for r in page["items"]] == [mine["id"]] and page["items"][0]["diagnosis"]

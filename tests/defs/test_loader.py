@@ -299,3 +299,92 @@ def test_children_get_a_parent_reference_and_inherit_rules(example_model):
     assert {p.role for p in line.permissions} == {p.role for p in order.permissions}
     assert line.field("order_id").required
 
+
+
+ORDER_WITH_LINES = """\
+    entity: sale
+    kind: transaction
+    fields:
+      status: {type: string}
+      note: {type: text}
+    children:
+      lines:
+        entity: sale_line
+        fields:
+          qty: {type: integer}
+          note: {type: text}
+    permissions:
+      rep:
+        actions: [read, create, update]
+        row_filter: "status == 'open'"
+      boss:
+        actions: [read, update]
+        visible: [status, note]
+        editable: [note]
+    """
+
+
+def test_a_childs_permissions_come_from_its_parent_with_its_field_lists():
+    """docs/access.md: the parent's actions and grant; its visible/editable lists applied to the
+    child's fields by name (the parent reference always visible); no row filter of its own (a
+    child row is reached through its parent, `fieldsync.defs.access`)."""
+    from fieldsync.defs.access import access_rule
+    model = build_model(sources(transactions__sale=ORDER_WITH_LINES))
+    line = model.entity("sale_line")
+    rep, boss = line.permission("rep"), line.permission("boss")
+    assert rep.actions == {"read", "create", "update"} and rep.row_filter is None
+    assert rep.visible is None and rep.editable is None
+    assert boss.visible == ("sale_id", "note") and boss.editable == ("note",)
+    rule = access_rule(model, line, "rep")
+    assert rule.parent is not None and rule.parent.entity.name == "sale"
+    assert rule.parent.permission.row_filter_source == "status == 'open'"
+    assert rule.writable(create=True)[0] == "sale_id"
+    assert access_rule(model, line, "nobody") is None
+
+
+def test_a_child_section_may_declare_its_own_field_lists_and_they_are_checked():
+    text = ORDER_WITH_LINES.replace("""\
+          note: {type: text}
+    permissions:""", """\
+          note: {type: text}
+        permissions:
+          boss:
+            editable: [qty]
+            visible: [qty, note]
+    permissions:""")
+    model = build_model(sources(transactions__sale=text))
+    boss = model.entity("sale_line").permission("boss")
+    assert boss.editable == ("qty",) and boss.visible == ("sale_id", "qty", "note")
+    # without its own visible list the parent's applies ([note] here): qty editable, not visible
+    errs = errors_of(sources(transactions__sale=text.replace("            visible: [qty, note]\n", "")))
+    assert [e.message for e in errs] == ["'qty' is editable but not visible"]
+    errs = errors_of(sources(transactions__sale=text.replace("          boss:\n            editable: [qty]\n"
+                                                              "            visible: [qty, note]",
+                                                              "          rep:\n            editable: [nope]\n"
+                                                              "          ghost:\n            visible: []")))
+    assert sorted(e.message.split(";")[0] for e in errs) == [
+        "the parent grants role 'ghost' nothing", "unknown field 'nope'"]
+    assert all(e.file == "entity_defs/transactions/sale.yaml" and e.line > 0 for e in errs)
+    # actions and row filters are the parent's alone
+    errs = errors_of(sources(transactions__sale=text.replace("editable: [qty]", "actions: [read]")))
+    assert [e.path for e in errs] == ["children.lines.permissions.boss.actions"]
+
+
+def test_children_of_children_are_refused_with_file_and_line():
+    """The definition language has one level of children (docs/access.md)."""
+    text = ORDER_WITH_LINES.replace("""\
+          note: {type: text}
+    permissions:""", """\
+          note: {type: text}
+        children:
+          parts:
+            entity: sale_line_part
+            fields:
+              code: {type: string}
+    permissions:""")
+    errs = errors_of(sources(transactions__sale=text))
+    assert len(errs) == 1
+    err = errs[0]
+    assert (err.file, err.line, err.path) == ("entity_defs/transactions/sale.yaml", 12, "children.lines.children")
+    assert "cannot have children of its own" in err.message
+    assert str(err).startswith("entity_defs/transactions/sale.yaml:12:")

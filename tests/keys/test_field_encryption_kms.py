@@ -28,8 +28,10 @@ def test_prescriptions_are_encrypted_under_kms_wrapped_data_keys(tmp_path, kms, 
     app = _app(tmp_path, url, kms_key, moto_endpoint, example_model)
     client = app.test_client()
     admin = {"Authorization": "Bearer " + issue_token(SECRET, "admin-1", "admin", {}, ttl=3600)}
-    rep = {"Authorization": "Bearer " + issue_token(SECRET, "rep-1", "field_rep", {"territory_ids": []}, ttl=3600)}
     territory = client.post("/api/v1/territory", json={"code": "N", "name": "N", "region": "north"}, headers=admin).get_json()
+    # the rep works in the territory: a prescription may name only records its rep reads
+    rep = {"Authorization": "Bearer " + issue_token(SECRET, "rep-1", "field_rep", {"territory_ids": [territory["id"]]},
+                                                    ttl=3600)}
     retailer = client.post("/api/v1/retailer", json={"name": "R", "territory_id": territory["id"]}, headers=admin).get_json()
     product = client.post("/api/v1/product", json={"sku": "P", "name": "P", "category": "pharma", "unit_price": "1.00"},
                           headers=admin).get_json()

@@ -25,6 +25,7 @@ from fieldsync.auth.tokens import Principal
 from fieldsync.codegen.openapi import (
     API_PREFIX, CONTROL_PARAMETERS, FILTER_OPERATORS, operators_for, query_fields,
 )
+from fieldsync.defs.access import AccessRule, access_rule
 from fieldsync.defs.model import Entity, Model, Permission
 from fieldsync.defs.values import FieldProblem, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -75,19 +76,32 @@ def _entity(name: str) -> Entity:
 
 
 def _permission(entity: Entity, action: str) -> Permission:
+    """The role's effective permission on `entity` (a child's from its parent; defs/access.py),
+    403 when it may not take `action`."""
     principal: Principal = g.principal
-    perm = entity.permission(principal.role)
-    if perm is None or not perm.can(action):
+    rule = access_rule(_model(), entity, principal.role)
+    if rule is None or not rule.can(action):
         raise Problem(403, f"role {principal.role!r} may not {action} {entity.name} records")
+    perm = rule.permission
     if action == "read" and g.get("break_glass") is not None:
         perm = widen_for_break_glass(entity, perm, g.break_glass)   # every field visible, audited
     return perm
 
 
-def _row_filter(perm: Permission) -> RowFilter | None:
-    if perm.row_filter is None:
-        return None
-    return RowFilter(perm.row_filter, g.principal.expression_user())
+def _row_filter(entity: Entity) -> RowFilter | None:
+    """The rows of `entity` the role reaches: its row filter and, for a child, a live parent the
+    role reaches (call after `_permission`, which refuses a role without a rule)."""
+    rule = access_rule(_model(), entity, g.principal.role)
+    return RowFilter.for_rule(rule, g.principal.expression_user()) if rule is not None else None
+
+
+def _reach(target: Entity) -> tuple[bool, RowFilter | None]:
+    """Whether the caller reads `target` at all, and which rows: a reference to any other
+    record is the same 422 as a reference to a missing one (no existence oracle)."""
+    rule = access_rule(_model(), target, g.principal.role)
+    if rule is None or not rule.can("read"):
+        return False, None
+    return True, RowFilter.for_rule(rule, g.principal.expression_user())
 
 
 def _visible(entity: Entity, perm: Permission, record: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +112,8 @@ def _visible(entity: Entity, perm: Permission, record: dict[str, Any]) -> dict[s
     return {k: v for k, v in record.items() if k not in hidden}
 
 
-def _writable(entity: Entity, perm: Permission) -> tuple[str, ...]:
-    names = perm.editable if perm.editable is not None else entity.field_names
-    return tuple(n for n in names if n != entity.owner)
+def _writable(entity: Entity, perm: Permission, *, create: bool = False) -> tuple[str, ...]:
+    return AccessRule(entity, perm).writable(create=create)
 
 
 def _etag(record: dict[str, Any]) -> str:
@@ -260,7 +273,7 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
         raise Problem(400, "total must be true or false", slug="bad-query", title="Bad query parameter")
     page = _store_call(g.snapshot.store.list, entity, filters=filters, sort=request.args.get("sort", "id"),
                        limit=limit, cursor=request.args.get("cursor"), total=total_raw == "true",
-                       row_filter=_row_filter(perm), columns=allowed.keys())
+                       row_filter=_row_filter(entity), columns=allowed.keys())
     if g.get("break_glass") is not None:
         audit_break_glass(entity, page.items, g.break_glass)   # before any PHI leaves (invariant 8)
     audit_rest_read(entity, perm, page.items)   # invariant 8: recorded before any PHI leaves
@@ -280,23 +293,26 @@ def collection(name: str):
     _reject_unknown_params(())
     body = _body()
     children: dict[str, list] = {}
+    children_writable: dict[str, tuple[str, ...]] = {}
     if isinstance(body, dict):
         for child_name in entity.children:
             child = _model().entity(child_name)
             if child.collection in body:
-                _permission(child, "create")
+                children_writable[child.collection] = _writable(child, _permission(child, "create"))
                 children[child.collection] = body.pop(child.collection)
-    return _create(entity, perm, body, children=children)
+    return _create(entity, perm, body, children=children, children_writable=children_writable)
 
 
-def _create(entity: Entity, perm: Permission, body: Any, *, children=None, server_values=None) -> Response:
+def _create(entity: Entity, perm: Permission, body: Any, *, children=None, server_values=None,
+            children_writable=None) -> Response:
     values = dict(server_values or {})
     if entity.owner:
         values[entity.owner] = g.principal.user_id
     _refuse_owner(entity, perm, body, partial=False, server_set=tuple(values))
     try:
-        record = _store_call(g.snapshot.store.create, entity, body, writable=_writable(entity, perm),
-                             server_values=values, children=children, row_filter=_row_filter(perm))
+        record = _store_call(g.snapshot.store.create, entity, body, writable=_writable(entity, perm, create=True),
+                             server_values=values, children=children, row_filter=_row_filter(entity),
+                             reach=_reach, children_writable=children_writable)
     except Conflict as exc:
         raise Problem(409, str(exc)) from None
     location = f"{API_PREFIX}/{entity.name}/{record['id']}"
@@ -317,7 +333,7 @@ def item(name: str, record_id: str):
         for c in expand:
             if c not in collections:
                 raise Problem(400, f"cannot expand {c!r}", slug="bad-query", title="Bad query parameter")
-        record = _store_call(store.get, entity, record_id, row_filter=_row_filter(perm))
+        record = _store_call(store.get, entity, record_id, row_filter=_row_filter(entity))
         if g.get("break_glass") is not None:
             audit_break_glass(entity, [record], g.break_glass)   # before any PHI leaves (invariant 8)
         if_none = request.headers.get("If-None-Match")
@@ -327,15 +343,15 @@ def item(name: str, record_id: str):
                 return Response(status=304, headers={"ETag": _etag(record)})
         for c in expand:
             child = collections[c]
-            child_perm = _permission(child, "read")
-            record[c] = store.children_of(entity, record_id, c, row_filter=_row_filter(child_perm))
+            _permission(child, "read")
+            record[c] = store.children_of(entity, record_id, c, row_filter=_row_filter(child))
         return _record_response(entity, perm, record)
     if request.method == "DELETE":
         perm = _permission(entity, "delete")
         _reject_unknown_params(())
         expected = _expected_version(required=False)
         try:
-            _store_call(store.delete, entity, record_id, expected_version=expected, row_filter=_row_filter(perm))
+            _store_call(store.delete, entity, record_id, expected_version=expected, row_filter=_row_filter(entity))
         except Conflict as exc:
             raise Problem(412, str(exc)) from None
         return Response(status=204)
@@ -347,7 +363,7 @@ def item(name: str, record_id: str):
     try:
         record = _store_call(store.update, entity, record_id, body, expected_version=expected,
                              writable=_writable(entity, perm), replace=request.method == "PUT",
-                             row_filter=_row_filter(perm))
+                             row_filter=_row_filter(entity), reach=_reach)
     except Conflict as exc:
         raise Problem(412, str(exc)) from None
     return _record_response(entity, perm, record)
@@ -362,8 +378,8 @@ def nested(name: str, record_id: str, collection_name: str):
                   if _model().entity(c).collection == collection_name), None)
     if child is None:
         raise Problem(404, f"{parent.name} has no collection {collection_name!r}")
-    parent_perm = _permission(parent, "read")
-    _store_call(g.snapshot.store.get, parent, record_id, row_filter=_row_filter(parent_perm))
+    _permission(parent, "read")
+    _store_call(g.snapshot.store.get, parent, record_id, row_filter=_row_filter(parent))
     if request.method == "GET":
         perm = _permission(child, "read")
         return _list(child, perm, [Filter(child.parent_field, "eq", record_id)])

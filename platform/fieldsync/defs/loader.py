@@ -21,6 +21,7 @@ import jsonschema
 import yaml
 
 from fieldsync.defs import expr as ex
+from fieldsync.defs.access import child_permission
 from fieldsync.defs.model import (
     BUILTIN_USER_ATTRIBUTES, SYSTEM_COLUMNS, Entity, Field, Location, Model, Permission,
     Role, SyncRule, UserAttribute,
@@ -183,7 +184,13 @@ class _Builder:
                 for key in err.instance:
                     if key not in allowed:
                         hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
-                        self.error(doc, path + (key,), f"unknown key{hint}")
+                        if kind == "entity" and key == "children" and len(path) == 2 and path[0] == "children":
+                            self.error(doc, path + (key,), "a child collection cannot have children of its own: "
+                                       "the definition language allows one level of children; define the "
+                                       "grandchild as a child of its own entity, or as an entity with a ref "
+                                       "field to this child")
+                        else:
+                            self.error(doc, path + (key,), f"unknown key{hint}")
                         repairs.append((path + (key,), "drop"))
                 continue
             if err.validator == "required":
@@ -345,7 +352,8 @@ class _Builder:
                 label=spec.get("label") or _title(spec["entity"]),
                 description=(spec.get("description") or "").strip(), parent=name,
                 parent_field=parent_field, collection=collection, renamed_from=_names(spec.get("renamed_from")),
-                permissions=tuple(Permission(p.role, p.actions, break_glass=p.break_glass) for p in permissions),
+                permissions=self.build_child_permissions(doc, path, spec.get("permissions") or {}, permissions,
+                                                         child_fields, parent_field),
                 sync=SyncRule(direction=sync.direction, conflict=sync.conflict, priority=sync.priority),
                 location=doc.at(path),
             ))
@@ -458,6 +466,33 @@ class _Builder:
                 self.error(doc, path + ("break_glass",), "break_glass widens reads: the role needs the read action")
             result.append(Permission(role, frozenset(spec["actions"]), visible, editable, row_filter,
                                      spec.get("row_filter"), break_glass=break_glass))
+        return tuple(result)
+
+    def build_child_permissions(self, doc: _Located, path: tuple, specs: dict, parent: tuple[Permission, ...],
+                                fields: tuple[Field, ...], parent_field: str) -> tuple[Permission, ...]:
+        """A child's permissions: per role of the parent, `access.child_permission` with the
+        visible/editable lists the child section declares for it (checked here)."""
+        names = {f.name for f in fields}
+        by_role = {p.role: p for p in parent}
+        for role, spec in specs.items():
+            rpath = path + ("permissions", role)
+            if role not in by_role:
+                self.error(doc, rpath, f"the parent grants role {role!r} nothing; a child's actions are its "
+                                       f"parent's, so list the role under the parent's permissions first")
+            for key in ("visible", "editable"):
+                for i, fname in enumerate(spec.get(key) or ()):
+                    if fname not in names:
+                        self.error(doc, rpath + (key, i), f"unknown field {fname!r}")
+        result = []
+        for p in parent:
+            perm = child_permission(p, tuple(f.name for f in fields), parent_field, specs.get(p.role))
+            if p.role in specs and perm.visible is not None and perm.editable is not None:
+                for i, fname in enumerate(perm.editable):
+                    if fname in names and fname not in perm.visible:
+                        key = "editable" if "editable" in specs[p.role] else "visible"
+                        self.error(doc, path + ("permissions", p.role, key) + ((i,) if key == "editable" else ()),
+                                   f"{fname!r} is editable but not visible")
+            result.append(perm)
         return tuple(result)
 
     def build_sync(self, doc: _Located, kind: str, spec: dict, fields: tuple[Field, ...],

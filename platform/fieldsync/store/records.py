@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import sqlalchemy as sa
 
 from fieldsync.codegen.openapi import SYSTEM_QUERY_COLUMNS, operators_for, query_fields, sortable
+from fieldsync.defs.access import AccessRule
 from fieldsync.defs.expr import Expr
 from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, validate_record
@@ -233,10 +234,29 @@ class Filter:
 
 @dataclass(frozen=True, slots=True)
 class RowFilter:
-    """A role's row filter and the user it is evaluated for."""
+    """The rows a caller reaches: its role's row filter (`expr`, None for none) evaluated for
+    `user`, and for a child entity `parent` = (parent entity name, the child's parent field,
+    the parent's RowFilter): the row's parent must be live and reached too (docs/access.md)."""
 
-    expr: Expr
+    expr: Expr | None
     user: Mapping[str, Any]
+    parent: "tuple[str, str, RowFilter] | None" = None
+
+    @classmethod
+    def for_rule(cls, rule: AccessRule, user: Mapping[str, Any]) -> "RowFilter | None":
+        """The RowFilter of an effective access rule (None: every live row)."""
+        parent = None
+        if rule.parent is not None:
+            parent_filter = cls.for_rule(rule.parent, user) or RowFilter(None, user)
+            parent = (rule.parent.entity.name, rule.entity.parent_field, parent_filter)
+        expr = rule.permission.row_filter
+        if expr is None and parent is None:
+            return None
+        return cls(expr, user, parent)
+
+
+# Which rows of an entity a caller may read, for reference checks: (reads it at all, RowFilter).
+Reach = Callable[[Entity], tuple[bool, "RowFilter | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,11 +496,28 @@ class RecordStore:
             return None
         return to_wire(entity.field(entity.subject), stored, entity, self.codec, record_id)
 
-    def _row_filter(self, entity: Entity, row_filter: RowFilter | None) -> sa.ColumnElement | None:
+    def _row_filter(self, entity: Entity, row_filter: RowFilter | None,
+                    table: sa.Table | None = None) -> sa.ColumnElement | None:
+        """`row_filter` as a WHERE clause on `table` (entity's table by default); a child's
+        parent condition is an EXISTS on the parent's table, so every path shares it."""
         if row_filter is None:
             return None
-        table = self.table(entity)
-        return compile_expr(row_filter.expr, table, row_filter.user, encoders=self.encoders(entity))
+        table = self.table(entity) if table is None else table
+        clauses = []
+        if row_filter.expr is not None:
+            clauses.append(compile_expr(row_filter.expr, table, row_filter.user, encoders=self.encoders(entity)))
+        if row_filter.parent is not None:
+            parent_name, link, parent_filter = row_filter.parent
+            parent = self.model.entity(parent_name)
+            parent_table = self.table(parent).alias()
+            where = [parent_table.c.id == table.c[link], parent_table.c.deleted == sa.false()]
+            inner = self._row_filter(parent, parent_filter, parent_table)
+            if inner is not None:
+                where.append(inner)
+            clauses.append(sa.exists().where(*where))
+        if not clauses:
+            return None
+        return clauses[0] if len(clauses) == 1 else sa.and_(*clauses)
 
     def _select_live(self, entity: Entity, record_id: str, row_filter: RowFilter | None):
         table = self.table(entity)
@@ -510,8 +547,10 @@ class RecordStore:
 
     # -- checks ----------------------------------------------------------------------------
     def check_references(self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any],
-                         prefix: str = "") -> list[FieldProblem]:
-        """A problem for each ref field naming a record that is missing or deleted."""
+                         prefix: str = "", reach: Reach | None = None) -> list[FieldProblem]:
+        """A problem for each ref field naming a record that is missing or deleted, or, with
+        `reach` (the caller's read rules), that the caller may not read: the same problem, so
+        an answer never tells a hidden record from a missing one."""
         problems: list[FieldProblem] = []
         wanted: dict[str, set[str]] = {}
         for f in entity.fields:
@@ -520,7 +559,16 @@ class RecordStore:
         found: dict[str, set[str]] = {}
         for target, ids in sorted(wanted.items()):
             t = self.metadata.tables[target]
-            rows = conn.execute(sa.select(t.c.id).where(t.c.id.in_(sorted(ids)), t.c.deleted == sa.false()))
+            where = [t.c.id.in_(sorted(ids)), t.c.deleted == sa.false()]
+            if reach is not None:
+                reads, row_filter = reach(self.model.entity(target))
+                if not reads:
+                    found[target] = set()
+                    continue
+                clause = self._row_filter(self.model.entity(target), row_filter)
+                if clause is not None:
+                    where.append(clause)
+            rows = conn.execute(sa.select(t.c.id).where(*where))
             found[target] = {r[0] for r in rows}
         for f in entity.fields:
             v = values.get(f.name)
@@ -571,14 +619,17 @@ class RecordStore:
     def create(self, entity: Entity | str, data: Any, *, writable: tuple[str, ...] | None = None,
                server_values: Mapping[str, Any] | None = None,
                children: Mapping[str, list[Any]] | None = None,
-               row_filter: RowFilter | None = None) -> dict[str, Any]:
+               row_filter: RowFilter | None = None, reach: Reach | None = None,
+               children_writable: Mapping[str, tuple[str, ...] | None] | None = None) -> dict[str, Any]:
         """Validate and insert a record (and inline children), returning it in wire form.
 
         `data` may hold an `id` (a UUID the client made). `server_values` are filled by the
         server whatever the body says (the owner). `children` maps a child collection name to
         the child bodies, created in the same transaction with their parent field filled.
         Raises ValidationFailed listing every problem, Conflict when the id exists, and
-        PermissionDenied when the record would fall outside `row_filter`.
+        PermissionDenied when the record would fall outside `row_filter`. `reach` (the caller's
+        read rules) makes a reference to a record the caller may not read a problem
+        (`check_references`); `children_writable` limits the fields of each collection's bodies.
         """
         entity = self._entity(entity)
         server_values = dict(server_values or {})
@@ -597,7 +648,7 @@ class RecordStore:
                     problems.append(FieldProblem(prefix + child.parent_field, "is filled from the parent"))
                     continue
                 c_clean, c_id, c_problems = self._prepare_create(
-                    child, body, writable=None, server_values={}, prefix=prefix,
+                    child, body, writable=(children_writable or {}).get(collection), server_values={}, prefix=prefix,
                     omit_required=(child.parent_field,))
                 problems += c_problems
                 child_plans.append((child, c_clean, c_id, prefix))
@@ -612,7 +663,8 @@ class RecordStore:
                 now = self.clock()
                 record_id = record_id or self.id_factory(now)
                 with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
-                    problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean)
+                    problems = self.check_references(conn, entity, clean, reach=reach) + self.check_unique(
+                        conn, entity, clean)
                     if problems:
                         raise ValidationFailed(problems)
                     record = self._insert(conn, entity, record_id, clean, now)
@@ -620,7 +672,7 @@ class RecordStore:
                         raise PermissionDenied("the new record would fall outside the records your role may reach")
                     for child, c_clean, c_id, prefix in child_plans:
                         c_clean[child.parent_field] = record_id
-                        problems += self.check_references(conn, child, c_clean, prefix) + self.check_unique(
+                        problems += self.check_references(conn, child, c_clean, prefix, reach=reach) + self.check_unique(
                             conn, child, c_clean, prefix=prefix)
                         if not problems:
                             c_record = self._insert(conn, child, c_id or self.id_factory(now), c_clean, now)
@@ -671,7 +723,8 @@ class RecordStore:
     # -- update and delete -----------------------------------------------------------------
     def update(self, entity: Entity | str, record_id: str, changes: Any, *,
                expected_version: int | None, writable: tuple[str, ...] | None = None,
-               replace: bool = False, row_filter: RowFilter | None = None) -> dict[str, Any]:
+               replace: bool = False, row_filter: RowFilter | None = None,
+               reach: Reach | None = None) -> dict[str, Any]:
         """Apply `changes` (PATCH) or, with `replace`, set every writable field (PUT: omitted
         fields return to their default or null). Raises NotFound, Conflict when
         `expected_version` is stale, ValidationFailed, PermissionDenied when the result would
@@ -701,7 +754,8 @@ class RecordStore:
                             self.codec.ensure_subjects(entity, [self.subject_of(conn, entity, record_id)])
                 with _integrity_as_conflict(entity), write_transaction(self.engine) as conn:
                     current = self._current_for_write(conn, entity, record_id, row_filter, expected_version)
-                    problems = self.check_references(conn, entity, clean) + self.check_unique(conn, entity, clean, record_id)
+                    problems = self.check_references(conn, entity, clean, reach=reach) + self.check_unique(
+                        conn, entity, clean, record_id)
                     if problems:
                         raise ValidationFailed(problems)
                     values = self.encrypted_update(conn, entity, record_id, clean, current)
@@ -936,6 +990,6 @@ def wire_problems(problems: Iterable[FieldProblem]) -> list[dict[str, str]]:
 
 
 __all__ = [
-    "BadQuery", "FieldCodec", "Filter", "Page", "PlainJsonCodec", "RecordStore", "RowFilter",
+    "BadQuery", "FieldCodec", "Filter", "Page", "PlainJsonCodec", "Reach", "RecordStore", "RowFilter",
     "filter_from_query", "insert_many", "new_id", "parse_query_value", "to_db", "to_wire", "utc_now", "ValueProblem",
 ]

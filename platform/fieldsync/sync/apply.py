@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import sqlalchemy as sa
 
 from fieldsync.auth.tokens import Principal
+from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity, Model
 from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
@@ -107,7 +108,8 @@ class _Rules:
     root: Entity
     perm: Permission | None
     fields: dict[str, Field]
-    writable: tuple[str, ...]
+    writable: tuple[str, ...]                  # on update (on insert a child may name its parent too)
+    insert_writable: tuple[str, ...]
     refs: tuple[Field, ...]                    # plain ref fields whose target entity exists
     has_unique: bool
     plain: bool                                # no encrypted field: wire values are the clean values
@@ -172,6 +174,7 @@ class _Batch:
         self.user = batch.principal.expression_user()
         self.entities: dict[str, Entity] = {e.name: e for e in self.model.entities}
         self._rules: dict[str, _Rules] = {}
+        self._readable: dict[tuple[str, str, int], bool] = {}   # (entity, id, version) -> readable
         self._stamp_text: tuple[dt.datetime | None, str] = (None, "")
         self.records: dict[tuple[str, str], _Record | None] = {}
         self.changes: list[tuple] = []        # (entity, op, record, prev) for the change log
@@ -198,14 +201,17 @@ class _Batch:
         found = self._rules.get(entity.name)
         if found is not None:
             return found
-        perm = entity.permission(self.batch.role)
-        writable = tuple(n for n in (perm.editable if perm is not None and perm.editable is not None
-                                     else entity.field_names) if n != entity.owner)
+        # the effective rule (defs/access.py): a child's actions and field lists are resolved
+        # from its parent's; its rows are checked through the parent in `allowed`/`readable`
+        rule = access_rule(self.model, entity, self.batch.role)
+        perm = rule.permission if rule is not None else None
+        writable = rule.writable(create=False) if rule is not None else ()
         row_filter = perm.row_filter if perm is not None else None
         scope = entity.sync.scope if entity.parent is None else None
         found = _Rules(
             entity=entity, root=self.entities[entity.parent] if entity.parent else entity, perm=perm,
             fields=field_map(entity), writable=writable,
+            insert_writable=rule.writable(create=True) if rule is not None else (),
             refs=tuple(f for f in entity.fields if f.type == "ref" and not f.encrypted and f.ref in self.entities),
             has_unique=any(f.unique for f in entity.fields), plain=not any(f.encrypted for f in entity.fields),
             row_filter=compile_predicate(row_filter, self.user) if row_filter is not None else None,
@@ -276,13 +282,43 @@ class _Batch:
             return False
         return self.allowed(parent, self.wire(parent, rec))
 
+    def readable(self, entity: Entity, rec: _Record) -> bool:
+        """The device's user may read the record through its role (the REST rule: the role's
+        read action and row filter, for a child a live parent it may read)."""
+        if rec.db["deleted"]:
+            return False
+        rules = self.rules(entity)
+        if rules.perm is None or not rules.perm.can("read"):
+            return False
+        if rules.row_filter is None and entity.parent is None:
+            return True
+        key = (entity.name, rec.db["id"], rec.db["version"])
+        found = self._readable.get(key)
+        if found is None:
+            found = self._readable[key] = self._readable_row(entity, self.wire(entity, rec))
+        return found
+
+    def _readable_row(self, entity: Entity, wire: Mapping[str, Any]) -> bool:
+        rules = self.rules(entity)
+        if rules.row_filter is not None and not rules.row_filter(wire):
+            return False
+        if entity.parent is None:
+            return True
+        parent = self.entities[entity.parent]
+        parent_id = wire.get(entity.parent_field)
+        rec = self.record(parent, parent_id) if isinstance(parent_id, str) else None
+        return rec is not None and self.readable(parent, rec)
+
     def check_refs(self, entity: Entity, values: Mapping[str, Any]) -> list[FieldProblem]:
+        """A problem for each reference to a record that is missing, deleted, or that the user
+        may not read: the same problem, so a rejection never tells them apart."""
         problems = []
         for f in self.rules(entity).refs:
             v = values.get(f.name)
             if v is not None:
-                rec = self.record(self.entities[f.ref], v)
-                if rec is None or rec.db["deleted"]:
+                target = self.entities[f.ref]
+                rec = self.record(target, v)
+                if rec is None or not self.readable(target, rec):
                     problems.append(FieldProblem(f.name, f"refers to a {f.ref} that does not exist ({v})"))
         return problems
 
@@ -382,7 +418,7 @@ class _Batch:
             fields = _renamed(entity, fields)
         writable = rules.writable
         if op == "insert":
-            return self._insert(entity, record_id, fields, writable, m)
+            return self._insert(entity, record_id, fields, rules.insert_writable, m)
         rec = self.record(entity, record_id)
         if rec is None:
             raise _Rejected("unknown-record", f"no {name} with id {record_id}")

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import sqlalchemy as sa
 
 from fieldsync.defs import expr as ex
+from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity
 from fieldsync.errors import Error
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
@@ -105,9 +106,10 @@ def readable_row(store: RecordStore, entity: Entity, wire: Mapping[str, Any] | N
         return None
     if wire.get("deleted"):
         return {"id": wire["id"], "version": wire["version"], "deleted": True}
-    perm = entity.permission(scope.principal.role)
-    if perm is None or not perm.can("read"):
+    rule = access_rule(store.model, entity, scope.principal.role)   # the effective rule (defs/access.py)
+    if rule is None or not rule.can("read"):
         return None
+    perm = rule.permission
     if perm.row_filter is not None and not ex.evaluate(perm.row_filter, dict(wire), scope.user):
         return None
     if entity.parent is None:

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from fieldsync.auth.tokens import Principal
 from fieldsync.defs import expr as ex
+from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity, Model
 from fieldsync.store.expr_sql import compile_expr, python_value
 from fieldsync.store.records import FieldCodec, PlainJsonCodec
@@ -203,9 +204,12 @@ class DeviceScope:
 
 
 def _entity_scope(model: Model, entity: Entity, principal: Principal, parent_digest: str | None) -> EntityScope | None:
-    perm = entity.permission(principal.role)
-    if perm is None or not perm.can("read"):
+    # the effective rule (defs/access.py); a child's parent condition is the caller's: a child
+    # is scoped only under a scoped parent, and pulled only joined to a parent row in scope
+    rule = access_rule(model, entity, principal.role)
+    if rule is None or not rule.can("read"):
         return None
+    perm = rule.permission
     user = principal.expression_user()
     predicates = []
     sources = []
