@@ -34,6 +34,9 @@ blueprint = Blueprint("fieldsync_api", __name__)
 
 PUBLIC_ENDPOINTS = ("fieldsync_api.health", "fieldsync_api.openapi")
 RESERVED_SEGMENTS = ("health", "openapi.json")
+# Flask answers HEAD with the GET view; a view must never take HEAD (or any method it does not
+# name) for a write (docs/rest.md: HEAD is GET without a body, audited the same)
+READ_METHODS = ("GET", "HEAD")
 
 
 def _state():
@@ -190,6 +193,13 @@ def _refuse_owner(entity: Entity, perm: Permission, body: Any, *, partial: bool,
                       + others)
 
 
+def _require_method(*writes: str) -> None:
+    """A write branch runs only for the write methods it names: any other method reaching it
+    (HEAD, or one a later route change adds) is refused before anything is read or written."""
+    if request.method not in writes:
+        raise Problem(405, f"{request.method} is not allowed here")
+
+
 def _raise_validation(problems: list[FieldProblem]) -> None:
     raise Problem(422, f"{len(problems)} field(s) are invalid", errors=problems)
 
@@ -274,8 +284,9 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
 @blueprint.route("/<name>", methods=["GET", "POST"])
 def collection(name: str):
     entity = _entity(name)
-    if request.method == "GET":
+    if request.method in READ_METHODS:
         return _list(entity, _permission(entity, "read"))
+    _require_method("POST")
     perm = _permission(entity, "create")
     _reject_unknown_params(())
     body = _body()
@@ -309,7 +320,7 @@ def _create(entity: Entity, perm: Permission, body: Any, *, children=None, serve
 def item(name: str, record_id: str):
     entity = _entity(name)
     store = g.snapshot.store
-    if request.method == "GET":
+    if request.method in READ_METHODS:
         perm = _permission(entity, "read")
         _reject_unknown_params(("expand",))
         collections = {_model().entity(c).collection: _model().entity(c) for c in entity.children}
@@ -339,6 +350,7 @@ def item(name: str, record_id: str):
         except Conflict as exc:
             raise Problem(412, str(exc)) from None
         return Response(status=204)
+    _require_method("PATCH", "PUT")
     perm = _permission(entity, "update")
     _reject_unknown_params(())
     body = _body()
@@ -364,9 +376,10 @@ def nested(name: str, record_id: str, collection_name: str):
         raise Problem(404, f"{parent.name} has no collection {collection_name!r}")
     parent_perm = _permission(parent, "read")
     _store_call(g.snapshot.store.get, parent, record_id, row_filter=_row_filter(parent_perm))
-    if request.method == "GET":
+    if request.method in READ_METHODS:
         perm = _permission(child, "read")
         return _list(child, perm, [Filter(child.parent_field, "eq", record_id)])
+    _require_method("POST")
     perm = _permission(child, "create")
     _reject_unknown_params(())
     body = _body()
