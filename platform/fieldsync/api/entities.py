@@ -29,6 +29,7 @@ from fieldsync.defs.model import Entity, Model, Permission
 from fieldsync.defs.values import FieldProblem, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.records import BadQuery, Filter, RowFilter, filter_from_query
+from fieldsync.untrusted import INT32_MAX, JsonRefused, load_json, parse_int
 
 blueprint = Blueprint("fieldsync_api", __name__)
 
@@ -110,8 +111,10 @@ def _etag(record: dict[str, Any]) -> str:
     return f'"{record["version"]}"'
 
 
-def _etag_versions(header: str) -> list[int | str]:
-    """The versions an If-Match / If-None-Match header names ("*" for any)."""
+def _etag_versions(header: str, name: str) -> list[int | str]:
+    """The versions an If-Match / If-None-Match header (`name`) lists ("*" for any): strong or
+    weak entity tags each holding a version, as ETag gives them. Anything else is a 400 naming
+    the header (an unparsable precondition must not be taken as a failed or a met one)."""
     out: list[int | str] = []
     for part in header.split(","):
         tag = part.strip()
@@ -120,10 +123,17 @@ def _etag_versions(header: str) -> list[int | str]:
             continue
         if tag.startswith("W/"):
             tag = tag[2:]
-        tag = tag.strip('"')
-        if tag.isdigit():
-            out.append(int(tag))
+        if len(tag) < 2 or tag[0] != '"' or tag[-1] != '"':
+            raise _bad_header(name, f"{name} must list entity tags such as \"3\" (got {header!r})")
+        try:
+            out.append(parse_int(tag[1:-1], low=1, high=INT32_MAX))   # versions are 32-bit
+        except ValueError as exc:
+            raise _bad_header(name, f"{name}: the entity tag {tag} is not a version: it {exc}") from None
     return out
+
+
+def _bad_header(name: str, detail: str) -> Problem:
+    return Problem(400, detail, errors=[FieldProblem(name, detail)])
 
 
 def _expected_version(required: bool) -> int | None:
@@ -132,7 +142,7 @@ def _expected_version(required: bool) -> int | None:
         if required:
             raise Problem(428, "send If-Match with the record's ETag (its version) to change it")
         return None
-    versions = _etag_versions(header)
+    versions = _etag_versions(header, "If-Match")
     if "*" in versions:
         return None
     if len(versions) != 1:
@@ -149,14 +159,14 @@ def _body() -> Any:
         raise Problem(415, f"send the body as application/json (got {mimetype or 'no content type'})")
     raw = request.get_data(cache=True)
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"the body is not valid JSON: {exc}", slug="malformed-json",
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(400, "the body is not valid JSON: it is not UTF-8", slug="malformed-json",
                       title="Malformed JSON") from None
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+    try:
+        return load_json(text)   # depth bounded before parsing (fieldsync.untrusted)
+    except JsonRefused as exc:
+        raise Problem(400, f"the body {exc}", slug="malformed-json", title="Malformed JSON") from None
 
 
 def _record_response(entity: Entity, perm: Permission, record: dict[str, Any], status: int = 200,
@@ -261,10 +271,11 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
     limit_raw = request.args.get("limit")
     limit = int(state.config["PAGE_SIZE_DEFAULT"])
     if limit_raw is not None:
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= page_max:
+        try:
+            limit = parse_int(limit_raw, low=1, high=page_max)
+        except ValueError:
             raise Problem(400, f"limit must be a whole number from 1 to {page_max}", slug="bad-query",
-                          title="Bad query parameter")
-        limit = int(limit_raw)
+                          title="Bad query parameter") from None
     total_raw = request.args.get("total", "false")
     if total_raw not in ("true", "false"):
         raise Problem(400, "total must be true or false", slug="bad-query", title="Bad query parameter")
@@ -333,7 +344,7 @@ def item(name: str, record_id: str):
             audit_break_glass(entity, [record], g.break_glass)   # before any PHI leaves (invariant 8)
         if_none = request.headers.get("If-None-Match")
         if if_none is not None:
-            versions = _etag_versions(if_none)
+            versions = _etag_versions(if_none, "If-None-Match")
             if "*" in versions or record["version"] in versions:
                 return Response(status=304, headers={"ETag": _etag(record)})
         for c in expand:

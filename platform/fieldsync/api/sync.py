@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import gzip
+import itertools
 import json
 import zlib
 from typing import Any, Mapping
@@ -26,7 +27,8 @@ from fieldsync.auth.tokens import Principal, issue_token, new_token_id
 from fieldsync.codegen.device_schema import device_schema, device_schema_json
 from fieldsync.errors import NotFound
 from fieldsync.store.records import new_id, utc_now
-from fieldsync.defs.values import format_datetime
+from fieldsync.defs.values import NUL_REASON, format_datetime
+from fieldsync.untrusted import INT32_MAX, INT64_MAX, JsonRefused, load_json, nul_paths, parse_int
 from fieldsync.sync.apply import PushBatch, mutation_digest, result_to_wire
 from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
@@ -152,9 +154,17 @@ def _body() -> Any:
         raise Problem(415, f"Content-Encoding {coding!r} is not supported; use gzip", slug="unsupported-encoding",
                       title="Unsupported encoding", headers={"Accept-Encoding": ", ".join(_encodings())})
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _problem(400, "malformed-request", "Malformed request", "the body is not JSON") from None
+        body = load_json(raw)   # depth bounded before parsing (fieldsync.untrusted)
+    except JsonRefused as exc:
+        raise _problem(400, "malformed-request", "Malformed request", f"the body {exc}") from None
+    if b"\\u0000" in raw or b"\x00" in raw:   # cheap: most bodies have none
+        # NUL would reach PostgreSQL (which refuses it) as a device id, a scope hash, an entity
+        # name...; a mutation's field values are checked with the rest of its values when its
+        # batch is applied (a rejection naming the field, like any invalid value)
+        found = list(itertools.islice(nul_paths(body, skip=("mutations[*].fields",)), 5))
+        if found:
+            raise _malformed([{"field": path, "reason": NUL_REASON} for path in found])
+    return body
 
 
 def _body_object() -> dict[str, Any]:
@@ -227,8 +237,8 @@ def _device(conn: sa.Connection, device_id: Any) -> Mapping[str, Any]:
 def _schema_version(body: Mapping[str, Any], *, pull: bool) -> int:
     version = body.get("schema_version")
     server = g.snapshot.model.schema_version
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise _malformed([{"field": "schema_version", "reason": "must be an integer"}])
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= INT32_MAX:
+        raise _malformed([{"field": "schema_version", "reason": f"must be an integer from 1 to {INT32_MAX}"}])
     if version > server:
         raise _problem(409, "schema-too-new", "Device schema is newer than the server's",
                        f"the device speaks schema version {version}; this server has {server}",
@@ -241,14 +251,14 @@ def _schema_version(body: Mapping[str, Any], *, pull: bool) -> int:
 
 
 def _int_arg(body: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    """An integer member or query parameter: a JSON integer or a string of ASCII digits."""
     value = body.get(name, default)
     if value is None:
         value = default
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise _malformed([{"field": name, "reason": f"must be an integer from {low} to {high}"}])
-    return value
+    try:
+        return parse_int(value, low=low, high=high)
+    except ValueError:
+        raise _malformed([{"field": name, "reason": f"must be an integer from {low} to {high}"}]) from None
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -412,8 +422,8 @@ def _check_mutations(mutations: Any, limit: int) -> None:
             errors.append({"field": f"mutations[{i}]", "reason": "must be an object"})
             continue
         seq = m.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-            errors.append({"field": f"mutations[{i}].seq", "reason": "must be an integer >= 1"})
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= INT64_MAX:
+            errors.append({"field": f"mutations[{i}].seq", "reason": f"must be an integer from 1 to {INT64_MAX}"})
         elif seq <= last:
             errors.append({"field": f"mutations[{i}].seq", "reason": "seqs must be strictly ascending"})
         else:

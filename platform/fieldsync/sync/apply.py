@@ -248,7 +248,10 @@ class _Batch:
         client = _time(m.get("client_time"))
         if client is None:
             return self.received_at
-        return min(_aware(client) + self.offset, self.received_at)
+        try:
+            return min(_aware(client) + self.offset, self.received_at)
+        except OverflowError:   # a device clock near year 1 or 9999: the sum leaves the calendar
+            return self.received_at if self.offset > dt.timedelta(0) else dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
     def other_writers(self, entity: Entity, rec: _Record, base: int) -> dict[str, dt.datetime] | None:
         """Fields changed by another writer since `base`, each with the latest write time; None

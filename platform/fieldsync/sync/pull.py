@@ -19,6 +19,8 @@ import sqlalchemy as sa
 
 from fieldsync.defs import expr as ex
 from fieldsync.defs.model import Entity
+from fieldsync.defs.values import uuid_text
+from fieldsync.untrusted import load_json
 from fieldsync.errors import Error
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
 from fieldsync.store.records import RecordStore
@@ -71,7 +73,7 @@ def decode_resume(secret: bytes, token: str) -> dict[str, Any]:
         prefix, body, signature = token.split(".")
         if prefix != "r1" or not hmac.compare_digest(_sign(secret, body), signature):
             raise ValueError
-        return json.loads(base64.urlsafe_b64decode(body))
+        return load_json(base64.urlsafe_b64decode(body))
     except (ValueError, TypeError, AttributeError):
         raise InvalidResume("the resume token was not issued by this server") from None
 
@@ -327,13 +329,16 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
 
 def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
     """Answer each refetched record with an upsert when the device may see it, else a remove
-    (whether or not it exists, so nothing leaks)."""
+    (whether or not it exists, so nothing leaks). Entries that are not objects with a string
+    `entity` and `id` are skipped (docs/protocol.md)."""
     for item in refetch[:1000]:
+        if not isinstance(item, Mapping):
+            continue
         name, record_id = item.get("entity"), item.get("id")
         if not isinstance(name, str) or not isinstance(record_id, str):
             continue
         row = None
-        if name in page.scope.entities:
+        if name in page.scope.entities and _is_record_id(record_id):
             entity = page.scope.entities[name].entity
             table = page.store.table(entity)
             found = page.conn.execute(_snapshot_query(page.store, page.scope, name, None, 1)
@@ -344,6 +349,14 @@ def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
         else:
             page.add(name, None, {"kind": "remove", "entity": name, "id": record_id, "position": None,
                                   "reason": "refetch"})
+
+
+def _is_record_id(value: str) -> bool:
+    """Whether `value` can be a record id (a UUID); no other id is looked up."""
+    try:
+        return uuid_text(value) == value.lower()
+    except ValueError:
+        return False
 
 
 def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, request: PullRequest, *,

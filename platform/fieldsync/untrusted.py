@@ -1,0 +1,132 @@
+"""Parsing what clients send: JSON with a bounded depth, strict integers, NUL detection.
+
+Every path that reads a number or JSON from a request goes through these (REST bodies, query
+parameters and headers, list cursors, sync bodies, token payloads, resume tokens), so a value
+means the same thing wherever it enters and no input can reach the database or the
+interpreter in a form they fail on:
+
+- `load_json` measures the nesting depth *before* parsing: Python's parser recurses per level,
+  and a few hundred thousand `[` raise RecursionError (a 500) however small the body.
+- `parse_int` takes an int or a string of ASCII digits (an optional leading `-`), within the
+  bounds the caller gives (the column's range): `int()` also takes "²"-like digits it then
+  refuses, "١٢", " 12", "+12" and "1_000", and a value past 64 bits overflows the database.
+- `nul_paths` finds NUL characters, which PostgreSQL refuses in text (SQLite stores them).
+
+Pure: no Flask, no database. Errors are `ValueError`s whose message is a reason a person can
+act on; callers add the parameter's or field's name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterator
+
+__all__ = ["INT32_MAX", "INT64_MAX", "MAX_JSON_DEPTH", "IntRefused", "JsonRefused", "load_json", "nul_paths",
+           "parse_int"]
+
+INT64_MAX = 2 ** 63 - 1
+INT32_MAX = 2 ** 31 - 1
+# deep enough for any body the protocol defines (a push nests a JSON field's 32 levels 4 deep),
+# far below the interpreter's recursion limit
+MAX_JSON_DEPTH = 64
+
+_ASCII_INT = re.compile(r"-?[0-9]{1,19}")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_PAIR = re.compile(r"[\[{][\]}]")
+
+
+class IntRefused(ValueError):
+    """A value that is not a whole number within the bounds asked for."""
+
+
+class JsonRefused(ValueError):
+    """A body that is not JSON, or nests deeper than allowed."""
+
+
+def parse_int(value: Any, *, low: int, high: int) -> int:
+    """`value` as an int in [low, high]: an int (not a bool) or a string of ASCII digits with an
+    optional leading '-' and nothing else. IntRefused (a ValueError) otherwise."""
+    if isinstance(value, str):
+        number = int(value) if _ASCII_INT.fullmatch(value) else None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        number = None
+    if number is None or not low <= number <= high:
+        raise IntRefused(f"must be a whole number from {low} to {high} (ASCII digits)")
+    return number
+
+
+def json_too_deep(text: str, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the arrays and objects of `text` nest deeper than `max_depth` (strings ignored).
+
+    Linear-time passes in C: strings and everything but brackets are dropped, then each pass
+    removes every adjacent open/close pair. A pass lowers the nesting by at most one, so after
+    `i` passes the depth is at most `i` plus what remains; when no pair is left the rest reads
+    `]]...[[` and its depth is its surplus of opens.
+    """
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    for passes in range(max_depth + 2):
+        opens = brackets.count("[") + brackets.count("{")
+        if passes + opens <= max_depth:
+            return False
+        brackets, removed = _PAIR.subn("", brackets)
+        if removed == 0:
+            return passes + max(0, 2 * opens - len(brackets)) > max_depth
+    return True
+
+
+def load_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of `raw` (bytes in UTF-8, -16 or -32, as `json.loads` detects them).
+
+    JsonRefused when it is not JSON, nests deeper than `max_depth`, or holds NaN/Infinity
+    (not JSON, though Python's parser takes them)."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            text = bytes(raw).decode(json.detect_encoding(raw))
+        except UnicodeDecodeError as exc:
+            raise JsonRefused(f"is not valid UTF-8 JSON ({exc.reason} at byte {exc.start})") from None
+    else:
+        text = raw
+    if json_too_deep(text, max_depth):
+        raise JsonRefused(f"is nested more than {max_depth} levels deep")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:   # JSONDecodeError; int() past 4300 digits; the constants
+        raise JsonRefused(f"is not valid JSON: {exc}") from None
+    except RecursionError:      # unreachable after the depth check; never a 500
+        raise JsonRefused(f"is nested more than {max_depth} levels deep") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def nul_paths(value: Any, path: str = "", *, skip: tuple[str, ...] = ()) -> Iterator[str]:
+    """The paths (`a.b[2].c`) of the strings and keys in a parsed JSON value that contain NUL.
+    Paths matching one of `skip` (fnmatch-free: exact, with `[*]` for any index) are not
+    entered."""
+    if _generic(path) in skip:
+        return
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                yield sub
+                continue
+            yield from nul_paths(item, sub, skip=skip)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from nul_paths(item, f"{path}[{i}]", skip=skip)
+
+
+_INDEX = re.compile(r"\[[0-9]+\]")
+
+
+def _generic(path: str) -> str:
+    return _INDEX.sub("[*]", path)
