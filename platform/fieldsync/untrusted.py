@@ -10,7 +10,9 @@ interpreter in a form they fail on:
 - `parse_int` takes an int or a string of ASCII digits (an optional leading `-`), within the
   bounds the caller gives (the column's range): `int()` also takes "²"-like digits it then
   refuses, "١٢", " 12", "+12" and "1_000", and a value past 64 bits overflows the database.
-- `nul_paths` finds NUL characters, which PostgreSQL refuses in text (SQLite stores them).
+- `text_problem` and `unstorable_paths` find text no database can store as it is: NUL
+  (PostgreSQL refuses it; SQLite would keep it) and lone UTF-16 surrogate halves, which JSON's
+  `\ud800` escape can produce and no UTF-8 encoder takes.
 
 Pure: no Flask, no database. Errors are `ValueError`s whose message is a reason a person can
 act on; callers add the parameter's or field's name.
@@ -22,14 +24,16 @@ import json
 import re
 from typing import Any, Iterator
 
-__all__ = ["INT32_MAX", "INT64_MAX", "MAX_JSON_DEPTH", "IntRefused", "JsonRefused", "load_json", "nul_paths",
-           "parse_int"]
+__all__ = ["INT32_MAX", "INT64_MAX", "MAX_JSON_DEPTH", "NUL_REASON", "SURROGATE_REASON", "IntRefused", "JsonRefused",
+           "load_json", "parse_int", "text_problem", "unstorable_paths"]
 
 INT64_MAX = 2 ** 63 - 1
 INT32_MAX = 2 ** 31 - 1
 # deep enough for any body the protocol defines (a push nests a JSON field's 32 levels 4 deep),
 # far below the interpreter's recursion limit
 MAX_JSON_DEPTH = 64
+NUL_REASON = "must not contain the NUL character (U+0000)"
+SURROGATE_REASON = "must be valid Unicode text (a lone surrogate half such as \\ud800 is not)"
 
 _ASCII_INT = re.compile(r"-?[0-9]{1,19}")
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -104,25 +108,39 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def nul_paths(value: Any, path: str = "", *, skip: tuple[str, ...] = ()) -> Iterator[str]:
-    """The paths (`a.b[2].c`) of the strings and keys in a parsed JSON value that contain NUL.
-    Paths matching one of `skip` (fnmatch-free: exact, with `[*]` for any index) are not
-    entered."""
-    if _generic(path) in skip:
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored as it is (NUL_REASON, SURROGATE_REASON), or None."""
+    if "\x00" in text:
+        return NUL_REASON
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return SURROGATE_REASON
+    return None
+
+
+def unstorable_paths(value: Any, path: str = "", *, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """(path, reason) for each string or key of a parsed JSON value that `text_problem` refuses;
+    paths are written `a.b[2].c`. Paths in `skip` (exact, `[*]` standing for any index) are
+    not entered."""
+    if skip and _generic(path) in skip:
         return
     if isinstance(value, str):
-        if "\x00" in value:
-            yield path
+        reason = text_problem(value)
+        if reason is not None:
+            yield path, reason
     elif isinstance(value, dict):
         for key, item in value.items():
             sub = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and "\x00" in key:
-                yield sub
+            reason = text_problem(key)
+            if reason is not None:
+                yield sub, reason
                 continue
-            yield from nul_paths(item, sub, skip=skip)
+            yield from unstorable_paths(item, sub, skip=skip)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from nul_paths(item, f"{path}[{i}]", skip=skip)
+            yield from unstorable_paths(item, f"{path}[{i}]", skip=skip)
 
 
 _INDEX = re.compile(r"\[[0-9]+\]")

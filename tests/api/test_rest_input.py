@@ -188,12 +188,15 @@ def test_media_fields_take_http_urls_and_object_keys_only(app, api, example_mode
         assert api.post("/expense", _expense_body(receipt=value)).status_code == 201, value
 
 
-def test_nul_is_refused_naming_the_field(app, api, world, visit):
+def test_nul_and_lone_surrogates_are_refused_naming_the_field(app, api, world, visit):
     before = _counts(app)
     _refused(api.post("/visit", _visit_body(world, notes="a\u0000b")), "notes", statuses=(422,))
     _refused(api.post("/expense", _expense_body(details={"k": "a\u0000b"})), "details", statuses=(422,))
     _refused(api.post("/expense", _expense_body(details={"a\u0000": 1})), "details", statuses=(422,))
     _refused(api.post("/expense", _expense_body(currency="I\u0000R")), "currency", statuses=(422,))
+    # a lone surrogate half (JSON's "\ud800" escape) is no text any database stores either
+    _refused(api.post("/visit", _visit_body(world, notes="a\ud800")), "notes", statuses=(422,))
+    _refused(api.post("/expense", _expense_body(details={"k": ["\udfff"]})), "details", statuses=(422,))
     _refused(api.patch(f"/visit/{visit['id']}", {"notes": "\u0000"}, headers={"If-Match": f'"{visit["version"]}"'}),
              "notes", statuses=(422,))
     # in the URL: a path segment or a query parameter

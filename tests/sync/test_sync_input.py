@@ -159,7 +159,7 @@ def test_out_of_range_datetimes_in_a_push(sync_server, raw):
     assert sync_server.queued() == 0
 
 
-def test_nul_is_refused(sync_server, raw):
+def test_nul_and_lone_surrogates_are_refused(sync_server, raw):
     before = _state_of(sync_server)
     for path, body, name in (
             ("/devices", {"install_id": "a\u0000", "schema_version": 1}, "install_id"),
@@ -170,6 +170,8 @@ def test_nul_is_refused(sync_server, raw):
             ("/pull", {"device_id": raw.device_id, "schema_version": 1,
                        "refetch": [{"entity": "visit", "id": "\u0000"}]}, "refetch[0].id"),
             ("/ack", {"device_id": "\u0000"}, "device_id"),
+            ("/pull", {"device_id": "\ud800", "schema_version": 1}, "device_id"),
+            ("/devices", {"install_id": "\udc00x", "schema_version": 1}, "install_id"),
             ("/push", {"device_id": raw.device_id, "schema_version": 1,
                        "mutations": [_mutation(1, {}, entity="vi\u0000sit")]}, "mutations[0].entity")):
         _refused(raw.post(path, body), name, statuses=(400,))
@@ -177,11 +179,12 @@ def test_nul_is_refused(sync_server, raw):
     _refused(raw.get("/devices/a%00b"), "path", statuses=(400,))
     assert _state_of(sync_server) == before
     # a mutation's field values are checked when its batch is applied: rejected alone, naming the field
-    r = raw.push([_mutation(1, _visit(sync_server, notes="a\u0000b"))])
+    r = raw.push([_mutation(1, _visit(sync_server, notes="a\u0000b")),
+                  _mutation(2, _visit(sync_server, notes="\ud800"), record_id="0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e")])
     assert r.status_code == 202
     sync_server.drain()
-    [row] = sync_server.ledger(raw.device_id)
-    assert row["status"] == "rejected" and "notes" in row["errors"], row
+    rows = sync_server.ledger(raw.device_id)
+    assert [(row["status"], "notes" in row["errors"]) for row in rows] == [("rejected", True)] * 2, rows
     assert sync_server.records("visit") == {}
 
 

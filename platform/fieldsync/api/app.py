@@ -19,7 +19,8 @@ from fieldsync.api.problems import Problem
 from fieldsync.codegen.openapi import API_PREFIX, openapi_document
 from fieldsync.config import Config, load_config
 from fieldsync.defs.model import Model
-from fieldsync.defs.values import NUL_REASON, FieldProblem
+from fieldsync.defs.values import FieldProblem
+from fieldsync.untrusted import NUL_REASON
 from fieldsync.security.keyring import crypto_from_config, prepare_keys
 from fieldsync.store.engine import make_engine
 from fieldsync.store.changelog import ChangeLog, create_changelog_tables

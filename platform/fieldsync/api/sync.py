@@ -13,6 +13,7 @@ import datetime as dt
 import gzip
 import itertools
 import json
+import re
 import zlib
 from typing import Any, Mapping
 
@@ -27,8 +28,8 @@ from fieldsync.auth.tokens import Principal, issue_token, new_token_id
 from fieldsync.codegen.device_schema import device_schema, device_schema_json
 from fieldsync.errors import NotFound
 from fieldsync.store.records import new_id, utc_now
-from fieldsync.defs.values import NUL_REASON, format_datetime
-from fieldsync.untrusted import INT32_MAX, INT64_MAX, JsonRefused, load_json, nul_paths, parse_int
+from fieldsync.defs.values import format_datetime
+from fieldsync.untrusted import INT32_MAX, INT64_MAX, JsonRefused, load_json, parse_int, unstorable_paths
 from fieldsync.sync.apply import PushBatch, mutation_digest, result_to_wire
 from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
@@ -47,6 +48,7 @@ __all__ = ["blueprint", "PROTOCOL_VERSION"]
 PROTOCOL_VERSION = 1
 SUPPORTED_PROTOCOLS = [1]
 COMPRESS_OVER = 1024
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 blueprint = Blueprint("fieldsync_sync", __name__)
 NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
 AUDIT_CHANNELS = {"fieldsync_sync.push": "push", "fieldsync_sync.pull": "pull",
@@ -157,13 +159,13 @@ def _body() -> Any:
         body = load_json(raw)   # depth bounded before parsing (fieldsync.untrusted)
     except JsonRefused as exc:
         raise _problem(400, "malformed-request", "Malformed request", f"the body {exc}") from None
-    if b"\\u0000" in raw or b"\x00" in raw:   # cheap: most bodies have none
-        # NUL would reach PostgreSQL (which refuses it) as a device id, a scope hash, an entity
-        # name...; a mutation's field values are checked with the rest of its values when its
-        # batch is applied (a rejection naming the field, like any invalid value)
-        found = list(itertools.islice(nul_paths(body, skip=("mutations[*].fields",)), 5))
+    if b"\\u0000" in raw or b"\x00" in raw or _SURROGATE_ESCAPE.search(raw):   # most bodies have none
+        # NUL and lone surrogates would reach the database (which cannot store them) as a device
+        # id, a scope hash, an entity name...; a mutation's field values are checked with the
+        # rest of its values when its batch is applied (a rejection naming the field)
+        found = list(itertools.islice(unstorable_paths(body, skip=("mutations[*].fields",)), 5))
         if found:
-            raise _malformed([{"field": path, "reason": NUL_REASON} for path in found])
+            raise _malformed([{"field": path, "reason": reason} for path, reason in found])
     return body
 
 

@@ -18,10 +18,10 @@ from functools import lru_cache
 from typing import Any
 
 from fieldsync.defs.model import Entity, Field
+from fieldsync.untrusted import NUL_REASON, text_problem
 
 DEFAULT_STRING_MAX = 255
 MEDIA_MAX = 512
-NUL_REASON = "must not contain the NUL character (U+0000)"
 # a decimal's string form: ASCII digits, an optional sign and point, nothing else (Decimal()
 # also takes "１２", " 12", "1_000" and "1e3", which the published schema refuses)
 DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
@@ -56,9 +56,11 @@ def _compiled(pattern: str) -> re.Pattern:
 
 
 def _check_text(value: str) -> None:
-    # PostgreSQL refuses NUL in text; SQLite would store it: refused on both alike
-    if "\x00" in value:
-        raise ValueProblem(NUL_REASON)
+    # PostgreSQL refuses NUL in text, no encoder takes a lone surrogate; SQLite would store the
+    # first and fail on the second: both refused on both databases alike
+    reason = text_problem(value)
+    if reason is not None:
+        raise ValueProblem(reason)
 
 
 def _check_length(f: Field, value: str) -> None:
@@ -258,16 +260,17 @@ def _check_json(value: Any, depth: int) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ValueProblem("object keys must be strings")
-            if "\x00" in k:
-                raise ValueProblem(f"object keys {NUL_REASON}")
+            reason = text_problem(k)
+            if reason is not None:
+                raise ValueProblem(f"object keys {reason}")
             _check_json(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
             _check_json(v, depth + 1)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValueProblem("must not contain NaN or infinity")
-    elif isinstance(value, str) and "\x00" in value:
-        raise ValueProblem(f"strings {NUL_REASON}")
+    elif isinstance(value, str) and text_problem(value) is not None:
+        raise ValueProblem(f"strings {text_problem(value)}")
     elif value is not None and not isinstance(value, (str, int, float, bool)):
         raise ValueProblem("must be a JSON value")
 

@@ -37,7 +37,7 @@ from fieldsync.security.fields import KeyShredded, bidx_column
 from fieldsync.security.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
-from fieldsync.untrusted import INT64_MAX, load_json, nul_paths, parse_int
+from fieldsync.untrusted import INT64_MAX, load_json, parse_int, unstorable_paths
 from fieldsync.store.tables import build_metadata
 
 
@@ -265,7 +265,7 @@ def _decode_cursor(token: str) -> tuple[str, Any, str]:
     try:
         data = load_json(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         if not isinstance(data, dict) or not isinstance(data.get("s"), str) or not isinstance(data.get("i"), str) \
-                or next(nul_paths(data), None) is not None:   # PostgreSQL refuses NUL in a query
+                or next(unstorable_paths(data), None) is not None:   # text a query cannot carry
             raise ValueError
         return data["s"], data.get("v"), data["i"]
     except (ValueError, binascii.Error, UnicodeDecodeError):
