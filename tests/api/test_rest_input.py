@@ -169,6 +169,11 @@ def test_decimals_and_ids_the_schema_refuses(app, api, world, example_model):
     before = _counts(app)
     _refused(api.post("/expense", _expense_body(id=None)), "id", statuses=(422,))
     _refused(api.post("/expense", _expense_body(id=12)), "id", statuses=(422,))
+    for other_form in ("{0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0d}", "urn:uuid:0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0d",
+                       "0190a4c27d1e7a3b9c4d5e6f7a8b9c0d", " 0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0d"):
+        # the schema's format uuid is the hyphenated form only, as for references
+        _refused(api.post("/expense", _expense_body(id=other_form)), "id", statuses=(422,))
+        _refused(api.post("/visit", _visit_body(world, retailer_id=other_form)), "retailer_id", statuses=(422,))
     assert _counts(app) == before
 
 

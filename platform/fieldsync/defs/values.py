@@ -114,12 +114,18 @@ def decimal_pattern(field: Field) -> str:
     return f"^-?{integer}(\\.[0-9]{{1,{scale}}})?$"
 
 
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def uuid_text(value: str) -> str:
     """`value` as a canonical UUID string (lower case, hyphenated); ValueError when it is not
-    a UUID. Text already in that form is returned as it is, without building a UUID object."""
+    the hyphenated form the schema's `format: uuid` means (uuid.UUID() would also take braces,
+    `urn:uuid:` and 32 bare hex digits). Text already canonical is returned as it is."""
     if _CANONICAL_UUID.fullmatch(value):
         return value
-    return str(uuid.UUID(value))
+    if not _UUID_TEXT.fullmatch(value):
+        raise ValueError(f"{value!r} is not a hyphenated UUID")
+    return value.lower()
 
 
 def normalize_value(f: Field, value: Any) -> Any:

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from fieldsync.codegen.openapi import SYSTEM_QUERY_COLUMNS, operators_for, query_fields, sortable
 from fieldsync.defs.expr import Expr
 from fieldsync.defs.model import Entity, Field, Model
-from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, validate_record
+from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, uuid_text, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.security.fields import KeyShredded, bidx_column
 from fieldsync.security.keyring import KeyMissing
@@ -550,7 +550,7 @@ class RecordStore:
         problems: list[FieldProblem] = []
         if given:
             try:
-                record_id = str(uuid.UUID(record_id)) if isinstance(record_id, str) else None
+                record_id = uuid_text(record_id) if isinstance(record_id, str) else None
             except ValueError:
                 record_id = None
             if record_id is None:

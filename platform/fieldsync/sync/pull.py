@@ -354,7 +354,7 @@ def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
 def _is_record_id(value: str) -> bool:
     """Whether `value` can be a record id (a UUID); no other id is looked up."""
     try:
-        return uuid_text(value) == value.lower()
+        return uuid_text(value) == value   # ids are stored canonical: no other form names a record
     except ValueError:
         return False
 
