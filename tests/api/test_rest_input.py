@@ -209,3 +209,14 @@ def test_nul_and_lone_surrogates_are_refused_naming_the_field(app, api, world, v
     _refused(api.get("/visit", query_string={"notes": "a\u0000"}), "notes", statuses=(400,))
     _refused(api.get("/visit", query_string={"rep_id": "a\u0000"}), "rep_id", statuses=(400,))
     assert _counts(app) == before
+
+
+def test_admin_worker_endpoints(app, api):
+    before = _counts(app)
+    r = api.request("POST", "/admin/workers", data="[" * 20_000 + "]" * 20_000,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.mimetype == PROBLEM, r.status_code
+    _refused(api.post("/admin/workers", {"queue": "push", "threads": 2 ** 64}), "threads", statuses=(422,))
+    for limit in ("%C2%B2", "%201", "99999999999999999999999"):
+        _refused(api.get(f"/admin/workers/log?limit={limit}"), "limit", statuses=(422,))
+    assert _counts(app) == before
