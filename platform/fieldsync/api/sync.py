@@ -239,8 +239,12 @@ def _device(conn: sa.Connection, device_id: Any) -> Mapping[str, Any]:
 def _schema_version(body: Mapping[str, Any], *, pull: bool) -> int:
     version = body.get("schema_version")
     server = g.snapshot.model.schema_version
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= INT32_MAX:
-        raise _malformed([{"field": "schema_version", "reason": f"must be an integer from 1 to {INT32_MAX}"}])
+    try:
+        if not isinstance(version, int):   # a JSON integer, not a string of digits
+            raise ValueError
+        version = parse_int(version, low=1, high=INT32_MAX)
+    except ValueError:
+        raise _malformed([{"field": "schema_version", "reason": f"must be an integer from 1 to {INT32_MAX}"}]) from None
     if version > server:
         raise _problem(409, "schema-too-new", "Device schema is newer than the server's",
                        f"the device speaks schema version {version}; this server has {server}",
@@ -424,7 +428,11 @@ def _check_mutations(mutations: Any, limit: int) -> None:
             errors.append({"field": f"mutations[{i}]", "reason": "must be an object"})
             continue
         seq = m.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= INT64_MAX:
+        try:   # a JSON integer (not a string of digits) that fits the ledger's 64-bit column
+            seq = parse_int(seq, low=1, high=INT64_MAX) if isinstance(seq, int) else None
+        except ValueError:
+            seq = None
+        if seq is None:
             errors.append({"field": f"mutations[{i}].seq", "reason": f"must be an integer from 1 to {INT64_MAX}"})
         elif seq <= last:
             errors.append({"field": f"mutations[{i}].seq", "reason": "seqs must be strictly ascending"})
