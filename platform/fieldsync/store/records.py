@@ -37,8 +37,8 @@ from fieldsync.security.fields import KeyShredded, bidx_column
 from fieldsync.security.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
-from fieldsync.untrusted import INT64_MAX, load_json, parse_int, unstorable_paths
 from fieldsync.store.tables import build_metadata
+from fieldsync.untrusted import INT64_MAX, load_json, parse_int, unstorable_paths
 
 
 # -- the codec for encrypted fields -----------------------------------------------------------

@@ -20,13 +20,13 @@ import sqlalchemy as sa
 from fieldsync.defs import expr as ex
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import uuid_text
-from fieldsync.untrusted import load_json
 from fieldsync.errors import Error
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
 from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import result_to_wire
 from fieldsync.sync.scope import DeviceScope
 from fieldsync.sync.tables import LEDGER, SCOPES
+from fieldsync.untrusted import load_json
 
 __all__ = ["PullRequest", "SyncReset", "InvalidResume", "pull_page", "results_for", "readable_row",
            "write_checkpoint", "remember_scope"]
