@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, request
 
+from fieldsync.api.problems import Problem
 from fieldsync.codegen.openapi import API_PREFIX, openapi_document
 from fieldsync.config import Config, load_config
 from fieldsync.defs.model import Model
+from fieldsync.defs.values import FieldProblem
+from fieldsync.untrusted import NUL_REASON
 from fieldsync.security.keyring import crypto_from_config, prepare_keys
 from fieldsync.store.engine import make_engine
 from fieldsync.store.changelog import ChangeLog, create_changelog_tables
@@ -101,6 +104,17 @@ class FieldsyncState:
             self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
 
 
+def _refuse_nul_in_url() -> None:
+    """A NUL character in the path or a query parameter is a 400 naming where it is: PostgreSQL
+    refuses NUL in text, so it would fail the first lookup it reaches (SQLite would miss)."""
+    where = "path" if "\x00" in request.path else next(
+        (key for key, value in request.args.items(multi=True) if "\x00" in key or "\x00" in value), None)
+    if where is not None:
+        shown = where.replace("\x00", "\\x00")
+        raise Problem(400, f"the {'request path' if where == 'path' else f'query parameter {shown!r}'} {NUL_REASON}",
+                      errors=[FieldProblem(shown, NUL_REASON)])
+
+
 def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None = None, clock=None,
                auth_clock=None) -> Flask:
     """Build the fieldsync API app.
@@ -143,6 +157,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
     app.extensions["fieldsync"] = state
     register_error_handlers(app)
+    app.before_request(_refuse_nul_in_url)   # before any blueprint's hooks: no lookup sees a NUL
     app.register_blueprint(sync_blueprint, url_prefix=API_PREFIX + "/sync")
     app.register_blueprint(blueprint, url_prefix=API_PREFIX)
     from fieldsync.api.workers import register_workers

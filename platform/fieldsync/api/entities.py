@@ -30,11 +30,15 @@ from fieldsync.defs.model import Entity, Model, Permission
 from fieldsync.defs.values import FieldProblem, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.records import BadQuery, Filter, RowFilter, filter_from_query
+from fieldsync.untrusted import INT32_MAX, JsonRefused, load_json, parse_int
 
 blueprint = Blueprint("fieldsync_api", __name__)
 
 PUBLIC_ENDPOINTS = ("fieldsync_api.health", "fieldsync_api.openapi")
 RESERVED_SEGMENTS = ("health", "openapi.json")
+# Flask answers HEAD with the GET view; a view must never take HEAD (or any method it does not
+# name) for a write (docs/rest.md: HEAD is GET without a body, audited the same)
+READ_METHODS = ("GET", "HEAD")
 
 
 def _state():
@@ -120,8 +124,10 @@ def _etag(record: dict[str, Any]) -> str:
     return f'"{record["version"]}"'
 
 
-def _etag_versions(header: str) -> list[int | str]:
-    """The versions an If-Match / If-None-Match header names ("*" for any)."""
+def _etag_versions(header: str, name: str) -> list[int | str]:
+    """The versions an If-Match / If-None-Match header (`name`) lists ("*" for any): strong or
+    weak entity tags each holding a version, as ETag gives them. Anything else is a 400 naming
+    the header (an unparsable precondition must not be taken as a failed or a met one)."""
     out: list[int | str] = []
     for part in header.split(","):
         tag = part.strip()
@@ -130,10 +136,17 @@ def _etag_versions(header: str) -> list[int | str]:
             continue
         if tag.startswith("W/"):
             tag = tag[2:]
-        tag = tag.strip('"')
-        if tag.isdigit():
-            out.append(int(tag))
+        if len(tag) < 2 or tag[0] != '"' or tag[-1] != '"':
+            raise _bad_header(name, f"{name} must list entity tags such as \"3\" (got {header!r})")
+        try:
+            out.append(parse_int(tag[1:-1], low=1, high=INT32_MAX))   # versions are 32-bit
+        except ValueError as exc:
+            raise _bad_header(name, f"{name}: the entity tag {tag} is not a version: it {exc}") from None
     return out
+
+
+def _bad_header(name: str, detail: str) -> Problem:
+    return Problem(400, detail, errors=[FieldProblem(name, detail)])
 
 
 def _expected_version(required: bool) -> int | None:
@@ -142,7 +155,7 @@ def _expected_version(required: bool) -> int | None:
         if required:
             raise Problem(428, "send If-Match with the record's ETag (its version) to change it")
         return None
-    versions = _etag_versions(header)
+    versions = _etag_versions(header, "If-Match")
     if "*" in versions:
         return None
     if len(versions) != 1:
@@ -159,14 +172,14 @@ def _body() -> Any:
         raise Problem(415, f"send the body as application/json (got {mimetype or 'no content type'})")
     raw = request.get_data(cache=True)
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"the body is not valid JSON: {exc}", slug="malformed-json",
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(400, "the body is not valid JSON: it is not UTF-8", slug="malformed-json",
                       title="Malformed JSON") from None
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+    try:
+        return load_json(text)   # depth bounded before parsing (fieldsync.untrusted)
+    except JsonRefused as exc:
+        raise Problem(400, f"the body {exc}", slug="malformed-json", title="Malformed JSON") from None
 
 
 def _record_response(entity: Entity, perm: Permission, record: dict[str, Any], status: int = 200,
@@ -201,6 +214,13 @@ def _refuse_owner(entity: Entity, perm: Permission, body: Any, *, partial: bool,
                                 server_set=server_set)
     _raise_validation([FieldProblem(entity.owner, "is set by the server from your token; leave it out")]
                       + others)
+
+
+def _require_method(*writes: str) -> None:
+    """A write branch runs only for the write methods it names: any other method reaching it
+    (HEAD, or one a later route change adds) is refused before anything is read or written."""
+    if request.method not in writes:
+        raise Problem(405, f"{request.method} is not allowed here")
 
 
 def _raise_validation(problems: list[FieldProblem]) -> None:
@@ -264,10 +284,11 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
     limit_raw = request.args.get("limit")
     limit = int(state.config["PAGE_SIZE_DEFAULT"])
     if limit_raw is not None:
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= page_max:
+        try:
+            limit = parse_int(limit_raw, low=1, high=page_max)
+        except ValueError:
             raise Problem(400, f"limit must be a whole number from 1 to {page_max}", slug="bad-query",
-                          title="Bad query parameter")
-        limit = int(limit_raw)
+                          title="Bad query parameter") from None
     total_raw = request.args.get("total", "false")
     if total_raw not in ("true", "false"):
         raise Problem(400, "total must be true or false", slug="bad-query", title="Bad query parameter")
@@ -287,8 +308,9 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
 @blueprint.route("/<name>", methods=["GET", "POST"])
 def collection(name: str):
     entity = _entity(name)
-    if request.method == "GET":
+    if request.method in READ_METHODS:
         return _list(entity, _permission(entity, "read"))
+    _require_method("POST")
     perm = _permission(entity, "create")
     _reject_unknown_params(())
     body = _body()
@@ -325,7 +347,7 @@ def _create(entity: Entity, perm: Permission, body: Any, *, children=None, serve
 def item(name: str, record_id: str):
     entity = _entity(name)
     store = g.snapshot.store
-    if request.method == "GET":
+    if request.method in READ_METHODS:
         perm = _permission(entity, "read")
         _reject_unknown_params(("expand",))
         collections = {_model().entity(c).collection: _model().entity(c) for c in entity.children}
@@ -338,7 +360,7 @@ def item(name: str, record_id: str):
             audit_break_glass(entity, [record], g.break_glass)   # before any PHI leaves (invariant 8)
         if_none = request.headers.get("If-None-Match")
         if if_none is not None:
-            versions = _etag_versions(if_none)
+            versions = _etag_versions(if_none, "If-None-Match")
             if "*" in versions or record["version"] in versions:
                 return Response(status=304, headers={"ETag": _etag(record)})
         for c in expand:
@@ -355,6 +377,7 @@ def item(name: str, record_id: str):
         except Conflict as exc:
             raise Problem(412, str(exc)) from None
         return Response(status=204)
+    _require_method("PATCH", "PUT")
     perm = _permission(entity, "update")
     _reject_unknown_params(())
     body = _body()
@@ -380,9 +403,10 @@ def nested(name: str, record_id: str, collection_name: str):
         raise Problem(404, f"{parent.name} has no collection {collection_name!r}")
     _permission(parent, "read")
     _store_call(g.snapshot.store.get, parent, record_id, row_filter=_row_filter(parent))
-    if request.method == "GET":
+    if request.method in READ_METHODS:
         perm = _permission(child, "read")
         return _list(child, perm, [Filter(child.parent_field, "eq", record_id)])
+    _require_method("POST")
     perm = _permission(child, "create")
     _reject_unknown_params(())
     body = _body()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import gzip
+import itertools
 import json
+import re
 import zlib
 from typing import Any, Mapping
 
@@ -27,6 +29,7 @@ from fieldsync.codegen.device_schema import device_schema, device_schema_json
 from fieldsync.errors import NotFound
 from fieldsync.store.records import new_id, utc_now
 from fieldsync.defs.values import format_datetime
+from fieldsync.untrusted import INT32_MAX, INT64_MAX, JsonRefused, load_json, parse_int, unstorable_paths
 from fieldsync.sync.apply import PushBatch, mutation_digest, plausible_offset_ms, result_to_wire
 from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
@@ -45,6 +48,7 @@ __all__ = ["blueprint", "PROTOCOL_VERSION"]
 PROTOCOL_VERSION = 1
 SUPPORTED_PROTOCOLS = [1]
 COMPRESS_OVER = 1024
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 blueprint = Blueprint("fieldsync_sync", __name__)
 NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
 # admin endpoints (an operator's curl, the admin UI) are not the device protocol: the header is
@@ -160,9 +164,17 @@ def _body() -> Any:
         raise Problem(415, f"Content-Encoding {coding!r} is not supported; use gzip", slug="unsupported-encoding",
                       title="Unsupported encoding", headers={"Accept-Encoding": ", ".join(_encodings())})
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _problem(400, "malformed-request", "Malformed request", "the body is not JSON") from None
+        body = load_json(raw)   # depth bounded before parsing (fieldsync.untrusted)
+    except JsonRefused as exc:
+        raise _problem(400, "malformed-request", "Malformed request", f"the body {exc}") from None
+    if b"\\u0000" in raw or b"\x00" in raw or _SURROGATE_ESCAPE.search(raw):   # most bodies have none
+        # NUL and lone surrogates would reach the database (which cannot store them) as a device
+        # id, a scope hash, an entity name...; a mutation's field values are checked with the
+        # rest of its values when its batch is applied (a rejection naming the field)
+        found = list(itertools.islice(unstorable_paths(body, skip=("mutations[*].fields",)), 5))
+        if found:
+            raise _malformed([{"field": path, "reason": reason} for path, reason in found])
+    return body
 
 
 def _body_object() -> dict[str, Any]:
@@ -235,8 +247,12 @@ def _device(conn: sa.Connection, device_id: Any) -> Mapping[str, Any]:
 def _schema_version(body: Mapping[str, Any], *, pull: bool) -> int:
     version = body.get("schema_version")
     server = g.snapshot.model.schema_version
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise _malformed([{"field": "schema_version", "reason": "must be an integer"}])
+    try:
+        if not isinstance(version, int):   # a JSON integer, not a string of digits
+            raise ValueError
+        version = parse_int(version, low=1, high=INT32_MAX)
+    except ValueError:
+        raise _malformed([{"field": "schema_version", "reason": f"must be an integer from 1 to {INT32_MAX}"}]) from None
     if version > server:
         raise _problem(409, "schema-too-new", "Device schema is newer than the server's",
                        f"the device speaks schema version {version}; this server has {server}",
@@ -261,14 +277,14 @@ def _synced_versions(body: Mapping[str, Any], schema_version: int) -> dict[str, 
 
 
 def _int_arg(body: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    """An integer member or query parameter: a JSON integer or a string of ASCII digits."""
     value = body.get(name, default)
     if value is None:
         value = default
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise _malformed([{"field": name, "reason": f"must be an integer from {low} to {high}"}])
-    return value
+    try:
+        return parse_int(value, low=low, high=high)
+    except ValueError:
+        raise _malformed([{"field": name, "reason": f"must be an integer from {low} to {high}"}]) from None
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -432,8 +448,12 @@ def _check_mutations(mutations: Any, limit: int) -> None:
             errors.append({"field": f"mutations[{i}]", "reason": "must be an object"})
             continue
         seq = m.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-            errors.append({"field": f"mutations[{i}].seq", "reason": "must be an integer >= 1"})
+        try:   # a JSON integer (not a string of digits) that fits the ledger's 64-bit column
+            seq = parse_int(seq, low=1, high=INT64_MAX) if isinstance(seq, int) else None
+        except ValueError:
+            seq = None
+        if seq is None:
+            errors.append({"field": f"mutations[{i}].seq", "reason": f"must be an integer from 1 to {INT64_MAX}"})
         elif seq <= last:
             errors.append({"field": f"mutations[{i}].seq", "reason": "seqs must be strictly ascending"})
         else:

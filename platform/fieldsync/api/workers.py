@@ -20,6 +20,7 @@ from fieldsync.api.problems import Problem
 from fieldsync.api.auth import authenticate_request, refuse_device_token
 from fieldsync.codegen.openapi import API_PREFIX
 from fieldsync.defs.values import FieldProblem
+from fieldsync.untrusted import JsonRefused, load_json, parse_int
 from fieldsync.sync.workers import (InvalidPoolSize, attach, check_pool_size, processing_entries,
                                     set_desired_size, workers_status)
 
@@ -65,7 +66,10 @@ def status():
 
 @blueprint.post("")
 def resize():
-    body = request.get_json(silent=True)
+    try:
+        body = load_json(request.get_data(cache=False))   # depth bounded before parsing
+    except JsonRefused:
+        body = None
     if not isinstance(body, dict):
         raise Problem(400, "send a JSON object: {\"queue\": \"push\", \"threads\": N}")
     queue, threads = body.get("queue", "push"), body.get("threads")
@@ -85,10 +89,8 @@ def resize():
 def processing_log():
     raw = request.args.get("limit", str(LOG_LIMIT_DEFAULT))
     try:
-        limit = int(raw)
+        limit = parse_int(raw, low=1, high=LOG_LIMIT_MAX)
     except ValueError:
-        limit = 0
-    if not 1 <= limit <= LOG_LIMIT_MAX:
         raise Problem(422, f"limit must be a whole number from 1 to {LOG_LIMIT_MAX}, not {raw!r}",
                       errors=[FieldProblem("limit", f"from 1 to {LOG_LIMIT_MAX}")])
     return _json({"items": processing_entries(_state().engine, limit)})

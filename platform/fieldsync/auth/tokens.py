@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from fieldsync.errors import AuthError
+from fieldsync.untrusted import load_json, parse_int
 
 PREFIX = "v1"
+# token times are Unix seconds a datetime can hold (up to 9999-12-31T23:59:59Z): a larger `exp`
+# would overflow the session table and every date conversion
+MAX_TIMESTAMP = 253402300799
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,8 @@ def issue_token(secret: bytes | str, user: str, role: str, attributes: Mapping[s
     if not isinstance(role, str) or not role:
         raise ValueError("role must be a non-empty string")
     issued = int(time.time() if now is None else now)
+    if issued + int(ttl) > MAX_TIMESTAMP:
+        raise ValueError(f"ttl {ttl} puts the expiry past the year 9999")
     if device_id is not None and (not isinstance(device_id, str) or not device_id):
         raise ValueError("device_id must be a non-empty string")
     payload = {"sub": user, "role": role, "attrs": dict(attributes or {}), "iat": issued, "exp": issued + int(ttl),
@@ -122,11 +128,13 @@ def verify_token(secret: bytes | str, token: str, now: float | None = None,
     if not hmac.compare_digest(_sign(secret, f"{prefix}.{body}"), signature):
         raise TokenError("bad_signature", "the token's signature does not match")
     try:
-        payload = json.loads(_unb64(body))
+        payload = load_json(_unb64(body))
         user, role, attrs, exp = payload["sub"], payload["role"], payload["attrs"], payload["exp"]
         issued, device = payload.get("iat", 0), payload.get("dev")
+        exp, issued = parse_int(exp, low=0, high=MAX_TIMESTAMP), parse_int(issued, low=0, high=MAX_TIMESTAMP)
         if not (isinstance(user, str) and isinstance(role, str) and isinstance(attrs, dict)
-                and isinstance(exp, int) and isinstance(issued, int) and (device is None or isinstance(device, str))):
+                and isinstance(payload["exp"], int) and isinstance(payload.get("iat", 0), int)
+                and (device is None or isinstance(device, str))):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise TokenError("malformed", "the token is malformed") from None
@@ -151,7 +159,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
     """
     try:
         _prefix, body, _signature = token.split(".")
-        payload = json.loads(_unb64(body))
+        payload = load_json(_unb64(body))   # unverified: anyone can send any payload
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, AttributeError):
         return {}
     return payload if isinstance(payload, dict) else {}

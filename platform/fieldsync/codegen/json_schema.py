@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from fieldsync.defs.model import Entity, Field, Model
-from fieldsync.defs.values import DEFAULT_STRING_MAX, MEDIA_MAX
+from fieldsync.defs.values import DEFAULT_STRING_MAX, MEDIA_MAX, MEDIA_PATTERN, decimal_pattern
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MODES = ("read", "create", "update")
@@ -32,16 +32,6 @@ def _number(value: Any) -> int | float:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
-
-
-def decimal_pattern(field: Field) -> str:
-    """The regular expression a decimal field's string form matches: at most `scale` places."""
-    scale = field.scale or 0
-    whole = (field.precision or 38) - scale
-    integer = f"[0-9]{{1,{max(whole, 1)}}}"
-    if scale == 0:
-        return f"^-?{integer}$"
-    return f"^-?{integer}(\\.[0-9]{{1,{scale}}})?$"
 
 
 def field_schema(field: Field, mode: str) -> dict[str, Any]:
@@ -87,7 +77,8 @@ def field_schema(field: Field, mode: str) -> dict[str, Any]:
     elif t == "json":
         schema = {}
     elif t == "media":
-        schema = {"type": "string", "minLength": 1, "maxLength": MEDIA_MAX}
+        schema = {"type": "string", "format": "uri-reference", "pattern": MEDIA_PATTERN, "minLength": 1,
+                  "maxLength": MEDIA_MAX}
     elif t == "geopoint":
         schema = {
             "type": "object",

@@ -19,9 +19,21 @@ from typing import Any
 
 from fieldsync.defs.model import Entity, Field
 from fieldsync.defs.patterns import compile_pattern
+from fieldsync.untrusted import NUL_REASON, text_problem
 
 DEFAULT_STRING_MAX = 255
 MEDIA_MAX = 512
+# a decimal's string form: ASCII digits, an optional sign and point, nothing else (Decimal()
+# also takes "１２", " 12", "1_000" and "1e3", which the published schema refuses)
+DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+# a media field holds where its object is: an http(s) URL with a host, or the key of an object
+# in the platform's file store (a relative path of plain segments). Nothing else: `javascript:`,
+# `data:`, `file:` and `//host` references would be followed by whatever renders them
+# (docs/rest.md). The JSON Schema publishes the same pattern.
+MEDIA_SCHEMES = ("https", "http")
+_MEDIA_URL = r"[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\x00-\x1f\x7f]+(?:[/?#][^\s\x00-\x1f\x7f]*)?"
+_MEDIA_KEY = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*"
+MEDIA_PATTERN = f"^(?:{_MEDIA_URL}|{_MEDIA_KEY})$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,14 @@ class ValueProblem(ValueError):
 
 def _compiled(pattern: str) -> re.Pattern:
     return compile_pattern(pattern)   # the ECMA-262 meaning devices check with (defs/patterns.py)
+
+
+def _check_text(value: str) -> None:
+    # PostgreSQL refuses NUL in text, no encoder takes a lone surrogate; SQLite would store the
+    # first and fail on the second: both refused on both databases alike
+    reason = text_problem(value)
+    if reason is not None:
+        raise ValueProblem(reason)
 
 
 def _check_length(f: Field, value: str) -> None:
@@ -63,13 +83,16 @@ def _check_range(f: Field, value: Any) -> None:
 def to_decimal(value: Any) -> Decimal:
     if isinstance(value, bool):
         raise ValueProblem("must be a decimal number")
+    if isinstance(value, str) and not DECIMAL_TEXT.fullmatch(value):
+        raise ValueProblem("must be a decimal number: ASCII digits with an optional sign and point, "
+                           "such as \"12.50\"")
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueProblem("must be a finite decimal number")
         value = repr(value)
     try:
-        d = Decimal(str(value).strip()) if isinstance(value, (int, str, Decimal)) else None
-    except InvalidOperation:
+        d = Decimal(str(value)) if isinstance(value, (int, str, Decimal)) else None
+    except (InvalidOperation, ValueError):   # ValueError: an int past Python's digit limit
         d = None
     if d is None or not d.is_finite():
         raise ValueProblem("must be a decimal number (a number or a string such as \"12.50\")")
@@ -79,12 +102,30 @@ def to_decimal(value: Any) -> Decimal:
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def decimal_pattern(field: Field) -> str:
+    """The regular expression a decimal field's string form matches: at most `scale` places and
+    `precision - scale` digits before the point (published in the JSON Schema; the parser
+    refuses every string it refuses)."""
+    scale = field.scale or 0
+    whole = (field.precision or 38) - scale
+    integer = f"[0-9]{{1,{max(whole, 1)}}}"
+    if scale == 0:
+        return f"^-?{integer}$"
+    return f"^-?{integer}(\\.[0-9]{{1,{scale}}})?$"
+
+
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def uuid_text(value: str) -> str:
     """`value` as a canonical UUID string (lower case, hyphenated); ValueError when it is not
-    a UUID. Text already in that form is returned as it is, without building a UUID object."""
+    the hyphenated form the schema's `format: uuid` means (uuid.UUID() would also take braces,
+    `urn:uuid:` and 32 bare hex digits). Text already canonical is returned as it is."""
     if _CANONICAL_UUID.fullmatch(value):
         return value
-    return str(uuid.UUID(value))
+    if not _UUID_TEXT.fullmatch(value):
+        raise ValueError(f"{value!r} is not a hyphenated UUID")
+    return value.lower()
 
 
 def normalize_value(f: Field, value: Any) -> Any:
@@ -102,6 +143,7 @@ def normalize_value(f: Field, value: Any) -> Any:
     if t in ("string", "text"):
         if not isinstance(value, str):
             raise ValueProblem("must be a string")
+        _check_text(value)
         _check_length(f, value)
         return value
     if t == "integer":
@@ -115,6 +157,10 @@ def normalize_value(f: Field, value: Any) -> Any:
         _check_range(f, value)
         return value
     if t == "decimal":
+        if isinstance(value, str) and not _compiled(decimal_pattern(f)).fullmatch(value):
+            to_decimal(value)   # a reason for text that is no decimal at all
+            raise ValueProblem(f"must have at most {(f.precision or 38) - (f.scale or 0)} digits before the point "
+                               f"and {f.scale or 0} after it (pattern {decimal_pattern(f)})")
         d = to_decimal(value)
         scale, precision = f.scale or 0, f.precision or 38
         exponent = d.as_tuple().exponent
@@ -147,6 +193,8 @@ def normalize_value(f: Field, value: Any) -> Any:
         return format_datetime(parse_datetime(value))
     if t == "enum":
         if not isinstance(value, str) or value not in f.values:
+            if isinstance(value, str):
+                _check_text(value)
             raise ValueProblem(f"must be one of: {', '.join(f.values)}")
         return value
     if t == "json":
@@ -155,6 +203,8 @@ def normalize_value(f: Field, value: Any) -> Any:
     if t == "media":
         if not isinstance(value, str) or not value or len(value) > MEDIA_MAX:
             raise ValueProblem(f"must be a media reference (a non-empty string of at most {MEDIA_MAX} characters)")
+        _check_text(value)
+        _check_media(value)
         return value
     if t == "geopoint":
         if not isinstance(value, dict) or set(value) != {"lat", "lon"}:
@@ -165,6 +215,17 @@ def normalize_value(f: Field, value: Any) -> Any:
                 raise ValueProblem(f"{name} must be a number between -{limit} and {limit}")
         return {"lat": float(lat), "lon": float(lon)}
     raise ValueProblem(f"unknown type {t}")  # unreachable for a validated model
+
+
+def _check_media(value: str) -> None:
+    """A media value is an http(s) URL with a host or a file-store object key (MEDIA_PATTERN)."""
+    if _compiled(MEDIA_PATTERN).fullmatch(value):
+        return
+    scheme = value.split(":", 1)[0].strip().lower() if ":" in value else ""
+    if scheme and scheme not in MEDIA_SCHEMES:
+        raise ValueProblem(f"must be an http(s) URL or a file-store object key, not a {scheme}: URI")
+    raise ValueProblem("must be an http(s) URL with a host, or a file-store object key (segments of letters, "
+                       "digits and ._~- separated by /, none starting with a dot); no spaces or control characters")
 
 
 def _bad_date():
@@ -184,7 +245,10 @@ def parse_datetime(value: Any) -> dt.datetime:
         raise ValueProblem("must be an ISO 8601 date-time string")
     if parsed.tzinfo is None:
         raise ValueProblem("must include a time zone (e.g. Z or +05:30)")
-    return parsed.astimezone(dt.timezone.utc)
+    try:
+        return parsed.astimezone(dt.timezone.utc)
+    except OverflowError:   # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
+        raise ValueProblem("is outside the representable range (years 1 to 9999) once converted to UTC") from None
 
 
 def format_datetime(value: dt.datetime) -> str:
@@ -202,12 +266,17 @@ def _check_json(value: Any, depth: int) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ValueProblem("object keys must be strings")
+            reason = text_problem(k)
+            if reason is not None:
+                raise ValueProblem(f"object keys {reason}")
             _check_json(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
             _check_json(v, depth + 1)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValueProblem("must not contain NaN or infinity")
+    elif isinstance(value, str) and text_problem(value) is not None:
+        raise ValueProblem(f"strings {text_problem(value)}")
     elif value is not None and not isinstance(value, (str, int, float, bool)):
         raise ValueProblem("must be a JSON value")
 

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
 from fieldsync.defs import expr as ex
-from fieldsync.defs.values import ValueProblem, parse_datetime
+from fieldsync.defs.values import DECIMAL_TEXT, ValueProblem, parse_datetime
+from fieldsync.untrusted import INT32_MAX, INT64_MAX
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt,
@@ -48,6 +49,8 @@ def python_value(sa_type: sa.types.TypeEngine, value: Any) -> Any:
     if isinstance(value, bool):
         raise Unconvertible(value)
     if isinstance(sa_type, sa.Numeric):  # decimals (Integer is not a Numeric subclass)
+        if isinstance(value, str) and not DECIMAL_TEXT.fullmatch(value):
+            raise Unconvertible(value)   # Decimal() would take "１２", " 12" and "1_000"
         if isinstance(value, (int, Decimal, str)):
             try:
                 d = Decimal(str(value))
@@ -58,6 +61,10 @@ def python_value(sa_type: sa.types.TypeEngine, value: Any) -> Any:
         raise Unconvertible(value)
     if isinstance(sa_type, sa.Integer):
         if isinstance(value, int):
+            # past the column's range no row can hold it, and the driver would overflow
+            bound = INT64_MAX if isinstance(sa_type, sa.BigInteger) else INT32_MAX
+            if not -bound <= value <= bound:
+                raise Unconvertible(value)
             return value
         if isinstance(value, Decimal):
             return value  # compared across types: 2 == 2.0, 2 < 2.5

@@ -32,13 +32,14 @@ from fieldsync.codegen.openapi import SYSTEM_QUERY_COLUMNS, operators_for, query
 from fieldsync.defs.access import AccessRule
 from fieldsync.defs.expr import Expr
 from fieldsync.defs.model import Entity, Field, Model
-from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, validate_record
+from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, uuid_text, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.security.fields import KeyShredded, bidx_column
 from fieldsync.security.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
 from fieldsync.store.tables import build_metadata
+from fieldsync.untrusted import INT64_MAX, load_json, parse_int, unstorable_paths
 
 
 # -- the codec for encrypted fields -----------------------------------------------------------
@@ -275,9 +276,9 @@ def parse_query_value(field: Field, raw: str) -> Any:
     t = field.type
     if t == "integer":
         try:
-            return int(raw)
-        except ValueError:
-            raise BadQuery(f"{field.name}: {raw!r} is not a whole number") from None
+            return parse_int(raw, low=-INT64_MAX, high=INT64_MAX)
+        except ValueError as exc:
+            raise BadQuery(f"{field.name}: {raw!r} {exc}") from None
     if t == "boolean":
         if raw in ("true", "false"):
             return raw == "true"
@@ -292,8 +293,9 @@ def _encode_cursor(sort: str, value: Any, last_id: str) -> str:
 
 def _decode_cursor(token: str) -> tuple[str, Any, str]:
     try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if not isinstance(data, dict) or not isinstance(data.get("s"), str) or not isinstance(data.get("i"), str):
+        data = load_json(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(data, dict) or not isinstance(data.get("s"), str) or not isinstance(data.get("i"), str) \
+                or next(unstorable_paths(data), None) is not None:   # text a query cannot carry
             raise ValueError
         return data["s"], data.get("v"), data["i"]
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -601,11 +603,12 @@ class RecordStore:
         if not isinstance(data, dict):
             return {}, None, [FieldProblem(prefix.rstrip("."), "must be a JSON object")]
         body = dict(data)
+        given = "id" in body   # "id": null is not a UUID (the schema says string): refused, not ignored
         record_id = body.pop("id", None)
         problems: list[FieldProblem] = []
-        if record_id is not None:
+        if given:
             try:
-                record_id = str(uuid.UUID(record_id)) if isinstance(record_id, str) else None
+                record_id = uuid_text(record_id) if isinstance(record_id, str) else None
             except ValueError:
                 record_id = None
             if record_id is None:

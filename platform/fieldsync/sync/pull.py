@@ -20,12 +20,14 @@ import sqlalchemy as sa
 from fieldsync.defs import expr as ex
 from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity
+from fieldsync.defs.values import uuid_text
 from fieldsync.errors import Error
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
 from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import result_to_wire
 from fieldsync.sync.scope import DeviceScope
 from fieldsync.sync.tables import LEDGER, SCOPES
+from fieldsync.untrusted import load_json
 
 __all__ = ["PullRequest", "SyncReset", "InvalidResume", "pull_page", "results_for", "readable_row",
            "write_checkpoint", "remember_scope"]
@@ -72,7 +74,7 @@ def decode_resume(secret: bytes, token: str) -> dict[str, Any]:
         prefix, body, signature = token.split(".")
         if prefix != "r1" or not hmac.compare_digest(_sign(secret, body), signature):
             raise ValueError
-        return json.loads(base64.urlsafe_b64decode(body))
+        return load_json(base64.urlsafe_b64decode(body))
     except (ValueError, TypeError, AttributeError):
         raise InvalidResume("the resume token was not issued by this server") from None
 
@@ -329,13 +331,16 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
 
 def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
     """Answer each refetched record with an upsert when the device may see it, else a remove
-    (whether or not it exists, so nothing leaks)."""
+    (whether or not it exists, so nothing leaks). Entries that are not objects with a string
+    `entity` and `id` are skipped (docs/protocol.md)."""
     for item in refetch[:1000]:
+        if not isinstance(item, Mapping):
+            continue
         name, record_id = item.get("entity"), item.get("id")
         if not isinstance(name, str) or not isinstance(record_id, str):
             continue
         row = None
-        if name in page.scope.entities:
+        if name in page.scope.entities and _is_record_id(record_id):
             entity = page.scope.entities[name].entity
             table = page.store.table(entity)
             found = page.conn.execute(_snapshot_query(page.store, page.scope, name, None, 1)
@@ -346,6 +351,14 @@ def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
         else:
             page.add(name, None, {"kind": "remove", "entity": name, "id": record_id, "position": None,
                                   "reason": "refetch"})
+
+
+def _is_record_id(value: str) -> bool:
+    """Whether `value` can be a record id (a UUID); no other id is looked up."""
+    try:
+        return uuid_text(value) == value   # ids are stored canonical: no other form names a record
+    except ValueError:
+        return False
 
 
 def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, request: PullRequest, *,
