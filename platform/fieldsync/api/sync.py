@@ -47,6 +47,8 @@ SUPPORTED_PROTOCOLS = [1]
 COMPRESS_OVER = 1024
 blueprint = Blueprint("fieldsync_sync", __name__)
 NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
+NOT_AN_ENDPOINT = "fieldsync_sync.not_an_endpoint"
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 AUDIT_CHANNELS = {"fieldsync_sync.push": "push", "fieldsync_sync.pull": "pull",
                   "fieldsync_sync.list_devices": "admin", "fieldsync_sync.revoke": "admin"}
 
@@ -73,6 +75,8 @@ def _now():
 @blueprint.before_request
 def _authenticate() -> None:
     g.snapshot = _state().snapshot
+    if request.endpoint == NOT_AN_ENDPOINT:
+        return   # answered 404/405 from the route table alone: nothing to authenticate
     if request.endpoint not in NO_PROTOCOL_HEADER:
         version = request.headers.get("Fieldsync-Protocol", "")
         if version.strip() not in {str(v) for v in SUPPORTED_PROTOCOLS}:
@@ -252,6 +256,29 @@ def _int_arg(body: Mapping[str, Any], name: str, default: int, low: int, high: i
 
 
 # -- endpoints ---------------------------------------------------------------------------------
+
+@blueprint.route("/", methods=ANY_METHOD, endpoint="not_an_endpoint", defaults={"rest": ""})
+@blueprint.route("/<path:rest>", methods=ANY_METHOD, endpoint="not_an_endpoint")
+def not_an_endpoint(rest: str):
+    """§2.5: every other path under /api/v1/sync/ is a 404, and a sync endpoint asked with a
+    method it does not take a 405 with `Allow`; without this, the entity routes would take the
+    path for an entity (`/<name>/<id>`) and answer with REST's problems (a device token's 403)."""
+    allowed = _sync_routes().allowed_methods(request.path)
+    if allowed:
+        raise Problem(405, f"{request.method} is not allowed here", headers={"Allow": ", ".join(sorted(allowed))})
+    raise Problem(404, f"no sync endpoint {request.path} (docs/protocol.md §2.6)")
+
+
+def _sync_routes():
+    """The sync endpoints' own rules, without this fallback, bound for matching paths."""
+    from werkzeug.routing import Map, Rule
+    cached = current_app.extensions.get("fieldsync_sync_routes")
+    if cached is None:
+        rules = [Rule(r.rule, methods=r.methods, endpoint=r.endpoint) for r in current_app.url_map.iter_rules()
+                 if r.endpoint.startswith(blueprint.name + ".") and r.endpoint != NOT_AN_ENDPOINT]
+        cached = current_app.extensions["fieldsync_sync_routes"] = Map(rules).bind("localhost")
+    return cached
+
 
 @blueprint.get("/capabilities")
 def capabilities():
