@@ -96,6 +96,12 @@ def _ddl_text(statements: list[dict[str, str]]) -> list[dict[str, str]]:
             for s in statements]
 
 
+def device_schema_file(model: Model, defs_label: str = "entity_defs", schema: dict[str, Any] | None = None) -> str:
+    """The text of `device/schema.json`: what `GET /api/v1/sync/schema` answers, byte for byte."""
+    schema = device_schema(model) if schema is None else schema
+    return dump_json(device_schema_json(schema, header_text(model, defs_label, "fieldsync.codegen.device_schema")))
+
+
 def render_all(model: Model, defs_label: str = "entity_defs",
                templates_dir: str | Path | None = None) -> dict[str, str]:
     """Every generated file for `model`: relative path under generated/ -> text.
@@ -113,7 +119,7 @@ def render_all(model: Model, defs_label: str = "entity_defs",
     schema = device_schema(model)
     files["device/schema.sql"] = _render(env, "device/schema.sql.j2", schema=schema,
                                          header=header("templates/device/schema.sql.j2"))
-    files["device/schema.json"] = dump_json(device_schema_json(schema, header("fieldsync.codegen.device_schema")))
+    files["device/schema.json"] = device_schema_file(model, defs_label, schema)
 
     for dialect in sorted(DIALECTS):
         files[f"server/{dialect}.sql"] = _render(
