@@ -84,3 +84,19 @@ def test_the_sdk_keeps_only_keys_the_spec_names():
     assert {"install_id", "device_id", "cursor", "resume", "scope_hash", "refetch", "write_checkpoint"} <= used
     spec = {row[0].strip("`") for row in _table(_section_10(), "key")}
     assert used - spec == set()
+
+
+def test_the_device_schema_document_validates_against_its_published_format():
+    import jsonschema
+
+    fmt = json.loads((ROOT / "generated" / "device" / "schema.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(fmt)
+    validator = jsonschema.Draft202012Validator(fmt)
+    assert list(validator.iter_errors(DOCUMENT)) == []
+    # the format can fail: a column without its storage, an unknown member, a bad fingerprint
+    broken = json.loads(json.dumps(DOCUMENT))
+    del broken["entities"][0]["columns"][1]["storage"]
+    broken["entities"][1]["colour"] = "red"
+    broken["fingerprint"] = "xyz"
+    assert len(list(validator.iter_errors(broken))) == 3
+    assert "schema.schema.json" in SPEC   # the spec points to it (§7.3)

@@ -213,3 +213,118 @@ def device_schema_json(schema: dict[str, Any], header: str) -> dict[str, Any]:
             "_meta": {"keys": ["app", "schema_version", "fingerprint"]},
         },
     }
+
+
+def device_schema_format() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of the device schema document (`device/schema.json`, answered by
+    `GET /api/v1/sync/schema`; docs/protocol.md §7.3), published as `device/schema.schema.json`
+    so clients in any language can check what they migrate from."""
+    from fieldsync.defs.model import CONFLICT_POLICIES, DIRECTIONS, ENCRYPTION_MODES, FIELD_TYPES, KINDS
+
+    nullable_string = {"type": ["string", "null"]}
+    strings = {"type": "array", "items": {"type": "string"}}
+    column_props: dict[str, Any] = {
+        "name": {"type": "string", "description": "the column's name: `id` or the field's name"},
+        "sqlite_type": {"enum": sorted(set(SQLITE_TYPES.values())), "description": "the SQLite column type"},
+        "type": {"enum": list(FIELD_TYPES),
+                 "description": "the field type of the definition language (`uuid` for `id`)"},
+        "storage": {"enum": sorted(set(STORAGE.values()) | {"text", "integer"}),
+                    "description": "how the column stores the wire value: `text` and `integer` as is, "
+                                   "`decimal-string` the decimal's string, `integer-0-1` a boolean, "
+                                   "`iso-date`/`iso-datetime` the ISO text, `json-text` JSON text"},
+        "required": {"type": "boolean"},
+        "label": {"type": "string"},
+        "primary_key": {"type": "boolean", "description": "true for `id` only"},
+        "encryption": {"enum": list(ENCRYPTION_MODES), "description": "the field's server-side policy"},
+        "phi": {"type": "boolean", "description": "protected health information: keep out of logs"},
+        "description": {"type": "string"},
+        "precision": {"type": "integer", "minimum": 1},
+        "scale": {"type": "integer", "minimum": 0},
+        "values": strings | {"description": "an enum's values"},
+        "ref": {"type": "string", "description": "the entity a ref field points to"},
+        "default": {"description": "the default a local insert fills in, in wire form"},
+        "min_length": {"type": "integer", "minimum": 0},
+        "max_length": {"type": "integer", "minimum": 0},
+        "pattern": {"type": "string", "description": "an ECMA-262 regular expression"},
+        "minimum": {"type": ["number", "string"], "description": "a number; a decimal's as a string"},
+        "maximum": {"type": ["number", "string"], "description": "a number; a decimal's as a string"},
+        "renamed_from": strings | {"description": "earlier names of the field (invariant 9)"},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://fieldsync.dev/schemas/device-schema.json",
+        "title": "fieldsync device schema",
+        "description": "What a device store holds for one schema version of the model: a table per entity "
+                       "and the platform tables (docs/protocol.md §7.3, §10).",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["$comment", "app", "schema_version", "fingerprint", "entities", "platform_tables"],
+        "properties": {
+            "$comment": {"type": "string", "description": "the generated-file notice"},
+            "app": {"type": "string"},
+            "schema_version": {"type": "integer", "minimum": 1},
+            "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                            "description": "a digest of the storage shape; a store whose `_meta.fingerprint` "
+                                           "differs is migrated"},
+            "entities": {"type": "array", "items": {"$ref": "#/$defs/entity"}},
+            "platform_tables": {
+                "type": "object", "additionalProperties": False,
+                "required": ["_outbox", "_quarantine", "_sync_state", "_meta"],
+                "properties": {
+                    "_outbox": {"type": "object", "additionalProperties": False, "required": ["ops", "statuses"],
+                                "properties": {"ops": {"type": "array", "items": {"enum": list(OUTBOX_OPS)}},
+                                               "statuses": strings}},
+                    "_quarantine": {"type": "object", "maxProperties": 0},
+                    "_sync_state": {"type": "object", "additionalProperties": False, "required": ["keys", "required"],
+                                    "properties": {"keys": strings, "required": strings}},
+                    "_meta": {"type": "object", "additionalProperties": False, "required": ["keys"],
+                              "properties": {"keys": strings}},
+                },
+            },
+        },
+        "$defs": {
+            "entity": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "kind", "label", "table", "parent", "parent_field", "owner", "sync", "columns",
+                             "bookkeeping_columns", "indexes"],
+                "properties": {
+                    "name": {"type": "string"}, "kind": {"enum": list(KINDS)}, "label": {"type": "string"},
+                    "table": {"type": "string", "description": "the SQLite table (always quoted)"},
+                    "parent": nullable_string | {"description": "a child's parent entity"},
+                    "parent_field": nullable_string | {"description": "a child's ref field to its parent"},
+                    "owner": nullable_string | {"description": "the field the server fills with the user"},
+                    "sync": {"$ref": "#/$defs/sync"},
+                    "columns": {"type": "array", "items": {"$ref": "#/$defs/column"}, "minItems": 1},
+                    "bookkeeping_columns": {"type": "array", "items": {"$ref": "#/$defs/bookkeeping_column"}},
+                    "indexes": {"type": "array", "items": {"$ref": "#/$defs/index"}},
+                },
+            },
+            "sync": {
+                "type": "object", "additionalProperties": False,
+                "required": ["direction", "conflict", "priority", "window_days", "window_field"],
+                "properties": {
+                    "direction": {"enum": list(DIRECTIONS)}, "conflict": {"enum": list(CONFLICT_POLICIES)},
+                    "priority": {"type": "integer"},
+                    "window_days": {"type": ["integer", "null"], "minimum": 1},
+                    "window_field": nullable_string,
+                },
+            },
+            "column": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "sqlite_type", "type", "storage", "required", "label", "primary_key",
+                             "encryption", "phi"],
+                "properties": column_props,
+            },
+            "bookkeeping_column": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "sqlite_type", "not_null", "default"],
+                "properties": {"name": {"type": "string", "pattern": "^_"},
+                               "sqlite_type": {"enum": sorted(set(SQLITE_TYPES.values()))},
+                               "not_null": {"type": "boolean"}, "default": nullable_string},
+            },
+            "index": {
+                "type": "object", "additionalProperties": False, "required": ["name", "columns"],
+                "properties": {"name": {"type": "string"}, "columns": strings | {"minItems": 1}},
+            },
+        },
+    }
