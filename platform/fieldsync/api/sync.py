@@ -31,7 +31,7 @@ from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
     results_for, write_checkpoint
 from fieldsync.sync.scope import device_scope
-from fieldsync.sync.tables import DEVICES, LEDGER, clear_received, mark_received, unsettled
+from fieldsync.sync.tables import DEVICE_TOKENS, DEVICES, LEDGER, clear_received, mark_received, unsettled
 from fieldsync.store.changelog import head_position
 
 try:  # optional: zstd is preferred when both sides have it
@@ -346,6 +346,7 @@ def register():
                 raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
             conn.execute(DEVICES.update().where(DEVICES.c.device_id == row["device_id"]).values(
                 last_contact_at=now, schema_version=version, app_version=body.get("app_version", row["app_version"])))
+        _supersede_device_tokens(conn, row["device_id"], token_id, now)
         record_audit(audit_event(action="auth", channel="rest", actor=principal.user_id, role=principal.role,
                                  device=row["device_id"], detail={"event": "device_token_issued", "token_id": token_id,
                                                                   "source_ip": request.remote_addr or "unknown"}),
@@ -361,6 +362,15 @@ def register():
                                       now=issued, device_id=row["device_id"], token_id=token_id)
     out["device_token_expires_at"] = format_datetime(dt.datetime.fromtimestamp(issued + ttl, dt.timezone.utc))
     return _json(out, status, {"Location": f"{request.script_root}/api/v1/sync/devices/{row['device_id']}"})
+
+
+def _supersede_device_tokens(conn: sa.Connection, device_id: str, token_id: str, now) -> None:
+    """Make `token_id` the device's only valid device token (§3.1): the session check refuses
+    the earlier ones with reason `superseded`."""
+    updated = conn.execute(DEVICE_TOKENS.update().where(DEVICE_TOKENS.c.device_id == device_id)
+                           .values(token_id=token_id, issued_at=now)).rowcount
+    if not updated:
+        conn.execute(DEVICE_TOKENS.insert().values(device_id=device_id, token_id=token_id, issued_at=now))
 
 
 def _issue_device_secret(conn: sa.Connection, row: Mapping[str, Any], principal: Principal, now) -> bytes:
