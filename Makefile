@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench generate clean
+.PHONY: run test services bench generate clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,15 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/fieldsync run
 
+# ci/services.sh starts PostgreSQL if it is down, creates its `test` database and installs and
+# starts ActiveMQ (STOMP) when missing; idempotent, so `make test` is all a fresh machine needs.
 test: $(STAMP)
+	bash ci/services.sh
 	$(BIN)/fieldsync generate --check
 	$(BIN)/python -m pytest -q
+
+services:
+	bash ci/services.sh
 
 # Benchmarks print figures (docs/benchmarks.md); they are not tests and `make test` skips them.
 bench: $(STAMP)
