@@ -51,7 +51,7 @@ def test_every_sync_route_answers_405_with_allow_for_other_methods(lite_app, tok
 
 @pytest.mark.parametrize("path", ["/api/v1/sync/nothing", "/api/v1/sync/", "/api/v1/sync/push/more",
                                   "/api/v1/sync/devices/a/b/c", "/api/v1/sync/capabilities/x"])
-@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "OPTIONS"])
 def test_unknown_sync_paths_are_404(lite_app, tokens, path, method):
     for kind, token in tokens.items():
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -47,7 +47,7 @@ COMPRESS_OVER = 1024
 blueprint = Blueprint("fieldsync_sync", __name__)
 NO_PROTOCOL_HEADER = {"fieldsync_sync.capabilities", "fieldsync_sync.schema"}
 NOT_AN_ENDPOINT = "fieldsync_sync.not_an_endpoint"
-ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 AUDIT_CHANNELS = {"fieldsync_sync.push": "push", "fieldsync_sync.pull": "pull",
                   "fieldsync_sync.list_devices": "admin", "fieldsync_sync.revoke": "admin"}
 
