@@ -9,9 +9,10 @@
 --   INSERT INTO <entity> (id, <fields>, _version, _created_at, _updated_at) VALUES (...)
 --   ON CONFLICT (id) DO UPDATE SET <fields> = excluded.<fields>, _version = excluded._version, ...
 --   WHERE <entity>._dirty = 0
--- so a row with an unacknowledged local change keeps its values until its outbox entry has
--- been received. A local write updates the entity row (setting _dirty = 1) and inserts its
--- _outbox entry in the same transaction: neither exists without the other.
+-- so a row with a local change whose outbox entry has no result yet keeps its values until
+-- that result settles it (docs/protocol.md §10.4). A local write updates the entity row
+-- (setting _dirty = 1) and inserts its _outbox entry in the same transaction: neither exists
+-- without the other.
 
 PRAGMA user_version = 1;
 
@@ -23,11 +24,11 @@ CREATE TABLE "price_list" (
     "valid_from" TEXT,  -- date, required
     "valid_to" TEXT,  -- date
     "currency" TEXT,  -- string
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_price_list_territory_id" ON "price_list" ("territory_id");
 
@@ -38,11 +39,11 @@ CREATE TABLE "price_list_item" (
     "product_id" TEXT,  -- ref -> product.id, required
     "price" TEXT,  -- decimal(12,2) as text, required
     "min_quantity" INTEGER,  -- integer
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_price_list_item_price_list_id" ON "price_list_item" ("price_list_id");
 CREATE INDEX "ix_price_list_item_product_id" ON "price_list_item" ("product_id");
@@ -58,11 +59,11 @@ CREATE TABLE "product" (
     "pack_size" INTEGER,  -- integer
     "active" INTEGER,  -- boolean as 0/1
     "image" TEXT,  -- media
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 
 -- retailer: Retailer (master; sync both, field_merge, priority 30)
@@ -74,11 +75,11 @@ CREATE TABLE "retailer" (
     "location" TEXT,  -- geopoint as JSON text
     "credit_limit" TEXT,  -- decimal(12,2) as text
     "category" TEXT,  -- enum: pharmacy, clinic, general_store, distributor
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_retailer_territory_id" ON "retailer" ("territory_id");
 
@@ -89,11 +90,11 @@ CREATE TABLE "territory" (
     "name" TEXT,  -- string, required
     "region" TEXT,  -- enum: north, south, east, west, central, required
     "parent_id" TEXT,  -- ref -> territory.id
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_territory_parent_id" ON "territory" ("parent_id");
 
@@ -108,11 +109,11 @@ CREATE TABLE "expense" (
     "receipt" TEXT,  -- media
     "approved" INTEGER,  -- boolean as 0/1
     "details" TEXT,  -- json as JSON text
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_expense_rep_id" ON "expense" ("rep_id");
 CREATE INDEX "ix_expense_spent_on" ON "expense" ("spent_on");
@@ -128,11 +129,11 @@ CREATE TABLE "order" (
     "status" TEXT,  -- enum: draft, submitted, confirmed, delivered, cancelled
     "total" TEXT,  -- decimal(14,2) as text
     "remarks" TEXT,  -- text
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_order_ordered_at" ON "order" ("ordered_at");
 CREATE INDEX "ix_order_rep_id" ON "order" ("rep_id");
@@ -148,11 +149,11 @@ CREATE TABLE "order_line" (
     "quantity" INTEGER,  -- integer, required
     "unit_price" TEXT,  -- decimal(12,2) as text, required
     "discount_pct" TEXT,  -- decimal(5,2) as text
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_order_line_order_id" ON "order_line" ("order_id");
 CREATE INDEX "ix_order_line_product_id" ON "order_line" ("product_id");
@@ -170,11 +171,11 @@ CREATE TABLE "prescription" (
     "product_id" TEXT,  -- ref -> product.id, required
     "dosage" TEXT,  -- string
     "prescribed_at" TEXT,  -- datetime, required
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_prescription_prescribed_at" ON "prescription" ("prescribed_at");
 CREATE INDEX "ix_prescription_product_id" ON "prescription" ("product_id");
@@ -193,11 +194,11 @@ CREATE TABLE "visit" (
     "notes" TEXT,  -- text
     "location" TEXT,  -- geopoint as JSON text
     "duration_minutes" INTEGER,  -- integer
-    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until the server has acknowledged the row
+    "_version" INTEGER NOT NULL DEFAULT 0,  -- server version last seen; 0 until a result or a pull brings the server's version
     "_created_at" TEXT,  -- server created_at (ISO 8601 UTC) as last pulled
     "_updated_at" TEXT,  -- server updated_at (ISO 8601 UTC) as last pulled
     "_deleted" INTEGER NOT NULL DEFAULT 0,  -- 1: deleted locally, the delete is in the outbox
-    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: changed locally and not yet acknowledged; pulls keep the local values
+    "_dirty" INTEGER NOT NULL DEFAULT 0  -- 1: an outbox entry of the row has no result yet; pulls keep the local values
 );
 CREATE INDEX "ix_visit_rep_id" ON "visit" ("rep_id");
 CREATE INDEX "ix_visit_retailer_id" ON "visit" ("retailer_id");
@@ -208,7 +209,13 @@ CREATE INDEX "ix_visit_visited_at" ON "visit" ("visited_at");
 -- sequence number; AUTOINCREMENT guarantees a number is never reused, even after the
 -- highest entries were deleted, because the server deduplicates on (device_id, seq)
 -- (invariant 2: a reused number would be taken for a retry and the write lost).
--- An entry is deleted only once its status is `received` or later (invariant 1).
+-- Statuses:
+--   pending: written locally, not sent yet
+--   sent: sent in a push that has not been answered: resent with the same seq
+--   received: the server made it durable; waiting for its result
+-- An outbox entry is deleted only once its result is stored: an `applied` entry is deleted and
+-- a `rejected` one moved to `_quarantine`, in the transaction that stores the result (§5.4);
+-- `received` alone never deletes it.
 CREATE TABLE "_outbox" (
     "seq" INTEGER PRIMARY KEY AUTOINCREMENT,
     "entity" TEXT NOT NULL,
@@ -217,8 +224,8 @@ CREATE TABLE "_outbox" (
     "base_version" INTEGER,  -- the row's _version when the change was made; NULL for inserts
     "fields" TEXT NOT NULL DEFAULT '{}',  -- JSON object of the changed fields, in wire form
     "client_time" TEXT NOT NULL,  -- ISO 8601 UTC
-    "status" TEXT NOT NULL DEFAULT 'pending' CHECK ("status" IN ('pending', 'sent', 'received', 'applied', 'rejected')),
-    "reason" TEXT,  -- why the server rejected it
+    "status" TEXT NOT NULL DEFAULT 'pending' CHECK ("status" IN ('pending', 'sent', 'received')),
+    "reason" TEXT,  -- unused in protocol v1: a rejected entry moves to _quarantine with its reason
     "attempts" INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX "ix__outbox_status" ON "_outbox" ("status", "seq");
@@ -241,12 +248,21 @@ CREATE TABLE "_quarantine" (
 );
 CREATE INDEX "ix__quarantine_record" ON "_quarantine" ("entity", "record_id");
 
--- Sync progress, one row per key:
---   device_id: this device's stable id; never reset while _outbox holds entries (invariant 2)
---   cursor: the pull position up to which changes have been applied
---   write_checkpoint: the pull position at which this device's acknowledged writes are visible
---   scope_hash: the scope parameters the last pull was made with
---   last_sync_at: when the last complete sync finished (ISO 8601 UTC)
+-- Sync progress, one JSON value per key (docs/protocol.md §10); every client keeps the
+-- required ones:
+--   install_id (required): the random id of this installation, created before the first registration
+--   device_id (required): the registered device id; never reset while _outbox holds entries (invariant 2)
+--   cursor (required): the position up to which the server's changes are applied
+--   resume (required): the resume token of the last page applied, null outside a phase
+--   scope_hash (required): the scope hash the stored rows conform to, null before the first snapshot
+--   refetch (required): the refetch list: [{entity, id}] the next pull asks for whole
+--   write_checkpoint (required): the highest write checkpoint received
+--   user_id: the user the device is registered to
+--   head: the head of the last page applied
+--   last_sync_at: when the last complete sync cycle finished (ISO 8601 UTC)
+--   capabilities: the server's capabilities from the registration
+--   device_token: the device token
+--   device_token_for: a digest of the user's token the device token was registered with
 CREATE TABLE "_sync_state" (
     "key" TEXT PRIMARY KEY NOT NULL,
     "value" TEXT

@@ -234,8 +234,8 @@ def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, beh
         print(f"fieldsync serving on https://{host}:{server.bind_addr[1]}/api/v1  (TLS; Ctrl-C stops)", flush=True)
         _serve_until_signalled(server)
         return
-    import waitress
-    server = waitress.create_server(app, host=host, port=port, threads=8, ident="fieldsync")
+    from fieldsync.api.body_limit import make_http_server   # refuses an oversized body on its header
+    server = make_http_server(app, host, port, int(state.config["MAX_BODY_BYTES"]), threads=8)
     if not is_loopback_address(host):
         print(f"WARNING: plain HTTP on {host or 'every interface'}:{port}; only the TLS proxy in front "
               "(--behind-tls-proxy) may reach this port", file=sys.stderr, flush=True)

@@ -155,3 +155,25 @@ def test_the_revoke_commands_need_their_arguments(command):
     with pytest.raises(SystemExit) as caught:
         main(command)
     assert caught.value.code == 2
+
+
+def test_registering_again_supersedes_the_devices_earlier_device_tokens(auth_app):
+    """protocol §3.1: every registration answers a new device token and refuses the device's
+    earlier ones (401 `superseded`, used or not), so a token with the user's old attributes
+    (an old territory) stops working; other devices' tokens and the user's token are untouched."""
+    app = auth_app
+    rep = app.rep_token()
+    first = app.register(rep)
+    assert app.pull(first["device_token"], first["device_id"]).status_code == 200   # used
+    unused = app.register(rep)["device_token"]                                     # never used
+    other = app.register(rep, install="install-2")
+    newest = app.register(rep)
+    assert newest["device_id"] == first["device_id"]
+    for old in (first["device_token"], unused):
+        r = app.pull(old, first["device_id"])
+        assert r.status_code == 401 and _reason(r) == "superseded", r.get_json()
+    assert app.pull(newest["device_token"], first["device_id"]).status_code == 200
+    assert app.pull(other["device_token"], other["device_id"]).status_code == 200
+    assert app.pull(rep, first["device_id"]).status_code == 200
+    refused = [e for e in app.auth_entries("token_refused") if e.detail["reason"] == "superseded"]
+    assert {e.detail["token_id"] for e in refused} == {token_id(first["device_token"]), token_id(unused)}

@@ -165,6 +165,42 @@ def test_removing_a_parent_deletes_its_clean_children(make_client, server):
     assert [r["id"] for r in client.query("order_line")] == [LINE_2]
 
 
+def _order_with_lines(ordered_at="2026-11-20T10:00:00.000000Z"):
+    order_row = {"retailer_id": RETAILER, "territory_id": TERRITORY, "ordered_at": ordered_at,
+                 "rep_id": "user", "status": "submitted"}
+    line = lambda rid: {"kind": "upsert", "entity": "order_line", "id": rid, "position": 2, "version": 1,
+                        "row": {"order_id": ORDER, "product_id": P1, "quantity": 1}}
+    return [{"kind": "upsert", "entity": "order", "id": ORDER, "position": 1, "version": 1, "row": order_row},
+            line(LINE_1), line(LINE_2)]
+
+
+def test_removing_a_dirty_parent_keeps_it_and_all_its_children(make_client, server):
+    """protocol §6.3: a remove of a dirty parent is skipped, and its children stay with it."""
+    client = make_client(server)
+    script_pulls(server, [page(3, _order_with_lines()),
+                          page(4, [{"kind": "remove", "entity": "order", "id": ORDER, "position": 4,
+                                    "reason": "scope"}])])
+    client.sync()
+    client.update("order", ORDER, {"remarks": "mine"})   # the parent is dirty
+    server.auto_process = False
+    client.sync()
+    assert client.get("order", ORDER) is not None
+    assert sorted(r["id"] for r in client.query("order_line")) == [LINE_1, LINE_2]
+
+
+def test_a_window_purge_takes_the_clean_children_of_a_purged_parent(make_client, server):
+    """protocol §6.6: a clean row below the floor goes with its clean children; a dirty child stays."""
+    client = make_client(server)
+    script_pulls(server, [page(3, _order_with_lines("2026-01-02T10:00:00.000000Z")),
+                          page(3, [], windows={"order": "2026-06-01T00:00:00Z"})])
+    client.sync()
+    client.update("order_line", LINE_2, {"quantity": 5})
+    server.auto_process = False
+    client.sync()
+    assert client.get("order", ORDER) is None
+    assert [r["id"] for r in client.query("order_line")] == [LINE_2]
+
+
 def test_results_settle_entries_applied_deleted_rejected_quarantined(make_client, server, visit, tmp_path):
     client = make_client(server)
     server.auto_process = False

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "generated"
 
 EXPECTED_FILES = {
-    "device/schema.sql", "device/schema.json", "server/sqlite.sql", "server/postgresql.sql",
+    "device/schema.sql", "device/schema.json", "device/schema.schema.json", "server/sqlite.sql", "server/postgresql.sql",
     "openapi.json", "sdk/python/fieldsync_models.py", "docs/definition-language.md",
 }
 

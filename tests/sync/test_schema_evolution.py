@@ -58,3 +58,50 @@ def test_device_on_old_schema_pushes_migrates_and_receives_new_field(defs_copy, 
         columns = {row[1] for row in db.execute('PRAGMA table_info("retailer")')}
         assert "gst_number" in columns
         assert db.execute('SELECT count(*) FROM "visit"').fetchone() == (1,)   # its own visit kept
+
+
+def test_an_entry_written_before_the_upgrade_and_pushed_after_it_keeps_its_renamed_field(defs_copy, tmp_path):
+    """protocol §7.2: an outbox entry carries no schema version of its own; the migration renames
+    the fields of the entries not yet sent, so one written in version 1 and pushed after the
+    store moved to version 2 (the app wrote while the pull that migrated was under way) is
+    applied, not rejected for an unknown field."""
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": SECRET, "SYNC_LISTENERS": 0,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'server.db'}", "DEFS_DIR": str(defs_copy)})
+    state = app.extensions["fieldsync"]
+    load_seed(state.config, "examples/seed")
+    token = issue_token(SECRET, "rep-asha", "field_rep", {"territory_ids": [PUNE_CENTRAL]})
+    written = []
+
+    class WriteDuringPull:
+        """The app writes a visit (schema 1) while the first pull after the upgrade is on its way."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def request(self, method, path, *, headers, body):
+            if path.endswith("/pull") and state.model.schema_version == 2 and not written:
+                written.append(device.insert("visit", {"retailer_id": shop["id"], "territory_id": PUNE_CENTRAL,
+                                                       "visited_at": "2026-11-27T09:00:00Z", "purpose": "order",
+                                                       "notes": "written in version 1"}))
+            return self.inner.request(method, path, headers=headers, body=body)
+
+    device = Client(tmp_path / "device.db", WriteDuringPull(WsgiTransport(app)), token)
+    device.sync()
+    shop = device.query("retailer")[0]
+    (defs_copy / "app.yaml").write_text((defs_copy / "app.yaml").read_text().replace("schema_version: 1",
+                                                                                     "schema_version: 2"))
+    visit_yaml = defs_copy / "transactions" / "visit.yaml"
+    visit_yaml.write_text(visit_yaml.read_text().replace("  notes:\n", "  remarks:\n    renamed_from: notes\n", 1)
+                          .replace("purpose, notes,", "purpose, remarks,").replace("editable: [notes]",
+                                                                                    "editable: [remarks]"))
+    state.swap_model(load_model(defs_copy))
+
+    device.sync()          # pull -> 409 upgrade -> the app writes -> migrate -> rescope
+    assert written
+    device.sync()          # the entry goes out in version 2
+    state.sync.drain()
+    device.sync()
+    assert device.status().quarantined == 0, device.quarantined()
+    assert state.store.get("visit", written[0])["remarks"] == "written in version 1"
+    assert device.get("visit", written[0])["remarks"] == "written in version 1"
+    device.close()

@@ -313,3 +313,27 @@ def test_a_body_over_the_limit_by_content_length_names_the_limit(app):
     r = dev.client.post("/api/v1/sync/push", data=big, headers={**dev.headers(), "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json["max_bytes"] == 4 * 1024 * 1024
     assert r.json["type"].endswith("/payload-too-large")
+
+
+def _phase_upserts(page) -> int:
+    return sum(1 for c in page["changes"] if c["kind"] == "upsert" and c["position"] is None)
+
+
+def test_remaining_counts_down_the_records_a_phase_still_sends(app):
+    """§6.1: during a snapshot or rescope phase `remaining` is the number of records the phase
+    has still to send (plus the positions the stream has after it), so a progress bar moves."""
+    dev = Device(app)
+    pages = dev.pull_all(limit=3)
+    assert len(pages) > 3
+    for i, page in enumerate(pages):
+        later = sum(_phase_upserts(p) for p in pages[i + 1:])
+        assert page["remaining"] == (max(later, 1) if page["has_more"] else 0), (i, page["remaining"], later)
+    assert pages[0]["remaining"] > pages[1]["remaining"] > pages[2]["remaining"]
+    # a rescope (a new territory) counts the same way
+    cursor, old_hash = pages[-1]["cursor"], pages[-1]["scope_hash"]
+    dev.token = issue_token(SECRET, "rep-asha", "field_rep", {"territory_ids": [PUNE_RURAL]})
+    pages = dev.pull_all(cursor=cursor, scope_hash=old_hash, limit=2)
+    assert pages[0]["phase"] == "rescope" and len(pages) >= 2
+    for i, page in enumerate(pages):
+        later = sum(_phase_upserts(p) for p in pages[i + 1:])
+        assert page["remaining"] == (max(later, 1) if page["has_more"] else 0), (i, page["remaining"], later)

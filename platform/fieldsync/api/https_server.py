@@ -74,4 +74,8 @@ def make_https_server(app, host: str, port: int, cert_file: str | os.PathLike[st
     adapter.context = context
     server = wsgi.Server((host, port), app, numthreads=threads, server_name="fieldsync")
     server.ssl_adapter = adapter
+    state = getattr(app, "extensions", {}).get("fieldsync")
+    if state is not None:   # protocol §2.4: refuse an oversized body on its header, before 100 Continue
+        from fieldsync.api.body_limit import limit_cheroot
+        limit_cheroot(server, int(state.config["MAX_BODY_BYTES"]))
     return server

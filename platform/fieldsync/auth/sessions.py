@@ -6,7 +6,8 @@ adds the state that a signature cannot carry. `fs_sessions` has one row per toke
 written at the token's first use (a "session start") and holding when it was last used and
 whether it was revoked. A token unused for longer than its idle limit is refused with reason
 "idle" even before it expires; a token, or any token of a revoked device, is refused with
-reason "revoked". Issuing a token needs no database (`fieldsync token create` works offline):
+reason "revoked"; a device token older than its device's newest one (the device registered
+again) with reason "superseded". Issuing a token needs no database (`fieldsync token create` works offline):
 until its first use a token's last use is its issue time.
 
 Last use is written only when the stored value is `touch_every` seconds old or more (a minute
@@ -31,7 +32,7 @@ from fieldsync.auth.tokens import Principal, TokenError
 from fieldsync.errors import ConfigError
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
-from fieldsync.sync.tables import DEVICES
+from fieldsync.sync.tables import DEVICE_TOKENS, DEVICES
 
 __all__ = ["SESSIONS", "SessionPolicy", "Sessions", "create_session_tables"]
 
@@ -105,13 +106,20 @@ class Sessions:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(SESSIONS.c.last_used_at, SESSIONS.c.revoked_at)
                                .where(SESSIONS.c.token_id == principal.token_id)).first()
-            device_status = None
+            device_status = newest_token = None
             if principal.device_id is not None:
-                device_status = conn.execute(sa.select(DEVICES.c.status)
-                                             .where(DEVICES.c.device_id == principal.device_id)).scalar()
+                device = conn.execute(sa.select(DEVICES.c.status, DEVICE_TOKENS.c.token_id)
+                                      .select_from(DEVICES.outerjoin(DEVICE_TOKENS,
+                                                                     DEVICE_TOKENS.c.device_id == DEVICES.c.device_id))
+                                      .where(DEVICES.c.device_id == principal.device_id)).first()
+                if device is not None:
+                    device_status, newest_token = device
         if (row is not None and row.revoked_at is not None) or device_status == "revoked":
             raise TokenError("revoked", "the token was revoked" if device_status != "revoked"
                              else "the token's device was revoked by an administrator")
+        if newest_token is not None and newest_token != principal.token_id:
+            # the device registered again since this token was issued (protocol §3.1)
+            raise TokenError("superseded", "the device registered again: a newer device token replaces this one")
         last_used = row.last_used_at if row is not None else principal.issued_at
         limit = self.policy.idle_limit(principal)
         if now - last_used > limit:

@@ -56,7 +56,7 @@ class Principal:
 
 class TokenError(AuthError):
     """An AuthError with a machine-readable `reason`: expired, bad_signature, malformed,
-    unknown_role; and from the session check: idle, revoked."""
+    unknown_role; and from the session check: idle, revoked, superseded."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)

@@ -27,7 +27,7 @@ PLATFORM_DDL = (
     "base_version" INTEGER,
     "fields" TEXT NOT NULL DEFAULT '{}',
     "client_time" TEXT NOT NULL,
-    "status" TEXT NOT NULL DEFAULT 'pending' CHECK ("status" IN ('pending', 'sent', 'received', 'applied', 'rejected')),
+    "status" TEXT NOT NULL DEFAULT 'pending' CHECK ("status" IN ('pending', 'sent', 'received')),
     "reason" TEXT,
     "attempts" INTEGER NOT NULL DEFAULT 0
 )""",

@@ -121,6 +121,7 @@ class LocalStore:
             steps = schema.migration_statements(existing)
             for statement in steps:
                 conn.execute(statement)
+            _rename_unsent_fields(conn, schema)
             self._write_meta(conn, schema)
         self.schema = schema
         return steps
@@ -232,3 +233,22 @@ class LocalStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             conn.execute(f"DELETE FROM {quote(table.table)} WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
+
+
+def _rename_unsent_fields(conn: sqlite3.Connection, schema: DeviceSchema) -> None:
+    """docs/protocol.md §7.2: an outbox entry has no schema version of its own; a push carries the
+    store's. So the migration renames, in the fields of every entry not sent yet (`pending`) and
+    of every quarantined one (resubmitted later), each name a column lists in `renamed_from`.
+    Entries already `sent` are not rewritten: they may have been received as they are; the SDK
+    migrates only at a pull, after its pushes were answered, so it has none then."""
+    for table in schema.entities.values():
+        renames = {old: c["name"] for c in table.raw.get("columns", ()) for old in c.get("renamed_from") or ()}
+        if not renames:
+            continue
+        for source, where in (("_outbox", "AND status = 'pending'"), ("_quarantine", "")):
+            rows = conn.execute(f'SELECT seq, fields FROM "{source}" WHERE entity = ? {where}', (table.name,)).fetchall()
+            for seq, text in rows:
+                fields = json.loads(text)
+                if any(name in renames for name in fields):
+                    fields = {renames.get(name, name): value for name, value in fields.items()}
+                    conn.execute(f'UPDATE "{source}" SET fields = ? WHERE seq = ?', (json.dumps(fields, sort_keys=True), seq))

@@ -7,8 +7,8 @@ columns, all prefixed with `_` (field names must start with a letter, so they ne
     _created_at  server timestamps, ISO 8601 UTC, as pulled
     _updated_at
     _deleted     1 when the row is a local tombstone waiting for its delete to be received
-    _dirty       1 while a local change is not yet acknowledged; a pull never overwrites
-                 a dirty row's fields (its outbox entry will reach the server first)
+    _dirty       1 while an outbox entry of the row has no result; a pull never overwrites a
+                 dirty row's fields (the last entry's result settles it, docs/protocol.md §10.4)
 
 Types are chosen for exact round trips, not for SQLite arithmetic: decimals are TEXT (REAL
 would lose cents), json and geopoint are TEXT holding JSON, booleans are INTEGER 0/1, dates
@@ -22,6 +22,7 @@ must migrate a device with a plain `ALTER TABLE ... ADD COLUMN`.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from fieldsync.defs.model import Entity, Field, Model
@@ -40,7 +41,7 @@ STORAGE = {
 
 BOOKKEEPING_COLUMNS = (
     {"name": "_version", "sqlite_type": "INTEGER", "not_null": True, "default": "0",
-     "doc": "server version last seen; 0 until the server has acknowledged the row"},
+     "doc": "server version last seen; 0 until a result or a pull brings the server's version"},
     {"name": "_created_at", "sqlite_type": "TEXT", "not_null": False, "default": None,
      "doc": "server created_at (ISO 8601 UTC) as last pulled"},
     {"name": "_updated_at", "sqlite_type": "TEXT", "not_null": False, "default": None,
@@ -48,19 +49,39 @@ BOOKKEEPING_COLUMNS = (
     {"name": "_deleted", "sqlite_type": "INTEGER", "not_null": True, "default": "0",
      "doc": "1: deleted locally, the delete is in the outbox"},
     {"name": "_dirty", "sqlite_type": "INTEGER", "not_null": True, "default": "0",
-     "doc": "1: changed locally and not yet acknowledged; pulls keep the local values"},
+     "doc": "1: an outbox entry of the row has no result yet; pulls keep the local values"},
 )
 
 OUTBOX_OPS = ("insert", "update", "delete")
-OUTBOX_STATUSES = ("pending", "sent", "received", "applied", "rejected")
+# docs/protocol.md §10: no status for a result; an applied entry is deleted, a rejected one moved
+# to _quarantine, when its result is stored (§5.4)
+OUTBOX_STATUSES = (
+    ("pending", "written locally, not sent yet"),
+    ("sent", "sent in a push that has not been answered: resent with the same seq"),
+    ("received", "the server made it durable; waiting for its result"),
+)
+# The generated comment on _outbox says this, word for word as docs/protocol.md §10 does
+# (tests/codegen/test_device_schema_vs_spec.py compares them).
+OUTBOX_DELETION = ("An outbox entry is deleted only once its result is stored: an `applied` entry is deleted and "
+                   "a `rejected` one moved to `_quarantine`, in the transaction that stores the result (§5.4); "
+                   "`received` alone never deletes it.")
 
-# Keys of `_sync_state`; the SDK owns their values.
+# Keys of `_sync_state` (docs/protocol.md §10), each a JSON value: (key, required by the
+# protocol, what it holds). The SDK owns their values; other clients keep the required ones.
 SYNC_STATE_KEYS = (
-    ("device_id", "this device's stable id; never reset while _outbox holds entries (invariant 2)"),
-    ("cursor", "the pull position up to which changes have been applied"),
-    ("write_checkpoint", "the pull position at which this device's acknowledged writes are visible"),
-    ("scope_hash", "the scope parameters the last pull was made with"),
-    ("last_sync_at", "when the last complete sync finished (ISO 8601 UTC)"),
+    ("install_id", True, "the random id of this installation, created before the first registration"),
+    ("device_id", True, "the registered device id; never reset while _outbox holds entries (invariant 2)"),
+    ("cursor", True, "the position up to which the server's changes are applied"),
+    ("resume", True, "the resume token of the last page applied, null outside a phase"),
+    ("scope_hash", True, "the scope hash the stored rows conform to, null before the first snapshot"),
+    ("refetch", True, "the refetch list: [{entity, id}] the next pull asks for whole"),
+    ("write_checkpoint", True, "the highest write checkpoint received"),
+    ("user_id", False, "the user the device is registered to"),
+    ("head", False, "the head of the last page applied"),
+    ("last_sync_at", False, "when the last complete sync cycle finished (ISO 8601 UTC)"),
+    ("capabilities", False, "the server's capabilities from the registration"),
+    ("device_token", False, "the device token"),
+    ("device_token_for", False, "a digest of the user's token the device token was registered with"),
 )
 
 
@@ -151,8 +172,10 @@ def device_schema(model: Model) -> dict[str, Any]:
         "fingerprint": model.fingerprint(),
         "entities": [_entity_table(e) for e in model.entities],
         "outbox_ops": list(OUTBOX_OPS),
-        "outbox_statuses": list(OUTBOX_STATUSES),
-        "sync_state_keys": [{"key": k, "doc": d} for k, d in SYNC_STATE_KEYS],
+        "outbox_statuses": [{"status": k, "doc": d} for k, d in OUTBOX_STATUSES],
+        "outbox_deletion": OUTBOX_DELETION,
+        "outbox_deletion_lines": textwrap.wrap(OUTBOX_DELETION, 92, break_on_hyphens=False),
+        "sync_state_keys": [{"key": k, "required": r, "doc": d} for k, r, d in SYNC_STATE_KEYS],
     }
 
 
@@ -183,9 +206,125 @@ def device_schema_json(schema: dict[str, Any], header: str) -> dict[str, Any]:
             for t in schema["entities"]
         ],
         "platform_tables": {
-            "_outbox": {"ops": schema["outbox_ops"], "statuses": schema["outbox_statuses"]},
+            "_outbox": {"ops": schema["outbox_ops"], "statuses": [s["status"] for s in schema["outbox_statuses"]]},
             "_quarantine": {},
-            "_sync_state": {"keys": [k["key"] for k in schema["sync_state_keys"]]},
+            "_sync_state": {"keys": [k["key"] for k in schema["sync_state_keys"]],
+                            "required": [k["key"] for k in schema["sync_state_keys"] if k["required"]]},
             "_meta": {"keys": ["app", "schema_version", "fingerprint"]},
+        },
+    }
+
+
+def device_schema_format() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of the device schema document (`device/schema.json`, answered by
+    `GET /api/v1/sync/schema`; docs/protocol.md §7.3), published as `device/schema.schema.json`
+    so clients in any language can check what they migrate from."""
+    from fieldsync.defs.model import CONFLICT_POLICIES, DIRECTIONS, ENCRYPTION_MODES, FIELD_TYPES, KINDS
+
+    nullable_string = {"type": ["string", "null"]}
+    strings = {"type": "array", "items": {"type": "string"}}
+    column_props: dict[str, Any] = {
+        "name": {"type": "string", "description": "the column's name: `id` or the field's name"},
+        "sqlite_type": {"enum": sorted(set(SQLITE_TYPES.values())), "description": "the SQLite column type"},
+        "type": {"enum": list(FIELD_TYPES),
+                 "description": "the field type of the definition language (`uuid` for `id`)"},
+        "storage": {"enum": sorted(set(STORAGE.values()) | {"text", "integer"}),
+                    "description": "how the column stores the wire value: `text` and `integer` as is, "
+                                   "`decimal-string` the decimal's string, `integer-0-1` a boolean, "
+                                   "`iso-date`/`iso-datetime` the ISO text, `json-text` JSON text"},
+        "required": {"type": "boolean"},
+        "label": {"type": "string"},
+        "primary_key": {"type": "boolean", "description": "true for `id` only"},
+        "encryption": {"enum": list(ENCRYPTION_MODES), "description": "the field's server-side policy"},
+        "phi": {"type": "boolean", "description": "protected health information: keep out of logs"},
+        "description": {"type": "string"},
+        "precision": {"type": "integer", "minimum": 1},
+        "scale": {"type": "integer", "minimum": 0},
+        "values": strings | {"description": "an enum's values"},
+        "ref": {"type": "string", "description": "the entity a ref field points to"},
+        "default": {"description": "the default a local insert fills in, in wire form"},
+        "min_length": {"type": "integer", "minimum": 0},
+        "max_length": {"type": "integer", "minimum": 0},
+        "pattern": {"type": "string", "description": "an ECMA-262 regular expression"},
+        "minimum": {"type": ["number", "string"], "description": "a number; a decimal's as a string"},
+        "maximum": {"type": ["number", "string"], "description": "a number; a decimal's as a string"},
+        "renamed_from": strings | {"description": "earlier names of the field (invariant 9)"},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://fieldsync.dev/schemas/device-schema.json",
+        "title": "fieldsync device schema",
+        "description": "What a device store holds for one schema version of the model: a table per entity "
+                       "and the platform tables (docs/protocol.md §7.3, §10).",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["$comment", "app", "schema_version", "fingerprint", "entities", "platform_tables"],
+        "properties": {
+            "$comment": {"type": "string", "description": "the generated-file notice"},
+            "app": {"type": "string"},
+            "schema_version": {"type": "integer", "minimum": 1},
+            "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                            "description": "a digest of the storage shape; a store whose `_meta.fingerprint` "
+                                           "differs is migrated"},
+            "entities": {"type": "array", "items": {"$ref": "#/$defs/entity"}},
+            "platform_tables": {
+                "type": "object", "additionalProperties": False,
+                "required": ["_outbox", "_quarantine", "_sync_state", "_meta"],
+                "properties": {
+                    "_outbox": {"type": "object", "additionalProperties": False, "required": ["ops", "statuses"],
+                                "properties": {"ops": {"type": "array", "items": {"enum": list(OUTBOX_OPS)}},
+                                               "statuses": strings}},
+                    "_quarantine": {"type": "object", "maxProperties": 0},
+                    "_sync_state": {"type": "object", "additionalProperties": False, "required": ["keys", "required"],
+                                    "properties": {"keys": strings, "required": strings}},
+                    "_meta": {"type": "object", "additionalProperties": False, "required": ["keys"],
+                              "properties": {"keys": strings}},
+                },
+            },
+        },
+        "$defs": {
+            "entity": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "kind", "label", "table", "parent", "parent_field", "owner", "sync", "columns",
+                             "bookkeeping_columns", "indexes"],
+                "properties": {
+                    "name": {"type": "string"}, "kind": {"enum": list(KINDS)}, "label": {"type": "string"},
+                    "table": {"type": "string", "description": "the SQLite table (always quoted)"},
+                    "parent": nullable_string | {"description": "a child's parent entity"},
+                    "parent_field": nullable_string | {"description": "a child's ref field to its parent"},
+                    "owner": nullable_string | {"description": "the field the server fills with the user"},
+                    "sync": {"$ref": "#/$defs/sync"},
+                    "columns": {"type": "array", "items": {"$ref": "#/$defs/column"}, "minItems": 1},
+                    "bookkeeping_columns": {"type": "array", "items": {"$ref": "#/$defs/bookkeeping_column"}},
+                    "indexes": {"type": "array", "items": {"$ref": "#/$defs/index"}},
+                },
+            },
+            "sync": {
+                "type": "object", "additionalProperties": False,
+                "required": ["direction", "conflict", "priority", "window_days", "window_field"],
+                "properties": {
+                    "direction": {"enum": list(DIRECTIONS)}, "conflict": {"enum": list(CONFLICT_POLICIES)},
+                    "priority": {"type": "integer"},
+                    "window_days": {"type": ["integer", "null"], "minimum": 1},
+                    "window_field": nullable_string,
+                },
+            },
+            "column": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "sqlite_type", "type", "storage", "required", "label", "primary_key",
+                             "encryption", "phi"],
+                "properties": column_props,
+            },
+            "bookkeeping_column": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "sqlite_type", "not_null", "default"],
+                "properties": {"name": {"type": "string", "pattern": "^_"},
+                               "sqlite_type": {"enum": sorted(set(SQLITE_TYPES.values()))},
+                               "not_null": {"type": "boolean"}, "default": nullable_string},
+            },
+            "index": {
+                "type": "object", "additionalProperties": False, "required": ["name", "columns"],
+                "properties": {"name": {"type": "string"}, "columns": strings | {"minItems": 1}},
+            },
         },
     }

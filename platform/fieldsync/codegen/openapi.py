@@ -349,7 +349,9 @@ def openapi_document(model: Model, *, page_size_max: int = 1000) -> dict[str, An
                                   "content": {"application/json": {"schema": {"type": "object"}}}}},
         }},
     }
-    schemas: dict[str, Any] = {"Problem": _problem_schema()}
+    from fieldsync.codegen.openapi_sync import sync_paths, sync_schemas
+    paths.update(sync_paths())     # the sync protocol (docs/protocol.md §2.6)
+    schemas: dict[str, Any] = {"Problem": _problem_schema(), **sync_schemas()}
     for entity in model.entities:
         schemas.update(_entity_schemas(entity, model))
         paths[f"{API_PREFIX}/{entity.name}"] = _collection_ops(entity, page_size_max)
@@ -367,7 +369,7 @@ def openapi_document(model: Model, *, page_size_max: int = 1000) -> dict[str, An
             "description": (model.description or "").strip(),
             "x-fieldsync-fingerprint": model.fingerprint(),
         },
-        "tags": [{"name": "meta"}] + [
+        "tags": [{"name": "meta"}, {"name": "sync", "description": "The sync protocol (docs/protocol.md)"}] + [
             {"name": e.name, "description": e.description or e.label or e.name} for e in model.entities],
         "security": [{"bearerAuth": []}],
         "paths": paths,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import jinja2
 
 from fieldsync.codegen.definition_docs import markdown_cell, model_summary, reference_sections, value_types
-from fieldsync.codegen.device_schema import device_schema, device_schema_json, quote
+from fieldsync.codegen.device_schema import device_schema, device_schema_format, device_schema_json, quote
 from fieldsync.codegen.python_sdk import py_string, python_sdk_context
 from fieldsync.codegen.server_ddl import DIALECTS, ddl_statements
 from fieldsync.defs import meta_schema
@@ -96,6 +96,12 @@ def _ddl_text(statements: list[dict[str, str]]) -> list[dict[str, str]]:
             for s in statements]
 
 
+def device_schema_file(model: Model, defs_label: str = "entity_defs", schema: dict[str, Any] | None = None) -> str:
+    """The text of `device/schema.json`: what `GET /api/v1/sync/schema` answers, byte for byte."""
+    schema = device_schema(model) if schema is None else schema
+    return dump_json(device_schema_json(schema, header_text(model, defs_label, "fieldsync.codegen.device_schema")))
+
+
 def render_all(model: Model, defs_label: str = "entity_defs",
                templates_dir: str | Path | None = None) -> dict[str, str]:
     """Every generated file for `model`: relative path under generated/ -> text.
@@ -113,7 +119,10 @@ def render_all(model: Model, defs_label: str = "entity_defs",
     schema = device_schema(model)
     files["device/schema.sql"] = _render(env, "device/schema.sql.j2", schema=schema,
                                          header=header("templates/device/schema.sql.j2"))
-    files["device/schema.json"] = dump_json(device_schema_json(schema, header("fieldsync.codegen.device_schema")))
+    files["device/schema.json"] = device_schema_file(model, defs_label, schema)
+    schema_format = device_schema_format()
+    schema_format["$comment"] = header("fieldsync.codegen.device_schema")
+    files["device/schema.schema.json"] = dump_json(schema_format)
 
     for dialect in sorted(DIALECTS):
         files[f"server/{dialect}.sql"] = _render(

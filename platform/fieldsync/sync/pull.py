@@ -184,7 +184,7 @@ class _Page:
         return [c for _, _, c in sorted(self.changes, key=lambda t: (t[0], t[1]))]
 
 
-def _snapshot_query(store: RecordStore, scope: DeviceScope, name: str, after: str | None, limit: int):
+def _snapshot_query(store: RecordStore, scope: DeviceScope, name: str, after: str | None, limit: int | None):
     entity = scope.entities[name].entity
     table = store.table(entity)
     query = sa.select(table).where(*scope.sql_where(name, table))
@@ -195,6 +195,17 @@ def _snapshot_query(store: RecordStore, scope: DeviceScope, name: str, after: st
     if after is not None:
         query = query.where(table.c.id > after)
     return query.order_by(table.c.id).limit(limit)
+
+
+def _phase_rows_left(page: _Page, state: dict[str, Any]) -> int:
+    """How many upserts the phase has still to send: the rows of its entities from where it
+    stands (one count per entity; taken when a phase starts, then counted down page by page)."""
+    total = 0
+    for k, name in enumerate(state["ents"][state["i"]:]):
+        if name in page.scope.entities:
+            query = _snapshot_query(page.store, page.scope, name, state["after"] if k == 0 else None, None)
+            total += page.conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+    return total
 
 
 def _phase_page(page: _Page, state: dict[str, Any], limit: int) -> tuple[dict[str, Any], bool]:
@@ -222,6 +233,7 @@ def _phase_page(page: _Page, state: dict[str, Any], limit: int) -> tuple[dict[st
         for row in rows[:budget]:
             page.changes.append((order, 0, {"kind": "upsert", "entity": name, "id": row[id_at], "position": None,
                                             "version": row[version_at], "row": visible(row)}))
+        state["left"] = state.get("left", 0) - len(rows[:budget])
         if len(rows) > budget:
             state["after"] = rows[budget - 1][id_at]
             budget = 0
@@ -395,9 +407,12 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
         changed = sorted(gone) + changed
         state = {"B": cursor, "S": head, "ents": changed, "i": 0, "after": None,
                  "old": request.scope_hash, "new": scope.hash}
+        state["left"] = _phase_rows_left(page, state)   # for `remaining`: counted once per phase
     body: dict[str, Any] = {"head": head, "windows": scope.windows()}
     if state is not None:
         phase = "snapshot" if not request.scope_hash else "rescope"
+        if "left" not in state:   # a token from a server that did not count yet
+            state["left"] = _phase_rows_left(page, state)
         state, done = _phase_page(page, state, request.limit)
         if done:
             new_cursor = state["S"] if state["B"] == 0 else state["B"]
@@ -413,6 +428,14 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
     if request.refetch:
         _refetch(page, request.refetch)
     body["changes"] = page.sorted()
-    # for progress bars only: positions still ahead (counting them exactly costs a scan per page)
-    body["remaining"] = max(head - body["cursor"], 1) if body["has_more"] else 0
+    # for progress bars only. In a phase: the records it has still to send (counted when it
+    # started, so rows written meanwhile are not in it) plus the positions the stream will
+    # read after it; otherwise positions still ahead (counting changes exactly costs a scan)
+    if not body["has_more"]:
+        body["remaining"] = 0
+    elif body["resume"] is not None:
+        after_phase = state["S"] if state["B"] == 0 else state["B"]
+        body["remaining"] = max(max(state["left"], 0) + max(head - after_phase, 0), 1)
+    else:
+        body["remaining"] = max(head - body["cursor"], 1)
     return body

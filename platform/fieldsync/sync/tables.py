@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from fieldsync.store.tables import PLATFORM_PREFIX
 
-__all__ = ["DEVICES", "DEVICE_SECRETS", "LEDGER", "RECEIVED", "SCOPES", "clear_received", "create_sync_tables", "mark_received",
+__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "RECEIVED", "SCOPES", "clear_received", "create_sync_tables", "mark_received",
            "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
@@ -67,6 +67,17 @@ SCOPES = sa.Table(
     sa.Column("scope_hash", sa.String(32), primary_key=True),
     sa.Column("digests", sa.Text, nullable=False),         # JSON {entity: digest}
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The newest device token of each device (docs/protocol.md §3.1): a registration replaces it in
+# its transaction, and the session check refuses every other device token of the device
+# (`superseded`), used or not, so a token carrying the user's old attributes stops working.
+# A table of its own so that existing databases gain it with create_all.
+DEVICE_TOKENS = sa.Table(
+    PLATFORM_PREFIX + "device_tokens", sync_metadata,
+    sa.Column("device_id", sa.String(36), primary_key=True),
+    sa.Column("token_id", sa.String(64), nullable=False),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # The device secret each device's store key is derived from (docs/device-store.md), wrapped by
