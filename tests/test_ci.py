@@ -1,15 +1,17 @@
 """`make test` on a fresh machine is all a newcomer (and CI) runs: the Makefile's test recipe
 sets up the services the suite needs, and .ci/run adds nothing of its own."""
 
+import os
 import socket
 import subprocess
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from conftest import PG_ADMIN_URL
-
 ROOT = Path(__file__).resolve().parent.parent
+# as tests/conftest.py (not imported from it: `conftest` names a different module depending on
+# which test directories pytest collected first)
+PG_ADMIN_URL = os.environ.get("FIELDSYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _recipe(target: str) -> list[str]:

@@ -92,6 +92,9 @@ def _targets(app, seeded):
         if names == {"filename"}:
             out.append((rule.rule.replace("<path:filename>", "x.txt"), {}, "*"))
             continue
+        if names == {"rest"}:   # the sync blueprint's catch-all: 404/405 for unknown paths
+            out.append((rule.rule.replace("<path:rest>", "no/such/endpoint"), {"anything": 1}, "*"))
+            continue
         if names == {"device_id"}:
             out.append((rule.rule.replace("<device_id>", seeded["device_id"]), {}, "*"))
             continue

@@ -169,7 +169,7 @@ def run_server_once(db_url: str, data_dir: Path, model, **config) -> str:
     phi = PhiApp(server.app) if not server.audit.verify().entries else server
     try:
         if isinstance(phi, PhiApp):
-            rep = phi.token("rep-1", "field_rep")
+            rep = phi.rep_token("rep-1")
             created = phi.ok("POST", "/prescription", rep, phi.prescription())
             phi.ok("GET", f"/prescription/{created['id']}", rep)
             assert len(phi.entries()) >= 3

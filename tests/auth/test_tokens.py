@@ -23,6 +23,9 @@ def _payload(token: str) -> dict:
 def test_every_token_has_its_own_id():
     ids = {verify_token(SECRET, issue_token(SECRET, "u", "admin", now=NOW), now=NOW).token_id for _ in range(200)}
     assert len(ids) == 200 and all(len(i) >= 20 for i in ids)
+    # an id is typed on the command line (`fieldsync token revoke ID`): one starting with '-'
+    # was read as an option (base64url ids did, one in 64)
+    assert all(i[0].isalnum() and i.isascii() for i in ids)
 
 
 def test_a_user_token_names_no_device_and_a_device_token_its_own():

@@ -80,8 +80,9 @@ def _sign(secret: bytes | str, message: str) -> str:
 
 
 def new_token_id() -> str:
-    """A random token id (128 bits, base64url): unguessable, so it names a token without being one."""
-    return _b64(secrets.token_bytes(16))
+    """A random token id (128 bits, hex): unguessable, so it names a token without being one.
+    Hex, not base64url: an id starting with '-' read as an option on `fieldsync token revoke ID`."""
+    return secrets.token_hex(16)
 
 
 def issue_token(secret: bytes | str, user: str, role: str, attributes: Mapping[str, Any] | None = None,
