@@ -17,7 +17,7 @@ from harness import chunks
 from fieldsync.client.schema import DeviceSchema
 from fieldsync.codegen.device_schema import device_schema, device_schema_json
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 
 CATEGORIES = ("pharma", "otc", "agro", "retail")
 WRITE_CHUNK = 5000

@@ -31,8 +31,8 @@ from harness import REP, ROOT, SECRET, chunks, header, info, raw_executemany, sq
 
 from fieldsync.api import create_app
 from fieldsync.defs.values import format_datetime
-from fieldsync.seed import PUNE_CENTRAL, load_seed
-from fieldsync.store.records import new_id
+from fieldsync.seed import load_seed
+from fieldsync.ids import new_id
 from fieldsync.sync.apply import PushBatch
 
 DIAGNOSIS = "Type 2 diabetes mellitus with early diabetic nephropathy; review HbA1c in 3 months"
@@ -108,7 +108,9 @@ def push_variant(tmp: Path, variant: str, n: int, batch: int) -> tuple[float, fl
                       "DEFS_DIR": str(definitions(tmp, variant))})
     state = app.extensions["fieldsync"]
     load_seed(state.config, ROOT / "examples" / "seed")
-    retailer = state.store.list("retailer", limit=1).items[0]
+    # a retailer of the rep's territories: a reference must be one the pushing user may read
+    retailer = next(r for r in state.store.list("retailer", limit=100).items
+                    if r["territory_id"] in REP["attributes"]["territory_ids"])
     product = state.store.list("product", limit=1).items[0]
     now = dt.datetime.now(dt.timezone.utc)
     patients = [str(uuid.uuid4()) for _ in range(200)]
@@ -118,7 +120,7 @@ def push_variant(tmp: Path, variant: str, n: int, batch: int) -> tuple[float, fl
         mutations.append({
             "seq": seq, "entity": "prescription", "op": "insert", "id": new_id(written), "base_version": None,
             "client_time": format_datetime(written),
-            "fields": {"retailer_id": retailer["id"], "territory_id": retailer["territory_id"] or PUNE_CENTRAL,
+            "fields": {"retailer_id": retailer["id"], "territory_id": retailer["territory_id"],
                        "patient_id": patients[seq % len(patients)], "patient_name": f"Patient {seq % 200}",
                        "patient_dob": "1961-04-12", "diagnosis": DIAGNOSIS, "product_id": product["id"],
                        "dosage": "500 mg twice daily", "prescribed_at": format_datetime(written)}})

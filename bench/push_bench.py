@@ -28,7 +28,7 @@ from harness import (REP, ROOT, SYNC, Stopwatch, chunks, figure, header, info, m
 
 from fieldsync.defs.values import format_datetime
 from fieldsync.seed import PUNE_CENTRAL, PUNE_RURAL, load_seed
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 from fieldsync.sync.apply import PushBatch
 
 PURPOSES = ("order", "detailing", "collection", "survey")

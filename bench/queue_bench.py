@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fieldsync.sync.queue import SqliteQueue
+from fieldsync.queue.embedded import SqliteQueue
 
 BUDGET = 50_000  # messages/s
 

@@ -29,7 +29,7 @@ import uuid
 import boto3
 from botocore.config import Config
 
-from fieldsync.sync.queue_sqs import open_sqs_queue
+from fieldsync.queue.sqs import open_sqs_queue
 
 REGION = "eu-west-1"
 

@@ -88,7 +88,7 @@ def _closed_early(argv: list[str]) -> subprocess.CompletedProcess:
 
 def test_streaming_commands_exit_quietly_when_the_reader_goes_away(tmp_path):
     from fieldsync.api import create_app
-    from fieldsync.security.audit import AuditEvent
+    from fieldsync.audit.trail import AuditEvent
     data_dir = tmp_path / "var"
     app = create_app({"DATA_DIR": str(data_dir), "SYNC_LISTENERS": 0})
     state = app.extensions["fieldsync"]

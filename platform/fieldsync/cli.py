@@ -95,6 +95,7 @@ def cmd_validate(args) -> int:
 def cmd_generate(args) -> int:
     import json as _json
     from fieldsync.codegen import generate
+    from fieldsync.store.ddl import server_ddl
     from fieldsync.defs import DefinitionErrors
     from fieldsync.defs.schema_version import unraised_version
     config = _config(args)
@@ -114,7 +115,7 @@ def cmd_generate(args) -> int:
             return 1
     start = time.perf_counter()
     try:
-        paths = generate(config["DEFS_DIR"], args.out, check=args.check)
+        paths = generate(config["DEFS_DIR"], args.out, check=args.check, server_ddl=server_ddl)
     except DefinitionErrors as exc:
         for err in exc.errors:
             print(err, file=sys.stderr)
@@ -224,7 +225,7 @@ def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, beh
     if state.sync.listeners > 0:
         state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
-    from fieldsync.security.rotation import KeyMaintenance, audit_pass
+    from fieldsync.crypto.rotation import KeyMaintenance, audit_pass
     KeyMaintenance(lambda: state.store, state.crypto,   # finishes re-encryption after `keys rotate`
                    interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300)),
                    on_pass=lambda report: audit_pass(state.audit, report)).start()
@@ -290,7 +291,7 @@ def _issue(config, user: str, role: str, attributes: dict, ttl: int) -> str:
 
 
 def cmd_tls_dev_cert(args) -> int:
-    from fieldsync.security.devcert import DEFAULT_HOSTS, make_dev_certificates
+    from fieldsync.crypto.devcert import DEFAULT_HOSTS, make_dev_certificates
     directory = Path(args.dir) if args.dir else _config(args).data_dir / "tls"
     made = make_dev_certificates(directory, args.hosts or DEFAULT_HOSTS, force=args.force)
     pins = ", ".join(f'"{pin}"' for pin in made.pins)
@@ -449,7 +450,7 @@ def cmd_worker(args) -> int:
     import signal
     import threading
     from fieldsync.api import create_app
-    from fieldsync.sync.workers import InvalidPoolSize, check_pool_size, desired_size
+    from fieldsync.workers.fleet import InvalidPoolSize, check_pool_size, desired_size
     config = _config(args)
     if args.threads is not None:
         try:
@@ -498,7 +499,7 @@ def cmd_workers_set(args) -> int:
     import getpass
     import socket
     from fieldsync.store.engine import make_engine
-    from fieldsync.sync.workers import InvalidPoolSize, create_worker_tables, set_desired_size
+    from fieldsync.workers.fleet import InvalidPoolSize, create_worker_tables, set_desired_size
     config = _config(args)
     engine = make_engine(config.database_url)
     try:
@@ -517,7 +518,7 @@ def cmd_workers_set(args) -> int:
 def cmd_workers_status(args) -> int:
     import json as _json
     from fieldsync.store.engine import make_engine
-    from fieldsync.sync.workers import create_worker_tables, open_push_queue, workers_status
+    from fieldsync.workers.fleet import create_worker_tables, open_push_queue, workers_status
     config = _config(args)
     engine = make_engine(config.database_url)
     queue = open_push_queue(config)
@@ -548,7 +549,7 @@ def cmd_workers_status(args) -> int:
 
 def cmd_dlq_list(args) -> int:
     import json as _json
-    from fieldsync.sync.workers import dead_letter_summaries, open_push_queue
+    from fieldsync.workers.fleet import dead_letter_summaries, open_push_queue
     queue = open_push_queue(_config(args))
     try:
         items = dead_letter_summaries(queue, args.limit)
@@ -564,7 +565,7 @@ def cmd_dlq_list(args) -> int:
 
 
 def cmd_dlq_replay(args) -> int:
-    from fieldsync.sync.workers import open_push_queue
+    from fieldsync.workers.fleet import open_push_queue
     if bool(args.ids) == bool(args.all):
         print("fieldsync dlq replay: name messages with --id ID (repeatable) or pass --all", file=sys.stderr)
         return 2
@@ -713,9 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, help="lifetime in seconds (default TOKEN_TTL_SECONDS)")
     add_token_revoke_command(token_sub, _config, COMMANDS)   # fieldsync token revoke <token id>
 
-    from fieldsync.security.audit_cli import add_audit_commands
+    from fieldsync.audit.cli import add_audit_commands
     add_audit_commands(sub, _command, _config, COMMANDS)   # fieldsync audit verify|export|checkpoint|purge|public-key
-    from fieldsync.security.keys_cli import add_keys_commands
+    from fieldsync.crypto.keys_cli import add_keys_commands
     add_keys_commands(sub, _command, _config, COMMANDS)    # fieldsync keys list|rotate|reencrypt|shred
     return parser
 

@@ -101,7 +101,7 @@ def dependency_order(model: Model, names: list[str]) -> list[str]:
 
 def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
     """Insert the seed records that are not there yet; returns how many were new per entity."""
-    from fieldsync.security.keyring import crypto_from_config
+    from fieldsync.crypto.keyring import crypto_from_config
     from fieldsync.store.engine import make_engine
     from fieldsync.store.changelog import ChangeLog, create_changelog_tables
     from fieldsync.store.migrate import auto_migrate

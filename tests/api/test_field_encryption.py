@@ -11,7 +11,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from fieldsync.security.fields import ciphertext_key_id
+from fieldsync.crypto.fields import ciphertext_key_id
 from fieldsync.store.changelog import CHANGES_TABLE
 
 PHI = ("patient_name", "patient_dob", "diagnosis", "patient_id")
@@ -149,7 +149,7 @@ def test_each_patient_has_its_own_key(app, world, rep):
 
 
 def test_changing_the_patient_moves_the_values_to_the_new_patients_key(app, world, compliance):
-    from fieldsync.security.rotation import shred_subject
+    from fieldsync.crypto.rotation import shred_subject
     state = app.extensions["fieldsync"]
     store = state.store
     created = store.create("prescription", _prescription(world, rep_id="rep-1"))
@@ -161,7 +161,7 @@ def test_changing_the_patient_moves_the_values_to_the_new_patients_key(app, worl
 
 
 def test_shredding_one_patient_leaves_the_others_readable(app, world, rep, compliance):
-    from fieldsync.security.rotation import shred_subject
+    from fieldsync.crypto.rotation import shred_subject
     state = app.extensions["fieldsync"]
     gone = rep.ok("POST", "/prescription", _prescription(world, patient_name="Gone Patient"))
     kept = rep.ok("POST", "/prescription", _prescription(world, patient_name="Kept Patient"))
@@ -186,7 +186,7 @@ def test_shredding_one_patient_leaves_the_others_readable(app, world, rep, compl
 def test_a_write_racing_a_shred_makes_the_patients_next_key(app, world, rep, compliance):
     """The patient's key destroyed after the write made sure of it and before its transaction:
     the write goes again with a new key instead of failing."""
-    from fieldsync.security.rotation import shred_subject
+    from fieldsync.crypto.rotation import shred_subject
     state = app.extensions["fieldsync"]
     crypto = state.crypto
     original = crypto.ensure_subjects

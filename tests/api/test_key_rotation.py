@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fieldsync.api import create_app
-from fieldsync.security.fields import FieldCrypto, IntegrityFailure, ciphertext_key_id
-from fieldsync.security.keyring import KeyRing, create_key_tables, prepare_keys
-from fieldsync.security.keys import LocalKeyProvider
-from fieldsync.security.rotation import reencrypt, rotate
+from fieldsync.crypto.fields import FieldCrypto, IntegrityFailure, ciphertext_key_id
+from fieldsync.crypto.keyring import KeyRing, create_key_tables, prepare_keys
+from fieldsync.crypto.keys import LocalKeyProvider
+from fieldsync.crypto.rotation import reencrypt, rotate
 from fieldsync.store.changelog import CHANGES_TABLE, decode_row
 from fieldsync.store.engine import make_engine
 
@@ -181,7 +181,7 @@ def test_a_pass_started_within_the_grace_keeps_the_retired_keys(db_url, example_
 def test_keys_cli_lists_rotates_and_shreds_with_audit(tmp_path, example_model, capsys, api_for):
     Api = api_for
     from fieldsync.cli import main
-    from fieldsync.security.audit import AuditLog
+    from fieldsync.audit.trail import AuditLog
     data = tmp_path / "var"
     url = f"sqlite:///{tmp_path / 'server.db'}"
     app = create_app({"DATABASE_URL": url, "SECRET_KEY": SECRET, "DATA_DIR": str(data)}, model=example_model)
@@ -306,7 +306,7 @@ def test_shredding_a_patient_under_live_traffic_loses_only_that_patient(fast_app
     """A writer keeps creating prescriptions for two patients while one is shredded: the other
     patient's values all read back exactly; the shredded patient's read as null when written
     under the destroyed key and exactly when written after it (a new key); nothing fails."""
-    from fieldsync.security.rotation import shred_subject
+    from fieldsync.crypto.rotation import shred_subject
     Api = api_for
     state = fast_app.extensions["fieldsync"]
     admin = Api(fast_app)
@@ -339,7 +339,7 @@ def test_shredding_a_patient_under_live_traffic_loses_only_that_patient(fast_app
 
 
 def test_key_maintenance_finishes_a_rotation_and_audits_it(fast_app, api_for):
-    from fieldsync.security.rotation import KeyMaintenance, audit_pass
+    from fieldsync.crypto.rotation import KeyMaintenance, audit_pass
     state = fast_app.extensions["fieldsync"]
     admin = api_for(fast_app)
     rec = admin.as_user("rep-1", "field_rep", territory_ids=[NORTH]).ok(

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fieldsync.security.audit import AuditEvent, AuditLog
+from fieldsync.audit.trail import AuditEvent, AuditLog
 from fieldsync.store.engine import make_engine
 
 SECRET = "audit-tests-" + "k" * 24

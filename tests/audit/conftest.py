@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from audit_support import SECRET, Clock, PhiApp
-from fieldsync.security.audit import AuditLog
-from fieldsync.security.keys import LocalKeyProvider
+from fieldsync.audit.trail import AuditLog
+from fieldsync.crypto.keys import LocalKeyProvider
 from fieldsync.store.engine import make_engine
 
 

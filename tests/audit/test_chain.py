@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from fieldsync.errors import ConfigError
-from fieldsync.security.audit import (AuditEvent, AuditUnavailable, CHECKPOINTS, ENTRIES, GENESIS, entry_hash,
+from fieldsync.audit.trail import (AuditEvent, AuditUnavailable, CHECKPOINTS, ENTRIES, GENESIS, entry_hash,
                                       load_public_key, verify_signature)
 from fieldsync.store.engine import write_transaction
 

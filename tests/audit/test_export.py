@@ -15,8 +15,8 @@ import pytest
 
 from audit_support import fill, inserts_refused, raw, sample_event
 from fieldsync.cli import main
-from fieldsync.security.audit import AuditEvent, AuditUnavailable
-from fieldsync.security.audit_export import CSV_COLUMNS, export_audit, fhir_audit_event
+from fieldsync.audit.trail import AuditEvent, AuditUnavailable
+from fieldsync.audit.export import CSV_COLUMNS, export_audit, fhir_audit_event
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((Path(__file__).parent / "fhir_r5_auditevent.schema.json").read_text())

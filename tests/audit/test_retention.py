@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit_support import fill, raw
-from fieldsync.security.audit import ENTRIES, AuditTampered
+from fieldsync.audit.trail import ENTRIES, AuditTampered
 
 
 def test_default_retention_is_six_years(make_log):

@@ -23,8 +23,8 @@ from audit_support import (AUDIT_TABLES, SECRET, PhiApp, drop_trail, fill, run_s
                            start)
 from fieldsync.cli import main
 from fieldsync.errors import Error
-from fieldsync.security.audit import AuditLog, create_audit_tables
-from fieldsync.security.keys import LocalKeyProvider
+from fieldsync.audit.trail import AuditLog, create_audit_tables
+from fieldsync.crypto.keys import LocalKeyProvider
 from fieldsync.store.engine import make_engine
 
 def fresh_log(db_url: str, keys_dir: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fieldsync.auth import issue_token
-from fieldsync.security.audit import AuditLog
+from fieldsync.audit.trail import AuditLog
 
 SECRET = "auth-tests-" + "k" * 24
 START = 1_800_000_000.0      # the auth clock's first reading (seconds since the epoch)

@@ -16,7 +16,8 @@ from fieldsync.defs.values import normalize_value
 def rendered(example_model) -> dict[str, str]:
     """render_all of the example definitions, rendered once per session (it is pure)."""
     from fieldsync.codegen import render_all
-    return render_all(example_model)
+    from fieldsync.store.ddl import server_ddl
+    return render_all(example_model, server_ddl=server_ddl)
 
 
 def sample_value(f: Field, n: int) -> Any:

@@ -15,6 +15,7 @@ from fieldsync.codegen import (
     GenerationError, check_generated, generate, render_all, write_generated,
 )
 from fieldsync.codegen.render import header_text
+from fieldsync.store.ddl import server_ddl
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "generated"
@@ -36,14 +37,14 @@ def test_every_expected_file_is_produced(rendered, example_model):
 
 
 def test_rendering_twice_gives_the_same_bytes(rendered, example_model):
-    assert render_all(example_model) == rendered
+    assert render_all(example_model, server_ddl=server_ddl) == rendered
 
 
 def test_output_does_not_depend_on_the_hash_seed(rendered):
     # Sets (table.indexes, permission actions) iterate differently under another seed.
     script = ("import json, sys; from fieldsync.defs import load_model; "
-              "from fieldsync.codegen import render_all; "
-              f"json.dump(render_all(load_model({str(ROOT / 'entity_defs')!r})), sys.stdout)")
+              "from fieldsync.codegen import render_all; from fieldsync.store.ddl import server_ddl; "
+              f"json.dump(render_all(load_model({str(ROOT / 'entity_defs')!r}), server_ddl=server_ddl), sys.stdout)")
     for seed in ("1", "4242"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
@@ -137,15 +138,15 @@ def test_bytecode_caches_are_not_extra_files(rendered, tmp_path):
 
 def test_generate_writes_then_checks_a_definitions_directory(defs_copy, tmp_path, rendered):
     out = tmp_path / "out"
-    assert generate(defs_copy, out, check=True) == [f"missing: {rel}" for rel in sorted(rendered)]
-    assert generate(defs_copy, out) == sorted(rendered)
-    assert generate(defs_copy, out, check=True) == []
+    assert generate(defs_copy, out, check=True, server_ddl=server_ddl) == [f"missing: {rel}" for rel in sorted(rendered)]
+    assert generate(defs_copy, out, server_ddl=server_ddl) == sorted(rendered)
+    assert generate(defs_copy, out, check=True, server_ddl=server_ddl) == []
     # The label is the directory's name, so a copy named entity_defs renders identically.
     assert check_generated(rendered, out) == []
 
     app = defs_copy / "app.yaml"
     app.write_text(app.read_text().replace("schema_version: 1", "schema_version: 2"))
-    stale = generate(defs_copy, out, check=True)
+    stale = generate(defs_copy, out, check=True, server_ddl=server_ddl)
     assert "stale: device/schema.sql" in stale and "stale: sdk/python/fieldsync_models.py" in stale
 
 

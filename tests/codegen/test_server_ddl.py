@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import sqlalchemy as sa
 
-from fieldsync.codegen.server_ddl import ddl_statements
+from fieldsync.store.ddl import ddl_statements
 from fieldsync.store.tables import build_metadata
 
 

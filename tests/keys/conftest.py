@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from moto_server import REGION, aws_credentials, moto_endpoint, shared  # noqa: F401  (fixtures)
-from fieldsync.security.kms import KmsKeyProvider
+from fieldsync.crypto.kms import KmsKeyProvider
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from fieldsync.config import load_config
 from fieldsync.errors import ConfigError
-from fieldsync.security.keys import KeyUnavailable, LocalKeyProvider, key_provider_from_config
-from fieldsync.security.kms import KmsKeyProvider
-from fieldsync.sync.queue import SqliteQueue
-from fieldsync.sync.queue_crypto import EncryptedQueue
+from fieldsync.crypto.keys import KeyUnavailable, LocalKeyProvider, key_provider_from_config
+from fieldsync.crypto.kms import KmsKeyProvider
+from fieldsync.queue.embedded import SqliteQueue
+from fieldsync.queue.encrypted import EncryptedQueue
 
 CONTEXT = {"entity": "prescription", "key_id": "dk-7", "purpose": "field"}
 
@@ -146,7 +146,7 @@ def test_kms_out_of_reach_fails_naming_the_key(aws_session, kms_key):
 
 
 def test_the_queue_envelope_works_on_kms(tmp_path, kms_key, provider_for):
-    """The existing caller (sync/queue_crypto.py) seals and opens through the KMS provider."""
+    """The existing caller (queue/encrypted.py) seals and opens through the KMS provider."""
     queue = EncryptedQueue(SqliteQueue(tmp_path / "queue.db"), provider_for(kms_key["Arn"]))
     try:
         queue.send(b'{"patient_name": "Asha Rao"}', group="device-1")

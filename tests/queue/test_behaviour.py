@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from fieldsync.security.keys import LocalKeyProvider
-from fieldsync.sync.queue import open_queue
-from fieldsync.sync.queue_crypto import MAGIC, EncryptedQueue
+from fieldsync.crypto.keys import LocalKeyProvider
+from fieldsync.queue.embedded import open_queue
+from fieldsync.queue.encrypted import MAGIC, EncryptedQueue
 
 VISIBILITY = 1.0
 

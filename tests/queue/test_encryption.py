@@ -8,9 +8,9 @@ import sqlite3
 import pytest
 
 from fieldsync.errors import Error
-from fieldsync.security.keys import KeyUnavailable, LocalKeyProvider
-from fieldsync.sync.queue import SqliteQueue
-from fieldsync.sync.queue_crypto import MAGIC, EncryptedQueue, QueueDecryptError
+from fieldsync.crypto.keys import KeyUnavailable, LocalKeyProvider
+from fieldsync.queue.embedded import SqliteQueue
+from fieldsync.queue.encrypted import MAGIC, EncryptedQueue, QueueDecryptError
 
 MARKER = b"Ramesh Kumar, HbA1c 9.1%"
 
@@ -57,7 +57,7 @@ def test_a_pushed_batch_is_sealed_in_the_servers_queue(tmp_path):
     from fieldsync.api import create_app
     from fieldsync.auth.tokens import issue_token
     from fieldsync.seed import load_seed
-    from fieldsync.store.records import new_id
+    from fieldsync.ids import new_id
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "q" * 32, "SYNC_LISTENERS": 0,
                       "DATABASE_URL": f"sqlite:///{tmp_path / 'server.db'}"})
     state = app.extensions["fieldsync"]

@@ -8,7 +8,7 @@ import time
 from fieldsync.api import create_app
 from fieldsync.auth.tokens import issue_token
 from fieldsync.seed import load_seed
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 
 SECRET = "b" * 32
 PUNE_CENTRAL = "270707fc-40e4-5205-8dad-51e11ccbfacf"

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from fieldsync.errors import ConfigError
-from fieldsync.sync.queue import Message, QueueClosed, QueueDepth, open_queue
-from fieldsync.sync.queue_stomp import BrokerUnavailable, StompQueue, open_stomp_queue
+from fieldsync.queue.embedded import Message, QueueClosed, QueueDepth, open_queue
+from fieldsync.queue.stomp import BrokerUnavailable, StompQueue, open_stomp_queue
 from stomp_fixtures import REPO, browse_bodies, run_broker_script
 
 
@@ -184,7 +184,7 @@ def test_a_consumer_that_dies_without_acking_hands_its_message_to_another(opened
     message_id = queue.send(b"batch", group="device-1")
     dying = textwrap.dedent(f"""
         import os, sys
-        from fieldsync.sync.queue import open_queue
+        from fieldsync.queue.embedded import open_queue
         queue = open_queue({stomp_queue_url!r})
         deadline = 20
         got = queue.receive(1, wait_seconds=deadline)
@@ -209,7 +209,7 @@ def test_depth_and_pending_come_from_the_broker_statistics(opened):
 
 
 def test_without_the_statistics_plugin_depth_is_unknown_and_pending_browses(opened, monkeypatch):
-    import fieldsync.sync.queue_stomp as queue_stomp
+    import fieldsync.queue.stomp as queue_stomp
     # a destination no plugin answers for: the same silence as a broker without the plugin
     monkeypatch.setattr(queue_stomp, "_STATS_PREFIX", "NoStatistics.")
     monkeypatch.setattr(queue_stomp, "ADMIN_REPLY_TIMEOUT", 0.3)

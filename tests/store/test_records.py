@@ -12,7 +12,9 @@ import sqlalchemy as sa
 from fieldsync.defs import expr as ex
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.engine import make_engine
-from fieldsync.store.records import BadQuery, Filter, RecordStore, RowFilter, new_id
+from fieldsync.store.records import RecordStore, RowFilter
+from fieldsync.defs.query import BadQuery, Filter
+from fieldsync.ids import new_id
 
 
 class StepClock:

@@ -56,7 +56,7 @@ from fieldsync.auth.tokens import Principal, issue_token
 from fieldsync.client import Client, ClientError, TransportError, WsgiTransport
 from fieldsync.seed import load_seed
 from fieldsync.store.changelog import CHANGES_TABLE
-from fieldsync.store.records import utc_now
+from fieldsync.ids import utc_now
 from fieldsync.sync.scope import device_scope
 from fieldsync.sync.tables import DEVICES, LEDGER
 

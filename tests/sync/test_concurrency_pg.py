@@ -22,7 +22,7 @@ import pytest
 from fieldsync.auth.tokens import Principal
 from fieldsync.seed import BENGALURU_EAST, PUNE_CENTRAL, PUNE_RURAL
 from fieldsync.store.changelog import head_position
-from fieldsync.store.records import utc_now
+from fieldsync.ids import utc_now
 
 pytestmark = pytest.mark.postgres
 

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from fieldsync.client import ClientError
 from fieldsync.seed import BENGALURU_EAST, PUNE_CENTRAL, PUNE_RURAL
-from fieldsync.store.records import utc_now
+from fieldsync.ids import utc_now
 
 TERRITORIES = (PUNE_CENTRAL, PUNE_RURAL, BENGALURU_EAST)
 USERS = (

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from fieldsync.api import create_app
 from fieldsync.defs import load_model
-from fieldsync.security.fields import ciphertext_key_id
+from fieldsync.crypto.fields import ciphertext_key_id
 from fieldsync.store.changelog import CHANGES_TABLE, decode_row
 from fieldsync.sync.apply import MutationApplier, PushBatch
 
@@ -106,7 +106,7 @@ def test_pushed_inserts_and_updates_are_encrypted_and_compared_by_value(server):
     after = _raw(state, rx)
     assert ciphertext_key_id(after["patient_name"]) != old_kid
     assert ciphertext_key_id(after["patient_name"]) == ciphertext_key_id(after["diagnosis"])
-    from fieldsync.security.rotation import shred_subject
+    from fieldsync.crypto.rotation import shred_subject
     shred_subject(state.store, state.crypto, patient)                  # the first patient is shredded ...
     state.crypto.keyring.forget()
     kept = state.store.get("prescription", rx)                          # ... the moved record is not
@@ -122,7 +122,7 @@ def test_an_update_naming_no_patient_is_keyed_by_the_stored_one(server):
     device.push(("insert", rx, {"retailer_id": SAI, "territory_id": PUNE, "patient_id": patient,
                                 "patient_name": "Meera Nair", "patient_dob": "1990-09-09", "diagnosis": "asthma",
                                 "product_id": product, "prescribed_at": "2026-11-20T10:00:00Z"}, None))
-    from fieldsync.security.rotation import shred_subject
+    from fieldsync.crypto.rotation import shred_subject
     shred_subject(state.store, state.crypto, patient)
     state.crypto.keyring.forget()
     # the patient's key is gone: the applier makes a new one before the batch transaction

@@ -15,7 +15,7 @@ import pytest
 
 from fieldsync.client import TransportError
 from fieldsync.seed import BENGALURU_EAST, PUNE_CENTRAL, PUNE_RURAL
-from fieldsync.store.records import utc_now
+from fieldsync.ids import utc_now
 from fieldsync.sync.service import compact_history
 
 ASHA = {"user": "rep-asha", "territory_ids": [PUNE_CENTRAL, PUNE_RURAL]}

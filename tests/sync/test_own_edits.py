@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fieldsync.defs import load_model
 from fieldsync.defs.values import format_datetime, parse_datetime
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 
 PUNE_CENTRAL = "270707fc-40e4-5205-8dad-51e11ccbfacf"
 T0 = dt.datetime(2030, 1, 7, 10, 0, tzinfo=dt.timezone.utc)   # later than any seeded write time

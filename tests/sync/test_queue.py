@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fieldsync.errors import ConfigError
-from fieldsync.sync.queue import POLL_INTERVAL, Message, QueueClosed, SqliteQueue, open_queue
+from fieldsync.queue.embedded import POLL_INTERVAL, Message, QueueClosed, SqliteQueue, open_queue
 
 
 class FakeClock:
@@ -167,7 +167,7 @@ def test_messages_survive_close_and_reopen(queue_path, clock):
 
 _SENDER = """
 import sys
-from fieldsync.sync.queue import SqliteQueue
+from fieldsync.queue.embedded import SqliteQueue
 queue = SqliteQueue(sys.argv[1])
 i = 0
 while True:
@@ -346,7 +346,7 @@ def test_a_long_poll_sees_another_process_send(queue_path):
     got = []
     waiter = threading.Thread(target=lambda: got.extend(queue.receive(wait_seconds=30)))
     waiter.start()
-    script = "import sys\nfrom fieldsync.sync.queue import SqliteQueue\nSqliteQueue(sys.argv[1]).send(b'hi')"
+    script = "import sys\nfrom fieldsync.queue.embedded import SqliteQueue\nSqliteQueue(sys.argv[1]).send(b'hi')"
     subprocess.run([sys.executable, "-c", script, str(queue_path)], check=True, timeout=60)
     sent_at = time.monotonic()
     waiter.join(30)
@@ -374,7 +374,7 @@ def test_closing_the_queue_ends_a_long_poll(queue):
 
 _CLAIMER = """
 import json, sys
-from fieldsync.sync.queue import SqliteQueue
+from fieldsync.queue.embedded import SqliteQueue
 queue = SqliteQueue(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()

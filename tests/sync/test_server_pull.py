@@ -12,7 +12,7 @@ import zstandard
 from fieldsync.api import create_app
 from fieldsync.auth.tokens import issue_token
 from fieldsync.seed import load_seed
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 from fieldsync.sync.service import compact_history
 
 from test_server_push import PUNE_CENTRAL, PUNE_RURAL, SECRET, Device, retailer_in, visit_fields

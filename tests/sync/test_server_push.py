@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fieldsync.api import create_app
 from fieldsync.auth.tokens import issue_token
 from fieldsync.seed import load_seed
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 from fieldsync.sync.tables import LEDGER
 
 SECRET = "k" * 32
@@ -323,7 +323,7 @@ def test_server_wins_discards_a_device_edit_made_before_the_servers(defs_copy, t
 def test_a_batch_failing_every_delivery_is_answered_not_dropped(sqlite_app):
     """Invariant 5: the last delivery of a batch that always fails gives each mutation a
     permanent `unprocessable` result instead of vanishing into the dead-letter queue."""
-    from fieldsync.sync.queue import Message
+    from fieldsync.queue.embedded import Message
     app = sqlite_app
     dev = Device(app)
     dev.push([dev.mutation("visit", "insert", new_id(), visit_fields(app)) for _ in range(3)])

@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from fieldsync.sync.queue import Message, SqliteQueue
-from fieldsync.sync.worker import ListenerPool, retry_delay
+from fieldsync.queue.embedded import Message, SqliteQueue
+from fieldsync.workers.pool import ListenerPool, retry_delay
 
 
 class FakeClock:
@@ -204,7 +204,7 @@ def test_errors_are_logged_without_bodies_or_exception_text(queue, pools, caplog
 
     failed = threading.Event()
     pool = _pool(pools, queue, handler, threads=1, on_error=lambda m, e: failed.set())
-    with caplog.at_level(logging.DEBUG, logger="fieldsync.sync.worker"):
+    with caplog.at_level(logging.DEBUG, logger="fieldsync.workers.pool"):
         message_id = queue.send(b"PHI-BODY diagnosis")
         pool.start()
         assert failed.wait(10)
@@ -276,8 +276,8 @@ def test_wait_idle_is_false_while_a_handler_runs(queue, pools):
 
 _DOOMED_CONSUMER = """
 import sys, threading
-from fieldsync.sync.queue import SqliteQueue
-from fieldsync.sync.worker import ListenerPool
+from fieldsync.queue.embedded import SqliteQueue
+from fieldsync.workers.pool import ListenerPool
 def handler(message):
     print("started", message.id, flush=True)
     threading.Event().wait()          # never finishes: the test kills this process

@@ -23,7 +23,7 @@ from fieldsync.api.https_server import check_plain_http_allowed, is_loopback_add
 from fieldsync.cli import main
 from fieldsync.client import HttpTransport, PinMismatch, TransportError
 from fieldsync.errors import ConfigError
-from fieldsync.security.devcert import issue_server_certificate
+from fieldsync.crypto.devcert import issue_server_certificate
 
 from tls_helpers import ROOT, ServerCert
 

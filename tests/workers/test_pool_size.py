@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from fieldsync.cli import main
-from fieldsync.sync.workers import WorkerControl, processing_entries, set_desired_size, workers_status
+from fieldsync.workers.fleet import WorkerControl, processing_entries, set_desired_size, workers_status
 
 from workers_support import Device
 
@@ -195,9 +195,9 @@ def test_only_an_admin_may_see_or_change_the_pool(make_server):
 def test_the_worker_tables_behave_the_same_on_sqlite_and_postgresql(db_url):
     """The shared size, heartbeats, the processing log and its pruning, on each database."""
     from fieldsync.store.engine import make_engine
-    from fieldsync.sync.queue import Message, SqliteQueue
-    from fieldsync.sync.worker import ListenerPool
-    from fieldsync.sync.workers import ProcessingLog, create_worker_tables, prune_processing_log
+    from fieldsync.queue.embedded import Message, SqliteQueue
+    from fieldsync.workers.pool import ListenerPool
+    from fieldsync.workers.fleet import ProcessingLog, create_worker_tables, prune_processing_log
 
     engine = make_engine(db_url)
     queue = SqliteQueue(":memory:")

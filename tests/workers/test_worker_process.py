@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from fieldsync.cli import main
-from fieldsync.sync.workers import PROCESSING_LOG, workers_status
+from fieldsync.workers.fleet import PROCESSING_LOG, workers_status
 
 from workers_support import ROOT, Device, expire_in_flight, wait_for, worker_command
 

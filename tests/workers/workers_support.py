@@ -21,7 +21,7 @@ from fieldsync.api import create_app
 from fieldsync.auth.tokens import issue_token
 from fieldsync.seed import load_seed
 from fieldsync.store.changelog import CHANGES_TABLE
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 from fieldsync.sync.tables import LEDGER
 
 ROOT = Path(__file__).resolve().parents[2]

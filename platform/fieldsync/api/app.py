@@ -21,10 +21,11 @@ from fieldsync.config import Config, load_config
 from fieldsync.defs.model import Model
 from fieldsync.defs.values import FieldProblem
 from fieldsync.untrusted import NUL_REASON
-from fieldsync.security.keyring import crypto_from_config, prepare_keys
+from fieldsync.crypto.keyring import crypto_from_config, prepare_keys
 from fieldsync.store.engine import make_engine
 from fieldsync.store.changelog import ChangeLog, create_changelog_tables
-from fieldsync.store.records import RecordStore, utc_now
+from fieldsync.store.records import RecordStore
+from fieldsync.ids import utc_now
 from fieldsync.store.tables import build_metadata
 
 
@@ -65,7 +66,7 @@ class FieldsyncState:
         self.crypto = crypto_from_config(config, engine)
         self.changelog = ChangeLog(codec=self.crypto, clock=clock or utc_now)
         self.sync = None  # the SyncService, set by create_app
-        self.audit = None  # the AuditLog (fieldsync.security.audit), set by create_app
+        self.audit = None  # the AuditLog (fieldsync.audit.trail), set by create_app
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self.swap_model(model)
@@ -145,7 +146,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     state = FieldsyncState(settings, engine, model, clock=clock)
     state.sync = SyncService.from_config(settings, lambda: state.store, state.changelog, clock=clock)
     from fieldsync.api.audit_trail import register_audit
-    from fieldsync.security.audit import AuditLog
+    from fieldsync.audit.trail import AuditLog
     state.audit = AuditLog.from_config(settings, engine, clock=clock)
     try:   # tables, data key and signing key, before any request; refused when the trail was wiped
         state.audit.prepare()

@@ -23,8 +23,8 @@ from flask import Flask, current_app, g, has_request_context
 
 from fieldsync.api.problems import Problem, problem_response
 from fieldsync.defs.model import Entity, Permission
-from fieldsync.security.audit import AuditEvent, AuditUnavailable
-from fieldsync.security.audit_events import DEFAULT_PURPOSE, Disclosure, read_events, write_events
+from fieldsync.audit.trail import AuditEvent, AuditUnavailable
+from fieldsync.audit.events import DEFAULT_PURPOSE, Disclosure, read_events, write_events
 
 __all__ = ["RestWriteHook", "audit_rest_read", "register_audit", "sync_read_events"]
 

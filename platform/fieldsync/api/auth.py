@@ -22,7 +22,7 @@ from fieldsync.api.problems import Problem
 from fieldsync.auth.ratelimit import FailureLimiter
 from fieldsync.auth.sessions import SessionPolicy, Sessions, create_session_tables
 from fieldsync.auth.tokens import Principal, TokenError, unverified_claims, verify_token
-from fieldsync.security.audit import AuditEvent
+from fieldsync.audit.trail import AuditEvent
 
 __all__ = ["audit_event", "authenticate_request", "install_auth", "record_audit", "refuse_device_token"]
 
@@ -43,7 +43,7 @@ def install_auth(app: Flask, *, clock=None) -> None:
                                         clock=state.auth_clock)
 
 
-# -- audit (fieldsync.security.audit; docs/access.md lists the events) ---------------------------
+# -- audit (fieldsync.audit.trail; docs/access.md lists the events) ---------------------------
 
 def audit_event(**fields: Any) -> AuditEvent:
     """An AuditEvent (references only: never a token, a secret or a PHI value)."""

@@ -22,14 +22,14 @@ from fieldsync.api.problems import Problem
 from fieldsync.api.auth import authenticate_request, refuse_device_token
 from fieldsync.api.break_glass import audit_break_glass, break_glass_reason, widen_for_break_glass
 from fieldsync.auth.tokens import Principal
-from fieldsync.codegen.openapi import (
-    API_PREFIX, CONTROL_PARAMETERS, FILTER_OPERATORS, operators_for, query_fields,
-)
+from fieldsync.codegen.openapi import API_PREFIX
+from fieldsync.defs.query import CONTROL_PARAMETERS, FILTER_OPERATORS, operators_for, query_fields
 from fieldsync.defs.access import AccessRule, access_rule
 from fieldsync.defs.model import Entity, Model, Permission
 from fieldsync.defs.values import FieldProblem, validate_record
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
-from fieldsync.store.records import BadQuery, Filter, RowFilter, filter_from_query
+from fieldsync.store.records import RowFilter
+from fieldsync.defs.query import BadQuery, Filter, filter_from_query
 from fieldsync.untrusted import INT32_MAX, JsonRefused, load_json, parse_int
 
 blueprint = Blueprint("fieldsync_api", __name__)

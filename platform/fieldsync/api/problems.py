@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from fieldsync.codegen.openapi import PROBLEM_MEDIA_TYPE, problem_type
 from fieldsync.defs.values import FieldProblem
-from fieldsync.security.fields import IntegrityFailure
+from fieldsync.crypto.fields import IntegrityFailure
 
 log = logging.getLogger("fieldsync.api")
 

@@ -26,7 +26,7 @@ from fieldsync.api.auth import audit_event, authenticate_request, record_audit, 
 from fieldsync.auth.revocation import REASON_MAX as REVOKE_REASON_MAX, revoke_device
 from fieldsync.auth.tokens import Principal, issue_token, new_token_id
 from fieldsync.errors import NotFound
-from fieldsync.store.records import new_id, utc_now
+from fieldsync.ids import new_id, utc_now
 from fieldsync.defs.values import format_datetime
 from fieldsync.untrusted import INT32_MAX, INT64_MAX, JsonRefused, load_json, parse_int, unstorable_paths
 from fieldsync.sync.apply import PushBatch, mutation_digest, plausible_offset_ms, result_to_wire
@@ -412,7 +412,7 @@ def _supersede_device_tokens(conn: sa.Connection, device_id: str, token_id: str,
 def _issue_device_secret(conn: sa.Connection, row: Mapping[str, Any], principal: Principal, now) -> bytes:
     """The device's store secret (docs/device-store.md), audited as a key operation in the
     registration's transaction. Never for a revoked device."""
-    from fieldsync.security.keys import key_provider_from_config
+    from fieldsync.crypto.keys import key_provider_from_config
     from fieldsync.sync.device_secrets import DeviceSecrets
 
     if row["status"] == "revoked":

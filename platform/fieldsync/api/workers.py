@@ -21,7 +21,7 @@ from fieldsync.api.auth import authenticate_request, refuse_device_token
 from fieldsync.codegen.openapi import API_PREFIX
 from fieldsync.defs.values import FieldProblem
 from fieldsync.untrusted import JsonRefused, load_json, parse_int
-from fieldsync.sync.workers import (InvalidPoolSize, attach, check_pool_size, processing_entries,
+from fieldsync.workers.fleet import (InvalidPoolSize, attach, check_pool_size, processing_entries,
                                     set_desired_size, workers_status)
 
 __all__ = ["blueprint", "register_workers"]

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fieldsync.auth.sessions import SESSIONS
 from fieldsync.errors import NotFound
-from fieldsync.security.audit import AuditEvent, AuditLog
+from fieldsync.audit.trail import AuditEvent, AuditLog
 from fieldsync.store.engine import write_transaction
 from fieldsync.sync.tables import DEVICES
 

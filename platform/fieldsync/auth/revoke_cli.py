@@ -22,7 +22,7 @@ def _actor() -> str:
 def _open(config):
     """The engine, with the tables a revocation writes, and the audit log."""
     from fieldsync.auth.sessions import create_session_tables
-    from fieldsync.security.audit import AuditLog
+    from fieldsync.audit.trail import AuditLog
     from fieldsync.store.engine import make_engine
     from fieldsync.sync.tables import create_sync_tables
     if not config.get("DATABASE_URL"):

@@ -23,7 +23,7 @@ from fieldsync.client.reports import QuarantinedMutation
 from fieldsync.client.schema import EntityTable, quote
 from fieldsync.client.store import LocalStore
 from fieldsync.defs.values import FieldProblem, format_datetime, validate_record
-from fieldsync.store.records import new_id
+from fieldsync.ids import new_id
 
 PROBLEM_BASE = "https://fieldsync.dev/problems/"
 UNSETTLED = ("pending", "sent", "received")

@@ -6,8 +6,8 @@ ETag, PATCH/PUT with a required If-Match, DELETE), and for parents the nested ch
 Errors are RFC 9457 problem documents. The same model always gives the same document
 (`json.dumps(doc, sort_keys=True)` is byte-identical), so the generated file can be checked in.
 
-The query vocabulary (which fields filter with which operators, which sort) lives here too,
-because the document, the API and the record store must agree on it.
+The query vocabulary (which fields filter with which operators, which sort) lives in
+`fieldsync.defs.query`, which the document, the API and the record store all read.
 """
 
 from __future__ import annotations
@@ -17,59 +17,11 @@ from typing import Any
 
 from fieldsync.codegen.json_schema import field_schema, object_schema
 from fieldsync.defs.model import Entity, Field, Model
+from fieldsync.defs.query import CONTROL_PARAMETERS, operators_for, query_fields, sortable
 
 API_PREFIX = "/api/v1"
 PROBLEM_BASE = "https://fieldsync.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-# Operators a list filter may carry as a suffix: `?quantity__gte=3`. No suffix means equality.
-# gt, gte, lt and lte compare by order: only on the orderable types (_RANGE_TYPES), never encrypted.
-FILTER_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
-# Query parameters that control a list; a field with one of these names filters for
-# equality as `name__eq` (always accepted) instead of the bare name.
-CONTROL_PARAMETERS = ("sort", "limit", "cursor", "total", "expand")
-# Field types that compare by value in SQL the same way they do on the wire.
-_EQUALITY_TYPES = ("string", "text", "integer", "decimal", "boolean", "date", "datetime",
-                   "uuid", "enum", "ref", "media")
-_RANGE_TYPES = ("string", "integer", "decimal", "date", "datetime", "uuid", "ref", "enum")
-# System columns usable in filters and sort, with the field type they behave as.
-SYSTEM_QUERY_COLUMNS = {
-    "id": Field(name="id", type="uuid"),
-    "version": Field(name="version", type="integer"),
-    "created_at": Field(name="created_at", type="datetime"),
-    "updated_at": Field(name="updated_at", type="datetime"),
-}
-
-
-def query_fields(entity: Entity) -> dict[str, Field]:
-    """Columns a list request may filter and sort on, by name (system columns included).
-
-    Encrypted fields take part only when they can be searched by equality: `deterministic`
-    (equal values have equal ciphertexts) and `blind_index` (a keyed hash column); `encrypt`
-    fields are excluded, as are json and geopoint (no total order). The API further removes
-    the columns a role may not see.
-    """
-    out = dict(SYSTEM_QUERY_COLUMNS)
-    for f in entity.fields:
-        if f.type in _EQUALITY_TYPES and f.encryption in ("plain", "deterministic", "blind_index"):
-            out[f.name] = f
-    return out
-
-
-def operators_for(field: Field) -> tuple[str, ...]:
-    """The filter operators `field` supports (equality only on an encrypted field)."""
-    if field.encrypted:
-        return ("eq", "in")
-    if field.type in _RANGE_TYPES:
-        return FILTER_OPERATORS
-    return ("eq", "ne", "in")
-
-
-def sortable(field: Field) -> bool:
-    if field.encrypted:
-        return False   # ciphertexts have no useful order
-    return field.type in _RANGE_TYPES or field.type in ("boolean", "media")
-
 
 def problem_type(slug: str) -> str:
     """The stable `type` URI of a problem kind, e.g. problem_type("validation")."""

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jinja2
 
 from fieldsync.codegen.definition_docs import markdown_cell, model_summary, reference_sections, value_types
 from fieldsync.codegen.device_schema import device_schema, device_schema_format, device_schema_json, quote
 from fieldsync.codegen.python_sdk import py_string, python_sdk_context
-from fieldsync.codegen.server_ddl import DIALECTS, ddl_statements
 from fieldsync.defs import meta_schema
 from fieldsync.defs.model import Model
 from fieldsync.errors import Error
@@ -102,12 +101,18 @@ def device_schema_file(model: Model, defs_label: str = "entity_defs", schema: di
     return dump_json(device_schema_json(schema, header_text(model, defs_label, "fieldsync.codegen.device_schema")))
 
 
+# The server DDL of a model, per dialect: {dialect: [{"table", "kind", "sql"}, ...]}. It is compiled
+# by SQLAlchemy, so the store provides it (`fieldsync.store.ddl.server_ddl`); codegen stays pure.
+ServerDdl = Callable[[Model], Mapping[str, list[dict[str, str]]]]
+
+
 def render_all(model: Model, defs_label: str = "entity_defs",
-               templates_dir: str | Path | None = None) -> dict[str, str]:
+               templates_dir: str | Path | None = None, server_ddl: ServerDdl | None = None) -> dict[str, str]:
     """Every generated file for `model`: relative path under generated/ -> text.
 
     `defs_label` names the definitions in headers (never an absolute path); `templates_dir`
-    defaults to the source checkout's `templates/`.
+    defaults to the source checkout's `templates/`; `server_ddl` gives `server/<dialect>.sql`
+    (without it those files are not rendered).
     """
     env = template_environment(templates_dir or DEFAULT_TEMPLATES_DIR)
 
@@ -124,9 +129,9 @@ def render_all(model: Model, defs_label: str = "entity_defs",
     schema_format["$comment"] = header("fieldsync.codegen.device_schema")
     files["device/schema.schema.json"] = dump_json(schema_format)
 
-    for dialect in sorted(DIALECTS):
+    for dialect, statements in sorted((server_ddl(model) if server_ddl else {}).items()):
         files[f"server/{dialect}.sql"] = _render(
-            env, "server/ddl.sql.j2", dialect=dialect, statements=_ddl_text(ddl_statements(model, dialect)),
+            env, "server/ddl.sql.j2", dialect=dialect, statements=_ddl_text(list(statements)),
             header=header("templates/server/ddl.sql.j2"))
 
     try:

@@ -1,13 +1,33 @@
-"""The definition language: YAML in `entity_defs/` -> a validated, immutable Model (no I/O)."""
+"""The definition language: YAML in `entity_defs/` -> a validated, immutable Model (no I/O).
 
-from fieldsync.defs.loader import (
-    DefinitionError, DefinitionErrors, build_model, load_model, meta_schema, read_sources,
-)
-from fieldsync.defs.model import Entity, Field, Model, Permission, Role, SyncRule, UserAttribute
-from fieldsync.defs.values import FieldProblem, validate_record
+Importing the package loads nothing: the SDK imports `defs.model` and `defs.values` (the value
+rules it shares with the server, standard library only) without the YAML loader and its
+jsonschema; the names below load on first use (PEP 562).
+"""
 
-__all__ = [
-    "DefinitionError", "DefinitionErrors", "Entity", "Field", "FieldProblem", "Model", "Permission",
-    "Role", "SyncRule", "UserAttribute", "build_model", "load_model", "meta_schema", "read_sources",
-    "validate_record",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DefinitionError": "loader", "DefinitionErrors": "loader", "build_model": "loader", "load_model": "loader",
+    "meta_schema": "loader", "read_sources": "loader",
+    "Entity": "model", "Field": "model", "Model": "model", "Permission": "model", "Role": "model",
+    "SyncRule": "model", "UserAttribute": "model",
+    "FieldProblem": "values", "validate_record": "values",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fieldsync.defs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fieldsync.defs.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

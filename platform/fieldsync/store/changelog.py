@@ -35,8 +35,11 @@ import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import field_map
-from fieldsync.security.fields import KeyShredded
-from fieldsync.store.records import FieldCodec, PlainJsonCodec, RecordStore, insert_many, utc_now
+from fieldsync.crypto.fields import KeyShredded
+from fieldsync.store.records import RecordStore
+from fieldsync.store.bulk import insert_many
+from fieldsync.store.codec import FieldCodec, PlainJsonCodec
+from fieldsync.ids import utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
 
 __all__ = [

@@ -22,7 +22,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # True while this thread (or task) is inside `write_transaction`: on SQLite it then holds the
 # write lock, so work that would open a second writing connection (creating a data key) must
-# have been done before (security/keyring.py).
+# have been done before (crypto/keyring.py).
 in_write_transaction: contextvars.ContextVar[bool] = contextvars.ContextVar("fs_in_write_txn", default=False)
 
 

@@ -16,222 +16,30 @@ import base64
 import contextlib
 import binascii
 import datetime as dt
-import hashlib
 import json
-import os
-import threading
-import time
-import uuid
 from dataclasses import dataclass, field as dc_field
-from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 
-from fieldsync.codegen.openapi import SYSTEM_QUERY_COLUMNS, operators_for, query_fields, sortable
+from fieldsync.defs.query import SYSTEM_QUERY_COLUMNS, operators_for, query_fields, sortable
 from fieldsync.defs.access import AccessRule
+from fieldsync.defs.query import BadQuery, Filter
 from fieldsync.defs.expr import Expr
 from fieldsync.defs.model import Entity, Field, Model
-from fieldsync.defs.values import FieldProblem, ValueProblem, format_datetime, uuid_text, validate_record
+from fieldsync.defs.values import FieldProblem, uuid_text, validate_record
+from fieldsync.ids import later_write_time, new_id, utc_now
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
-from fieldsync.security.fields import KeyShredded, bidx_column
-from fieldsync.security.keyring import KeyMissing
+from fieldsync.crypto.fields import bidx_column
+from fieldsync.crypto.keyring import KeyMissing
+from fieldsync.store.codec import FieldCodec, PlainJsonCodec, StoredRow, db_step, decrypted, to_db, to_wire, wire_step
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
 from fieldsync.store.tables import build_metadata
-from fieldsync.untrusted import INT64_MAX, load_json, parse_int, unstorable_paths
-
-
-# -- the codec for encrypted fields -----------------------------------------------------------
-
-class FieldCodec(Protocol):
-    """Turns an encrypted field's wire value into the text stored in its column, and back
-    (`fieldsync.security.fields.FieldCrypto` on a server; see docs/encryption.md)."""
-
-    def encode(self, entity: Entity, field: Field, value: Any, record_id: str | None = None,
-               subject: Any = None) -> str: ...
-
-    def decode(self, entity: Entity, field: Field, stored: str, record_id: str | None = None) -> Any: ...
-
-    def lookup_values(self, entity: Entity, field: Field, value: Any) -> list[str]: ...
-
-    def blind_index(self, entity: Entity, field: Field, value: Any) -> str: ...
-
-    def blind_indexes(self, entity: Entity, field: Field, value: Any) -> list[str]: ...
-
-    def subject_ref(self, value: Any) -> str: ...
-
-    def ensure_subjects(self, entity: Entity, values: Iterable[Any]) -> None: ...
-
-
-class PlainJsonCodec:
-    """A codec for unit tests of the store that are not about encryption: the wire value as JSON
-    text, NOT encryption. The server never uses it (create_app builds a FieldCrypto)."""
-
-    def encode(self, entity: Entity, field: Field, value: Any, record_id: str | None = None,
-               subject: Any = None) -> str:
-        return json.dumps(value)
-
-    def decode(self, entity: Entity, field: Field, stored: str, record_id: str | None = None) -> Any:
-        return json.loads(stored)
-
-    def lookup_values(self, entity: Entity, field: Field, value: Any) -> list[str]:
-        return [json.dumps(value)]
-
-    def blind_index(self, entity: Entity, field: Field, value: Any) -> str:
-        from fieldsync.security.fields import normalise_for_index
-        return hashlib.sha256(field.name.encode() + b"\x1f" + normalise_for_index(value)).hexdigest()[:32]
-
-    def blind_indexes(self, entity: Entity, field: Field, value: Any) -> list[str]:
-        return [self.blind_index(entity, field, value)]
-
-    def subject_ref(self, value: Any) -> str:
-        return "sr_" + hashlib.sha256(str(value).encode()).hexdigest()[:32]
-
-    def ensure_subjects(self, entity: Entity, values: Iterable[Any]) -> None:
-        return None
-
-
-class StoredRow(dict):
-    """A record in wire form that also carries the stored row it came from (`stored`), so the
-    change log copies its ciphertexts instead of encrypting every value a second time. A plain
-    copy (`dict(row)`) drops it, and the change log encrypts again: never wrong, only slower."""
-
-    __slots__ = ("stored",)
-
-
-# -- ids and time ------------------------------------------------------------------------------
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def later_write_time(now: dt.datetime, previous: dt.datetime | None) -> dt.datetime:
-    """A record's new write time: `now`, unless its write time is already later (a server
-    clock stepped back), since a write time never goes backwards (docs/protocol.md §8.1)."""
-    if previous is None:
-        return now
-    if previous.tzinfo is None:
-        previous = previous.replace(tzinfo=dt.timezone.utc)
-    return max(now, previous)
-
-
-_id_lock = threading.Lock()
-_id_last = [0, 0]  # last (milliseconds, counter) handed out by this process
-
-
-def new_id(now: dt.datetime | None = None) -> str:
-    """A UUIDv7 id: 48 bits of Unix milliseconds, a 12-bit counter, then random bits.
-
-    The counter (RFC 9562 "method 1") keeps ids made in the same millisecond in creation order,
-    so sorting by id is sorting by creation within one process.
-    """
-    ms = int((now.timestamp() if now else time.time()) * 1000)
-    with _id_lock:
-        if ms <= _id_last[0]:
-            ms, seq = _id_last[0], _id_last[1] + 1
-            if seq > 0xFFF:
-                ms, seq = ms + 1, 0
-        else:
-            seq = 0
-        _id_last[0], _id_last[1] = ms, seq
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-    return str(uuid.UUID(int=value))
-
-
-# -- value conversion --------------------------------------------------------------------------
-
-def to_db(column: sa.Column, field: Field | None, value: Any, entity: Entity, codec: FieldCodec,
-          record_id: str | None = None, subject: Any = None) -> Any:
-    """A wire value as the Python value stored in `column` (`record_id` and `subject` are what
-    an encrypted field's ciphertext is bound to and keyed by)."""
-    if value is None:
-        return None
-    if field is not None and field.encrypted:
-        return codec.encode(entity, field, value, record_id, subject)
-    if field is not None and field.type in ("json", "geopoint"):
-        return value
-    return python_value(column.type, value)
-
-
-def to_wire(field: Field | None, value: Any, entity: Entity, codec: FieldCodec, record_id: str | None = None) -> Any:
-    """A stored value in its wire form (`record_id`: the record an encrypted value belongs to)."""
-    if value is None:
-        return None
-    if field is not None and field.encrypted:
-        return _decrypted(codec, entity, field, value, record_id)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # SQLite keeps no zone; everything is stored in UTC
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return format_datetime(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, (Decimal, float)) and field is not None and field.type == "decimal":
-        scale = field.scale or 0
-        return f"{Decimal(str(value)).quantize(Decimal(1).scaleb(-scale)):.{scale}f}"
-    return value
-
-
-def _decrypted(codec: FieldCodec, entity: Entity, field: Field, value: Any, record_id: str | None) -> Any:
-    """An encrypted field's wire value; None when its key was shredded (the value is gone)."""
-    try:
-        return codec.decode(entity, field, value, record_id)
-    except KeyShredded:
-        return None
-
-
-def _wire_step(field: Field | None, entity: Entity, codec: FieldCodec) -> Callable[[Any], Any]:
-    """The conversion `to_wire` applies to non-null values of `field` (None: a system timestamp).
-    Not for encrypted fields: their conversion needs the record id (`_decrypted`)."""
-    assert field is None or not field.encrypted
-    if field is None or field.type == "datetime":
-        def stamp(value: Any) -> Any:
-            if isinstance(value, dt.datetime):
-                if value.tzinfo is None and value.year >= 1000:  # SQLite: naive, in UTC
-                    return value.isoformat(timespec="microseconds") + "Z"
-                return format_datetime(value if value.tzinfo is not None
-                                       else value.replace(tzinfo=dt.timezone.utc))
-            return to_wire(field, value, entity, codec)
-        return stamp
-    if field.type == "decimal":
-        scale = field.scale or 0
-        quantum = Decimal(1).scaleb(-scale)
-        spec = f".{scale}f"
-
-        def decimal(value: Any) -> Any:
-            if isinstance(value, Decimal):
-                return format(value.quantize(quantum), spec)
-            return to_wire(field, value, entity, codec)
-        return decimal
-    if field.type == "date":
-        return lambda value: to_wire(field, value, entity, codec)
-    return lambda value: value
-
-
-def _db_step(column: sa.Column, field: Field, entity: Entity, codec: FieldCodec) -> Callable[[Any], Any]:
-    """The conversion `to_db` applies to non-null values of `field` stored in `column`.
-    Not for encrypted fields: `RecordStore._values_to_db` encodes those with their record."""
-    assert not field.encrypted
-    if field.type in ("json", "geopoint"):
-        return lambda value: value
-    if isinstance(column.type, (sa.String, sa.Text)):
-        def text(value: Any) -> Any:
-            return value if isinstance(value, str) else python_value(column.type, value)
-        return text
-    return lambda value: python_value(column.type, value)
+from fieldsync.untrusted import load_json, unstorable_paths
 
 
 # -- list requests -----------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """`column op value` in a list request; op is one of eq, ne, gt, gte, lt, lte, in (value a list)."""
-
-    column: str
-    op: str
-    value: Any
-
 
 @dataclass(frozen=True, slots=True)
 class RowFilter:
@@ -265,25 +73,6 @@ class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None
     total: int | None = None
-
-
-class BadQuery(ValueError):
-    """A list request that cannot be run (bad filter value, sort column or cursor)."""
-
-
-def parse_query_value(field: Field, raw: str) -> Any:
-    """A query-string value as the wire value of `field`'s type (BadQuery when it is not one)."""
-    t = field.type
-    if t == "integer":
-        try:
-            return parse_int(raw, low=-INT64_MAX, high=INT64_MAX)
-        except ValueError as exc:
-            raise BadQuery(f"{field.name}: {raw!r} {exc}") from None
-    if t == "boolean":
-        if raw in ("true", "false"):
-            return raw == "true"
-        raise BadQuery(f"{field.name}: {raw!r} is not true or false")
-    return raw
 
 
 def _encode_cursor(sort: str, value: Any, last_id: str) -> str:
@@ -374,9 +163,9 @@ class RecordStore:
         if converter is not None:
             return converter
         codec = self.codec
-        steps = [(f.name, _wire_step(f, entity, codec)) for f in entity.fields if not f.encrypted]
+        steps = [(f.name, wire_step(f, entity, codec)) for f in entity.fields if not f.encrypted]
         secret = [f for f in entity.fields if f.encrypted]
-        stamp = _wire_step(None, entity, codec)
+        stamp = wire_step(None, entity, codec)
 
         def convert(row: Mapping[str, Any]) -> dict[str, Any]:
             out: dict[str, Any] = {"id": row["id"], "version": row["version"],
@@ -387,7 +176,7 @@ class RecordStore:
                 out[name] = None if value is None else step(value)
             for f in secret:
                 value = row.get(f.name)
-                out[f.name] = None if value is None else _decrypted(codec, entity, f, value, row["id"])
+                out[f.name] = None if value is None else decrypted(codec, entity, f, value, row["id"])
             return out
         cache[entity.name] = convert
         return convert
@@ -399,7 +188,7 @@ class RecordStore:
         steps = cache.get(entity.name)
         if steps is None:
             table = self.table(entity)
-            steps = {f.name: _db_step(table.c[f.name], f, entity, self.codec) for f in entity.fields
+            steps = {f.name: db_step(table.c[f.name], f, entity, self.codec) for f in entity.fields
                      if not f.encrypted}
             cache[entity.name] = steps
         return steps
@@ -420,7 +209,7 @@ class RecordStore:
         codec = self.codec
         for name in out:
             if name in ("created_at", "updated_at"):
-                step = _wire_step(None, entity, codec)
+                step = wire_step(None, entity, codec)
             elif name == "deleted":
                 step = bool
             elif name in ("id", "version"):
@@ -429,7 +218,7 @@ class RecordStore:
                 secret.append((fields[name], columns.index(name)))
                 continue
             else:
-                step = _wire_step(fields[name], entity, codec)
+                step = wire_step(fields[name], entity, codec)
                 if fields[name].type not in ("datetime", "date", "decimal"):
                     step = None
             plan.append((name, columns.index(name), step))
@@ -443,7 +232,7 @@ class RecordStore:
                 result[name] = value if value is None or step is None else step(value)
             for f, i in secret:
                 value = row[i]
-                result[f.name] = None if value is None else _decrypted(codec, entity, f, value, row[id_at])
+                result[f.name] = None if value is None else decrypted(codec, entity, f, value, row[id_at])
             return result
         cache[key] = convert
         return convert
@@ -749,7 +538,7 @@ class RecordStore:
         for attempt in range(3):   # the subject's key shredded between making it and the write: again
             try:
                 keyed = entity.subject is not None and any(f.encrypted and f.name in clean for f in entity.fields)
-                if keyed:   # the subject's key must exist before the write transaction (security/keyring.py)
+                if keyed:   # the subject's key must exist before the write transaction (crypto/keyring.py)
                     if entity.subject in clean:
                         self.codec.ensure_subjects(entity, [clean[entity.subject]])
                     else:
@@ -924,75 +713,8 @@ class RecordStore:
         return sa.or_(col > value, sa.and_(col == value, id_col > last_id), col.is_(None))
 
 
-# -- bulk inserts ------------------------------------------------------------------------------
-
-_INSERT_PLANS: dict[tuple[int, tuple[str, ...]], tuple[sa.Table, str, list[tuple[str, Callable[[Any], Any] | None]]]] = {}
-
-
-def _sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """SQLAlchemy's SQLite DATETIME bind processor (its default storage format: the wall time
-    as `YYYY-MM-DD HH:MM:SS.ffffff`, zone dropped) done by `isoformat`, several times faster."""
-    def process(value: Any) -> Any:
-        if type(value) is dt.datetime:
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-        return fallback(value)
-    return process
-
-
-def _insert_plan(dialect: sa.Dialect, table: sa.Table, names: tuple[str, ...]):
-    key = (id(table), names)
-    plan = _INSERT_PLANS.get(key)
-    if plan is not None and plan[0] is table:
-        return plan[1], plan[2]
-    statement = table.insert().compile(dialect=dialect, column_keys=list(names))
-    steps = []
-    for name in statement.positiontup:
-        column = table.c[name]
-        impl = column.type.dialect_impl(dialect)
-        process = impl.bind_processor(dialect)
-        if process is not None and isinstance(impl, sa.DateTime) and getattr(impl, "_storage_format", None) == (
-                "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"):
-            process = _sqlite_datetime(process)
-        steps.append((name, process))
-    if len(_INSERT_PLANS) > 1024:
-        _INSERT_PLANS.clear()
-    _INSERT_PLANS[key] = (table, str(statement), steps)
-    return str(statement), steps
-
-
-def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """INSERT `rows` (each with the keys of the first) into `table` with one executemany.
-
-    On SQLite the statement is compiled once per table and the values are converted here by the
-    dialect's own bind processors: SQLAlchemy's per-row parameter processing cost more than the
-    insert itself. Other databases take SQLAlchemy's executemany (batched VALUES on PostgreSQL).
-    """
-    if not rows:
-        return
-    if conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
-        conn.execute(table.insert(), list(rows))
-        return
-    names = tuple(rows[0])
-    sql, steps = _insert_plan(conn.dialect, table, names)
-    if len(steps) != len(names):  # a column with a Python-side default: SQLAlchemy fills it in
-        conn.execute(table.insert(), list(rows))
-        return
-    conn.exec_driver_sql(sql, [tuple([row[name] if step is None else step(row[name]) for name, step in steps])
-                               for row in rows])
-
-
-def filter_from_query(field: Field, op: str, raw: str) -> Filter:
-    """A Filter from a query parameter's raw string (`__in` values are comma-separated)."""
-    if op == "in":
-        return Filter(field.name, op, [parse_query_value(field, part) for part in raw.split(",")])
-    return Filter(field.name, op, parse_query_value(field, raw))
-
-
 def wire_problems(problems: Iterable[FieldProblem]) -> list[dict[str, str]]:
     return [p.as_dict() for p in problems]
 
 
-__all__ = [
-    "BadQuery", "FieldCodec", "Filter", "Page", "PlainJsonCodec", "Reach", "RecordStore", "RowFilter",
-    "filter_from_query", "insert_many", "new_id", "parse_query_value", "to_db", "to_wire", "utc_now", "ValueProblem",
-]
+__all__ = ["Page", "Reach", "RecordStore", "RowFilter", "wire_problems"]

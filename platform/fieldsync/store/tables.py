@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import DEFAULT_STRING_MAX, MEDIA_MAX
-from fieldsync.security.fields import bidx_column
+from fieldsync.crypto.fields import bidx_column
 
 PLATFORM_PREFIX = "fs_"
 ID_LENGTH = 36
@@ -84,7 +84,7 @@ def _index_name(prefix: str, table: str, column: str) -> str:
 
 def blind_index_columns(entity: Entity) -> list[Column]:
     """A `fs_bidx_<field>` column per blind-indexed field: the keyed hash equality searches
-    compare (security/fields.py), 128 bits as 32 hex digits."""
+    compare (crypto/fields.py), 128 bits as 32 hex digits."""
     return [Column(bidx_column(f), String(32), nullable=True) for f in entity.fields if f.encryption == "blind_index"]
 
 

@@ -1,1 +1,2 @@
-"""The sync server: embedded queue, listener pool, push processing, pull pages (docs/sync-design.md)."""
+"""The sync protocol's server side: receive a push, apply it, assemble pull pages, scopes and results
+(docs/protocol.md, docs/sync-design.md). The queue and the listener pool live in `queue/` and `workers/`."""

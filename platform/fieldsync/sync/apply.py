@@ -30,9 +30,12 @@ from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
                                    validate_record, ValueProblem)
 from fieldsync.store.changelog import ChangeLog, record_history
-from fieldsync.security.keyring import KeyMissing
+from fieldsync.crypto.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.records import RecordStore, StoredRow, insert_many, to_wire, utc_now
+from fieldsync.store.records import RecordStore
+from fieldsync.store.bulk import insert_many
+from fieldsync.store.codec import StoredRow, to_wire
+from fieldsync.ids import utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.sync.tables import DEVICES, LEDGER, clear_received
 
@@ -611,7 +614,7 @@ class _Batch:
         if self.applier.audit is not None and self.changes:
             # invariant 8: applied PHI is audited in the batch's own transaction, so a failing
             # append leaves the batch unapplied (redelivered later), never applied-unaudited
-            from fieldsync.security.audit_events import write_events
+            from fieldsync.audit.events import write_events
             b = self.batch
             self.applier.audit.append_all(self.conn, write_events(
                 self.changes, codec=self.store.codec, actor=b.user_id, role=b.role, device=b.device_id,
@@ -677,7 +680,7 @@ class MutationApplier:
 
     def ensure_keys(self, mutations: Sequence[Mapping[str, Any]]) -> None:
         """Create the data keys of every subject the batch writes encrypted values for, before
-        its transaction opens (security/keyring.py: on SQLite a key cannot be created while the
+        its transaction opens (crypto/keyring.py: on SQLite a key cannot be created while the
         batch holds the write lock). A subject is read from the mutation, or for an update
         without it from the stored record."""
         store = self.store()

@@ -15,7 +15,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from fieldsync.security.keys import KeyProvider
+from fieldsync.crypto.keys import KeyProvider
 from fieldsync.sync.tables import DEVICE_SECRETS
 
 __all__ = ["DeviceSecrets"]

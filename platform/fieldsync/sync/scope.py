@@ -23,7 +23,7 @@ from fieldsync.defs import expr as ex
 from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity, Model
 from fieldsync.store.expr_sql import compile_expr, python_value
-from fieldsync.store.records import FieldCodec, PlainJsonCodec
+from fieldsync.store.codec import FieldCodec, PlainJsonCodec
 
 __all__ = ["DeviceScope", "EntityScope", "compile_predicate", "device_scope", "scope_hash_of", "PULLED_DIRECTIONS", "PUSHED_DIRECTIONS"]
 

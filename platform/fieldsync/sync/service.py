@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from fieldsync.security.audit import AuditUnavailable
+from fieldsync.audit.trail import AuditUnavailable
 from fieldsync.store.changelog import ChangeLog, first_position_since, head_position, purge_before
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.records import RecordStore, utc_now
+from fieldsync.store.records import RecordStore
+from fieldsync.ids import utc_now
 from fieldsync.sync.apply import MutationApplier, PushBatch
-from fieldsync.sync.queue import Message, Queue, open_queue
+from fieldsync.queue.embedded import Message, Queue, open_queue
 
 __all__ = ["SyncService", "compact_history"]
 
@@ -56,8 +57,8 @@ class SyncService:
             queue = open_queue(url, secure_delete=False) if url.startswith("sqlite:") and sealed else open_queue(url)
             if not sealed:
                 return queue
-            from fieldsync.security.keys import key_provider_from_config
-            from fieldsync.sync.queue_crypto import EncryptedQueue
+            from fieldsync.crypto.keys import key_provider_from_config
+            from fieldsync.queue.encrypted import EncryptedQueue
             return EncryptedQueue(queue, key_provider_from_config(config))  # invariant 7
         service = cls(store, changelog, opened, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
         service.visibility_timeout = float(config.get("SYNC_VISIBILITY_TIMEOUT") or 60.0)
@@ -72,7 +73,7 @@ class SyncService:
 
     @property
     def pool(self):
-        from fieldsync.sync.worker import ListenerPool
+        from fieldsync.workers.pool import ListenerPool
         queue = self.queue
         with self._lock:
             if self._pool is None:

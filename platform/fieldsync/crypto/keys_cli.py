@@ -21,8 +21,8 @@ _COMMANDS = {
 def _open(config_fn: Callable, args) -> tuple[Any, Any, Any, Any]:
     """(config, store, crypto, audit) for the configured database."""
     from fieldsync.defs import load_model
-    from fieldsync.security.audit import AuditLog
-    from fieldsync.security.keyring import crypto_from_config
+    from fieldsync.audit.trail import AuditLog
+    from fieldsync.crypto.keyring import crypto_from_config
     from fieldsync.store.changelog import create_changelog_tables
     from fieldsync.store.engine import make_engine
     from fieldsync.store.records import RecordStore
@@ -55,7 +55,7 @@ def _open(config_fn: Callable, args) -> tuple[Any, Any, Any, Any]:
 
 def _audit(audit, event: str, *, entity: str | None = None, subjects: tuple[str, ...] = (),
            detail: dict[str, Any] | None = None, outcome: str = "success", reason: str | None = None) -> None:
-    from fieldsync.security.audit import AuditEvent
+    from fieldsync.audit.trail import AuditEvent
     audit.record(AuditEvent(action="key", outcome=outcome, actor="cli", channel="cli", entity=entity,
                             subjects=subjects, reason=reason, detail={"event": event, **(detail or {})}))
 
@@ -73,7 +73,7 @@ def cmd_list(config_fn: Callable, args) -> int:
 
 
 def cmd_rotate(config_fn: Callable, args) -> int:
-    from fieldsync.security.rotation import reencrypt, rotate
+    from fieldsync.crypto.rotation import reencrypt, rotate
     _config, store, crypto, audit = _open(config_fn, args)
     done = rotate(crypto, store.model, args.entity)
     _audit(audit, "rotate", entity=args.entity, detail={"keys": len(done), "new": [n for _s, _o, n in done][:50]})
@@ -92,7 +92,7 @@ def cmd_rotate(config_fn: Callable, args) -> int:
 
 
 def cmd_reencrypt(config_fn: Callable, args) -> int:
-    from fieldsync.security.rotation import reencrypt
+    from fieldsync.crypto.rotation import reencrypt
     _config, store, crypto, audit = _open(config_fn, args)
     report = reencrypt(store, crypto, entity=args.entity)
     _audit(audit, "reencrypt", entity=args.entity, detail={"rows": report.rows, "changes": report.changes,
@@ -102,7 +102,7 @@ def cmd_reencrypt(config_fn: Callable, args) -> int:
 
 
 def cmd_shred(config_fn: Callable, args) -> int:
-    from fieldsync.security.rotation import shred_entity, shred_subject
+    from fieldsync.crypto.rotation import shred_entity, shred_subject
     if not args.yes:
         print("shredding destroys data for good; rerun with --yes", file=sys.stderr)
         return 2

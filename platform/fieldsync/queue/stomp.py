@@ -1,7 +1,7 @@
 """The JMS-broker backend of the queue: ActiveMQ Classic over STOMP 1.2, through stomp.py.
 
 `open_stomp_queue("stomp://127.0.0.1:61613/fieldsync.push?max_receives=5")` (`stomp+ssl://` for
-TLS; docs/queues.md lists the options). How the `Queue` contract of `fieldsync.sync.queue` maps
+TLS; docs/queues.md lists the options). How the `Queue` contract of `fieldsync.queue.embedded` maps
 onto the broker:
 
 * **Durable send** (invariant 1). Messages are sent `persistent: true`. `send` asks a RECEIPT
@@ -74,8 +74,8 @@ from queue import Empty, SimpleQueue
 from typing import Callable, Iterator, Sequence
 
 from fieldsync.errors import Error
-from fieldsync.sync.queue import Message, QueueClosed, QueueDepth
-from fieldsync.sync.stomp_link import (
+from fieldsync.queue.embedded import Message, QueueClosed, QueueDepth
+from fieldsync.queue.stomp_link import (
     MAIN_SUBSCRIPTION, TRANSPORT_ERRORS, BrokerRefused, Link, LinkLost, StompSettings, parse_stomp_url,
 )
 

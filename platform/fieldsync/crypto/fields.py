@@ -10,7 +10,7 @@ Every encrypted field is stored as text carrying its mode and key id:
 - `blind_index`:   stored like `encrypt`, plus a keyed HMAC of the normalised value in the column
                    `fs_bidx_<field>` (see `blind_index`), which equality searches compare.
 
-Keys (see `security/keyring.py`): one data key per entity, one per subject where the
+Keys (see `crypto/keyring.py`): one data key per entity, one per subject where the
 definition names one (`encryption.subject`, e.g. the prescription's patient), one HMAC key per
 entity for blind indexes, and one global key for subject references. The subject field itself
 is encrypted under the entity key (it is what finds the subject's key); every other encrypted
@@ -104,7 +104,7 @@ class FieldCrypto:
     """The codec of a RecordStore: encodes wire values of encrypted fields into their stored
     text and back, computes blind indexes and subject references.
 
-    `keyring` is a `fieldsync.security.keyring.KeyRing`.
+    `keyring` is a `fieldsync.crypto.keyring.KeyRing`.
     """
 
     def __init__(self, keyring) -> None:

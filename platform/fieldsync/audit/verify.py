@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 
-from fieldsync.security.audit import (GENESIS, AuditLog, Checkpoint, ENTRIES, entry_hash, verify_signature)
+from fieldsync.audit.trail import (GENESIS, AuditLog, Checkpoint, ENTRIES, entry_hash, verify_signature)
 
 __all__ = ["VerifyReport", "verify_log", "parse_checkpoints"]
 

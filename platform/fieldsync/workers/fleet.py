@@ -39,7 +39,7 @@ import sqlalchemy as sa
 
 from fieldsync.errors import Error
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.records import utc_now
+from fieldsync.ids import utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
 
 __all__ = [

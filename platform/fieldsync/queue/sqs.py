@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from fieldsync.errors import ConfigError, Error
-from fieldsync.sync.queue import DEFAULT_MAX_RECEIVES, Message, QueueClosed, QueueDepth
+from fieldsync.queue.embedded import DEFAULT_MAX_RECEIVES, Message, QueueClosed, QueueDepth
 
 __all__ = ["SqsError", "SqsQueue", "SqsSendFailed", "open_sqs_queue"]
 

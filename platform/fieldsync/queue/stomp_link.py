@@ -20,7 +20,7 @@ import stomp
 import stomp.exception
 
 from fieldsync.errors import ConfigError, Error
-from fieldsync.sync.queue import DEFAULT_MAX_RECEIVES
+from fieldsync.queue.embedded import DEFAULT_MAX_RECEIVES
 
 __all__ = ["BrokerRefused", "Link", "LinkLost", "MAIN_SUBSCRIPTION", "StompSettings", "TRANSPORT_ERRORS",
            "parse_stomp_url"]

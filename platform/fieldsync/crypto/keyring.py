@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fieldsync.errors import Error
-from fieldsync.security.fields import KeyShredded
-from fieldsync.security.keys import KeyProvider
+from fieldsync.crypto.fields import KeyShredded
+from fieldsync.crypto.keys import KeyProvider
 from fieldsync.store.engine import in_write_transaction, write_transaction
 
 __all__ = ["DATA_KEYS", "KeyRing", "KeyMissing", "create_key_tables"]
@@ -402,8 +402,8 @@ def prepare_keys(keyring: KeyRing, model) -> None:
 def crypto_from_config(config, engine: sa.Engine, *, model=None, clock=None):
     """The FieldCrypto of a server or CLI process: the configured key provider (`KEY_PROVIDER`),
     the key tables created, and the keys `model` needs made."""
-    from fieldsync.security.fields import FieldCrypto
-    from fieldsync.security.keys import key_provider_from_config
+    from fieldsync.crypto.fields import FieldCrypto
+    from fieldsync.crypto.keys import key_provider_from_config
 
     create_key_tables(engine)
     keyring = KeyRing(engine, key_provider_from_config(config),

@@ -17,6 +17,8 @@ Files (keys mode 0600, the directory 0700):
 from __future__ import annotations
 
 import datetime as dt
+import base64
+import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -28,8 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fieldsync.client.pinning import public_key_pin
 from fieldsync.errors import ConfigError
+
+def public_key_pin(public_key) -> str:
+    """The RFC 7469 pin (`sha256/<base64 of SHA-256 of the SubjectPublicKeyInfo>`) the SDK checks
+    (`fieldsync.client.pinning`); computed here so the server does not import the SDK."""
+    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256/" + base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
 
 __all__ = ["DEFAULT_HOSTS", "DevCertificates", "make_dev_certificates", "issue_server_certificate"]
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from fieldsync.sync.queue import Message, Queue
+from fieldsync.queue.embedded import Message, Queue
 
 __all__ = ["ListenerPool", "PoolStats", "retry_delay"]
 

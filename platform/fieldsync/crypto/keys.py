@@ -13,7 +13,7 @@ Providers (`KEY_PROVIDER`):
 
     local   `LocalKeyProvider`: the master key in a file of the data directory (mode 0600,
             created on first use; never in the repository) — the embedded default.
-    kms     `fieldsync.security.kms.KmsKeyProvider`: AWS KMS GenerateDataKey / Decrypt under
+    kms     `fieldsync.crypto.kms.KmsKeyProvider`: AWS KMS GenerateDataKey / Decrypt under
             `KMS_KEY_ID`; the master key never leaves KMS.
 
 Wrapped keys start with the provider's prefix (`L1`, `K1`), so a key wrapped by one provider
@@ -142,6 +142,6 @@ def key_provider_from_config(config, *, session=None) -> KeyProvider:
     if kind == "local":
         return LocalKeyProvider(config.get("KEYS_DIR") or (config.data_dir / "keys"))
     if kind == "kms":
-        from fieldsync.security.kms import kms_provider_from_config
+        from fieldsync.crypto.kms import kms_provider_from_config
         return kms_provider_from_config(config, session=session)
     raise ConfigError(f"KEY_PROVIDER {kind!r} is not known; available: 'local', 'kms'")

@@ -50,3 +50,8 @@ def ddl_statements(model: Model, dialect_name: str) -> list[dict[str, str]]:
                     out.append({"table": table.name, "kind": "comment",
                                 "sql": _compile(SetColumnComment(column), dialect)})
     return out
+
+
+def server_ddl(model: Model) -> dict[str, list[dict[str, str]]]:
+    """The DDL statements of every dialect: what `fieldsync generate` writes to generated/server/."""
+    return {name: ddl_statements(model, name) for name in sorted(DIALECTS)}

@@ -21,7 +21,7 @@ import threading
 from typing import Any, Mapping
 
 from fieldsync.errors import ConfigError
-from fieldsync.security.keys import KeyUnavailable, canonical_context, wrapped_by
+from fieldsync.crypto.keys import KeyUnavailable, canonical_context, wrapped_by
 
 __all__ = ["KmsKeyProvider", "kms_provider_from_config"]
 

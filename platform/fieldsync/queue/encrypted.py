@@ -23,8 +23,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fieldsync.errors import Error
-from fieldsync.security.keys import KeyProvider
-from fieldsync.sync.queue import Message, Queue, QueueDepth
+from fieldsync.crypto.keys import KeyProvider
+from fieldsync.queue.embedded import Message, Queue, QueueDepth
 
 __all__ = ["EncryptedQueue", "QueueDecryptError", "MAGIC"]
 

@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fieldsync.errors import ConfigError, Error
-from fieldsync.security.audit_anchor import (Anchor, AnchorStore, AnchorUnavailable, AuditTrailReplaced,
+from fieldsync.audit.anchor import (Anchor, AnchorStore, AnchorUnavailable, AuditTrailReplaced,
                                              read_anchors)
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
@@ -345,7 +345,7 @@ def _unavailable_on_failure() -> Iterator[None]:
 class AuditLog:
     """Appends, checkpoints, verifies, exports and purges the audit trail in `engine`'s database.
 
-    `keys` is the key provider (`fieldsync.security.keys`), `signing_key_path` the Ed25519 key
+    `keys` is the key provider (`fieldsync.crypto.keys`), `signing_key_path` the Ed25519 key
     file, `clock` the time source (injected by tests); `checkpoint_every` entries a checkpoint
     is signed inside the appending transaction; `retention_days` is what `purge` keeps;
     `anchors` the stores of the anchor kept outside the database (`audit_anchor`; none: the
@@ -381,8 +381,8 @@ class AuditLog:
         """The audit log of a configuration: key provider from KEY_PROVIDER, signing key
         AUDIT_SIGNING_KEY (default `<KEYS_DIR>/audit-signing.key`), AUDIT_CHECKPOINT_EVERY and
         AUDIT_RETENTION_DAYS. Nothing is opened or created until `prepare` or first use."""
-        from fieldsync.security.audit_anchor import anchor_stores_from_config
-        from fieldsync.security.keys import key_provider_from_config
+        from fieldsync.audit.anchor import anchor_stores_from_config
+        from fieldsync.crypto.keys import key_provider_from_config
         keys_dir = Path(config.get("KEYS_DIR") or (config.data_dir / "keys"))
         signing = Path(config.get("AUDIT_SIGNING_KEY") or (keys_dir / SIGNING_KEY_FILE))
         return cls(engine, key_provider_from_config(config), signing,
@@ -825,11 +825,11 @@ class AuditLog:
     # -- verification and retention --------------------------------------------------------------
     def verify(self, *, checkpoints: Iterable[Checkpoint] = (), public_keys: Iterable[Ed25519PublicKey] = (),
                use_anchors: bool = True):
-        """Check the whole log; returns a `fieldsync.security.audit_verify.VerifyReport` naming
+        """Check the whole log; returns a `fieldsync.audit.verify.VerifyReport` naming
         every problem found. `checkpoints` kept outside the database and `public_keys` given by
         the verifier are checked too (the local signing key's public half always is), and so is
         the anchor in each anchor store unless `use_anchors` is False."""
-        from fieldsync.security.audit_verify import verify_log
+        from fieldsync.audit.verify import verify_log
         return verify_log(self, external=list(checkpoints), public_keys=list(public_keys),
                           anchors=self.read_anchors() if use_anchors and self.anchors else None)
 

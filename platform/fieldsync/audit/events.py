@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from fieldsync.defs.model import Entity
-from fieldsync.security.audit import AuditEvent
+from fieldsync.audit.trail import AuditEvent
 
 __all__ = ["Disclosure", "DEFAULT_PURPOSE", "phi_written", "read_events", "subject_ref_function", "write_events"]
 

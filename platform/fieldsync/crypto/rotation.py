@@ -30,7 +30,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity, Model
-from fieldsync.security.fields import FieldCrypto, KeyShredded, bidx_column, ciphertext_key_id
+from fieldsync.crypto.fields import FieldCrypto, KeyShredded, bidx_column, ciphertext_key_id
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 
@@ -279,7 +279,7 @@ def shred_entity(store: RecordStore, crypto: FieldCrypto, entity: str) -> list[s
 
 def audit_pass(audit, report: ReencryptReport, *, channel: str = "system") -> None:
     """Record a re-encryption pass in the audit trail (a key operation; references only)."""
-    from fieldsync.security.audit import AuditEvent
+    from fieldsync.audit.trail import AuditEvent
     audit.record(AuditEvent(action="key", actor="key-maintenance", channel=channel, detail={
         "event": "reencrypt", "rows": report.rows, "changes": report.changes,
         "destroyed": report.destroyed[:50], "still_retired": len(report.still_retired)}))

@@ -135,11 +135,11 @@ class QueueDepth:
 # scheme -> "module:function" building the queue from (url, **options); imported on first use,
 # so boto3 and stomp.py load only when configured
 BACKENDS: dict[str, str] = {
-    "sqlite": "fieldsync.sync.queue:_open_sqlite",
-    "sqs": "fieldsync.sync.queue_sqs:open_sqs_queue",
-    "sqs+fifo": "fieldsync.sync.queue_sqs:open_sqs_queue",
-    "stomp": "fieldsync.sync.queue_stomp:open_stomp_queue",
-    "stomp+ssl": "fieldsync.sync.queue_stomp:open_stomp_queue",
+    "sqlite": "fieldsync.queue.embedded:_open_sqlite",
+    "sqs": "fieldsync.queue.sqs:open_sqs_queue",
+    "sqs+fifo": "fieldsync.queue.sqs:open_sqs_queue",
+    "stomp": "fieldsync.queue.stomp:open_stomp_queue",
+    "stomp+ssl": "fieldsync.queue.stomp:open_stomp_queue",
 }
 
 

@@ -2,7 +2,7 @@
 (docs/cli.md, docs/audit.md).
 
 `fieldsync.cli` registers these through `add_audit_commands`; each parses its flags and calls the
-audit library (`fieldsync.security.audit`, `audit_verify`, `audit_export`).
+audit library (`fieldsync.audit.trail`, `audit_verify`, `audit_export`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _open(config_fn, args, *, create: bool):
     """(audit log, engine); with `create`, the trail prepared as the server would (checked
     against its anchor, refused when wiped). Without, (None, None) after saying why when there
     is no trail to read: an anchor then says it was wiped."""
-    from fieldsync.security.audit import AuditLog, HEAD
+    from fieldsync.audit.trail import AuditLog, HEAD
     from fieldsync.store.engine import make_engine
     config = config_fn(args)
     database = config.get("DATABASE_URL")
@@ -72,8 +72,8 @@ def _open(config_fn, args, *, create: bool):
 
 
 def cmd_verify(config_fn, args) -> int:
-    from fieldsync.security.audit import load_public_key
-    from fieldsync.security.audit_verify import parse_checkpoints
+    from fieldsync.audit.trail import load_public_key
+    from fieldsync.audit.verify import parse_checkpoints
     audit, engine = _open(config_fn, args, create=False)
     if audit is None:
         return 1
@@ -106,8 +106,8 @@ def _when(text: str, flag: str) -> dt.datetime:
 
 def cmd_export(config_fn, args) -> int:
     from fieldsync.api import create_app
-    from fieldsync.security.audit_events import subject_ref_function
-    from fieldsync.security.audit_export import export_audit
+    from fieldsync.audit.events import subject_ref_function
+    from fieldsync.audit.export import export_audit
     start, end = _when(args.start, "--from"), _when(args.end, "--to")
     if end <= start:
         print("fieldsync audit export: --to must be after --from (the period is [from, to))", file=sys.stderr)
@@ -167,7 +167,7 @@ def cmd_purge(config_fn, args) -> int:
 
 
 def cmd_acknowledge_reset(config_fn, args) -> int:
-    from fieldsync.security.audit import AuditLog
+    from fieldsync.audit.trail import AuditLog
     from fieldsync.store.engine import make_engine
     config = config_fn(args)
     if not config.get("DATABASE_URL"):
@@ -184,7 +184,7 @@ def cmd_acknowledge_reset(config_fn, args) -> int:
 
 
 def cmd_public_key(config_fn, args) -> int:
-    from fieldsync.security.audit import AuditLog
+    from fieldsync.audit.trail import AuditLog
     from fieldsync.store.engine import make_engine
     config = config_fn(args)
     engine = make_engine(config.database_url)

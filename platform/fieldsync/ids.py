@@ -1,0 +1,47 @@
+"""Ids and the clock, shared by the server and the SDK: UUIDv7 record ids made in creation order,
+and write times that never go backwards (docs/protocol.md §8.1). Standard library only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+import uuid
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def later_write_time(now: dt.datetime, previous: dt.datetime | None) -> dt.datetime:
+    """A record's new write time: `now`, unless its write time is already later (a server
+    clock stepped back), since a write time never goes backwards (docs/protocol.md §8.1)."""
+    if previous is None:
+        return now
+    if previous.tzinfo is None:
+        previous = previous.replace(tzinfo=dt.timezone.utc)
+    return max(now, previous)
+
+
+_id_lock = threading.Lock()
+_id_last = [0, 0]  # last (milliseconds, counter) handed out by this process
+
+
+def new_id(now: dt.datetime | None = None) -> str:
+    """A UUIDv7 id: 48 bits of Unix milliseconds, a 12-bit counter, then random bits.
+
+    The counter (RFC 9562 "method 1") keeps ids made in the same millisecond in creation order,
+    so sorting by id is sorting by creation within one process.
+    """
+    ms = int((now.timestamp() if now else time.time()) * 1000)
+    with _id_lock:
+        if ms <= _id_last[0]:
+            ms, seq = _id_last[0], _id_last[1] + 1
+            if seq > 0xFFF:
+                ms, seq = ms + 1, 0
+        else:
+            seq = 0
+        _id_last[0], _id_last[1] = ms, seq
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))

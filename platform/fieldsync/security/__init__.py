@@ -1,1 +1,0 @@
-"""Keys and encryption: key providers, envelope encryption of data that leaves the process."""
