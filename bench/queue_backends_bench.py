@@ -32,7 +32,7 @@ from fieldsync.api import create_app  # noqa: E402
 from fieldsync.auth import issue_token  # noqa: E402
 from fieldsync.defs.values import format_datetime  # noqa: E402
 from fieldsync.seed import load_seed  # noqa: E402
-from fieldsync.sync.tables import RECEIVED  # noqa: E402
+from fieldsync.store.sync_tables import RECEIVED  # noqa: E402
 
 from harness import REP, ROOT, SECRET  # noqa: E402
 

@@ -358,7 +358,7 @@ def cmd_devices(args) -> int:
     import sqlalchemy as sa
     from fieldsync.store.changelog import create_changelog_tables, head_position
     from fieldsync.store.engine import make_engine
-    from fieldsync.sync.tables import DEVICES, LEDGER, RECEIVED, create_sync_tables
+    from fieldsync.store.sync_tables import DEVICES, LEDGER, RECEIVED, create_sync_tables
     config = _config(args)
     engine = make_engine(config.database_url)
     try:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from audit_support import raw
 from fieldsync.audit.trail import AuditUnavailable
 from fieldsync.store.changelog import CHANGES_TABLE
-from fieldsync.sync.tables import DEVICES, LEDGER
+from fieldsync.store.sync_tables import DEVICES, LEDGER
 
 PHI = ("patient_id", "patient_name", "patient_dob", "diagnosis")
 

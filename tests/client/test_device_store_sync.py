@@ -18,7 +18,7 @@ from fieldsync.client import (Client, DeviceRevoked, ProtocolError, StoreKey, St
 from fieldsync.client.store_key import StoreHeader
 from fieldsync.crypto.keys import KeyUnavailable, LocalKeyProvider
 from fieldsync.sync.device_secrets import DeviceSecrets
-from fieldsync.sync.tables import DEVICE_SECRETS, DEVICES, create_sync_tables
+from fieldsync.store.sync_tables import DEVICE_SECRETS, DEVICES, create_sync_tables
 
 PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"
 SAI = "2fd6ae15-929b-509f-9c04-01a819382ca2"      # a retailer in PUNE

@@ -163,7 +163,7 @@ def test_a_push_whose_answer_is_cut_is_resent_and_applied_once(app, transport_fo
     ana.sync()
     assert server_count(app, "visit", record_id) == 1
     assert ana.get("visit", record_id)["version"] == 1 and ana.status().unsettled == 0
-    from fieldsync.sync.tables import LEDGER
+    from fieldsync.store.sync_tables import LEDGER
     with app.extensions["fieldsync"].engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(LEDGER)).scalar() == 1
 

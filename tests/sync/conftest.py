@@ -58,7 +58,7 @@ from fieldsync.seed import load_seed
 from fieldsync.store.changelog import CHANGES_TABLE
 from fieldsync.ids import utc_now
 from fieldsync.sync.scope import device_scope
-from fieldsync.sync.tables import DEVICES, LEDGER
+from fieldsync.store.sync_tables import DEVICES, LEDGER
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_DIR = ROOT / "examples" / "seed"

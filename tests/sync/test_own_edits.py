@@ -330,7 +330,7 @@ def test_a_ledger_made_before_overridden_by_gets_the_column(fresh_database):
     """A server upgraded in place adds the ledger's new nullable column on start, twice safely."""
     import sqlalchemy as sa
 
-    from fieldsync.sync.tables import LEDGER, create_sync_tables
+    from fieldsync.store.sync_tables import LEDGER, create_sync_tables
 
     engine = sa.create_engine(fresh_database())
     try:

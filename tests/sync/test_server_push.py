@@ -16,7 +16,7 @@ from fieldsync.api import create_app
 from fieldsync.auth.tokens import issue_token
 from fieldsync.seed import load_seed
 from fieldsync.ids import new_id
-from fieldsync.sync.tables import LEDGER
+from fieldsync.store.sync_tables import LEDGER
 
 SECRET = "k" * 32
 PUNE_CENTRAL = "270707fc-40e4-5205-8dad-51e11ccbfacf"

@@ -22,7 +22,7 @@ from fieldsync.auth.tokens import issue_token
 from fieldsync.seed import load_seed
 from fieldsync.store.changelog import CHANGES_TABLE
 from fieldsync.ids import new_id
-from fieldsync.sync.tables import LEDGER
+from fieldsync.store.sync_tables import LEDGER
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFS_DIR = ROOT / "entity_defs"

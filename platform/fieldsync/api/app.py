@@ -139,7 +139,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         model = load_model(settings["DEFS_DIR"])
     from fieldsync.api.sync import blueprint as sync_blueprint
     from fieldsync.sync.service import SyncService
-    from fieldsync.sync.tables import create_sync_tables
+    from fieldsync.store.sync_tables import create_sync_tables
 
     create_changelog_tables(engine)
     create_sync_tables(engine)

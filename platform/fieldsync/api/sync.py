@@ -34,7 +34,7 @@ from fieldsync.store.engine import write_transaction
 from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
     results_for, write_checkpoint
 from fieldsync.sync.scope import device_scope
-from fieldsync.sync.tables import DEVICE_TOKENS, DEVICES, LEDGER, clear_received, mark_received, unsettled
+from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES, LEDGER, clear_received, mark_received, unsettled
 from fieldsync.store.changelog import head_position
 
 try:  # optional: zstd is preferred when both sides have it

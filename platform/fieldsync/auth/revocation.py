@@ -23,7 +23,7 @@ from fieldsync.auth.sessions import SESSIONS
 from fieldsync.errors import NotFound
 from fieldsync.audit.trail import AuditEvent, AuditLog
 from fieldsync.store.engine import write_transaction
-from fieldsync.sync.tables import DEVICES
+from fieldsync.store.sync_tables import DEVICES
 
 __all__ = ["REASON_MAX", "revoke_device", "revoke_token"]
 

@@ -24,7 +24,7 @@ def _open(config):
     from fieldsync.auth.sessions import create_session_tables
     from fieldsync.audit.trail import AuditLog
     from fieldsync.store.engine import make_engine
-    from fieldsync.sync.tables import create_sync_tables
+    from fieldsync.store.sync_tables import create_sync_tables
     if not config.get("DATABASE_URL"):
         config.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.database_url)

@@ -32,7 +32,7 @@ from fieldsync.auth.tokens import Principal, TokenError
 from fieldsync.errors import ConfigError
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
-from fieldsync.sync.tables import DEVICE_TOKENS, DEVICES
+from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES
 
 __all__ = ["SESSIONS", "SessionPolicy", "Sessions", "create_session_tables"]
 

@@ -37,7 +37,7 @@ from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import StoredRow, to_wire
 from fieldsync.ids import utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
-from fieldsync.sync.tables import DEVICES, LEDGER, clear_received
+from fieldsync.store.sync_tables import DEVICES, LEDGER, clear_received
 
 __all__ = ["MutationApplier", "PushBatch", "mutation_digest", "plausible_offset_ms", "OPS"]
 

@@ -16,7 +16,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from fieldsync.crypto.keys import KeyProvider
-from fieldsync.sync.tables import DEVICE_SECRETS
+from fieldsync.store.sync_tables import DEVICE_SECRETS
 
 __all__ = ["DeviceSecrets"]
 

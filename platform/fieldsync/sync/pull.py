@@ -26,7 +26,7 @@ from fieldsync.store.changelog import Change, changes_after, decode_row, head_po
 from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import result_to_wire
 from fieldsync.sync.scope import DeviceScope
-from fieldsync.sync.tables import LEDGER, SCOPES
+from fieldsync.store.sync_tables import LEDGER, SCOPES
 from fieldsync.untrusted import load_json
 
 __all__ = ["PullRequest", "SyncReset", "InvalidResume", "pull_page", "results_for", "readable_row",

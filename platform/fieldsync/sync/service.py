@@ -136,7 +136,7 @@ class SyncService:
 
     def unsettled(self, device_id: str) -> int:
         """The device's mutations received and not yet processed (any queue backend)."""
-        from fieldsync.sync.tables import unsettled
+        from fieldsync.store.sync_tables import unsettled
         with self.applier.store().engine.connect() as conn:
             return unsettled(conn, device_id)
 

@@ -1,5 +1,8 @@
 """The sync server's platform tables: devices, the dedupe ledger and stored scope descriptors.
 
+In store/ (below auth/ and sync/) because both read them: auth/ checks a device's status and its
+newest token, sync/ writes the ledger.
+
 `fs_ledger` is the dedupe ledger of invariant 2: one row per processed `(device_id, seq)`,
 written in the same transaction as the mutation's effect, holding its result. It stores no
 field values (a result's `row` is read at delivery time), so it never holds PHI (invariant 7).
