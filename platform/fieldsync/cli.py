@@ -518,7 +518,8 @@ def cmd_workers_set(args) -> int:
 def cmd_workers_status(args) -> int:
     import json as _json
     from fieldsync.store.engine import make_engine
-    from fieldsync.workers.fleet import create_worker_tables, open_push_queue, workers_status
+    from fieldsync.sync.service import open_push_queue
+    from fieldsync.workers.fleet import create_worker_tables, workers_status
     config = _config(args)
     engine = make_engine(config.database_url)
     queue = open_push_queue(config)
@@ -549,7 +550,7 @@ def cmd_workers_status(args) -> int:
 
 def cmd_dlq_list(args) -> int:
     import json as _json
-    from fieldsync.workers.fleet import dead_letter_summaries, open_push_queue
+    from fieldsync.sync.service import dead_letter_summaries, open_push_queue
     queue = open_push_queue(_config(args))
     try:
         items = dead_letter_summaries(queue, args.limit)
@@ -565,7 +566,7 @@ def cmd_dlq_list(args) -> int:
 
 
 def cmd_dlq_replay(args) -> int:
-    from fieldsync.workers.fleet import open_push_queue
+    from fieldsync.sync.service import open_push_queue
     if bool(args.ids) == bool(args.all):
         print("fieldsync dlq replay: name messages with --id ID (repeatable) or pass --all", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """The sync service of one server process: the push queue, the listener pool applying pushed
-batches, and the maintenance jobs (retention). Built by `create_app`; nothing starts at import.
+batches, the maintenance jobs (retention), and the push queue and its dead letters as the operator
+commands see them. Built by `create_app`; nothing starts at import.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fieldsync.ids import utc_now
 from fieldsync.sync.apply import MutationApplier, PushBatch
 from fieldsync.queue.embedded import Message, Queue, open_queue
 
-__all__ = ["SyncService", "compact_history"]
+__all__ = ["SyncService", "compact_history", "dead_letter_summaries", "open_push_queue"]
 
 log = logging.getLogger("fieldsync.sync")
 
@@ -191,6 +192,31 @@ class SyncService:
             self.drain()
             return self.queue.pending() == 0
         return self.pool.wait_idle(timeout)
+
+
+def open_push_queue(config: Any) -> Any:
+    """The push queue exactly as the server opens it (backend, encryption), for the operator
+    commands that build no app."""
+    return SyncService.from_config(config, lambda: None, None).queue
+
+
+def dead_letter_summaries(queue: Any, limit: int = 100) -> list[dict[str, Any]]:
+    """The dead letters without their bodies: message id, device, delivery count, enqueue time,
+    and the number of mutations when the body reads as a push batch (an encrypted body does
+    not: then the device comes from the message group, which is the device id)."""
+    items = []
+    for message in queue.dead_letters(limit):
+        device, mutations = message.group, None
+        try:
+            batch = PushBatch.from_bytes(message.body)
+            device, mutations = batch.device_id, len(batch.mutations)
+        except Exception:
+            pass   # unreadable here (encrypted, or not a push batch): never shown
+        items.append({"message_id": message.id, "device_id": device, "receive_count": message.receive_count,
+                      "enqueued_at": dt.datetime.fromtimestamp(message.enqueued_at, dt.timezone.utc)
+                      .isoformat().replace("+00:00", "Z"),
+                      "mutations": mutations})
+    return items
 
 
 def compact_history(engine: sa.Engine, store: RecordStore, retention_days: int, now: dt.datetime | None = None) -> dict[str, Any]:

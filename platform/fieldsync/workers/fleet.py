@@ -1,5 +1,5 @@
-"""Workers: the listener pools of every process, their shared desired size, the dead letters and
-the processing log (docs/workers.md).
+"""Workers: the listener pools of every process, their shared desired size and the processing
+log (docs/workers.md). The push queue and its dead letters are `fieldsync.sync.service`'s.
 
 Every process that applies push batches (a server with `SYNC_LISTENERS` > 0, or a `fieldsync
 worker`) runs a `WorkerControl`. Its heartbeat, every `interval` seconds, does three things:
@@ -45,7 +45,7 @@ from fieldsync.store.tables import PLATFORM_PREFIX
 __all__ = [
     "HEARTBEAT_SECONDS", "MAX_THREADS", "PROCESSING_LOG", "QUEUES", "STALE_AFTER", "WORKERS",
     "WORKER_CONFIG", "DesiredSize", "InvalidPoolSize", "ProcessingLog", "WorkerControl", "attach",
-    "check_pool_size", "create_worker_tables", "dead_letter_summaries", "desired_size", "open_push_queue",
+    "check_pool_size", "create_worker_tables", "desired_size",
     "processing_entries", "prune_processing_log", "set_desired_size", "workers_status",
 ]
 
@@ -337,32 +337,6 @@ def workers_status(engine: sa.Engine, queue: Any, *, queue_name: str = "push",
         "in_flight": sum(p["in_flight"] for p in live),
         "workers": processes,
     }
-
-
-def open_push_queue(config: Any) -> Any:
-    """The push queue exactly as the server opens it (backend, encryption), for the operator
-    commands that build no app."""
-    from fieldsync.sync.service import SyncService
-    return SyncService.from_config(config, lambda: None, None).queue
-
-
-def dead_letter_summaries(queue: Any, limit: int = 100) -> list[dict[str, Any]]:
-    """The dead letters without their bodies: message id, device, delivery count, enqueue time,
-    and the number of mutations when the body reads as a push batch (an encrypted body does
-    not: then the device comes from the message group, which is the device id)."""
-    from fieldsync.sync.apply import PushBatch
-    items = []
-    for message in queue.dead_letters(limit):
-        device, mutations = message.group, None
-        try:
-            batch = PushBatch.from_bytes(message.body)
-            device, mutations = batch.device_id, len(batch.mutations)
-        except Exception:
-            pass   # unreadable here (encrypted, or not a push batch): never shown
-        items.append({"message_id": message.id, "device_id": device, "receive_count": message.receive_count,
-                      "enqueued_at": _iso(dt.datetime.fromtimestamp(message.enqueued_at, dt.timezone.utc)),
-                      "mutations": mutations})
-    return items
 
 
 # -- the processing log -------------------------------------------------------------------------
