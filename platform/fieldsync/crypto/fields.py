@@ -26,18 +26,16 @@ from __future__ import annotations
 import binascii
 import json
 import os
-import unicodedata
 from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidTag
 
 from fieldsync.defs.model import Entity, Field
 from fieldsync.errors import Error
+from fieldsync.store.tables import normalise_for_index
 
-__all__ = ["BIDX_PREFIX", "FieldCrypto", "IntegrityFailure", "KeyShredded", "bidx_column",
-           "ciphertext_key_id", "normalise_for_index"]
+__all__ = ["FieldCrypto", "IntegrityFailure", "KeyShredded", "ciphertext_key_id"]
 
-BIDX_PREFIX = "fs_bidx_"
 _RANDOM = "e1"
 _DETERMINISTIC = "d1"
 _SEP = "\x1f"
@@ -53,11 +51,6 @@ class KeyShredded(Error):
     """The data key of a ciphertext was destroyed (crypto-shredding): the value is gone."""
 
 
-def bidx_column(field: Field | str) -> str:
-    """The column holding the blind index of `field`."""
-    return BIDX_PREFIX + (field if isinstance(field, str) else field.name)
-
-
 def ciphertext_key_id(stored: str) -> str | None:
     """The key id a stored ciphertext names (None for anything that is not one)."""
     if isinstance(stored, str) and len(stored) > 4 and stored[2] == "." and stored[:2] in (_RANDOM, _DETERMINISTIC):
@@ -65,14 +58,6 @@ def ciphertext_key_id(stored: str) -> str | None:
         if end > 3:
             return stored[3:end]
     return None
-
-
-def normalise_for_index(value: Any) -> bytes:
-    """What a blind index is computed over: strings NFKC-normalised, case-folded and with runs
-    of white space collapsed (a search for "jane  DOE" finds "Jane Doe"); other values as JSON."""
-    if isinstance(value, str):
-        return " ".join(unicodedata.normalize("NFKC", value).casefold().split()).encode()
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _pack(value: Any) -> bytes:

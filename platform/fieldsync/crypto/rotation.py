@@ -30,8 +30,9 @@ from typing import Any, Callable
 import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity, Model
-from fieldsync.crypto.fields import FieldCrypto, KeyShredded, bidx_column, ciphertext_key_id
+from fieldsync.crypto.fields import FieldCrypto, KeyShredded, ciphertext_key_id
 from fieldsync.store.engine import write_transaction
+from fieldsync.store.tables import bidx_column
 from fieldsync.store.records import RecordStore
 
 __all__ = ["KeyMaintenance", "ReencryptReport", "reencrypt", "rotate", "shred_entity", "shred_subject"]

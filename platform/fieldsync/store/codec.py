@@ -16,6 +16,7 @@ from fieldsync.crypto.fields import KeyShredded
 from fieldsync.defs.model import Entity, Field
 from fieldsync.defs.values import format_datetime
 from fieldsync.store.expr_sql import python_value
+from fieldsync.store.tables import normalise_for_index
 
 
 # -- the codec for encrypted fields -----------------------------------------------------------
@@ -55,7 +56,6 @@ class PlainJsonCodec:
         return [json.dumps(value)]
 
     def blind_index(self, entity: Entity, field: Field, value: Any) -> str:
-        from fieldsync.crypto.fields import normalise_for_index
         return hashlib.sha256(field.name.encode() + b"\x1f" + normalise_for_index(value)).hexdigest()[:32]
 
     def blind_indexes(self, entity: Entity, field: Field, value: Any) -> list[str]:

@@ -36,7 +36,7 @@ from alembic.runtime.migration import MigrationContext
 from fieldsync.defs.model import SYSTEM_COLUMNS, Entity, Model
 from fieldsync.errors import MigrationRefused
 from fieldsync.store.engine import write_transaction
-from fieldsync.crypto.fields import bidx_column
+from fieldsync.store.tables import bidx_column
 from fieldsync.store.tables import PLATFORM_PREFIX, blind_index_columns, build_metadata
 
 __all__ = [

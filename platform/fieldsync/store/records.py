@@ -30,7 +30,7 @@ from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import FieldProblem, uuid_text, validate_record
 from fieldsync.ids import later_write_time, new_id, utc_now
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
-from fieldsync.crypto.fields import bidx_column
+from fieldsync.store.tables import bidx_column
 from fieldsync.crypto.keyring import KeyMissing
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec, StoredRow, db_step, decrypted, to_db, to_wire, wire_step
 from fieldsync.store.engine import write_transaction

@@ -15,6 +15,9 @@ column `fs_bidx_<field>` with its keyed hash (docs/encryption.md).
 from __future__ import annotations
 
 import hashlib
+import json
+import unicodedata
+from typing import Any
 
 from sqlalchemy import (
     JSON, BigInteger, Boolean, Column, Date, DateTime, Index, Integer, MetaData, Numeric,
@@ -23,10 +26,23 @@ from sqlalchemy import (
 
 from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import DEFAULT_STRING_MAX, MEDIA_MAX
-from fieldsync.crypto.fields import bidx_column
 
 PLATFORM_PREFIX = "fs_"
 ID_LENGTH = 36
+BIDX_PREFIX = "fs_bidx_"
+
+
+def bidx_column(field: Field | str) -> str:
+    """The column holding the blind index of `field`."""
+    return BIDX_PREFIX + (field if isinstance(field, str) else field.name)
+
+
+def normalise_for_index(value: Any) -> bytes:
+    """What a blind index is computed over: strings NFKC-normalised, case-folded and with runs
+    of white space collapsed (a search for "jane  DOE" finds "Jane Doe"); other values as JSON."""
+    if isinstance(value, str):
+        return " ".join(unicodedata.normalize("NFKC", value).casefold().split()).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def column_type(field: Field):
