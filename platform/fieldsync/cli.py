@@ -225,7 +225,8 @@ def _serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, beh
     if state.sync.listeners > 0:
         state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
-    from fieldsync.crypto.rotation import KeyMaintenance, audit_pass
+    from fieldsync.audit.events import audit_pass
+    from fieldsync.crypto.rotation import KeyMaintenance
     KeyMaintenance(lambda: state.store, state.crypto,   # finishes re-encryption after `keys rotate`
                    interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300)),
                    on_pass=lambda report: audit_pass(state.audit, report)).start()

@@ -339,7 +339,8 @@ def test_shredding_a_patient_under_live_traffic_loses_only_that_patient(fast_app
 
 
 def test_key_maintenance_finishes_a_rotation_and_audits_it(fast_app, api_for):
-    from fieldsync.crypto.rotation import KeyMaintenance, audit_pass
+    from fieldsync.audit.events import audit_pass
+    from fieldsync.crypto.rotation import KeyMaintenance
     state = fast_app.extensions["fieldsync"]
     admin = api_for(fast_app)
     rec = admin.as_user("rep-1", "field_rep", territory_ids=[NORTH]).ok(

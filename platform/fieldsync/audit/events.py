@@ -3,6 +3,7 @@
 Pure functions (no Flask, no database): the REST views, the pull assembler and the push applier
 describe what they showed or wrote, and these turn it into `AuditEvent`s — one per entity and
 action, listing record ids, PHI field names and subject references, never a value.
+`audit_pass` records the key maintenance's re-encryption passes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from fieldsync.defs.model import Entity
 from fieldsync.audit.trail import AuditEvent
 
-__all__ = ["Disclosure", "DEFAULT_PURPOSE", "phi_written", "read_events", "subject_ref_function", "write_events"]
+__all__ = ["Disclosure", "DEFAULT_PURPOSE", "audit_pass", "phi_written", "read_events", "subject_ref_function",
+           "write_events"]
 
 DEFAULT_PURPOSE = "treatment"    # clinical access through REST and sync, unless the request says otherwise
 _WRITE_ACTIONS = {"create": "create", "insert": "create", "update": "update", "delete": "delete"}
@@ -108,3 +110,11 @@ def write_events(changes: Iterable[Sequence[Any]], *, codec, actor: str | None, 
                        record_ids=tuple(ids), fields=_ordered(entity, names), subjects=_refs(ref, subjects),
                        purpose=purpose, reason=reason, detail=dict(detail or {}))
             for (name, action), (entity, ids, names, subjects) in groups.items()]
+
+
+def audit_pass(audit, report, *, channel: str = "system") -> None:
+    """Record a re-encryption pass (a `fieldsync.crypto.rotation.ReencryptReport`) in the audit
+    trail: a key operation; references only."""
+    audit.record(AuditEvent(action="key", actor="key-maintenance", channel=channel, detail={
+        "event": "reencrypt", "rows": report.rows, "changes": report.changes,
+        "destroyed": report.destroyed[:50], "still_retired": len(report.still_retired)}))

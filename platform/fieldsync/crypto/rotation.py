@@ -278,14 +278,6 @@ def shred_entity(store: RecordStore, crypto: FieldCrypto, entity: str) -> list[s
     return destroyed
 
 
-def audit_pass(audit, report: ReencryptReport, *, channel: str = "system") -> None:
-    """Record a re-encryption pass in the audit trail (a key operation; references only)."""
-    from fieldsync.audit.trail import AuditEvent
-    audit.record(AuditEvent(action="key", actor="key-maintenance", channel=channel, detail={
-        "event": "reencrypt", "rows": report.rows, "changes": report.changes,
-        "destroyed": report.destroyed[:50], "still_retired": len(report.still_retired)}))
-
-
 # -- in the server ------------------------------------------------------------------------------
 
 class KeyMaintenance:
