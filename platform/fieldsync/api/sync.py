@@ -412,7 +412,7 @@ def _supersede_device_tokens(conn: sa.Connection, device_id: str, token_id: str,
 def _issue_device_secret(conn: sa.Connection, row: Mapping[str, Any], principal: Principal, now) -> bytes:
     """The device's store secret (docs/device-store.md), audited as a key operation in the
     registration's transaction. Never for a revoked device."""
-    from fieldsync.crypto.keys import key_provider_from_config
+    from fieldsync.crypto.providers import key_provider_from_config
     from fieldsync.sync.device_secrets import DeviceSecrets
 
     if row["status"] == "revoked":

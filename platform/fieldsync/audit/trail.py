@@ -382,7 +382,7 @@ class AuditLog:
         AUDIT_SIGNING_KEY (default `<KEYS_DIR>/audit-signing.key`), AUDIT_CHECKPOINT_EVERY and
         AUDIT_RETENTION_DAYS. Nothing is opened or created until `prepare` or first use."""
         from fieldsync.audit.anchor import anchor_stores_from_config
-        from fieldsync.crypto.keys import key_provider_from_config
+        from fieldsync.crypto.providers import key_provider_from_config
         keys_dir = Path(config.get("KEYS_DIR") or (config.data_dir / "keys"))
         signing = Path(config.get("AUDIT_SIGNING_KEY") or (keys_dir / SIGNING_KEY_FILE))
         return cls(engine, key_provider_from_config(config), signing,

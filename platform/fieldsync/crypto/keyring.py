@@ -403,7 +403,7 @@ def crypto_from_config(config, engine: sa.Engine, *, model=None, clock=None):
     """The FieldCrypto of a server or CLI process: the configured key provider (`KEY_PROVIDER`),
     the key tables created, and the keys `model` needs made."""
     from fieldsync.crypto.fields import FieldCrypto
-    from fieldsync.crypto.keys import key_provider_from_config
+    from fieldsync.crypto.providers import key_provider_from_config
 
     create_key_tables(engine)
     keyring = KeyRing(engine, key_provider_from_config(config),

@@ -9,7 +9,7 @@ wrapped key, so it unwraps only with the same mapping (a data key moved to anoth
 purpose fails). The context is not secret and is logged by KMS (CloudTrail): callers put only
 references in it (entity name, key id, purpose), never PHI.
 
-Providers (`KEY_PROVIDER`):
+Providers (`KEY_PROVIDER`, chosen by `fieldsync.crypto.providers.key_provider_from_config`):
 
     local   `LocalKeyProvider`: the master key in a file of the data directory (mode 0600,
             created on first use; never in the repository) — the embedded default.
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fieldsync.errors import ConfigError, Error
 
-__all__ = ["KeyProvider", "KeyUnavailable", "LocalKeyProvider", "canonical_context", "key_provider_from_config",
+__all__ = ["KeyProvider", "KeyUnavailable", "LocalKeyProvider", "canonical_context",
            "wrapped_by"]
 
 _LOCAL_PREFIX = b"L1"
@@ -133,15 +133,3 @@ class LocalKeyProvider:
             raise KeyUnavailable(f"the data key does not unwrap under the master key "
                                  f"{self.directory / 'master.key'} with this encryption context "
                                  "(another master key, another context, or an altered key)") from None
-
-
-def key_provider_from_config(config, *, session=None) -> KeyProvider:
-    """The key provider the configuration names (`KEY_PROVIDER`: `local` or `kms`). `session`
-    (a boto3 Session) is used by the KMS provider; None: boto3's usual credential chain."""
-    kind = str(config.get("KEY_PROVIDER") or "local").strip().lower()
-    if kind == "local":
-        return LocalKeyProvider(config.get("KEYS_DIR") or (config.data_dir / "keys"))
-    if kind == "kms":
-        from fieldsync.crypto.kms import kms_provider_from_config
-        return kms_provider_from_config(config, session=session)
-    raise ConfigError(f"KEY_PROVIDER {kind!r} is not known; available: 'local', 'kms'")

@@ -58,7 +58,7 @@ class SyncService:
             queue = open_queue(url, secure_delete=False) if url.startswith("sqlite:") and sealed else open_queue(url)
             if not sealed:
                 return queue
-            from fieldsync.crypto.keys import key_provider_from_config
+            from fieldsync.crypto.providers import key_provider_from_config
             from fieldsync.queue.encrypted import EncryptedQueue
             return EncryptedQueue(queue, key_provider_from_config(config))  # invariant 7
         service = cls(store, changelog, opened, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
