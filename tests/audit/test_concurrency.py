@@ -7,7 +7,7 @@ import threading
 import sqlalchemy as sa
 
 from audit_support import sample_event
-from fieldsync.audit.trail import ENTRIES
+from fieldsync.audit.chain import ENTRIES
 from fieldsync.store.engine import write_transaction
 
 THREADS = 6

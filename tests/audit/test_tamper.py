@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_support import raw, sample_event
-from fieldsync.audit.trail import CHECKPOINTS, ENTRIES, HEAD, AuditLog, Checkpoint, entry_hash
+from fieldsync.audit.chain import CHECKPOINTS, ENTRIES, HEAD, Checkpoint, entry_hash
+from fieldsync.audit.trail import AuditLog
 from fieldsync.audit.verify import parse_checkpoints
 from fieldsync.crypto.keys import LocalKeyProvider
 from fieldsync.store.engine import make_engine, write_transaction
@@ -194,7 +195,7 @@ def test_a_checkpoint_signed_by_another_key_is_refused(make_log):
 
 
 def test_the_public_key_exported_verifies_without_the_private_key(make_log, tmp_path):
-    from fieldsync.audit.trail import load_public_key
+    from fieldsync.audit.chain import load_public_key
     log = make_log(checkpoint_every=5)
     build(log, 10)
     public = load_public_key(log.public_key_pem().encode())

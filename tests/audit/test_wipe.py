@@ -23,7 +23,8 @@ from audit_support import (AUDIT_TABLES, SECRET, PhiApp, drop_trail, fill, run_s
                            start)
 from fieldsync.cli import main
 from fieldsync.errors import Error
-from fieldsync.audit.trail import AuditLog, create_audit_tables
+from fieldsync.audit.chain import create_audit_tables
+from fieldsync.audit.trail import AuditLog
 from fieldsync.crypto.keys import LocalKeyProvider
 from fieldsync.store.engine import make_engine
 

@@ -38,7 +38,8 @@ def _open(config_fn, args, *, create: bool):
     """(audit log, engine); with `create`, the trail prepared as the server would (checked
     against its anchor, refused when wiped). Without, (None, None) after saying why when there
     is no trail to read: an anchor then says it was wiped."""
-    from fieldsync.audit.trail import AuditLog, HEAD
+    from fieldsync.audit.chain import HEAD
+    from fieldsync.audit.trail import AuditLog
     from fieldsync.store.engine import make_engine
     config = config_fn(args)
     database = config.get("DATABASE_URL")
@@ -72,7 +73,7 @@ def _open(config_fn, args, *, create: bool):
 
 
 def cmd_verify(config_fn, args) -> int:
-    from fieldsync.audit.trail import load_public_key
+    from fieldsync.audit.chain import load_public_key
     from fieldsync.audit.verify import parse_checkpoints
     audit, engine = _open(config_fn, args, create=False)
     if audit is None:

@@ -28,7 +28,8 @@ import datetime as dt
 import json
 from typing import Any, Iterable, Iterator, TextIO
 
-from fieldsync.audit.trail import AuditEntry, AuditEvent, AuditLog, iso
+from fieldsync.audit.chain import iso
+from fieldsync.audit.trail import AuditEntry, AuditEvent, AuditLog
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "export_audit", "fhir_audit_event", "write_csv", "write_fhir"]
 

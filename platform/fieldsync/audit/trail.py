@@ -5,7 +5,8 @@ an `AuditEvent`: references only (user, role, device, entity, record ids, PHI fi
 subject references), never a PHI value. The one free-text member, a break-glass `reason`, may
 hold PHI and is stored encrypted (AES-256-GCM under a data key from the key provider).
 
-Entries live in the main database (SQLite or PostgreSQL), in three platform tables:
+Entries live in the main database (SQLite or PostgreSQL), in four platform tables
+(`fieldsync.audit.chain`, with the encoding, seals and checkpoints):
 
     fs_audit_head         one row: the last seq and entry hash, the log id, the purge anchor
     fs_audit_entries      one row per event, with prev_hash, entry_hash and seal
@@ -39,8 +40,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -53,30 +52,26 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fieldsync.errors import ConfigError, Error
 from fieldsync.audit.anchor import (Anchor, AnchorStore, AnchorUnavailable, AuditTrailReplaced,
                                              read_anchors)
+from fieldsync.audit.chain import (CHECKPOINTS, ENTRIES, HEAD, HEAD_ID, KEYS, Checkpoint, DataKey, b64,
+                                   create_audit_tables, entry_hash, iso, json_detail, json_list, key_fingerprint,
+                                   reason_aad, utc)
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.tables import PLATFORM_PREFIX
 
 __all__ = [
     "ACTIONS", "CHANNELS", "OUTCOMES", "AuditEntry", "AuditEvent", "AuditLog", "AuditTrailReplaced",
-    "AuditUnavailable", "Checkpoint", "audit_metadata", "create_audit_tables",
+    "AuditUnavailable",
 ]
 
 ACTIONS = ("read", "create", "update", "delete", "export", "auth", "key", "admin")
 OUTCOMES = ("success", "failure", "denied")
 CHANNELS = ("rest", "sync", "pull", "push", "cli", "admin", "system")
-GENESIS = "0" * 64              # the prev_hash of entry 1
-HASH_VERSION = "fsa1"           # names the canonical encoding; a new encoding gets a new tag
 SIGNING_KEY_FILE = "audit-signing.key"
-_HEAD_ID = 1
 _log = logging.getLogger("fieldsync.audit")
 _NO_HEAD_ROW = "the audit trail's head row (fs_audit_head) is missing; run `fieldsync audit verify`"
 _KEY_CONTEXT = {"purpose": "audit"}
@@ -148,184 +143,12 @@ class AuditEntry:
     reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """A signed statement that entry `seq` has hash `entry_hash`. `statement` is the exact
-    JSON that was signed; `signature` its Ed25519 signature (base64)."""
-
-    seq: int
-    entry_hash: str
-    statement: str
-    signature: str
-    key_id: str
-
-    def as_json(self) -> str:
-        """One line a verifier can keep outside the database (`audit verify --checkpoints`)."""
-        return json.dumps({"statement": self.statement, "signature": self.signature, "key_id": self.key_id},
-                          separators=(",", ":"), sort_keys=True)
-
-
-# -- tables --------------------------------------------------------------------------------------
-
-audit_metadata = sa.MetaData()
-
-HEAD = sa.Table(
-    PLATFORM_PREFIX + "audit_head", audit_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),             # the last seq handed out
-    sa.Column("hash", sa.String(64), nullable=False),            # the entry hash at `seq`
-    sa.Column("log_id", sa.String(36), nullable=False),          # names this log in signed statements
-    # retention: entries up to anchor_seq were purged; anchor_hash is entry anchor_seq's hash
-    sa.Column("anchor_seq", sa.BigInteger, nullable=False),
-    sa.Column("anchor_hash", sa.String(64), nullable=False),
-    # HMAC of the row's values under the audit key (NULL only for the empty log): a head moved
-    # or edited by hand does not match, so it cannot hide a truncated tail or an appended entry
-    sa.Column("key_id", sa.String(32), nullable=True),
-    sa.Column("seal", sa.String(64), nullable=True),
-    sa.CheckConstraint(f"id = {_HEAD_ID}", name="ck_fs_audit_head_one_row"),
-)
-
-ENTRIES = sa.Table(
-    PLATFORM_PREFIX + "audit_entries", audit_metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("action", sa.String(16), nullable=False),
-    sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("actor", sa.String(128), nullable=True),
-    sa.Column("role", sa.String(64), nullable=True),
-    sa.Column("device", sa.String(64), nullable=True),
-    sa.Column("channel", sa.String(16), nullable=False),
-    sa.Column("entity", sa.String(64), nullable=True),
-    sa.Column("record_ids", sa.Text, nullable=False),            # JSON list
-    sa.Column("fields", sa.Text, nullable=False),                # JSON list of PHI field names
-    sa.Column("subjects", sa.Text, nullable=False),              # JSON list of subject references
-    sa.Column("purpose", sa.String(64), nullable=True),
-    sa.Column("reason", sa.Text, nullable=True),                 # r1.<base64(nonce || AES-GCM)>, never plaintext
-    sa.Column("key_id", sa.String(32), nullable=False),          # the data key of seal and reason
-    sa.Column("detail", sa.Text, nullable=False),                # JSON object, non-PHI extras
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("entry_hash", sa.String(64), nullable=False),
-    sa.Column("seal", sa.String(64), nullable=False),            # HMAC-SHA256(seal key, entry_hash)
-    sa.Index("ix_fs_audit_entries_recorded_at", "recorded_at"),
-)
-
-CHECKPOINTS = sa.Table(
-    PLATFORM_PREFIX + "audit_checkpoints", audit_metadata,
-    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("entry_hash", sa.String(64), nullable=False),
-    sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("key_id", sa.String(32), nullable=False),          # fingerprint of the public key
-    sa.Column("statement", sa.Text, nullable=False),             # the signed JSON
-    sa.Column("signature", sa.Text, nullable=False),             # base64 Ed25519 signature
-)
-
-KEYS = sa.Table(
-    PLATFORM_PREFIX + "audit_keys", audit_metadata,
-    sa.Column("key_id", sa.String(32), primary_key=True),
-    sa.Column("wrapped", sa.LargeBinary, nullable=False),        # wrapped by the key provider
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
 # the statements of an append, built once (building them cost more than running them)
-_TAKE_SEQS = (HEAD.update().where(HEAD.c.id == _HEAD_ID).values(seq=HEAD.c.seq + sa.bindparam("n", type_=sa.BigInteger))
+_TAKE_SEQS = (HEAD.update().where(HEAD.c.id == HEAD_ID).values(seq=HEAD.c.seq + sa.bindparam("n", type_=sa.BigInteger))
               .returning(HEAD.c.seq, HEAD.c.hash, HEAD.c.log_id, HEAD.c.anchor_seq, HEAD.c.anchor_hash))
-_MOVE_HEAD = HEAD.update().where(HEAD.c.id == _HEAD_ID).values(
+_MOVE_HEAD = HEAD.update().where(HEAD.c.id == HEAD_ID).values(
     hash=sa.bindparam("h"), key_id=sa.bindparam("k"), seal=sa.bindparam("s"))
 _INSERT_ENTRIES = ENTRIES.insert()
-
-
-def create_audit_tables(engine: sa.Engine) -> None:
-    """Create the audit tables and the head row when missing (safe to run again, from several
-    servers at once)."""
-    audit_metadata.create_all(engine, checkfirst=True)
-    with engine.connect() as conn:
-        exists = conn.execute(sa.select(HEAD.c.id)).first() is not None
-    if exists:
-        return
-    try:
-        with engine.begin() as conn:
-            conn.execute(HEAD.insert().values(id=_HEAD_ID, seq=0, hash=GENESIS, log_id=str(uuid.uuid4()),
-                                              anchor_seq=0, anchor_hash=GENESIS))
-    except sa.exc.IntegrityError:
-        pass  # another server inserted it first
-
-
-# -- encoding ------------------------------------------------------------------------------------
-
-def utc(value: dt.datetime) -> dt.datetime:
-    """`value` in UTC; a naive value (SQLite keeps no zone) is taken as UTC already."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-
-
-def iso(value: dt.datetime) -> str:
-    """The canonical text of a time: UTC, microseconds, `Z`."""
-    return utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _json_list(values: Sequence[str]) -> str:
-    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=True)
-
-
-def _json_detail(detail: Mapping[str, Any]) -> str:
-    return json.dumps(dict(detail), sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-
-
-def entry_hash(row: Mapping[str, Any], seq: int | None = None) -> str:
-    """SHA-256 over the canonical encoding of a stored entry (its columns as stored, the JSON
-    ones as their text), with `seq` in place of the row's own when given (the verifier asks
-    "was this entry written at another position?")."""
-    material = [HASH_VERSION, row["seq"] if seq is None else seq, row["prev_hash"], iso(row["recorded_at"]),
-                row["action"], row["outcome"], row["actor"], row["role"], row["device"], row["channel"],
-                row["entity"], row["record_ids"], row["fields"], row["subjects"], row["purpose"], row["reason"],
-                row["key_id"], row["detail"]]
-    return hashlib.sha256(json.dumps(material, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-@dataclass(frozen=True)
-class _DataKey:
-    """One audit data key: a sealing key and a reason-encryption key derived from it."""
-
-    key_id: str
-    seal_key: bytes
-    reason: AESGCM
-
-    @classmethod
-    def derive(cls, key_id: str, data_key: bytes) -> "_DataKey":
-        def sub(info: bytes) -> bytes:
-            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(data_key)
-        return cls(key_id, sub(b"fieldsync audit seal v1"), AESGCM(sub(b"fieldsync audit reason v1")))
-
-    def seal(self, digest: str) -> str:
-        return hmac.new(self.seal_key, digest.encode(), hashlib.sha256).hexdigest()
-
-    def seal_head(self, log_id: str, seq: int, digest: str, anchor_seq: int, anchor_hash: str) -> str:
-        return self.seal(json.dumps(["head", log_id, seq, digest, anchor_seq, anchor_hash], separators=(",", ":")))
-
-
-def _reason_aad(log_id: str, seq: int) -> bytes:
-    # binds the ciphertext to its entry: a reason moved to another entry does not decrypt
-    return f"fieldsync-audit-reason\x1f{log_id}\x1f{seq}".encode()
-
-
-def _key_fingerprint(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (what `fieldsync audit public-key` writes)."""
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except ValueError:
-        raise ConfigError("not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError("the audit public key must be an Ed25519 key")
-    return key
 
 
 # -- the log -------------------------------------------------------------------------------------
@@ -366,8 +189,8 @@ class AuditLog:
         self.retention_days = retention_days
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self._lock = threading.Lock()
-        self._active: _DataKey | None = None
-        self._data_keys: dict[str, _DataKey] = {}
+        self._active: DataKey | None = None
+        self._data_keys: dict[str, DataKey] = {}
         self._signer: Ed25519PrivateKey | None = None
         self.anchors: list[AnchorStore] = list(anchors)
         self._anchor_lock = threading.Lock()
@@ -417,7 +240,7 @@ class AuditLog:
         if not sa.inspect(self.engine).has_table(HEAD.name):
             return False
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+            return conn.execute(sa.select(HEAD).where(HEAD.c.id == HEAD_ID)).mappings().first()
 
     def _leftovers(self) -> list[str]:
         """What the audit tables still hold besides the head (rows that a missing head orphaned)."""
@@ -452,7 +275,7 @@ class AuditLog:
         with write_transaction(self.engine) as conn:   # the empty log's head is sealed too
             head = self.head(conn)
             if head["seal"] is None and head["seq"] == 0:
-                conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID, HEAD.c.seq == 0).values(
+                conn.execute(HEAD.update().where(HEAD.c.id == HEAD_ID, HEAD.c.seq == 0).values(
                     key_id=key.key_id, seal=key.seal_head(head["log_id"], 0, head["hash"], head["anchor_seq"],
                                                           head["anchor_hash"])))
 
@@ -563,7 +386,7 @@ class AuditLog:
         except TypeError:
             return self.keys.generate_data_key()
 
-    def _active_key(self, conn: sa.Connection | None) -> _DataKey:
+    def _active_key(self, conn: sa.Connection | None) -> DataKey:
         """The newest audit data key; created (in its own transaction) only when `conn` is None."""
         with self._lock:
             if self._active is not None:
@@ -588,18 +411,18 @@ class AuditLog:
             self._active = data_key
         return data_key
 
-    def _data_key(self, key_id: str, wrapped: bytes) -> _DataKey:
+    def _data_key(self, key_id: str, wrapped: bytes) -> DataKey:
         with self._lock:
             found = self._data_keys.get(key_id)
         if found is None:
-            found = _DataKey.derive(key_id, self._unwrap(wrapped))
+            found = DataKey.derive(key_id, self._unwrap(wrapped))
             with self._lock:
                 self._data_keys[key_id] = found
         return found
 
-    def data_keys(self, conn: sa.Connection) -> tuple[dict[str, _DataKey], dict[str, str]]:
+    def data_keys(self, conn: sa.Connection) -> tuple[dict[str, DataKey], dict[str, str]]:
         """Every audit data key by id, and the ids that cannot be unwrapped with why."""
-        out: dict[str, _DataKey] = {}
+        out: dict[str, DataKey] = {}
         failed: dict[str, str] = {}
         for key_id, wrapped in conn.execute(sa.select(KEYS.c.key_id, KEYS.c.wrapped)):
             try:
@@ -694,13 +517,13 @@ class AuditLog:
             reason = None
             if event.reason is not None:
                 nonce = os.urandom(12)
-                reason = "r1." + _b64(nonce + key.reason.encrypt(nonce, event.reason.encode(), _reason_aad(log_id, seq)))
+                reason = "r1." + b64(nonce + key.reason.encrypt(nonce, event.reason.encode(), reason_aad(log_id, seq)))
             row = {"seq": seq, "recorded_at": now, "action": event.action, "outcome": event.outcome,
                    "actor": event.actor, "role": event.role, "device": event.device, "channel": event.channel,
-                   "entity": event.entity, "record_ids": _json_list(event.record_ids),
-                   "fields": _json_list(event.fields), "subjects": _json_list(event.subjects),
+                   "entity": event.entity, "record_ids": json_list(event.record_ids),
+                   "fields": json_list(event.fields), "subjects": json_list(event.subjects),
                    "purpose": event.purpose, "reason": reason, "key_id": key.key_id,
-                   "detail": _json_detail(event.detail), "prev_hash": prev}
+                   "detail": json_detail(event.detail), "prev_hash": prev}
             row["entry_hash"] = prev = entry_hash(row)
             row["seal"] = key.seal(prev)
             rows.append(row)
@@ -733,14 +556,14 @@ class AuditLog:
         statement = json.dumps({"v": 1, "log": log_id, "seq": seq, "hash": digest,
                                 "recorded_at": iso(recorded_at if recorded_at is not None else now),
                                 "signed_at": iso(now)}, sort_keys=True, separators=(",", ":"))
-        signature = _b64(signer.sign(statement.encode()))
-        return Checkpoint(seq, digest, statement, signature, _key_fingerprint(signer.public_key()))
+        signature = b64(signer.sign(statement.encode()))
+        return Checkpoint(seq, digest, statement, signature, key_fingerprint(signer.public_key()))
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint at the newest entry now (None for an empty log); returns it, or the
         one already signed at that entry."""
         with write_transaction(self.engine) as conn:
-            head = conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+            head = conn.execute(sa.select(HEAD).where(HEAD.c.id == HEAD_ID)).mappings().first()
             if head is None or head["seq"] == 0 or head["seq"] == head["anchor_seq"]:
                 return None
             row = conn.execute(sa.select(ENTRIES.c.recorded_at).where(ENTRIES.c.seq == head["seq"])).first()
@@ -771,10 +594,10 @@ class AuditLog:
 
     def head_or_none(self, conn: sa.Connection) -> Mapping[str, Any] | None:
         """The head row, None when it was deleted."""
-        return conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+        return conn.execute(sa.select(HEAD).where(HEAD.c.id == HEAD_ID)).mappings().first()
 
     def head(self, conn: sa.Connection) -> Mapping[str, Any]:
-        head = conn.execute(sa.select(HEAD).where(HEAD.c.id == _HEAD_ID)).mappings().first()
+        head = conn.execute(sa.select(HEAD).where(HEAD.c.id == HEAD_ID)).mappings().first()
         if head is None:
             raise AuditUnavailable(_NO_HEAD_ROW)
         return head
@@ -811,14 +634,14 @@ class AuditLog:
             finally:
                 result.close()
 
-    def _decrypt_reason(self, keys: Mapping[str, _DataKey], row: Mapping[str, Any], log_id: str) -> str:
+    def _decrypt_reason(self, keys: Mapping[str, DataKey], row: Mapping[str, Any], log_id: str) -> str:
         key = keys.get(row["key_id"])
         text = row["reason"]
         if key is None or not text.startswith("r1."):
             raise AuditTampered(f"the reason of entry {row['seq']} cannot be decrypted (key {row['key_id']})")
         data = base64.b64decode(text[3:])
         try:
-            return key.reason.decrypt(data[:12], data[12:], _reason_aad(log_id, row["seq"])).decode()
+            return key.reason.decrypt(data[:12], data[12:], reason_aad(log_id, row["seq"])).decode()
         except Exception:
             raise AuditTampered(f"the reason of entry {row['seq']} does not decrypt: it was altered or moved") from None
 
@@ -863,18 +686,10 @@ class AuditLog:
             deleted = conn.execute(ENTRIES.delete().where(ENTRIES.c.seq <= through)).rowcount
             head = self.head(conn)
             key = self._active_key(conn)
-            conn.execute(HEAD.update().where(HEAD.c.id == _HEAD_ID).values(
+            conn.execute(HEAD.update().where(HEAD.c.id == HEAD_ID).values(
                 anchor_seq=through, anchor_hash=row[0], key_id=key.key_id,
                 seal=key.seal_head(head["log_id"], head["seq"], head["hash"], through, row[0])))
         return {"purged": deleted, "through": through, "cutoff": iso(cutoff)}
-
-
-def verify_signature(public: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:
-    try:
-        public.verify(base64.b64decode(checkpoint.signature), checkpoint.statement.encode())
-        return True
-    except (InvalidSignature, ValueError):
-        return False
 
 
 def _entry(row: Mapping[str, Any]) -> AuditEntry:

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 
-from fieldsync.audit.trail import (GENESIS, AuditLog, Checkpoint, ENTRIES, entry_hash, verify_signature)
+from fieldsync.audit.chain import GENESIS, Checkpoint, ENTRIES, entry_hash, verify_signature
 
 __all__ = ["VerifyReport", "verify_log", "parse_checkpoints"]
 
@@ -85,7 +85,7 @@ def _span(first: int, last: int) -> str:
     return f"entry {first} is" if first == last else f"entries {first} to {last} are"
 
 
-def _checked_checkpoints(log: AuditLog, stored: Sequence[Checkpoint], external: Sequence[Checkpoint],
+def _checked_checkpoints(log, stored: Sequence[Checkpoint], external: Sequence[Checkpoint],
                          public_keys: list, log_id: str | None, problems: list[str]) -> dict[int, str]:
     """The checkpoints whose signature verifies, as {seq: hash}; a problem for each that does not."""
     trusted = list(public_keys)
@@ -182,9 +182,10 @@ def _against_anchors(found: list, unreadable: list[str], stores: Sequence, head:
     return external
 
 
-def verify_log(log: AuditLog, *, external: Sequence[Checkpoint] = (), public_keys: Sequence = (),
+def verify_log(log, *, external: Sequence[Checkpoint] = (), public_keys: Sequence = (),
                anchors: tuple[list, list[str]] | None = None) -> VerifyReport:
-    """Verify the log of `log`; see the module docstring for what is checked. `anchors` is what
+    """Verify `log` (a `fieldsync.audit.trail.AuditLog`, whose `verify` calls this: so it is not
+    imported here); see the module docstring for what is checked. `anchors` is what
     `AuditLog.read_anchors` found (None: not compared)."""
     report = VerifyReport()
     problems = report.problems
