@@ -450,7 +450,8 @@ def cmd_worker(args) -> int:
     import signal
     import threading
     from fieldsync.api import create_app
-    from fieldsync.workers.fleet import InvalidPoolSize, check_pool_size, desired_size
+    from fieldsync.workers.fleet import check_pool_size, desired_size
+    from fieldsync.errors import InvalidPoolSize
     config = _config(args)
     if args.threads is not None:
         try:
@@ -499,7 +500,8 @@ def cmd_workers_set(args) -> int:
     import getpass
     import socket
     from fieldsync.store.engine import make_engine
-    from fieldsync.workers.fleet import InvalidPoolSize, create_worker_tables, set_desired_size
+    from fieldsync.workers.fleet import create_worker_tables, set_desired_size
+    from fieldsync.errors import InvalidPoolSize
     config = _config(args)
     engine = make_engine(config.database_url)
     try:

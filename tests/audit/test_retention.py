@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from audit_support import fill, raw
-from fieldsync.audit.trail import ENTRIES, AuditTampered
+from fieldsync.audit.trail import ENTRIES
+from fieldsync.errors import AuditTampered
 
 
 def test_default_retention_is_six_years(make_log):

@@ -59,9 +59,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fieldsync.errors import ConfigError, Error
-from fieldsync.audit.anchor import (Anchor, AnchorStore, AnchorUnavailable, AuditTrailReplaced,
-                                             read_anchors)
+from fieldsync.errors import (AnchorUnavailable, AuditTampered, AuditTrailReplaced, AuditUnavailable,
+                              ConfigError, Error)
+from fieldsync.audit.anchor import Anchor, AnchorStore, read_anchors
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
 
@@ -80,14 +80,6 @@ _HEAD_ID = 1
 _log = logging.getLogger("fieldsync.audit")
 _NO_HEAD_ROW = "the audit trail's head row (fs_audit_head) is missing; run `fieldsync audit verify`"
 _KEY_CONTEXT = {"purpose": "audit"}
-
-
-class AuditUnavailable(Error):
-    """An audit entry could not be appended; the PHI operation that needed it must fail."""
-
-
-class AuditTampered(Error):
-    """The audit log does not verify; an operation that needs an intact log (purge) refused."""
 
 
 # -- events and entries --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import random
 import threading
 from typing import Callable
 
-from fieldsync.client.errors import DeviceRevoked, SchemaTooNew
+from fieldsync.errors import DeviceRevoked, SchemaTooNew
 
 BASE_DELAY = 1.0
 CAP_DELAY = 300.0

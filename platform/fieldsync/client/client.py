@@ -15,14 +15,14 @@ from typing import Any, Callable, Iterable, Mapping
 from fieldsync.client import conflicts, outbox
 from fieldsync.client.background import Backoff, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
-from fieldsync.client.errors import ClientError, StoreLocked, ValidationError, WrongStoreKey
+from fieldsync.errors import ClientError, StoreLocked, ValidationError, ValueProblem, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
 from fieldsync.client.store import LocalStore
 from fieldsync.client.store_key import StoreHeader, StoreKey
 from fieldsync.client.transport import Transport
 from fieldsync.client.wire import TokenSource, Wire
-from fieldsync.defs.values import FieldProblem, ValueProblem, normalize_value
+from fieldsync.defs.values import FieldProblem, normalize_value
 
 
 class Client:

@@ -32,7 +32,7 @@ from typing import Any, Iterable
 from cryptography.exceptions import InvalidTag
 
 from fieldsync.defs.model import Entity, Field
-from fieldsync.errors import Error
+from fieldsync.errors import IntegrityFailure, KeyShredded
 
 __all__ = ["BIDX_PREFIX", "FieldCrypto", "IntegrityFailure", "KeyShredded", "bidx_column",
            "ciphertext_key_id", "normalise_for_index"]
@@ -41,16 +41,6 @@ BIDX_PREFIX = "fs_bidx_"
 _RANDOM = "e1"
 _DETERMINISTIC = "d1"
 _SEP = "\x1f"
-
-
-class IntegrityFailure(Error):
-    """A stored ciphertext does not decrypt: it was altered, or moved from another row or field.
-
-    The message names entity, field and record, never a value."""
-
-
-class KeyShredded(Error):
-    """The data key of a ciphertext was destroyed (crypto-shredding): the value is gone."""
 
 
 def bidx_column(field: Field | str) -> str:
