@@ -32,7 +32,8 @@ ROW = re.compile(r"^\| `(?P<slug>[a-z-]+)` \| (?P<status>[^|]+) \| (?P<title>[^|
 
 def _modules():
     for info in pkgutil.walk_packages(fieldsync.__path__, "fieldsync."):
-        yield importlib.import_module(info.name)
+        if not info.name.endswith(".__main__"):   # `python -m fieldsync.cli`: importing it runs the command
+            yield importlib.import_module(info.name)
 
 
 def exception_classes() -> dict[str, type]:
