@@ -8,8 +8,9 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fieldsync.untrusted import (MAX_JSON_DEPTH, JsonRefused, json_too_deep, load_json, parse_int, text_problem,
+from fieldsync.untrusted import (MAX_JSON_DEPTH, json_too_deep, load_json, parse_int, text_problem,
                                  unstorable_paths)
+from fieldsync.errors import JsonRefused
 
 
 def test_parse_int_takes_ascii_digits_within_bounds_only():

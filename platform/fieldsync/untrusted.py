@@ -25,6 +25,7 @@ import re
 from array import array
 from itertools import accumulate
 from typing import Any, Iterator
+from fieldsync.errors import IntRefused, JsonRefused
 
 __all__ = ["INT32_MAX", "INT64_MAX", "MAX_JSON_DEPTH", "NUL_REASON", "SURROGATE_REASON", "IntRefused", "JsonRefused",
            "load_json", "parse_int", "text_problem", "unstorable_paths"]
@@ -42,14 +43,6 @@ _ESCAPE = re.compile(r"\\.", re.DOTALL)
 _STRING = re.compile(r'"[^"]*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")   # as signed bytes: +1, +1, -1, -1
-
-
-class IntRefused(ValueError):
-    """A value that is not a whole number within the bounds asked for."""
-
-
-class JsonRefused(ValueError):
-    """A body that is not JSON, or nests deeper than allowed."""
 
 
 def parse_int(value: Any, *, low: int, high: int) -> int:

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fieldsync.api import create_app
-from fieldsync.crypto.fields import FieldCrypto, IntegrityFailure, ciphertext_key_id
+from fieldsync.crypto.fields import FieldCrypto, ciphertext_key_id
+from fieldsync.errors import IntegrityFailure
 from fieldsync.crypto.keyring import KeyRing, create_key_tables, prepare_keys
 from fieldsync.crypto.keys import LocalKeyProvider
 from fieldsync.crypto.rotation import reencrypt, rotate

@@ -12,8 +12,8 @@ import pytest
 
 from audit_support import drop_trail, run_server_once, sample_event, start
 from moto_server import REGION, aws_credentials, moto_endpoint  # noqa: F401  (fixtures)
-from fieldsync.errors import Error
-from fieldsync.audit.anchor import Anchor, AnchorUnavailable, DirectoryAnchorStore, S3AnchorStore
+from fieldsync.errors import AnchorUnavailable, Error
+from fieldsync.audit.anchor import Anchor, DirectoryAnchorStore, S3AnchorStore
 from fieldsync.store.engine import write_transaction
 
 

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit_support import raw
-from fieldsync.audit.trail import AuditUnavailable
+from fieldsync.errors import AuditUnavailable
 from fieldsync.store.changelog import CHANGES_TABLE
 from fieldsync.store.sync_tables import DEVICES, LEDGER
 

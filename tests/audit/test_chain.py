@@ -9,9 +9,9 @@ import stat
 import pytest
 import sqlalchemy as sa
 
-from fieldsync.errors import ConfigError
+from fieldsync.errors import AuditUnavailable, ConfigError
 from fieldsync.audit.chain import CHECKPOINTS, ENTRIES, GENESIS, entry_hash, load_public_key, verify_signature
-from fieldsync.audit.trail import AuditEvent, AuditUnavailable
+from fieldsync.audit.trail import AuditEvent
 from fieldsync.store.engine import write_transaction
 
 from audit_support import fill, raw, sample_event

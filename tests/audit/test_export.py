@@ -15,7 +15,8 @@ import pytest
 
 from audit_support import fill, inserts_refused, raw, sample_event
 from fieldsync.cli import main
-from fieldsync.audit.trail import AuditEvent, AuditUnavailable
+from fieldsync.audit.trail import AuditEvent
+from fieldsync.errors import AuditUnavailable
 from fieldsync.audit.export import CSV_COLUMNS, export_audit, fhir_audit_event
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from audit_support import fill, raw
 from fieldsync.audit.chain import ENTRIES
-from fieldsync.audit.trail import AuditTampered
+from fieldsync.errors import AuditTampered
 
 
 def test_default_retention_is_six_years(make_log):

@@ -12,7 +12,7 @@ import pytest
 
 from auth_support import token_id
 from fieldsync.client import Client
-from fieldsync.client.errors import DeviceRevoked
+from fieldsync.errors import DeviceRevoked
 from fieldsync.client.transport import WsgiTransport
 
 ROOT = Path(__file__).resolve().parents[2]

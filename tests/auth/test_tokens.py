@@ -9,7 +9,8 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fieldsync.auth.tokens import TokenError, issue_token, unverified_claims, verify_token
+from fieldsync.auth.tokens import issue_token, unverified_claims, verify_token
+from fieldsync.errors import TokenError
 
 SECRET = b"token-tests-" + b"s" * 20
 NOW = 1_800_000_000

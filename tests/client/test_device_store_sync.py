@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from fieldsync.client import (Client, DeviceRevoked, ProtocolError, StoreKey, StoreLocked, WsgiTransport,
                               enroll)
 from fieldsync.client.store_key import StoreHeader
-from fieldsync.crypto.keys import KeyUnavailable, LocalKeyProvider
+from fieldsync.crypto.keys import LocalKeyProvider
+from fieldsync.errors import KeyUnavailable
 from fieldsync.sync.device_secrets import DeviceSecrets
 from fieldsync.store.sync_tables import DEVICE_SECRETS, DEVICES, create_sync_tables
 

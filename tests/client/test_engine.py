@@ -9,7 +9,7 @@ import json
 import pytest
 
 from fieldsync.client import (DeviceRevoked, ProtocolError, SchemaTooNew, ServerUnavailable, TransportError)
-from fieldsync.client.errors import ClientError
+from fieldsync.errors import ClientError
 
 PROBLEMS = "https://fieldsync.dev/problems/"
 

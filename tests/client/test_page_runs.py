@@ -194,7 +194,8 @@ def test_the_window_purge_drops_exactly_the_rows_below_the_floor(data):
     """purge_windows leaves out, in SQL, the rows that surely stay; the others are judged as
     before: a value that does not parse stays, a null or an earlier one goes (§6.6)."""
     from fieldsync.client.apply import purge_windows
-    from fieldsync.defs.values import ValueProblem, parse_datetime
+    from fieldsync.defs.values import parse_datetime
+    from fieldsync.errors import ValueProblem
 
     floor = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=data.draw(st.integers(0, 2880)))
     visits = {f"v{i}": window_value(data.draw, floor) for i in range(data.draw(st.integers(0, 12)))}

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fieldsync.defs import expr as ex
+from fieldsync.errors import ExprError
 
 
 def render(node) -> str:
@@ -66,7 +67,7 @@ def test_precedence_and_binds_tighter_than_or():
     ("a in [1, 2", 10), ("a == 'unterminated", 5),
 ])
 def test_syntax_errors_have_positions(source, position):
-    with pytest.raises(ex.ExprError) as info:
+    with pytest.raises(ExprError) as info:
         ex.parse(source)
     assert info.value.position == position
 
@@ -74,7 +75,7 @@ def test_syntax_errors_have_positions(source, position):
 def test_no_code_execution_path():
     # Python syntax is not ours: a call or attribute access is a syntax error, never evaluated.
     for source in ("__import__('os').system('true')", "region.upper() == 'X'", "a == 1; b == 2"):
-        with pytest.raises(ex.ExprError):
+        with pytest.raises(ExprError):
             ex.parse(source)
 
 

@@ -102,7 +102,8 @@ def test_class_escapes_mean_ascii_as_in_ecma():
 
 def test_the_value_check_uses_the_same_meaning(example_model):
     import dataclasses
-    from fieldsync.defs.values import ValueProblem, normalize_value
+    from fieldsync.defs.values import normalize_value
+    from fieldsync.errors import ValueProblem
     field = dataclasses.replace(example_model.entity("territory").field("code"), pattern=r"\d+")
     with pytest.raises(ValueProblem):
         normalize_value(field, "١٢٣")

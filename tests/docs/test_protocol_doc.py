@@ -16,9 +16,8 @@ from typing import Iterable
 import pytest
 
 from fieldsync.api import create_app
-from fieldsync.api.problems import KINDS
 from fieldsync.auth.tokens import issue_token
-from fieldsync.sync.apply import _TITLES
+from fieldsync.errors import ProblemType
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
@@ -51,28 +50,20 @@ def missing_names(names: Iterable[str], text: str) -> list[str]:
 
 
 def problem_slugs() -> set[str]:
-    """Every problem type name the sync endpoints can answer with."""
-    slugs: set[str] = set()
-    tree = _tree("api/sync.py")
-    helper = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_problem")
-    tree.body.remove(helper)   # it forwards its `slug` argument to Problem
-    for node in ast.walk(tree):
-        if _called(node, "_problem") and len(node.args) >= 2:
-            slugs.add(_const(node.args[1]))
-        elif _called(node, "Problem"):
-            slug = next((_const(k.value) for k in node.keywords if k.arg == "slug"), None)
-            if slug is None and node.args and isinstance(_const(node.args[0]), int):
-                slug = KINDS[_const(node.args[0])][0]   # Problem(403, ...) answers the status's default
-            slugs.add(slug)
-    assert None not in slugs, "a problem slug in api/sync.py is not a literal; teach this test to read it"
-    return slugs
+    """Every problem type name the sync endpoints can answer with: each `ProblemType.<NAME>`
+    api/sync.py names (its views take every type from the registry, fieldsync.errors)."""
+    return {ProblemType[node.attr].slug for node in ast.walk(_tree("api/sync.py"))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ProblemType"}
 
 
 def rejection_types() -> set[str]:
-    """The rejection types of results: the titles table and every literal `_Rejected(...)`."""
-    raised = {_const(n.args[0]) for n in ast.walk(_tree("sync/apply.py")) if _called(n, "_Rejected") and n.args}
-    assert raised <= set(_TITLES), f"rejections without a title in apply._TITLES: {raised - set(_TITLES)}"
-    return set(_TITLES)
+    """The rejection types of results: every type of the registry with a rejection title, which
+    includes every one sync/apply.py rejects a mutation with."""
+    raised = {node.attr for node in ast.walk(_tree("sync/apply.py"))
+              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ProblemType"}
+    kinds = {t.slug for t in ProblemType if t.rejection is not None}
+    assert {ProblemType[name].slug for name in raised} <= kinds, "apply.py rejects with a type that has no rejection title"
+    return kinds
 
 
 def _change_dicts() -> list[ast.Dict]:

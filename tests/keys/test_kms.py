@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from fieldsync.config import load_config
-from fieldsync.errors import ConfigError
-from fieldsync.crypto.keys import KeyUnavailable, LocalKeyProvider
+from fieldsync.errors import ConfigError, KeyUnavailable
+from fieldsync.crypto.keys import LocalKeyProvider
 from fieldsync.crypto.providers import key_provider_from_config
 from fieldsync.crypto.kms import KmsKeyProvider
 from fieldsync.queue.embedded import SqliteQueue

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from fieldsync.config import load_config
-from fieldsync.errors import ConfigError
-from fieldsync.crypto.keys import KeyUnavailable, LocalKeyProvider, canonical_context
+from fieldsync.errors import ConfigError, KeyUnavailable
+from fieldsync.crypto.keys import LocalKeyProvider, canonical_context
 from fieldsync.crypto.providers import key_provider_from_config
 
 CONTEXT = {"entity": "prescription", "key_id": "dk-7", "purpose": "field"}

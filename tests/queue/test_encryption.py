@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 
-from fieldsync.errors import Error
-from fieldsync.crypto.keys import KeyUnavailable, LocalKeyProvider
+from fieldsync.errors import Error, KeyUnavailable, QueueDecryptError
+from fieldsync.crypto.keys import LocalKeyProvider
 from fieldsync.queue.embedded import SqliteQueue
-from fieldsync.queue.encrypted import MAGIC, EncryptedQueue, QueueDecryptError
+from fieldsync.queue.encrypted import MAGIC, EncryptedQueue
 
 MARKER = b"Ramesh Kumar, HbA1c 9.1%"
 

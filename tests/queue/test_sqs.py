@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
-from fieldsync.errors import ConfigError
-from fieldsync.queue.embedded import QueueClosed, QueueDepth, open_queue
-from fieldsync.queue.sqs import SqsQueue, SqsSendFailed, open_sqs_queue, parse_sqs_url
+from fieldsync.errors import ConfigError, QueueClosed, SqsSendFailed
+from fieldsync.queue.embedded import QueueDepth, open_queue
+from fieldsync.queue.sqs import SqsQueue, open_sqs_queue, parse_sqs_url
 from sqs_fixtures import (aws_credentials, sqs_endpoint, sqs_queue_factory, sqs_queue_url,  # noqa: F401
                           sqs_raw_bodies, sqs_raw_messages, sqs_session)
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from fieldsync.errors import ConfigError
-from fieldsync.queue.embedded import Message, QueueClosed, QueueDepth, open_queue
-from fieldsync.queue.stomp import BrokerUnavailable, StompQueue, open_stomp_queue
+from fieldsync.errors import BrokerUnavailable, ConfigError, QueueClosed
+from fieldsync.queue.embedded import Message, QueueDepth, open_queue
+from fieldsync.queue.stomp import StompQueue, open_stomp_queue
 from stomp_fixtures import REPO, browse_bodies, run_broker_script
 
 

@@ -9,12 +9,11 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fieldsync.errors import Conflict, ValidationFailed
-from fieldsync.store.changelog import (
-    CHANGES_TABLE, POSITION_TABLE, ChangeLog, ChangeLogMissing, attach_changelog, changelog_metadata,
-    changes_after, compact, count_after, create_changelog_tables, decode_row, head_position,
-    oldest_retained_position,
-)
+from fieldsync.errors import ChangeLogMissing, Conflict, ValidationFailed
+from fieldsync.store.changelog import (CHANGES_TABLE, POSITION_TABLE, ChangeLog, attach_changelog,
+                                       changelog_metadata, changes_after, compact, count_after,
+                                       create_changelog_tables, decode_row, head_position,
+                                       oldest_retained_position)
 from fieldsync.store.engine import make_engine, write_transaction
 from fieldsync.store.records import RecordStore
 

@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from fieldsync.defs import expr as ex
-from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from fieldsync.errors import BadQuery, Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.engine import make_engine
 from fieldsync.store.records import RecordStore, RowFilter
-from fieldsync.defs.query import BadQuery, Filter
+from fieldsync.defs.query import Filter
 from fieldsync.ids import new_id
 
 

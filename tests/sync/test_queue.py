@@ -18,8 +18,8 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fieldsync.errors import ConfigError
-from fieldsync.queue.embedded import POLL_INTERVAL, Message, QueueClosed, SqliteQueue, open_queue
+from fieldsync.errors import ConfigError, QueueClosed
+from fieldsync.queue.embedded import POLL_INTERVAL, Message, SqliteQueue, open_queue
 
 
 class FakeClock:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from flask import Flask, request
 
-from fieldsync.api.problems import Problem
+from fieldsync.errors import Problem, ProblemType
 from fieldsync.codegen.openapi import API_PREFIX, openapi_document
 from fieldsync.config import Config, load_config
 from fieldsync.defs.model import Model
@@ -112,7 +112,8 @@ def _refuse_nul_in_url() -> None:
         (key for key, value in request.args.items(multi=True) if "\x00" in key or "\x00" in value), None)
     if where is not None:
         shown = where.replace("\x00", "\\x00")
-        raise Problem(400, f"the {'request path' if where == 'path' else f'query parameter {shown!r}'} {NUL_REASON}",
+        raise Problem(ProblemType.BAD_REQUEST,
+                      f"the {'request path' if where == 'path' else f'query parameter {shown!r}'} {NUL_REASON}",
                       errors=[FieldProblem(shown, NUL_REASON)])
 
 

@@ -21,9 +21,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import sqlalchemy as sa
 from flask import Flask, current_app, g, has_request_context
 
-from fieldsync.api.problems import Problem, problem_response
+from fieldsync.api.problems import problem_response
+from fieldsync.errors import AuditUnavailable, Problem, ProblemType
 from fieldsync.defs.model import Entity, Permission
-from fieldsync.audit.trail import AuditEvent, AuditUnavailable
+from fieldsync.audit.trail import AuditEvent
 from fieldsync.audit.events import DEFAULT_PURPOSE, Disclosure, read_events, write_events
 
 __all__ = ["RestWriteHook", "audit_rest_read", "register_audit", "sync_read_events"]
@@ -162,5 +163,6 @@ def register_audit(app: Flask, state) -> None:
     def _audit_unavailable(exc: AuditUnavailable):
         log.error("audit append failed; the request was refused: %s", exc)
         return problem_response(Problem(
-            503, "the audit trail could not record this access, so it was not done; try again later",
-            slug="audit-unavailable", title="Audit trail unavailable", headers={"Retry-After": "30"}))
+            ProblemType.AUDIT_UNAVAILABLE,
+            "the audit trail could not record this access, so it was not done; try again later",
+            headers={"Retry-After": "30"}))

@@ -18,10 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, current_app, g, request
 
-from fieldsync.api.problems import Problem
+from fieldsync.errors import Problem, ProblemType, TokenError
 from fieldsync.auth.ratelimit import FailureLimiter
 from fieldsync.auth.sessions import SessionPolicy, Sessions, create_session_tables
-from fieldsync.auth.tokens import Principal, TokenError, unverified_claims, verify_token
+from fieldsync.auth.tokens import Principal, unverified_claims, verify_token
 from fieldsync.audit.trail import AuditEvent
 
 __all__ = ["audit_event", "authenticate_request", "install_auth", "record_audit", "refuse_device_token"]
@@ -64,7 +64,7 @@ def _address() -> str:
     return request.remote_addr or "unknown"
 
 
-def _refused(status_slug: str | None, reason: str, message: str, keys: list, channel: str,
+def _refused(kind: ProblemType, reason: str, message: str, keys: list, channel: str,
              principal: Principal | None = None) -> Problem:
     """Count and audit a failed authentication; the 401 problem to raise."""
     state = current_app.extensions["fieldsync"]
@@ -89,13 +89,13 @@ def _refused(status_slug: str | None, reason: str, message: str, keys: list, cha
         log.exception("the audit log refused an authentication failure (reason %s)", reason)
     headers = {"WWW-Authenticate": 'Bearer realm="fieldsync"' if reason == "missing" else
                f'Bearer realm="fieldsync", error="invalid_token", error_description="{reason}"'}
-    return Problem(401, message, slug=status_slug, headers=headers, extra={"reason": reason})
+    return Problem(kind, message, headers=headers, extra={"reason": reason})
 
 
-def authenticate_request(*, slug: str | None = None, channel: str = "rest") -> Principal:
+def authenticate_request(*, kind: ProblemType = ProblemType.UNAUTHORIZED, channel: str = "rest") -> Principal:
     """The Principal of the current request's bearer token, or a Problem (401, or 429).
 
-    `slug` is the problem type of a 401 (the sync API's `unauthenticated`; the entity API's
+    `kind` is the problem type of a 401 (the sync API's `unauthenticated`; the entity API's
     default `unauthorized`); `channel` is the audit channel of the request.
     """
     state = current_app.extensions["fieldsync"]
@@ -111,13 +111,13 @@ def authenticate_request(*, slug: str | None = None, channel: str = "rest") -> P
     wait = state.auth_limiter.retry_after(keys)
     if scheme.lower() != "bearer" or not token:
         raise _too_many(wait) if wait is not None else \
-            _refused(slug, "missing", "send a bearer token in the Authorization header", keys, channel)
+            _refused(kind, "missing", "send a bearer token in the Authorization header", keys, channel)
     try:
         snapshot = getattr(g, "snapshot", None)   # the blueprints pin one model per request
         model = snapshot.model if snapshot is not None else state.model
         principal = verify_token(state.secret, token, now=state.auth_clock(), roles=model.role_names)
     except TokenError as exc:
-        raise (_too_many(wait) if wait is not None else _refused(slug, exc.reason, str(exc), keys, channel)) from None
+        raise (_too_many(wait) if wait is not None else _refused(kind, exc.reason, str(exc), keys, channel)) from None
     try:
         state.sessions.admit(principal, on_start=lambda conn: record_audit(audit_event(
             action="auth", channel=channel, actor=principal.user_id, role=principal.role, device=principal.device_id,
@@ -125,18 +125,18 @@ def authenticate_request(*, slug: str | None = None, channel: str = "rest") -> P
                     "source_ip": _address()}), conn))
     except TokenError as exc:
         raise (_too_many(wait) if wait is not None
-               else _refused(slug, exc.reason, str(exc), keys, channel, principal)) from None
+               else _refused(kind, exc.reason, str(exc), keys, channel, principal)) from None
     return principal
 
 
 def _too_many(wait: int) -> Problem:
-    return Problem(429, f"too many failed authentications from this client; retry after {wait} s",
-                   slug="too-many-requests", title="Too many requests",
+    return Problem(ProblemType.TOO_MANY_REQUESTS,
+                   f"too many failed authentications from this client; retry after {wait} s",
                    headers={"Retry-After": str(wait)}, extra={"retry_after": wait})
 
 
 def refuse_device_token(principal: Principal, what: str) -> None:
     """403 when `principal` comes from a device token: those speak for one device's sync only."""
     if principal.device_id is not None:
-        raise Problem(403, f"a device token cannot {what}; use the user's own token",
-                      slug="device-token-not-allowed", title="Device token not allowed here")
+        raise Problem(ProblemType.DEVICE_TOKEN_NOT_ALLOWED,
+                      f"a device token cannot {what}; use the user's own token")

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterable
 
-from fieldsync.codegen.openapi import PROBLEM_MEDIA_TYPE, problem_type
+from fieldsync.codegen.openapi import PROBLEM_MEDIA_TYPE
+from fieldsync.errors import ProblemType
 
 __all__ = ["BodyLimit", "limit_cheroot", "make_http_server", "too_large_detail", "too_large_document"]
 
@@ -35,7 +36,8 @@ def too_large_detail(limit: int) -> str:
 
 def too_large_document(limit: int, path: str) -> bytes:
     """The 413 problem document, as the app's own size check answers it."""
-    return json.dumps({"type": problem_type("payload-too-large"), "title": "Payload too large", "status": 413,
+    kind = ProblemType.PAYLOAD_TOO_LARGE
+    return json.dumps({"type": kind.uri, "title": kind.title, "status": kind.status,
                        "detail": too_large_detail(limit), "instance": path, "max_bytes": limit}).encode("utf-8")
 
 

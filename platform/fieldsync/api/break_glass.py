@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 from flask import current_app, g, request
 
 from fieldsync.api.auth import audit_event, record_audit
-from fieldsync.api.problems import Problem
+from fieldsync.errors import Problem, ProblemType
 from fieldsync.auth.tokens import Principal
 from fieldsync.defs.model import Entity, Permission
 
@@ -66,7 +66,7 @@ def break_glass_reason(principal: Principal) -> str | None:
     if problem is not None:
         _audit("failure", principal, reason or None, entity=_entity_name(),
                detail={"event": "break_glass_refused", "why": "bad_request"})
-        raise Problem(400, problem, slug="break-glass-reason", title="Break-glass needs a reason")
+        raise Problem(ProblemType.BREAK_GLASS_REASON, problem)
     return reason
 
 
@@ -76,8 +76,8 @@ def widen_for_break_glass(entity: Entity, perm: Permission, reason: str) -> Perm
     if not perm.break_glass:
         _audit("denied", principal, reason, entity=entity.name,
                detail={"event": "break_glass_refused", "why": "no_grant"})
-        raise Problem(403, f"role {principal.role!r} has no break-glass access to {entity.name} records",
-                      slug="break-glass-not-granted", title="Break-glass not granted")
+        raise Problem(ProblemType.BREAK_GLASS_NOT_GRANTED,
+                      f"role {principal.role!r} has no break-glass access to {entity.name} records")
     return dataclasses.replace(perm, visible=None)
 
 

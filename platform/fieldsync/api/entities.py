@@ -18,7 +18,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 
 from fieldsync.api.audit_trail import audit_rest_read
-from fieldsync.api.problems import Problem
+from fieldsync.errors import (BadQuery, Conflict, JsonRefused, NotFound, PermissionDenied, Problem, ProblemType,
+                              ValidationFailed)
 from fieldsync.api.auth import authenticate_request, refuse_device_token
 from fieldsync.api.break_glass import audit_break_glass, break_glass_reason, widen_for_break_glass
 from fieldsync.auth.tokens import Principal
@@ -27,10 +28,9 @@ from fieldsync.defs.query import CONTROL_PARAMETERS, FILTER_OPERATORS, operators
 from fieldsync.defs.access import AccessRule, access_rule
 from fieldsync.defs.model import Entity, Model, Permission
 from fieldsync.defs.values import FieldProblem, validate_record
-from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.records import RowFilter
-from fieldsync.defs.query import BadQuery, Filter, filter_from_query
-from fieldsync.untrusted import INT32_MAX, JsonRefused, load_json, parse_int
+from fieldsync.defs.query import Filter, filter_from_query
+from fieldsync.untrusted import INT32_MAX, load_json, parse_int
 
 blueprint = Blueprint("fieldsync_api", __name__)
 
@@ -72,11 +72,11 @@ def _model() -> Model:
 
 def _entity(name: str) -> Entity:
     if name in RESERVED_SEGMENTS:
-        raise Problem(405, f"{request.method} is not allowed here")
+        raise Problem(ProblemType.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here")
     try:
         return _model().entity(name)
     except KeyError:
-        raise Problem(404, f"no entity {name!r}", slug="unknown-entity", title="Unknown entity") from None
+        raise Problem(ProblemType.UNKNOWN_ENTITY, f"no entity {name!r}") from None
 
 
 def _permission(entity: Entity, action: str) -> Permission:
@@ -85,7 +85,7 @@ def _permission(entity: Entity, action: str) -> Permission:
     principal: Principal = g.principal
     rule = access_rule(_model(), entity, principal.role)
     if rule is None or not rule.can(action):
-        raise Problem(403, f"role {principal.role!r} may not {action} {entity.name} records")
+        raise Problem(ProblemType.FORBIDDEN, f"role {principal.role!r} may not {action} {entity.name} records")
     perm = rule.permission
     if action == "read" and g.get("break_glass") is not None:
         perm = widen_for_break_glass(entity, perm, g.break_glass)   # every field visible, audited
@@ -146,40 +146,42 @@ def _etag_versions(header: str, name: str) -> list[int | str]:
 
 
 def _bad_header(name: str, detail: str) -> Problem:
-    return Problem(400, detail, errors=[FieldProblem(name, detail)])
+    return Problem(ProblemType.BAD_REQUEST, detail, errors=[FieldProblem(name, detail)])
 
 
 def _expected_version(required: bool) -> int | None:
     header = request.headers.get("If-Match")
     if header is None:
         if required:
-            raise Problem(428, "send If-Match with the record's ETag (its version) to change it")
+            raise Problem(ProblemType.PRECONDITION_REQUIRED,
+                          "send If-Match with the record's ETag (its version) to change it")
         return None
     versions = _etag_versions(header, "If-Match")
     if "*" in versions:
         return None
     if len(versions) != 1:
         # nothing we issued can match it, which RFC 9110 answers with 412
-        raise Problem(412, f"If-Match {header!r} does not name the record's current version")
+        raise Problem(ProblemType.PRECONDITION_FAILED,
+                      f"If-Match {header!r} does not name the record's current version")
     return int(versions[0])
 
 
 def _body() -> Any:
     if request.content_length is not None and request.content_length > current_app.config["MAX_CONTENT_LENGTH"]:
-        raise Problem(413, "the request body is larger than this server accepts")
+        raise Problem(ProblemType.PAYLOAD_TOO_LARGE, "the request body is larger than this server accepts")
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise Problem(415, f"send the body as application/json (got {mimetype or 'no content type'})")
+        raise Problem(ProblemType.UNSUPPORTED_MEDIA_TYPE,
+                      f"send the body as application/json (got {mimetype or 'no content type'})")
     raw = request.get_data(cache=True)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise Problem(400, "the body is not valid JSON: it is not UTF-8", slug="malformed-json",
-                      title="Malformed JSON") from None
+        raise Problem(ProblemType.MALFORMED_JSON, "the body is not valid JSON: it is not UTF-8") from None
     try:
         return load_json(text)   # depth bounded before parsing (fieldsync.untrusted)
     except JsonRefused as exc:
-        raise Problem(400, f"the body {exc}", slug="malformed-json", title="Malformed JSON") from None
+        raise Problem(ProblemType.MALFORMED_JSON, f"the body {exc}") from None
 
 
 def _record_response(entity: Entity, perm: Permission, record: dict[str, Any], status: int = 200,
@@ -200,7 +202,7 @@ def _record_response(entity: Entity, perm: Permission, record: dict[str, Any], s
 def _reject_unknown_params(allowed: tuple[str, ...]) -> None:
     for key in request.args:
         if key not in allowed:
-            raise Problem(400, f"unknown query parameter {key!r}", slug="bad-query", title="Bad query parameter")
+            raise Problem(ProblemType.BAD_QUERY, f"unknown query parameter {key!r}")
 
 
 def _refuse_owner(entity: Entity, perm: Permission, body: Any, *, partial: bool,
@@ -220,11 +222,11 @@ def _require_method(*writes: str) -> None:
     """A write branch runs only for the write methods it names: any other method reaching it
     (HEAD, or one a later route change adds) is refused before anything is read or written."""
     if request.method not in writes:
-        raise Problem(405, f"{request.method} is not allowed here")
+        raise Problem(ProblemType.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here")
 
 
 def _raise_validation(problems: list[FieldProblem]) -> None:
-    raise Problem(422, f"{len(problems)} field(s) are invalid", errors=problems)
+    raise Problem(ProblemType.VALIDATION, f"{len(problems)} field(s) are invalid", errors=problems)
 
 
 def _store_call(fn, *args, **kwargs):
@@ -234,11 +236,11 @@ def _store_call(fn, *args, **kwargs):
     except ValidationFailed as exc:
         _raise_validation(exc.problems)
     except NotFound as exc:
-        raise Problem(404, str(exc)) from None
+        raise Problem(ProblemType.NOT_FOUND, str(exc)) from None
     except PermissionDenied as exc:
-        raise Problem(403, str(exc)) from None
+        raise Problem(ProblemType.FORBIDDEN, str(exc)) from None
     except BadQuery as exc:
-        raise Problem(400, str(exc), slug="bad-query", title="Bad query parameter") from None
+        raise Problem(ProblemType.BAD_QUERY, str(exc)) from None
 
 
 # -- meta --------------------------------------------------------------------------------------
@@ -266,8 +268,7 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
     for key in request.args:
         values = request.args.getlist(key)
         if len(values) > 1:
-            raise Problem(400, f"query parameter {key!r} is given more than once", slug="bad-query",
-                          title="Bad query parameter")
+            raise Problem(ProblemType.BAD_QUERY, f"query parameter {key!r} is given more than once")
         if key in CONTROL_PARAMETERS[:4]:
             continue
         name, sep, op = key.partition("__")
@@ -275,11 +276,11 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
         f = allowed.get(name)
         if f is None or op not in FILTER_OPERATORS or op not in operators_for(f) \
                 or (not sep and name in CONTROL_PARAMETERS):
-            raise Problem(400, f"cannot filter with {key!r}", slug="bad-query", title="Bad query parameter")
+            raise Problem(ProblemType.BAD_QUERY, f"cannot filter with {key!r}")
         try:
             filters.append(filter_from_query(f, op, values[0]))
         except BadQuery as exc:
-            raise Problem(400, str(exc), slug="bad-query", title="Bad query parameter") from None
+            raise Problem(ProblemType.BAD_QUERY, str(exc)) from None
     page_max = int(state.config["PAGE_SIZE_MAX"])
     limit_raw = request.args.get("limit")
     limit = int(state.config["PAGE_SIZE_DEFAULT"])
@@ -287,11 +288,10 @@ def _list(entity: Entity, perm: Permission, extra_filters: list = ()) -> Respons
         try:
             limit = parse_int(limit_raw, low=1, high=page_max)
         except ValueError:
-            raise Problem(400, f"limit must be a whole number from 1 to {page_max}", slug="bad-query",
-                          title="Bad query parameter") from None
+            raise Problem(ProblemType.BAD_QUERY, f"limit must be a whole number from 1 to {page_max}") from None
     total_raw = request.args.get("total", "false")
     if total_raw not in ("true", "false"):
-        raise Problem(400, "total must be true or false", slug="bad-query", title="Bad query parameter")
+        raise Problem(ProblemType.BAD_QUERY, "total must be true or false")
     page = _store_call(g.snapshot.store.list, entity, filters=filters, sort=request.args.get("sort", "id"),
                        limit=limit, cursor=request.args.get("cursor"), total=total_raw == "true",
                        row_filter=_row_filter(entity), columns=allowed.keys())
@@ -336,7 +336,7 @@ def _create(entity: Entity, perm: Permission, body: Any, *, children=None, serve
                              server_values=values, children=children, row_filter=_row_filter(entity),
                              reach=_reach, children_writable=children_writable)
     except Conflict as exc:
-        raise Problem(409, str(exc)) from None
+        raise Problem(ProblemType.CONFLICT, str(exc)) from None
     location = f"{API_PREFIX}/{entity.name}/{record['id']}"
     return _record_response(entity, perm, record, 201, {"Location": location})
 
@@ -354,7 +354,7 @@ def item(name: str, record_id: str):
         expand = [c for c in request.args.get("expand", "").split(",") if c]
         for c in expand:
             if c not in collections:
-                raise Problem(400, f"cannot expand {c!r}", slug="bad-query", title="Bad query parameter")
+                raise Problem(ProblemType.BAD_QUERY, f"cannot expand {c!r}")
         record = _store_call(store.get, entity, record_id, row_filter=_row_filter(entity))
         if g.get("break_glass") is not None:
             audit_break_glass(entity, [record], g.break_glass)   # before any PHI leaves (invariant 8)
@@ -375,7 +375,7 @@ def item(name: str, record_id: str):
         try:
             _store_call(store.delete, entity, record_id, expected_version=expected, row_filter=_row_filter(entity))
         except Conflict as exc:
-            raise Problem(412, str(exc)) from None
+            raise Problem(ProblemType.PRECONDITION_FAILED, str(exc)) from None
         return Response(status=204)
     _require_method("PATCH", "PUT")
     perm = _permission(entity, "update")
@@ -388,7 +388,7 @@ def item(name: str, record_id: str):
                              writable=_writable(entity, perm), replace=request.method == "PUT",
                              row_filter=_row_filter(entity), reach=_reach)
     except Conflict as exc:
-        raise Problem(412, str(exc)) from None
+        raise Problem(ProblemType.PRECONDITION_FAILED, str(exc)) from None
     return _record_response(entity, perm, record)
 
 
@@ -400,7 +400,7 @@ def nested(name: str, record_id: str, collection_name: str):
     child = next((_model().entity(c) for c in parent.children
                   if _model().entity(c).collection == collection_name), None)
     if child is None:
-        raise Problem(404, f"{parent.name} has no collection {collection_name!r}")
+        raise Problem(ProblemType.NOT_FOUND, f"{parent.name} has no collection {collection_name!r}")
     _permission(parent, "read")
     _store_call(g.snapshot.store.get, parent, record_id, row_filter=_row_filter(parent))
     if request.method in READ_METHODS:

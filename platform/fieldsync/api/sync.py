@@ -21,18 +21,17 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, g, request
 
 from fieldsync.api.audit_trail import sync_read_events
-from fieldsync.api.problems import Problem
+from fieldsync.errors import InvalidResume, JsonRefused, NotFound, Problem, ProblemType, SyncReset
 from fieldsync.api.auth import audit_event, authenticate_request, record_audit, refuse_device_token
 from fieldsync.auth.revocation import REASON_MAX as REVOKE_REASON_MAX, revoke_device
 from fieldsync.auth.tokens import Principal, issue_token, new_token_id
-from fieldsync.errors import NotFound
 from fieldsync.ids import new_id, utc_now
 from fieldsync.defs.values import format_datetime
-from fieldsync.untrusted import INT32_MAX, INT64_MAX, JsonRefused, load_json, parse_int, unstorable_paths
+from fieldsync.untrusted import INT32_MAX, INT64_MAX, load_json, parse_int, unstorable_paths
 from fieldsync.sync.apply import PushBatch, mutation_digest, plausible_offset_ms, result_to_wire
 from fieldsync.store.engine import write_transaction
-from fieldsync.sync.pull import InvalidResume, PullRequest, SyncReset, pull_page, readable_row, remember_scope, \
-    results_for, write_checkpoint
+from fieldsync.sync.pull import (PullRequest, pull_page, readable_row, remember_scope, results_for,
+                                 write_checkpoint)
 from fieldsync.sync.scope import device_scope
 from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES, LEDGER, clear_received, mark_received, unsettled
 from fieldsync.store.changelog import head_position
@@ -69,8 +68,8 @@ def _encodings() -> list[str]:
     return (["zstd"] if zstandard is not None else []) + ["gzip"]
 
 
-def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Problem:
-    return Problem(status, detail, slug=slug, title=title, extra=extra)
+def _problem(kind: ProblemType, detail: str, **extra: Any) -> Problem:
+    return Problem(kind, detail, extra=extra)
 
 
 def _now():
@@ -89,14 +88,15 @@ def _authenticate() -> None:
     if request.endpoint not in NO_PROTOCOL_HEADER and not optional:
         version = request.headers.get("Fieldsync-Protocol", "")
         if version.strip() not in {str(v) for v in SUPPORTED_PROTOCOLS}:
-            raise _problem(400, "protocol-unsupported", "Protocol version not supported",
+            raise _problem(ProblemType.PROTOCOL_UNSUPPORTED,
                            f"send the header Fieldsync-Protocol with one of {SUPPORTED_PROTOCOLS}",
                            supported=SUPPORTED_PROTOCOLS)
     if request.endpoint == "fieldsync_sync.capabilities":
         return
     # 401 `unauthenticated` (with a `reason`), 429 `too-many-requests`; idle timeout and
     # revocation of user and device tokens (docs/access.md)
-    g.principal = authenticate_request(slug="unauthenticated", channel=AUDIT_CHANNELS.get(request.endpoint, "sync"))
+    g.principal = authenticate_request(kind=ProblemType.UNAUTHENTICATED,
+                                       channel=AUDIT_CHANNELS.get(request.endpoint, "sync"))
 
 
 @blueprint.after_request
@@ -135,7 +135,7 @@ def _limit_bytes() -> int:
 
 
 def _too_large(limit: int) -> Problem:
-    return _problem(413, "payload-too-large", "Payload too large",
+    return _problem(ProblemType.PAYLOAD_TOO_LARGE,
                     f"the request body is over {limit} bytes (compressed or decompressed); split the batch",
                     max_bytes=limit)
 
@@ -152,7 +152,7 @@ def _body() -> Any:
             d = zlib.decompressobj(wbits=31)
             raw = d.decompress(raw, limit + 1)
         except zlib.error:
-            raise _problem(400, "malformed-request", "Malformed request", "the gzip body is corrupt") from None
+            raise _problem(ProblemType.MALFORMED_REQUEST, "the gzip body is corrupt") from None
         if len(raw) > limit:
             raise _too_large(limit)
     elif coding == "zstd" and zstandard is not None:
@@ -160,16 +160,17 @@ def _body() -> Any:
             reader = zstandard.ZstdDecompressor().stream_reader(raw)
             raw = reader.read(limit + 1)
         except zstandard.ZstdError:
-            raise _problem(400, "malformed-request", "Malformed request", "the zstd body is corrupt") from None
+            raise _problem(ProblemType.MALFORMED_REQUEST, "the zstd body is corrupt") from None
         if len(raw) > limit:
             raise _too_large(limit)
     elif coding not in ("identity", ""):
-        raise Problem(415, f"Content-Encoding {coding!r} is not supported; use gzip", slug="unsupported-encoding",
-                      title="Unsupported encoding", headers={"Accept-Encoding": ", ".join(_encodings())})
+        raise Problem(ProblemType.UNSUPPORTED_ENCODING,
+                      f"Content-Encoding {coding!r} is not supported; use gzip",
+                      headers={"Accept-Encoding": ", ".join(_encodings())})
     try:
         body = load_json(raw)   # depth bounded before parsing (fieldsync.untrusted)
     except JsonRefused as exc:
-        raise _problem(400, "malformed-request", "Malformed request", f"the body {exc}") from None
+        raise _problem(ProblemType.MALFORMED_REQUEST, f"the body {exc}") from None
     if b"\\u0000" in raw or b"\x00" in raw or _SURROGATE_ESCAPE.search(raw):   # most bodies have none
         # NUL and lone surrogates would reach the database (which cannot store them) as a device
         # id, a scope hash, an entity name...; a mutation's field values are checked with the
@@ -189,7 +190,7 @@ def _body_object() -> dict[str, Any]:
 
 
 def _malformed(errors: list[dict[str, str]]) -> Problem:
-    return _problem(400, "malformed-request", "Malformed request",
+    return _problem(ProblemType.MALFORMED_REQUEST,
                     "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5]), errors=errors)
 
 
@@ -234,16 +235,14 @@ def _device(conn: sa.Connection, device_id: Any) -> Mapping[str, Any]:
         raise _malformed([{"field": "device_id", "reason": "is required"}])
     row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().first()
     if row is None:
-        raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}; register again")
+        raise _problem(ProblemType.UNKNOWN_DEVICE, f"no device {device_id}; register again")
     principal: Principal = g.principal
     if row["user_id"] != principal.user_id:
-        raise _problem(403, "device-user-mismatch", "Device belongs to another user",
-                       "this device is registered to another user")
+        raise _problem(ProblemType.DEVICE_USER_MISMATCH, "this device is registered to another user")
     if principal.device_id is not None and principal.device_id != device_id:
-        raise _problem(403, "device-token-mismatch", "Token belongs to another device",
-                       "a device token speaks for its own device only")
+        raise _problem(ProblemType.DEVICE_TOKEN_MISMATCH, "a device token speaks for its own device only")
     if row["status"] == "revoked":
-        raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
+        raise _problem(ProblemType.DEVICE_REVOKED, "an administrator revoked this device")
     return row
 
 
@@ -257,11 +256,11 @@ def _schema_version(body: Mapping[str, Any], *, pull: bool) -> int:
     except ValueError:
         raise _malformed([{"field": "schema_version", "reason": f"must be an integer from 1 to {INT32_MAX}"}]) from None
     if version > server:
-        raise _problem(409, "schema-too-new", "Device schema is newer than the server's",
+        raise _problem(ProblemType.SCHEMA_TOO_NEW,
                        f"the device speaks schema version {version}; this server has {server}",
                        schema_version=server)
     if pull and version < server:
-        raise _problem(409, "schema-upgrade-required", "Device schema must be upgraded",
+        raise _problem(ProblemType.SCHEMA_UPGRADE_REQUIRED,
                        f"the device has schema version {version}; the server has {server}",
                        schema_version=server, schema_url=f"{request.script_root}/api/v1/sync/schema?from={version}")
     return version
@@ -300,8 +299,9 @@ def not_an_endpoint(rest: str):
     path for an entity (`/<name>/<id>`) and answer with REST's problems (a device token's 403)."""
     allowed = _sync_routes().allowed_methods(request.path)
     if allowed:
-        raise Problem(405, f"{request.method} is not allowed here", headers={"Allow": ", ".join(sorted(allowed))})
-    raise Problem(404, f"no sync endpoint {request.path} (docs/protocol.md §2.6)")
+        raise Problem(ProblemType.METHOD_NOT_ALLOWED,
+                      f"{request.method} is not allowed here", headers={"Allow": ", ".join(sorted(allowed))})
+    raise Problem(ProblemType.NOT_FOUND, f"no sync endpoint {request.path} (docs/protocol.md §2.6)")
 
 
 def _sync_routes():
@@ -368,7 +368,7 @@ def register():
                     raise _malformed([{"field": "device_id", "reason": "must be a device id"}])
                 other = conn.execute(sa.select(DEVICES.c.user_id).where(DEVICES.c.device_id == wanted_id)).first()
                 if other is not None:
-                    raise _problem(403, "device-user-mismatch", "Device belongs to another user",
+                    raise _problem(ProblemType.DEVICE_USER_MISMATCH,
                                    "this device id is registered to another user or install")
             device_id = wanted_id or new_id(now)
             conn.execute(DEVICES.insert().values(
@@ -379,7 +379,7 @@ def register():
             row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().one()
         else:
             if row["status"] == "revoked":   # a revoked device gets no new token (docs/access.md)
-                raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
+                raise _problem(ProblemType.DEVICE_REVOKED, "an administrator revoked this device")
             conn.execute(DEVICES.update().where(DEVICES.c.device_id == row["device_id"]).values(
                 last_contact_at=now, schema_version=version, app_version=body.get("app_version", row["app_version"])))
         _supersede_device_tokens(conn, row["device_id"], token_id, now)
@@ -416,7 +416,7 @@ def _issue_device_secret(conn: sa.Connection, row: Mapping[str, Any], principal:
     from fieldsync.sync.device_secrets import DeviceSecrets
 
     if row["status"] == "revoked":
-        raise _problem(403, "device-revoked", "Device revoked", "an administrator revoked this device")
+        raise _problem(ProblemType.DEVICE_REVOKED, "an administrator revoked this device")
     device_id = row["device_id"]
     extensions = current_app.extensions
     if "fieldsync_device_secrets" not in extensions:
@@ -432,7 +432,7 @@ def _issue_device_secret(conn: sa.Connection, row: Mapping[str, Any], principal:
 def list_devices():
     refuse_device_token(g.principal, "list devices")
     if g.principal.role != "admin":
-        raise Problem(403, "only an admin may list devices")
+        raise Problem(ProblemType.FORBIDDEN, "only an admin may list devices")
     state = _state()
     with state.engine.connect() as conn:
         rows = list(conn.execute(sa.select(DEVICES).order_by(DEVICES.c.user_id, DEVICES.c.registered_at)).mappings())
@@ -449,7 +449,7 @@ def device_status(device_id: str):
         mine = row is not None and row["user_id"] == principal.user_id \
             and principal.device_id in (None, device_id)   # a device token sees its own device only
         if row is None or not (mine or (principal.role == "admin" and principal.device_id is None)):
-            raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}")
+            raise _problem(ProblemType.UNKNOWN_DEVICE, f"no device {device_id}")
         return _json(_device_status(conn, row))
 
 
@@ -460,7 +460,7 @@ def revoke(device_id: str):
     principal: Principal = g.principal
     refuse_device_token(principal, "revoke a device")
     if principal.role != "admin":
-        raise Problem(403, "only an admin may revoke devices")
+        raise Problem(ProblemType.FORBIDDEN, "only an admin may revoke devices")
     body = _body_object()
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > REVOKE_REASON_MAX:
@@ -471,7 +471,7 @@ def revoke(device_id: str):
         before = revoke_device(state.engine, state.audit, device_id, reason=reason, actor=principal.user_id,
                                role=principal.role, detail={"source_ip": request.remote_addr or "unknown"})
     except NotFound:
-        raise _problem(404, "unknown-device", "Unknown device", f"no device {device_id}") from None
+        raise _problem(ProblemType.UNKNOWN_DEVICE, f"no device {device_id}") from None
     with state.engine.connect() as conn:
         row = conn.execute(sa.select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings().one()
         return _json({**_device_status(conn, row), "already_revoked": before["status"] == "revoked"})
@@ -481,7 +481,7 @@ def _check_mutations(mutations: Any, limit: int) -> None:
     if not isinstance(mutations, list):
         raise _malformed([{"field": "mutations", "reason": "must be a list"}])
     if len(mutations) > limit:
-        raise _problem(413, "payload-too-large", "Payload too large",
+        raise _problem(ProblemType.PAYLOAD_TOO_LARGE,
                        f"{len(mutations)} mutations in one push; at most {limit}", max_mutations=limit)
     errors = []
     last = 0
@@ -566,7 +566,7 @@ def push():
             with write_transaction(state.engine) as conn:
                 clear_received(conn, device_id, seqs)
             current_app.logger.exception("the push queue refused a batch")
-            raise _problem(503, "unavailable", "Service unavailable",
+            raise _problem(ProblemType.UNAVAILABLE,
                            "the push could not be made durable; nothing was received, send it again",
                            ) from None
     with write_transaction(state.engine) as conn:
@@ -624,10 +624,10 @@ def pull():
         try:
             page = pull_page(conn, snapshot.store, scope, req, secret=state.secret_bytes, now=now)
         except SyncReset as reset:
-            raise _problem(410, "sync-reset", "Device must resync", reset.detail, horizon=reset.horizon,
+            raise _problem(ProblemType.SYNC_RESET, reset.detail, horizon=reset.horizon,
                            reason=reset.reason) from None
         except InvalidResume as exc:
-            raise _problem(400, "invalid-resume", "Invalid resume token", str(exc)) from None
+            raise _problem(ProblemType.INVALID_RESUME, str(exc)) from None
         items, more_results = results_for(conn, snapshot.store, scope, device["device_id"], req.results_after)
         checkpoint = write_checkpoint(conn, device["device_id"])
         disclosed = sync_read_events(conn, snapshot.store, principal, device["device_id"],

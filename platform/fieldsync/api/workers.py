@@ -16,13 +16,13 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 
-from fieldsync.api.problems import Problem
+from fieldsync.errors import InvalidPoolSize, JsonRefused, Problem, ProblemType
 from fieldsync.api.auth import authenticate_request, refuse_device_token
 from fieldsync.codegen.openapi import API_PREFIX
 from fieldsync.defs.values import FieldProblem
-from fieldsync.untrusted import JsonRefused, load_json, parse_int
-from fieldsync.workers.fleet import (InvalidPoolSize, attach, check_pool_size, processing_entries,
-                                    set_desired_size, workers_status)
+from fieldsync.untrusted import load_json, parse_int
+from fieldsync.workers.fleet import (attach, check_pool_size, processing_entries, set_desired_size,
+                                     workers_status)
 
 __all__ = ["blueprint", "register_workers"]
 
@@ -51,7 +51,7 @@ def _authenticate() -> None:
     g.principal = authenticate_request(channel="admin")   # 401/429, idle timeout, revocation (docs/access.md)
     refuse_device_token(g.principal, "manage workers")
     if g.principal.role != "admin":
-        raise Problem(403, "only an admin may see or change the listener pool")
+        raise Problem(ProblemType.FORBIDDEN, "only an admin may see or change the listener pool")
 
 
 def _status() -> dict[str, Any]:
@@ -71,12 +71,12 @@ def resize():
     except JsonRefused:
         body = None
     if not isinstance(body, dict):
-        raise Problem(400, "send a JSON object: {\"queue\": \"push\", \"threads\": N}")
+        raise Problem(ProblemType.BAD_REQUEST, "send a JSON object: {\"queue\": \"push\", \"threads\": N}")
     queue, threads = body.get("queue", "push"), body.get("threads")
     try:
         check_pool_size(queue, threads)
     except InvalidPoolSize as exc:
-        raise Problem(422, str(exc), errors=[FieldProblem(exc.field, str(exc))]) from None
+        raise Problem(ProblemType.VALIDATION, str(exc), errors=[FieldProblem(exc.field, str(exc))]) from None
     state = _state()
     set_desired_size(state.engine, queue, threads, f"{g.principal.user_id} (api)")
     control = getattr(state, "workers", None)
@@ -91,6 +91,7 @@ def processing_log():
     try:
         limit = parse_int(raw, low=1, high=LOG_LIMIT_MAX)
     except ValueError:
-        raise Problem(422, f"limit must be a whole number from 1 to {LOG_LIMIT_MAX}, not {raw!r}",
+        raise Problem(ProblemType.VALIDATION,
+                      f"limit must be a whole number from 1 to {LOG_LIMIT_MAX}, not {raw!r}",
                       errors=[FieldProblem("limit", f"from 1 to {LOG_LIMIT_MAX}")])
     return _json({"items": processing_entries(_state().engine, limit)})

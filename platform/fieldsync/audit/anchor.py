@@ -26,22 +26,13 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 from urllib.parse import urlsplit
 
-from fieldsync.errors import ConfigError, Error
+from fieldsync.errors import AnchorUnavailable, AuditTrailReplaced, ConfigError
 
 __all__ = ["ANCHOR_FILE", "Anchor", "AnchorStore", "AnchorUnavailable", "AuditTrailReplaced",
            "DirectoryAnchorStore", "S3AnchorStore", "anchor_stores_from_config"]
 
 ANCHOR_FILE = "audit-anchor.json"
 _S3_DEFAULT_KEY = "fieldsync/" + ANCHOR_FILE
-
-
-class AnchorUnavailable(Error):
-    """An anchor store could not be read or written."""
-
-
-class AuditTrailReplaced(Error):
-    """The database's audit trail is not the one the anchor records (wiped, replaced, cut
-    back): the server refuses to start a new trail silently."""
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,9 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fieldsync.errors import ConfigError, Error
-from fieldsync.audit.anchor import (Anchor, AnchorStore, AnchorUnavailable, AuditTrailReplaced,
-                                             read_anchors)
+from fieldsync.errors import (AnchorUnavailable, AuditTampered, AuditTrailReplaced, AuditUnavailable,
+                              ConfigError, Error)
+from fieldsync.audit.anchor import Anchor, AnchorStore, read_anchors
 from fieldsync.audit.chain import (CHECKPOINTS, ENTRIES, HEAD, HEAD_ID, KEYS, Checkpoint, DataKey, b64,
                                    create_audit_tables, entry_hash, iso, json_detail, json_list, key_fingerprint,
                                    reason_aad, utc)
@@ -75,14 +75,6 @@ SIGNING_KEY_FILE = "audit-signing.key"
 _log = logging.getLogger("fieldsync.audit")
 _NO_HEAD_ROW = "the audit trail's head row (fs_audit_head) is missing; run `fieldsync audit verify`"
 _KEY_CONTEXT = {"purpose": "audit"}
-
-
-class AuditUnavailable(Error):
-    """An audit entry could not be appended; the PHI operation that needed it must fail."""
-
-
-class AuditTampered(Error):
-    """The audit log does not verify; an operation that needs an intact log (purge) refused."""
 
 
 # -- events and entries --------------------------------------------------------------------------

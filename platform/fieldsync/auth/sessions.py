@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from fieldsync.auth.tokens import Principal, TokenError
-from fieldsync.errors import ConfigError
+from fieldsync.auth.tokens import Principal
+from fieldsync.errors import ConfigError, TokenError
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES

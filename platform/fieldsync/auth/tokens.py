@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from fieldsync.errors import AuthError
+from fieldsync.errors import TokenError
 from fieldsync.untrusted import load_json, parse_int
 
 PREFIX = "v1"
@@ -52,15 +52,6 @@ class Principal:
         user["id"] = self.user_id
         user["role"] = self.role
         return user
-
-
-class TokenError(AuthError):
-    """An AuthError with a machine-readable `reason`: expired, bad_signature, malformed,
-    unknown_role; and from the session check: idle, revoked, superseded."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def _b64(data: bytes) -> str:

@@ -114,7 +114,8 @@ def worker(invocation: Invocation, threads: int | None, heartbeat: float | None,
     import signal
     import threading
     from fieldsync.api import create_app
-    from fieldsync.workers.fleet import InvalidPoolSize, check_pool_size, desired_size
+    from fieldsync.workers.fleet import check_pool_size, desired_size
+    from fieldsync.errors import InvalidPoolSize
     config = invocation.config(defs=defs, database_url=database_url, data_dir=data_dir)
     if threads is not None:
         try:

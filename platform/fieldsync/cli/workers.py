@@ -24,7 +24,8 @@ workers = action_group("workers", "show or change the listener pool of every pro
 def set_size(invocation: Invocation, queue: str, threads: int, database_url: str | None,
              data_dir: str | None) -> int:
     from fieldsync.store.engine import make_engine
-    from fieldsync.workers.fleet import InvalidPoolSize, create_worker_tables, set_desired_size
+    from fieldsync.workers.fleet import create_worker_tables, set_desired_size
+    from fieldsync.errors import InvalidPoolSize
     config = invocation.config(database_url=database_url, data_dir=data_dir)
     engine = make_engine(config.database_url)
     try:

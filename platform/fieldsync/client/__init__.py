@@ -23,9 +23,8 @@ Everything else in this package is private.
 
 from fieldsync.client.client import Client
 from fieldsync.client.enrollment import Enrollment, enroll
-from fieldsync.client.errors import (ClientError, DeviceRevoked, PinMismatch, ProtocolError, SchemaTooNew,
-                                     ServerUnavailable, StoreLocked, TransportError, ValidationError,
-                                     WrongStoreKey)
+from fieldsync.errors import (ClientError, DeviceRevoked, PinMismatch, ProtocolError, SchemaTooNew,
+                              ServerUnavailable, StoreLocked, TransportError, ValidationError, WrongStoreKey)
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.store_key import StoreKey
 from fieldsync.client.transport import HttpTransport, WsgiTransport

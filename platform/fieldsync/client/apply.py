@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from fieldsync.client.conflicts import conflict_item, is_conflict, keep_conflicts
-from fieldsync.client.errors import ProtocolError
+from fieldsync.errors import ProblemType, ProtocolError, ValueProblem
 from fieldsync.client.outbox import add_refetch, quarantine_entry, quarantine_locally, remaining_entries
 from fieldsync.client.schema import EntityTable, quote
 from fieldsync.client.store import LocalStore
-from fieldsync.defs.values import ValueProblem, parse_datetime
+from fieldsync.defs.values import parse_datetime
 
 
 @dataclass
@@ -53,7 +53,7 @@ def settle_result(store: LocalStore, conn: sqlite3.Connection, result: Mapping[s
     if result.get("status") == "duplicate":
         if result.get("payload_mismatch"):
             # this seq was processed with another payload: a client bug; ours never took effect
-            quarantine_locally(store, conn, entry, name="seq-reused", now=now,
+            quarantine_locally(store, conn, entry, kind=ProblemType.SEQ_REUSED, now=now,
                                reason=f"seq {seq} was already used for another mutation; this one was not applied")
             outcome.rejected += 1
             return

@@ -12,7 +12,7 @@ import threading
 from typing import Callable
 
 from fieldsync.backoff import Backoff
-from fieldsync.client.errors import DeviceRevoked, SchemaTooNew
+from fieldsync.errors import DeviceRevoked, SchemaTooNew
 
 BASE_DELAY = 1.0     # after failure n, wait up to min(CAP_DELAY, BASE_DELAY * 2**n) (protocol §9)
 CAP_DELAY = 300.0

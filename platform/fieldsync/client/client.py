@@ -16,14 +16,14 @@ from fieldsync.backoff import Backoff
 from fieldsync.client import conflicts, outbox
 from fieldsync.client.background import BASE_DELAY, CAP_DELAY, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
-from fieldsync.client.errors import ClientError, StoreLocked, ValidationError, WrongStoreKey
+from fieldsync.errors import ClientError, StoreLocked, ValidationError, ValueProblem, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
 from fieldsync.client.store import LocalStore
 from fieldsync.client.store_key import StoreHeader, StoreKey
 from fieldsync.client.transport import Transport
 from fieldsync.client.wire import TokenSource, Wire
-from fieldsync.defs.values import FieldProblem, ValueProblem, normalize_value
+from fieldsync.defs.values import FieldProblem, normalize_value
 
 
 class Client:

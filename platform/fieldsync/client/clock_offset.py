@@ -14,7 +14,8 @@ from __future__ import annotations
 import datetime as dt
 from collections import deque
 
-from fieldsync.defs.values import ValueProblem, parse_datetime
+from fieldsync.defs.values import parse_datetime
+from fieldsync.errors import ValueProblem
 
 MAX_AGE = dt.timedelta(minutes=10)
 SAMPLES = 8

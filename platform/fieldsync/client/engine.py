@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from fieldsync.client import outbox
 from fieldsync.client.apply import Applied, apply_page, check_page, reset_store, settle_results
-from fieldsync.client.errors import ProtocolError
+from fieldsync.errors import ProblemType, ProtocolError
 from fieldsync.client.reports import SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
 from fieldsync.client.store import LocalStore
@@ -170,14 +170,14 @@ class SyncEngine:
             try:
                 answer = self.wire.call("POST", "/push", body)
             except ProtocolError as exc:
-                if exc.status == 413 or exc.name == "payload-too-large":
+                if exc.status == 413 or exc.name == ProblemType.PAYLOAD_TOO_LARGE.slug:
                     if len(entries) == 1:
                         self._quarantine_too_large(entries[0], exc)
                         report.rejected += 1
                     else:
                         batch = max(1, len(entries) // 2)
                     continue
-                if exc.name == "unknown-device" and recoveries < MAX_RECOVERIES:
+                if exc.name == ProblemType.UNKNOWN_DEVICE.slug and recoveries < MAX_RECOVERIES:
                     recoveries += 1
                     self._unknown_device()
                     continue
@@ -190,7 +190,7 @@ class SyncEngine:
             if current is not None:
                 limit = exc.problem.get("max_bytes")
                 outbox.quarantine_locally(
-                    self.store, conn, current, name="payload-too-large", now=self.clock(),
+                    self.store, conn, current, kind=ProblemType.PAYLOAD_TOO_LARGE, now=self.clock(),
                     reason="the mutation is larger than the server accepts" + (f" ({limit} bytes)" if limit else ""))
 
     def _store_push_answer(self, answer: Mapping[str, Any], seqs: list[int], report: SyncReport) -> None:
@@ -254,15 +254,15 @@ class SyncEngine:
                 self.ack(final=False)
 
     def _recover_pull(self, exc: ProtocolError) -> bool:
-        if exc.name == "schema-upgrade-required":
+        if exc.name == ProblemType.SCHEMA_UPGRADE_REQUIRED.slug:
             self.upgrade_schema(exc.problem.get("schema_url"))
-        elif exc.name == "sync-reset":
+        elif exc.name == ProblemType.SYNC_RESET.slug:
             with self.store.transaction() as conn:
                 reset_store(self.store, conn)
-        elif exc.name == "invalid-resume":
+        elif exc.name == ProblemType.INVALID_RESUME.slug:
             with self.store.transaction() as conn:
                 self.store.set_state(conn, resume=None)
-        elif exc.name == "unknown-device":
+        elif exc.name == ProblemType.UNKNOWN_DEVICE.slug:
             self._unknown_device()
         else:
             return False

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from fieldsync.client.errors import ProtocolError, StoreLocked
+from fieldsync.errors import ProtocolError, StoreLocked
 from fieldsync.client.outbox import new_install_id
 from fieldsync.client.schema import DeviceSchema
 from fieldsync.client.store_cipher import store_kind

@@ -18,14 +18,13 @@ import sqlite3
 import uuid
 from typing import Any, Mapping
 
-from fieldsync.client.errors import ClientError, ValidationError
+from fieldsync.errors import ClientError, ProblemType, ValidationError
 from fieldsync.client.reports import QuarantinedMutation
 from fieldsync.client.schema import EntityTable, quote
 from fieldsync.client.store import LocalStore
 from fieldsync.defs.values import FieldProblem, format_datetime, validate_record
 from fieldsync.ids import new_id
 
-PROBLEM_BASE = "https://fieldsync.dev/problems/"
 UNSETTLED = ("pending", "sent", "received")
 
 
@@ -185,14 +184,14 @@ def add_refetch(store: LocalStore, conn: sqlite3.Connection, items: list[dict[st
     store.set_state(conn, refetch=current)
 
 
-def quarantine_locally(store: LocalStore, conn: sqlite3.Connection, entry: sqlite3.Row, *, name: str,
+def quarantine_locally(store: LocalStore, conn: sqlite3.Connection, entry: sqlite3.Row, *, kind: ProblemType,
                        reason: str, now: dt.datetime) -> None:
     """Quarantine without a server result (§10.4): too large to send, or a reused seq.
 
     With no `row` to repair the record from, the local values are discarded: when it was the
     record's last entry the row gets `_version = 0`, loses `_dirty` and is refetched (§10.3).
     """
-    quarantine_entry(conn, entry, reason=reason, code=PROBLEM_BASE + name, errors=[], now=now)
+    quarantine_entry(conn, entry, reason=reason, code=kind.uri, errors=[], now=now)
     if remaining_entries(conn, entry["entity"], entry["record_id"]) == 0:
         table = store.table(entry["entity"])
         conn.execute(f"UPDATE {quote(table.table)} SET _version = 0, _dirty = 0, _deleted = 0 WHERE id = ?",

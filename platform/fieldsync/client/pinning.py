@@ -20,7 +20,7 @@ from typing import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fieldsync.client.errors import PinMismatch
+from fieldsync.errors import PinMismatch
 
 __all__ = ["certificate_pin", "check_pin", "normalise_pins", "public_key_pin"]
 

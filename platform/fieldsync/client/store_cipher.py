@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlcipher3 import dbapi2 as sqlcipher
 
-from fieldsync.client.errors import ClientError, StoreLocked, WrongStoreKey
+from fieldsync.errors import ClientError, StoreLocked, WrongStoreKey
 from fieldsync.client.store_key import KEY_BYTES, fsync_directory
 
 PLAIN_MAGIC = b"SQLite format 3\x00"

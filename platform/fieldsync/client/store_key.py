@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fieldsync.client.errors import ClientError
+from fieldsync.errors import ClientError
 
 KEY_BYTES = 32
 SECRET_BYTES = 32

@@ -30,7 +30,7 @@ import threading
 import urllib.parse
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from fieldsync.client.errors import TransportError
+from fieldsync.errors import TransportError
 from fieldsync.client.pinning import check_pin, normalise_pins
 
 try:  # optional: zstd only when the module is installed

@@ -21,8 +21,8 @@ import time
 from typing import Any, Callable, Mapping
 
 from fieldsync.client.clock_offset import ClockOffset
-from fieldsync.client.errors import (DeviceRevoked, ProtocolError, SchemaTooNew, ServerUnavailable,
-                                     TransportError, problem_name)
+from fieldsync.errors import (DeviceRevoked, ProblemType, ProtocolError, SchemaTooNew, ServerUnavailable,
+                              TransportError, problem_name)
 from fieldsync.client.transport import Transport
 
 PROTOCOL_VERSION = 1
@@ -127,9 +127,9 @@ class Wire:
             raise ServerUnavailable(status, f"{method} {path}: HTTP {status} {problem_name(problem)}".rstrip(),
                                     retry_after=retry_after, problem=problem)
         name = problem_name(problem)
-        if status == 403 and name == "device-revoked":
+        if status == 403 and name == ProblemType.DEVICE_REVOKED.slug:
             raise DeviceRevoked(problem.get("detail") or "this device was revoked by an administrator")
-        if status == 409 and name == "schema-too-new":
+        if status == 409 and name == ProblemType.SCHEMA_TOO_NEW.slug:
             error = SchemaTooNew(problem.get("schema_version"), self._device_version())
             error.retry_after = retry_after
             raise error

@@ -10,7 +10,8 @@ from `fieldsync.codegen.openapi` and `fieldsync.codegen.json_schema`.
 """
 
 from fieldsync.codegen.output import check_generated, generate, write_generated
-from fieldsync.codegen.render import DEFAULT_TEMPLATES_DIR, GenerationError, render_all
+from fieldsync.codegen.render import DEFAULT_TEMPLATES_DIR, render_all
+from fieldsync.errors import GenerationError
 
 __all__ = [
     "DEFAULT_TEMPLATES_DIR", "GenerationError", "check_generated", "generate", "render_all",

@@ -20,13 +20,7 @@ from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.query import CONTROL_PARAMETERS, operators_for, query_fields, sortable
 
 API_PREFIX = "/api/v1"
-PROBLEM_BASE = "https://fieldsync.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-def problem_type(slug: str) -> str:
-    """The stable `type` URI of a problem kind, e.g. problem_type("validation")."""
-    return PROBLEM_BASE + slug
-
 
 # -- components -----------------------------------------------------------------------------
 

@@ -19,14 +19,10 @@ from fieldsync.codegen.device_schema import device_schema, device_schema_format,
 from fieldsync.codegen.python_sdk import py_string, python_sdk_context
 from fieldsync.defs import meta_schema
 from fieldsync.defs.model import Model
-from fieldsync.errors import Error
+from fieldsync.errors import GenerationError
 
 # platform/fieldsync/codegen -> the repository root's templates/ (a source checkout).
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "templates"
-
-
-class GenerationError(Error):
-    """The generator cannot produce its files (missing templates or generator module, a name clash)."""
 
 
 def header_text(model: Model, defs_label: str, producer: str) -> str:

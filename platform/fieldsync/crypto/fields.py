@@ -31,7 +31,7 @@ from typing import Any, Iterable
 from cryptography.exceptions import InvalidTag
 
 from fieldsync.defs.model import Entity, Field
-from fieldsync.errors import Error
+from fieldsync.errors import IntegrityFailure, KeyShredded
 from fieldsync.store.tables import normalise_for_index
 
 __all__ = ["FieldCrypto", "IntegrityFailure", "KeyShredded", "ciphertext_key_id"]
@@ -39,16 +39,6 @@ __all__ = ["FieldCrypto", "IntegrityFailure", "KeyShredded", "ciphertext_key_id"
 _RANDOM = "e1"
 _DETERMINISTIC = "d1"
 _SEP = "\x1f"
-
-
-class IntegrityFailure(Error):
-    """A stored ciphertext does not decrypt: it was altered, or moved from another row or field.
-
-    The message names entity, field and record, never a value."""
-
-
-class KeyShredded(Error):
-    """The data key of a ciphertext was destroyed (crypto-shredding): the value is gone."""
 
 
 def ciphertext_key_id(stored: str) -> str | None:

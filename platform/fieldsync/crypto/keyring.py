@@ -33,8 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fieldsync.errors import Error
-from fieldsync.crypto.fields import KeyShredded
+from fieldsync.errors import KeyMissing, KeyShredded
 from fieldsync.crypto.keys import KeyProvider
 from fieldsync.store.engine import in_write_transaction, write_transaction
 
@@ -61,11 +60,6 @@ DATA_KEYS = sa.Table(
 
 def create_key_tables(engine: sa.Engine) -> None:
     _metadata.create_all(engine)
-
-
-class KeyMissing(Error):
-    """A ciphertext names a key this database does not hold, or a scope has no active key where
-    one cannot be created (inside a SQLite write transaction)."""
 
 
 @dataclass

@@ -30,19 +30,13 @@ from typing import Mapping, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fieldsync.errors import ConfigError, Error
+from fieldsync.errors import ConfigError, KeyUnavailable
 
 __all__ = ["KeyProvider", "KeyUnavailable", "LocalKeyProvider", "canonical_context",
            "wrapped_by"]
 
 _LOCAL_PREFIX = b"L1"
 _PREFIXES = {b"L1": "the local key provider", b"K1": "the AWS KMS key provider"}
-
-
-class KeyUnavailable(Error):
-    """A wrapped data key cannot be unwrapped or a data key cannot be made: another master key,
-    another encryption context, the data was altered, or the KMS key is unknown, disabled or
-    not ours to use. The message names the key, never a key's bytes."""
 
 
 class KeyProvider(Protocol):

@@ -20,8 +20,8 @@ import os
 import threading
 from typing import Any, Mapping
 
-from fieldsync.errors import ConfigError
-from fieldsync.crypto.keys import KeyUnavailable, canonical_context, wrapped_by
+from fieldsync.errors import ConfigError, KeyUnavailable
+from fieldsync.crypto.keys import canonical_context, wrapped_by
 
 __all__ = ["KmsKeyProvider", "kms_provider_from_config"]
 

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity, Model
-from fieldsync.crypto.fields import FieldCrypto, KeyShredded, ciphertext_key_id
+from fieldsync.crypto.fields import FieldCrypto, ciphertext_key_id
+from fieldsync.errors import KeyShredded
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import bidx_column
 from fieldsync.store.records import RecordStore

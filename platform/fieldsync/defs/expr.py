@@ -24,17 +24,9 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterator, Union
+from fieldsync.errors import ExprError
 
 COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
-
-
-class ExprError(ValueError):
-    """A syntax error; `position` is the 0-based character offset in the source."""
-
-    def __init__(self, message: str, position: int):
-        super().__init__(f"{message} (at character {position + 1})")
-        self.reason = message
-        self.position = position
 
 
 @dataclass(frozen=True, slots=True)

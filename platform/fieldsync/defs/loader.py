@@ -27,7 +27,8 @@ from fieldsync.defs.model import (
     Role, SyncRule, UserAttribute,
 )
 from fieldsync.defs.patterns import compile_pattern, subset_problem
-from fieldsync.defs.values import ValueProblem, normalize_value
+from fieldsync.defs.values import normalize_value
+from fieldsync.errors import DefinitionErrors, ExprError, ValueProblem
 
 # libyaml's C parser when PyYAML was built with it: the same nodes and marks, ~10x faster.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -51,14 +52,6 @@ class DefinitionError:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class DefinitionErrors(Exception):
-    """Raised by build_model/load_model; `.errors` holds every problem, in file order."""
-
-    def __init__(self, errors: list[DefinitionError]):
-        self.errors = sorted(errors, key=lambda e: (e.file, e.line, e.column, e.path, e.message))
-        super().__init__("\n".join(str(e) for e in self.errors))
 
 
 def meta_schema() -> dict[str, Any]:
@@ -526,7 +519,7 @@ class _Builder:
             return None
         try:
             tree = ex.parse(source)
-        except ex.ExprError as exc:
+        except ExprError as exc:
             loc, style = doc.values.get(path, (doc.at(path), None))
             offset = 1 if style in ("'", '"') else 0
             self.error(doc, path, f"{exc.reason}: {source!r}",

@@ -9,6 +9,7 @@ from typing import Any
 
 from fieldsync.defs.model import Entity, Field
 from fieldsync.untrusted import INT64_MAX, parse_int
+from fieldsync.errors import BadQuery
 
 # Operators a list filter may carry as a suffix: `?quantity__gte=3`. No suffix means equality.
 # gt, gte, lt and lte compare by order: only on the orderable types (_RANGE_TYPES), never encrypted.
@@ -66,10 +67,6 @@ class Filter:
     column: str
     op: str
     value: Any
-
-
-class BadQuery(ValueError):
-    """A list request that cannot be run (bad filter value, sort column or cursor)."""
 
 
 def parse_query_value(field: Field, raw: str) -> Any:

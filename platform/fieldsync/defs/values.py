@@ -20,6 +20,7 @@ from typing import Any
 from fieldsync.defs.model import Entity, Field
 from fieldsync.defs.patterns import compile_pattern
 from fieldsync.untrusted import NUL_REASON, text_problem
+from fieldsync.errors import ValueProblem
 
 DEFAULT_STRING_MAX = 255
 MEDIA_MAX = 512
@@ -45,10 +46,6 @@ class FieldProblem:
 
     def as_dict(self) -> dict[str, str]:
         return {"field": self.field, "reason": self.reason}
-
-
-class ValueProblem(ValueError):
-    pass
 
 
 def _compiled(pattern: str) -> re.Pattern:

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
-from fieldsync.errors import ConfigError, Error
+from fieldsync.errors import ConfigError, QueueClosed
 
 __all__ = [
     "BACKENDS", "DEFAULT_MAX_RECEIVES", "POLL_INTERVAL", "Message", "Queue", "QueueClosed", "QueueDepth",
@@ -65,10 +65,6 @@ POLL_INTERVAL = 0.05          # seconds between re-checks of the file during a l
 BUSY_TIMEOUT_S = 30.0         # a writer waits this long for another process's transaction
 SCHEMA_VERSION = 1            # PRAGMA user_version of a queue file
 _MAX_SQL_VARIABLES = 400      # receipts per `IN (...)` chunk (two variables each in ack)
-
-
-class QueueClosed(Error):
-    """The queue object was closed; open a new one."""
 
 
 @dataclass(frozen=True)

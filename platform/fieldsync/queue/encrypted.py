@@ -22,7 +22,7 @@ from typing import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fieldsync.errors import Error
+from fieldsync.errors import Error, QueueDecryptError
 from fieldsync.crypto.keys import KeyProvider
 from fieldsync.queue.embedded import Message, Queue, QueueDepth
 
@@ -30,10 +30,6 @@ __all__ = ["EncryptedQueue", "QueueDecryptError", "MAGIC"]
 
 MAGIC = b"FSQ1"
 _AAD = b"fieldsync-queue-v1"
-
-
-class QueueDecryptError(Error):
-    """A queued body is not an envelope this process can open (altered, or another key)."""
 
 
 class EncryptedQueue:

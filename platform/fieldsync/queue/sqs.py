@@ -62,8 +62,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from fieldsync.errors import ConfigError, Error
-from fieldsync.queue.embedded import DEFAULT_MAX_RECEIVES, Message, QueueClosed, QueueDepth
+from fieldsync.errors import ConfigError, QueueClosed, SqsError, SqsSendFailed
+from fieldsync.queue.embedded import DEFAULT_MAX_RECEIVES, Message, QueueDepth
 
 __all__ = ["SqsError", "SqsQueue", "SqsSendFailed", "open_sqs_queue"]
 
@@ -86,14 +86,6 @@ _STALE_CODES = ("ReceiptHandleIsInvalid", "MessageNotInflight")
 
 _OPTIONS = ("region", "endpoint_url", "dlq", "max_receives", "s3_bucket", "create", "max_message_bytes",
             "max_pool_connections")
-
-
-class SqsError(Error):
-    """SQS or S3 refused a request or could not be reached."""
-
-
-class SqsSendFailed(SqsError):
-    """Not every message of a send was accepted: the push is not "received" (answer 503)."""
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,10 @@ from queue import Empty, SimpleQueue
 from typing import Callable, Iterator, Sequence
 
 from fieldsync.backoff import Backoff
-from fieldsync.errors import Error
-from fieldsync.queue.embedded import Message, QueueClosed, QueueDepth
-from fieldsync.queue.stomp_link import (
-    MAIN_SUBSCRIPTION, TRANSPORT_ERRORS, BrokerRefused, Link, LinkLost, StompSettings, parse_stomp_url,
-)
+from fieldsync.errors import BrokerRefused, BrokerUnavailable, LinkLost, QueueClosed
+from fieldsync.queue.embedded import Message, QueueDepth
+from fieldsync.queue.stomp_link import (MAIN_SUBSCRIPTION, TRANSPORT_ERRORS, Link, StompSettings,
+                                        parse_stomp_url)
 
 __all__ = ["BrokerRefused", "BrokerUnavailable", "StompQueue", "open_stomp_queue"]
 
@@ -94,10 +93,6 @@ _STATS_PREFIX = "ActiveMQ.Statistics.Destination."
 _STATS_END = "ActiveMQ.Statistics.Destination.List.End.With.Null"  # asks for an empty map last
 _HEADER_ID = "fieldsync_id"        # property names must be Java identifiers (JMS selectors)
 _HEADER_GROUP = "fieldsync_group"
-
-
-class BrokerUnavailable(Error):
-    """The broker could not be reached within `reconnect_timeout`."""
 
 
 class _NotYet(Exception):

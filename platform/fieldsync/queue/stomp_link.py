@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import stomp
 import stomp.exception
 
-from fieldsync.errors import ConfigError, Error
+from fieldsync.errors import BrokerRefused, ConfigError, LinkLost
 from fieldsync.queue.embedded import DEFAULT_MAX_RECEIVES
 
 __all__ = ["BrokerRefused", "Link", "LinkLost", "MAIN_SUBSCRIPTION", "StompSettings", "TRANSPORT_ERRORS",
@@ -36,14 +36,6 @@ CONNECT_TIMEOUT = 5.0              # one attempt: TCP connect + CONNECTED frame
 RECEIPT_TIMEOUT = 30.0             # a frame the broker does not confirm by then: connection dropped
 MAIN_SUBSCRIPTION = "fieldsync"    # the subscription id of the queue on the consumer connection
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
-
-
-class BrokerRefused(Error):
-    """The broker answered a frame with an ERROR (its message says why)."""
-
-
-class LinkLost(Exception):
-    """The connection ended before the broker confirmed a frame."""
 
 
 # what stomp.py raises when a frame cannot be written: the connection is gone

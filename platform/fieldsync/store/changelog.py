@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import field_map
-from fieldsync.crypto.fields import KeyShredded
+from fieldsync.errors import ChangeLogMissing, KeyShredded
 from fieldsync.store.records import RecordStore
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec
@@ -53,10 +53,6 @@ POSITION_TABLE = PLATFORM_PREFIX + "position"
 CHANGES_TABLE = PLATFORM_PREFIX + "changes"
 OPS = ("create", "update", "delete")
 _COUNTER_ID = 1  # fs_position holds exactly this one row
-
-
-class ChangeLogMissing(RuntimeError):
-    """The change log tables (or the counter row) do not exist: run create_changelog_tables."""
 
 
 # -- tables ------------------------------------------------------------------------------------

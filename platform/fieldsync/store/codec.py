@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import sqlalchemy as sa
 
-from fieldsync.crypto.fields import KeyShredded
+from fieldsync.errors import KeyShredded
 from fieldsync.defs.model import Entity, Field
 from fieldsync.defs.values import format_datetime
 from fieldsync.store.expr_sql import python_value

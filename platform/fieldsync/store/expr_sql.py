@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
 from fieldsync.defs import expr as ex
-from fieldsync.defs.values import DECIMAL_TEXT, ValueProblem, parse_datetime
+from fieldsync.defs.values import DECIMAL_TEXT, parse_datetime
+from fieldsync.errors import Unconvertible, ValueProblem
 from fieldsync.untrusted import INT32_MAX, INT64_MAX
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -31,10 +32,6 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<=": operator.le, ">": operator.gt, ">=": operator.ge,
 }
 _MIRROR = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
-
-
-class Unconvertible(ValueError):
-    """A value that cannot be held by a column of the given type (so it equals no row)."""
 
 
 def python_value(sa_type: sa.types.TypeEngine, value: Any) -> Any:

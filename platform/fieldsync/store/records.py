@@ -24,17 +24,18 @@ import sqlalchemy as sa
 
 from fieldsync.defs.query import SYSTEM_QUERY_COLUMNS, operators_for, query_fields, sortable
 from fieldsync.defs.access import AccessRule
-from fieldsync.defs.query import BadQuery, Filter
+from fieldsync.defs.query import Filter
+from fieldsync.errors import (BadQuery, Conflict, KeyMissing, NotFound, PermissionDenied, Unconvertible,
+                              ValidationFailed)
 from fieldsync.defs.expr import Expr
 from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import FieldProblem, uuid_text, validate_record
 from fieldsync.ids import later_write_time, new_id, utc_now
 from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.tables import bidx_column
-from fieldsync.crypto.keyring import KeyMissing
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec, StoredRow, db_step, decrypted, to_db, to_wire, wire_step
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.expr_sql import Unconvertible, compile_expr, python_value
+from fieldsync.store.expr_sql import compile_expr, python_value
 from fieldsync.store.tables import build_metadata
 from fieldsync.untrusted import load_json, unstorable_paths
 

@@ -28,9 +28,9 @@ from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity, Model
 from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
-                                   validate_record, ValueProblem)
+                                   validate_record)
+from fieldsync.errors import KeyMissing, ProblemType, ValueProblem
 from fieldsync.store.changelog import ChangeLog, record_history
-from fieldsync.crypto.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.store.bulk import insert_many
@@ -43,13 +43,6 @@ __all__ = ["MutationApplier", "PushBatch", "mutation_digest", "plausible_offset_
 
 OPS = ("insert", "update", "delete")
 _ACTION = {"insert": "create", "update": "update", "delete": "delete"}
-_TITLES = {
-    "validation": "Invalid values", "forbidden": "Not allowed", "direction": "Entity is not pushed by devices",
-    "unknown-entity": "Unknown entity", "unknown-record": "No such record", "record-deleted": "Record was deleted",
-    "id-exists": "Id already exists", "stale": "Record changed since base_version",
-    "malformed-mutation": "Malformed mutation",
-    "unprocessable": "The server could not process this mutation",
-}
 # a device clock off by more than this is not measured but broken: its offset is ignored
 MAX_CLOCK_OFFSET_MS = 100 * 366 * 24 * 3600 * 1000
 
@@ -96,10 +89,14 @@ class PushBatch:
 
 
 class _Rejected(Exception):
-    def __init__(self, problem: str, detail: str, errors: Sequence[FieldProblem] = (),
+    """A mutation rejected with a rejection type of the registry (fieldsync.errors.ProblemType)."""
+
+    def __init__(self, kind: ProblemType, detail: str, errors: Sequence[FieldProblem] = (),
                  current_version: int | None = None):
+        if kind.rejection is None:
+            raise ValueError(f"{kind.slug!r} is not a rejection type")
         super().__init__(detail)
-        self.problem, self.detail, self.errors, self.current_version = problem, detail, list(errors), current_version
+        self.problem, self.detail, self.errors, self.current_version = kind.slug, detail, list(errors), current_version
 
 
 @dataclass
@@ -406,17 +403,17 @@ class _Batch:
         fields = m.get("fields", {})
         record_id = _uuid_or_none(record_id)
         if op not in OPS or not isinstance(fields, dict) or record_id is None:
-            raise _Rejected("malformed-mutation", "a mutation needs op insert/update/delete, a UUID id and a fields object")
+            raise _Rejected(ProblemType.MALFORMED_MUTATION, "a mutation needs op insert/update/delete, a UUID id and a fields object")
         entity = self.entities.get(name) if isinstance(name, str) else None
         if entity is None:
-            raise _Rejected("unknown-entity", f"no entity {name!r}")
+            raise _Rejected(ProblemType.UNKNOWN_ENTITY, f"no entity {name!r}")
         rules = self.rules(entity)
         root = rules.root
         if root.sync.direction not in PUSHED_DIRECTIONS:
-            raise _Rejected("direction", f"{name} is {root.sync.direction}-only: devices may not write it")
+            raise _Rejected(ProblemType.DIRECTION, f"{name} is {root.sync.direction}-only: devices may not write it")
         perm = rules.perm
         if perm is None or not perm.can(_ACTION[op]):
-            raise _Rejected("forbidden", f"role {self.batch.role!r} may not {_ACTION[op]} {name} records")
+            raise _Rejected(ProblemType.FORBIDDEN, f"role {self.batch.role!r} may not {_ACTION[op]} {name} records")
         if self.batch.schema_version < self.model.schema_version:
             fields = _renamed(entity, fields)
         writable = rules.writable
@@ -424,20 +421,20 @@ class _Batch:
             return self._insert(entity, record_id, fields, rules.insert_writable, m)
         rec = self.record(entity, record_id)
         if rec is None:
-            raise _Rejected("unknown-record", f"no {name} with id {record_id}")
+            raise _Rejected(ProblemType.UNKNOWN_RECORD, f"no {name} with id {record_id}")
         if rec.db["deleted"]:
             if op == "delete":
                 return {"version": rec.db["version"], "effect": "unchanged"}
-            raise _Rejected("record-deleted", f"{name} {record_id} was deleted; deletes are final",
+            raise _Rejected(ProblemType.RECORD_DELETED, f"{name} {record_id} was deleted; deletes are final",
                             current_version=rec.db["version"])
         current = self.wire(entity, rec)
         if not self.allowed(entity, current):
-            raise _Rejected("forbidden", f"{name} {record_id} is outside the records your role may change")
+            raise _Rejected(ProblemType.FORBIDDEN, f"{name} {record_id} is outside the records your role may change")
         base_version = m.get("base_version")
         if not isinstance(base_version, int) or isinstance(base_version, bool) or base_version < 0:
-            raise _Rejected("malformed-mutation", "base_version must be an integer >= 0 for update and delete")
+            raise _Rejected(ProblemType.MALFORMED_MUTATION, "base_version must be an integer >= 0 for update and delete")
         if base_version > rec.db["version"]:
-            raise _Rejected("malformed-mutation", f"base_version {base_version} is above the current version "
+            raise _Rejected(ProblemType.MALFORMED_MUTATION, f"base_version {base_version} is above the current version "
                             f"{rec.db['version']}")
         policy = root.sync.conflict
         since = self._since = self.since(entity, rec, base_version)
@@ -456,7 +453,7 @@ class _Batch:
     def _insert(self, entity: Entity, record_id: str, fields: Mapping[str, Any], writable, m) -> dict[str, Any]:
         existing = self.record(entity, record_id)
         if existing is not None:
-            raise _Rejected("id-exists", f"a {entity.name} with id {record_id} already exists",
+            raise _Rejected(ProblemType.ID_EXISTS, f"a {entity.name} with id {record_id} already exists",
                             current_version=existing.db["version"])
         server_values = {entity.owner: self.batch.user_id} if entity.owner else {}
         rules = self.rules(entity)
@@ -469,13 +466,13 @@ class _Batch:
         clean, problems = validate_record(entity, fields, partial=False, writable=writable,
                                           server_set=tuple(server_values))
         if problems:
-            raise _Rejected("validation", "some values are invalid", problems)
+            raise _Rejected(ProblemType.VALIDATION, "some values are invalid", problems)
         clean.update(server_values)
         problems = self.check_refs(entity, clean)
         if rules.has_unique:
             problems += self._check_unique(entity, clean, None)
         if problems:
-            raise _Rejected("validation", "some values are invalid", problems)
+            raise _Rejected(ProblemType.VALIDATION, "some values are invalid", problems)
         stamp = self._stamp(rules.root, self.effective_time(m))
         db = {"id": record_id, "version": 1, "created_at": stamp, "updated_at": stamp, "deleted": False}
         db.update(self.store._values_to_db(entity, clean, record_id,
@@ -490,7 +487,7 @@ class _Batch:
             wire = StoredRow(wire)
             wire.stored = db   # the change log reuses these ciphertexts
         if not self.allowed(entity, wire):
-            raise _Rejected("forbidden", f"the new {entity.name} would fall outside the records your role may reach")
+            raise _Rejected(ProblemType.FORBIDDEN, f"the new {entity.name} would fall outside the records your role may reach")
         rec = _Record(db, stored=False, dirty=True, versions_by_me={1})
         self.records[(entity.name, record_id)] = rec
         self._log(entity, "create", wire, None, m)
@@ -499,7 +496,7 @@ class _Batch:
     def _update(self, entity, rec, current, fields, writable, policy, others, effective, m) -> dict[str, Any]:
         clean, problems = validate_record(entity, dict(fields), partial=True, writable=writable)
         if problems:
-            raise _Rejected("validation", "some values are invalid", problems)
+            raise _Rejected(ProblemType.VALIDATION, "some values are invalid", problems)
         overridden: list[str] = []
         if others is not None:
             if policy == "reject_stale":
@@ -528,7 +525,7 @@ class _Batch:
         if self.rules(entity).has_unique:
             problems += self._check_unique(entity, clean, rec.db["id"])
         if problems:
-            raise _Rejected("validation", "some values are invalid", problems)
+            raise _Rejected(ProblemType.VALIDATION, "some values are invalid", problems)
         if values is None:
             values = self.store.encrypted_update(self.conn, entity, rec.db["id"], clean, rec.db)
         new_db = dict(rec.db)
@@ -538,7 +535,7 @@ class _Batch:
         new_db["version"] = rec.db["version"] + 1
         wire = self.store._to_wire_row(entity, new_db, known=clean)
         if not self.allowed(entity, wire):
-            raise _Rejected("forbidden", f"the change would move {entity.name} {rec.db['id']} outside the records "
+            raise _Rejected(ProblemType.FORBIDDEN, f"the change would move {entity.name} {rec.db['id']} outside the records "
                             "your role may reach")
         rec.db, rec.dirty = new_db, True
         rec.versions_by_me.add(new_db["version"])
@@ -629,7 +626,7 @@ class _Batch:
 
 def _stale(entity: Entity, rec: _Record, m: Mapping[str, Any], what: str) -> _Rejected:
     """reject_stale: another writer changed the record since the device's base version."""
-    return _Rejected("stale", f"{entity.name} {rec.db['id']} is at version {rec.db['version']}; "
+    return _Rejected(ProblemType.STALE, f"{entity.name} {rec.db['id']} is at version {rec.db['version']}; "
                      f"the {what} was made on version {m.get('base_version')}", current_version=rec.db["version"])
 
 
@@ -753,15 +750,15 @@ class MutationApplier:
         """Give every unprocessed mutation of `batch` a permanent `unprocessable` result: the
         last delivery of a batch that failed every time, so its device learns and quarantines
         rather than waiting forever (invariant 5: nothing dropped silently)."""
-        return self._reject(batch, batch.mutations, "unprocessable", detail[:500])
+        return self._reject(batch, batch.mutations, ProblemType.UNPROCESSABLE, detail[:500])
 
     def _reject_alone(self, batch: PushBatch, m: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return self._reject(batch, [m], "validation",
+        return self._reject(batch, [m], ProblemType.VALIDATION,
                             "the write conflicts with a unique value or id another writer just took")
 
-    def _reject(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]], problem: str,
+    def _reject(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]], kind: ProblemType,
                 detail: str) -> list[dict[str, Any]]:
-        """Record a permanent rejection of type `problem` for each of `mutations` not yet in the
+        """Record a permanent rejection of type `kind` for each of `mutations` not yet in the
         ledger, without touching any record."""
         with write_transaction(self.store().engine) as conn:
             seqs = [m.get("seq") for m in mutations]
@@ -771,7 +768,7 @@ class MutationApplier:
             for m in sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
                 # an impossible op yields a rejected ledger row with no effect; then name it
                 row = state.apply({**m, "fields": {}, "op": "__invalid__"})
-                row.update(op=str(m.get("op"))[:8], problem=problem, detail=detail, digest=mutation_digest(m))
+                row.update(op=str(m.get("op"))[:8], problem=kind.slug, detail=detail, digest=mutation_digest(m))
                 state.results.append(row)
             state.flush()
             return state.results
@@ -786,9 +783,8 @@ def result_to_wire(ledger: Mapping[str, Any], row: dict[str, Any] | None) -> dic
                    overridden=json.loads(ledger["overridden"]) if ledger["overridden"] else [],
                    overridden_by=json.loads(ledger["overridden_by"]) if ledger.get("overridden_by") else {})
     else:
-        name = ledger["problem"]
-        out.update(permanent=True, type=f"https://fieldsync.dev/problems/{name}",
-                   title=_TITLES.get(name, "Rejected"), detail=ledger["detail"],
+        kind = ProblemType(ledger["problem"])
+        out.update(permanent=True, type=kind.uri, title=kind.rejection, detail=ledger["detail"],
                    errors=json.loads(ledger["errors"]) if ledger["errors"] else [],
                    current_version=ledger["current_version"])
     out["row"] = row

@@ -21,7 +21,7 @@ from fieldsync.defs import expr as ex
 from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import uuid_text
-from fieldsync.errors import Error
+from fieldsync.errors import InvalidResume, SyncReset
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
 from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import result_to_wire
@@ -33,18 +33,6 @@ __all__ = ["PullRequest", "SyncReset", "InvalidResume", "pull_page", "results_fo
            "write_checkpoint", "remember_scope"]
 
 MAX_RESULTS_PER_PAGE = 1000
-
-
-class SyncReset(Error):
-    """The device must reset (410 sync-reset): its cursor can no longer be served."""
-
-    def __init__(self, reason: str, detail: str, horizon: int):
-        super().__init__(detail)
-        self.reason, self.detail, self.horizon = reason, detail, horizon
-
-
-class InvalidResume(Error):
-    """The resume token was not issued by this server (400 invalid-resume)."""
 
 
 @dataclass

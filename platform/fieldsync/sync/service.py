@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from fieldsync.audit.trail import AuditUnavailable
+from fieldsync.errors import AuditUnavailable
 from fieldsync.store.changelog import ChangeLog, first_position_since, head_position, purge_before
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from fieldsync.errors import Error
+from fieldsync.errors import InvalidPoolSize
 from fieldsync.store.engine import write_transaction
 from fieldsync.ids import utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
@@ -58,15 +58,6 @@ HEARTBEAT_SECONDS = 5.0
 STALE_AFTER = 3             # intervals without a heartbeat before a process shows as stale
 FORGET_STALE_AFTER = dt.timedelta(days=1)   # a stale row is deleted by the next live heartbeat
 PRUNE_EVERY = 3600.0        # seconds between processing-log retention passes of one process
-
-
-class InvalidPoolSize(Error):
-    """A desired pool size outside 1..64, or for a queue that does not exist (`field` names
-    which: "threads" or "queue")."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 worker_metadata = sa.MetaData()
