@@ -44,7 +44,7 @@ def server(defs_copy, db_url, tmp_path):
 class Device:
     def __init__(self, state):
         self.state = state
-        self.applier = MutationApplier(lambda: state.store, state.changelog)
+        self.applier = MutationApplier(lambda: state.store)
         self.seq = 0
         self.id = str(uuid.uuid4())
 

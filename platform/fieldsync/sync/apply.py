@@ -29,10 +29,11 @@ from fieldsync.defs.model import Entity, Model
 from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
                                    validate_record, ValueProblem)
-from fieldsync.store.changelog import ChangeLog, record_history
+from fieldsync.store.changelog import record_history
 from fieldsync.crypto.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
+from fieldsync.audit.trail import AuditLog
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import StoredRow, to_wire
 from fieldsync.ids import utc_now
@@ -594,21 +595,12 @@ class _Batch:
 
     # -- commit --------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Write the batch's records, change-log entries and ledger rows."""
-        inserts: dict[str, list[dict[str, Any]]] = {}
-        for (name, _), rec in self.records.items():
-            if rec is None or not rec.dirty:
-                continue
-            table = self.store.table(self.entities[name])
-            if not rec.stored:
-                inserts.setdefault(name, []).append(rec.db)
-            else:
-                values = {k: v for k, v in rec.db.items() if k != "id"}
-                self.conn.execute(table.update().where(table.c.id == rec.db["id"]).values(values))
-        for name, rows in inserts.items():
-            insert_many(self.conn, self.store.table(self.entities[name]), rows)
-        positions = self.applier.changelog.record_changes(self.conn, self.changes, origin=self.batch.device_id,
-                                                          seqs=self.change_seqs)
+        """Write the batch's records and change-log entries (through the RecordStore, the one
+        write path), its audit entries and its ledger rows."""
+        positions = self.store.write_rows(
+            self.conn, [(self.entities[name], rec.db, rec.stored) for (name, _), rec in self.records.items()
+                        if rec is not None and rec.dirty],
+            self.changes, origin=self.batch.device_id, seqs=self.change_seqs)
         for i, change_index in self.result_change.items():
             self.results[i]["position"] = positions[change_index]
         if self.applier.audit is not None and self.changes:
@@ -660,14 +652,14 @@ def _is_uuid(value: Any) -> bool:
 
 class MutationApplier:
     """Applies queued push batches. `store` returns the current RecordStore (the model can be
-    swapped while the server runs); `changelog` is the server's ChangeLog."""
+    swapped while the server runs), which writes the records and the change log; `audit`, the
+    server's AuditLog, records the PHI each batch writes (None: no audit, tools and tests)."""
 
-    def __init__(self, store: Callable[[], RecordStore], changelog: ChangeLog,
+    def __init__(self, store: Callable[[], RecordStore], *, audit: AuditLog | None = None,
                  clock: Callable[[], dt.datetime] = utc_now):
         self.store = store
-        self.changelog = changelog
+        self.audit = audit
         self.clock = clock
-        self.audit = None  # the server's AuditLog (set by create_app): pushed PHI writes are audited
 
     def _processed(self, conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> set[int]:
         done: set[int] = set()

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from fieldsync.audit.trail import AuditUnavailable
-from fieldsync.store.changelog import ChangeLog, first_position_since, head_position, purge_before
+from fieldsync.audit.trail import AuditLog, AuditUnavailable
+from fieldsync.store.changelog import first_position_since, head_position, purge_before
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.ids import utc_now
@@ -29,11 +29,11 @@ log = logging.getLogger("fieldsync.sync")
 class SyncService:
     """Receives push batches into the queue and applies them with a pool of listeners."""
 
-    def __init__(self, store: Callable[[], RecordStore], changelog: ChangeLog, queue: Queue | Callable[[], Queue], *,
-                 listeners: int = 2, clock: Callable[[], dt.datetime] = utc_now):
+    def __init__(self, store: Callable[[], RecordStore], queue: Queue | Callable[[], Queue], *,
+                 audit: AuditLog | None = None, listeners: int = 2, clock: Callable[[], dt.datetime] = utc_now):
         self._queue = queue if not callable(queue) or hasattr(queue, "send") else None
         self._open_queue = None if self._queue is not None else queue
-        self.applier = MutationApplier(store, changelog, clock=clock)
+        self.applier = MutationApplier(store, audit=audit, clock=clock)
         self.listeners = listeners
         self._pool = None
         self.visibility_timeout = 60.0  # seconds a batch stays hidden before it is redelivered
@@ -45,9 +45,9 @@ class SyncService:
         self.observers: list[Callable[[Message, PushBatch | None, str, float, int], None]] = []
 
     @classmethod
-    def from_config(cls, config, store, changelog, clock=None) -> "SyncService":
+    def from_config(cls, config, store, *, audit: AuditLog | None = None, clock=None) -> "SyncService":
         """The service for `config`; its queue is opened on first use, so building an app
-        creates no file and starts no thread."""
+        creates no file and starts no thread. `audit` records the PHI pushed batches write."""
         url = config.queue_url
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ class SyncService:
             from fieldsync.crypto.keys import key_provider_from_config
             from fieldsync.queue.encrypted import EncryptedQueue
             return EncryptedQueue(queue, key_provider_from_config(config))  # invariant 7
-        service = cls(store, changelog, opened, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
+        service = cls(store, opened, audit=audit, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
         service.visibility_timeout = float(config.get("SYNC_VISIBILITY_TIMEOUT") or 60.0)
         return service
 
