@@ -30,7 +30,6 @@ from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
                                    validate_record, ValueProblem)
 from fieldsync.store.changelog import record_history
-from fieldsync.crypto.keyring import KeyMissing
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.audit.trail import AuditLog
@@ -382,13 +381,17 @@ class _Batch:
         return _Since(fields, floor, origins, latest_origin)
 
     # -- one mutation --------------------------------------------------------------------------
-    def apply(self, m: Mapping[str, Any]) -> dict[str, Any]:
-        seq = m.get("seq")
-        base = {"device_id": self.batch.device_id, "seq": seq, "digest": mutation_digest(m),
+    def ledger_row(self, m: Mapping[str, Any]) -> dict[str, Any]:
+        """The dedupe ledger row of mutation `m` before its result is decided."""
+        return {"device_id": self.batch.device_id, "seq": m.get("seq"), "digest": mutation_digest(m),
                 "entity": str(m.get("entity"))[:64], "record_id": str(m.get("id"))[:64],
                 "op": str(m.get("op"))[:8], "position": None, "version": None, "effect": None,
                 "overridden": None, "overridden_by": None, "problem": None, "detail": None, "errors": None,
                 "current_version": None, "processed_at": self.now}
+
+    def apply(self, m: Mapping[str, Any]) -> dict[str, Any]:
+        """Decide mutation `m` (its effect is staged in the batch) and return its ledger row."""
+        base = self.ledger_row(m)
         self._since = None
         try:
             base.update(self._decide(m))
@@ -703,17 +706,15 @@ class MutationApplier:
             store.codec.ensure_subjects(store.model.entity(name), sorted(set(v for v in values if v is not None), key=str))
 
     def apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
-        """Process `batch`; return the ledger rows written (empty for a full redelivery)."""
-        self.ensure_keys(batch.mutations)
-        try:
-            return self._apply_batch(batch)
-        except KeyMissing:
-            # a subject's key was shredded between ensure_keys and the batch transaction: make
-            # its next key and go again (a second miss fails the delivery; the queue redelivers)
-            self.ensure_keys(batch.mutations)
-            return self._apply_batch(batch)
+        """Process `batch`; return the ledger rows written (empty for a full redelivery).
 
-    def _apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
+        Nothing here retries the batch: an exception (a database outage, a subject's key
+        shredded between `ensure_keys` and the transaction: KeyMissing) fails this delivery,
+        and the queue redelivers it with backoff (`fieldsync.workers.pool`, the one retry of
+        a push batch; `SyncService.handle` decides its last delivery). A unique value or id
+        raced by a concurrent writer is no failure: the batch is split, one transaction per
+        mutation, and only the offending mutation is rejected (invariant 5)."""
+        self.ensure_keys(batch.mutations)
         try:
             return self._apply(batch, batch.mutations)
         except sa.exc.IntegrityError:
@@ -761,9 +762,8 @@ class MutationApplier:
             clear_received(conn, batch.device_id, seqs)
             state = _Batch(self, conn, batch, self.clock())
             for m in sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
-                # an impossible op yields a rejected ledger row with no effect; then name it
-                row = state.apply({**m, "fields": {}, "op": "__invalid__"})
-                row.update(op=str(m.get("op"))[:8], problem=problem, detail=detail, digest=mutation_digest(m))
+                row = state.ledger_row(m)
+                row.update(status="rejected", problem=problem, detail=detail)
                 state.results.append(row)
             state.flush()
             return state.results

@@ -88,7 +88,13 @@ class SyncService:
     def handle(self, message: Message) -> None:
         """A listener's handler: apply one push batch. Raising leaves the message unacked, so it
         is redelivered; the ledger makes the second run exact-once. Every outcome is reported
-        to `observers` (the processing log)."""
+        to `observers` (the processing log).
+
+        Where a push batch is retried: only by redelivery, which the listener pool schedules
+        with backoff (`fieldsync.workers.pool.retry_delay`); this handler ends the retries at
+        the queue's `max_receives` by rejecting the batch's mutations as unprocessable
+        (invariant 5), except for an audit outage. The applier and the push endpoint
+        (`fieldsync.sync.receive`) retry nothing themselves."""
         started = time.perf_counter()
         batch: PushBatch | None = None
         outcome, results = "failed", []
