@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -102,6 +102,43 @@ class _Rejected(Exception):
         self.problem, self.detail, self.errors, self.current_version = problem, detail, list(errors), current_version
 
 
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """What a mutation names, read once per batch (`read_mutations`) and used by every step
+    after — key creation, prefetch and the decision: its entity, op, canonical record id and
+    fields (under their current names when the device's schema is older, invariant 9), or
+    `problem`, the (type, detail) of the rejection of a mutation that names nothing valid."""
+
+    entity: Entity | None
+    op: str
+    record_id: str | None
+    fields: dict[str, Any]
+    problem: tuple[str, str] | None = None
+
+
+def read_mutations(model: Model, batch: PushBatch) -> dict[int, _Named]:
+    """Each mutation of `batch` read against `model`, by seq (seqs are unique in a batch: the
+    push endpoint checked them). Only shapes are checked here; values are judged once, when the
+    mutation is decided (`_Batch.apply`)."""
+    entities = {e.name: e for e in model.entities}
+    named = {}
+    for m in batch.mutations:
+        op, fields, record_id = m.get("op"), m.get("fields", {}), _uuid_or_none(m.get("id"))
+        name = m.get("entity")
+        entity = entities.get(name) if isinstance(name, str) else None
+        if op not in OPS or not isinstance(fields, dict) or record_id is None:
+            found = _Named(None, str(op), None, {}, ("malformed-mutation", "a mutation needs op insert/update/delete, "
+                                                     "a UUID id and a fields object"))
+        elif entity is None:
+            found = _Named(None, op, record_id, {}, ("unknown-entity", f"no entity {name!r}"))
+        else:
+            if batch.schema_version < model.schema_version:
+                fields = _renamed(entity, fields)
+            found = _Named(entity, op, record_id, fields)
+        named[m.get("seq")] = found
+    return named
+
+
 @dataclass
 class _Rules:
     """What one batch needs of an entity, worked out once per batch: the batch's role and user
@@ -167,10 +204,12 @@ def _aware(value: dt.datetime) -> dt.datetime:
 class _Batch:
     """The state of one batch being applied inside one transaction."""
 
-    def __init__(self, applier: "MutationApplier", conn: sa.Connection, batch: PushBatch, now: dt.datetime):
+    def __init__(self, applier: "MutationApplier", store: RecordStore, conn: sa.Connection, batch: PushBatch,
+                 now: dt.datetime, named: Mapping[int, _Named] | None = None):
         self.applier = applier
-        self.store: RecordStore = applier.store()
-        self.model: Model = self.store.model
+        self.store = store
+        self.model: Model = store.model
+        self.named = named or {}
         self.conn = conn
         self.batch = batch
         self.now = now
@@ -236,14 +275,13 @@ class _Batch:
         one query per entity, so checks do not cost a query per mutation."""
         wanted: dict[str, set[str]] = {}
         for m in mutations:
-            name = m.get("entity")
-            entity = self.entities.get(name) if isinstance(name, str) else None
-            if entity is None or not _is_uuid(m.get("id")):
+            named = self.named[m["seq"]]
+            entity = named.entity
+            if entity is None:
                 continue
-            wanted.setdefault(name, set()).add(str(m["id"]))
-            fields = m.get("fields") if isinstance(m.get("fields"), dict) else {}
+            wanted.setdefault(entity.name, set()).add(named.record_id)
             for f in self.rules(entity).refs:
-                v = fields.get(f.name)
+                v = named.fields.get(f.name)
                 if isinstance(v, str):
                     wanted.setdefault(f.ref, set()).add(v)
         for name, ids in sorted(wanted.items()):
@@ -406,14 +444,11 @@ class _Batch:
         return base
 
     def _decide(self, m: Mapping[str, Any]) -> dict[str, Any]:
-        name, op, record_id = m.get("entity"), m.get("op"), m.get("id")
-        fields = m.get("fields", {})
-        record_id = _uuid_or_none(record_id)
-        if op not in OPS or not isinstance(fields, dict) or record_id is None:
-            raise _Rejected("malformed-mutation", "a mutation needs op insert/update/delete, a UUID id and a fields object")
-        entity = self.entities.get(name) if isinstance(name, str) else None
-        if entity is None:
-            raise _Rejected("unknown-entity", f"no entity {name!r}")
+        named = self.named[m["seq"]]
+        if named.problem is not None:
+            raise _Rejected(*named.problem)
+        entity, op, record_id, fields = named.entity, named.op, named.record_id, named.fields
+        name = entity.name
         rules = self.rules(entity)
         root = rules.root
         if root.sync.direction not in PUSHED_DIRECTIONS:
@@ -421,8 +456,6 @@ class _Batch:
         perm = rules.perm
         if perm is None or not perm.can(_ACTION[op]):
             raise _Rejected("forbidden", f"role {self.batch.role!r} may not {_ACTION[op]} {name} records")
-        if self.batch.schema_version < self.model.schema_version:
-            fields = _renamed(entity, fields)
         writable = rules.writable
         if op == "insert":
             return self._insert(entity, record_id, fields, rules.insert_writable, m)
@@ -649,10 +682,6 @@ def _uuid_or_none(value: Any) -> str | None:
         return None
 
 
-def _is_uuid(value: Any) -> bool:
-    return _uuid_or_none(value) is not None
-
-
 class MutationApplier:
     """Applies queued push batches. `store` returns the current RecordStore (the model can be
     swapped while the server runs), which writes the records and the change log; `audit`, the
@@ -673,30 +702,27 @@ class MutationApplier:
             done.update(r[0] for r in rows)
         return done
 
-    def ensure_keys(self, mutations: Sequence[Mapping[str, Any]]) -> None:
+    @staticmethod
+    def ensure_keys(store: RecordStore, named: Iterable[_Named]) -> None:
         """Create the data keys of every subject the batch writes encrypted values for, before
         its transaction opens (crypto/keyring.py: on SQLite a key cannot be created while the
         batch holds the write lock). A subject is read from the mutation, or for an update
-        without it from the stored record."""
-        store = self.store()
+        without it from the stored record. A subject value that is no valid value of its field
+        gets no key (the mutation is rejected when decided)."""
         subjects: dict[str, list[Any]] = {}
         lookups: dict[str, set[str]] = {}
-        for m in mutations:
-            name = m.get("entity")
-            entity = store.model.entity(name) if isinstance(name, str) and store.model.has_entity(name) else None
-            fields = m.get("fields")
-            if entity is None or entity.subject is None or not isinstance(fields, dict):
+        for n in named:
+            entity = n.entity
+            if entity is None or entity.subject is None or not any(
+                    f.encrypted and f.name in n.fields for f in entity.fields):
                 continue
-            fields = _renamed(entity, fields)
-            if not any(f.encrypted and f.name in fields for f in entity.fields):
-                continue
-            value = fields.get(entity.subject)
+            value = n.fields.get(entity.subject)
             if value is not None:
                 _clean, problems = validate_record(entity, {entity.subject: value}, partial=True)
                 if not problems:
                     subjects.setdefault(entity.name, []).append(value)
-            elif m.get("op") == "update" and _is_uuid(m.get("id")):
-                lookups.setdefault(entity.name, set()).add(str(m["id"]))
+            elif n.op == "update":
+                lookups.setdefault(entity.name, set()).add(n.record_id)
         if lookups:
             with store.engine.connect() as conn:
                 for name, ids in lookups.items():
@@ -714,28 +740,31 @@ class MutationApplier:
         a push batch; `SyncService.handle` decides its last delivery). A unique value or id
         raced by a concurrent writer is no failure: the batch is split, one transaction per
         mutation, and only the offending mutation is rejected (invariant 5)."""
-        self.ensure_keys(batch.mutations)
+        store = self.store()   # one model for the whole batch, even if it is swapped meanwhile
+        named = read_mutations(store.model, batch)
+        self.ensure_keys(store, named.values())
         try:
-            return self._apply(batch, batch.mutations)
+            return self._apply(store, batch, batch.mutations, named)
         except sa.exc.IntegrityError:
             # a concurrent writer took a unique value or an id between our checks and the write:
             # redo the batch one mutation per transaction, so only the offending one is rejected
             results: list[dict[str, Any]] = []
             for m in batch.mutations:
                 try:
-                    results += self._apply(batch, [m])
+                    results += self._apply(store, batch, [m], named)
                 except sa.exc.IntegrityError:
                     results += self._reject_alone(batch, m)
             return results
 
-    def _apply(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        with write_transaction(self.store().engine) as conn:
+    def _apply(self, store: RecordStore, batch: PushBatch, mutations: Sequence[Mapping[str, Any]],
+               named: Mapping[int, _Named]) -> list[dict[str, Any]]:
+        with write_transaction(store.engine) as conn:
             done = self._processed(conn, batch.device_id, [m.get("seq") for m in mutations])
             todo = sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"])
             clear_received(conn, batch.device_id, [m.get("seq") for m in mutations])
             if not todo:
                 return []
-            state = _Batch(self, conn, batch, self.clock())
+            state = _Batch(self, store, conn, batch, self.clock(), named)
             state.prefetch(todo)
             for m in todo:
                 state.results.append(state.apply(m))
@@ -756,11 +785,12 @@ class MutationApplier:
                 detail: str) -> list[dict[str, Any]]:
         """Record a permanent rejection of type `problem` for each of `mutations` not yet in the
         ledger, without touching any record."""
-        with write_transaction(self.store().engine) as conn:
+        store = self.store()
+        with write_transaction(store.engine) as conn:
             seqs = [m.get("seq") for m in mutations]
             done = self._processed(conn, batch.device_id, seqs)
             clear_received(conn, batch.device_id, seqs)
-            state = _Batch(self, conn, batch, self.clock())
+            state = _Batch(self, store, conn, batch, self.clock())
             for m in sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
                 row = state.ledger_row(m)
                 row.update(status="rejected", problem=problem, detail=detail)
