@@ -1,16 +1,14 @@
-"""Processing pushed mutations: one queued push batch, one database transaction.
+"""Deciding pushed mutations: what each mutation of a push batch does, and the batch's writes.
 
-For every mutation of the batch, in seq order: skip it when the dedupe ledger already holds its
-seq (a redelivery, invariant 2); otherwise check it (entity, direction, permission, values,
-references, scope, the entity's conflict policy) and decide its result. All effects of the batch,
-their change-log entries (one counter update, invariant 3) and the ledger rows commit together.
-A worker killed before the commit leaves nothing; one killed after the commit but before the
-queue ack leaves the ledger rows that make the redelivery a no-op.
+For every mutation of the batch, in seq order, `Batch` checks it (entity, direction,
+permission, values, references, scope, the entity's conflict policy) and decides its result;
+`Batch.flush` then writes all effects of the batch, their change-log entries (one counter
+update, invariant 3), their audit entries and the ledger rows, in the batch's one transaction,
+which `fieldsync.sync.applier` opens, skipping seqs the dedupe ledger holds (invariant 2).
 
 A rejected mutation is rejected alone, with its type and field problems; the rest of its batch
-is applied (invariant 5). A database error that is not a rule violation (a unique index raced by
-a concurrent writer) makes the batch fall back to one transaction per mutation, so one bad
-mutation can never poison the batch into the dead-letter queue.
+is applied (invariant 5). Also here: what a queued batch is (`PushBatch`), a mutation's digest,
+and a ledger row as a result on the wire (`result_to_wire`).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -30,16 +28,15 @@ from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
                                    validate_record, ValueProblem)
 from fieldsync.store.changelog import record_history
-from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.audit.trail import AuditLog
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import StoredRow, to_wire
-from fieldsync.ids import utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
-from fieldsync.sync.tables import DEVICES, LEDGER, clear_received
+from fieldsync.sync.tables import DEVICES, LEDGER
 
-__all__ = ["MutationApplier", "PushBatch", "mutation_digest", "plausible_offset_ms", "OPS"]
+__all__ = ["Batch", "NamedMutation", "OPS", "PushBatch", "mutation_digest", "plausible_offset_ms", "read_mutations",
+           "result_to_wire"]
 
 OPS = ("insert", "update", "delete")
 _ACTION = {"insert": "create", "update": "update", "delete": "delete"}
@@ -103,23 +100,23 @@ class _Rejected(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Named:
+class NamedMutation:
     """What a mutation names, read once per batch (`read_mutations`) and used by every step
     after — key creation, prefetch and the decision: its entity, op, canonical record id and
     fields (under their current names when the device's schema is older, invariant 9), or
-    `problem`, the (type, detail) of the rejection of a mutation that names nothing valid."""
+    `problem`, the rejection of a mutation that names nothing valid."""
 
     entity: Entity | None
     op: str
     record_id: str | None
     fields: dict[str, Any]
-    problem: tuple[str, str] | None = None
+    problem: _Rejected | None = None
 
 
-def read_mutations(model: Model, batch: PushBatch) -> dict[int, _Named]:
+def read_mutations(model: Model, batch: PushBatch) -> dict[int, NamedMutation]:
     """Each mutation of `batch` read against `model`, by seq (seqs are unique in a batch: the
     push endpoint checked them). Only shapes are checked here; values are judged once, when the
-    mutation is decided (`_Batch.apply`)."""
+    mutation is decided (`Batch.apply`)."""
     entities = {e.name: e for e in model.entities}
     named = {}
     for m in batch.mutations:
@@ -127,14 +124,14 @@ def read_mutations(model: Model, batch: PushBatch) -> dict[int, _Named]:
         name = m.get("entity")
         entity = entities.get(name) if isinstance(name, str) else None
         if op not in OPS or not isinstance(fields, dict) or record_id is None:
-            found = _Named(None, str(op), None, {}, ("malformed-mutation", "a mutation needs op insert/update/delete, "
-                                                     "a UUID id and a fields object"))
+            found = NamedMutation(None, str(op), None, {}, _Rejected(
+                "malformed-mutation", "a mutation needs op insert/update/delete, a UUID id and a fields object"))
         elif entity is None:
-            found = _Named(None, op, record_id, {}, ("unknown-entity", f"no entity {name!r}"))
+            found = NamedMutation(None, op, record_id, {}, _Rejected("unknown-entity", f"no entity {name!r}"))
         else:
             if batch.schema_version < model.schema_version:
                 fields = _renamed(entity, fields)
-            found = _Named(entity, op, record_id, fields)
+            found = NamedMutation(entity, op, record_id, fields)
         named[m.get("seq")] = found
     return named
 
@@ -201,12 +198,13 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
-class _Batch:
-    """The state of one batch being applied inside one transaction."""
+class Batch:
+    """The state of one batch being applied inside one transaction (`fieldsync.sync.applier`
+    opens it): every mutation decided in seq order, then `flush` writes their effects."""
 
-    def __init__(self, applier: "MutationApplier", store: RecordStore, conn: sa.Connection, batch: PushBatch,
-                 now: dt.datetime, named: Mapping[int, _Named] | None = None):
-        self.applier = applier
+    def __init__(self, store: RecordStore, conn: sa.Connection, batch: PushBatch, now: dt.datetime, *,
+                 audit: AuditLog | None = None, named: Mapping[int, NamedMutation] | None = None):
+        self.audit = audit
         self.store = store
         self.model: Model = store.model
         self.named = named or {}
@@ -446,7 +444,7 @@ class _Batch:
     def _decide(self, m: Mapping[str, Any]) -> dict[str, Any]:
         named = self.named[m["seq"]]
         if named.problem is not None:
-            raise _Rejected(*named.problem)
+            raise named.problem
         entity, op, record_id, fields = named.entity, named.op, named.record_id, named.fields
         name = entity.name
         rules = self.rules(entity)
@@ -639,12 +637,12 @@ class _Batch:
             self.changes, origin=self.batch.device_id, seqs=self.change_seqs)
         for i, change_index in self.result_change.items():
             self.results[i]["position"] = positions[change_index]
-        if self.applier.audit is not None and self.changes:
+        if self.audit is not None and self.changes:
             # invariant 8: applied PHI is audited in the batch's own transaction, so a failing
             # append leaves the batch unapplied (redelivered later), never applied-unaudited
             from fieldsync.audit.events import write_events
             b = self.batch
-            self.applier.audit.append_all(self.conn, write_events(
+            self.audit.append_all(self.conn, write_events(
                 self.changes, codec=self.store.codec, actor=b.user_id, role=b.role, device=b.device_id,
                 channel="push"))
         if self.results:
@@ -680,123 +678,6 @@ def _uuid_or_none(value: Any) -> str | None:
         return uuid_text(value)
     except ValueError:
         return None
-
-
-class MutationApplier:
-    """Applies queued push batches. `store` returns the current RecordStore (the model can be
-    swapped while the server runs), which writes the records and the change log; `audit`, the
-    server's AuditLog, records the PHI each batch writes (None: no audit, tools and tests)."""
-
-    def __init__(self, store: Callable[[], RecordStore], *, audit: AuditLog | None = None,
-                 clock: Callable[[], dt.datetime] = utc_now):
-        self.store = store
-        self.audit = audit
-        self.clock = clock
-
-    def _processed(self, conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> set[int]:
-        done: set[int] = set()
-        ordered = sorted(s for s in seqs if isinstance(s, int))
-        for i in range(0, len(ordered), 500):
-            rows = conn.execute(sa.select(LEDGER.c.seq).where(LEDGER.c.device_id == device_id,
-                                                              LEDGER.c.seq.in_(ordered[i:i + 500])))
-            done.update(r[0] for r in rows)
-        return done
-
-    @staticmethod
-    def ensure_keys(store: RecordStore, named: Iterable[_Named]) -> None:
-        """Create the data keys of every subject the batch writes encrypted values for, before
-        its transaction opens (crypto/keyring.py: on SQLite a key cannot be created while the
-        batch holds the write lock). A subject is read from the mutation, or for an update
-        without it from the stored record. A subject value that is no valid value of its field
-        gets no key (the mutation is rejected when decided)."""
-        subjects: dict[str, list[Any]] = {}
-        lookups: dict[str, set[str]] = {}
-        for n in named:
-            entity = n.entity
-            if entity is None or entity.subject is None or not any(
-                    f.encrypted and f.name in n.fields for f in entity.fields):
-                continue
-            value = n.fields.get(entity.subject)
-            if value is not None:
-                _clean, problems = validate_record(entity, {entity.subject: value}, partial=True)
-                if not problems:
-                    subjects.setdefault(entity.name, []).append(value)
-            elif n.op == "update":
-                lookups.setdefault(entity.name, set()).add(n.record_id)
-        if lookups:
-            with store.engine.connect() as conn:
-                for name, ids in lookups.items():
-                    entity = store.model.entity(name)
-                    subjects.setdefault(name, []).extend(store.subject_of(conn, entity, i) for i in sorted(ids))
-        for name, values in subjects.items():
-            store.codec.ensure_subjects(store.model.entity(name), sorted(set(v for v in values if v is not None), key=str))
-
-    def apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
-        """Process `batch`; return the ledger rows written (empty for a full redelivery).
-
-        Nothing here retries the batch: an exception (a database outage, a subject's key
-        shredded between `ensure_keys` and the transaction: KeyMissing) fails this delivery,
-        and the queue redelivers it with backoff (`fieldsync.workers.pool`, the one retry of
-        a push batch; `SyncService.handle` decides its last delivery). A unique value or id
-        raced by a concurrent writer is no failure: the batch is split, one transaction per
-        mutation, and only the offending mutation is rejected (invariant 5)."""
-        store = self.store()   # one model for the whole batch, even if it is swapped meanwhile
-        named = read_mutations(store.model, batch)
-        self.ensure_keys(store, named.values())
-        try:
-            return self._apply(store, batch, batch.mutations, named)
-        except sa.exc.IntegrityError:
-            # a concurrent writer took a unique value or an id between our checks and the write:
-            # redo the batch one mutation per transaction, so only the offending one is rejected
-            results: list[dict[str, Any]] = []
-            for m in batch.mutations:
-                try:
-                    results += self._apply(store, batch, [m], named)
-                except sa.exc.IntegrityError:
-                    results += self._reject_alone(batch, m)
-            return results
-
-    def _apply(self, store: RecordStore, batch: PushBatch, mutations: Sequence[Mapping[str, Any]],
-               named: Mapping[int, _Named]) -> list[dict[str, Any]]:
-        with write_transaction(store.engine) as conn:
-            done = self._processed(conn, batch.device_id, [m.get("seq") for m in mutations])
-            todo = sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"])
-            clear_received(conn, batch.device_id, [m.get("seq") for m in mutations])
-            if not todo:
-                return []
-            state = _Batch(self, store, conn, batch, self.clock(), named)
-            state.prefetch(todo)
-            for m in todo:
-                state.results.append(state.apply(m))
-            state.flush()
-            return state.results
-
-    def reject_unprocessable(self, batch: PushBatch, detail: str) -> list[dict[str, Any]]:
-        """Give every unprocessed mutation of `batch` a permanent `unprocessable` result: the
-        last delivery of a batch that failed every time, so its device learns and quarantines
-        rather than waiting forever (invariant 5: nothing dropped silently)."""
-        return self._reject(batch, batch.mutations, "unprocessable", detail[:500])
-
-    def _reject_alone(self, batch: PushBatch, m: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return self._reject(batch, [m], "validation",
-                            "the write conflicts with a unique value or id another writer just took")
-
-    def _reject(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]], problem: str,
-                detail: str) -> list[dict[str, Any]]:
-        """Record a permanent rejection of type `problem` for each of `mutations` not yet in the
-        ledger, without touching any record."""
-        store = self.store()
-        with write_transaction(store.engine) as conn:
-            seqs = [m.get("seq") for m in mutations]
-            done = self._processed(conn, batch.device_id, seqs)
-            clear_received(conn, batch.device_id, seqs)
-            state = _Batch(self, store, conn, batch, self.clock())
-            for m in sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
-                row = state.ledger_row(m)
-                row.update(status="rejected", problem=problem, detail=detail)
-                state.results.append(row)
-            state.flush()
-            return state.results
 
 
 def result_to_wire(ledger: Mapping[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:

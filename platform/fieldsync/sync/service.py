@@ -18,7 +18,8 @@ from fieldsync.store.changelog import first_position_since, head_position, purge
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.ids import utc_now
-from fieldsync.sync.apply import MutationApplier, PushBatch
+from fieldsync.sync.apply import PushBatch
+from fieldsync.sync.applier import MutationApplier
 from fieldsync.queue.embedded import Message, Queue, open_queue
 
 __all__ = ["SyncService", "compact_history"]
