@@ -36,12 +36,63 @@ def test_default_database_is_sqlite_in_the_data_dir(tmp_path):
     assert config.database_url == f"sqlite:///{tmp_path.resolve() / 'fieldsync.db'}"
 
 
+def test_reading_the_secret_key_writes_nothing(tmp_path):
+    config = load_config(env={}, overrides={"DATA_DIR": str(tmp_path / "data")})
+    with pytest.raises(ConfigError, match="no token-signing secret"):
+        config.secret_key()
+    assert not (tmp_path / "data").exists()
+    assert load_config(env={"FIELDSYNC_SECRET_KEY": "s3"}).secret_key() == b"s3"
+
+
 def test_secret_key_created_once_with_mode_0600(tmp_path):
     config = load_config(env={}, overrides={"DATA_DIR": str(tmp_path / "data")})
-    first = config.secret_key()
-    assert len(first) >= 32 and config.secret_key() == first
+    first = config.create_secret_key()
+    assert len(first) >= 32 and config.create_secret_key() == first and config.secret_key() == first
     mode = stat.S_IMODE(os.stat(tmp_path / "data" / "secret.key").st_mode)
     assert mode == 0o600
+
+
+def test_the_server_set_up_creates_the_secret_key(tmp_path):
+    from fieldsync.api import create_app
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "SYNC_LISTENERS": 0})
+    state = app.extensions["fieldsync"]
+    try:
+        assert (tmp_path / "data" / "secret.key").read_text().strip().encode() == state.secret_bytes
+    finally:
+        state.sync.close()
+        state.engine.dispose()
+
+
+@pytest.mark.parametrize("layer,message", [
+    ({"env": {"FIELDSYNC_DATABSE_URL": "sqlite://"}},
+     "unknown setting FIELDSYNC_DATABSE_URL (an environment variable); did you mean FIELDSYNC_DATABASE_URL?"),
+    ({"env": {}, "overrides": {"retention_dayz": 3}},
+     "unknown setting retention_dayz (passed to the configuration); did you mean RETENTION_DAYS?"),
+    ({"env": {"FIELDSYNC_QUEUE": "sqs://x"}}, "did you mean FIELDSYNC_QUEUE_URL?"),
+])
+def test_an_unknown_key_is_named_with_the_closest_known_one(layer, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(**layer)
+    assert message in str(caught.value)
+
+
+def test_an_unknown_key_in_the_file_is_an_error(tmp_path):
+    file = tmp_path / "fieldsync.yaml"
+    file.write_text("port: 9000\nsync_listener: 4\n")
+    with pytest.raises(ConfigError, match=f"unknown setting sync_listener \\(in {file}\\); did you mean "
+                                          "SYNC_LISTENERS"):
+        load_config(file=file, env={})
+
+
+def test_the_test_suites_variables_are_not_settings():
+    assert "TEST_PG_URL" not in load_config(env={"FIELDSYNC_TEST_PG_URL": "postgresql://x"})
+
+
+def test_create_app_refuses_an_unknown_key(tmp_path):
+    from fieldsync.api import create_app
+    with pytest.raises(ConfigError, match="did you mean SYNC_LISTENERS"):
+        create_app({"DATA_DIR": str(tmp_path), "SYNC_LISTENER": 1})
+    assert not (tmp_path / "secret.key").exists()
 
 
 @pytest.mark.parametrize("env,message", [

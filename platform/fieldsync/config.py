@@ -1,11 +1,15 @@
 """Configuration in layers: defaults, then a file, then `FIELDSYNC_*` environment variables,
 then explicit overrides (what `create_app(config)` or a CLI flag passes).
 
-Keys are upper case. Nothing here opens a database or reads a key at import time.
+Keys are upper case, and every key is one of DEFAULTS: an unknown key in any layer is a
+ConfigError naming it and the closest known key, so a typo never passes for a setting (issue 11,
+property 7). `FIELDSYNC_TEST_*` variables belong to the test suite and are not settings. Nothing
+here opens a database or reads a key at import time, and reading a setting writes nothing.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import secrets
@@ -20,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "DATA_DIR": "var",                 # SQLite database, secret key file, media (embedded defaults)
     "DEFS_DIR": "entity_defs",         # the YAML definitions
     "DATABASE_URL": None,              # None: sqlite:///<DATA_DIR>/fieldsync.db
-    "SECRET_KEY": None,                # None: read or create <DATA_DIR>/secret.key (mode 0600)
+    "SECRET_KEY": None,                # None: <DATA_DIR>/secret.key (mode 0600), created when the server is set up
     "TOKEN_TTL_SECONDS": 12 * 3600,
     "TOKEN_IDLE_SECONDS": 900,         # a user token unused this long is refused (HIPAA automatic logoff)
     "DEVICE_TOKEN_IDLE_SECONDS": 14 * 86400,   # a device token's idle limit: devices are offline for days
@@ -60,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 ENV_PREFIX = "FIELDSYNC_"
+TEST_PREFIX = ENV_PREFIX + "TEST_"   # the test suite's own variables (tests/), never settings
 
 
 class Config(dict):
@@ -82,18 +87,39 @@ class Config(dict):
         url = self.get("QUEUE_URL")
         return url if url else f"sqlite:///{self.data_dir / 'queue.db'}"
 
+    @property
+    def secret_key_file(self) -> Path:
+        """Where the token-signing secret lives when SECRET_KEY is not set."""
+        return self.data_dir / "secret.key"
+
     def secret_key(self) -> bytes:
-        """The token-signing secret: configured, or created once in the data directory (0600)."""
+        """The token-signing secret: configured, or read from the data directory. Reading writes
+        nothing: without either, a ConfigError says how to get one (`create_secret_key`)."""
         configured = self.get("SECRET_KEY")
         if configured:
             return configured.encode() if isinstance(configured, str) else configured
-        path = self.data_dir / "secret.key"
-        if not path.exists():
+        path = self.secret_key_file
+        try:
+            return path.read_text().strip().encode()
+        except FileNotFoundError:
+            raise ConfigError(f"no token-signing secret: SECRET_KEY is not set and {path} does not exist; the "
+                              "server creates it when it starts on this data directory (fieldsync run, serve, "
+                              "worker), or set SECRET_KEY") from None
+
+    def create_secret_key(self) -> bytes:
+        """The token-signing secret, created once in the data directory (mode 0600) when SECRET_KEY
+        is not set and the file is not there yet. Only setting up a server calls this (create_app)."""
+        if not self.get("SECRET_KEY"):
+            path = self.secret_key_file
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-        return path.read_text().strip().encode()
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_urlsafe(48))
+        return self.secret_key()
 
 
 def _coerce(raw: str, default: Any) -> Any:
@@ -114,9 +140,20 @@ def _coerce(raw: str, default: Any) -> Any:
         return raw
 
 
+def _known(key: str, shown: str, where: str) -> str:
+    """`key` when it is a setting; else a ConfigError naming it (as `shown`) and the closest setting."""
+    if key in DEFAULTS:
+        return key
+    closest = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.0)[0]
+    suggestion = shown[:len(shown) - len(key)] + closest
+    raise ConfigError(f"unknown setting {shown} ({where}); did you mean {suggestion}? "
+                      "(docs/configuration.md lists every setting)")
+
+
 def load_config(file: str | Path | None = None, env: Mapping[str, str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> Config:
-    """Merge defaults, an optional YAML/JSON file, FIELDSYNC_* variables and overrides."""
+    """Merge defaults, an optional YAML/JSON file, FIELDSYNC_* variables and overrides; an
+    unknown key in any of them is a ConfigError."""
     config = Config(DEFAULTS)
     env = os.environ if env is None else env
     file = file or env.get(ENV_PREFIX + "CONFIG")
@@ -128,14 +165,14 @@ def load_config(file: str | Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the configuration file must hold a mapping of settings")
-        config.update({str(k).upper(): v for k, v in loaded.items()})
+        config.update({_known(str(k).upper(), str(k), f"in {path}"): v for k, v in loaded.items()})
     for key, raw in env.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
-            name = key[len(ENV_PREFIX):]
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG" and not key.startswith(TEST_PREFIX):
+            name = _known(key[len(ENV_PREFIX):], key, "an environment variable")
             try:
-                config[name] = _coerce(raw, DEFAULTS.get(name))
+                config[name] = _coerce(raw, DEFAULTS[name])
             except ConfigError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
     if overrides:
-        config.update({k.upper(): v for k, v in overrides.items()})
+        config.update({_known(k.upper(), k, "passed to the configuration"): v for k, v in overrides.items()})
     return config

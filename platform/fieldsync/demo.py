@@ -38,11 +38,10 @@ def run_demo(config, *, url: str | None = None, workdir: str | None = None,
     if url is None:
         from fieldsync.api import create_app
         from fieldsync.seed import load_seed
-        app = create_app({"DATA_DIR": str(work / "server"), "SECRET_KEY": config.secret_key(),
-                          "DEFS_DIR": config["DEFS_DIR"], "SYNC_LISTENERS": 1})
+        app = create_app({"DATA_DIR": str(work / "server"), "DEFS_DIR": config["DEFS_DIR"], "SYNC_LISTENERS": 1})
         load_seed(app.extensions["fieldsync"].config, "examples/seed")
         app.extensions["fieldsync"].sync.start()
-        secret = config.secret_key()
+        secret = app.extensions["fieldsync"].secret_bytes   # the in-process server's own, in its data directory
         _say(out, f"server: in this process, database in {work / 'server'}")
     else:
         secret = config.secret_key()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fieldsync.client.background import Backoff
+from fieldsync.backoff import Backoff
 from fieldsync.client import DeviceRevoked, TransportError
 
 
@@ -25,7 +25,7 @@ def eventually(condition, timeout=5.0):
 
 
 def test_backoff_is_full_jitter_bounded_by_the_cap():
-    backoff = Backoff(rng=random.Random(1))
+    backoff = Backoff(base=1.0, cap=300.0, rng=random.Random(1))
     for attempt in range(1, 20):
         ceiling = min(300.0, 2.0 ** attempt)
         samples = [backoff.delay(attempt) for _ in range(200)]

@@ -249,8 +249,8 @@ def play_a_day(make_server, database_url, data, settle, assert_converged, assert
         device.close()
 
 
-# a deeper search: FIELDSYNC_CONVERGENCE_EXAMPLES=300 pytest tests/sync/test_convergence.py
-EXAMPLES = int(os.environ.get("FIELDSYNC_CONVERGENCE_EXAMPLES", "0"))
+# a deeper search: FIELDSYNC_TEST_CONVERGENCE_EXAMPLES=300 pytest tests/sync/test_convergence.py
+EXAMPLES = int(os.environ.get("FIELDSYNC_TEST_CONVERGENCE_EXAMPLES", "0"))
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 print_blob=True)
 

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 PUNE_CENTRAL = "270707fc-40e4-5205-8dad-51e11ccbfacf"
 PROBLEM = "application/problem+json"
-# examples per test and database: ~30 s for the file in `make test`; set FIELDSYNC_FUZZ_EXAMPLES
+# examples per test and database: ~30 s for the file in `make test`; set FIELDSYNC_TEST_FUZZ_EXAMPLES
 # higher for a longer search
-EXAMPLES = int(os.environ.get("FIELDSYNC_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FIELDSYNC_TEST_FUZZ_EXAMPLES", "200"))
 
 # -- values --------------------------------------------------------------------------------------
 

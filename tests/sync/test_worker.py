@@ -204,7 +204,7 @@ def test_errors_are_logged_without_bodies_or_exception_text(queue, pools, caplog
 
     failed = threading.Event()
     pool = _pool(pools, queue, handler, threads=1, on_error=lambda m, e: failed.set())
-    with caplog.at_level(logging.DEBUG, logger="fieldsync.workers.pool"):
+    with caplog.at_level(logging.DEBUG, logger="fieldsync.sync.worker"):
         message_id = queue.send(b"PHI-BODY diagnosis")
         pool.start()
         assert failed.wait(10)

@@ -85,7 +85,7 @@ def test_a_failure_to_log_is_a_warning_and_the_batch_is_still_applied(make_serve
     assert server.sync.drain() == 1
     server.assert_each_applied_once([phone])
     assert server.sync.queue.pending() == 0                      # handled and acked
-    warnings = [r for r in caplog.records if r.name == "fieldsync.workers.fleet" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "fieldsync.sync.workers" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "could not record" in warnings[0].getMessage()
     assert [line["outcome"] for line in json_lines(caplog)] == ["applied"]   # the JSON line still went out
 

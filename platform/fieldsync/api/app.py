@@ -134,6 +134,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
     if not settings.get("DATABASE_URL"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file lives there
+    settings.create_secret_key()   # setting up a server: the token-signing secret, made once per data directory
     engine = make_engine(settings.database_url)
     if model is None:
         model = load_model(settings["DEFS_DIR"])

@@ -1,6 +1,7 @@
-"""Serving the app over HTTPS: cheroot's threaded WSGI server with its TLS adapter (waitress,
-the plain-HTTP server, has no TLS). `fieldsync serve --tls-cert FILE --tls-key FILE` and the
-settings TLS_CERT / TLS_KEY choose it.
+"""Serving the app: over HTTPS with cheroot's threaded WSGI server and its TLS adapter
+(waitress, the plain-HTTP server, has no TLS), or over plain HTTP (api/body_limit.py).
+`fieldsync serve --tls-cert FILE --tls-key FILE` and the settings TLS_CERT / TLS_KEY choose
+HTTPS; `serve` starts the app's background work and then the server, until a signal.
 
 TLS 1.2 is the minimum (1.3 preferred when both ends have it); the certificate and key are
 read, and checked to belong together, before anything else starts. Without TLS, serving plain
@@ -14,10 +15,12 @@ import ipaddress
 import os
 import socket
 import ssl
+import sys
 
 from fieldsync.errors import ConfigError
 
-__all__ = ["check_plain_http_allowed", "is_loopback_address", "make_https_server", "server_tls_context"]
+__all__ = ["check_plain_http_allowed", "is_loopback_address", "make_https_server", "serve", "server_tls_context",
+           "tls_files"]
 
 
 def is_loopback_address(host: str) -> bool:
@@ -79,3 +82,67 @@ def make_https_server(app, host: str, port: int, cert_file: str | os.PathLike[st
         from fieldsync.api.body_limit import limit_cheroot
         limit_cheroot(server, int(state.config["MAX_BODY_BYTES"]))
     return server
+
+
+def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
+    """(certificate, key), checked to load, from --tls-cert/--tls-key or TLS_CERT/TLS_KEY;
+    None: plain HTTP. A certificate that does not load stops here, before anything starts."""
+    if bool(cert) != bool(key):
+        raise ConfigError("TLS needs a certificate and its key together: --tls-cert FILE --tls-key FILE "
+                          f"(TLS_CERT, TLS_KEY); only the {'certificate' if cert else 'key'} was given")
+    if not cert:
+        return None
+    server_tls_context(cert, key)
+    return str(cert), str(key)
+
+
+def _serve_until_signalled(server) -> None:
+    """Run a prepared cheroot server in a thread until SIGINT or SIGTERM, then stop it and
+    return (exit 0, as waitress does on Ctrl-C). cheroot's own loop in the main thread could
+    swallow the KeyboardInterrupt of a Ctrl-C arriving while it handled a failed TLS handshake,
+    and then never stop; a signal handler setting an event cannot be lost that way."""
+    import signal
+    import threading
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=server.serve, name="fieldsync-https", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() and not stopping.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        thread.join(30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, behind_tls_proxy: bool = False) -> None:
+    """Start the app's background work (applying the push queue, the worker heartbeat, retention
+    and key maintenance), then serve it on (host, port) until Ctrl-C or SIGTERM: HTTPS with the
+    `tls` (certificate, key) pair, else plain HTTP where check_plain_http_allowed allows it."""
+    if tls is None:
+        check_plain_http_allowed(host, behind_tls_proxy=behind_tls_proxy)
+    # bind first, then say so: whoever reads "serving on" may connect at once
+    state = app.extensions["fieldsync"]
+    state.sync.start()  # apply batches received before a restart
+    if state.sync.listeners > 0:
+        state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
+    state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
+    from fieldsync.crypto.rotation import KeyMaintenance, audit_pass
+    KeyMaintenance(lambda: state.store, state.crypto,   # finishes re-encryption after `keys rotate`
+                   interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300)),
+                   on_pass=lambda report: audit_pass(state.audit, report)).start()
+    if tls is not None:
+        server = make_https_server(app, host, port, *tls, threads=8)
+        server.prepare()
+        print(f"fieldsync serving on https://{host}:{server.bind_addr[1]}/api/v1  (TLS; Ctrl-C stops)", flush=True)
+        _serve_until_signalled(server)
+        return
+    from fieldsync.api.body_limit import make_http_server   # refuses an oversized body on its header
+    server = make_http_server(app, host, port, int(state.config["MAX_BODY_BYTES"]), threads=8)
+    if not is_loopback_address(host):
+        print(f"WARNING: plain HTTP on {host or 'every interface'}:{port}; only the TLS proxy in front "
+              "(--behind-tls-proxy) may reach this port", file=sys.stderr, flush=True)
+    print(f"fieldsync serving on http://{host}:{port}/api/v1  (Ctrl-C stops)", flush=True)
+    server.run()

@@ -1,19 +1,20 @@
 """Syncing in the background: a thread that syncs on a timer and soon after local writes,
 backing off exponentially with full jitter when a sync fails (protocol §9).
 
-The waiting is done by an injectable `wait(event, timeout) -> bool` (default `event.wait`) and
-the jitter by an injectable `random.Random`, so tests drive the loop without sleeping.
+The delays come from `fieldsync.backoff.Backoff` (1 s doubling to 300 s); the waiting is done by
+an injectable `wait(event, timeout) -> bool` (default `event.wait`) and the jitter by the
+backoff's injectable `random.Random`, so tests drive the loop without sleeping.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 from typing import Callable
 
+from fieldsync.backoff import Backoff
 from fieldsync.client.errors import DeviceRevoked, SchemaTooNew
 
-BASE_DELAY = 1.0
+BASE_DELAY = 1.0     # after failure n, wait up to min(CAP_DELAY, BASE_DELAY * 2**n) (protocol §9)
 CAP_DELAY = 300.0
 SCHEMA_TOO_NEW_CAP = 3600.0
 
@@ -22,20 +23,6 @@ Wait = Callable[[threading.Event, "float | None"], bool]
 
 def wait_on_event(event: threading.Event, timeout: float | None) -> bool:
     return event.wait(timeout)
-
-
-class Backoff:
-    """Before attempt n (n >= 1) wait `uniform(0, min(cap, base * 2**n))`, and at least the
-    server's `Retry-After` (§9)."""
-
-    def __init__(self, *, base: float = BASE_DELAY, cap: float = CAP_DELAY, rng: random.Random | None = None):
-        self.base = base
-        self.cap = cap
-        self.rng = rng or random.Random()
-
-    def delay(self, attempt: int, *, retry_after: float | None = None, cap: float | None = None) -> float:
-        ceiling = min(cap if cap is not None else self.cap, self.base * 2 ** max(1, attempt))
-        return max(self.rng.uniform(0, ceiling), retry_after or 0.0)
 
 
 class BackgroundSync:

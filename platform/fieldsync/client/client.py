@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from fieldsync.backoff import Backoff
 from fieldsync.client import conflicts, outbox
-from fieldsync.client.background import Backoff, BackgroundSync, Wait
+from fieldsync.client.background import BASE_DELAY, CAP_DELAY, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
 from fieldsync.client.errors import ClientError, StoreLocked, ValidationError, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
@@ -265,7 +266,7 @@ class Client:
         if self._background is not None and self._background.running:
             raise ClientError("background sync is already running")
         self._background = BackgroundSync(self.sync, interval=interval, debounce=debounce,
-                                          backoff=Backoff(rng=self._rng), wait=wait,
+                                          backoff=Backoff(base=BASE_DELAY, cap=CAP_DELAY, rng=self._rng), wait=wait,
                                           on_error=lambda exc: self._error and self._error(exc))
         self._background.start()
 

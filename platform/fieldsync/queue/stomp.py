@@ -50,8 +50,8 @@ onto the broker:
   deliveries.
 * **Reconnect.** When the connection drops (a broker restart), the deliveries it held are void —
   their receipts turn stale and the broker redelivers the messages — and the next call
-  reconnects with exponential backoff (0.1 s doubling to 2 s, with jitter), re-subscribing if
-  the object was receiving. `send` and the admin calls keep trying for `reconnect_timeout`
+  reconnects with exponential backoff (up to 0.1 s doubling to 2 s, full jitter:
+  `fieldsync.backoff`), re-subscribing if the object was receiving. `send` and the admin calls keep trying for `reconnect_timeout`
   seconds (default 60) and then raise `BrokerUnavailable`; `receive` returns [] while the
   outage is younger than that and raises afterwards. Heartbeats (`heartbeat`, ms, default
   10000 each way) notice a dead peer that never closed the socket.
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import threading
 import time
 import uuid
@@ -73,6 +72,7 @@ from collections import OrderedDict
 from queue import Empty, SimpleQueue
 from typing import Callable, Iterator, Sequence
 
+from fieldsync.backoff import Backoff
 from fieldsync.errors import Error
 from fieldsync.queue.embedded import Message, QueueClosed, QueueDepth
 from fieldsync.queue.stomp_link import (
@@ -83,7 +83,7 @@ __all__ = ["BrokerRefused", "BrokerUnavailable", "StompQueue", "open_stomp_queue
 
 log = logging.getLogger("fieldsync.sync.queue_stomp")
 
-RECONNECT_FIRST_DELAY = 0.1        # seconds before the second connection attempt; doubles
+RECONNECT_FIRST_DELAY = 0.1        # seconds, at most, before the second connection attempt; doubles
 RECONNECT_MAX_DELAY = 2.0
 ADMIN_REPLY_TIMEOUT = 2.0          # statistics replies (absent when the plugin is not installed)
 STATS_RETRY_INTERVAL = 300.0       # seconds before a broker that did not answer is asked again
@@ -175,7 +175,8 @@ class StompQueue:
         self._stats_drops = 0        # connections lost in a row while waiting for statistics
         # reconnect backoff, shared by every thread of the object
         self._down_since: float | None = None
-        self._retry_delay = RECONNECT_FIRST_DELAY
+        self._reconnect = Backoff(base=RECONNECT_FIRST_DELAY, cap=RECONNECT_MAX_DELAY)
+        self._failed_attempts = 0    # connection attempts failed in a row
         self._next_attempt = 0.0
 
     def __repr__(self) -> str:
@@ -212,7 +213,7 @@ class StompQueue:
 
     def _attempt(self, on_message=None, on_lost=None) -> Link | None:
         """One connection attempt; on failure, None and the next attempt is due later
-        (exponential backoff with jitter, shared by the object's threads and connections)."""
+        (exponential backoff with full jitter, shared by the object's threads and connections)."""
         self._check_open()
         link = Link(self._settings, next(self._generations), on_message, on_lost)
         try:
@@ -222,13 +223,13 @@ class StompQueue:
             if self._down_since is None:
                 self._down_since = now
                 log.warning("%r: cannot reach the broker; retrying with backoff", self)
-            self._next_attempt = now + self._retry_delay * random.uniform(0.8, 1.2)
-            self._retry_delay = min(self._retry_delay * 2, RECONNECT_MAX_DELAY)
+            self._next_attempt = now + self._reconnect.delay(self._failed_attempts)
+            self._failed_attempts += 1
             return None
         if self._down_since is not None:
             log.warning("%r: connected again after %.1f s", self, time.monotonic() - self._down_since)
         self._down_since = None
-        self._retry_delay = RECONNECT_FIRST_DELAY
+        self._failed_attempts = 0
         self._next_attempt = 0.0
         return link
 

@@ -28,19 +28,22 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from fieldsync.backoff import Backoff
 from fieldsync.queue.embedded import Message, Queue
 
 __all__ = ["ListenerPool", "PoolStats", "retry_delay"]
 
 log = logging.getLogger("fieldsync.sync.worker")
 
-MAX_RETRY_DELAY = 60.0     # seconds
 RECEIVE_ERROR_PAUSE = 1.0  # seconds a thread waits after the queue itself failed
+_REDELIVERY = Backoff(base=1.0, cap=60.0)   # seconds
 
 
 def retry_delay(receive_count: int) -> float:
-    """The backoff before a failed delivery is retried: 1 s × 2^(receive_count − 1), ≤ 60 s."""
-    return min(MAX_RETRY_DELAY, 2.0 ** max(receive_count - 1, 0))
+    """The backoff before a failed delivery is retried: 1 s × 2^(receive_count − 1), ≤ 60 s. The
+    bound itself, no jitter: the queue schedules this retry, and the device's later batches wait
+    for it (fieldsync.backoff)."""
+    return _REDELIVERY.ceiling(receive_count - 1)
 
 
 @dataclass
