@@ -334,7 +334,7 @@ def open_push_queue(config: Any) -> Any:
     """The push queue exactly as the server opens it (backend, encryption), for the operator
     commands that build no app."""
     from fieldsync.sync.service import SyncService
-    return SyncService.from_config(config, lambda: None, None).queue
+    return SyncService.from_config(config, lambda: None).queue
 
 
 def dead_letter_summaries(queue: Any, limit: int = 100) -> list[dict[str, Any]]:
