@@ -29,6 +29,7 @@ keeps it so.
      +-- Conflict                  a write met a newer version (stale If-Match / base version)
      +-- SyncReset                 a pull's cursor can no longer be served (410 sync-reset)
      +-- InvalidResume             a pull's resume token was not issued by this server
+     +-- NotReceived               the durable queue refused a push's batch: nothing was received (503)
      +-- IntegrityFailure          a stored ciphertext does not decrypt (altered or moved)
      +-- KeyShredded               a ciphertext's data key was destroyed: the value is gone
      +-- KeyMissing                a ciphertext names a key the database does not hold
@@ -281,6 +282,10 @@ class SyncReset(Error):
     def __init__(self, reason: str, detail: str, horizon: int):
         super().__init__(detail)
         self.reason, self.detail, self.horizon = reason, detail, horizon
+
+
+class NotReceived(Error):
+    """The durable queue refused the push's batch: nothing of the push was received (503)."""
 
 
 class InvalidResume(Error):

@@ -125,7 +125,7 @@ def load_seed(config: Config, directory: Path, store=None) -> dict[str, int]:
         # every server-side write is logged, or devices would never pull it (invariant 4)
         create_changelog_tables(engine)
         crypto = crypto_from_config(config, engine, model=model)   # seeded PHI is encrypted like any write
-        store = RecordStore(engine=engine, model=model, codec=crypto, write_hooks=[ChangeLog(codec=crypto).hook])
+        store = RecordStore(engine=engine, model=model, codec=crypto, changelog=ChangeLog(codec=crypto))
     counts: dict[str, int] = {}
     try:
         for name in dependency_order(model, list(seed)):

@@ -17,7 +17,8 @@ from fieldsync.api import create_app
 from fieldsync.defs import load_model
 from fieldsync.crypto.fields import ciphertext_key_id
 from fieldsync.store.changelog import CHANGES_TABLE, decode_row
-from fieldsync.sync.apply import MutationApplier, PushBatch
+from fieldsync.sync.apply import PushBatch
+from fieldsync.sync.applier import MutationApplier
 
 PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"
 SAI = "2fd6ae15-929b-509f-9c04-01a819382ca2"
@@ -44,7 +45,7 @@ def server(defs_copy, db_url, tmp_path):
 class Device:
     def __init__(self, state):
         self.state = state
-        self.applier = MutationApplier(lambda: state.store, state.changelog)
+        self.applier = MutationApplier(lambda: state.store)
         self.seq = 0
         self.id = str(uuid.uuid4())
 

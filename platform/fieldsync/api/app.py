@@ -98,9 +98,9 @@ class FieldsyncState:
                 metadata = build_metadata(model)
             prepare_keys(self.crypto.keyring, model)
             kwargs = {"clock": self.clock} if self.clock is not None else {}
-            old_hooks = list(self._snapshot.store.write_hooks) if self._snapshot else [self.changelog.hook]
-            store = RecordStore(self.engine, model, metadata=metadata, write_hooks=old_hooks, codec=self.crypto,
-                                **kwargs)
+            hooks = list(self._snapshot.store.write_hooks) if self._snapshot else []
+            store = RecordStore(self.engine, model, metadata=metadata, changelog=self.changelog, write_hooks=hooks,
+                                codec=self.crypto, **kwargs)
             document = openapi_document(model, page_size_max=int(self.config["PAGE_SIZE_MAX"]))
             self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
 
@@ -146,17 +146,16 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     create_changelog_tables(engine)
     create_sync_tables(engine)
     state = FieldsyncState(settings, engine, model, clock=clock)
-    state.sync = SyncService.from_config(settings, lambda: state.store, state.changelog, clock=clock)
     from fieldsync.api.audit_trail import register_audit
     from fieldsync.audit.trail import AuditLog
     state.audit = AuditLog.from_config(settings, engine, clock=clock)
     try:   # tables, data key and signing key, before any request; refused when the trail was wiped
         state.audit.prepare()
     except BaseException:
-        state.sync.close()
         engine.dispose()
         raise
-    state.sync.applier.audit = state.audit  # pushed PHI is audited in the batch's transaction
+    # pushed PHI is audited in the batch's own transaction (invariant 8)
+    state.sync = SyncService.from_config(settings, lambda: state.store, audit=state.audit, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
     app.extensions["fieldsync"] = state
     register_error_handlers(app)

@@ -21,19 +21,18 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, g, request
 
 from fieldsync.api.audit_trail import sync_read_events
-from fieldsync.errors import InvalidResume, JsonRefused, NotFound, Problem, ProblemType, SyncReset
+from fieldsync.errors import InvalidResume, JsonRefused, NotFound, NotReceived, Problem, ProblemType, SyncReset
 from fieldsync.api.auth import audit_event, authenticate_request, record_audit, refuse_device_token
 from fieldsync.auth.revocation import REASON_MAX as REVOKE_REASON_MAX, revoke_device
 from fieldsync.auth.tokens import Principal, issue_token, new_token_id
 from fieldsync.ids import new_id, utc_now
 from fieldsync.defs.values import format_datetime
 from fieldsync.untrusted import INT32_MAX, INT64_MAX, load_json, parse_int, unstorable_paths
-from fieldsync.sync.apply import PushBatch, mutation_digest, plausible_offset_ms, result_to_wire
 from fieldsync.store.engine import write_transaction
-from fieldsync.sync.pull import (PullRequest, pull_page, readable_row, remember_scope, results_for,
-                                 write_checkpoint)
+from fieldsync.sync.pull import PullRequest, pull_page, remember_scope, results_for, write_checkpoint
+from fieldsync.sync.receive import receive_push
 from fieldsync.sync.scope import device_scope
-from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES, LEDGER, clear_received, mark_received, unsettled
+from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES, note_pull, unsettled
 from fieldsync.store.changelog import head_position
 
 try:  # optional: zstd is preferred when both sides have it
@@ -506,78 +505,23 @@ def _check_mutations(mutations: Any, limit: int) -> None:
 
 @blueprint.post("/push")
 def push():
+    """§4: the seqs made durable and the duplicates' stored results, from `receive_push`."""
     body = _body_object()
     state = _state()
     mutations = body.get("mutations")
     _check_mutations(mutations, int(state.config["SYNC_MAX_MUTATIONS"]))
     version = _schema_version(body, pull=False)
-    synced = _synced_versions(body, version)
     principal: Principal = g.principal
-    now = _now()
-    with state.engine.connect() as conn:
-        device = _device(conn, body.get("device_id"))
-        device_id = device["device_id"]
-        seqs = [m["seq"] for m in mutations]
-        first: dict[int, Mapping[str, Any]] = {}
-        for i in range(0, len(seqs), 500):
-            for r in conn.execute(sa.select(LEDGER).where(LEDGER.c.device_id == device_id,
-                                                          LEDGER.c.seq.in_(seqs[i:i + 500]))).mappings():
-                first[r["seq"]] = r
-    duplicates = []
-    fresh = []
-    if first:
-        scope = device_scope(g.snapshot.model, principal, now, g.snapshot.store.codec)
-        with state.engine.connect() as conn:
-            for m in mutations:
-                ledger = first.get(m["seq"])
-                if ledger is None:
-                    fresh.append(m)
-                    continue
-                entity = g.snapshot.model.entity(ledger["entity"]) if g.snapshot.model.has_entity(ledger["entity"]) else None
-                row = None
-                if entity is not None:
-                    table = g.snapshot.store.table(entity)
-                    found = conn.execute(sa.select(table).where(table.c.id == ledger["record_id"])).mappings().first()
-                    if found is not None:
-                        row = readable_row(g.snapshot.store, entity, g.snapshot.store._to_wire_row(entity, found),
-                                           scope, conn)
-                result = {"seq": m["seq"], "status": "duplicate", "first": result_to_wire(ledger, row)}
-                if ledger["digest"] != mutation_digest(m):
-                    result["payload_mismatch"] = True
-                duplicates.append(result)
-            # invariant 8: a duplicate's result carries the record as the device may read it
-            state.audit.record_all(sync_read_events(conn, g.snapshot.store, principal, device_id,
-                                                    results=[d["first"] for d in duplicates], channel="push"))
-    else:
-        fresh = list(mutations)
-    if fresh:
-        batch = PushBatch(device_id=device_id, user_id=principal.user_id, role=principal.role,
-                          attributes=dict(principal.attributes), received_at=format_datetime(now),
-                          sent_at=body.get("sent_at") if isinstance(body.get("sent_at"), str) else None,
-                          schema_version=version, mutations=fresh,
-                          clock_offset_ms=plausible_offset_ms(body.get("clock_offset_ms")))
-        state.sync.start()
-        seqs = [m["seq"] for m in fresh]
-        with write_transaction(state.engine) as conn:
-            mark_received(conn, device_id, seqs)   # before the enqueue: a listener may be quick
-        try:
-            state.sync.enqueue(batch)  # invariant 1: "received" only once this returned
-        except Exception:
-            with write_transaction(state.engine) as conn:
-                clear_received(conn, device_id, seqs)
-            current_app.logger.exception("the push queue refused a batch")
-            raise _problem(ProblemType.UNAVAILABLE,
-                           "the push could not be made durable; nothing was received, send it again",
-                           ) from None
-    with write_transaction(state.engine) as conn:
-        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role, **synced}
-        if fresh:
-            values["last_received_seq"] = sa.func.max(DEVICES.c.last_received_seq, fresh[-1]["seq"]) \
-                if conn.dialect.name == "sqlite" else sa.func.greatest(DEVICES.c.last_received_seq, fresh[-1]["seq"])
-        conn.execute(DEVICES.update().where(DEVICES.c.device_id == device_id).values(**values))
-        checkpoint = write_checkpoint(conn, device_id)
-    return _json({"device_id": device_id, "received": [m["seq"] for m in fresh], "results": duplicates,
-                  "write_checkpoint": checkpoint, "unsettled": state.sync.unsettled(device_id)}, 202)
+    try:
+        receipt = receive_push(
+            state.sync, g.snapshot.store, state.audit, principal, body, mutations=mutations, schema_version=version,
+            device_values=_synced_versions(body, version), now=_now(), authorize=_device,
+            disclosed=lambda conn, device_id, results: sync_read_events(conn, g.snapshot.store, principal, device_id,
+                                                                        results=results, channel="push"))
+    except NotReceived as exc:
+        current_app.logger.error("the push queue refused a batch", exc_info=exc.__cause__)
+        raise _problem(ProblemType.UNAVAILABLE, str(exc)) from None
+    return _json(receipt.to_wire(), 202)
 
 
 @blueprint.get("/results")
@@ -635,17 +579,10 @@ def pull():
     with write_transaction(state.engine) as conn:
         state.audit.append_all(conn, disclosed)   # invariant 8: the page's PHI, before it is sent
         remember_scope(conn, scope, now)
-        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role, **synced,
-                                  "served_cursor": sa.func.max(DEVICES.c.served_cursor, page["cursor"]),
-                                  "acked_cursor": sa.func.max(DEVICES.c.acked_cursor,
-                                                              sa.func.min(req.cursor, DEVICES.c.served_cursor))}
-        if conn.dialect.name != "sqlite":
-            values["served_cursor"] = sa.func.greatest(DEVICES.c.served_cursor, page["cursor"])
-            values["acked_cursor"] = sa.func.greatest(DEVICES.c.acked_cursor,
-                                                      sa.func.least(req.cursor, DEVICES.c.served_cursor))
+        values: dict[str, Any] = {"last_contact_at": now, "role": principal.role, **synced}
         if page["resume"] is None:
             values["scope_hash"] = page["scope_hash"]
-        conn.execute(DEVICES.update().where(DEVICES.c.device_id == device["device_id"]).values(**values))
+        note_pull(conn, device["device_id"], values, served=page["cursor"], acked=req.cursor)
     out = {"device_id": device["device_id"], "schema_version": snapshot.model.schema_version, **page,
            "results": items, "more_results": more_results, "write_checkpoint": checkpoint,
            "unsettled": state.sync.unsettled(device["device_id"])}

@@ -36,7 +36,6 @@ import sqlalchemy as sa
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import field_map
 from fieldsync.errors import ChangeLogMissing, KeyShredded
-from fieldsync.store.records import RecordStore
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec
 from fieldsync.ids import utc_now
@@ -170,19 +169,14 @@ def decode_row(entity: Entity, row: Mapping[str, Any], codec: FieldCodec) -> dic
 
 @dataclass
 class ChangeLog:
-    """Appends changes, numbered in commit order. `hook` plugs into RecordStore.write_hooks.
+    """Appends changes, numbered in commit order. A RecordStore given one logs each write it
+    makes (`RecordStore.changelog`).
 
     `codec` must be the RecordStore's codec: it encodes encrypted fields before they are stored.
     """
 
     codec: FieldCodec = dc_field(default_factory=PlainJsonCodec)
     clock: Callable[[], dt.datetime] = utc_now
-
-    def hook(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any],
-             prev: dict[str, Any] | None = None) -> None:
-        """A RecordStore write hook: log one change (origin: the server) in the write's own
-        transaction."""
-        self.record_changes(conn, [(entity, op, record, prev)])
 
     def record_changes(self, conn: sa.Connection, changes: Sequence[tuple], *,
                        origin: str | None = None, seqs: Sequence[int | None] | None = None) -> list[int]:
@@ -223,10 +217,10 @@ class ChangeLog:
         return last
 
 
-def attach_changelog(store: RecordStore, clock: Callable[[], dt.datetime] | None = None) -> ChangeLog:
-    """A ChangeLog with `store`'s codec, registered as one of `store`'s write hooks."""
+def attach_changelog(store: Any, clock: Callable[[], dt.datetime] | None = None) -> ChangeLog:
+    """A ChangeLog with `store`'s codec, made the change log `store` (a RecordStore) writes."""
     log = ChangeLog(codec=store.codec, clock=clock or utc_now)
-    store.write_hooks.append(log.hook)
+    store.changelog = log
     return log
 
 

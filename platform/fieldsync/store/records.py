@@ -18,7 +18,7 @@ import binascii
 import datetime as dt
 import json
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -31,12 +31,12 @@ from fieldsync.defs.expr import Expr
 from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import FieldProblem, uuid_text, validate_record
 from fieldsync.ids import later_write_time, new_id, utc_now
-from fieldsync.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
-from fieldsync.store.tables import bidx_column
+from fieldsync.store.bulk import insert_many
+from fieldsync.store.changelog import ChangeLog
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec, StoredRow, db_step, decrypted, to_db, to_wire, wire_step
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import compile_expr, python_value
-from fieldsync.store.tables import build_metadata
+from fieldsync.store.tables import bidx_column, build_metadata
 from fieldsync.untrusted import load_json, unstorable_paths
 
 
@@ -111,9 +111,11 @@ WriteHook = Callable[[sa.Connection, Entity, str, dict[str, Any], dict[str, Any]
 class RecordStore:
     """Records of every entity of `model` in the database behind `engine`.
 
-    `clock` and `id_factory` are injected so tests control time and ids. `write_hooks` run
-    inside each write's transaction with (connection, entity, op, record) — the place for a
-    change log that must commit together with the write.
+    `clock` and `id_factory` are injected so tests control time and ids. It is the one write
+    path of records — REST, sync apply (`write_rows`) and admin write through it — and with
+    `changelog` it logs every write in the write's own transaction (invariant 3). `write_hooks`
+    then run in that transaction too, with (connection, entity, op, record, previous record):
+    the REST audit trail is one.
     """
 
     engine: sa.Engine
@@ -122,6 +124,7 @@ class RecordStore:
     id_factory: Callable[[dt.datetime], str] = new_id
     codec: FieldCodec = dc_field(default_factory=PlainJsonCodec)
     metadata: sa.MetaData | None = None
+    changelog: ChangeLog | None = None
     write_hooks: list[WriteHook] = dc_field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -332,10 +335,35 @@ class RecordStore:
                            f"not {expected_version}")
         return current
 
-    def _run_hooks(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any],
-                   prev: dict[str, Any] | None = None) -> None:
+    def _written(self, conn: sa.Connection, entity: Entity, op: str, record: dict[str, Any],
+                 prev: dict[str, Any] | None = None) -> None:
+        """One REST write done on `conn`: log it (origin: the server), then run the hooks."""
+        if self.changelog is not None:
+            self.changelog.record_changes(conn, [(entity, op, record, prev)])
         for hook in self.write_hooks:
             hook(conn, entity, op, record, prev)
+
+    def write_rows(self, conn: sa.Connection, rows: Iterable[tuple[Entity, dict[str, Any], bool]],
+                   changes: Sequence[tuple], *, origin: str | None, seqs: Sequence[int | None]) -> list[int]:
+        """Write stored rows that the caller checked and converted (sync apply: a batch of pushed
+        mutations, `fieldsync.sync.apply`) and log `changes` (`(entity, op, record, prev)` each,
+        from device `origin`, mutation `seqs`) in `conn`'s write transaction; returns the
+        changes' positions. `rows` are (entity, stored row, whether the row is in the table
+        already): updates one by one, inserts one executemany per entity. Positions are taken
+        last, after the rows' locks (invariant 3). The write hooks do not run: the caller audits."""
+        inserts: dict[str, tuple[Entity, list[dict[str, Any]]]] = {}
+        for entity, row, stored in rows:
+            if not stored:
+                inserts.setdefault(entity.name, (entity, []))[1].append(row)
+                continue
+            table = self.table(entity)
+            conn.execute(table.update().where(table.c.id == row["id"]).values(
+                {k: v for k, v in row.items() if k != "id"}))
+        for entity, new_rows in inserts.values():
+            insert_many(conn, self.table(entity), new_rows)
+        if self.changelog is None:
+            raise ValueError("this RecordStore has no change log to record the batch in")
+        return self.changelog.record_changes(conn, changes, origin=origin, seqs=seqs)
 
     # -- checks ----------------------------------------------------------------------------
     def check_references(self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any],
@@ -486,7 +514,7 @@ class RecordStore:
         row.update(self._values_to_db(entity, clean, record_id, clean.get(entity.subject) if entity.subject else None))
         conn.execute(table.insert().values(row))
         record = self._to_wire_row(entity, row, known=clean)
-        self._run_hooks(conn, entity, "create", record)
+        self._written(conn, entity, "create", record)
         return record
 
     # -- read ------------------------------------------------------------------------------
@@ -563,7 +591,7 @@ class RecordStore:
                     row = dict(current)
                     row.update(values)
                     record = self._to_wire_row(entity, row, known=clean)
-                    self._run_hooks(conn, entity, "update", record, self._to_wire_row(entity, current))
+                    self._written(conn, entity, "update", record, self._to_wire_row(entity, current))
                 return record
             except KeyMissing:
                 if attempt == 2:
@@ -605,7 +633,7 @@ class RecordStore:
             row = dict(current)
             row.update(values)
             record = self._to_wire_row(entity, row)
-            self._run_hooks(conn, entity, "delete", record, self._to_wire_row(entity, current))
+            self._written(conn, entity, "delete", record, self._to_wire_row(entity, current))
         return record
 
     # -- list ------------------------------------------------------------------------------

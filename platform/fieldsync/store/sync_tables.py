@@ -10,14 +10,14 @@ field values (a result's `row` is read at delivery time), so it never holds PHI 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
 
 from fieldsync.store.tables import PLATFORM_PREFIX
 
-__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "RECEIVED", "SCOPES", "clear_received", "create_sync_tables", "mark_received",
-           "sync_metadata", "unsettled"]
+__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "RECEIVED", "SCOPES", "clear_received",
+           "create_sync_tables", "mark_received", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
 
@@ -126,6 +126,44 @@ def unsettled(conn: sa.Connection, device_id: str) -> int:
     """How many of the device's mutations are received and not yet processed."""
     return conn.execute(sa.select(sa.func.count()).select_from(RECEIVED)
                         .where(RECEIVED.c.device_id == device_id)).scalar_one()
+
+
+def _greatest(conn: sa.Connection, *values: Any) -> sa.ColumnElement:
+    """SQL GREATEST (SQLite spells it as the scalar max() of several arguments)."""
+    return (sa.func.max if conn.dialect.name == "sqlite" else sa.func.greatest)(*values)
+
+
+def _least(conn: sa.Connection, *values: Any) -> sa.ColumnElement:
+    """SQL LEAST (SQLite: the scalar min())."""
+    return (sa.func.min if conn.dialect.name == "sqlite" else sa.func.least)(*values)
+
+
+def note_push(conn: sa.Connection, device_id: str, values: Mapping[str, Any], *,
+              received_through: int | None = None) -> None:
+    """Record a push on the device row: `values` (last contact, role, versions) and, when the
+    push received new seqs, `received_through`, its highest, as `last_received_seq` (which never
+    goes down)."""
+    values = dict(values)
+    if received_through is not None:
+        values["last_received_seq"] = _greatest(conn, DEVICES.c.last_received_seq, received_through)
+    conn.execute(DEVICES.update().where(DEVICES.c.device_id == device_id).values(**values))
+
+
+def unnote_push(conn: sa.Connection, device_id: str, received_through: int, before: int) -> None:
+    """Undo `note_push`'s `last_received_seq` when the push's batch could not be queued: back to
+    `before`, unless a later push moved it since."""
+    conn.execute(DEVICES.update().where(DEVICES.c.device_id == device_id,
+                                        DEVICES.c.last_received_seq == received_through)
+                 .values(last_received_seq=before))
+
+
+def note_pull(conn: sa.Connection, device_id: str, values: Mapping[str, Any], *, served: int, acked: int) -> None:
+    """Record a pull on the device row: `values` (last contact, role, versions, scope hash), the
+    highest cursor `served` to it, and `acked`, the cursor it pulled from, as applied — never
+    above a cursor served to it before. Both cursors only go up."""
+    conn.execute(DEVICES.update().where(DEVICES.c.device_id == device_id).values(
+        **values, served_cursor=_greatest(conn, DEVICES.c.served_cursor, served),
+        acked_cursor=_greatest(conn, DEVICES.c.acked_cursor, _least(conn, acked, DEVICES.c.served_cursor))))
 
 
 def create_sync_tables(engine: sa.Engine) -> None:

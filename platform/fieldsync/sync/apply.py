@@ -1,16 +1,14 @@
-"""Processing pushed mutations: one queued push batch, one database transaction.
+"""Deciding pushed mutations: what each mutation of a push batch does, and the batch's writes.
 
-For every mutation of the batch, in seq order: skip it when the dedupe ledger already holds its
-seq (a redelivery, invariant 2); otherwise check it (entity, direction, permission, values,
-references, scope, the entity's conflict policy) and decide its result. All effects of the batch,
-their change-log entries (one counter update, invariant 3) and the ledger rows commit together.
-A worker killed before the commit leaves nothing; one killed after the commit but before the
-queue ack leaves the ledger rows that make the redelivery a no-op.
+For every mutation of the batch, in seq order, `Batch` checks it (entity, direction,
+permission, values, references, scope, the entity's conflict policy) and decides its result;
+`Batch.flush` then writes all effects of the batch, their change-log entries (one counter
+update, invariant 3), their audit entries and the ledger rows, in the batch's one transaction,
+which `fieldsync.sync.applier` opens, skipping seqs the dedupe ledger holds (invariant 2).
 
 A rejected mutation is rejected alone, with its type and field problems; the rest of its batch
-is applied (invariant 5). A database error that is not a rule violation (a unique index raced by
-a concurrent writer) makes the batch fall back to one transaction per mutation, so one bad
-mutation can never poison the batch into the dead-letter queue.
+is applied (invariant 5). Also here: what a queued batch is (`PushBatch`), a mutation's digest,
+and a ledger row as a result on the wire (`result_to_wire`).
 """
 
 from __future__ import annotations
@@ -29,17 +27,17 @@ from fieldsync.defs.model import Entity, Model
 from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
                                    validate_record)
-from fieldsync.errors import KeyMissing, ProblemType, ValueProblem
-from fieldsync.store.changelog import ChangeLog, record_history
-from fieldsync.store.engine import write_transaction
+from fieldsync.errors import ProblemType, ValueProblem
+from fieldsync.store.changelog import record_history
 from fieldsync.store.records import RecordStore
+from fieldsync.audit.trail import AuditLog
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import StoredRow, to_wire
-from fieldsync.ids import utc_now
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
-from fieldsync.store.sync_tables import DEVICES, LEDGER, clear_received
+from fieldsync.store.sync_tables import DEVICES, LEDGER
 
-__all__ = ["MutationApplier", "PushBatch", "mutation_digest", "plausible_offset_ms", "OPS"]
+__all__ = ["Batch", "NamedMutation", "OPS", "PushBatch", "mutation_digest", "plausible_offset_ms", "read_mutations",
+           "result_to_wire"]
 
 OPS = ("insert", "update", "delete")
 _ACTION = {"insert": "create", "update": "update", "delete": "delete"}
@@ -97,6 +95,43 @@ class _Rejected(Exception):
             raise ValueError(f"{kind.slug!r} is not a rejection type")
         super().__init__(detail)
         self.problem, self.detail, self.errors, self.current_version = kind.slug, detail, list(errors), current_version
+
+
+@dataclass(frozen=True, slots=True)
+class NamedMutation:
+    """What a mutation names, read once per batch (`read_mutations`) and used by every step
+    after — key creation, prefetch and the decision: its entity, op, canonical record id and
+    fields (under their current names when the device's schema is older, invariant 9), or
+    `problem`, the rejection of a mutation that names nothing valid."""
+
+    entity: Entity | None
+    op: str
+    record_id: str | None
+    fields: dict[str, Any]
+    problem: _Rejected | None = None
+
+
+def read_mutations(model: Model, batch: PushBatch) -> dict[int, NamedMutation]:
+    """Each mutation of `batch` read against `model`, by seq (seqs are unique in a batch: the
+    push endpoint checked them). Only shapes are checked here; values are judged once, when the
+    mutation is decided (`Batch.apply`)."""
+    entities = {e.name: e for e in model.entities}
+    named = {}
+    for m in batch.mutations:
+        op, fields, record_id = m.get("op"), m.get("fields", {}), _uuid_or_none(m.get("id"))
+        name = m.get("entity")
+        entity = entities.get(name) if isinstance(name, str) else None
+        if op not in OPS or not isinstance(fields, dict) or record_id is None:
+            found = NamedMutation(None, str(op), None, {}, _Rejected(
+                ProblemType.MALFORMED_MUTATION, "a mutation needs op insert/update/delete, a UUID id and a fields object"))
+        elif entity is None:
+            found = NamedMutation(None, op, record_id, {}, _Rejected(ProblemType.UNKNOWN_ENTITY, f"no entity {name!r}"))
+        else:
+            if batch.schema_version < model.schema_version:
+                fields = _renamed(entity, fields)
+            found = NamedMutation(entity, op, record_id, fields)
+        named[m.get("seq")] = found
+    return named
 
 
 @dataclass
@@ -161,13 +196,16 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
-class _Batch:
-    """The state of one batch being applied inside one transaction."""
+class Batch:
+    """The state of one batch being applied inside one transaction (`fieldsync.sync.applier`
+    opens it): every mutation decided in seq order, then `flush` writes their effects."""
 
-    def __init__(self, applier: "MutationApplier", conn: sa.Connection, batch: PushBatch, now: dt.datetime):
-        self.applier = applier
-        self.store: RecordStore = applier.store()
-        self.model: Model = self.store.model
+    def __init__(self, store: RecordStore, conn: sa.Connection, batch: PushBatch, now: dt.datetime, *,
+                 audit: AuditLog | None = None, named: Mapping[int, NamedMutation] | None = None):
+        self.audit = audit
+        self.store = store
+        self.model: Model = store.model
+        self.named = named or {}
         self.conn = conn
         self.batch = batch
         self.now = now
@@ -233,14 +271,13 @@ class _Batch:
         one query per entity, so checks do not cost a query per mutation."""
         wanted: dict[str, set[str]] = {}
         for m in mutations:
-            name = m.get("entity")
-            entity = self.entities.get(name) if isinstance(name, str) else None
-            if entity is None or not _is_uuid(m.get("id")):
+            named = self.named[m["seq"]]
+            entity = named.entity
+            if entity is None:
                 continue
-            wanted.setdefault(name, set()).add(str(m["id"]))
-            fields = m.get("fields") if isinstance(m.get("fields"), dict) else {}
+            wanted.setdefault(entity.name, set()).add(named.record_id)
             for f in self.rules(entity).refs:
-                v = fields.get(f.name)
+                v = named.fields.get(f.name)
                 if isinstance(v, str):
                     wanted.setdefault(f.ref, set()).add(v)
         for name, ids in sorted(wanted.items()):
@@ -378,13 +415,17 @@ class _Batch:
         return _Since(fields, floor, origins, latest_origin)
 
     # -- one mutation --------------------------------------------------------------------------
-    def apply(self, m: Mapping[str, Any]) -> dict[str, Any]:
-        seq = m.get("seq")
-        base = {"device_id": self.batch.device_id, "seq": seq, "digest": mutation_digest(m),
+    def ledger_row(self, m: Mapping[str, Any]) -> dict[str, Any]:
+        """The dedupe ledger row of mutation `m` before its result is decided."""
+        return {"device_id": self.batch.device_id, "seq": m.get("seq"), "digest": mutation_digest(m),
                 "entity": str(m.get("entity"))[:64], "record_id": str(m.get("id"))[:64],
                 "op": str(m.get("op"))[:8], "position": None, "version": None, "effect": None,
                 "overridden": None, "overridden_by": None, "problem": None, "detail": None, "errors": None,
                 "current_version": None, "processed_at": self.now}
+
+    def apply(self, m: Mapping[str, Any]) -> dict[str, Any]:
+        """Decide mutation `m` (its effect is staged in the batch) and return its ledger row."""
+        base = self.ledger_row(m)
         self._since = None
         try:
             base.update(self._decide(m))
@@ -399,14 +440,11 @@ class _Batch:
         return base
 
     def _decide(self, m: Mapping[str, Any]) -> dict[str, Any]:
-        name, op, record_id = m.get("entity"), m.get("op"), m.get("id")
-        fields = m.get("fields", {})
-        record_id = _uuid_or_none(record_id)
-        if op not in OPS or not isinstance(fields, dict) or record_id is None:
-            raise _Rejected(ProblemType.MALFORMED_MUTATION, "a mutation needs op insert/update/delete, a UUID id and a fields object")
-        entity = self.entities.get(name) if isinstance(name, str) else None
-        if entity is None:
-            raise _Rejected(ProblemType.UNKNOWN_ENTITY, f"no entity {name!r}")
+        named = self.named[m["seq"]]
+        if named.problem is not None:
+            raise named.problem
+        entity, op, record_id, fields = named.entity, named.op, named.record_id, named.fields
+        name = entity.name
         rules = self.rules(entity)
         root = rules.root
         if root.sync.direction not in PUSHED_DIRECTIONS:
@@ -414,8 +452,6 @@ class _Batch:
         perm = rules.perm
         if perm is None or not perm.can(_ACTION[op]):
             raise _Rejected(ProblemType.FORBIDDEN, f"role {self.batch.role!r} may not {_ACTION[op]} {name} records")
-        if self.batch.schema_version < self.model.schema_version:
-            fields = _renamed(entity, fields)
         writable = rules.writable
         if op == "insert":
             return self._insert(entity, record_id, fields, rules.insert_writable, m)
@@ -591,29 +627,20 @@ class _Batch:
 
     # -- commit --------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Write the batch's records, change-log entries and ledger rows."""
-        inserts: dict[str, list[dict[str, Any]]] = {}
-        for (name, _), rec in self.records.items():
-            if rec is None or not rec.dirty:
-                continue
-            table = self.store.table(self.entities[name])
-            if not rec.stored:
-                inserts.setdefault(name, []).append(rec.db)
-            else:
-                values = {k: v for k, v in rec.db.items() if k != "id"}
-                self.conn.execute(table.update().where(table.c.id == rec.db["id"]).values(values))
-        for name, rows in inserts.items():
-            insert_many(self.conn, self.store.table(self.entities[name]), rows)
-        positions = self.applier.changelog.record_changes(self.conn, self.changes, origin=self.batch.device_id,
-                                                          seqs=self.change_seqs)
+        """Write the batch's records and change-log entries (through the RecordStore, the one
+        write path), its audit entries and its ledger rows."""
+        positions = self.store.write_rows(
+            self.conn, [(self.entities[name], rec.db, rec.stored) for (name, _), rec in self.records.items()
+                        if rec is not None and rec.dirty],
+            self.changes, origin=self.batch.device_id, seqs=self.change_seqs)
         for i, change_index in self.result_change.items():
             self.results[i]["position"] = positions[change_index]
-        if self.applier.audit is not None and self.changes:
+        if self.audit is not None and self.changes:
             # invariant 8: applied PHI is audited in the batch's own transaction, so a failing
             # append leaves the batch unapplied (redelivered later), never applied-unaudited
             from fieldsync.audit.events import write_events
             b = self.batch
-            self.applier.audit.append_all(self.conn, write_events(
+            self.audit.append_all(self.conn, write_events(
                 self.changes, codec=self.store.codec, actor=b.user_id, role=b.role, device=b.device_id,
                 channel="push"))
         if self.results:
@@ -649,129 +676,6 @@ def _uuid_or_none(value: Any) -> str | None:
         return uuid_text(value)
     except ValueError:
         return None
-
-
-def _is_uuid(value: Any) -> bool:
-    return _uuid_or_none(value) is not None
-
-
-class MutationApplier:
-    """Applies queued push batches. `store` returns the current RecordStore (the model can be
-    swapped while the server runs); `changelog` is the server's ChangeLog."""
-
-    def __init__(self, store: Callable[[], RecordStore], changelog: ChangeLog,
-                 clock: Callable[[], dt.datetime] = utc_now):
-        self.store = store
-        self.changelog = changelog
-        self.clock = clock
-        self.audit = None  # the server's AuditLog (set by create_app): pushed PHI writes are audited
-
-    def _processed(self, conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> set[int]:
-        done: set[int] = set()
-        ordered = sorted(s for s in seqs if isinstance(s, int))
-        for i in range(0, len(ordered), 500):
-            rows = conn.execute(sa.select(LEDGER.c.seq).where(LEDGER.c.device_id == device_id,
-                                                              LEDGER.c.seq.in_(ordered[i:i + 500])))
-            done.update(r[0] for r in rows)
-        return done
-
-    def ensure_keys(self, mutations: Sequence[Mapping[str, Any]]) -> None:
-        """Create the data keys of every subject the batch writes encrypted values for, before
-        its transaction opens (crypto/keyring.py: on SQLite a key cannot be created while the
-        batch holds the write lock). A subject is read from the mutation, or for an update
-        without it from the stored record."""
-        store = self.store()
-        subjects: dict[str, list[Any]] = {}
-        lookups: dict[str, set[str]] = {}
-        for m in mutations:
-            name = m.get("entity")
-            entity = store.model.entity(name) if isinstance(name, str) and store.model.has_entity(name) else None
-            fields = m.get("fields")
-            if entity is None or entity.subject is None or not isinstance(fields, dict):
-                continue
-            fields = _renamed(entity, fields)
-            if not any(f.encrypted and f.name in fields for f in entity.fields):
-                continue
-            value = fields.get(entity.subject)
-            if value is not None:
-                _clean, problems = validate_record(entity, {entity.subject: value}, partial=True)
-                if not problems:
-                    subjects.setdefault(entity.name, []).append(value)
-            elif m.get("op") == "update" and _is_uuid(m.get("id")):
-                lookups.setdefault(entity.name, set()).add(str(m["id"]))
-        if lookups:
-            with store.engine.connect() as conn:
-                for name, ids in lookups.items():
-                    entity = store.model.entity(name)
-                    subjects.setdefault(name, []).extend(store.subject_of(conn, entity, i) for i in sorted(ids))
-        for name, values in subjects.items():
-            store.codec.ensure_subjects(store.model.entity(name), sorted(set(v for v in values if v is not None), key=str))
-
-    def apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
-        """Process `batch`; return the ledger rows written (empty for a full redelivery)."""
-        self.ensure_keys(batch.mutations)
-        try:
-            return self._apply_batch(batch)
-        except KeyMissing:
-            # a subject's key was shredded between ensure_keys and the batch transaction: make
-            # its next key and go again (a second miss fails the delivery; the queue redelivers)
-            self.ensure_keys(batch.mutations)
-            return self._apply_batch(batch)
-
-    def _apply_batch(self, batch: PushBatch) -> list[dict[str, Any]]:
-        try:
-            return self._apply(batch, batch.mutations)
-        except sa.exc.IntegrityError:
-            # a concurrent writer took a unique value or an id between our checks and the write:
-            # redo the batch one mutation per transaction, so only the offending one is rejected
-            results: list[dict[str, Any]] = []
-            for m in batch.mutations:
-                try:
-                    results += self._apply(batch, [m])
-                except sa.exc.IntegrityError:
-                    results += self._reject_alone(batch, m)
-            return results
-
-    def _apply(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        with write_transaction(self.store().engine) as conn:
-            done = self._processed(conn, batch.device_id, [m.get("seq") for m in mutations])
-            todo = sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"])
-            clear_received(conn, batch.device_id, [m.get("seq") for m in mutations])
-            if not todo:
-                return []
-            state = _Batch(self, conn, batch, self.clock())
-            state.prefetch(todo)
-            for m in todo:
-                state.results.append(state.apply(m))
-            state.flush()
-            return state.results
-
-    def reject_unprocessable(self, batch: PushBatch, detail: str) -> list[dict[str, Any]]:
-        """Give every unprocessed mutation of `batch` a permanent `unprocessable` result: the
-        last delivery of a batch that failed every time, so its device learns and quarantines
-        rather than waiting forever (invariant 5: nothing dropped silently)."""
-        return self._reject(batch, batch.mutations, ProblemType.UNPROCESSABLE, detail[:500])
-
-    def _reject_alone(self, batch: PushBatch, m: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return self._reject(batch, [m], ProblemType.VALIDATION,
-                            "the write conflicts with a unique value or id another writer just took")
-
-    def _reject(self, batch: PushBatch, mutations: Sequence[Mapping[str, Any]], kind: ProblemType,
-                detail: str) -> list[dict[str, Any]]:
-        """Record a permanent rejection of type `kind` for each of `mutations` not yet in the
-        ledger, without touching any record."""
-        with write_transaction(self.store().engine) as conn:
-            seqs = [m.get("seq") for m in mutations]
-            done = self._processed(conn, batch.device_id, seqs)
-            clear_received(conn, batch.device_id, seqs)
-            state = _Batch(self, conn, batch, self.clock())
-            for m in sorted((m for m in mutations if m.get("seq") not in done), key=lambda m: m["seq"]):
-                # an impossible op yields a rejected ledger row with no effect; then name it
-                row = state.apply({**m, "fields": {}, "op": "__invalid__"})
-                row.update(op=str(m.get("op"))[:8], problem=kind.slug, detail=detail, digest=mutation_digest(m))
-                state.results.append(row)
-            state.flush()
-            return state.results
 
 
 def result_to_wire(ledger: Mapping[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:

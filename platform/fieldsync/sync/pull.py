@@ -29,8 +29,8 @@ from fieldsync.sync.scope import DeviceScope
 from fieldsync.store.sync_tables import LEDGER, SCOPES
 from fieldsync.untrusted import load_json
 
-__all__ = ["PullRequest", "SyncReset", "InvalidResume", "pull_page", "results_for", "readable_row",
-           "write_checkpoint", "remember_scope"]
+__all__ = ["PullRequest", "SyncReset", "InvalidResume", "ledger_rows", "pull_page", "render_results", "results_for",
+           "readable_row", "write_checkpoint", "remember_scope"]
 
 MAX_RESULTS_PER_PAGE = 1000
 
@@ -127,7 +127,25 @@ def results_for(conn: sa.Connection, store: RecordStore, scope: DeviceScope, dev
     rows = list(conn.execute(sa.select(LEDGER).where(LEDGER.c.device_id == device_id, LEDGER.c.seq > after_seq)
                              .order_by(LEDGER.c.seq).limit(limit + 1)).mappings())
     has_more = len(rows) > limit
-    rows = rows[:limit]
+    return render_results(conn, store, scope, rows[:limit]), has_more
+
+
+def ledger_rows(conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> dict[int, Mapping[str, Any]]:
+    """The dedupe ledger's rows of `device_id` for those of `seqs` already processed, by seq
+    (invariant 2: a seq found here is a duplicate)."""
+    found: dict[int, Mapping[str, Any]] = {}
+    ordered = sorted(s for s in seqs if isinstance(s, int))
+    for i in range(0, len(ordered), 500):
+        for r in conn.execute(sa.select(LEDGER).where(LEDGER.c.device_id == device_id,
+                                                      LEDGER.c.seq.in_(ordered[i:i + 500]))).mappings():
+            found[r["seq"]] = r
+    return found
+
+
+def render_results(conn: sa.Connection, store: RecordStore, scope: DeviceScope,
+                   rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Ledger `rows` as results (docs/protocol.md §5.1), in their order, each with its record's
+    `row` as the device may read it now: one query per entity, not one per result."""
     wanted: dict[str, set[str]] = {}
     for r in rows:
         if store.model.has_entity(r["entity"]):
@@ -145,7 +163,7 @@ def results_for(conn: sa.Connection, store: RecordStore, scope: DeviceScope, dev
         wire = current.get((r["entity"], r["record_id"]))
         row = readable_row(store, store.model.entity(r["entity"]), wire, scope, conn) if wire else None
         out.append(result_to_wire(r, row))
-    return out, has_more
+    return out
 
 
 def write_checkpoint(conn: sa.Connection, device_id: str) -> int:

@@ -14,12 +14,14 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
+from fieldsync.audit.trail import AuditLog
 from fieldsync.errors import AuditUnavailable
-from fieldsync.store.changelog import ChangeLog, first_position_since, head_position, purge_before
+from fieldsync.store.changelog import first_position_since, head_position, purge_before
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.ids import utc_now
-from fieldsync.sync.apply import MutationApplier, PushBatch
+from fieldsync.sync.apply import PushBatch
+from fieldsync.sync.applier import MutationApplier
 from fieldsync.queue.embedded import Message, Queue, open_queue
 
 __all__ = ["SyncService", "compact_history", "dead_letter_summaries", "open_push_queue"]
@@ -30,11 +32,11 @@ log = logging.getLogger("fieldsync.sync")
 class SyncService:
     """Receives push batches into the queue and applies them with a pool of listeners."""
 
-    def __init__(self, store: Callable[[], RecordStore], changelog: ChangeLog, queue: Queue | Callable[[], Queue], *,
-                 listeners: int = 2, clock: Callable[[], dt.datetime] = utc_now):
+    def __init__(self, store: Callable[[], RecordStore], queue: Queue | Callable[[], Queue], *,
+                 audit: AuditLog | None = None, listeners: int = 2, clock: Callable[[], dt.datetime] = utc_now):
         self._queue = queue if not callable(queue) or hasattr(queue, "send") else None
         self._open_queue = None if self._queue is not None else queue
-        self.applier = MutationApplier(store, changelog, clock=clock)
+        self.applier = MutationApplier(store, audit=audit, clock=clock)
         self.listeners = listeners
         self._pool = None
         self.visibility_timeout = 60.0  # seconds a batch stays hidden before it is redelivered
@@ -46,9 +48,9 @@ class SyncService:
         self.observers: list[Callable[[Message, PushBatch | None, str, float, int], None]] = []
 
     @classmethod
-    def from_config(cls, config, store, changelog, clock=None) -> "SyncService":
+    def from_config(cls, config, store, *, audit: AuditLog | None = None, clock=None) -> "SyncService":
         """The service for `config`; its queue is opened on first use, so building an app
-        creates no file and starts no thread."""
+        creates no file and starts no thread. `audit` records the PHI pushed batches write."""
         url = config.queue_url
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ class SyncService:
             from fieldsync.crypto.providers import key_provider_from_config
             from fieldsync.queue.encrypted import EncryptedQueue
             return EncryptedQueue(queue, key_provider_from_config(config))  # invariant 7
-        service = cls(store, changelog, opened, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
+        service = cls(store, opened, audit=audit, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
         service.visibility_timeout = float(config.get("SYNC_VISIBILITY_TIMEOUT") or 60.0)
         return service
 
@@ -89,7 +91,13 @@ class SyncService:
     def handle(self, message: Message) -> None:
         """A listener's handler: apply one push batch. Raising leaves the message unacked, so it
         is redelivered; the ledger makes the second run exact-once. Every outcome is reported
-        to `observers` (the processing log)."""
+        to `observers` (the processing log).
+
+        Where a push batch is retried: only by redelivery, which the listener pool schedules
+        with backoff (`fieldsync.workers.pool.retry_delay`); this handler ends the retries at
+        the queue's `max_receives` by rejecting the batch's mutations as unprocessable
+        (invariant 5), except for an audit outage. The applier and the push endpoint
+        (`fieldsync.sync.receive`) retry nothing themselves."""
         started = time.perf_counter()
         batch: PushBatch | None = None
         outcome, results = "failed", []
@@ -197,7 +205,7 @@ class SyncService:
 def open_push_queue(config: Any) -> Any:
     """The push queue exactly as the server opens it (backend, encryption), for the operator
     commands that build no app."""
-    return SyncService.from_config(config, lambda: None, None).queue
+    return SyncService.from_config(config, lambda: None).queue
 
 
 def dead_letter_summaries(queue: Any, limit: int = 100) -> list[dict[str, Any]]:
