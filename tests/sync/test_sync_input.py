@@ -180,11 +180,14 @@ def test_nul_and_lone_surrogates_are_refused(sync_server, raw):
     assert _state_of(sync_server) == before
     # a mutation's field values are checked when its batch is applied: rejected alone, naming the field
     r = raw.push([_mutation(1, _visit(sync_server, notes="a\u0000b")),
-                  _mutation(2, _visit(sync_server, notes="\ud800"), record_id="0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e")])
+                  _mutation(2, _visit(sync_server, notes="\ud800"), record_id="0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e"),
+                  # a reference is looked up before it is judged: a lone surrogate must not reach the database
+                  _mutation(3, _visit(sync_server, retailer_id="\ud800"), record_id="0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0f")])
     assert r.status_code == 202
     sync_server.drain()
     rows = sync_server.ledger(raw.device_id)
-    assert [(row["status"], "notes" in row["errors"]) for row in rows] == [("rejected", True)] * 2, rows
+    assert [(row["status"], field in row["errors"]) for row, field in zip(rows, ("notes", "notes", "retailer_id"))] \
+        == [("rejected", True)] * 3, rows
     assert sync_server.records("visit") == {}
 
 

@@ -277,8 +277,10 @@ class Batch:
                 continue
             wanted.setdefault(entity.name, set()).add(named.record_id)
             for f in self.rules(entity).refs:
-                v = named.fields.get(f.name)
-                if isinstance(v, str):
+                # only a UUID can name a record; anything else (a lone surrogate, which no database
+                # encoder takes) is refused by validation when the mutation is decided
+                v = _uuid_or_none(named.fields.get(f.name))
+                if v is not None:
                     wanted.setdefault(f.ref, set()).add(v)
         for name, ids in sorted(wanted.items()):
             table = self.store.table(self.entities[name])
