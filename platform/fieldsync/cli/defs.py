@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from fieldsync.cli.common import (Invocation, command, data_dir_option, defs_option, load_model_or_report,
-                                  pass_invocation, unraised_in_database)
+                                  operator, pass_invocation, unraised_in_database)
 
 
 @command("validate", "check the entity definitions and report every error")
@@ -84,6 +84,7 @@ def generate(invocation: Invocation, check: bool, defs: str | None, out: str) ->
 @pass_invocation
 def migrate(invocation: Invocation, dry_run: bool, allow_destructive: bool, defs: str | None,
             database_url: str | None, data_dir: str | None) -> int:
+    from fieldsync.defs import read_sources
     from fieldsync.store.engine import make_engine
     from fieldsync.store.migrate import apply_migration, format_plan, plan_migration
     config = invocation.config(defs=defs, database_url=database_url, data_dir=data_dir)
@@ -100,9 +101,14 @@ def migrate(invocation: Invocation, dry_run: bool, allow_destructive: bool, defs
         if unraised is not None:   # the plan is shown, nothing is applied (--dry-run exits 1 too)
             print(f"fieldsync migrate: {unraised}", file=sys.stderr)
             return 1
-        if dry_run or not plan.steps:
+        if dry_run:
             return 0
-        apply_migration(engine, plan, allow_destructive=allow_destructive)
+        # recorded even without table changes when the texts changed (a sync rule, a permission):
+        # running servers swap to every recorded version (docs/decisions.md, live definitions)
+        apply_migration(engine, plan, allow_destructive=allow_destructive,
+                        definitions=read_sources(config["DEFS_DIR"]), applied_by=operator())
+        if not plan.steps:
+            return 0
         print(f"applied {len(plan.steps)} step(s)")
         return 0
     finally:

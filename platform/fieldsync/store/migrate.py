@@ -41,7 +41,7 @@ from fieldsync.store.tables import PLATFORM_PREFIX, blind_index_columns, build_m
 
 __all__ = [
     "SCHEMA_TABLE", "MigrationPlan", "Step", "apply_migration", "auto_migrate", "format_plan",
-    "plan_migration", "read_schema_record", "schema_table",
+    "plan_migration", "read_schema_record", "schema_table", "upgrade_schema_table",
 ]
 
 SCHEMA_TABLE = PLATFORM_PREFIX + "schema"
@@ -68,7 +68,30 @@ def schema_table(metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("tables", sa.JSON, nullable=False),
         sa.Column("steps", sa.JSON, nullable=False),     # descriptions of the applied steps
         sa.Column("pending", sa.JSON, nullable=False),   # destructive steps left undone
+        # the applied version, kept for history and rollback (fieldsync versions, docs/cli.md):
+        # the definitions' YAML texts by relative path (None when applied from a model alone,
+        # as a server's start does) and who applied it
+        sa.Column("definitions", sa.JSON, nullable=True),
+        sa.Column("applied_by", sa.String(200), nullable=True),
     )
+
+
+# Columns fs_schema gained after it was first created (issue 12): added in place, never dropped.
+_ADDED_COLUMNS = ("definitions", "applied_by")
+
+
+def upgrade_schema_table(conn: sa.Connection) -> None:
+    """Create fs_schema, or add the columns a database migrated by an older release lacks."""
+    table = schema_table()
+    inspector = sa.inspect(conn)
+    operations = Operations(MigrationContext.configure(conn))
+    if not inspector.has_table(SCHEMA_TABLE):
+        operations.invoke(ops.CreateTableOp.from_table(table))
+        return
+    present = {c["name"] for c in inspector.get_columns(SCHEMA_TABLE)}
+    for name in _ADDED_COLUMNS:
+        if name not in present:
+            operations.invoke(ops.AddColumnOp.from_column_and_tablename(None, SCHEMA_TABLE, table.c[name]._copy()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +194,8 @@ def read_schema_record(conn: sa.Connection) -> dict | None:
     if not sa.inspect(conn).has_table(SCHEMA_TABLE):
         return None
     table = schema_table()
-    row = conn.execute(sa.select(table).order_by(table.c.id.desc()).limit(1)).mappings().first()
+    columns = [c for c in table.c if c.name not in _ADDED_COLUMNS]   # readable before an upgrade
+    row = conn.execute(sa.select(*columns).order_by(table.c.id.desc()).limit(1)).mappings().first()
     return dict(row) if row else None
 
 
@@ -396,8 +420,10 @@ def _is_widening(old: sa.types.TypeEngine, new: sa.types.TypeEngine) -> bool:
 # -- applying -------------------------------------------------------------------------------------
 
 def apply_migration(engine: sa.Engine, plan: MigrationPlan, allow_destructive: bool = False, *,
-                    now: Callable[[], dt.datetime] | None = None) -> MigrationPlan:
-    """Run `plan` in one transaction and record the model in fs_schema.
+                    now: Callable[[], dt.datetime] | None = None, definitions: dict[str, str] | None = None,
+                    applied_by: str | None = None) -> MigrationPlan:
+    """Run `plan` in one transaction and record the model in fs_schema, with the definitions'
+    texts and who applied them when given (the version running servers swap to).
 
     Raises MigrationRefused before touching the database when the plan holds destructive steps
     and `allow_destructive` is false, or when the database changed since the plan was made
@@ -412,7 +438,7 @@ def apply_migration(engine: sa.Engine, plan: MigrationPlan, allow_destructive: b
         if [s.key for s in fresh.steps] != [s.key for s in plan.steps] and fresh.steps:
             raise MigrationRefused(fresh.steps, "the database changed since the plan was made; plan again")
         _execute(conn, fresh.steps, plan.model)
-        _record(conn, fresh, fresh.steps, (), now)
+        _record(conn, fresh, fresh.steps, (), now, definitions=definitions, applied_by=applied_by)
     return MigrationPlan(fresh.steps, plan.model, fresh.dialect, fresh.recorded_fingerprint)
 
 
@@ -518,13 +544,16 @@ def _reflected_type(conn: sa.Connection, table: str, column: str) -> sa.types.Ty
 
 
 def _record(conn: sa.Connection, plan: MigrationPlan, applied: tuple[Step, ...],
-            pending: tuple[Step, ...], now: Callable[[], dt.datetime] | None) -> None:
-    """Append the applied model to fs_schema, unless nothing changed (a second run is a no-op)."""
-    if not applied and plan.recorded_fingerprint == plan.fingerprint:
-        return
+            pending: tuple[Step, ...], now: Callable[[], dt.datetime] | None, *,
+            definitions: dict[str, str] | None = None, applied_by: str | None = None) -> None:
+    """Append the applied model to fs_schema, unless nothing changed (a second run is a no-op).
+    Definitions whose storage shape is unchanged (a sync rule, a permission) are a new version
+    too when their texts differ from the recorded ones: running servers swap to them."""
     table = schema_table()
-    if not sa.inspect(conn).has_table(SCHEMA_TABLE):
-        Operations(MigrationContext.configure(conn)).invoke(ops.CreateTableOp.from_table(table))
+    upgrade_schema_table(conn)
+    if not applied and plan.recorded_fingerprint == plan.fingerprint:
+        if definitions is None or definitions == _recorded_definitions(conn):
+            return
     tables: dict[str, dict] = {
         e.name: {"entity": e.name, "columns": {f.name: f.name for f in e.fields},
                  "encryption": {f.name: f.encryption for f in e.fields}}
@@ -544,7 +573,13 @@ def _record(conn: sa.Connection, plan: MigrationPlan, applied: tuple[Step, ...],
     conn.execute(table.insert().values(
         schema_version=plan.model.schema_version, fingerprint=plan.fingerprint, applied_at=clock(),
         tables=tables, steps=[s.describe() for s in applied], pending=[s.describe() for s in pending],
+        definitions=definitions, applied_by=applied_by,
     ))
+
+
+def _recorded_definitions(conn: sa.Connection) -> dict[str, str] | None:
+    table = schema_table()
+    return conn.execute(sa.select(table.c.definitions).order_by(table.c.id.desc()).limit(1)).scalar()
 
 
 # -- presenting -----------------------------------------------------------------------------------
