@@ -5,10 +5,12 @@ without the flag, writes the files, regenerates and migrates; `rollback N` is it
 
 from __future__ import annotations
 
+import shutil
+
 import sqlalchemy as sa
 
 from fieldsync.cli import main
-from fieldsync.defs import read_sources
+from fieldsync.defs import load_model, read_sources
 from fieldsync.store.migrate import SCHEMA_TABLE, apply_migration, plan_migration, schema_table
 from fieldsync.store.versions import latest_version_id, list_versions, read_version
 
@@ -72,3 +74,45 @@ def test_an_older_fs_schema_gains_the_new_columns(tmp_path, example_model):
         assert read_version(conn, version["id"])["applied_by"] == "me"
     engine.dispose()
 
+
+def test_apply_plans_refuses_writes_generates_and_rolls_back(defs_copy, tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'fs.db'}"
+    common = ["--defs", str(defs_copy), "--database-url", db, "--out", str(tmp_path / "generated")]
+    assert main(["migrate", "--defs", str(defs_copy), "--database-url", db]) == 0
+    source = tmp_path / "changed"
+    shutil.copytree(defs_copy, source)
+    _next_version(source, "email")
+    _edit(source / "masters" / "retailer.yaml", "  location:\n", "  geo:\n    renamed_from: [location]\n")
+    _edit(source / "masters" / "retailer.yaml", "editable: [phone, location]", "editable: [phone, geo]")
+    capsys.readouterr()
+    assert main(["apply", str(source), "--dry-run", *common]) == 0
+    out = capsys.readouterr().out
+    assert "+ add column retailer.email" in out and "+ rename column retailer.location to retailer.geo" in out
+    assert read_sources(defs_copy) != read_sources(source)          # a dry run writes nothing
+    assert main(["apply", str(source), *common]) == 0
+    assert read_sources(defs_copy) == read_sources(source)
+    assert (tmp_path / "generated" / "device" / "schema.json").is_file()
+    assert load_model(defs_copy).entity("retailer").field("geo")
+
+    # back to version 1: geo and email would lose their values, so the flag is needed
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO retailer (id, name, territory_id, email, version, created_at, updated_at, "
+                             "deleted) VALUES ('r1', 'Shop', 't1', 'a@b', 1, '2026-01-01', '2026-01-01', 0)"))
+    capsys.readouterr()
+    assert main(["rollback", "1", *common]) == 1
+    captured = capsys.readouterr()
+    assert "! drop column retailer.email: 1 non-null values lost" in captured.out
+    assert "destructive" in captured.err
+    assert load_model(defs_copy).schema_version == 2                 # refused: nothing written
+    assert main(["rollback", "1", "--allow-destructive", *common]) == 0
+    rolled = load_model(defs_copy)
+    assert rolled.schema_version == 3 and rolled.entity("retailer").field("location")   # versions only rise
+    with engine.connect() as conn:
+        assert [v["schema_version"] for v in list_versions(conn)] == [1, 2, 3]
+    engine.dispose()
+    capsys.readouterr()
+    assert main(["versions", "show", "2", "--database-url", db]) == 0
+    shown = capsys.readouterr().out
+    assert "+    renamed_from: [location]" in shown and "add column retailer.email" in shown
+    assert main(["versions", "list", "--database-url", db]) == 0
