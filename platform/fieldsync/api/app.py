@@ -4,16 +4,25 @@
 by `FieldsyncState` (on `app.extensions["fieldsync"]`) and looked up per request, so
 `state.swap_model(new_model)` changes entities, tables and the OpenAPI document of a running
 server without a restart.
+
+Live definitions (docs/decisions.md, "Live definitions"): every applied model version is a row
+of `fs_schema` (store/migrate.py). Each request, and each push batch a listener applies, starts
+with `state.current()`, which reads the newest version number (one primary-key read) and, when
+another process applied a newer one, builds that version's model from its recorded YAML texts
+and swaps to it. A request keeps the snapshot it started with; one that meets a table change
+made under it (a renamed column) fails inside its rolled-back transaction and is dispatched
+once more on the new snapshot, so a change never answers 500.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import sqlalchemy as sa
-from flask import Flask, request
+from flask import Flask, g, request
 
 from fieldsync.errors import Problem, ProblemType
 from fieldsync.codegen.openapi import API_PREFIX, openapi_document
@@ -27,6 +36,9 @@ from fieldsync.store.changelog import ChangeLog, create_changelog_tables
 from fieldsync.store.records import RecordStore
 from fieldsync.ids import utc_now
 from fieldsync.store.tables import build_metadata
+from fieldsync.store.versions import latest_version_id, read_version
+
+log = logging.getLogger("fieldsync.api")
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class FieldsyncState:
         self.audit = None  # the AuditLog (fieldsync.audit.trail), set by create_app
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
+        self.version: int | None = None   # the applied version (fs_schema id) the snapshot follows
         self.swap_model(model)
 
     @property
@@ -89,6 +102,50 @@ class FieldsyncState:
     def store(self) -> RecordStore:
         return self.snapshot.store
 
+    def current(self) -> Snapshot:
+        """The snapshot for one request or push batch, after following the applied version."""
+        self.refresh()
+        return self.snapshot
+
+    def refresh(self) -> bool:
+        """Swap to the newest applied model version if it is not the one served; True if swapped.
+        Cheap when nothing changed: one read of fs_schema's largest id."""
+        with self.engine.connect() as conn:
+            latest = latest_version_id(conn)
+            if latest is None or latest == self.version:
+                return False
+            with self._lock:
+                if latest == self.version:
+                    return False   # another thread of this process swapped meanwhile
+                row = read_version(conn, latest)
+                model = self._model_of(row) if row is not None else None
+                if model is not None:
+                    self._install(model, build_metadata(model))   # already migrated by whoever applied it
+                    log.info("swapped to model version %s (schema_version %s, fingerprint %s)",
+                             latest, model.schema_version, model.fingerprint())
+                self.version = latest
+                return model is not None
+
+    def _model_of(self, row: Mapping[str, Any]) -> Model | None:
+        """The model of an applied version: its recorded texts, or (recorded by a server's start,
+        without texts) DEFS_DIR when that has the recorded fingerprint; None to keep the current."""
+        from fieldsync.defs import DefinitionErrors, build_model, load_model
+        current = self.snapshot.model
+        try:
+            if row.get("definitions"):
+                return build_model(row["definitions"], label=f"model version {row['id']}")
+            if row["fingerprint"] == current.fingerprint():
+                return None
+            candidate = load_model(self.config["DEFS_DIR"])
+        except DefinitionErrors:
+            log.exception("model version %s does not build; keeping the current model", row["id"])
+            return None
+        if candidate.fingerprint() != row["fingerprint"]:
+            log.warning("model version %s was recorded without definitions and DEFS_DIR does not match it; "
+                        "keeping the current model", row["id"])
+            return None
+        return candidate
+
     def swap_model(self, model: Model) -> None:
         """Migrate the database (when AUTO_MIGRATE) and make `model` the one requests see."""
         with self._lock:
@@ -96,13 +153,38 @@ class FieldsyncState:
                 metadata = migrate_tables(self.engine, model)
             else:
                 metadata = build_metadata(model)
-            prepare_keys(self.crypto.keyring, model)
-            kwargs = {"clock": self.clock} if self.clock is not None else {}
-            hooks = list(self._snapshot.store.write_hooks) if self._snapshot else []
-            store = RecordStore(self.engine, model, metadata=metadata, changelog=self.changelog, write_hooks=hooks,
-                                codec=self.crypto, **kwargs)
-            document = openapi_document(model, page_size_max=int(self.config["PAGE_SIZE_MAX"]))
-            self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
+            self._install(model, metadata)
+            with self.engine.connect() as conn:
+                self.version = latest_version_id(conn)   # the version it recorded, if any
+
+    def _install(self, model: Model, metadata: sa.MetaData) -> None:
+        """Make `model` (with its tables' metadata) the one the next requests see; under _lock."""
+        prepare_keys(self.crypto.keyring, model)
+        kwargs = {"clock": self.clock} if self.clock is not None else {}
+        hooks = list(self._snapshot.store.write_hooks) if self._snapshot else []
+        store = RecordStore(self.engine, model, metadata=metadata, changelog=self.changelog, write_hooks=hooks,
+                            codec=self.crypto, **kwargs)
+        document = openapi_document(model, page_size_max=int(self.config["PAGE_SIZE_MAX"]))
+        self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
+
+
+class _LiveApp(Flask):
+    """The fieldsync app: a request that failed in the database because the tables changed under
+    its snapshot (another process applied a model version) runs once more on the new snapshot.
+    Its failed transaction was rolled back, so it had no effect; pushes are exact-once anyway."""
+
+    def dispatch_request(self):
+        try:
+            return super().dispatch_request()
+        except sa.exc.DBAPIError:
+            state = self.extensions["fieldsync"]
+            started = g.get("snapshot")
+            if started is None or not state.refresh() and state.snapshot is started:
+                raise
+            g.snapshot = state.snapshot
+            log.info("%s %s met a model change in flight; dispatched again on the new model",
+                     request.method, request.path)
+            return super().dispatch_request()
 
 
 def _refuse_nul_in_url() -> None:
@@ -131,7 +213,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     from fieldsync.defs import load_model
 
     settings = load_config(overrides=config)
-    app = Flask("fieldsync")
+    app = _LiveApp("fieldsync")
     app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
     if not settings.get("DATABASE_URL"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file lives there
@@ -155,7 +237,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         engine.dispose()
         raise
     # pushed PHI is audited in the batch's own transaction (invariant 8)
-    state.sync = SyncService.from_config(settings, lambda: state.store, audit=state.audit, clock=clock)
+    state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
     app.extensions["fieldsync"] = state
     register_error_handlers(app)

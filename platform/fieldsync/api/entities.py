@@ -56,7 +56,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 @blueprint.before_request
 def authenticate() -> None:
-    g.snapshot = _state().snapshot  # one model for the whole request, even if it is swapped meanwhile
+    g.snapshot = _state().current()  # one model for the whole request, even if it is swapped meanwhile
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
     g.principal = authenticate_request(channel="rest")   # 401/429; idle timeout, revocation (docs/access.md)

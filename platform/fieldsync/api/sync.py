@@ -80,7 +80,7 @@ def _now():
 
 @blueprint.before_request
 def _authenticate() -> None:
-    g.snapshot = _state().snapshot
+    g.snapshot = _state().current()   # one model for the whole request (api/app.py)
     if request.endpoint == NOT_AN_ENDPOINT:
         return   # answered 404/405 from the route table alone: nothing to authenticate
     optional = request.endpoint in PROTOCOL_HEADER_OPTIONAL and "Fieldsync-Protocol" not in request.headers
