@@ -313,3 +313,28 @@ def test_a_request_that_meets_a_renamed_column_in_flight_runs_again_on_the_new_m
     assert answer.status_code == 200, answer.get_json()
     assert "geo" in answer.get_json()["items"][0]
     assert next(stale, None) is None          # the stale snapshot was the one the request started with
+
+
+def test_a_worker_that_served_no_request_applies_pushes_with_the_new_model(defs_copy, tmp_path):
+    """`fieldsync worker` answers no request: its listeners check the version before each push
+    batch, so a push for an entity added after it started is applied, not rejected."""
+    receiver = create_app(_config(tmp_path, defs_copy, 0))
+    load_seed(receiver.extensions["fieldsync"].config, ROOT / "examples" / "seed")
+    worker = create_app(_config(tmp_path, defs_copy, 0))
+    try:
+        add_entity(defs_copy)
+        assert main(["migrate", "--defs", str(defs_copy), "--database-url", f"sqlite:///{tmp_path / 'server.db'}"]) == 0
+        token = issue_token(SECRET, "rep-1", "field_rep", {"territory_ids": [PUNE_CENTRAL]})
+        device = Client(tmp_path / "device.db", WsgiTransport(receiver), token)
+        device.sync()
+        survey = device.insert("survey", {"score": 3})
+        device.sync()                                   # received: queued, not applied (no listeners)
+        assert worker.extensions["fieldsync"].sync.drain() >= 1
+        assert worker.extensions["fieldsync"].store.get("survey", survey)["score"] == 3
+        device.sync()
+        assert device.status().quarantined == 0 and device.status().pending == 0
+        device.close()
+    finally:
+        for app in (receiver, worker):
+            app.extensions["fieldsync"].sync.close()
+            app.extensions["fieldsync"].engine.dispose()

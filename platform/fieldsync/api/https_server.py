@@ -131,7 +131,7 @@ def serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, behi
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))
     from fieldsync.audit.events import audit_pass
     from fieldsync.crypto.rotation import KeyMaintenance
-    KeyMaintenance(lambda: state.store, state.crypto,   # finishes re-encryption after `keys rotate`
+    KeyMaintenance(lambda: state.current().store, state.crypto,   # finishes re-encryption after `keys rotate`
                    interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300)),
                    on_pass=lambda report: audit_pass(state.audit, report)).start()
     if tls is not None:
