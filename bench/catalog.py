@@ -43,7 +43,7 @@ def insert_products(state, rows: Sequence[dict[str, Any]]) -> None:
     for part in chunks(rows, WRITE_CHUNK):
         with write_transaction(state.engine) as conn:
             conn.execute(table.insert(), list(part))
-            state.changelog.record_changes(conn, [(entity, "create", state.store._to_wire_row(entity, r))
+            state.changelog.record_changes(conn, [(entity, "create", state.store.to_wire_row(entity, r))
                                                   for r in part])
 
 
@@ -63,7 +63,7 @@ def update_products(state, rows: list[dict[str, Any]], change: Callable[[dict[st
             new = {**row, **change(row, i), "version": row["version"] + 1, "updated_at": now}
             new_rows.append(new)
             params.append({"b_id": row["id"], **{k: v for k, v in new.items() if k != "id"}})
-            log.append((entity, "update", state.store._to_wire_row(entity, new), state.store._to_wire_row(entity, row)))
+            log.append((entity, "update", state.store.to_wire_row(entity, new), state.store.to_wire_row(entity, row)))
         columns = [c for c in new_rows[0] if c != "id"]
         statement = table.update().where(table.c.id == sa.bindparam("b_id")).values(
             {c: sa.bindparam(c) for c in columns})

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if not report.complete or local_count(client) != args.rows:
             raise RuntimeError(f"snapshot incomplete: {report}, {local_count(client)} rows on the device")
         table = device_product_table(state)
-        wire = [state.store._to_wire_row(state.model.entity("product"), r) for r in rows]
+        wire = [state.store.to_wire_row(state.model.entity("product"), r) for r in rows]
         columns, stored = device_rows(table, wire)
         baseline = raw_executemany(tmp / "raw.db", table.create_statements(), table.table, columns, stored)
         figure("snapshot pull into the device", args.rows / watch.seconds, baseline, 0.50)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = client.get("product", updated[-1]["id"])
         if not report.complete or probe is None or probe["version"] != 2:
             raise RuntimeError(f"stream incomplete: {report}, last row {probe}")
-        wire_new = [state.store._to_wire_row(state.model.entity("product"), r) for r in updated]
+        wire_new = [state.store.to_wire_row(state.model.entity("product"), r) for r in updated]
         updates = [(w["unit_price"], w["version"], w["updated_at"], w["id"]) for w in wire_new]
         baseline = raw_update(tmp / "raw-update.db", table, stored, updates)
         figure("stream pull of patches into the device", args.rows / watch.seconds, baseline, 0.50)

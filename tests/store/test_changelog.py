@@ -51,7 +51,7 @@ def _table_state(store, entities=("territory",)):
         for name in entities:
             entity = store.model.entity(name)
             for row in conn.execute(sa.select(store.table(entity))).mappings():
-                state[(name, row["id"])] = store._to_wire_row(entity, row)
+                state[(name, row["id"])] = store.to_wire_row(entity, row)
     return state
 
 

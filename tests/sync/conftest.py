@@ -248,7 +248,7 @@ class SyncServer:
         if not deleted:
             query = query.where(table.c.deleted == sa.false())
         with self.engine.connect() as conn:
-            return {r["id"]: self.store._to_wire_row(ent, r) for r in conn.execute(query).mappings()}
+            return {r["id"]: self.store.to_wire_row(ent, r) for r in conn.execute(query).mappings()}
 
     def scope(self, principal: Principal, now: dt.datetime | None = None):
         return device_scope(self.model, principal, now or utc_now(), self.store.codec)

@@ -307,7 +307,7 @@ class World:
         table = self.store.table(ent)
         with self.state.engine.connect() as conn:
             found = conn.execute(sa.select(table).where(table.c.id == record_id)).mappings().first()
-        return None if found is None else self.store._to_wire_row(ent, found)
+        return None if found is None else self.store.to_wire_row(ent, found)
 
     def clone(self, entity: str, record_id: str) -> str:
         """A copy of a record with a new id, for a delete that must not change the world: a root

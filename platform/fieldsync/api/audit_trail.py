@@ -116,7 +116,7 @@ def _subjects(conn: sa.Connection, store, entity: Entity, ids: set[str]) -> dict
     ordered = sorted(ids)
     for i in range(0, len(ordered), 500):
         for row in conn.execute(sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))).mappings():
-            out[row["id"]] = store._to_wire_row(entity, row).get(entity.subject)
+            out[row["id"]] = store.to_wire_row(entity, row).get(entity.subject)
     return out
 
 

@@ -156,7 +156,7 @@ def _reencrypt_table(store: RecordStore, crypto: FieldCrypto, entity: Entity, re
                 continue   # a shredded subject: nothing readable to move
             if subject is not None:
                 crypto.ensure_subjects(entity, [subject])
-            new = store._values_to_db(entity, values, record_id, subject)
+            new = store.values_to_db(entity, values, record_id, subject)
             # untouched ciphertexts keep their form; only the stale ones and the indexes change
             new = {k: v for k, v in new.items()
                    if k.startswith("fs_bidx_") or entity.field(k) in stale}

@@ -147,7 +147,7 @@ def wire_step(field: Field | None, entity: Entity, codec: FieldCodec) -> Callabl
 
 def db_step(column: sa.Column, field: Field, entity: Entity, codec: FieldCodec) -> Callable[[Any], Any]:
     """The conversion `to_db` applies to non-null values of `field` stored in `column`.
-    Not for encrypted fields: `RecordStore._values_to_db` encodes those with their record."""
+    Not for encrypted fields: `RecordStore.values_to_db` encodes those with their record."""
     assert not field.encrypted
     if field.type in ("json", "geopoint"):
         return lambda value: value

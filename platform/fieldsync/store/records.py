@@ -138,8 +138,8 @@ class RecordStore:
     def _entity(self, entity: Entity | str) -> Entity:
         return self.model.entity(entity) if isinstance(entity, str) else entity
 
-    def _to_wire_row(self, entity: Entity, row: Mapping[str, Any],
-                     known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def to_wire_row(self, entity: Entity, row: Mapping[str, Any],
+                    known: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """`row` in wire form. `known` holds wire values just written for some encrypted fields:
         taken as they are instead of decrypting what was encrypted a moment ago."""
         if not entity.has_encrypted:
@@ -200,7 +200,7 @@ class RecordStore:
     def tuple_converter(self, entity: Entity, columns: tuple[str, ...],
                         out: tuple[str, ...]) -> Callable[[tuple], dict[str, Any]]:
         """A function turning a result row of `entity`'s table, a tuple of `columns`, into a dict
-        of the `out` names (fields or system columns) in wire form, as `_to_wire_row` would give
+        of the `out` names (fields or system columns) in wire form, as `to_wire_row` would give
         them. Built once per shape: a pull page converts a thousand rows."""
         cache = self.__dict__.setdefault("_tuple_converters", {})
         key = (entity.name, columns, out)
@@ -241,8 +241,8 @@ class RecordStore:
         cache[key] = convert
         return convert
 
-    def _values_to_db(self, entity: Entity, values: Mapping[str, Any], record_id: str | None = None,
-                      subject: Any = None) -> dict[str, Any]:
+    def values_to_db(self, entity: Entity, values: Mapping[str, Any], record_id: str | None = None,
+                     subject: Any = None) -> dict[str, Any]:
         """`values` (wire) as stored: encrypted fields encoded for record `record_id` under the
         key of `subject`, with the blind index columns of blind-indexed fields."""
         steps = self.db_converters(entity)
@@ -511,9 +511,9 @@ class RecordStore:
         if conn.execute(sa.select(table.c.id).where(table.c.id == record_id)).first() is not None:
             raise Conflict(f"a {entity.name} with id {record_id} already exists")
         row = {"id": record_id, "version": 1, "created_at": now, "updated_at": now, "deleted": False}
-        row.update(self._values_to_db(entity, clean, record_id, clean.get(entity.subject) if entity.subject else None))
+        row.update(self.values_to_db(entity, clean, record_id, clean.get(entity.subject) if entity.subject else None))
         conn.execute(table.insert().values(row))
-        record = self._to_wire_row(entity, row, known=clean)
+        record = self.to_wire_row(entity, row, known=clean)
         self._written(conn, entity, "create", record)
         return record
 
@@ -525,7 +525,7 @@ class RecordStore:
             row = conn.execute(self._select_live(entity, record_id, row_filter)).mappings().first()
         if row is None:
             raise NotFound(f"no {entity.name} with id {record_id}")
-        return self._to_wire_row(entity, row)
+        return self.to_wire_row(entity, row)
 
     def children_of(self, parent: Entity | str, parent_id: str, collection: str, *,
                     row_filter: RowFilter | None = None) -> list[dict[str, Any]]:
@@ -539,7 +539,7 @@ class RecordStore:
         if where is not None:
             query = query.where(where)
         with self.engine.connect() as conn:
-            return [self._to_wire_row(child, r) for r in conn.execute(query).mappings()]
+            return [self.to_wire_row(child, r) for r in conn.execute(query).mappings()]
 
     # -- update and delete -----------------------------------------------------------------
     def update(self, entity: Entity | str, record_id: str, changes: Any, *,
@@ -590,8 +590,8 @@ class RecordStore:
                         raise PermissionDenied("the change would move the record outside the records your role may reach")
                     row = dict(current)
                     row.update(values)
-                    record = self._to_wire_row(entity, row, known=clean)
-                    self._written(conn, entity, "update", record, self._to_wire_row(entity, current))
+                    record = self.to_wire_row(entity, row, known=clean)
+                    self._written(conn, entity, "update", record, self.to_wire_row(entity, current))
                 return record
             except KeyMissing:
                 if attempt == 2:
@@ -604,7 +604,7 @@ class RecordStore:
         move to the new subject's key too (re-encrypted), so shredding a subject never misses
         a value nor takes another subject's."""
         if entity.subject is None or not entity.has_encrypted:
-            return self._values_to_db(entity, clean, record_id)
+            return self.values_to_db(entity, clean, record_id)
         stored = current.get(entity.subject)
         old_subject = None if stored is None else to_wire(entity.field(entity.subject), stored, entity, self.codec,
                                                           record_id)
@@ -614,8 +614,8 @@ class RecordStore:
             for f in entity.fields:
                 if f.encrypted and f.name not in moved and f.name != entity.subject and current.get(f.name) is not None:
                     moved[f.name] = to_wire(f, current[f.name], entity, self.codec, record_id)
-            return self._values_to_db(entity, moved, record_id, subject)
-        return self._values_to_db(entity, clean, record_id, subject)
+            return self.values_to_db(entity, moved, record_id, subject)
+        return self.values_to_db(entity, clean, record_id, subject)
 
     def delete(self, entity: Entity | str, record_id: str, *, expected_version: int | None = None,
                row_filter: RowFilter | None = None) -> dict[str, Any]:
@@ -632,8 +632,8 @@ class RecordStore:
                 raise Conflict(f"{entity.name} {record_id} changed while it was being deleted")
             row = dict(current)
             row.update(values)
-            record = self._to_wire_row(entity, row)
-            self._written(conn, entity, "delete", record, self._to_wire_row(entity, current))
+            record = self.to_wire_row(entity, row)
+            self._written(conn, entity, "delete", record, self.to_wire_row(entity, current))
         return record
 
     # -- list ------------------------------------------------------------------------------
@@ -716,7 +716,7 @@ class RecordStore:
                 if total else None
         more = len(rows) > limit
         rows = rows[:limit]
-        items = [self._to_wire_row(entity, r) for r in rows]
+        items = [self.to_wire_row(entity, r) for r in rows]
         next_cursor = None
         if more and rows:
             last = items[-1]

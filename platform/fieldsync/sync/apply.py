@@ -303,7 +303,7 @@ class Batch:
         return self.records[key]
 
     def wire(self, entity: Entity, rec: _Record) -> dict[str, Any]:
-        return self.store._to_wire_row(entity, rec.db)
+        return self.store.to_wire_row(entity, rec.db)
 
     # -- rules ---------------------------------------------------------------------------------
     def allowed(self, entity: Entity, wire: Mapping[str, Any]) -> bool:
@@ -513,7 +513,7 @@ class Batch:
             raise _Rejected(ProblemType.VALIDATION, "some values are invalid", problems)
         stamp = self._stamp(rules.root, self.effective_time(m))
         db = {"id": record_id, "version": 1, "created_at": stamp, "updated_at": stamp, "deleted": False}
-        db.update(self.store._values_to_db(entity, clean, record_id,
+        db.update(self.store.values_to_db(entity, clean, record_id,
                                            clean.get(entity.subject) if entity.subject else None))
         # validated values are already in wire form (what the stored row converts back to)
         text = self.stamp_text(stamp)
@@ -550,7 +550,7 @@ class Batch:
             return {"version": rec.db["version"], "effect": "discarded" if overridden else "unchanged",
                     "overridden": json.dumps(overridden) if overridden else None}
         if self.rules(entity).plain:
-            values = self.store._values_to_db(entity, clean)
+            values = self.store.values_to_db(entity, clean)
             same = all(rec.db.get(k) == v for k, v in values.items())
         else:
             # ciphertexts differ on every write: compare what they hold
@@ -571,7 +571,7 @@ class Batch:
         stamp = self._stamp(self.rules(entity).root, effective)
         new_db["updated_at"] = max(_aware(rec.db["updated_at"]), stamp)   # a write time never goes backwards
         new_db["version"] = rec.db["version"] + 1
-        wire = self.store._to_wire_row(entity, new_db, known=clean)
+        wire = self.store.to_wire_row(entity, new_db, known=clean)
         if not self.allowed(entity, wire):
             raise _Rejected(ProblemType.FORBIDDEN, f"the change would move {entity.name} {rec.db['id']} outside the records "
                             "your role may reach")
@@ -596,14 +596,14 @@ class Batch:
                       updated_at=max(_aware(rec.db["updated_at"]), self.now))   # never backwards
         rec.db, rec.dirty = new_db, True
         rec.versions_by_me.add(new_db["version"])
-        self._log(entity, "delete", self.store._to_wire_row(entity, new_db), current, m)
+        self._log(entity, "delete", self.store.to_wire_row(entity, new_db), current, m)
         return {"version": new_db["version"], "effect": "changed"}
 
     def _same(self, entity: Entity, db: Mapping[str, Any], clean: Mapping[str, Any]) -> bool:
         """Whether the stored row `db` already holds every value of `clean` (wire values)."""
         fields = self.rules(entity).fields
         plain = {k: v for k, v in clean.items() if not fields[k].encrypted}
-        if any(db.get(k) != v for k, v in self.store._values_to_db(entity, plain).items()):
+        if any(db.get(k) != v for k, v in self.store.values_to_db(entity, plain).items()):
             return False
         return all(to_wire(fields[k], db.get(k), entity, self.store.codec, db["id"]) == v
                    for k, v in clean.items() if fields[k].encrypted)
@@ -614,7 +614,7 @@ class Batch:
         problems = self.store.check_unique(self.conn, entity, values, own_id)
         for f in entity.fields:  # records written earlier in this batch are not in the table yet
             if f.unique and values.get(f.name) is not None and not any(p.field == f.name for p in problems):
-                stored = self.store._values_to_db(entity, {f.name: values[f.name]})[f.name]
+                stored = self.store.values_to_db(entity, {f.name: values[f.name]})[f.name]
                 for (name, rid), rec in self.records.items():
                     if (name == entity.name and rec is not None and rec.dirty and rid != own_id
                             and not rec.db["deleted"] and rec.db.get(f.name) == stored):

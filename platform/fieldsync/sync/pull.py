@@ -111,7 +111,7 @@ def readable_row(store: RecordStore, entity: Entity, wire: Mapping[str, Any] | N
         row = conn.execute(sa.select(table).where(table.c.id == wire.get(entity.parent_field))).mappings().first()
         # a child is readable only under a live, readable parent: a deleted parent's tombstone
         # must not make its orphaned children visible (they would come back to the device)
-        if row is None or row["deleted"] or readable_row(store, parent, store._to_wire_row(parent, row), scope,
+        if row is None or row["deleted"] or readable_row(store, parent, store.to_wire_row(parent, row), scope,
                                                          conn) is None:
             return None
     out = {f.name: wire.get(f.name) for f in entity.fields if perm.visible is None or f.name in perm.visible}
@@ -157,7 +157,7 @@ def render_results(conn: sa.Connection, store: RecordStore, scope: DeviceScope,
         ordered = sorted(ids)
         for i in range(0, len(ordered), 500):
             for row in conn.execute(sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))).mappings():
-                current[(name, row["id"])] = store._to_wire_row(entity, row)
+                current[(name, row["id"])] = store.to_wire_row(entity, row)
     out = []
     for r in rows:
         wire = current.get((r["entity"], r["record_id"]))
@@ -256,7 +256,7 @@ def _current_rows(page: _Page, name: str, ids: set[str]) -> dict[str, dict[str, 
     ordered = sorted(ids)
     for i in range(0, len(ordered), 500):
         for row in page.conn.execute(sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))).mappings():
-            out[row["id"]] = page.store._to_wire_row(entity, row)
+            out[row["id"]] = page.store.to_wire_row(entity, row)
     return out
 
 
@@ -344,7 +344,7 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
                                            *scope.sql_where(child_name, table))
             for row in page.conn.execute(query).mappings():
                 if (child_name, row["id"]) not in last:
-                    page.upsert(child_name, store._to_wire_row(child, row), position)
+                    page.upsert(child_name, store.to_wire_row(child, row), position)
 
 
 def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
@@ -363,7 +363,7 @@ def _refetch(page: _Page, refetch: Sequence[Mapping[str, Any]]) -> None:
             table = page.store.table(entity)
             found = page.conn.execute(_snapshot_query(page.store, page.scope, name, None, 1)
                                       .where(table.c.id == record_id)).mappings().first()
-            row = page.store._to_wire_row(entity, found) if found is not None else None
+            row = page.store.to_wire_row(entity, found) if found is not None else None
         if row is not None:
             page.upsert(name, row, None)
         else:
