@@ -22,6 +22,7 @@ keeps it so.
      +-- ChangeLogMissing (RuntimeError)  the change log tables do not exist
      +-- AuthError                 a token is missing, malformed, expired or forged
      |    +-- TokenError           ... with a machine-readable .reason
+     |    +-- LoginRefused         the user directory refused a login, with a .reason
      +-- PermissionDenied          the user's role may not do this
      +-- NotFound                  no such entity or record
      +-- ValidationFailed          a record's values were refused (.problems lists field and reason)

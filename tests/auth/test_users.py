@@ -175,3 +175,52 @@ def test_a_token_of_a_disabled_user_is_refused_even_unused(auth_app):
 def test_a_user_outside_the_directory_keeps_working_with_token_create_tokens(auth_app):
     token = auth_app.token("admin-1", "admin")
     assert auth_app.request("GET", "/territory", token).status_code == 200
+
+
+# -- fieldsync users ------------------------------------------------------------------------------
+
+def _users_cli(app, *argv, input=None):
+    from click.testing import CliRunner
+    from fieldsync.cli import fieldsync
+    where = ["--database-url", app.state.config.database_url, "--data-dir", str(app.state.config.data_dir)]
+    return CliRunner().invoke(fieldsync, ["users", *argv, *where], input=input)
+
+
+def test_the_cli_adds_changes_disables_and_lists_users(lite_app):
+    done = _users_cli(lite_app, "add", "rep-17", "--role", "field_rep", "--attr", f"territory_ids={PUNE}",
+                      "--password-stdin", input=PASSWORD + "\n")
+    assert done.exit_code == 0, done.output
+    assert "user rep-17 added (role field_rep)" in done.output and PASSWORD not in done.output
+    assert verify_password(lite_app.state.engine, "rep-17", PASSWORD).attributes == {"territory_ids": [PUNE]}
+    # from the hidden prompt, asked twice
+    done = _users_cli(lite_app, "add", "admin-meera", "--role", "admin", "--totp",
+                      input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert done.exit_code == 0, done.output
+    assert "otpauth://totp/fieldsync:admin-meera?secret=" in done.output and PASSWORD not in done.output
+    done = _users_cli(lite_app, "add", "rep-18", "--role", "field_rep", "--attr", "shoe_size=42",
+                      "--password-stdin", input=PASSWORD + "\n")
+    assert done.exit_code == 2 and "shoe_size" in done.output
+    done = _users_cli(lite_app, "add", "rep-17", "--role", "field_rep", "--password-stdin", input=PASSWORD + "\n")
+    assert done.exit_code == 1 and "exists" in done.output
+
+    done = _users_cli(lite_app, "set", "rep-17", "--attr", "region=west")
+    assert done.exit_code == 0 and "their tokens are revoked" in done.output
+    assert get_user(lite_app.state.engine, "rep-17").attributes == {"territory_ids": [PUNE], "region": "west"}
+    done = _users_cli(lite_app, "set", "rep-17", "--unset-attr", "region", "--reset-password", "--password-stdin",
+                      input="a brand new password\n")
+    assert done.exit_code == 0, done.output
+    assert verify_password(lite_app.state.engine, "rep-17", "a brand new password").attributes == \
+        {"territory_ids": [PUNE]}
+    assert _users_cli(lite_app, "set", "nobody", "--role", "admin").exit_code == 1
+
+    assert _users_cli(lite_app, "disable", "rep-17").exit_code == 0
+    done = _users_cli(lite_app, "list", "--json")
+    assert done.exit_code == 0
+    listed = {u["user"]: u for u in json.loads(done.output)}
+    assert listed["rep-17"]["enabled"] is False and listed["admin-meera"]["totp"] is True
+    assert _users_cli(lite_app, "enable", "rep-17").exit_code == 0
+    table = _users_cli(lite_app, "list").output
+    assert table.splitlines()[0].split() == ["user", "role", "enabled", "totp", "attributes"]
+    assert "scrypt" not in table
+    events = [e.detail["event"] for e in lite_app.auth_entries() if e.channel == "cli"]
+    assert events == ["user_added", "user_added", "user_changed", "user_changed", "user_disabled", "user_enabled"]
