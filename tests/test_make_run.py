@@ -1,5 +1,6 @@
 """`make run` end to end: the platform starts on the embedded defaults with the example
-definitions and seed data, prints a URL and a token per role, and answers curl-style requests."""
+definitions and seed data, prints a URL, the demo users' passwords and a token per role, and
+answers curl-style requests: a printed password logs in."""
 
 from __future__ import annotations
 
@@ -83,3 +84,17 @@ def test_make_run_serves_the_example(running):
     assert status == 401
     status, doc = call("GET", f"{base}/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.1")
+
+
+def test_make_run_prints_passwords_the_demo_users_log_in_with(running):
+    base, _tokens, output = running
+    logins = {user: (password, role) for user, password, role in
+              re.findall(r"^\s+login (\S+) with password (\S+) \((\w+)\)$", output, re.M)}
+    assert set(logins) == {"rep-asha", "sup-ravi", "admin-meera", "analyst-joe", "compliance-lin"}
+    password, role = logins["rep-asha"]
+    status, body = call("POST", f"{base}/auth/login", body={"user": "rep-asha", "password": password})
+    assert status == 200 and body["role"] == role == "field_rep"
+    status, page = call("GET", f"{base}/retailer", body["token"])
+    assert status == 200 and {r["territory_id"] for r in page["items"]} == PUNE
+    status, problem = call("POST", f"{base}/auth/login", body={"user": "rep-asha", "password": password + "x"})
+    assert status == 401 and problem["reason"] == "invalid_credentials"

@@ -22,6 +22,7 @@ keeps it so.
      +-- ChangeLogMissing (RuntimeError)  the change log tables do not exist
      +-- AuthError                 a token is missing, malformed, expired or forged
      |    +-- TokenError           ... with a machine-readable .reason
+     |    +-- LoginRefused         the user directory refused a login, with a .reason
      +-- PermissionDenied          the user's role may not do this
      +-- NotFound                  no such entity or record
      +-- ValidationFailed          a record's values were refused (.problems lists field and reason)
@@ -115,6 +116,7 @@ class ProblemType(enum.Enum):
     BAD_QUERY = ("bad-query", 400, "Bad query parameter")
     BREAK_GLASS_REASON = ("break-glass-reason", 400, "Break-glass needs a reason")
     BREAK_GLASS_NOT_GRANTED = ("break-glass-not-granted", 403, "Break-glass not granted")
+    LOGIN_FAILED = ("login-failed", 401, "Login failed")
     DEVICE_TOKEN_NOT_ALLOWED = ("device-token-not-allowed", 403, "Device token not allowed here")
     UNKNOWN_ENTITY = ("unknown-entity", 404, "Unknown entity", "Unknown entity")
     TOO_MANY_REQUESTS = ("too-many-requests", 429, "Too many requests")
@@ -252,6 +254,16 @@ class AuthError(Error):
 class TokenError(AuthError):
     """An AuthError with a machine-readable `reason`: expired, bad_signature, malformed,
     unknown_role; and from the session check: idle, revoked, superseded."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class LoginRefused(AuthError):
+    """A login the user directory refused, with a machine-readable `reason`:
+    invalid_credentials (no such user or a wrong password: never said which), disabled,
+    totp_required, totp_invalid."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)

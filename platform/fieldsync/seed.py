@@ -1,4 +1,5 @@
-"""Seed data for the masters (what `make run` loads), and the demo users it prints tokens for.
+"""Seed data for the masters (what `make run` loads), and the demo users it puts in the user
+directory with fresh passwords and prints tokens for.
 
 A seed directory holds YAML files of the form `{entity: name, records: [...]}`; children may be
 given inline under their collection name (a price list's `items`). Entity and field names of
@@ -32,6 +33,26 @@ DEMO_USERS: tuple[dict[str, Any], ...] = (
     {"user": "analyst-joe", "role": "analyst", "attributes": {}},
     {"user": "compliance-lin", "role": "compliance", "attributes": {}},
 )
+
+
+def demo_logins(engine, audit, model: Model, *, now: float | None = None) -> dict[str, str]:
+    """Put DEMO_USERS in the user directory (auth/users.py) with a new random password each: a
+    user added by an earlier run gets a new password (revoking their old tokens) and the demo
+    role and attributes back. user id -> password, for `make run` to print; never stored."""
+    import secrets
+    from fieldsync.auth.users import add_user, set_user
+    from fieldsync.errors import Conflict
+    passwords = {}
+    for user in DEMO_USERS:
+        password = secrets.token_urlsafe(12)
+        try:
+            add_user(engine, audit, model, user["user"], role=user["role"], attributes=user["attributes"],
+                     password=password, actor="fieldsync run", now=now)
+        except Conflict:
+            set_user(engine, audit, model, user["user"], role=user["role"], attributes=user["attributes"],
+                     password=password, totp=False, actor="fieldsync run", now=now)
+        passwords[user["user"]] = password
+    return passwords
 
 
 def read_seed(directory: Path) -> dict[str, list[dict[str, Any]]]:

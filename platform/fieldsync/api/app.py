@@ -248,6 +248,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     register_workers(app)  # /api/v1/admin/workers; processing log observer and WorkerControl (state.workers)
     from fieldsync.api.auth import install_auth
     install_auth(app, clock=auth_clock)  # sessions (idle timeout, revocation) and the failure limiter
+    from fieldsync.api.login import register_login
+    register_login(app)   # POST /api/v1/auth/login: the user directory's passwords for tokens
     from fieldsync.api.body_limit import BodyLimit
     # protocol §2.4: a Content-Length over the limit is refused before anything reads the body
     app.wsgi_app = BodyLimit(app.wsgi_app, int(settings["MAX_BODY_BYTES"]))

@@ -24,7 +24,8 @@ from fieldsync.auth.sessions import SessionPolicy, Sessions, create_session_tabl
 from fieldsync.auth.tokens import Principal, unverified_claims, verify_token
 from fieldsync.audit.trail import AuditEvent
 
-__all__ = ["audit_event", "authenticate_request", "install_auth", "record_audit", "refuse_device_token"]
+__all__ = ["audit_event", "authenticate_request", "install_auth", "record_audit", "refuse_device_token",
+           "too_many_failures"]
 
 log = logging.getLogger("fieldsync.auth")
 
@@ -110,26 +111,27 @@ def authenticate_request(*, kind: ProblemType = ProblemType.UNAUTHORIZED, channe
     # forgeries claiming it); anything else is 429, neither counted again nor audited again.
     wait = state.auth_limiter.retry_after(keys)
     if scheme.lower() != "bearer" or not token:
-        raise _too_many(wait) if wait is not None else \
+        raise too_many_failures(wait) if wait is not None else \
             _refused(kind, "missing", "send a bearer token in the Authorization header", keys, channel)
     try:
         snapshot = getattr(g, "snapshot", None)   # the blueprints pin one model per request
         model = snapshot.model if snapshot is not None else state.model
         principal = verify_token(state.secret, token, now=state.auth_clock(), roles=model.role_names)
     except TokenError as exc:
-        raise (_too_many(wait) if wait is not None else _refused(kind, exc.reason, str(exc), keys, channel)) from None
+        raise (too_many_failures(wait) if wait is not None
+               else _refused(kind, exc.reason, str(exc), keys, channel)) from None
     try:
         state.sessions.admit(principal, on_start=lambda conn: record_audit(audit_event(
             action="auth", channel=channel, actor=principal.user_id, role=principal.role, device=principal.device_id,
             detail={"event": "session_start", "token_id": principal.token_id, "kind": principal.kind,
                     "source_ip": _address()}), conn))
     except TokenError as exc:
-        raise (_too_many(wait) if wait is not None
+        raise (too_many_failures(wait) if wait is not None
                else _refused(kind, exc.reason, str(exc), keys, channel, principal)) from None
     return principal
 
 
-def _too_many(wait: int) -> Problem:
+def too_many_failures(wait: int) -> Problem:
     return Problem(ProblemType.TOO_MANY_REQUESTS,
                    f"too many failed authentications from this client; retry after {wait} s",
                    headers={"Retry-After": str(wait)}, extra={"retry_after": wait})

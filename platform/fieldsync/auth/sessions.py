@@ -6,8 +6,9 @@ adds the state that a signature cannot carry. `fs_sessions` has one row per toke
 written at the token's first use (a "session start") and holding when it was last used and
 whether it was revoked. A token unused for longer than its idle limit is refused with reason
 "idle" even before it expires; a token, or any token of a revoked device, is refused with
-reason "revoked"; a device token older than its device's newest one (the device registered
-again) with reason "superseded". Issuing a token needs no database (`fieldsync token create` works offline):
+reason "revoked"; so is a token of a user the directory (auth/users.py) has disabled, or one
+issued before the user's role, attributes or password last changed; a device token older than
+its device's newest one (the device registered again) with reason "superseded". Issuing a token needs no database (`fieldsync token create` works offline):
 until its first use a token's last use is its issue time.
 
 Last use is written only when the stored value is `touch_every` seconds old or more (a minute
@@ -30,6 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fieldsync.auth.tokens import Principal
 from fieldsync.errors import ConfigError, TokenError
+from fieldsync.store.directory import USERS, create_user_tables
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES
@@ -56,8 +58,10 @@ SWEEP_EVERY = 1000   # session starts between two sweeps of expired rows (per pr
 
 
 def create_session_tables(engine: sa.Engine) -> None:
-    """Create `fs_sessions` when missing (safe to run again, from several servers)."""
+    """Create `fs_sessions`, and the user directory it checks, when missing (safe to run again,
+    from several servers)."""
     sessions_metadata.create_all(engine, checkfirst=True)
+    create_user_tables(engine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,13 @@ class Sessions:
                                       .where(DEVICES.c.device_id == principal.device_id)).first()
                 if device is not None:
                     device_status, newest_token = device
+            user = conn.execute(sa.select(USERS.c.enabled, USERS.c.tokens_after)
+                                .where(USERS.c.user_id == principal.user_id)).first()
+        if user is not None and not user.enabled:
+            raise TokenError("revoked", "the token's user was disabled")
+        if user is not None and principal.issued_at < user.tokens_after:
+            raise TokenError("revoked", "the user's role, attributes or password changed since this token was "
+                             "issued; sign in again")
         if (row is not None and row.revoked_at is not None) or device_status == "revoked":
             raise TokenError("revoked", "the token was revoked" if device_status != "revoked"
                              else "the token's device was revoked by an administrator")

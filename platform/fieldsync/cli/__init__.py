@@ -1,7 +1,7 @@
 """The `fieldsync` command: a click group (Flask's own CLI library), one module per group of
 commands — defs (validate, generate, migrate), versions (apply, versions, rollback), serve (serve,
-run, worker, demo), data (seed, compact), devices, tokens, workers (workers, dlq), tls, keys and
-audit. Each command parses its
+run, worker, demo), data (seed, compact), devices, tokens, users, workers (workers, dlq), tls, keys
+and audit. Each command parses its
 flags and calls one library function; the work lives in the package, so everything here is
 also reachable from Python. Serving itself (HTTP, HTTPS) is the server's: fieldsync.api.https_server.
 
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import click
 
-from fieldsync.cli import audit, data, defs, devices, keys, serve, tls, tokens, versions, workers
+from fieldsync.cli import audit, data, defs, devices, keys, serve, tls, tokens, users, versions, workers
 from fieldsync.cli.common import Invocation, report_definition_errors
 from fieldsync.errors import Error
 
@@ -50,7 +50,7 @@ def fieldsync(ctx: click.Context, config: str | None) -> None:
 for _command in (defs.validate, defs.generate, defs.migrate, versions.apply, versions.versions,
                  versions.rollback, serve.serve, serve.run, data.seed, devices.devices,
                  data.compact, serve.demo, serve.worker, workers.workers, workers.dlq, tls.tls, tokens.token,
-                 audit.audit_group, keys.keys):
+                 users.users, audit.audit_group, keys.keys):
     fieldsync.add_command(_command)
 
 

@@ -139,8 +139,8 @@ def table(items: list[dict], columns: Sequence[str]) -> None:
 
 
 def open_for_revocation(config: Config):
-    """(engine, audit log) with the tables a revocation writes: `devices revoke` and `token
-    revoke` work on the database directly (no running server needed) and append their audit
+    """(engine, audit log) with the tables a revocation writes: `devices revoke`, `token revoke`
+    and `users` work on the database directly (no running server needed) and append their audit
     entry in the same transaction."""
     from fieldsync.audit.trail import AuditLog
     from fieldsync.auth.sessions import create_session_tables

@@ -53,11 +53,12 @@ def serve(invocation: Invocation, host: str | None, port: int | None, defs: str 
 @pass_invocation
 def run(invocation: Invocation, host: str | None, port: int | None, defs: str | None, database_url: str | None,
         data_dir: str | None, seed: str) -> int:
-    """make run: the embedded defaults, the example definitions and seed data, demo tokens."""
+    """make run: the embedded defaults, the example definitions and seed data, demo users with
+    printed passwords, demo tokens."""
     from fieldsync.api import create_app
     from fieldsync.api.https_server import check_plain_http_allowed, serve as serve_app
     from fieldsync.auth import issue_token
-    from fieldsync.seed import DEMO_USERS, load_seed
+    from fieldsync.seed import DEMO_USERS, demo_logins, load_seed
     config = invocation.config(defs=defs, database_url=database_url, data_dir=data_dir)
     host = host or config["HOST"]
     port = port or int(config["PORT"])
@@ -72,8 +73,13 @@ def run(invocation: Invocation, host: str | None, port: int | None, defs: str | 
     base = f"http://{host}:{port}/api/v1"
     print(f"database: {config.database_url}")
     print(f"seed data: {sum(counts.values())} new record(s) from {seed}")
+    state = app.extensions["fieldsync"]
+    passwords = demo_logins(state.engine, state.audit, model)
+    print("demo users (new passwords each run; POST /api/v1/auth/login for a token):")
+    for user in DEMO_USERS:
+        print(f"  login {user['user']} with password {passwords[user['user']]} ({user['role']})")
     print(f"demo tokens (valid for 12 hours; refused after {int(config['TOKEN_IDLE_SECONDS']) // 60} minutes unused):")
-    secret = app.extensions["fieldsync"].secret_bytes
+    secret = state.secret_bytes
     tokens = {}
     for user in DEMO_USERS:
         tokens[user["role"]] = issue_token(secret, user=user["user"], role=user["role"],
@@ -81,6 +87,8 @@ def run(invocation: Invocation, host: str | None, port: int | None, defs: str | 
         print(f"  {user['role']:<11} ({user['user']}): {tokens[user['role']]}")
     print("try:")
     print(f"  curl -H 'Authorization: Bearer {tokens['field_rep']}' {base}/retailer")
+    print(f"  curl -H 'Content-Type: application/json' -d '{{\"user\": \"rep-asha\", \"password\": "
+          f"\"{passwords['rep-asha']}\"}}' {base}/auth/login")
     print(f"  curl {base}/openapi.json")
     serve_app(app, host, port, behind_tls_proxy=behind_tls_proxy)  # development: plain HTTP
     return 0

@@ -28,6 +28,7 @@ def create(invocation: Invocation, user: str, role: str, attrs: tuple[str, ...],
     if role not in model.role_names:
         print(f"unknown role {role!r}; roles: {', '.join(model.role_names)}", file=sys.stderr)
         return 2
+    from fieldsync.auth.users import attribute_from_text
     attributes = {}
     for item in attrs:
         key, sep, raw = item.partition("=")
@@ -36,7 +37,7 @@ def create(invocation: Invocation, user: str, role: str, attrs: tuple[str, ...],
             declared = ", ".join(a.name for a in model.attributes)
             print(f"--attr {item!r}: expected key=value with a declared attribute ({declared})", file=sys.stderr)
             return 2
-        attributes[key] = _attribute_value(attr, raw)
+        attributes[key] = attribute_from_text(attr, raw)
     ttl = ttl or int(config["TOKEN_TTL_SECONDS"])
     from fieldsync.auth.tokens import issue_token, new_token_id
     token_id = new_token_id()
@@ -46,18 +47,6 @@ def create(invocation: Invocation, user: str, role: str, attrs: tuple[str, ...],
     print(f"token id {token_id} (fieldsync token revoke {token_id}); refused after {idle} s unused, "
           "counted from now", file=sys.stderr)
     return 0
-
-
-def _attribute_value(attr, raw: str):
-    def one(kind: str, text: str):
-        if kind == "integer":
-            return int(text)
-        if kind == "boolean":
-            return text.lower() in ("1", "true", "yes")
-        return text
-    if attr.type == "list":
-        return [one(attr.items, part.strip()) for part in raw.split(",") if part.strip()]
-    return one(attr.type, raw)
 
 
 @token.add_command
