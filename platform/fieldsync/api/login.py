@@ -85,7 +85,7 @@ def login() -> Response:
     if wait is not None:
         raise too_many_failures(wait)
     now = state.auth_clock()
-    model = state.model
+    model = state.current().model   # the applied version (api/app.py: live definitions)
     try:
         user = log_in(state.engine, user_id, password, code, now=now)
         attributes = {k: v for k, v in user.attributes.items() if model.attribute(k) is not None}
