@@ -121,6 +121,12 @@ def test_a_malformed_login_is_a_400(login_app):
     assert client.post("/api/v1/auth/login", json=["rep-asha", PASSWORD]).status_code == 400
     assert client.post("/api/v1/auth/login", data="{", content_type="application/json").status_code == 400
     assert client.post("/api/v1/auth/login", data="user=x", content_type="text/plain").status_code == 415
+    # text no database takes (a lone surrogate, NUL) is a 400 naming the member, never a 500
+    for body, member in (('{"user": "\\ud800", "password": "x"}', "user"),
+                         ('{"user": "rep-asha", "password": "a\\u0000b"}', "password"),
+                         ('{"user": "rep-asha", "password": "x", "totp": "\\udc00"}', "totp")):
+        r = client.post("/api/v1/auth/login", data=body, content_type="application/json")
+        assert r.status_code == 400 and [e["field"] for e in r.get_json()["errors"]] == [member], r.get_json()
 
 
 def test_a_disabled_user_is_refused_and_their_earlier_token_too(login_app):

@@ -21,8 +21,9 @@ from fieldsync.api.auth import audit_event, record_audit, too_many_failures
 from fieldsync.auth.tokens import issue_token, new_token_id
 from fieldsync.auth.users import get_user, log_in
 from fieldsync.codegen.openapi import API_PREFIX
+from fieldsync.defs.values import FieldProblem
 from fieldsync.errors import JsonRefused, LoginRefused, NotFound, Problem, ProblemType, TokenError
-from fieldsync.untrusted import load_json
+from fieldsync.untrusted import load_json, unstorable_paths
 
 __all__ = ["blueprint", "register_login"]
 
@@ -48,6 +49,8 @@ def _credentials() -> tuple[str, str, str | None]:
             or not isinstance(body.get("password"), str) or not isinstance(body.get("totp", ""), (str, type(None))):
         raise Problem(ProblemType.BAD_REQUEST, 'send {"user": "...", "password": "...", "totp": "123456"} '
                                                "(totp only for a user who enrolled a second factor)")
+    for path, reason in unstorable_paths(body):   # a lone surrogate or NUL: no database takes it
+        raise Problem(ProblemType.BAD_REQUEST, f"{path}: {reason}", errors=[FieldProblem(path, reason)])
     return body["user"], body["password"], body.get("totp") or None
 
 
