@@ -46,15 +46,22 @@ def _plan_and_apply(config, sources: dict[str, str], label: str, *, dry_run: boo
         engine.dispose()
 
 
+def _change_options(function):
+    """The flags of a definition change (`apply` and `rollback`): plan only, allow data loss,
+    where the definitions and generated/ are written, which database."""
+    for option in reversed((
+            click.option("--dry-run", is_flag=True, help="print the plan, change nothing"),
+            click.option("--allow-destructive", is_flag=True, help="also run steps that lose data"),
+            click.option("--defs", help="the definitions directory written to (default: DEFS_DIR)"),
+            click.option("--out", default="generated", help="generated output directory (default: generated)"),
+            database_url_option, data_dir_option, pass_invocation)):
+        function = option(function)
+    return function
+
+
 @command("apply", "validate, plan, write, generate and migrate a definition change; servers swap live")
 @click.argument("directory", metavar="[DIR]", required=False)
-@click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
-@click.option("--allow-destructive", is_flag=True, help="also run steps that lose data")
-@click.option("--defs", help="the definitions directory written to (default: DEFS_DIR)")
-@click.option("--out", default="generated", help="generated output directory (default: generated)")
-@database_url_option
-@data_dir_option
-@pass_invocation
+@_change_options
 def apply(invocation: Invocation, directory: str | None, dry_run: bool, allow_destructive: bool,
           defs: str | None, out: str, database_url: str | None, data_dir: str | None) -> int:
     """DIR: the changed definitions (default: DEFS_DIR itself)."""
@@ -148,13 +155,7 @@ def _diff(old: dict[str, str], new: dict[str, str]) -> list[str]:
 
 @command("rollback", "apply the definitions of an earlier model version again (itself a plan)")
 @click.argument("number", type=int)
-@click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
-@click.option("--allow-destructive", is_flag=True, help="also run steps that lose data")
-@click.option("--defs", help="the definitions directory written to (default: DEFS_DIR)")
-@click.option("--out", default="generated", help="generated output directory (default: generated)")
-@database_url_option
-@data_dir_option
-@pass_invocation
+@_change_options
 def rollback(invocation: Invocation, number: int, dry_run: bool, allow_destructive: bool, defs: str | None,
              out: str, database_url: str | None, data_dir: str | None) -> int:
     from fieldsync.live import rollback_sources
