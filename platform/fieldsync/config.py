@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "TLS_CERT": None,                  # serve HTTPS with this PEM certificate chain (with TLS_KEY)
     "TLS_KEY": None,                   # the PEM private key of TLS_CERT (keep it mode 0600)
     "BEHIND_TLS_PROXY": False,         # serve plain HTTP beyond loopback: a proxy in front terminates TLS
+    "ADMIN_UI": True,                  # mount the admin UI (the fieldsync_admin package) at /admin
+    "ADMIN_IDLE_SECONDS": 900,         # an admin UI session unused this long is logged off (HIPAA automatic logoff)
 }
 
 ENV_PREFIX = "FIELDSYNC_"

@@ -250,6 +250,14 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     install_auth(app, clock=auth_clock)  # sessions (idle timeout, revocation) and the failure limiter
     from fieldsync.api.login import register_login
     register_login(app)   # POST /api/v1/auth/login: the user directory's passwords for tokens
+    if settings["ADMIN_UI"]:
+        # the admin UI is its own package (admin/fieldsync_admin), mounted at /admin when installed
+        try:
+            from fieldsync_admin import mount as mount_admin
+        except ImportError:
+            log.warning("ADMIN_UI is on but the fieldsync_admin package is not installed: /admin is not served")
+        else:
+            mount_admin(app)
     from fieldsync.api.body_limit import BodyLimit
     # protocol §2.4: a Content-Length over the limit is refused before anything reads the body
     app.wsgi_app = BodyLimit(app.wsgi_app, int(settings["MAX_BODY_BYTES"]))
