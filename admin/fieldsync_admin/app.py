@@ -34,7 +34,8 @@ def session_key(secret: bytes) -> bytes:
 def build_admin_app(fieldsync_app: Flask, snapshot: Any) -> Flask:
     """A Flask app serving the admin UI for `snapshot` (a fieldsync.api.app.Snapshot)."""
     state = fieldsync_app.extensions["fieldsync"]
-    app = Flask("fieldsync_admin", static_folder=None)
+    # the UI's own scripts and styles (no CDN: hospitals' closed networks), at /admin/assets/
+    app = Flask("fieldsync_admin", static_folder="static", static_url_path="/assets")
     app.extensions["fieldsync"] = state
     app.config.update(
         SECRET_KEY=session_key(state.secret_bytes),

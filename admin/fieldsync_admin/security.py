@@ -39,7 +39,7 @@ log = logging.getLogger("fieldsync.admin")
 
 ADMIN_ROLES = ("admin", "analyst", "compliance")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-OPEN_ENDPOINTS = ("login", "admin.static")   # reachable without a session
+OPEN_ENDPOINTS = ("login", "admin.static", "static")   # reachable without a session
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def _headers(response):
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
-    if request.endpoint != "admin.static":
+    if request.endpoint not in ("admin.static", "static"):
         response.headers["Cache-Control"] = "no-store"
     return response
 
