@@ -322,7 +322,15 @@ class EntityView(RoleView, BaseModelView):
         self._audit_reads([record], reason=reason)
         rule = self.rule()
         masked = [label_of(f) for f in self.entity.fields if f.name not in self.visible()]
+        children = []
+        for name in self.entity.children:   # links to the record's children, for roles that read them
+            child = self.live_model.entity(name)
+            child_rule = access_rule(self.live_model, child, current_user().role)
+            if child_rule is not None and child_rule.can("read"):
+                children.append((child.label or child.collection or child.name, url_for(
+                    f"data_{child.name}.index_view", **{f"flt0_{child.parent_field}_equals": record["id"]})))
         return self.render(self.details_template, model=record, details_columns=self._details_columns,
+                           children=children,
                            get_value=self.get_detail_value, return_url=return_url, masked=masked,
                            break_glass=rule.permission.break_glass and bool(masked) and reason is None,
                            break_glass_reason=reason, delete_form=self.delete_form() if self.can_delete else None)

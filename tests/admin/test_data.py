@@ -343,6 +343,9 @@ def test_a_child_is_reachable_only_through_a_live_reachable_parent(admin_app, br
     line, order = world["line"], world["order"]
     admin, analyst = browser_as("admin"), browser_as("analyst")
     assert line["id"] in admin.text(admin.get("/admin/data/order_line/"))
+    details = admin.text(admin.get(f"/admin/data/order/details/?id={order['id']}"))
+    link = html.unescape(re.search(r'id="fs-children"><a [^>]*href="([^"]+)"', details).group(1))
+    assert f"flt0_order_id_equals={order['id']}" in link and line["id"] in admin.text(admin.get(link))
     assert admin.get(f"/admin/data/order_line/details/?id={line['id']}").status_code == 200
     # the analyst reaches only their own orders: neither the order nor its line
     assert line["id"] not in analyst.text(analyst.get("/admin/data/order_line/"))
