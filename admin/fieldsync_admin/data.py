@@ -28,6 +28,7 @@ from flask import abort, flash, g, has_request_context, redirect, request, url_f
 from flask_admin import expose
 from flask_admin.helpers import get_form_data, get_redirect_target
 from flask_admin.model import BaseModelView
+from flask_admin.model.template import DeleteRowAction
 from markupsafe import Markup, escape
 from wtforms import fields as wtf
 from wtforms.validators import InputRequired
@@ -183,7 +184,6 @@ class EntityView(RoleView, BaseModelView):
 
     def get_list_row_actions(self):
         # delete is on the detail page, behind a confirmation (a list icon deletes in one click)
-        from flask_admin.model.template import DeleteRowAction
         return [a for a in super().get_list_row_actions() if not isinstance(a, DeleteRowAction)]
 
     # -- values shown --------------------------------------------------------------------------
@@ -257,6 +257,9 @@ class EntityView(RoleView, BaseModelView):
                                          columns=shown | {"id"})
                 if i == 0:
                     total = result.total or 0
+                    if page * size >= max(total, 1):   # past the last page: no walk to find out
+                        items = []
+                        break
                 items = result.items
                 if result.next_cursor is None and i < page:
                     items = []

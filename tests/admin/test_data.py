@@ -430,3 +430,21 @@ def test_every_entity_view_renders_for_every_role(admin_app, browser_as, world):
         assert client.get(f"/admin/data/{entity}/details/?id={record['id']}").status_code == 200
         edit = client.get(f"/admin/data/{entity}/edit/?id={record['id']}")
         assert edit.status_code in (200, 302)
+
+
+@SQLITE_ONLY
+def test_the_views_follow_the_live_model(admin_app, browser_as, world, defs_copy):
+    """A field added to the definitions and applied appears in the entity's list and form without
+    a restart (the admin app is rebuilt for the new model version)."""
+    from fieldsync.defs import load_model
+    client = browser_as("admin")
+    assert 'name="email"' not in client.text(client.get("/admin/data/retailer/new/"))
+    retailer = defs_copy / "masters" / "retailer.yaml"
+    text = retailer.read_text()
+    retailer.write_text(text.replace("fields:\n", "fields:\n  email:\n    type: string\n    max_length: 120\n", 1))
+    admin_app.extensions["fieldsync"].swap_model(load_model(defs_copy))
+    assert 'name="email"' in client.text(client.get("/admin/data/retailer/new/"))
+    r = client.post("/admin/data/retailer/new/", {"name": "New One", "territory_id": world["north"]["id"],
+                                                  "email": "shop@example.org"})
+    assert r.status_code == 302, _text(client, r)
+    assert _changes(admin_app, "retailer")[-1].row["email"] == "shop@example.org"
