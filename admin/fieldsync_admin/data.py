@@ -38,7 +38,7 @@ from fieldsync.defs.access import AccessRule, access_rule
 from fieldsync.defs.model import Entity, Model
 from fieldsync.defs.query import query_fields, sortable
 from fieldsync.defs.values import FieldProblem, normalize_value, uuid_text, validate_record
-from fieldsync.errors import BadQuery, Conflict, NotFound, PermissionDenied, ValidationFailed
+from fieldsync.errors import AuditUnavailable, BadQuery, Conflict, NotFound, PermissionDenied, ValidationFailed
 from fieldsync.store.records import RecordStore, RowFilter
 from fieldsync.untrusted import text_problem
 
@@ -225,8 +225,14 @@ class EntityView(RoleView, BaseModelView):
         events = read_events(disclosures, codec=self.store.codec, actor=user.user_id, role=user.role,
                              channel="admin", purpose=BREAK_GLASS_PURPOSE if reason is not None else PURPOSE,
                              reason=reason, detail=extra)
-        if events:
+        if not events:
+            return
+        try:
             security.state().audit.record_all(events)
+        except AuditUnavailable:
+            log.exception("the audit trail refused a PHI read on the admin UI; nothing was shown")
+            abort(503, description="the audit trail could not record this access, so it was not shown; "
+                                   "try again later")
 
     # -- reads ---------------------------------------------------------------------------------
     def get_list(self, page, sort_field, sort_desc, search, filters, execute=True, page_size=None):
@@ -371,6 +377,9 @@ class EntityView(RoleView, BaseModelView):
             self._refuse(form, exc.problems)
         except (PermissionDenied, Conflict, NotFound) as exc:
             flash(f"not saved: {exc}", "danger")
+        except AuditUnavailable:   # the hook's entry and the write rolled back together (invariant 8)
+            log.exception("the audit trail refused an admin write of %s", self.entity.name)
+            flash("not saved: the audit trail could not record this change; try again later", "danger")
         return None
 
     @staticmethod
@@ -408,9 +417,7 @@ class EntityView(RoleView, BaseModelView):
     def update_model(self, form, model: dict[str, Any]) -> bool:
         rule = self._rule_for("update")
         names = rule.writable(create=False)
-        shown = self.visible(rule)
-        # a field the role may set but not see was shown empty: left untouched unless filled in
-        values, problems = form_values(self.entity, form, names, skip_empty=[n for n in names if n not in shown])
+        values, problems = form_values(self.entity, form, names)   # editable fields are visible ones (the loader)
         if problems:
             return self._refuse(form, problems + validate_record(self.entity, values, partial=True, writable=names)[1])
         changes = {k: v for k, v in values.items() if not self._same(k, v, model.get(k))}

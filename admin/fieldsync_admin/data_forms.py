@@ -151,8 +151,8 @@ def _value(field: Field, text: str) -> Any:
 def form_values(entity: Entity, form: CsrfForm, names: Iterable[str], *,
                 skip_empty: Iterable[str] = ()) -> tuple[dict[str, Any], list[FieldProblem]]:
     """The posted values of `names` as wire values, and the problems of texts that are no value
-    of their field's type. Empty fields are left out when named in `skip_empty` (a create lets
-    defaults apply; an edit leaves a field it could not show untouched)."""
+    of their field's type. Empty fields are left out when named in `skip_empty` (a create: the
+    field's default applies, or the store says it is required)."""
     skip = set(skip_empty)
     names = set(names)
     values: dict[str, Any] = {}

@@ -23,15 +23,18 @@ PATIENT = "0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0d"
 @pytest.fixture
 def example_model(defs_copy):
     """The example definitions with three changes the tests need: admin holds the break-glass
-    grant on prescription (it sees no patient fields otherwise), the analyst reaches only the
+    grant on prescription (it sees no patient fields but the diagnosis otherwise) and may edit
+    the dosage and the diagnosis, the analyst reaches only the
     orders whose rep_id is their own id (so the lines of other orders are out of reach), and the
     analyst may do nothing with expense."""
     from fieldsync.defs import load_model
     rx = defs_copy / "transactions" / "prescription.yaml"
     text = rx.read_text()
-    old = "  admin:\n    actions: [read, delete]\n"
+    old = "  admin:\n    actions: [read, delete]\n    visible: [rep_id, retailer_id, territory_id, product_id, prescribed_at]\n"
     assert old in text
-    rx.write_text(text.replace(old, old + "    break_glass: true\n"))
+    rx.write_text(text.replace(old, "  admin:\n    actions: [read, update, delete]\n"
+                                    "    visible: [rep_id, retailer_id, territory_id, product_id, prescribed_at, dosage, diagnosis]\n"
+                                    "    editable: [dosage, diagnosis]\n    break_glass: true\n"))
     order = defs_copy / "transactions" / "order.yaml"
     text = order.read_text()
     old = "  analyst:\n    actions: [read]\n"
@@ -448,3 +451,45 @@ def test_the_views_follow_the_live_model(admin_app, browser_as, world, defs_copy
                                                   "email": "shop@example.org"})
     assert r.status_code == 302, _text(client, r)
     assert _changes(admin_app, "retailer")[-1].row["email"] == "shop@example.org"
+
+
+def test_editing_phi_audits_the_form_shown_and_the_write(admin_app, browser_as, world):
+    client = browser_as("admin")
+    rx = world["rx"]
+    form = _text(client, client.get(f"/admin/data/prescription/edit/?id={rx['id']}"))
+    assert 'name="diagnosis"' in form and "seasonal asthma" in form and 'name="patient_name"' not in form
+    reads = [e for e in _audit(admin_app, entity="prescription") if e.action == "read" and e.channel == "admin"]
+    assert len(reads) == 1 and reads[0].fields == ("diagnosis",) and reads[0].record_ids == (rx["id"],)
+    r = client.post(f"/admin/data/prescription/edit/?id={rx['id']}", {"diagnosis": "asthma, resolved", "dosage": "",
+                                                                      "version": "1"})
+    assert r.status_code == 302, _text(client, r)
+    store = admin_app.extensions["fieldsync"].store
+    assert store.get("prescription", rx["id"])["diagnosis"] == "asthma, resolved"
+    assert _changes(admin_app, "prescription")[-1].op == "update"
+    writes = [e for e in _audit(admin_app, entity="prescription") if e.action == "update" and e.fields]
+    assert writes and writes[-1].channel == "admin" and writes[-1].fields == ("diagnosis",)
+    assert writes[-1].actor == ROLE_USERS["admin"] and len(writes[-1].subjects) == 1
+    # a required PHI field emptied: refused on its field, nothing written
+    r = client.post(f"/admin/data/prescription/edit/?id={rx['id']}", {"diagnosis": "", "version": "2"})
+    assert r.status_code == 200 and "is required and may not be null" in _text(client, r)
+    assert store.get("prescription", rx["id"])["version"] == 2
+
+
+@SQLITE_ONLY
+def test_no_phi_is_shown_when_the_audit_trail_refuses(admin_app, browser_as, world, monkeypatch):
+    from fieldsync.errors import AuditUnavailable
+    client, admin = browser_as("compliance"), browser_as("admin")
+    audit = admin_app.extensions["fieldsync"].audit
+
+    def refuse(*args, **kwargs):
+        raise AuditUnavailable("the audit database is down")
+    monkeypatch.setattr(audit, "record_all", refuse)
+    for url in ("/admin/data/prescription/", f"/admin/data/prescription/details/?id={world['rx']['id']}"):
+        r = client.get(url)
+        assert r.status_code == 503 and "Jane Roe" not in _text(client, r)
+    # a PHI write whose audit entry cannot be written is not written
+    monkeypatch.setattr(audit, "append_all", refuse)
+    before = len(_changes(admin_app, "prescription"))
+    r = admin.post(f"/admin/data/prescription/edit/?id={world['rx']['id']}", {"diagnosis": "changed", "version": "1"})
+    assert r.status_code == 200 and "audit trail could not record" in _text(admin, r)
+    assert len(_changes(admin_app, "prescription")) == before
