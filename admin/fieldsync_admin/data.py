@@ -220,8 +220,8 @@ class EntityView(RoleView, BaseModelView):
         disclosures = [Disclosure(self.entity, r["id"], tuple(n for n in phi if n in r),
                                   r.get(self.entity.subject) if self.entity.subject else None) for r in records]
         user = current_user()
-        extra = {"event": "break_glass_read", "count": len(disclosures), "source_ip": request.remote_addr or "unknown"} \
-            if reason is not None else {}
+        extra = {} if reason is None else {"event": "break_glass_read", "count": len(disclosures),
+                                           "source_ip": request.remote_addr or "unknown"}
         events = read_events(disclosures, codec=self.store.codec, actor=user.user_id, role=user.role,
                              channel="admin", purpose=BREAK_GLASS_PURPOSE if reason is not None else PURPOSE,
                              reason=reason, detail=extra)

@@ -11,7 +11,6 @@ import pytest
 
 from fieldsync.store.changelog import changes_after
 from tests.admin.conftest import PASSWORD, ROLE_USERS, AdminClient
-from tests.conftest import DEFS_DIR  # noqa: F401  (the example definitions the copy starts from)
 
 # the tests of SQL this module builds (lists, filters, sort, pages, row filters, writes, audit) run on
 # SQLite and PostgreSQL; the ones about forms, roles and CSRF on SQLite only
@@ -30,10 +29,12 @@ def example_model(defs_copy):
     from fieldsync.defs import load_model
     rx = defs_copy / "transactions" / "prescription.yaml"
     text = rx.read_text()
-    old = "  admin:\n    actions: [read, delete]\n    visible: [rep_id, retailer_id, territory_id, product_id, prescribed_at]\n"
+    old = ("  admin:\n    actions: [read, delete]\n"
+           "    visible: [rep_id, retailer_id, territory_id, product_id, prescribed_at]\n")
     assert old in text
     rx.write_text(text.replace(old, "  admin:\n    actions: [read, update, delete]\n"
-                                    "    visible: [rep_id, retailer_id, territory_id, product_id, prescribed_at, dosage, diagnosis]\n"
+                                    "    visible: [rep_id, retailer_id, territory_id, product_id, prescribed_at,"
+                                    " dosage, diagnosis]\n"
                                     "    editable: [dosage, diagnosis]\n    break_glass: true\n"))
     order = defs_copy / "transactions" / "order.yaml"
     text = order.read_text()
@@ -53,14 +54,17 @@ def world(admin_app):
     """Reference data and a few transactions, written through the store as the system."""
     store = admin_app.extensions["fieldsync"].store
     out = {}
-    out["north"] = store.create("territory", {"code": "N1", "name": "North", "region": _first_enum(store, "territory", "region")})
-    out["shop"] = store.create("retailer", {"name": "Shop One", "territory_id": out["north"]["id"], "phone": "+91 555 0101"})
-    out["shop2"] = store.create("retailer", {"name": "Zed Stores", "territory_id": out["north"]["id"], "phone": "+91 555 0202"})
-    out["pill"] = store.create("product", {"sku": "P-1", "name": "Pill", "category": _first_enum(store, "product", "category"),
-                                           "unit_price": "2.50"})
+    out["north"] = store.create("territory", {"code": "N1", "name": "North",
+                                              "region": _first_enum(store, "territory", "region")})
+    north = out["north"]["id"]
+    out["shop"] = store.create("retailer", {"name": "Shop One", "territory_id": north, "phone": "+91 555 0101"})
+    out["shop2"] = store.create("retailer", {"name": "Zed Stores", "territory_id": north, "phone": "+91 555 0202"})
+    out["pill"] = store.create("product", {"sku": "P-1", "name": "Pill", "unit_price": "2.50",
+                                           "category": _first_enum(store, "product", "category")})
     out["order"] = store.create("order", {"rep_id": "rep-asha", "retailer_id": out["shop"]["id"],
                                           "territory_id": out["north"]["id"], "ordered_at": "2026-03-01T10:00:00Z"},
-                                children={"lines": [{"product_id": out["pill"]["id"], "quantity": 3, "unit_price": "2.50"}]})
+                                children={"lines": [{"product_id": out["pill"]["id"], "quantity": 3,
+                                                     "unit_price": "2.50"}]})
     out["line"] = out["order"]["lines"][0]
     out["rx"] = store.create("prescription", {
         "rep_id": "rep-asha", "retailer_id": out["shop"]["id"], "territory_id": out["north"]["id"],
@@ -212,7 +216,8 @@ def test_validation_errors_name_the_field_and_the_reason(admin_app, browser_as, 
     raw = f"csrf_token={client.csrf()}&name=%ED%A0%80%FF&territory_id={world['north']['id']}"
     r = client.client.post("/admin/data/retailer/new/", data=raw, content_type="application/x-www-form-urlencoded")
     assert r.status_code in (200, 302, 400)
-    r = client.post("/admin/data/retailer/new/", {"name": "\u202e\u200b\U0001F600 ﷽", "territory_id": world["north"]["id"]})
+    r = client.post("/admin/data/retailer/new/", {"name": "\u202e\u200b\U0001F600 ﷽",
+                                                  "territory_id": world["north"]["id"]})
     assert r.status_code == 302
     r = client.post("/admin/data/territory/new/", {"code": "X", "name": "Y", "region": "nope"})
     assert "must be one of" in _text(client, r)
@@ -393,7 +398,8 @@ def test_pages_walk_the_stores_cursor(admin_app, browser_as, world):
     assert len(shown_first) == 19 and len(shown_second) == 4      # 24 territories, "North" sorts first (N1)
     assert not shown_first & shown_second
     assert "Territory 22" in shown_second
-    assert "Territory" not in _text(client, client.get(f"/admin/data/territory/?sort={idx}&page=5")).split("model-list")[-1]
+    past = _text(client, client.get(f"/admin/data/territory/?sort={idx}&page=5"))
+    assert "Territory" not in past.split("model-list")[-1]
 
 
 def test_an_owner_field_is_the_logged_in_user_and_phi_deletes_are_audited(admin_app, browser_as, world):
@@ -429,7 +435,8 @@ def test_every_entity_view_renders_for_every_role(admin_app, browser_as, world):
     client = browser_as("admin")
     for key in ("shop", "pill", "order", "line", "rx", "north"):
         record = world[key]
-        entity = next(e.name for e in model.entities if any(c.record_id == record["id"] for c in _changes(admin_app, e.name)))
+        entity = next(e.name for e in model.entities
+                      if any(c.record_id == record["id"] for c in _changes(admin_app, e.name)))
         assert client.get(f"/admin/data/{entity}/details/?id={record['id']}").status_code == 200
         edit = client.get(f"/admin/data/{entity}/edit/?id={record['id']}")
         assert edit.status_code in (200, 302)
