@@ -170,29 +170,39 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 # -- what the page shows --------------------------------------------------------------------------
 
-def key_overview(keys: list[dict[str, Any]], model: Any) -> list[dict[str, Any]]:
-    """Per encrypted entity: its entity and blind-index keys (active version, state, provider)
-    and its subject keys counted by state."""
-    out = []
-    for entity in model.entities:
-        if not entity.has_encrypted:
-            continue
-        mine = [k for k in keys if k["scope"] in (f"entity:{entity.name}", f"index:{entity.name}")]
-        subjects: dict[str, int] = {}
-        for k in keys:
-            if k["scope"].startswith(f"subject:{entity.name}:"):
-                subjects[k["state"]] = subjects.get(k["state"], 0) + 1
-        out.append({"entity": entity.name, "subject": entity.subject,
-                    "fields": [f"{f.name} ({f.encryption})" for f in entity.fields if f.encrypted],
-                    "active": [k for k in mine if k["state"] == "active"],
-                    "retired": sum(1 for k in mine if k["state"] == "retired"),
-                    "destroyed": sum(1 for k in mine if k["state"] == "destroyed"),
-                    "subjects": subjects})
-    return out
-
-
-def _kind(scope: str) -> str:
-    return scope.split(":", 1)[0]
+def key_overview(keys: Any, model: Any, *, subject_keys_shown: int = SUBJECT_KEYS_SHOWN
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, int]:
+    """One pass over `keys` (KeyRing.describe(), streamed: there is a subject key per patient):
+    per encrypted entity its entity and blind-index keys and its subject keys counted by state;
+    the keys to list (every entity, index and reference key, the first `subject_keys_shown`
+    subject keys); the number of keys and of subject keys."""
+    entities = {e.name: {"entity": e.name, "subject": e.subject,
+                         "fields": [f"{f.name} ({f.encryption})" for f in e.fields if f.encrypted],
+                         "active": [], "retired": 0, "destroyed": 0, "subjects": {}}
+                for e in model.entities if e.has_encrypted}
+    listed: list[dict[str, Any]] = []
+    total = subjects = 0
+    for key in keys:
+        total += 1
+        scope = key["scope"]
+        kind, _, rest = scope.partition(":")
+        name = rest.split(":", 1)[0]
+        row = {**key, "kind": kind, "created_at": _iso(key["created_at"]), "retired_at": _iso(key["retired_at"]),
+               "destroyed_at": _iso(key["destroyed_at"])}
+        if kind == "subject":
+            subjects += 1
+            if name in entities:
+                counts = entities[name]["subjects"]
+                counts[key["state"]] = counts.get(key["state"], 0) + 1
+            if subjects > subject_keys_shown:
+                continue
+        elif kind in ("entity", "index") and name in entities:
+            if key["state"] == "active":
+                entities[name]["active"].append(row)
+            else:
+                entities[name][key["state"]] = entities[name].get(key["state"], 0) + 1
+        listed.append(row)
+    return list(entities.values()), listed, total, subjects
 
 
 class KeysView(RoleView, BaseView):
@@ -209,22 +219,12 @@ class KeysView(RoleView, BaseView):
     def index(self):
         st = state()
         model = self.snapshot.model
-        keys = [{**k, "kind": _kind(k["scope"]), "created_at": _iso(k["created_at"]),
-                 "retired_at": _iso(k["retired_at"]), "destroyed_at": _iso(k["destroyed_at"])}
-                for k in st.crypto.keyring.describe()]
-        shown_subject = 0
-        listed = []
-        for k in keys:
-            if k["kind"] == "subject":
-                shown_subject += 1
-                if shown_subject > SUBJECT_KEYS_SHOWN:
-                    continue
-            listed.append(k)
+        overview, listed, total, subject_keys = key_overview(st.crypto.keyring.describe(), model)
         jobs = rotation_jobs(st)
         return self.render(
-            "fieldsync_admin/keys_index.html", keys=listed, total_keys=len(keys),
-            subject_keys=shown_subject, subject_keys_shown=SUBJECT_KEYS_SHOWN,
-            overview=key_overview(keys, model), jobs=[job.progress() for job in jobs.all()],
+            "fieldsync_admin/keys_index.html", keys=listed, total_keys=total,
+            subject_keys=subject_keys, subject_keys_shown=SUBJECT_KEYS_SHOWN,
+            overview=overview, jobs=[job.progress() for job in jobs.all()],
             running=jobs.running() is not None, may_act=current_user().role in ACTION_ROLES,
             encrypted=[e.name for e in model.entities if e.has_encrypted],
             subject_entities=[e.name for e in model.entities if e.has_encrypted and e.subject],

@@ -256,3 +256,21 @@ def test_a_post_without_the_csrf_token_is_refused(admin_app, browser_as):
     state = admin_app.extensions["fieldsync"]
     assert state.store.get("prescription", record["id"])["diagnosis"] == record["diagnosis"]
     assert rotation_jobs(state).latest() is None and key_events(admin_app, "shred-entity") == []
+
+
+def test_the_overview_counts_every_subject_key_but_lists_only_the_first(example_model):
+    """A subject key per patient: the page counts them all in one streamed pass and lists the
+    first SUBJECT_KEYS_SHOWN, with every entity, index and reference key."""
+    from fieldsync_admin.keys import key_overview
+
+    def key(kid, scope, state="active", version=1):
+        return {"kid": kid, "scope": scope, "version": version, "state": state, "provider": "local",
+                "created_at": None, "retired_at": None, "destroyed_at": None}
+    keys = [key("e1", "entity:prescription", "retired"), key("e2", "entity:prescription", version=2),
+            key("i1", "index:prescription"), key("r1", "subject-ref")] + \
+           [key(f"s{n}", f"subject:prescription:sr_{n:032x}", "destroyed" if n == 0 else "active") for n in range(5)]
+    overview, listed, total, subjects = key_overview(iter(keys), example_model, subject_keys_shown=2)
+    [prescription] = [o for o in overview if o["entity"] == "prescription"]
+    assert [k["kid"] for k in prescription["active"]] == ["e2", "i1"] and prescription["retired"] == 1
+    assert prescription["subjects"] == {"destroyed": 1, "active": 4}
+    assert [k["kid"] for k in listed] == ["e1", "e2", "i1", "r1", "s0", "s1"] and (total, subjects) == (9, 5)
