@@ -95,7 +95,8 @@ class RotationJob:
             self.state = "done"
         except Exception as exc:   # shown on the page; the server's key maintenance retries the pass
             log.exception("admin rotation %s: the re-encryption pass failed", self.id)
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            # the type only: a database error's text may quote the statement's values
+            self.state, self.error = "failed", f"{type(exc).__name__} (see the server log)"
         finally:
             self.finished_at = utc_now()
             self._done.set()

@@ -274,3 +274,22 @@ def test_the_overview_counts_every_subject_key_but_lists_only_the_first(example_
     assert [k["kid"] for k in prescription["active"]] == ["e2", "i1"] and prescription["retired"] == 1
     assert prescription["subjects"] == {"destroyed": 1, "active": 4}
     assert [k["kid"] for k in listed] == ["e1", "e2", "i1", "r1", "s0", "s1"] and (total, subjects) == (9, 5)
+
+
+@sqlite_only
+def test_a_failed_pass_is_shown_not_hidden(admin_app, browser_as, monkeypatch):
+    from fieldsync_admin import keys as keys_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(keys_module, "reencrypt", broken)
+    prescriptions(admin_app, [str(uuid.uuid4())])
+    client = browser_as("admin")
+    client.post(PAGE + "rotate", {"entity": "prescription"})
+    job = rotation_jobs(admin_app.extensions["fieldsync"]).latest()
+    assert job.wait(60)
+    page = client.get(PAGE)
+    assert page.status_code == 200
+    assert f'id="fs-rotation-{job.id}" data-state="failed"' in client.text(page)
+    assert "RuntimeError (see the server log)" in client.text(page) and "disk on fire" not in client.text(page)
+    assert key_events(admin_app, "reencrypt") == [] and len(key_events(admin_app, "rotate")) == 1
