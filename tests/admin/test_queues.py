@@ -260,3 +260,19 @@ def test_the_backend_never_shows_credentials():
     shown = backend_of(Config(QUEUE_ENCRYPTION=True))
     assert shown == {"kind": "STOMP over TLS (JMS broker)", "scheme": "stomp+ssl",
                      "where": "broker.example:61617/fieldsync.push", "encrypted": True}
+
+
+@sqlite_only
+def test_a_process_without_a_recent_heartbeat_is_flagged_stale(admin_app, browser_as, control):
+    from fieldsync.workers.fleet import WORKERS
+    state = admin_app.extensions["fieldsync"]
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    with state.engine.begin() as conn:
+        conn.execute(WORKERS.insert().values(worker_id="gone-host-1-abc", host="gone-host", pid=1, queue="push",
+                                             threads=2, in_flight=0, processed=7, failed=0, started_at=long_ago,
+                                             last_seen=long_ago, heartbeat_s=5.0))
+    client = browser_as("admin")
+    page = client.text(client.get(PAGE))
+    assert 'data-worker="gone-host-1-abc" data-threads="2" data-stale="true"' in page
+    assert f'data-worker="{control.worker_id}" data-threads="{state.sync.pool.threads}" data-stale="false"' in page
+    assert "1 live process(es)" in page
