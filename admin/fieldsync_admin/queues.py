@@ -138,7 +138,7 @@ class QueuesView(RoleView, BaseView):
         st = state()
         raw = request.form.get("threads", "").strip()
         try:
-            threads = int(raw) if raw.isdigit() and len(raw) <= 3 else raw
+            threads = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 3 else raw
             check_pool_size(QUEUE, threads)
         except InvalidPoolSize as exc:
             flash(str(exc), "danger")

@@ -56,6 +56,25 @@ def make_dead_letters(queue) -> int:
     return queue.depth().dead
 
 
+def plant_dead_letter(queue, body: bytes, group: str | None = None) -> str:
+    """Put `body` straight among the dead letters of an embedded push queue (sealed first when
+    the queue encrypts bodies), as if it had failed every delivery; returns its message id.
+    For a live server whose listeners would take a message before a test could fail it five
+    times (the end-to-end test): open the server's queue with
+    `fieldsync.sync.service.open_push_queue(config)` and plant a push batch's bytes."""
+    import time
+    import uuid
+    inner = getattr(queue, "inner", queue)
+    sealed = queue.seal(body) if hasattr(queue, "seal") else body
+    message_id = uuid.uuid4().hex
+    now = time.time()
+    with inner._lock, inner._transaction("FULL") as conn:   # test-only: the queue's own file format
+        conn.execute("INSERT INTO fs_queue_dead (seq, id, grp, body, enqueued_at, receive_count, died_at) "
+                     "VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM fs_queue), ?, ?, ?, ?, ?, ?)",
+                     (message_id, group, sealed, now, inner.max_receives, now))
+    return message_id
+
+
 def ledger(app, device_id: str) -> list[tuple[int, str]]:
     with app.extensions["fieldsync"].engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.select(LEDGER.c.seq, LEDGER.c.status)
@@ -127,7 +146,7 @@ def test_resizing_the_pool_is_applied_to_this_process_at_once_and_audited(admin_
 
 
 @sqlite_only
-@pytest.mark.parametrize("threads", ["0", "65", "two", "", "-1", "3.5", "9" * 40, "\x00"])
+@pytest.mark.parametrize("threads", ["0", "65", "two", "", "-1", "3.5", "9" * 40, "\x00", "²", "٣"])
 def test_a_bad_pool_size_is_refused_with_a_message(admin_app, browser_as, threads):
     client = browser_as("admin")
     answer = client.post(PAGE + "pool", {"threads": threads})
@@ -276,3 +295,22 @@ def test_a_process_without_a_recent_heartbeat_is_flagged_stale(admin_app, browse
     assert 'data-worker="gone-host-1-abc" data-threads="2" data-stale="true"' in page
     assert f'data-worker="{control.worker_id}" data-threads="{state.sync.pool.threads}" data-stale="false"' in page
     assert "1 live process(es)" in page
+
+
+@sqlite_only
+def test_a_planted_dead_letter_replays_and_applies(admin_app, browser_as):
+    """plant_dead_letter (for the end-to-end test) makes a dead letter the page lists and
+    replays like one the queue made."""
+    state = admin_app.extensions["fieldsync"]
+    device = push_visits(admin_app, 3)
+    queue = state.sync.queue
+    [message] = queue.receive(1, visibility_timeout=60)
+    queue.ack([message.receipt])                                      # taken off the queue unapplied
+    planted = plant_dead_letter(queue, message.body, message.group)
+    assert (queue.depth().dead, queue.pending()) == (1, 0)
+    client = browser_as("admin")
+    page = client.text(client.get(PAGE))
+    assert f'class="fs-dead-letter" data-message="{planted}"' in page and "<td>3</td>" in page
+    client.post(PAGE + "replay", {"message_id": planted})
+    assert state.sync.drain() == 1
+    assert ledger(admin_app, device) == [(1, "applied"), (2, "applied"), (3, "applied")]
