@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import sqlalchemy as sa
 from flask import flash, g, request
 from flask_admin import BaseView, expose
 
@@ -33,9 +35,11 @@ from fieldsync.ids import utc_now
 from fieldsync.store.versions import read_version
 from fieldsync.sync.preview import EntityPreview, preview_scope, proposed_store
 from fieldsync.sync.scope import device_scope
-from fieldsync_admin.security import RoleView, audit, current_user, principal, state
+from fieldsync_admin.security import RoleView, audit, principal, state
 
 __all__ = ["PreviewView", "SAMPLE_ROWS", "views"]
+
+log = logging.getLogger("fieldsync.admin")
 
 SAMPLE_ROWS = 3
 PREVIEW_USER = "(preview)"    # $user.id when previewing a role without naming a user
@@ -212,9 +216,19 @@ class PreviewView(RoleView, BaseView):
                     except DefinitionErrors as exc:
                         proposed_errors = [str(e) for e in exc.errors][:50]
                     if proposed_model is not None:
-                        pstore = proposed_store(conn, proposed_model, store.codec)
-                        pscope = device_scope(proposed_model, target, now, store.codec)
-                        proposed = preview_scope(conn, pstore, pscope, sample=SAMPLE_ROWS, masked=masked)
+                        try:
+                            with conn.begin_nested():   # a failed query must not end the transaction
+                                pstore = proposed_store(conn, proposed_model, store.codec)
+                                pscope = device_scope(proposed_model, target, now, store.codec)
+                                proposed = preview_scope(conn, pstore, pscope, sample=SAMPLE_ROWS, masked=masked)
+                        except (sa.exc.DBAPIError, ValueError, TypeError, ArithmeticError) as exc:
+                            # a field whose type changed: its live values do not read as the new
+                            # type (in the database, or when converted for the sample)
+                            log.info("sync preview: the proposed rules do not run on the live tables: %s", exc)
+                            proposed, proposed_errors = None, [
+                                "the proposed rules cannot be evaluated on the current data "
+                                f"({type(getattr(exc, 'orig', None) or exc).__name__}): a field's type changed? "
+                                "The migration plan says what applying them would do"]
                 shown = proposed if proposed is not None else current
                 disclosed = sync_read_events(conn, store, viewer, None, channel="admin", changes=[
                     {"entity": p.entity, "id": row["id"], "row": row}

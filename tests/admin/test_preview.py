@@ -272,3 +272,43 @@ def test_get_with_query_previews_too(browser_as, world):
     client = browser_as("admin")
     response = client.get("/admin/preview/?mode=user&user=rep-one")
     assert response.status_code == 200 and _count(client.text(response), "retailer") == "2"
+
+
+@pytest.mark.parametrize("old, new", [
+    ("  phone:\n    type: string", "  phone:\n    type: date"),
+    ("  credit_limit:\n    type: decimal", "  credit_limit:\n    type: integer"),
+    ("  location:\n    type: geopoint", "  location:\n    type: boolean"),
+    ('  scope: "territory_id in $user.territory_ids"', '  scope: "name == $user.region"'),
+])
+def test_a_changed_field_type_is_never_a_500(browser_as, world, old, new):
+    client = browser_as("admin")
+    retailer = read_sources(DEFS_DIR)["masters/retailer.yaml"]
+    assert old in retailer
+    response = _preview(client, mode="user", user="rep-one", definitions=_definitions(**{
+        "masters/retailer.yaml": retailer.replace(old, new, 1)}))
+    html = client.text(response)
+    assert response.status_code == 200, html
+    assert _count(html, "retailer") == "2" if 'id="fs-preview-errors"' in html else _compare(html, "retailer")[0] == "2"
+
+
+def test_phi_the_viewer_may_read_is_shown_and_audited(browser_as, world):
+    """Under live rules that let admins read prescriptions' patient fields and make them pull,
+    the admin sees the PHI in the sample, and the trail has the read (invariant 8)."""
+    from fieldsync.defs import build_model
+    state = world["state"]
+    sources = read_sources(DEFS_DIR)
+    sources["transactions/prescription.yaml"] = sources["transactions/prescription.yaml"].replace(
+        "direction: push", "direction: both").replace(
+        "    visible: [rep_id, retailer_id, territory_id, product_id, prescribed_at]\n", "")
+    state.swap_model(build_model(sources))
+    client = browser_as("admin")
+    html = client.text(_preview(client, mode="user", user="rep-one"))
+    assert _count(html, "prescription") == "1"
+    assert PATIENT in html
+    reads = [e for e in state.audit.entries(actor="ada-admin") if e.action == "read" and e.fields]
+    assert len(reads) == 1
+    assert reads[0].channel == "admin" and reads[0].entity == "prescription"
+    assert {"patient_name", "diagnosis"} <= set(reads[0].fields) and reads[0].subjects
+    # an analyst, whose live rights exclude them, still sees no PHI
+    analyst = browser_as("analyst")
+    assert PATIENT not in analyst.text(_preview(analyst, mode="user", user="rep-one"))
