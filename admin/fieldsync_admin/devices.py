@@ -48,6 +48,11 @@ def _ago(moment: dt.datetime | None, now: dt.datetime) -> str:
     return f"{seconds} s ago"
 
 
+def _when(moment: dt.datetime | None) -> str:
+    """A stored UTC time as the pages show it."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "-"
+
+
 class DevicesView(RoleView, BaseView):
     roles = ("admin",)
 
@@ -64,7 +69,7 @@ class DevicesView(RoleView, BaseView):
     def index(self):
         with state().engine.connect() as conn:
             overview = device_overview(conn)
-        return self.render("fieldsync_admin/devices_list.html", overview=overview, now=_now(), ago=_ago)
+        return self.render("fieldsync_admin/devices_list.html", overview=overview, now=_now(), ago=_ago, when=_when)
 
     @expose("/<device_id>")
     def detail(self, device_id: str):
@@ -75,7 +80,7 @@ class DevicesView(RoleView, BaseView):
                 abort(404, description=f"no device {device_id}")
             rejections = device_rejections(conn, device_id)
         return self.render("fieldsync_admin/devices_detail.html", device=device, rejections=rejections,
-                           now=_now(), ago=_ago, reason_max=REASON_MAX)
+                           now=_now(), ago=_ago, when=_when, reason_max=REASON_MAX)
 
     @expose("/<device_id>/revoke", methods=("POST",))
     def revoke(self, device_id: str):

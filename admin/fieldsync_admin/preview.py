@@ -248,7 +248,7 @@ class PreviewView(RoleView, BaseView):
             comparison = [Comparison(n, cur.get(n), new.get(n)) for n in names]
         return {"target": target, "in_directory": in_directory, "current": current, "proposed": proposed,
                 "proposed_errors": proposed_errors, "comparison": comparison, "sample_of": shown,
-                "scope_hash": scope.hash, "windows": scope.windows(), "now": now}
+                "scope_hash": scope.hash, "windows": scope.windows(), "now": now, "sample_rows": SAMPLE_ROWS}
 
 
 def views(snapshot) -> list:

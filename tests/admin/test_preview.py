@@ -6,6 +6,7 @@ masking by the viewer's live rights, the audit entry, read-only-ness and CSRF re
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -224,7 +225,8 @@ def test_definitions_that_do_not_build_show_their_errors(browser_as, world):
         "masters/retailer.yaml": broken}))
     html = client.text(response)
     assert response.status_code == 200
-    assert 'id="fs-preview-errors"' in html and "retailer.yaml" in html
+    errors = html.split('id="fs-preview-errors"')[1].split("</div>")[0]
+    assert re.search(r"retailer\.yaml:\d+:\d+", errors), errors     # file:line:column, as `fieldsync validate`
     assert _count(html, "retailer") == "2"                # the current rules are still shown
 
 
