@@ -155,6 +155,8 @@ def test_device_page_lists_rejected_mutations_with_reasons(browser_as, fleet):
     rejection = html.split('id="fs-rejections"')[1]
     assert "visit" in rejection and "purpose" in rejection        # the field and its reason
     assert rejection.count("<tr>") == 2                           # header + the one rejection
+    assert 'id="fs-device-preview" href="/admin/preview/?mode=user&amp;user=rep-one"' in html \
+        or '/admin/preview/?mode=user&amp;user=rep-one" id="fs-device-preview"' in html
     two = client.text(client.get(f"/admin/devices/{fleet['two'].device_id}"))
     assert 'id="fs-rejections-empty"' in two
 

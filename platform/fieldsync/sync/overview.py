@@ -8,7 +8,7 @@ one transaction. The figures:
   applied (`acked_cursor`);
 * `unsettled`: mutations the server received (queued) and has not processed yet (fs_received);
 * `rejected`: mutations the server rejected permanently, each quarantined on its device
-  (invariant 5), counted from the dedupe ledger;
+  (invariant 5): the device row's counter, which the applier raises in the ledger's transaction;
 * `pending` and `quarantined`: the device's own outbox and quarantine counts as it reported
   them with its last ack (None before its first ack).
 
@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from fieldsync.store.changelog import head_position
 from fieldsync.store.sync_tables import DEVICES, LEDGER, RECEIVED
+from fieldsync.sync.pull import write_checkpoint
 
 __all__ = ["LAG_QUIET_FOR", "device_overview", "device_rejections", "device_row", "devices_synced_since", "lagging_devices",
            "quarantined_mutations"]
@@ -57,22 +58,18 @@ def device_overview(conn: sa.Connection, device_id: str | None = None) -> dict[s
     "items": [...]}`, ordered by user and registration. Each item has device_id, user_id,
     status, role, platform, app_version, schema_version (as of its last sync), registered_at,
     last_contact_at (aware UTC datetimes), acked_cursor, behind (cursor lag), last_received_seq,
-    unsettled, rejected (ledger count), pending and quarantined (its last ack's report, None
-    before one; `pending` counts outbox entries without a final result: pending, sent and
-    received), reported_at (text, the server time of that ack) and write_checkpoint."""
+    unsettled, rejected (permanent rejections so far), pending and quarantined (its last ack's
+    report, None before one; `pending` counts outbox entries without a final result: pending,
+    sent and received) and reported_at (text, the server time of that ack). One read of the
+    devices table and of fs_received; the dedupe ledger is not read."""
     head = head_position(conn)
     query = sa.select(DEVICES).order_by(DEVICES.c.user_id, DEVICES.c.registered_at, DEVICES.c.device_id)
-    if device_id is not None:
-        query = query.where(DEVICES.c.device_id == device_id)
-    rows = list(conn.execute(query).mappings())
-    ledger = sa.select(LEDGER.c.device_id, sa.func.max(LEDGER.c.position),
-                       sa.func.sum(sa.case((LEDGER.c.status == "rejected", 1), else_=0)))
     received = sa.select(RECEIVED.c.device_id, sa.func.count())
     if device_id is not None:
-        ledger = ledger.where(LEDGER.c.device_id == device_id)
+        query = query.where(DEVICES.c.device_id == device_id)
         received = received.where(RECEIVED.c.device_id == device_id)
-    by_device = {d: (checkpoint or 0, int(rejected or 0))
-                 for d, checkpoint, rejected in conn.execute(ledger.group_by(LEDGER.c.device_id))}
+    rows = list(conn.execute(query).mappings())
+    # fs_received holds only what is in flight: small, unlike the ledger, which is never scanned here
     unsettled = dict(conn.execute(received.group_by(RECEIVED.c.device_id)).all())
     items = []
     for r in rows:
@@ -82,16 +79,14 @@ def device_overview(conn: sa.Connection, device_id: str | None = None) -> dict[s
         if outbox is not None:
             counts = [_count(outbox.get(k)) for k in ("pending", "sent", "received")]
             pending = sum(c for c in counts if c is not None)
-        checkpoint, rejected = by_device.get(r["device_id"], (0, 0))
         items.append({
             "device_id": r["device_id"], "user_id": r["user_id"], "status": r["status"], "role": r["role"],
             "platform": r["platform"], "app_version": r["app_version"], "schema_version": r["schema_version"],
             "registered_at": _aware(r["registered_at"]), "last_contact_at": _aware(r["last_contact_at"]),
             "acked_cursor": r["acked_cursor"], "behind": max(head - r["acked_cursor"], 0),
             "last_received_seq": r["last_received_seq"], "unsettled": unsettled.get(r["device_id"], 0),
-            "rejected": rejected, "pending": pending, "quarantined": _count(reported.get("quarantined")),
+            "rejected": r["rejected"], "pending": pending, "quarantined": _count(reported.get("quarantined")),
             "reported_at": reported.get("at") if isinstance(reported.get("at"), str) else None,
-            "write_checkpoint": checkpoint,
         })
     return {"head": head, "items": items}
 
@@ -136,15 +131,18 @@ def lagging_devices(conn: sa.Connection, now: dt.datetime, *, min_behind: int = 
 
 def quarantined_mutations(conn: sa.Connection, *, active_only: bool = True) -> int:
     """Mutations the server rejected permanently — each quarantined on its device with its
-    reason (invariant 5) — counted from the dedupe ledger; of active devices only, unless
+    reason (invariant 5) — summed from the devices' counters; of active devices only, unless
     `active_only` is False (a revoked device's quarantine needs no one's attention)."""
-    query = sa.select(sa.func.count()).select_from(LEDGER).where(LEDGER.c.status == "rejected")
+    query = sa.select(sa.func.coalesce(sa.func.sum(DEVICES.c.rejected), 0))
     if active_only:
-        query = query.join(DEVICES, DEVICES.c.device_id == LEDGER.c.device_id).where(DEVICES.c.status == "active")
-    return conn.execute(query).scalar_one()
+        query = query.where(DEVICES.c.status == "active")
+    return int(conn.execute(query).scalar_one())
 
 
 def device_row(conn: sa.Connection, device_id: str) -> Mapping[str, Any] | None:
-    """One device of `device_overview`, None when there is no such device."""
+    """One device of `device_overview`, with its `write_checkpoint` (the pull position at which
+    its own writes are visible); None when there is no such device."""
     items = device_overview(conn, device_id)["items"]
-    return items[0] if items else None
+    if not items:
+        return None
+    return {**items[0], "write_checkpoint": write_checkpoint(conn, device_id)}
