@@ -1,0 +1,144 @@
+"""Fixtures for the admin UI's end-to-end tests: a real server process, Chromium through
+Playwright, a page per test (docs: /work/notes/admin-e2e.md, assembled into docs/admin.md).
+
+* `server` (one per test module): `fieldsync serve` on a free loopback port with its own
+  DATA_DIR and a copy of entity_defs as DEFS_DIR, the example seed data and a directory user per
+  role (server.ROLE_USERS, password server.PASSWORD), set up with the `fieldsync` command itself
+  (tests/admin/e2e/server.py). Per module, because the scenarios change what they run on (a
+  definition applied, the listener pool resized): each module starts from the same state.
+* `browser`: one headless Chromium for all the e2e tests of the run, Debian's (no browser
+  download: Playwright gets `executable_path`), without the sandbox (the tests run as root). It
+  is closed as soon as the run leaves this directory: Playwright's sync API keeps an asyncio
+  loop running in the main thread, which would break the rest of the suite's asyncio.run().
+* `page`: a fresh browser context (own cookies) and page per test, its base URL the server's,
+  a 1280x800 viewport; a PageWatch (ui.py) records its console, script errors and CSP
+  violations, and the test fails when the page broke the Content-Security-Policy or threw.
+
+Chromium missing: the browser tests skip with the reason on a developer's machine, and fail in
+CI (CI set): tests that need a real component never skip silently there. `make test` installs it
+(ci/chromium.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.admin.e2e import ui
+from tests.admin.e2e.server import FieldsyncServer
+
+E2E_DIR = Path(__file__).resolve().parent
+LAUNCH_ARGS = ["--disable-dev-shm-usage", "--disable-gpu", "--no-first-run", "--no-default-browser-check"]
+TIMEOUT_MS = 15_000     # for every Playwright wait; a loaded 2-core machine renders a page in < 1 s
+
+
+def _missing(reason: str):
+    """Fail in CI, skip elsewhere (with the reason and how to fix it)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI: browser tests never skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+class _Browsers:
+    """Playwright and one Chromium, started on first use and stopped when the run leaves the
+    e2e tests (pytest_runtest_teardown below) or ends."""
+
+    def __init__(self) -> None:
+        self.playwright = None
+        self.browser = None
+        self.launch_seconds: float | None = None
+
+    def get(self):
+        if self.browser is not None and self.browser.is_connected():
+            return self.browser
+        executable = ui.find_chromium()
+        if executable is None:
+            _missing("Chromium is not installed: run `bash ci/chromium.sh` (Debian's chromium; "
+                     "Playwright downloads no browser here)")
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            _missing("the Python package playwright is missing: `pip install -e '.[test]'`")
+        self.close()
+        started = time.perf_counter()
+        self.playwright = sync_playwright().start()
+        try:
+            self.browser = self.playwright.chromium.launch(executable_path=executable, headless=True,
+                                                           chromium_sandbox=False, args=LAUNCH_ARGS)
+        except Exception:
+            self.close()
+            raise
+        self.launch_seconds = time.perf_counter() - started
+        return self.browser
+
+    def close(self) -> None:
+        if self.browser is not None:
+            try:
+                self.browser.close()
+            finally:
+                self.browser = None
+        if self.playwright is not None:
+            try:
+                self.playwright.stop()
+            finally:
+                self.playwright = None
+
+
+_BROWSERS = _Browsers()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Close the browser once the next test is not an e2e test (this conftest's hooks run for
+    the tests of this directory only), after this test's fixtures were torn down."""
+    try:
+        return (yield)
+    finally:
+        if nextitem is None or E2E_DIR not in Path(str(nextitem.fspath)).resolve().parents:
+            _BROWSERS.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _e2e_session(tmp_path_factory):
+    """The run's screenshot directory; the browser is closed at the end whatever happened."""
+    ui._ScreenshotDir.path = tmp_path_factory.mktemp("screenshots")
+    yield
+    _BROWSERS.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A `fieldsync serve` process for this module (tests/admin/e2e/server.py), stopped after it."""
+    running = FieldsyncServer.start(tmp_path_factory.mktemp("e2e-server"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def browser():
+    """The run's headless Chromium (one for all the e2e tests)."""
+    return _BROWSERS.get()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A new page in a context of its own (no cookies from other tests), at the server's URL;
+    the test fails when the page broke the CSP or threw a script error."""
+    context = browser.new_context(base_url=server.url, viewport=ui.VIEWPORT, locale="en-US", timezone_id="UTC")
+    context.set_default_timeout(TIMEOUT_MS)
+    watch = ui.PageWatch()
+    watch.attach(context)
+    page = context.new_page()
+    watch.follow(page)
+    ui._register(page, watch)
+    try:
+        yield page
+    finally:
+        problems = watch.problems()
+        context.close()
+    if problems:
+        pytest.fail("the admin page broke its Content-Security-Policy or threw:\n  " + "\n  ".join(problems),
+                    pytrace=False)
