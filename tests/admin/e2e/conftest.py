@@ -109,10 +109,38 @@ def _e2e_session(tmp_path_factory):
     _BROWSERS.close()
 
 
+_TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def timings() -> dict[str, float]:
+    """Seconds worth reporting, by what was measured: printed at the end of the run."""
+    return _TIMINGS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _TIMINGS:
+        terminalreporter.write_sep("-", "admin UI end-to-end timings")
+        for what, seconds in _TIMINGS.items():
+            terminalreporter.write_line(f"{what}: {seconds:.2f} s")
+
+
+@pytest.fixture(scope="session")
+def prepared_server_dir(tmp_path_factory) -> Path:
+    """Definitions, seed data and users set up once per run (`fieldsync seed`, `fieldsync users
+    add`); each module's server starts on a copy of it."""
+    started = time.perf_counter()
+    root = FieldsyncServer.prepare(tmp_path_factory.mktemp("e2e-prepared")).root
+    _TIMINGS["seed data and users set up"] = time.perf_counter() - started
+    return root
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, prepared_server_dir, request):
     """A `fieldsync serve` process for this module (tests/admin/e2e/server.py), stopped after it."""
-    running = FieldsyncServer.start(tmp_path_factory.mktemp("e2e-server"))
+    started = time.perf_counter()
+    running = FieldsyncServer.start(tmp_path_factory.mktemp("e2e-server"), prepared=prepared_server_dir)
+    _TIMINGS[f"server ready for {request.module.__name__.rsplit('.', 1)[-1]}"] = time.perf_counter() - started
     yield running
     running.stop()
 
@@ -120,7 +148,10 @@ def server(tmp_path_factory):
 @pytest.fixture
 def browser():
     """The run's headless Chromium (one for all the e2e tests)."""
-    return _BROWSERS.get()
+    browser = _BROWSERS.get()
+    if _BROWSERS.launch_seconds is not None:
+        _TIMINGS.setdefault("Chromium launched", _BROWSERS.launch_seconds)
+    return browser
 
 
 @pytest.fixture

@@ -87,17 +87,32 @@ class FieldsyncServer:
         return self.root / "serve.log"
 
     @classmethod
-    def start(cls, root: Path, *, listeners: int = 2, users: dict[str, str] | None = None) -> "FieldsyncServer":
-        """Set up `root` (definitions, seed data, one user per role) and start the server."""
-        server = cls(root=root, listeners=listeners, env=_environment(root, listeners))
-        started = time.perf_counter()
+    def prepare(cls, root: Path, *, users: dict[str, str] | None = None) -> "FieldsyncServer":
+        """Set up `root` as an operator would, without starting the server: a copy of the
+        example definitions, the seed data and one user per role."""
+        server = cls(root=root, env=_environment(root, 0))
         shutil.copytree(ROOT / "entity_defs", server.defs_dir)
         server.data_dir.mkdir(parents=True)
         # the seed data and the users, in one process (the CLI's entry, once per command)
         server.cli_batch([(["seed", str(ROOT / "examples" / "seed")], None)]
                          + [server._add_user_command(role, user, PASSWORD)
                             for role, user in (users or ROLE_USERS).items()])
-        server.timings["seed and users"] = time.perf_counter() - started
+        return server
+
+    @classmethod
+    def start(cls, root: Path, *, listeners: int = 2, prepared: Path | None = None,
+              users: dict[str, str] | None = None) -> "FieldsyncServer":
+        """Start a server on `root`: a copy of the directory `prepared` (made by `prepare`, so a
+        run sets up once and each module starts from the same state), else set up afresh."""
+        started = time.perf_counter()
+        if prepared is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            for name in ("entity_defs", "data"):
+                shutil.copytree(prepared / name, root / name)
+        else:
+            cls.prepare(root, users=users)
+        server = cls(root=root, listeners=listeners, env=_environment(root, listeners))
+        server.timings["set up"] = time.perf_counter() - started
         mark = time.perf_counter()
         server.serve()
         server.timings["serve"] = time.perf_counter() - mark
