@@ -4,8 +4,9 @@ Playwright, a page per test (docs: /work/notes/admin-e2e.md, assembled into docs
 * `server` (one per test module): `fieldsync serve` on a free loopback port with its own
   DATA_DIR and a copy of entity_defs as DEFS_DIR, the example seed data and a directory user per
   role (server.ROLE_USERS, password server.PASSWORD), set up with the `fieldsync` command itself
-  (tests/admin/e2e/server.py). Per module, because the scenarios change what they run on (a
-  definition applied, the listener pool resized): each module starts from the same state.
+  (tests/admin/e2e/server.py) once per run and copied for each module. Per module, because the
+  scenarios change what they run on (a definition applied, the listener pool resized): each
+  module starts from the same state.
 * `browser`: one headless Chromium for all the e2e tests of the run, Debian's (no browser
   download: Playwright gets `executable_path`), without the sandbox (the tests run as root). It
   is closed as soon as the run leaves this directory: Playwright's sync API keeps an asyncio
@@ -21,7 +22,6 @@ CI (CI set): tests that need a real component never skip silently there. `make t
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -31,63 +31,10 @@ from tests.admin.e2e import ui
 from tests.admin.e2e.server import FieldsyncServer
 
 E2E_DIR = Path(__file__).resolve().parent
-LAUNCH_ARGS = ["--disable-dev-shm-usage", "--disable-gpu", "--no-first-run", "--no-default-browser-check"]
 TIMEOUT_MS = 15_000     # for every Playwright wait; a loaded 2-core machine renders a page in < 1 s
 
 
-def _missing(reason: str):
-    """Fail in CI, skip elsewhere (with the reason and how to fix it)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI: browser tests never skip)", pytrace=False)
-    pytest.skip(reason)
-
-
-class _Browsers:
-    """Playwright and one Chromium, started on first use and stopped when the run leaves the
-    e2e tests (pytest_runtest_teardown below) or ends."""
-
-    def __init__(self) -> None:
-        self.playwright = None
-        self.browser = None
-        self.launch_seconds: float | None = None
-
-    def get(self):
-        if self.browser is not None and self.browser.is_connected():
-            return self.browser
-        executable = ui.find_chromium()
-        if executable is None:
-            _missing("Chromium is not installed: run `bash ci/chromium.sh` (Debian's chromium; "
-                     "Playwright downloads no browser here)")
-        try:
-            from playwright.sync_api import sync_playwright
-        except ImportError:
-            _missing("the Python package playwright is missing: `pip install -e '.[test]'`")
-        self.close()
-        started = time.perf_counter()
-        self.playwright = sync_playwright().start()
-        try:
-            self.browser = self.playwright.chromium.launch(executable_path=executable, headless=True,
-                                                           chromium_sandbox=False, args=LAUNCH_ARGS)
-        except Exception:
-            self.close()
-            raise
-        self.launch_seconds = time.perf_counter() - started
-        return self.browser
-
-    def close(self) -> None:
-        if self.browser is not None:
-            try:
-                self.browser.close()
-            finally:
-                self.browser = None
-        if self.playwright is not None:
-            try:
-                self.playwright.stop()
-            finally:
-                self.playwright = None
-
-
-_BROWSERS = _Browsers()
+_BROWSERS = ui.Browsers()
 
 
 @pytest.hookimpl(wrapper=True)

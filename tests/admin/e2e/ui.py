@@ -17,11 +17,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.parse
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.admin.e2e.server import PASSWORD, ROLE_USERS
 
@@ -29,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[3]
 DOCS_SCREENSHOTS = ROOT / "docs" / "admin"
 CHROMIUM = "/usr/bin/chromium"      # Debian's package; ci/chromium.sh installs it
 VIEWPORT = {"width": 1280, "height": 800}
+LAUNCH_ARGS = ["--disable-dev-shm-usage", "--disable-gpu", "--no-first-run", "--no-default-browser-check"]
 SCREENSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
-__all__ = ["PageWatch", "find_chromium", "login", "logout", "screenshot", "screenshots_to_docs",
+__all__ = ["Browsers", "PageWatch", "browser_missing", "find_chromium", "login", "logout", "screenshot", "screenshots_to_docs",
            "submit_login", "watch_of"]
 
 
@@ -42,6 +46,60 @@ def find_chromium() -> str | None:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def browser_missing(reason: str) -> None:
+    """A browser test cannot run: it fails in CI (CI set: tests that need a real component
+    never skip silently there) and skips elsewhere, with the reason and the fix."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI: browser tests never skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+class Browsers:
+    """Playwright and one headless Chromium, started on first use (`get`) and stopped by
+    `close` (the e2e conftest closes it when the run leaves the e2e tests). Debian's Chromium,
+    without its sandbox (the tests run as root), no browser download."""
+
+    def __init__(self) -> None:
+        self.playwright = None
+        self.browser = None
+        self.launch_seconds: float | None = None
+
+    def get(self):
+        if self.browser is not None and self.browser.is_connected():
+            return self.browser
+        executable = find_chromium()
+        if executable is None:
+            browser_missing("Chromium is not installed: run `bash ci/chromium.sh` (Debian's chromium; "
+                            "Playwright downloads no browser here)")
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            browser_missing("the Python package playwright is missing: `pip install -e '.[test]'`")
+        self.close()
+        started = time.perf_counter()
+        self.playwright = sync_playwright().start()
+        try:
+            self.browser = self.playwright.chromium.launch(executable_path=executable, headless=True,
+                                                           chromium_sandbox=False, args=LAUNCH_ARGS)
+        except Exception:
+            self.close()
+            raise
+        self.launch_seconds = time.perf_counter() - started
+        return self.browser
+
+    def close(self) -> None:
+        if self.browser is not None:
+            try:
+                self.browser.close()
+            finally:
+                self.browser = None
+        if self.playwright is not None:
+            try:
+                self.playwright.stop()
+            finally:
+                self.playwright = None
 
 
 # -- what the page reports ------------------------------------------------------------------------
