@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.admin.e2e import ui
+from tests.admin.e2e.device import Device
 from tests.admin.e2e.server import FieldsyncServer
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -89,7 +90,18 @@ def server(tmp_path_factory, prepared_server_dir, request):
     running = FieldsyncServer.start(tmp_path_factory.mktemp("e2e-server"), prepared=prepared_server_dir)
     _TIMINGS[f"server ready for {request.module.__name__.rsplit('.', 1)[-1]}"] = time.perf_counter() - started
     yield running
+    died = running.process.poll()
     running.stop()
+    if died is not None:
+        pytest.fail(f"the server exited ({died}) during {request.module.__name__}:\n{running.log_tail()}", pytrace=False)
+
+
+@pytest.fixture
+def device(server, tmp_path):
+    """The field rep's device (rep-asha, territory PUNE_CENTRAL): the SDK over HTTP against the
+    server, its store in tmp_path, not yet synced (tests/admin/e2e/device.py)."""
+    with Device.log_in(server, tmp_path / "rep-asha.db") as opened:
+        yield opened
 
 
 @pytest.fixture

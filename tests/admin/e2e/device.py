@@ -5,7 +5,7 @@
     device.sync()                                           # registers, pulls the rep's scope
     ids = [device.write("visit", {...}) for _ in range(3)]  # offline: store and outbox only
     ... a definition change is applied (the admin UI, or `fieldsync apply`) ...
-    seconds = device.sync_until(lambda: device.has_column("retailer", "email"))
+    seconds = device.wait_for_column("retailer", "email", since=applied_at)
     device.settle()                                         # every write has its result
     device.delivered("visit", ids, admin_token)             # the server's copies (REST)
 
@@ -86,6 +86,15 @@ class Device:
                 raise AssertionError(f"the device did not get {what or condition} within {timeout:.0f} s; "
                                      f"status {self.status()}, last reports {self.reports[-3:]}")
             time.sleep(POLL_INTERVAL)
+
+    def wait_for_column(self, table: str, column: str, *, since: float | None = None,
+                        timeout: float = SYNC_TIMEOUT) -> float:
+        """Sync until the store's `table` has `column`; the seconds since `since` (a
+        time.perf_counter() taken when the change was applied, e.g. at the UI's Apply click),
+        else since this call."""
+        started = time.perf_counter() if since is None else since
+        self.sync_until(lambda: self.has_column(table, column), timeout, f"the column {table}.{column}")
+        return time.perf_counter() - started
 
     def settle(self, timeout: float = SYNC_TIMEOUT) -> float:
         """Sync until every local write has its result from the server (nothing pending, sent
