@@ -18,7 +18,10 @@ fi
 
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { log "$CHROMIUM is missing and this user cannot install it (not root, no sudo)"; exit 1; }
+  if ! command -v sudo >/dev/null; then
+    log "$CHROMIUM is missing and this user cannot install it (not root, no sudo)"
+    exit 1
+  fi
   as_root=(sudo)
 fi
 export DEBIAN_FRONTEND=noninteractive

@@ -93,7 +93,8 @@ def server(tmp_path_factory, prepared_server_dir, request):
     died = running.process.poll()
     running.stop()
     if died is not None:
-        pytest.fail(f"the server exited ({died}) during {request.module.__name__}:\n{running.log_tail()}", pytrace=False)
+        pytest.fail(f"the server exited ({died}) during {request.module.__name__}:\n{running.log_tail()}",
+                    pytrace=False)
 
 
 @pytest.fixture

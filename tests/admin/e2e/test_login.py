@@ -38,7 +38,8 @@ def test_each_admin_role_logs_in_sees_the_dashboard_and_logs_out(page, role):
         screenshot(page, "dashboard")
 
     [cookie] = [c for c in page.context.cookies() if c["name"] == "fieldsync_admin"]
-    assert (cookie["secure"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, True, "Strict", "/admin")
+    flags = (cookie["secure"], cookie["httpOnly"], cookie["sameSite"], cookie["path"])
+    assert flags == (True, True, "Strict", "/admin")
     assert page.evaluate("() => document.cookie") == ""    # HttpOnly: no script reads the session
 
     logout(page)

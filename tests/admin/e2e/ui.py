@@ -35,8 +35,8 @@ VIEWPORT = {"width": 1280, "height": 800}
 LAUNCH_ARGS = ["--disable-dev-shm-usage", "--disable-gpu", "--no-first-run", "--no-default-browser-check"]
 SCREENSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
-__all__ = ["Browsers", "PageWatch", "browser_missing", "find_chromium", "login", "logout", "screenshot", "screenshots_to_docs",
-           "submit_login", "watch_of"]
+__all__ = ["Browsers", "PageWatch", "browser_missing", "find_chromium", "login", "logout", "screenshot",
+           "screenshots_to_docs", "submit_login", "watch_of"]
 
 
 def find_chromium() -> str | None:
