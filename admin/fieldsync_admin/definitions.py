@@ -95,7 +95,7 @@ class DefinitionsView(RoleView, BaseView):
         if request.method == "GET":
             return self._editor(base, rel, base.sources.get(rel, ""), [])
         text = _text(request.form.get("text", ""))
-        draft = Draft(base.version, {rel: text})
+        draft = Draft.edit(base, {rel: text})
         if request.form.get("action") == "plan":
             return self._plan_page(plan_draft(draft, base), title=f"Plan: edit of {rel}")
         errors, model = check_texts(draft.sources(base.sources))
@@ -110,7 +110,7 @@ class DefinitionsView(RoleView, BaseView):
                 or not isinstance(payload.get("text"), str) or not FILE_PATH.match(payload["path"]):
             return jsonify(error="send {\"path\": a definition file, \"text\": its YAML}"), 400
         base = self._base()
-        sources = Draft(base.version, {payload["path"]: _text(payload["text"])}).sources(base.sources)
+        sources = Draft.edit(base, {payload["path"]: _text(payload["text"])}).sources(base.sources)
         errors, model = check_texts(sources)
         summary = (f"valid: {len(model.entities)} entities, {len(model.roles)} roles, schema version "
                    f"{model.schema_version}" if model is not None else f"{len(errors)} error(s)")
@@ -140,7 +140,7 @@ class DefinitionsView(RoleView, BaseView):
         except FormError as exc:
             flash(str(exc), "danger")
             return self._field_form(entity, request.form), 400
-        view = plan_draft(Draft(base.version, {rel: text}), base)
+        view = plan_draft(Draft.edit(base, {rel: text}), base)
         return self._plan_page(view, title=f"Plan: add the field {spec.name} to {name}")
 
     def _field_form(self, entity, form):
@@ -170,7 +170,7 @@ class DefinitionsView(RoleView, BaseView):
         except FormError as exc:
             flash(str(exc), "danger")
             return self._entity_form(form), 400
-        view = plan_draft(Draft(base.version, {rel: text}), base)
+        view = plan_draft(Draft.edit(base, {rel: text}), base)
         return self._plan_page(view, title=f"Plan: new {kind} {name}")
 
     def _entity_form(self, form):
@@ -198,11 +198,16 @@ class DefinitionsView(RoleView, BaseView):
         title = f"Plan: rollback to version {draft.rollback_of}" if draft.rollback_of else "Plan"
         base = self._base()
         if draft.base != base.version:
-            flash(f"model version {base.version} was applied after you planned this change (on version "
-                  f"{draft.base}): below, your edited files laid over it. Where both changed the same file, yours "
-                  "replaces theirs: check the diff, then apply again or start over from the current texts", "warning")
-            view = plan_draft(Draft(base.version, draft.files, draft.rollback_of), base)
-            return self._plan_page(view, title=title, status=409)
+            rebased, clashes = draft.rebase(base)
+            if clashes:
+                flash(f"model version {base.version} was applied after you planned this change (on version "
+                      f"{draft.base}) and changed {', '.join(clashes)} where you did: below, your text of "
+                      f"{'that file' if len(clashes) == 1 else 'those files'} replaces theirs. Check the diff, then "
+                      "apply, or start over from the current texts", "warning")
+            else:
+                flash(f"model version {base.version} was applied after you planned this change (on version "
+                      f"{draft.base}): your change is merged into it below; review the plan and apply again", "warning")
+            return self._plan_page(plan_draft(rebased, base), title=title, status=409)
         view = plan_draft(draft, base)
         if not view.applicable:
             flash("this change cannot be applied: see the messages below", "danger")

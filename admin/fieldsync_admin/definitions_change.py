@@ -2,16 +2,19 @@
 
 A draft is the set of files an edit changes ({relative path: new text, or None to remove}),
 laid over the texts of the applied model version it was made from (its `base`, the version
-number). The plan page carries the draft and its base in hidden fields, so any process can
-apply it (nothing is kept between requests); applying re-reads the newest version and refuses
-a draft made on an older one (another change was applied meanwhile: it is planned again on the
-new texts, so nobody's change is undone unseen). The work itself is fieldsync.live's, the same
+number, and those files' texts then). The plan page carries the draft in a hidden field, so any
+process can apply it (nothing is kept between requests). Applying re-reads the newest version;
+a draft made on an older one (another change was applied meanwhile) is merged into the newer
+texts (a three-way merge per file) and shown as a plan again, never applied unseen, so nobody's
+change is undone without a diff showing it. The work itself is fieldsync.live's, the same
 functions `fieldsync apply` and `rollback` call.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Mapping
 
@@ -24,7 +27,8 @@ from fieldsync.store.versions import latest_version_id, read_version
 
 from fieldsync_admin.security import state
 
-__all__ = ["Applied", "Base", "Draft", "PlanView", "apply_draft", "applied_base", "check_texts", "plan_draft"]
+__all__ = ["Applied", "Base", "Draft", "PlanView", "apply_draft", "applied_base", "check_texts", "merge3",
+           "plan_draft"]
 
 LABEL = "entity_defs"   # how file names read in messages: as `fieldsync validate entity_defs` prints them
 
@@ -40,11 +44,23 @@ class Base:
 
 @dataclass
 class Draft:
-    """Changed files over a base: {relative path: text, or None for a removed file}."""
+    """Changed files over a base: {relative path: text, or None for a removed file}, with those
+    files' texts in the base (`before`, None: the file did not exist)."""
 
     base: int | None
     files: dict[str, str | None]
+    before: dict[str, str | None] = dc_field(default_factory=dict)
     rollback_of: int | None = None
+
+    @classmethod
+    def edit(cls, base: Base, files: Mapping[str, str | None], rollback_of: int | None = None) -> "Draft":
+        return cls(base.version, dict(files), {rel: base.sources.get(rel) for rel in files}, rollback_of)
+
+    @classmethod
+    def between(cls, base: Base, sources: Mapping[str, str], rollback_of: int | None = None) -> "Draft":
+        files: dict[str, str | None] = {rel: text for rel, text in sources.items() if base.sources.get(rel) != text}
+        files.update({rel: None for rel in base.sources if rel not in sources})
+        return cls.edit(base, files, rollback_of)
 
     def sources(self, base: Mapping[str, str]) -> dict[str, str]:
         merged = dict(base)
@@ -55,29 +71,94 @@ class Draft:
                 merged[rel] = text
         return merged
 
+    def rebase(self, base: Base) -> tuple["Draft", list[str]]:
+        """This draft's changes made over `base` (a newer version): per file a three-way merge of
+        the text it was made from, its text and `base`'s. Returns the new draft and the files that
+        did not merge (there this draft's text replaces base's)."""
+        files: dict[str, str | None] = {}
+        clashes = []
+        for rel, mine in self.files.items():
+            old, theirs = self.before.get(rel), base.sources.get(rel)
+            if theirs == old or mine == theirs:
+                files[rel] = mine
+                continue
+            if None not in (old, mine, theirs) and rel in ("app.yaml", "app.yml"):
+                mine = _same_version(mine, theirs)
+            merged = merge3(old, mine, theirs) if None not in (old, mine, theirs) else None
+            if merged is None:
+                clashes.append(rel)
+                merged = mine
+            files[rel] = merged
+        return Draft.edit(base, files, self.rollback_of), clashes
+
     def encode(self) -> str:
-        return json.dumps({"base": self.base, "files": self.files, "rollback_of": self.rollback_of},
-                          sort_keys=True)
+        return json.dumps({"base": self.base, "files": self.files, "before": self.before,
+                           "rollback_of": self.rollback_of}, sort_keys=True)
 
     @classmethod
     def decode(cls, raw: str) -> "Draft":
         """A draft from the plan page's hidden field; ValueError when it is not one."""
         data = json.loads(raw)
-        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict) \
+                or not isinstance(data.get("before", {}), dict):
             raise ValueError("not a draft")
-        files = data["files"]
-        if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in files.items()):
-            raise ValueError("not a draft")
+        files, before = data["files"], data.get("before", {})
+        for mapping in (files, before):
+            if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in mapping.items()):
+                raise ValueError("not a draft")
         base, rollback_of = data.get("base"), data.get("rollback_of")
         if not all(v is None or isinstance(v, int) and not isinstance(v, bool) for v in (base, rollback_of)):
             raise ValueError("not a draft")
-        return cls(base, dict(files), rollback_of)
+        return cls(base, dict(files), dict(before), rollback_of)
 
-    @classmethod
-    def between(cls, base: Base, sources: Mapping[str, str], rollback_of: int | None = None) -> "Draft":
-        files: dict[str, str | None] = {rel: text for rel, text in sources.items() if base.sources.get(rel) != text}
-        files.update({rel: None for rel in base.sources if rel not in sources})
-        return cls(base.version, files, rollback_of)
+
+_VERSION_LINE = re.compile(r"^(schema_version:[ \t]*)(\d+)", re.MULTILINE)
+
+
+def _same_version(mine: str, theirs: str) -> str:
+    """`mine` (an app.yaml) with the higher of both schema_versions, so that two changes which
+    each raised it merge (the plan raises it again when the storage shape needs it)."""
+    a, b = _VERSION_LINE.search(mine), _VERSION_LINE.search(theirs)
+    if a is None or b is None:
+        return mine
+    top = max(int(a.group(2)), int(b.group(2)))
+    return _VERSION_LINE.sub(lambda m: f"{m.group(1)}{top}", mine, count=1)
+
+
+def merge3(old: str, mine: str, theirs: str) -> str | None:
+    """A line-based three-way merge: the changes from `old` to `mine` and to `theirs` together,
+    or None when they touch the same lines differently. Two insertions at the same place are
+    both kept, theirs first (two fields added to one entity: both belong in the file)."""
+    base = old.splitlines(True)
+
+    def hunks(other: str) -> list[tuple[int, int, list[str]]]:
+        lines = other.splitlines(True)
+        matcher = difflib.SequenceMatcher(None, base, lines, autojunk=False)
+        return [(i1, i2, lines[j1:j2]) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
+
+    ordered = sorted([(h, 0) for h in hunks(theirs)] + [(h, 1) for h in hunks(mine)],
+                     key=lambda item: (item[0][0], item[0][1], item[1]))
+    kept: list[tuple[int, int, list[str]]] = []
+    for hunk, _side in ordered:
+        if kept:
+            a1, a2, a_lines = kept[-1]
+            h1, h2, h_lines = hunk
+            if (a1, a2, a_lines) == hunk:
+                continue                                  # the same change on both sides
+            if a1 == a2 == h1 == h2:                      # two insertions at one place
+                kept[-1] = (a1, a2, a_lines + h_lines)
+                continue
+            if h1 < a2:
+                return None
+        kept.append(hunk)
+    out: list[str] = []
+    position = 0
+    for i1, i2, lines in kept:
+        out.extend(base[position:i1])
+        out.extend(lines)
+        position = i2
+    out.extend(base[position:])
+    return "".join(out)
 
 
 @dataclass

@@ -19,7 +19,8 @@ from fieldsync_admin.definitions_yaml import FieldSpec, FormError, add_field, ne
 from tests.admin.conftest import SECRET, AdminClient
 from tests.conftest import DEFS_DIR
 
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+# the tests that migrate (apply) run on PostgreSQL too; the others read the same code on SQLite only
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 BASE = "/admin/definitions"
 
@@ -62,6 +63,7 @@ VISIT_NOTE = {"name": "visit_note", "kind": "transaction", "owner_role": "field_
 
 # -- who sees it ----------------------------------------------------------------------------------
 
+@sqlite_only
 @pytest.mark.parametrize("role", ["admin", "analyst"])
 def test_admin_and_analyst_read_the_entities(browser_as, defs, role):
     client = browser_as(role)
@@ -74,6 +76,7 @@ def test_admin_and_analyst_read_the_entities(browser_as, defs, role):
     assert "masters/retailer.yaml" in text and "app.yaml" in text
 
 
+@sqlite_only
 def test_compliance_is_refused_and_anonymous_redirected(browser_as, admin_app, defs):
     compliance = browser_as("compliance")
     for path in ("/", "/entity/retailer", "/yaml/app.yaml", "/history", "/new-entity"):
@@ -86,6 +89,7 @@ def test_compliance_is_refused_and_anonymous_redirected(browser_as, admin_app, d
     assert response.status_code == 302 and "/admin/login" in response.headers["Location"]
 
 
+@sqlite_only
 def test_entity_page_shows_fields_children_sync_encryption_permissions(browser_as, defs):
     client = browser_as("analyst")
     text = client.text(client.get(f"{BASE}/entity/prescription"))
@@ -103,6 +107,7 @@ def test_entity_page_shows_fields_children_sync_encryption_permissions(browser_a
 
 # -- the YAML editor ------------------------------------------------------------------------------
 
+@sqlite_only
 def test_editor_shows_the_file_and_checks_without_js(browser_as, defs):
     client = browser_as("analyst")
     page = client.get(f"{BASE}/yaml/masters/retailer.yaml")
@@ -124,6 +129,7 @@ def test_editor_shows_the_file_and_checks_without_js(browser_as, defs):
     assert ok.status_code == 200 and "valid" in client.text(ok)
 
 
+@sqlite_only
 def test_validate_endpoint_returns_the_cli_messages(browser_as, defs):
     client = browser_as("analyst")
     text = (defs / "transactions" / "visit.yaml").read_text().replace("to: retailer", "to: shop")
@@ -144,6 +150,7 @@ def test_validate_endpoint_returns_the_cli_messages(browser_as, defs):
     assert refused.status_code == 400   # no CSRF header
 
 
+@sqlite_only
 def test_paths_outside_the_definitions_are_not_files(browser_as, defs):
     client = browser_as("admin")
     assert client.get(f"{BASE}/yaml/../secret.yaml").status_code == 404
@@ -205,6 +212,7 @@ def latest_version_id_of(admin_app):
         return latest_version_id(conn)
 
 
+@sqlite_only
 def test_analyst_creates_a_transaction_entity(browser_as, admin_app, defs):
     client = browser_as("analyst")
     assert 'id="fs-entity-name"' in client.text(client.get(f"{BASE}/new-entity"))
@@ -226,6 +234,7 @@ def test_analyst_creates_a_transaction_entity(browser_as, admin_app, defs):
     assert answer.status_code == 200
 
 
+@sqlite_only
 def test_bad_form_values_are_a_message_not_a_change(browser_as, admin_app, defs):
     client = browser_as("analyst")
     before = len(versions(admin_app))
@@ -246,6 +255,7 @@ def test_bad_form_values_are_a_message_not_a_change(browser_as, admin_app, defs)
     assert len(versions(admin_app)) == before
 
 
+@sqlite_only
 def test_posts_without_csrf_are_refused(browser_as, admin_app, defs):
     client = browser_as("admin")
     plan = client.text(client.post(f"{BASE}/entity/retailer/add-field", EMAIL))
@@ -292,6 +302,7 @@ def test_destructive_apply_needs_an_admin_with_the_flag(browser_as, admin_app, d
     assert detail["destructive_steps"] == 1
 
 
+@sqlite_only
 def test_a_plan_made_on_an_older_version_is_planned_again(browser_as, admin_app, defs):
     client = browser_as("analyst")
     first = client.text(client.post(f"{BASE}/entity/retailer/add-field", EMAIL))
@@ -305,15 +316,34 @@ def test_a_plan_made_on_an_older_version_is_planned_again(browser_as, admin_app,
     assert again.status_code == 302, client.text(again)
     assert "email:" in (defs / "masters" / "retailer.yaml").read_text()
     assert "website:" in (defs / "masters" / "territory.yaml").read_text()
-    # the same file edited on the old version would replace the newer text: the plan shows it
-    clash = apply_form(client, same_file)
+    # the same file, changed on the old version: merged (two fields added to one entity)
+    merged = apply_form(client, same_file)
+    assert merged.status_code == 409 and "your change is merged" in client.text(merged)
+    assert "add column retailer.fax" in client.text(merged) and "retailer.email" not in client.text(merged)
+    assert apply_form(client, client.text(merged)).status_code == 302
+    text = (defs / "masters" / "retailer.yaml").read_text()
+    assert "email:" in text and "fax:" in text
+
+
+@sqlite_only
+def test_a_clash_with_a_newer_version_is_shown_not_applied(browser_as, admin_app, defs):
+    client = browser_as("analyst")
+    original = (defs / "masters" / "retailer.yaml").read_text()
+    line = "description: A shop, pharmacy or clinic a rep visits."
+    ours = client.text(client.post(f"{BASE}/yaml/masters/retailer.yaml",
+                                   {"text": original.replace(line, "description: Ours."), "action": "plan"}))
+    theirs = client.text(client.post(f"{BASE}/yaml/masters/retailer.yaml",
+                                     {"text": original.replace(line, "description: Theirs."), "action": "plan"}))
+    assert apply_form(client, theirs).status_code == 302
+    clash = apply_form(client, ours)
     assert clash.status_code == 409
-    replanned = client.text(clash)
-    assert "drop column retailer.email" in replanned and "-  email:" in replanned
-    assert apply_form(client, replanned).status_code == 403     # an analyst never loses data
-    assert "email:" in (defs / "masters" / "retailer.yaml").read_text()
+    page = html.unescape(client.text(clash))
+    assert "changed masters/retailer.yaml where you did" in page
+    assert "-description: Theirs." in page and "+description: Ours." in page
+    assert "description: Theirs." in (defs / "masters" / "retailer.yaml").read_text()
 
 
+@sqlite_only
 def test_history_version_page_and_rollback(browser_as, admin_app, defs):
     analyst = browser_as("analyst")
     assert apply_form(analyst, analyst.text(analyst.post(f"{BASE}/entity/retailer/add-field", EMAIL))).status_code == 302
@@ -347,6 +377,7 @@ def test_history_version_page_and_rollback(browser_as, admin_app, defs):
     assert not snapshot.model.entity("retailer").has_field("website")
 
 
+@sqlite_only
 def test_a_version_without_texts_cannot_be_rolled_back(browser_as, admin_app, defs):
     admin = browser_as("admin")
     (start,) = versions(admin_app)            # recorded by the server's start, without texts

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from fieldsync.defs import build_model, read_sources
+from fieldsync_admin.definitions_change import merge3
 from fieldsync_admin.definitions_yaml import FieldSpec, FormError, add_field, new_entity_text
 from tests.conftest import DEFS_DIR
 
@@ -45,3 +46,11 @@ def test_a_new_master_pulls_and_every_role_reads():
     entity = build_model(sources).entity("brand")
     assert entity.sync.direction == "pull" and entity.permission("field_rep").actions == {"read"}
     assert entity.permission("admin").can("delete") and entity.owner is None
+
+
+def test_merge3_joins_separate_changes_and_refuses_a_clash():
+    old = "a\nb\nc\nd\n"
+    assert merge3(old, "A\nb\nc\nd\n", "a\nb\nc\nD\n") == "A\nb\nc\nD\n"
+    assert merge3(old, "a\nb\nc\nd\nmine\n", "a\nb\nc\nd\ntheirs\n") == "a\nb\nc\nd\ntheirs\nmine\n"
+    assert merge3(old, "a\nB\nc\nd\n", "a\nB\nc\nd\n") == "a\nB\nc\nd\n"
+    assert merge3(old, "a\nX\nc\nd\n", "a\nY\nc\nd\n") is None
