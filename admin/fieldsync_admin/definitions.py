@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import flash, g, jsonify, redirect, request, url_for
 from flask_admin import BaseView, expose
+from werkzeug.routing import BuildError
 
 from fieldsync.defs import DefinitionErrors
 from fieldsync.defs.model import ENCRYPTION_MODES, FIELD_TYPES
@@ -187,7 +188,8 @@ class DefinitionsView(RoleView, BaseView):
         if status is None:
             status = 400 if view.errors else 200
         return self.render("fieldsync_admin/definitions_plan.html", view=view, title=title,
-                           may_destroy=may_destroy, digest=_steps_digest(view)), status
+                           may_destroy=may_destroy, digest=_steps_digest(view), preview_url=_preview_url(),
+                           proposed=json.dumps(view.draft.files, sort_keys=True)), status
 
     @expose("/apply", methods=("POST",))
     def apply(self):
@@ -294,6 +296,14 @@ class DefinitionsView(RoleView, BaseView):
     def _abort(code: int, message: str):
         from flask import abort
         abort(code, description=message)
+
+
+def _preview_url() -> str | None:
+    """The sync rules preview (preview.py), which takes proposed definitions; None without it."""
+    try:
+        return url_for("preview.index")
+    except BuildError:
+        return None
 
 
 def _text(value: str) -> str:
