@@ -114,6 +114,8 @@ def test_editor_shows_the_file_and_checks_without_js(browser_as, defs):
     text = client.text(page)
     assert page.status_code == 200 and 'id="fs-yaml"' in text and "entity: retailer" in text
     assert "definitions.js" in text and 'id="fs-check"' in text
+    nonce = page.headers["Content-Security-Policy"].split("'nonce-")[1].split("'")[0]
+    assert all(f'nonce="{nonce}"' in tag.split(">")[0] for tag in text.split("<script")[1:])
     broken = (defs / "masters" / "retailer.yaml").read_text().replace("max_length: 200", "max_length: lots")
     response = client.post(f"{BASE}/yaml/masters/retailer.yaml", {"text": broken, "action": "check"})
     assert response.status_code == 400
