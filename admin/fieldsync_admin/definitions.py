@@ -307,7 +307,13 @@ def _preview_url() -> str | None:
 
 
 def _text(value: str) -> str:
-    """Editor text as a file holds it: LF line ends (browsers send CRLF), a final newline."""
+    """Editor text as a file holds it: LF line ends (browsers send CRLF), a final newline; a 400
+    for text no UTF-8 file can hold (a lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        from flask import abort
+        abort(400, description="the text holds a character UTF-8 cannot store (a lone surrogate)")
     text = value.replace("\r\n", "\n").replace("\r", "\n")
     return text if text.endswith("\n") or not text else text + "\n"
 

@@ -106,6 +106,10 @@ class Draft:
         for mapping in (files, before):
             if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in mapping.items()):
                 raise ValueError("not a draft")
+            try:
+                json.dumps(mapping, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("not a draft: a lone surrogate") from None
         base, rollback_of = data.get("base"), data.get("rollback_of")
         if not all(v is None or isinstance(v, int) and not isinstance(v, bool) for v in (base, rollback_of)):
             raise ValueError("not a draft")

@@ -153,6 +153,24 @@ def test_validate_endpoint_returns_the_cli_messages(browser_as, defs):
 
 
 @sqlite_only
+def test_odd_text_is_a_4xx_or_a_message(browser_as, admin_app, defs):
+    client = browser_as("analyst")
+    headers = {"X-CSRF-Token": client.csrf()}
+    for text in ("&a [*a]\n", "entity: x\x00\n", "a: [" * 3000, "\ufeffentity: shop\n"):
+        response = client.client.post(f"{BASE}/validate", json={"path": "masters/shop.yaml", "text": text},
+                                      headers=headers)
+        assert response.status_code == 200 and response.get_json()["valid"] is False, text[:20]
+    surrogate = client.client.post(f"{BASE}/validate", data='{"path": "app.yaml", "text": "\\ud800"}',
+                                   content_type="application/json", headers=headers)
+    assert surrogate.status_code == 400
+    assert client.post(f"{BASE}/yaml/app.yaml", {"text": "&a [*a]", "action": "plan"}).status_code == 400
+    bad_draft = '{"base": null, "files": {"app.yaml": "\\ud800"}}'
+    assert client.post(f"{BASE}/apply", {"draft": bad_draft}).status_code == 400
+    assert client.post(f"{BASE}/apply", {"draft": '{"base": true, "files": {}}'}).status_code == 400
+    assert len(versions(admin_app)) == 1
+
+
+@sqlite_only
 def test_paths_outside_the_definitions_are_not_files(browser_as, defs):
     client = browser_as("admin")
     assert client.get(f"{BASE}/yaml/../secret.yaml").status_code == 404

@@ -143,6 +143,11 @@ def test_bad_yaml_names_line():
     assert errs[0].line >= 4
 
 
+def test_an_alias_inside_its_own_anchor_is_an_error_not_a_crash():
+    errs = errors_of({"app.yaml": APP, "roles.yaml": ROLES, "masters/shop.yaml": "&a [*a]\n"})
+    assert len(errs) == 1 and errs[0].file.endswith("shop.yaml") and "alias" in errs[0].message
+
+
 def test_duplicate_keys_are_errors():
     errs = errors_of(sources(masters__shop="""\
         entity: shop

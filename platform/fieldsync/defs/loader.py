@@ -96,7 +96,13 @@ def _parse_yaml(file: str, text: str, errors: list[DefinitionError]) -> _Located
     keys: dict[tuple, Location] = {}
     values: dict[tuple, tuple] = {}
     before = len(errors)
-    _walk(file, node, (), keys, values, errors)
+    try:
+        _walk(file, node, (), keys, values, errors)
+    except RecursionError:
+        # an alias inside its own anchor (`&a [*a]`) makes the node graph a cycle
+        errors.append(DefinitionError(file, 1, 1, "", "invalid YAML: an alias refers to the node that "
+                                                      "contains it (or aliases nest too deeply)"))
+        return None
     if len(errors) > before:
         return None
     data = _plain(yaml.load(text, Loader=_YAML_LOADER))
