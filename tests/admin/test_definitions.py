@@ -171,6 +171,16 @@ def test_odd_text_is_a_4xx_or_a_message(browser_as, admin_app, defs):
 
 
 @sqlite_only
+def test_without_readable_definitions_the_pages_say_so(browser_as):
+    client = browser_as("admin")       # DEFS_DIR does not exist and the start recorded no texts
+    index = client.get(f"{BASE}/")
+    assert index.status_code == 200 and "definitions directory not found" in client.text(index)
+    assert 'id="fs-entity-retailer"' in client.text(index)          # the live model is still shown
+    editor = client.get(f"{BASE}/yaml/app.yaml")
+    assert editor.status_code == 409 and "definitions directory not found" in client.text(editor)
+
+
+@sqlite_only
 def test_paths_outside_the_definitions_are_not_files(browser_as, defs):
     client = browser_as("admin")
     assert client.get(f"{BASE}/yaml/../secret.yaml").status_code == 404
