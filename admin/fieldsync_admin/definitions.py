@@ -24,10 +24,11 @@ from werkzeug.routing import BuildError
 
 from fieldsync.defs import DefinitionErrors
 from fieldsync.defs.model import ENCRYPTION_MODES, FIELD_TYPES
+from fieldsync.errors import GenerationError, MigrationRefused
 from fieldsync.store.versions import list_versions, read_version
 
-from fieldsync_admin.definitions_change import (Base, Draft, GenerationError, MigrationRefused, PlanView,
-                                                apply_draft, applied_base, check_texts, error_lines, plan_draft)
+from fieldsync_admin.definitions_change import (Base, Draft, PlanView, apply_draft, applied_base, check_texts,
+                                                error_lines, plan_draft)
 from fieldsync_admin.definitions_yaml import FieldSpec, FormError, add_field, entity_file, new_entity_text
 from fieldsync_admin.security import RoleView, audit, current_user, state
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any, Mapping
 
 from fieldsync.defs import DefinitionErrors, build_model, read_sources
-from fieldsync.errors import GenerationError, MigrationRefused
 from fieldsync.live import (Applied, Change, apply_change, artifact_diffs, definitions_diff, generated_dir,
                             plan_change, with_raised_version)
 from fieldsync.store.migrate import read_schema_record
@@ -27,8 +26,8 @@ from fieldsync.store.versions import latest_version_id, read_version
 
 from fieldsync_admin.security import state
 
-__all__ = ["Applied", "Base", "Draft", "PlanView", "apply_draft", "applied_base", "check_texts", "merge3",
-           "plan_draft"]
+__all__ = ["Applied", "Base", "Draft", "PlanView", "apply_draft", "applied_base", "check_texts", "error_lines",
+           "merge3", "plan_draft"]
 
 LABEL = "entity_defs"   # how file names read in messages: as `fieldsync validate entity_defs` prints them
 
@@ -241,12 +240,10 @@ def plan_draft(draft: Draft, base: Base, *, raise_version: bool = True) -> PlanV
 
 def apply_draft(view: PlanView, *, allow_destructive: bool, applied_by: str) -> Applied:
     """Write, regenerate, migrate and record the planned change (fieldsync.live.apply_change).
-    MigrationRefused and GenerationError propagate (nothing migrated)."""
+    MigrationRefused, GenerationError and OSError propagate (nothing migrated)."""
     st = state()
     assert view.change is not None
     defs_dir = st.config["DEFS_DIR"]
     return apply_change(st.engine, view.change, defs_dir, generated_dir(defs_dir),
                         allow_destructive=allow_destructive, applied_by=applied_by)
 
-
-__all__ += ["GenerationError", "MigrationRefused", "error_lines"]

@@ -15,7 +15,6 @@ import yaml
 from fieldsync.auth.tokens import issue_token
 from fieldsync.defs import DefinitionErrors, build_model, read_sources
 from fieldsync.store.versions import latest_version_id, list_versions
-from fieldsync_admin.definitions_yaml import FieldSpec, FormError, add_field, new_entity_text
 from tests.admin.conftest import SECRET, AdminClient
 from tests.conftest import DEFS_DIR
 
@@ -301,7 +300,8 @@ def test_posts_without_csrf_are_refused(browser_as, admin_app, defs):
 def _drop_category(defs) -> str:
     text = (defs / "masters" / "retailer.yaml").read_text()
     text = text.replace("  category:\n    type: enum\n    values: [pharmacy, clinic, general_store, distributor]\n", "")
-    return text.replace("visible: [name, territory_id, category, credit_limit]", "visible: [name, territory_id, credit_limit]")
+    return text.replace("visible: [name, territory_id, category, credit_limit]",
+                        "visible: [name, territory_id, credit_limit]")
 
 
 def test_destructive_apply_needs_an_admin_with_the_flag(browser_as, admin_app, defs):
@@ -376,7 +376,8 @@ def test_a_clash_with_a_newer_version_is_shown_not_applied(browser_as, admin_app
 @sqlite_only
 def test_history_version_page_and_rollback(browser_as, admin_app, defs):
     analyst = browser_as("analyst")
-    assert apply_form(analyst, analyst.text(analyst.post(f"{BASE}/entity/retailer/add-field", EMAIL))).status_code == 302
+    plan = analyst.text(analyst.post(f"{BASE}/entity/retailer/add-field", EMAIL))
+    assert apply_form(analyst, plan).status_code == 302
     first = latest_version_id_of(admin_app)
     plan = analyst.text(analyst.post(f"{BASE}/entity/retailer/add-field", {**EMAIL, "name": "website"}))
     assert apply_form(analyst, plan).status_code == 302
