@@ -143,6 +143,18 @@ def test_bad_yaml_names_line():
     assert errs[0].line >= 4
 
 
+def test_an_alias_inside_its_own_anchor_is_an_error_not_a_crash():
+    errs = errors_of({"app.yaml": APP, "roles.yaml": ROLES, "masters/shop.yaml": "&a [*a]\n"})
+    assert len(errs) == 1 and errs[0].file.endswith("shop.yaml") and "alias" in errs[0].message
+
+
+def test_aliases_that_expand_exponentially_are_refused_quickly():
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+    errs = errors_of({"app.yaml": APP, "roles.yaml": ROLES, "masters/shop.yaml": "\n".join(lines) + "\n"})
+    assert len(errs) == 1 and "aliases expand" in errs[0].message
+
+
 def test_duplicate_keys_are_errors():
     errs = errors_of(sources(masters__shop="""\
         entity: shop

@@ -36,10 +36,7 @@ def _plan_and_apply(config, sources: dict[str, str], label: str, *, dry_run: boo
             return 0
         applied = apply_change(engine, change, config["DEFS_DIR"], out, allow_destructive=allow_destructive,
                                applied_by=operator())
-        from fieldsync.store.versions import latest_version_id
-        with engine.connect() as conn:
-            version = latest_version_id(conn)
-        print(f"applied {len(applied.steps)} step(s); model version {version} "
+        print(f"applied {len(applied.plan.steps)} step(s); model version {applied.version} "
               f"(schema_version {change.model.schema_version}) is live: running servers swap to it within a second")
         return 0
     finally:
@@ -142,15 +139,8 @@ def versions_show(invocation: Invocation, number: int, full: bool, database_url:
 
 
 def _diff(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    """A unified diff of two sets of definition texts, file by file."""
-    import difflib
-    lines: list[str] = []
-    for rel in sorted(set(old) | set(new)):
-        a, b = old.get(rel, ""), new.get(rel, "")
-        if a != b:
-            lines.extend(line.rstrip("\n") for line in difflib.unified_diff(
-                a.splitlines(True), b.splitlines(True), f"a/{rel}", f"b/{rel}"))
-    return lines
+    from fieldsync.live import definitions_diff
+    return definitions_diff(old, new)
 
 
 @command("rollback", "apply the definitions of an earlier model version again (itself a plan)")

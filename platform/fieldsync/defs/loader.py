@@ -96,7 +96,15 @@ def _parse_yaml(file: str, text: str, errors: list[DefinitionError]) -> _Located
     keys: dict[tuple, Location] = {}
     values: dict[tuple, tuple] = {}
     before = len(errors)
-    _walk(file, node, (), keys, values, errors)
+    try:
+        _walk(file, node, (), keys, values, errors)
+    except RecursionError:
+        # an alias inside its own anchor (`&a [*a]`) makes the node graph a cycle; aliases of
+        # aliases can expand beyond MAX_NODES
+        errors.append(DefinitionError(file, 1, 1, "", "invalid YAML: an alias refers to the node that "
+                                                      f"contains it, or aliases expand to more than {MAX_NODES} "
+                                                      "keys and items"))
+        return None
     if len(errors) > before:
         return None
     data = _plain(yaml.load(text, Loader=_YAML_LOADER))
@@ -107,7 +115,14 @@ def _loc(file: str, node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# no definition file comes near this many keys and items; aliases of aliases can (a "billion
+# laughs" file expands exponentially), and the walk below would never end
+MAX_NODES = 50_000
+
+
 def _walk(file, node, path, keys, values, errors) -> None:
+    if len(values) >= MAX_NODES:
+        raise RecursionError("too many nodes")
     values[path] = (_loc(file, node), getattr(node, "style", None))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, Location] = {}
