@@ -69,6 +69,15 @@ def csrf_from(html: str) -> str | None:
     return found.group(1) if found else None
 
 
+@pytest.fixture(autouse=True)
+def _light_scrypt(monkeypatch):
+    """The view tests log in hundreds of times: scrypt at N=2**10 (same code path and format,
+    a 32nd of the memory and time) keeps them fast. The production cost (werkzeug's default,
+    N=2**15) is what tests/auth checks; the e2e tests' server uses it too."""
+    from fieldsync.auth import users
+    monkeypatch.setattr(users, "HASH_METHOD", "scrypt:1024:8:1")
+
+
 @pytest.fixture
 def admin_app(db_url, example_model, tmp_path):
     """The fieldsync app with the admin UI, a user per role (ROLE_USERS, password PASSWORD)."""
