@@ -28,16 +28,16 @@ from typing import Any
 from flask import Response, flash, redirect, request, url_for
 from flask_admin import BaseView, expose
 
-from fieldsync.audit.bundle import export_bundle, search_entries, verify_bundle
+from fieldsync.audit.bundle import export_bundle, verify_bundle
 from fieldsync.audit.events import subject_ref_function
 from fieldsync.audit.export import export_audit
+from fieldsync.audit.search import VERIFIED_EVENT, search_entries
 from fieldsync.errors import AuditUnavailable
 from fieldsync_admin.security import RoleView, audit, current_user, state
 
 __all__ = ["AuditView", "PAGE_SIZE", "VERIFIED_EVENT", "read_filters", "record_verification", "views"]
 
 PAGE_SIZE = 50
-VERIFIED_EVENT = "audit_verified"
 MAX_UPLOAD = 64 * 1024 * 1024
 FILTERS = ("from", "to", "user", "entity", "patient")
 

@@ -1,5 +1,5 @@
-"""Searching the audit trail newest first, and a FHIR R5 Bundle export of it that verifies on its
-own, away from the server (docs/audit.md, "Verifiable bundles"; the admin UI's audit page).
+"""A FHIR R5 Bundle export of the audit trail that verifies on its own, away from the server
+(docs/audit.md, "Verifiable bundles"; the admin UI's audit page).
 
 A bundle (`export_bundle`) is a FHIR `Bundle` of type `collection` holding one `AuditEvent`
 per matching entry (`fieldsync.audit.export.fhir_audit_event`, the NDJSON export's mapping).
@@ -24,7 +24,6 @@ nothing.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 from dataclasses import dataclass, field as dc_field
@@ -33,54 +32,18 @@ from typing import Any, Iterable, Mapping, Sequence
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fieldsync.audit.chain import ENTRIES, Checkpoint, entry_hash, iso, utc, verify_signature
+from fieldsync.audit.chain import ENTRIES, Checkpoint, entry_hash, iso, verify_signature
+from fieldsync.audit.search import filter_clauses
 from fieldsync.audit.export import BASE, fhir_audit_event
-from fieldsync.audit.trail import AuditEntry, AuditEvent, AuditLog, _entry
+from fieldsync.audit.trail import AuditEvent, AuditLog, _entry
 
-__all__ = ["BundleReport", "PROOF_URL", "export_bundle", "search_entries", "verify_bundle"]
+__all__ = ["BundleReport", "PROOF_URL", "export_bundle", "verify_bundle"]
 
 PROOF_URL = f"{BASE}/StructureDefinition/audit-chain-proof"
 CHAIN_URL = f"{BASE}/StructureDefinition/audit-chain"
 # the stored columns an entry's hash covers (chain.entry_hash), as the bundle carries them
 STORED_COLUMNS = ("seq", "prev_hash", "recorded_at", "action", "outcome", "actor", "role", "device", "channel",
                   "entity", "record_ids", "fields", "subjects", "purpose", "reason", "key_id", "detail")
-
-
-def _where(start: dt.datetime | None, end: dt.datetime | None, actor: str | None, entity: str | None,
-           subject: str | None, action: str | None = None) -> list:
-    where = []
-    if start is not None:
-        where.append(ENTRIES.c.recorded_at >= utc(start))
-    if end is not None:
-        where.append(ENTRIES.c.recorded_at < utc(end))
-    if actor is not None:
-        where.append(ENTRIES.c.actor == actor)
-    if entity is not None:
-        where.append(ENTRIES.c.entity == entity)
-    if action is not None:
-        where.append(ENTRIES.c.action == action)
-    if subject is not None:
-        # narrowed by text, then checked exactly (a subject reference is a JSON string in a list)
-        where.append(ENTRIES.c.subjects.contains(json.dumps(subject)))
-    return where
-
-
-def search_entries(audit: AuditLog, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
-                   actor: str | None = None, entity: str | None = None, subject: str | None = None,
-                   action: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[AuditEntry], int]:
-    """One page of the entries recorded in [start, end) matching the filters, **newest first**,
-    and how many match in all. Reasons stay encrypted (`has_reason` says there is one)."""
-    where = _where(start, end, actor, entity, subject, action)
-    with audit.snapshot() as conn:
-        if subject is None:
-            total = conn.execute(sa.select(sa.func.count()).select_from(ENTRIES).where(*where)).scalar_one()
-            rows = conn.execute(sa.select(ENTRIES).where(*where).order_by(ENTRIES.c.seq.desc())
-                                .limit(limit).offset(offset)).mappings().all()
-            return [_entry(r) for r in rows], total
-        # the text match can over-select: filter exactly, then page (subject searches are narrow)
-        matching = [e for e in (_entry(r) for r in conn.execute(
-            sa.select(ENTRIES).where(*where).order_by(ENTRIES.c.seq.desc())).mappings()) if subject in e.subjects]
-        return matching[offset:offset + limit], len(matching)
 
 
 def _stored(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,7 +80,7 @@ def export_bundle(audit: AuditLog, *, start: dt.datetime, end: dt.datetime, acto
     the last one counted; then a checkpoint is signed at the head, which the chain reaches."""
     if end <= start:
         raise ValueError("the export period is empty: 'to' must be after 'from'")
-    where = _where(start, end, actor, entity, subject)
+    where = filter_clauses(start=start, end=end, actor=actor, entity=entity, subject=subject)
     with audit.snapshot() as conn:
         seqs = [s for s, subjects in conn.execute(sa.select(ENTRIES.c.seq, ENTRIES.c.subjects).where(*where)
                                                   .order_by(ENTRIES.c.seq))
