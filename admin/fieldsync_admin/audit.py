@@ -132,7 +132,10 @@ class AuditView(RoleView, BaseView):
     @expose("/verify", methods=["POST"])
     def verify(self):
         report = state().audit.verify()
-        record_verification(report)
+        try:
+            record_verification(report)
+        except AuditUnavailable as exc:
+            flash(f"the verification ran but could not be recorded in the trail: {exc}", "warning")
         return self._page(verify=report)
 
     @expose("/verify-file", methods=["POST"])

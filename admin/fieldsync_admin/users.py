@@ -20,7 +20,7 @@ from typing import Any
 from flask import flash, redirect, request, url_for
 from flask_admin import BaseView, expose
 
-from fieldsync.auth.users import (PASSWORD_MIN, add_user, attribute_from_text, disable_user, enable_user,
+from fieldsync.auth.users import (PASSWORD_MIN, USER_ID_MAX, add_user, attribute_from_text, disable_user, enable_user,
                                   get_user, list_users, revoke_tokens, set_password, set_user)
 from fieldsync.errors import AuditUnavailable, Conflict, NotFound
 from fieldsync_admin.security import RoleView, current_user, state
@@ -73,6 +73,8 @@ class UsersView(RoleView, BaseView):
     def edit(self):
         user_id = request.args.get("user", "")
         try:
+            if "\x00" in user_id or len(user_id) > USER_ID_MAX:
+                raise NotFound(user_id)
             user = get_user(state().engine, user_id)
         except NotFound:
             flash(f"no user {user_id[:128]!r}", "danger")
@@ -84,6 +86,9 @@ class UsersView(RoleView, BaseView):
     def _run(self, done: str, operation, *, back_to_user: str | None = None):
         """Run a directory operation; its message, or the problem, as a flash."""
         try:
+            user_id = request.form.get("user", "")
+            if "\x00" in user_id or len(user_id) > USER_ID_MAX:   # no database takes a NUL
+                raise NotFound(f"no user {user_id[:USER_ID_MAX]!r}")
             result = operation()
         except (ValueError, Conflict, NotFound, AuditUnavailable) as exc:
             flash(str(exc), "danger")

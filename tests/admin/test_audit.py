@@ -99,6 +99,9 @@ def test_a_bad_date_is_a_message_not_an_error(browser_as):
     assert page.status_code == 400 and "is not a date" in client.text(page)
     reversed_ = client.get(PAGE, query_string={"from": "2026-02-02", "to": "2026-01-01"})
     assert reversed_.status_code == 400 and "before" in client.text(reversed_)
+    for name in ("user", "entity", "patient"):
+        assert client.get(PAGE, query_string={name: "a\x00b"}).status_code == 400
+    assert client.get(PAGE, query_string={"page": "-3"}).status_code == 200
 
 
 @sqlite_only

@@ -9,7 +9,8 @@ import pytest
 from fieldsync.auth.users import get_user, verify_password
 from tests.admin.conftest import PASSWORD, ROLE_USERS, AdminClient
 
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+# on SQLite; the odd-input test on PostgreSQL too (it refuses a NUL that SQLite stores)
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 PAGE = "/admin/users/"
 PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"
@@ -28,6 +29,7 @@ def _user(app, user_id):
     return get_user(_state(app).engine, user_id)
 
 
+@sqlite_only
 def test_admin_sees_the_directory(browser_as):
     client = browser_as("admin")
     page = client.get(PAGE)
@@ -38,6 +40,7 @@ def test_admin_sees_the_directory(browser_as):
     assert "password_hash" not in html and "scrypt" not in html
 
 
+@sqlite_only
 @pytest.mark.parametrize("role", ["analyst", "compliance"])
 def test_other_roles_are_refused(browser_as, role):
     client = browser_as(role)
@@ -45,11 +48,13 @@ def test_other_roles_are_refused(browser_as, role):
     assert client.post(PAGE + "add", data={"user": "x", "role": "admin", "password": NEW_PASSWORD}).status_code == 403
 
 
+@sqlite_only
 def test_anonymous_is_sent_to_login(admin_app):
     response = AdminClient(admin_app).get(PAGE)
     assert response.status_code == 302 and "/admin/login" in response.headers["Location"]
 
 
+@sqlite_only
 def test_add_a_user_with_attributes_audited(browser_as, admin_app):
     client = browser_as("admin")
     response = client.post(PAGE + "add", data={"user": "rep-new", "role": "field_rep", "password": NEW_PASSWORD,
@@ -65,6 +70,7 @@ def test_add_a_user_with_attributes_audited(browser_as, admin_app):
     assert "user rep-new added" in page and NEW_PASSWORD not in page
 
 
+@sqlite_only
 @pytest.mark.parametrize("form, message", [
     ({"user": "u1", "role": "field_rep", "password": "short"}, "a password has 10"),
     ({"user": "u2", "role": "wizard", "password": NEW_PASSWORD}, "unknown role 'wizard'"),
@@ -82,6 +88,7 @@ def test_bad_input_is_a_message_naming_the_problem(browser_as, admin_app, form, 
     assert not _admin_events(admin_app, "user_added")[4:]   # only the fixture's four users
 
 
+@sqlite_only
 def test_change_role_and_attributes_revokes_and_is_audited(browser_as, admin_app):
     client = browser_as("admin")
     edit = client.get(PAGE + "edit", query_string={"user": "rep-asha"})
@@ -97,6 +104,7 @@ def test_change_role_and_attributes_revokes_and_is_audited(browser_as, admin_app
     assert changed.detail["changed"] == ["attributes", "role"] and changed.detail["tokens_revoked"] is True
 
 
+@sqlite_only
 def test_reset_password_never_shows_it(browser_as, admin_app):
     client = browser_as("admin")
     response = client.post(PAGE + "password", data={"user": "ann-analyst", "password": NEW_PASSWORD})
@@ -112,6 +120,7 @@ def test_reset_password_never_shows_it(browser_as, admin_app):
     assert "a password has 10" in client.text(client.get(short.headers["Location"]))
 
 
+@sqlite_only
 def test_disable_logs_the_user_off_and_enable_restores(browser_as, admin_app):
     analyst = browser_as("analyst")
     admin_app.clock.now += 2
@@ -126,6 +135,7 @@ def test_disable_logs_the_user_off_and_enable_restores(browser_as, admin_app):
     assert [e.channel for e in _admin_events(admin_app, "user_enabled")] == ["admin"]
 
 
+@sqlite_only
 def test_an_admin_cannot_disable_or_demote_themselves(browser_as, admin_app):
     client = browser_as("admin")
     client.post(PAGE + "enabled", data={"user": "ada-admin", "enabled": "0"})
@@ -134,6 +144,7 @@ def test_an_admin_cannot_disable_or_demote_themselves(browser_as, admin_app):
     assert _user(admin_app, "ada-admin").enabled and _user(admin_app, "ada-admin").role == "admin"
 
 
+@sqlite_only
 def test_revoke_tokens_ends_sessions_and_is_audited(browser_as, admin_app):
     compliance = browser_as("compliance")
     assert compliance.get("/admin/audit/").status_code == 200
@@ -149,12 +160,17 @@ def test_revoke_tokens_ends_sessions_and_is_audited(browser_as, admin_app):
 
 def test_unknown_user_is_a_message(browser_as):
     client = browser_as("admin")
+    for path in ("revoke", "password", "enabled", "change"):
+        odd = client.post(PAGE + path, data={"user": "no\x00body", "password": NEW_PASSWORD, "role": "admin"})
+        assert odd.status_code == 302
+    assert client.get(PAGE + "edit", query_string={"user": "x\x00"}).status_code == 302
     response = client.post(PAGE + "revoke", data={"user": "nobody"})
     assert response.status_code == 302 and "no user nobody" in client.text(client.get(PAGE))
     edit = client.get(PAGE + "edit", query_string={"user": "nobody"})
     assert edit.status_code == 302
 
 
+@sqlite_only
 def test_posts_without_csrf_are_refused(browser_as, admin_app):
     client = browser_as("admin")
     for path, data in (("add", {"user": "x1", "role": "admin", "password": NEW_PASSWORD}),
