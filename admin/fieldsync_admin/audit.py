@@ -177,7 +177,8 @@ class AuditView(RoleView, BaseView):
             flash("the period is empty", "danger")
             return redirect(url_for(".index", **values))
         user = current_user()
-        stamp = f"{start:%Y%m%d}-{(end - dt.timedelta(microseconds=1)):%Y%m%d}"
+        first = f"{start:%Y-%m-%d}" if filters["start"] else "start"
+        stamp = f"{first}-to-{end - dt.timedelta(microseconds=1):%Y-%m-%d}"   # the filename names the days
         try:
             if fmt == "fhir":
                 bundle, _done = export_bundle(state().audit, start=start, end=end, actor=filters["actor"],
