@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -98,3 +99,30 @@ def test_make_run_prints_passwords_the_demo_users_log_in_with(running):
     assert status == 200 and {r["territory_id"] for r in page["items"]} == PUNE
     status, problem = call("POST", f"{base}/auth/login", body={"user": "rep-asha", "password": password + "x"})
     assert status == 401 and problem["reason"] == "invalid_credentials"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_make_run_admin_ui_takes_the_printed_admin_password(running):
+    """README: the admin UI at /admin, logged in to with a password `make run` printed."""
+    base, _tokens, output = running
+    admin_url = re.search(r"^admin UI: (\S+)", output, re.M).group(1)
+    password = re.search(r"^\s+login admin-meera with password (\S+) \(admin\)$", output, re.M).group(1)
+    opener = urllib.request.build_opener(_NoRedirect)
+    with opener.open(admin_url + "login", timeout=20) as resp:
+        html = resp.read().decode()
+        cookie = resp.headers["Set-Cookie"].split(";")[0]
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    form = urllib.parse.urlencode({"csrf_token": csrf, "user": "admin-meera", "password": password}).encode()
+    request = urllib.request.Request(admin_url + "login", data=form, headers={"Cookie": cookie})
+    try:
+        opener.open(request, timeout=20)
+        pytest.fail("the login did not redirect")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 302 and exc.headers["Location"].rstrip("/").endswith("/admin")
+        session = exc.headers["Set-Cookie"].split(";")[0]
+    with opener.open(urllib.request.Request(admin_url, headers={"Cookie": session}), timeout=20) as resp:
+        assert resp.status == 200 and "admin-meera" in resp.read().decode()

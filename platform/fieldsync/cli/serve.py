@@ -90,6 +90,9 @@ def run(invocation: Invocation, host: str | None, port: int | None, defs: str | 
     print(f"  curl -H 'Content-Type: application/json' -d '{{\"user\": \"rep-asha\", \"password\": "
           f"\"{passwords['rep-asha']}\"}}' {base}/auth/login")
     print(f"  curl {base}/openapi.json")
+    if config.get("ADMIN_UI", True):
+        print(f"admin UI: http://{host}:{port}/admin/  (log in as admin-meera, analyst-joe or compliance-lin "
+              "with the password printed above)")
     serve_app(app, host, port, behind_tls_proxy=behind_tls_proxy)  # development: plain HTTP
     return 0
 

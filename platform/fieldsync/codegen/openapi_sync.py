@@ -204,6 +204,38 @@ def _op(operation_id: str, summary: str, responses: dict[str, Any], *, body: str
 _DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def login_schemas() -> dict[str, Any]:
+    """The request and response of `POST /api/v1/auth/login` (docs/access.md, "Users and login")."""
+    return {
+        "LoginRequest": _object({
+            "user": {"type": "string", "maxLength": 128},
+            "password": {"type": "string", "maxLength": 1024},
+            "totp": {"type": ["string", "null"], "description": "the current one-time code, for a user who "
+                                                               "enrolled a second factor"},
+        }, ["user", "password"], "A directory user's credentials."),
+        "LoginResponse": _object({
+            "token": _STRING, "token_type": {"const": "Bearer"}, "token_id": _STRING,
+            "expires_at": _INT, "expires_in": _INT, "idle_timeout": _INT,
+            "user": _STRING, "role": _STRING, "attributes": {"type": "object"},
+        }, ["token", "token_type", "token_id", "expires_at", "expires_in", "idle_timeout", "user", "role",
+            "attributes"], "A user token with the directory's role and attributes."),
+    }
+
+
+def login_paths() -> dict[str, Any]:
+    """`POST /api/v1/auth/login`: no token; refusals are 401 login-failed, audited and rate-limited."""
+    return {"/api/v1/auth/login": {"post": {
+        "tags": ["auth"], "operationId": "login", "summary": "Exchange a directory user's password for a token",
+        "security": [], "requestBody": _body("LoginRequest"),
+        "responses": {"200": _json("LoginResponse", "Logged in."),
+                      "400": {"description": "bad-request: the body is not {user, password[, totp]}",
+                              "content": {PROBLEM_MEDIA_TYPE: {"schema": _ref("Problem")}}},
+                      "401": {"description": "login-failed, with a `reason`: invalid_credentials, disabled, "
+                                             "totp_required, totp_invalid",
+                              "content": {PROBLEM_MEDIA_TYPE: {"schema": _ref("Problem")}}},
+                      **_problems(413, 415, 429)}}}}
+
+
 def sync_paths() -> dict[str, Any]:
     """The sync endpoints of protocol §2.6, by path."""
     authenticated = (400, 401, 429)
