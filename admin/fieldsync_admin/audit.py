@@ -31,11 +31,11 @@ from flask_admin import BaseView, expose
 from fieldsync.audit.bundle import export_bundle, verify_bundle
 from fieldsync.audit.events import subject_ref_function
 from fieldsync.audit.export import export_audit
-from fieldsync.audit.search import VERIFIED_EVENT, search_entries
+from fieldsync.audit.search import search_entries, verification_event
 from fieldsync.errors import AuditUnavailable
-from fieldsync_admin.security import RoleView, audit, current_user, state
+from fieldsync_admin.security import RoleView, current_user, state
 
-__all__ = ["AuditView", "PAGE_SIZE", "VERIFIED_EVENT", "read_filters", "record_verification", "views"]
+__all__ = ["AuditView", "PAGE_SIZE", "read_filters", "record_verification", "views"]
 
 PAGE_SIZE = 50
 MAX_UPLOAD = 64 * 1024 * 1024
@@ -90,10 +90,11 @@ def read_filters(values, snapshot) -> dict[str, Any]:
     return filters
 
 
-def record_verification(report, *, source: str = "admin") -> None:
-    """Record a verification run as an `admin` entry (detail event `audit_verified`)."""
-    audit("admin", detail={"event": VERIFIED_EVENT, "ok": report.ok, "problems": len(report.problems),
-                           "entries": report.entries, "summary": report.summary(), "source": source})
+def record_verification(report) -> None:
+    """Record a verification run as an `admin` entry by the logged-in user (detail event
+    `audit_verified`, fieldsync.audit.search.verification_event)."""
+    user = current_user()
+    state().audit.record(verification_event(report, actor=user.user_id, role=user.role, channel="admin"))
 
 
 class AuditView(RoleView, BaseView):

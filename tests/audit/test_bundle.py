@@ -132,3 +132,11 @@ def test_cli_exports_a_bundle_and_verifies_it(phi_app, db_url, tmp_path, capsys)
     assert cli(phi_app, db_url, "verify-export", str(tmp_path / "missing.json")) == 2
     [export] = [e for e in phi_app.audit.entries() if e.action == "export"]
     assert export.channel == "cli" and export.detail["format"] == "fhir-bundle"
+
+
+def test_cli_verify_records_its_run_only_with_record(phi_app, db_url, capsys):
+    assert cli(phi_app, db_url, "verify") == 0
+    assert last_verification(phi_app.audit) is None          # a verifier writes nothing by default
+    assert cli(phi_app, db_url, "verify", "--record") == 0
+    run = last_verification(phi_app.audit)
+    assert run.channel == "cli" and run.detail["ok"] is True and run.detail["summary"].startswith("the audit log is")

@@ -11,9 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from fieldsync.audit.chain import ENTRIES, utc
-from fieldsync.audit.trail import AuditEntry, AuditLog, _entry
+from fieldsync.audit.trail import AuditEntry, AuditEvent, AuditLog, _entry
 
-__all__ = ["VERIFIED_EVENT", "count_entries", "filter_clauses", "last_verification", "search_entries"]
+__all__ = ["VERIFIED_EVENT", "count_entries", "filter_clauses", "last_verification", "search_entries",
+           "verification_event"]
 
 VERIFIED_EVENT = "audit_verified"   # detail event of an `admin` entry recording a verification run
 
@@ -67,9 +68,18 @@ def count_entries(audit: AuditLog, **filters: Any) -> int:
                             .where(*filter_clauses(**filters))).scalar_one()
 
 
+def verification_event(report, *, actor: str | None, role: str | None = None, channel: str) -> AuditEvent:
+    """The `admin` entry recording a verification run (`report`: a VerifyReport) that
+    `last_verification` finds: its result, never a value of the trail."""
+    return AuditEvent(action="admin", actor=actor, role=role, channel=channel,
+                      detail={"event": VERIFIED_EVENT, "ok": report.ok, "problems": len(report.problems),
+                              "entries": report.entries, "summary": report.summary()})
+
+
 def last_verification(audit: AuditLog) -> AuditEntry | None:
     """The newest entry recording a verification run (`admin`, detail event VERIFIED_EVENT:
-    ok, problems, summary), None when the trail was never verified from the UI."""
+    ok, problems, summary), None when no run was recorded (the admin UI's verify records one,
+    `fieldsync audit verify --record` too)."""
     marker = json.dumps({"event": VERIFIED_EVENT}, separators=(",", ":"))[1:-1]   # as json_detail writes it
     with audit.engine.connect() as conn:
         for row in conn.execute(sa.select(ENTRIES).where(ENTRIES.c.action == "admin", ENTRIES.c.detail.contains(marker))

@@ -66,10 +66,12 @@ def _open(config, *, create: bool, no_anchor: bool = False):
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
 @click.option("--no-anchor", is_flag=True, help="do not compare with the anchor kept outside the database (a copy "
                                                 "of the database checked elsewhere)")
+@click.option("--record", is_flag=True, help="record this run and its result in the trail (an admin entry "
+                                             "audit_verified; the admin dashboard shows the newest)")
 @database_options
 @pass_invocation
 def verify(invocation: Invocation, checkpoints: str | None, public_keys: tuple[str, ...], as_json: bool,
-           no_anchor: bool, database_url: str | None, data_dir: str | None) -> int:
+           no_anchor: bool, record: bool, database_url: str | None, data_dir: str | None) -> int:
     from fieldsync.audit.chain import load_public_key
     from fieldsync.audit.verify import parse_checkpoints
     audit, engine = _open(invocation.config(database_url=database_url, data_dir=data_dir), create=False,
@@ -80,6 +82,13 @@ def verify(invocation: Invocation, checkpoints: str | None, public_keys: tuple[s
         external = parse_checkpoints(Path(checkpoints).read_text().splitlines()) if checkpoints else []
         keys = [load_public_key(Path(p).read_bytes()) for p in public_keys]
         report = audit.verify(checkpoints=external, public_keys=keys, use_anchors=not no_anchor)
+        if record:   # only when asked: a verifier stays read-only (a copy, a replaced trail as evidence)
+            from fieldsync.audit.search import verification_event
+            from fieldsync.errors import AuditUnavailable
+            try:
+                audit.record(verification_event(report, actor=operator(), channel="cli"))
+            except AuditUnavailable as exc:
+                print(f"fieldsync audit verify: the run was not recorded: {exc}", file=sys.stderr)
     finally:
         engine.dispose()
     if as_json:
