@@ -38,6 +38,7 @@ from fieldsync_admin.security import RoleView, current_user, state
 __all__ = ["AuditView", "PAGE_SIZE", "read_filters", "record_verification", "views"]
 
 PAGE_SIZE = 50
+MAX_PAGE = 10_000_000    # an offset any database takes
 MAX_UPLOAD = 64 * 1024 * 1024
 FILTERS = ("from", "to", "user", "entity", "patient")
 
@@ -66,6 +67,8 @@ def read_filters(values, snapshot) -> dict[str, Any]:
     start_day, end_day = _date(values.get("from", ""), "from"), _date(values.get("to", ""), "to")
     if start_day and end_day and end_day < start_day:
         raise BadFilter("'to' is before 'from'")
+    if end_day == dt.date.max:
+        raise BadFilter("'to' is past the last date this page takes")
     filters: dict[str, Any] = {
         "start": _midnight(start_day) if start_day else None,
         "end": _midnight(end_day + dt.timedelta(days=1)) if end_day else None,
@@ -109,16 +112,15 @@ class AuditView(RoleView, BaseView):
     def _page(self, *, verify=None, file_report=None, status: int = 200):
         values = {k: request.values.get(k, "") for k in FILTERS}
         try:
-            page = max(1, int(request.values.get("page", "1") or 1))
+            page = min(max(1, int(request.values.get("page", "1") or 1)), MAX_PAGE)
         except ValueError:
             page = 1
-        entries, total, problem = [], 0, None
+        entries, total = [], 0
         try:
             filters = read_filters(values, self.snapshot)
             entries, total = search_entries(state().audit, **filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
         except BadFilter as exc:
-            problem = str(exc)
-            flash(problem, "danger")
+            flash(str(exc), "danger")
             status = 400
         pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
         return self.render("fieldsync_admin/audit_index.html", values=values, entries=entries, total=total,
