@@ -36,7 +36,8 @@ from fieldsync.store.engine import write_transaction
 from fieldsync.store.tables import bidx_column
 from fieldsync.store.records import RecordStore
 
-__all__ = ["KeyMaintenance", "ReencryptReport", "reencrypt", "rotate", "shred_entity", "shred_subject"]
+__all__ = ["KeyMaintenance", "ReencryptReport", "reencrypt", "rotate", "shred_entity", "shred_subject",
+           "values_under_retired_keys"]
 
 BATCH = 200
 
@@ -85,13 +86,15 @@ def _retired_kids(crypto: FieldCrypto) -> dict[str, Any]:
 
 
 def reencrypt(store: RecordStore, crypto: FieldCrypto, *, entity: str | None = None,
-              batch: int = BATCH, stop: threading.Event | None = None) -> ReencryptReport:
-    """One re-encryption pass (see the module text); returns what it did."""
+              batch: int = BATCH, stop: threading.Event | None = None,
+              report: ReencryptReport | None = None) -> ReencryptReport:
+    """One re-encryption pass (see the module text); returns what it did. Pass `report` to
+    watch the counts grow from another thread while the pass runs (the admin UI's progress)."""
     keyring = crypto.keyring
     keyring.forget()
     started = keyring.clock()
     retired = _retired_kids(crypto)
-    report = ReencryptReport()
+    report = report if report is not None else ReencryptReport()
     entities = _encrypted_entities(store.model, entity)
     seen: set[str] = set()
     index_rotated = {e.name for e in entities
@@ -114,6 +117,32 @@ def reencrypt(store: RecordStore, crypto: FieldCrypto, *, entity: str | None = N
             report.still_retired.append(kid)
     keyring.destroy(report.destroyed)
     return report
+
+
+def values_under_retired_keys(store: RecordStore, crypto: FieldCrypto, *, entity: str | None = None,
+                              batch: int = 1000) -> int:
+    """How many encrypted values in the entity tables of `entity` (every encrypted entity
+    without one) are still under a retired key: the work a re-encryption pass has left, in
+    the unit of `ReencryptReport.values`. Reads ciphertext headers only, never decrypts."""
+    retired = _retired_kids(crypto)
+    if not retired:
+        return 0
+    count = 0
+    for e in _encrypted_entities(store.model, entity):
+        table = store.table(e)
+        secret = [f.name for f in e.fields if f.encrypted]
+        columns = [table.c.id] + [table.c[name] for name in secret]
+        last = ""
+        while True:
+            with store.engine.connect() as conn:
+                rows = conn.execute(sa.select(*columns).where(table.c.id > last).order_by(table.c.id)
+                                    .limit(batch)).all()
+            if not rows:
+                break
+            last = rows[-1][0]
+            count += sum(1 for row in rows for value in row[1:]
+                         if value is not None and ciphertext_key_id(value) in retired)
+    return count
 
 
 def _reencrypt_table(store: RecordStore, crypto: FieldCrypto, entity: Entity, retired: dict[str, Any],
