@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services bench generate clean
+.PHONY: run test services screenshots bench generate clean
 
 $(STAMP): setup.py setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,9 @@ $(STAMP): setup.py setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/fieldsync run
 
-# ci/services.sh starts PostgreSQL if it is down, creates its `test` database and installs and
-# starts ActiveMQ (STOMP) when missing; idempotent, so `make test` is all a fresh machine needs.
+# ci/services.sh starts PostgreSQL if it is down, creates its `test` database, installs and
+# starts ActiveMQ (STOMP) and installs Debian's chromium (the admin UI's browser tests) when
+# missing; idempotent, so `make test` is all a fresh machine needs.
 test: $(STAMP)
 	bash ci/services.sh
 	$(BIN)/fieldsync generate --check
@@ -24,6 +25,12 @@ test: $(STAMP)
 
 services:
 	bash ci/services.sh
+
+# The admin UI's pictures in docs/admin/ (docs/admin.md shows them) come from its browser tests;
+# `make test` takes them into a temporary directory only, so it never changes the git tree.
+screenshots: $(STAMP)
+	bash ci/chromium.sh
+	FIELDSYNC_TEST_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/admin/e2e
 
 # Benchmarks print figures (docs/benchmarks.md); they are not tests and `make test` skips them.
 bench: $(STAMP)

@@ -4,6 +4,7 @@
 # - PostgreSQL at 127.0.0.1:5432 with a database `test` (trust auth): started when it is down,
 #   the database created when it is missing; the tests never skip it.
 # - ActiveMQ (Debian's activemq) with STOMP on 127.0.0.1:61613, by ci/activemq.sh.
+# - Chromium (Debian's chromium) for the admin UI's browser tests, by ci/chromium.sh.
 # Safe to run again at any time; each step does nothing when its service is already up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,4 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_database where 
   || { log "creating database test"; createdb -h 127.0.0.1 -U postgres test; }
 
 bash ci/activemq.sh
+bash ci/chromium.sh

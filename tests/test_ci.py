@@ -54,3 +54,5 @@ def test_services_script_is_idempotent_and_leaves_them_up():
         sock.sendall(b"CONNECT\naccept-version:1.2\nhost:localhost\n\n\0")
         assert sock.recv(4096).startswith(b"CONNECTED")
         sock.sendall(b"DISCONNECT\n\n\0")
+    # Chromium for the admin UI's browser tests (ci/chromium.sh): Debian's, launched by Playwright
+    assert os.access("/usr/bin/chromium", os.X_OK)

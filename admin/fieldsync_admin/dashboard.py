@@ -4,7 +4,7 @@ shown (no cache), as of the server's clock:
 
 * `syncing`: active devices in contact within the last hour; `lagging`: active devices behind the
   change log's head and silent for more than an hour; `quarantined`: mutations permanently
-  rejected (fieldsync.sync.overview);
+  rejected, of active devices (fieldsync.sync.overview, shared with the devices page);
 * `queue-depth`: messages waiting in the sync queue (visible; in flight and dead letters beside
   it), as `fieldsync workers status` reports it;
 * `failed-logins`: audit entries `auth` with outcome `failure` in the last 24 hours (REST, sync
@@ -23,12 +23,13 @@ from typing import Any
 from flask_admin import AdminIndexView, expose
 
 from fieldsync.audit.search import count_entries, last_verification
-from fieldsync.sync.overview import sync_overview
+from fieldsync.sync.overview import LAG_QUIET_FOR, devices_synced_since, lagging_devices, quarantined_mutations
 from fieldsync_admin.security import ADMIN_ROLES, RoleView, state
 
 __all__ = ["DashboardView", "FAILED_LOGIN_WINDOW", "Figure", "figures"]
 
 FAILED_LOGIN_WINDOW = dt.timedelta(hours=24)
+SYNC_WINDOW = dt.timedelta(hours=1)
 log = logging.getLogger("fieldsync.admin")
 
 
@@ -60,7 +61,10 @@ def figures() -> list[Figure]:
     """The dashboard's figures, read now."""
     st = state()
     now = st.audit.clock()
-    sync = sync_overview(st.engine, now)
+    with st.engine.connect() as conn:   # the device figures in one read
+        syncing = devices_synced_since(conn, now - SYNC_WINDOW)
+        lagging = lagging_devices(conn, now)
+        quarantined = quarantined_mutations(conn)
     failed = count_entries(st.audit, start=now - FAILED_LOGIN_WINDOW, action="auth", outcome="failure")
     verified = last_verification(st.audit)
     if verified is None:
@@ -73,11 +77,12 @@ def figures() -> list[Figure]:
                       f"{verified.recorded_at:%Y-%m-%d %H:%M} UTC by {verified.actor or 'the system'}",
                       "" if ok else "danger")
     return [
-        Figure("syncing", "Devices syncing (last hour)", sync.syncing, f"of {sync.devices} active"),
-        Figure("lagging", "Devices lagging", sync.lagging, "behind and silent for over an hour",
-               "warning" if sync.lagging else ""),
-        Figure("quarantined", "Quarantined mutations", sync.quarantined, "permanently rejected",
-               "warning" if sync.quarantined else ""),
+        Figure("syncing", "Devices syncing (last hour)", syncing, "in contact within the hour"),
+        Figure("lagging", "Devices lagging", lagging,
+               f"behind and silent for over {int(LAG_QUIET_FOR.total_seconds() // 3600)} h",
+               "warning" if lagging else ""),
+        Figure("quarantined", "Quarantined mutations", quarantined, "permanently rejected, on active devices",
+               "warning" if quarantined else ""),
         _queue_figure(),
         Figure("failed-logins", "Failed logins (24 h)", failed, "from the audit trail",
                "warning" if failed else ""),

@@ -56,7 +56,8 @@ class RestWriteHook:
         principal = g.get("principal") if has_request_context() else None
         if principal is not None:
             purpose, reason = _purpose()
-            who = {"actor": principal.user_id, "role": principal.role, "channel": "rest",
+            # the admin UI's data views write through the same store and set their channel
+            who = {"actor": principal.user_id, "role": principal.role, "channel": g.get("audit_channel") or "rest",
                    "purpose": purpose, "reason": reason}
         else:
             who = {"actor": None, "role": None, "channel": "system", "purpose": "operations"}

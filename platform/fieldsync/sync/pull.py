@@ -30,7 +30,7 @@ from fieldsync.store.sync_tables import LEDGER, SCOPES
 from fieldsync.untrusted import load_json
 
 __all__ = ["PullRequest", "SyncReset", "InvalidResume", "ledger_rows", "pull_page", "render_results", "results_for",
-           "readable_row", "write_checkpoint", "remember_scope"]
+           "readable_row", "snapshot_query", "write_checkpoint", "remember_scope"]
 
 MAX_RESULTS_PER_PAGE = 1000
 
@@ -190,7 +190,11 @@ class _Page:
         return [c for _, _, c in sorted(self.changes, key=lambda t: (t[0], t[1]))]
 
 
-def _snapshot_query(store: RecordStore, scope: DeviceScope, name: str, after: str | None, limit: int | None):
+def snapshot_query(store: RecordStore, scope: DeviceScope, name: str, after: str | None = None,
+                   limit: int | None = None) -> sa.Select:
+    """The rows of entity `name` a device with `scope` holds after a snapshot, by id (after
+    `after`, at most `limit`): its own rules and, for a child, a live parent inside the parent's.
+    What a first sync sends; the admin's sync rules preview counts and samples it."""
     entity = scope.entities[name].entity
     table = store.table(entity)
     query = sa.select(table).where(*scope.sql_where(name, table))
@@ -201,6 +205,9 @@ def _snapshot_query(store: RecordStore, scope: DeviceScope, name: str, after: st
     if after is not None:
         query = query.where(table.c.id > after)
     return query.order_by(table.c.id).limit(limit)
+
+
+_snapshot_query = snapshot_query
 
 
 def _phase_rows_left(page: _Page, state: dict[str, Any]) -> int:
