@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from fieldsync.auth import totp
 from fieldsync.auth.users import (add_user, check_attributes, disable_user, enable_user, get_user, list_users,
-                                  log_in, set_password, set_user, verify_password)
+                                  log_in, revoke_tokens, set_password, set_user, verify_password)
 from fieldsync.errors import Conflict, LoginRefused, NotFound
 from fieldsync.store.directory import USERS
 
@@ -160,6 +160,26 @@ def test_changes_revoke_the_users_tokens_and_sessions(auth_app):
     [changed, *_] = auth_app.auth_entries("user_changed")
     assert changed.detail["changed"] == ["attributes"] and changed.detail["tokens_revoked"] is True
     assert auth_app.auth_entries("user_changed")[-1].detail["changed"] == ["password"]
+
+
+def test_revoke_tokens_refuses_the_users_tokens_and_changes_nothing_else(auth_app):
+    _add(auth_app)
+    engine = auth_app.state.engine
+    old = auth_app.token("rep-asha", "field_rep", territory_ids=[PUNE])
+    assert auth_app.request("GET", "/retailer", old).status_code == 200
+    before = get_user(engine, "rep-asha")
+    auth_app.clock.advance(1)
+    revoke_tokens(engine, auth_app.audit, "rep-asha", actor="ada", channel="admin", now=auth_app.clock())
+    r = auth_app.request("GET", "/retailer", old)
+    assert r.status_code == 401 and r.get_json()["reason"] == "revoked"
+    after = get_user(engine, "rep-asha")
+    assert (after.role, after.attributes, after.enabled) == (before.role, before.attributes, before.enabled)
+    assert after.tokens_after == int(auth_app.clock())
+    assert verify_password(engine, "rep-asha", PASSWORD) is not None
+    [entry] = auth_app.auth_entries("tokens_revoked")
+    assert entry.actor == "ada" and entry.channel == "admin" and entry.detail["user"] == "rep-asha"
+    with pytest.raises(NotFound):
+        revoke_tokens(engine, auth_app.audit, "nobody", actor="ada")
 
 
 def test_a_token_of_a_disabled_user_is_refused_even_unused(auth_app):

@@ -40,8 +40,8 @@ from fieldsync.store.directory import USERS
 from fieldsync.store.engine import write_transaction
 
 __all__ = ["PASSWORD_MAX", "PASSWORD_MIN", "SECOND_FACTOR_ROLES", "User", "add_user", "attribute_from_text",
-           "check_attributes", "disable_user", "enable_user", "get_user", "list_users", "log_in", "set_password",
-           "set_user", "verify_password"]
+           "check_attributes", "disable_user", "enable_user", "get_user", "list_users", "log_in", "revoke_tokens",
+           "set_password", "set_user", "verify_password"]
 
 SECOND_FACTOR_ROLES = ("admin", "analyst", "compliance")
 PASSWORD_MIN = 10
@@ -258,6 +258,19 @@ def enable_user(engine: sa.Engine, audit: AuditLog, user_id: str, *, actor: str,
                 now: float | None = None) -> bool:
     """Enable the user again (tokens revoked when disabled stay revoked); False when enabled."""
     return _set_enabled(engine, audit, user_id, True, actor=actor, channel=channel, now=now)
+
+
+def revoke_tokens(engine: sa.Engine, audit: AuditLog, user_id: str, *, actor: str, channel: str = "cli",
+                  now: float | None = None) -> None:
+    """Revoke every token the user holds now, changing nothing else (a lost phone, a token that
+    may have leaked): their sessions, device tokens included, are refused from `now` on and
+    they log in again. Audited as `tokens_revoked`. NotFound."""
+    at = _now(now)
+    with write_transaction(engine) as conn:
+        _current(conn, user_id)
+        _revoke_tokens(conn, user_id, at, actor)
+        conn.execute(USERS.update().where(USERS.c.user_id == user_id).values(updated_at=at))
+        _audit(audit, conn, "tokens_revoked", user_id, actor, channel)
 
 
 def get_user(engine: sa.Engine, user_id: str) -> User:

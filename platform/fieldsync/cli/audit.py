@@ -66,10 +66,12 @@ def _open(config, *, create: bool, no_anchor: bool = False):
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
 @click.option("--no-anchor", is_flag=True, help="do not compare with the anchor kept outside the database (a copy "
                                                 "of the database checked elsewhere)")
+@click.option("--record", is_flag=True, help="record this run and its result in the trail (an admin entry "
+                                             "audit_verified; the admin dashboard shows the newest)")
 @database_options
 @pass_invocation
 def verify(invocation: Invocation, checkpoints: str | None, public_keys: tuple[str, ...], as_json: bool,
-           no_anchor: bool, database_url: str | None, data_dir: str | None) -> int:
+           no_anchor: bool, record: bool, database_url: str | None, data_dir: str | None) -> int:
     from fieldsync.audit.chain import load_public_key
     from fieldsync.audit.verify import parse_checkpoints
     audit, engine = _open(invocation.config(database_url=database_url, data_dir=data_dir), create=False,
@@ -80,6 +82,13 @@ def verify(invocation: Invocation, checkpoints: str | None, public_keys: tuple[s
         external = parse_checkpoints(Path(checkpoints).read_text().splitlines()) if checkpoints else []
         keys = [load_public_key(Path(p).read_bytes()) for p in public_keys]
         report = audit.verify(checkpoints=external, public_keys=keys, use_anchors=not no_anchor)
+        if record:   # only when asked: a verifier stays read-only (a copy, a replaced trail as evidence)
+            from fieldsync.audit.search import verification_event
+            from fieldsync.errors import AuditUnavailable
+            try:
+                audit.record(verification_event(report, actor=operator(), channel="cli"))
+            except AuditUnavailable as exc:
+                print(f"fieldsync audit verify: the run was not recorded: {exc}", file=sys.stderr)
     finally:
         engine.dispose()
     if as_json:
@@ -104,14 +113,16 @@ def _when(text: str, flag: str) -> dt.datetime:
 
 
 @audit_group.add_command
-@command("export", "write audit entries of a period as FHIR R5 AuditEvent NDJSON or CSV (the export is audited)")
+@command("export", "write audit entries of a period as FHIR R5 AuditEvent NDJSON, a verifiable FHIR Bundle or CSV "
+                   "(the export is audited)")
 @click.option("--from", "start", required=True, help="start (inclusive): YYYY-MM-DD or ISO time")
 @click.option("--to", "end", required=True, help="end (exclusive): YYYY-MM-DD or ISO time")
 @click.option("--patient", help="only entries about this patient (matched by its subject reference)")
 @click.option("--user", help="only entries of this user id")
 @click.option("--entity", help="only entries of this entity")
-@click.option("--format", "fmt", type=click.Choice(("fhir", "csv")), required=True,
-              help="fhir: FHIR R5 AuditEvent NDJSON; csv: one row per entry")
+@click.option("--format", "fmt", type=click.Choice(("fhir", "bundle", "csv")), required=True,
+              help="fhir: FHIR R5 AuditEvent NDJSON; bundle: a FHIR Bundle that verifies on its own "
+                   "(`audit verify-export`); csv: one row per entry")
 @click.option("--output", metavar="FILE", help="write here instead of standard output")
 @click.option("--include-reasons", is_flag=True,
               help="decrypt break-glass reasons into the export (they may name a patient)")
@@ -142,9 +153,20 @@ def export(invocation: Invocation, start: str, end: str, patient: str | None, us
         destination = output or "stdout"
         out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         try:
-            done = export_audit(state.audit, out, fmt=fmt, start=since, end=until, actor=user,
-                                entity=entity, subject=subject, include_reasons=include_reasons,
-                                exported_by=operator(), destination=destination, server=socket.gethostname())
+            if fmt == "bundle":
+                if include_reasons:
+                    print("fieldsync audit export: --include-reasons is not offered for a bundle (its entries are "
+                          "verified as stored, reasons encrypted)", file=sys.stderr)
+                    return 2
+                from fieldsync.audit.bundle import export_bundle
+                bundle, done = export_bundle(state.audit, start=since, end=until, actor=user, entity=entity,
+                                             subject=subject, exported_by=operator(), channel="cli",
+                                             server=socket.gethostname())
+                out.write(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+            else:
+                done = export_audit(state.audit, out, fmt=fmt, start=since, end=until, actor=user,
+                                    entity=entity, subject=subject, include_reasons=include_reasons,
+                                    exported_by=operator(), destination=destination, server=socket.gethostname())
         finally:
             if output:
                 out.close()
@@ -154,6 +176,48 @@ def export(invocation: Invocation, start: str, end: str, patient: str | None, us
     print(f"exported {done['entries']} audit entr{'y' if done['entries'] == 1 else 'ies'} as {fmt} to "
           f"{destination} (recorded as audit entry {done['export_entry']})", file=sys.stderr)
     return 0
+
+
+@audit_group.add_command
+@command("verify-export", "check an audit bundle (`audit export --format bundle`, the admin UI's download) against "
+                          "its hash chain and signed checkpoint; exit 1 naming each problem")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--public-key", "public_keys", multiple=True, metavar="FILE",
+              help="a PEM public key (`audit public-key`) to check the signature with (repeatable); without one, "
+                   "the local signing key's public half")
+@database_options
+@pass_invocation
+def verify_export(invocation: Invocation, file: str, public_keys: tuple[str, ...], database_url: str | None,
+                  data_dir: str | None) -> int:
+    """FILE: the downloaded bundle (JSON)."""
+    from fieldsync.audit.bundle import verify_bundle
+    from fieldsync.audit.chain import load_public_key
+    from fieldsync.audit.trail import AuditLog
+    from fieldsync.errors import ConfigError
+    try:
+        keys = [load_public_key(Path(p).read_bytes()) for p in public_keys]
+        bundle = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError, ConfigError) as exc:
+        print(f"fieldsync audit verify-export: {exc}", file=sys.stderr)
+        return 2
+    if not keys:
+        from fieldsync.store.engine import make_engine
+        config = invocation.config(database_url=database_url, data_dir=data_dir)
+        engine = make_engine(config.database_url)   # not opened: only the signing key file is read
+        try:
+            local = AuditLog.from_config(config, engine).local_public_key()
+        finally:
+            engine.dispose()
+        if local is None:
+            print("fieldsync audit verify-export: no signing key here; pass --public-key (from `fieldsync audit "
+                  "public-key` on the server)", file=sys.stderr)
+            return 2
+        keys = [local]
+    report = verify_bundle(bundle, keys)
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print(report.summary())
+    return 0 if report.ok else 1
 
 
 @audit_group.add_command
