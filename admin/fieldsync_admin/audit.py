@@ -186,13 +186,15 @@ class AuditView(RoleView, BaseView):
             if fmt == "fhir":
                 bundle, _done = export_bundle(state().audit, start=start, end=end, actor=filters["actor"],
                                               entity=filters["entity"], subject=filters["subject"],
-                                              exported_by=user.user_id, channel="admin", server=socket.gethostname())
+                                              exported_by=user.user_id, exported_role=user.role, channel="admin",
+                                              server=socket.gethostname())
                 body = json.dumps(bundle, indent=1, sort_keys=True)
                 return _download(body, "application/fhir+json", f"fieldsync-audit-{stamp}.json")
             out = io.StringIO()
             export_audit(state().audit, out, fmt="csv", start=start, end=end, actor=filters["actor"],
                          entity=filters["entity"], subject=filters["subject"], exported_by=user.user_id,
-                         destination="download", server=socket.gethostname(), channel="admin")
+                         destination="download", server=socket.gethostname(), channel="admin",
+                         exported_role=user.role)
             return _download(out.getvalue(), "text/csv", f"fieldsync-audit-{stamp}.csv")
         except AuditUnavailable as exc:
             flash(f"nothing was exported: {exc}", "danger")

@@ -153,7 +153,7 @@ def test_fhir_bundle_download_is_audited_and_verifies(browser_as, admin_app):
     assert report.ok, report.problems
     assert report.entries == 3
     [export] = _entries(admin_app, action="export")
-    assert export.actor == ROLE_USERS["compliance"] and export.channel == "admin"
+    assert (export.actor, export.role, export.channel) == (ROLE_USERS["compliance"], "compliance", "admin")
     assert export.detail["entries"] == 3 and export.detail["user_filter"] == "nurse-4"
 
 
@@ -201,7 +201,8 @@ def test_csv_download_is_audited(browser_as, admin_app):
     rows = list(csv.DictReader(io.StringIO(client.text(response))))
     assert [int(r["seq"]) for r in rows] == seqs
     [export] = _entries(admin_app, action="export")
-    assert export.actor == ROLE_USERS["admin"] and export.channel == "admin" and export.detail["format"] == "csv"
+    assert (export.actor, export.role, export.channel) == (ROLE_USERS["admin"], "admin", "admin")
+    assert export.detail["format"] == "csv"
 
 
 @sqlite_only

@@ -73,11 +73,13 @@ def _audit_event(row: Mapping[str, Any], server: str) -> dict[str, Any]:
 
 def export_bundle(audit: AuditLog, *, start: dt.datetime, end: dt.datetime, actor: str | None = None,
                   entity: str | None = None, subject: str | None = None, exported_by: str | None,
-                  channel: str = "admin", server: str = "fieldsync") -> tuple[dict[str, Any], dict[str, Any]]:
+                  channel: str = "admin", server: str = "fieldsync",
+                  exported_role: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A verifiable FHIR Bundle of the entries recorded in [start, end) matching the filters
     (see the module docstring), and what was exported. Like `export_audit`, the export is
     recorded first (action `export`; AuditUnavailable: no bundle), and holds the entries up to
-    the last one counted; then a checkpoint is signed at the head, which the chain reaches."""
+    the last one counted; then a checkpoint is signed at the head, which the chain reaches.
+    `exported_role`: the exporting user's role, recorded with the export (the admin UI's user)."""
     if end <= start:
         raise ValueError("the export period is empty: 'to' must be after 'from'")
     where = filter_clauses(start=start, end=end, actor=actor, entity=entity, subject=subject)
@@ -90,7 +92,8 @@ def export_bundle(audit: AuditLog, *, start: dt.datetime, end: dt.datetime, acto
               "entries": len(seqs), "through_seq": through, "include_reasons": False, "output": "download"}
     if actor is not None:
         detail["user_filter"] = actor
-    export_seq = audit.record(AuditEvent(action="export", actor=exported_by, channel=channel, entity=entity,
+    export_seq = audit.record(AuditEvent(action="export", actor=exported_by, role=exported_role, channel=channel,
+                                         entity=entity,
                                          subjects=(subject,) if subject else (), purpose="compliance",
                                          detail=detail))
     cp = audit.checkpoint()   # at the head: the export's own entry or later

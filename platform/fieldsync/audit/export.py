@@ -169,9 +169,10 @@ def write_csv(entries: Iterable[AuditEntry], out: TextIO) -> int:
 def export_audit(audit: AuditLog, out: TextIO, *, fmt: str, start: dt.datetime, end: dt.datetime,
                  actor: str | None = None, entity: str | None = None, subject: str | None = None,
                  include_reasons: bool = False, exported_by: str | None = None, destination: str = "stdout",
-                 server: str = "fieldsync", channel: str = "cli") -> dict[str, Any]:
+                 server: str = "fieldsync", channel: str = "cli", exported_role: str | None = None) -> dict[str, Any]:
     """Export the entries recorded in [start, end) matching the filters to `out`, after recording
-    the export itself on `channel` (AuditUnavailable: nothing is written). Returns what was exported."""
+    the export itself on `channel` by `exported_by` (with their role `exported_role`, when known:
+    the admin UI's user) (AuditUnavailable: nothing is written). Returns what was exported."""
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     if end <= start:
@@ -184,8 +185,9 @@ def export_audit(audit: AuditLog, out: TextIO, *, fmt: str, start: dt.datetime, 
               "through_seq": through, "include_reasons": include_reasons, "output": destination}
     if actor is not None:
         detail["user_filter"] = actor
-    seq = audit.record(AuditEvent(action="export", actor=exported_by, channel=channel, entity=entity,
-                                  subjects=(subject,) if subject else (), purpose="compliance", detail=detail))
+    seq = audit.record(AuditEvent(action="export", actor=exported_by, role=exported_role, channel=channel,
+                                  entity=entity, subjects=(subject,) if subject else (), purpose="compliance",
+                                  detail=detail))
     selected: Iterator[AuditEntry] = (e for e in audit.entries(**filters, decrypt_reasons=include_reasons)
                                       if e.seq <= through)
     written = write_fhir(selected, out, server=server) if fmt == "fhir" else write_csv(selected, out)
