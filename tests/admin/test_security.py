@@ -158,3 +158,12 @@ def test_odd_input_never_errors(admin_app):
     assert response.status_code in (400, 401)
     assert client.get("/admin/does-not-exist").status_code in (302, 404)
     assert client.client.head("/admin/login").status_code < 500
+
+
+def test_head_on_the_login_page_is_not_a_login_attempt(admin_app):
+    state = admin_app.extensions["fieldsync"]
+    client = AdminClient(admin_app)
+    for _ in range(int(state.config["AUTH_FAILURE_LIMIT"]) + 1):
+        assert client.client.head("/admin/login").status_code == 200
+    assert not [e for e in state.audit.entries() if e.action == "auth" and e.outcome != "success"]
+    assert client.login(ROLE_USERS["admin"]).status_code == 302     # not rate-limited by the HEADs
