@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from fieldsync.store.tables import PLATFORM_PREFIX
+from fieldsync.store.engine import create_tables
 
 __all__ = ["USERS", "create_user_tables", "directory_metadata"]
 
@@ -36,4 +37,4 @@ USERS = sa.Table(
 
 def create_user_tables(engine: sa.Engine) -> None:
     """Create `fs_users` when missing (safe to run again, from several servers)."""
-    directory_metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, directory_metadata)
