@@ -178,7 +178,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def login():
-    if request.method == "GET":
+    if request.method != "POST":   # GET, and HEAD (Flask answers it with this view): never a login attempt
         if current_user() is not None:
             return redirect(url_for("admin.index"))
         return render_template("fieldsync_admin/login.html", next=request.args.get("next", ""))
