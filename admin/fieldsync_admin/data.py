@@ -359,7 +359,7 @@ class EntityView(RoleView, BaseModelView):
     def edit_form(self, obj: Any = None):
         names = self._writable(create=False)
         form = entity_form(self.entity, names, create=False)(get_form_data())
-        if request.method == "GET" and obj is not None:
+        if request.method in ("GET", "HEAD") and obj is not None:
             shown = self.visible()
             for name, text in prefill(self.entity, obj, [n for n in names if n in shown]).items():
                 form[name].data = text

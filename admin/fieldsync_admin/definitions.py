@@ -94,7 +94,7 @@ class DefinitionsView(RoleView, BaseView):
             self._abort(404, f"{rel!r} is not a definition file (app.yaml, roles.yaml, masters/*.yaml, "
                              "transactions/*.yaml)")
         base = self._base()
-        if request.method == "GET":
+        if request.method != "POST":   # GET and HEAD
             return self._editor(base, rel, base.sources.get(rel, ""), [])
         text = _text(request.form.get("text", ""))
         draft = Draft.edit(base, {rel: text})
@@ -130,7 +130,7 @@ class DefinitionsView(RoleView, BaseView):
         if not model.has_entity(name) or model.entity(name).parent is not None:
             self._abort(404, f"there is no top-level entity {name!r} in the live model")
         entity = model.entity(name)
-        if request.method == "GET":
+        if request.method != "POST":   # GET and HEAD
             return self._field_form(entity, {})
         base = self._base()
         rel = entity_file(base.sources, name)
@@ -152,7 +152,7 @@ class DefinitionsView(RoleView, BaseView):
     @expose("/new-entity", methods=("GET", "POST"))
     def new_entity(self):
         model = g.snapshot.model
-        if request.method == "GET":
+        if request.method != "POST":   # GET and HEAD
             return self._entity_form({})
         base = self._base()
         form = request.form

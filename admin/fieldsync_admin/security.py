@@ -178,7 +178,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def login():
-    if request.method == "GET":
+    if request.method != "POST":   # GET, and HEAD (Flask answers it with this view): never a login attempt
         if current_user() is not None:
             return redirect(url_for("admin.index"))
         return render_template("fieldsync_admin/login.html", next=request.args.get("next", ""))
@@ -195,7 +195,7 @@ def login():
     try:
         if "\x00" in user_id + password + (code or ""):
             raise LoginRefused("invalid_credentials", "the user id or the password is wrong")
-        user = log_in(st.engine, user_id, password, code, now=_now())
+        user = log_in(st.engine, user_id, password, code, now=_now(), keyring=st.crypto.keyring)
         if user.role not in ADMIN_ROLES:
             raise LoginRefused("role", f"the role {user.role} has no admin views; use the app")
     except LoginRefused as exc:

@@ -110,7 +110,8 @@ class UsersView(RoleView, BaseView):
         def operation():
             attributes = _attributes(form, self.snapshot.model)
             return add_user(state().engine, state().audit, self.snapshot.model, user_id, role=role,
-                            password=form.get("password", ""), attributes=attributes, **self._common())
+                            password=form.get("password", ""), attributes=attributes,
+                            keyring=state().crypto.keyring, **self._common())
         return self._run(f"user {user_id} added as {role}", operation)
 
     @expose("/change", methods=["POST"])
@@ -124,7 +125,7 @@ class UsersView(RoleView, BaseView):
                 raise ValueError("you cannot change your own role (ask another admin)")
             attributes = _attributes(form, self.snapshot.model)
             set_user(state().engine, state().audit, self.snapshot.model, user_id, role=role, attributes=attributes,
-                     **self._common())
+                     keyring=state().crypto.keyring, **self._common())
         return self._run(f"user {user_id} saved (a change of role or attributes revoked their tokens)", operation,
                          back_to_user=user_id)
 

@@ -35,10 +35,11 @@ DEMO_USERS: tuple[dict[str, Any], ...] = (
 )
 
 
-def demo_logins(engine, audit, model: Model, *, now: float | None = None) -> dict[str, str]:
+def demo_logins(engine, audit, model: Model, *, now: float | None = None, keyring=None) -> dict[str, str]:
     """Put DEMO_USERS in the user directory (auth/users.py) with a new random password each: a
-    user added by an earlier run gets a new password (revoking their old tokens) and the demo
-    role and attributes back. user id -> password, for `make run` to print; never stored."""
+    user added by an earlier run gets a new password (revoking their old tokens), the demo role
+    and attributes back, and no second factor. user id -> password, for `make run` to print; never
+    stored. `keyring` (the server's) is handed to the directory, which seals TOTP secrets with it."""
     import secrets
     from fieldsync.auth.users import add_user, set_user
     from fieldsync.errors import Conflict
@@ -47,10 +48,10 @@ def demo_logins(engine, audit, model: Model, *, now: float | None = None) -> dic
         password = secrets.token_urlsafe(12)
         try:
             add_user(engine, audit, model, user["user"], role=user["role"], attributes=user["attributes"],
-                     password=password, actor="fieldsync run", now=now)
+                     password=password, actor="fieldsync run", now=now, keyring=keyring)
         except Conflict:
             set_user(engine, audit, model, user["user"], role=user["role"], attributes=user["attributes"],
-                     password=password, totp=False, actor="fieldsync run", now=now)
+                     password=password, totp=False, actor="fieldsync run", now=now, keyring=keyring)
         passwords[user["user"]] = password
     return passwords
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.admin.conftest import ROLE_USERS, AdminClient
@@ -158,3 +160,40 @@ def test_odd_input_never_errors(admin_app):
     assert response.status_code in (400, 401)
     assert client.get("/admin/does-not-exist").status_code in (302, 404)
     assert client.client.head("/admin/login").status_code < 500
+
+
+def test_head_on_the_login_page_is_not_a_login_attempt(admin_app):
+    state = admin_app.extensions["fieldsync"]
+    client = AdminClient(admin_app)
+    for _ in range(int(state.config["AUTH_FAILURE_LIMIT"]) + 1):
+        assert client.client.head("/admin/login").status_code == 200
+    assert not [e for e in state.audit.entries() if e.action == "auth" and e.outcome != "success"]
+    assert client.login(ROLE_USERS["admin"]).status_code == 302     # not rate-limited by the HEADs
+
+
+def test_head_on_every_admin_route_writes_nothing(admin_app, browser_as):
+    """Flask answers HEAD with a route's GET view, and a route that only takes POST answers
+    405: either way a HEAD never changes the model, the directory, a key or the queue."""
+    import sqlalchemy as sa
+    client = browser_as("admin")
+    admin, _ = admin_app.extensions["fieldsync_admin"].admin_app()
+    state = admin_app.extensions["fieldsync"]
+
+    def counts():
+        with state.engine.connect() as conn:
+            return {table: conn.execute(sa.text(f"select count(*) from {table}")).scalar()
+                    for table in ("fs_schema", "fs_users", "fs_changes")}
+
+    before = counts()
+    entries_before = [e for e in state.audit.entries() if e.action not in ("read", "auth")]
+    statuses = {}
+    for rule in admin.url_map.iter_rules():
+        if rule.endpoint in ("static", "admin.static", "logout"):
+            continue
+        path = "/admin" + re.sub(r"<(?:[^:>]+:)?([^>]+)>", lambda m: {"entity_name": "retailer"}.get(m.group(1), "x"),
+                                 rule.rule)
+        statuses[path] = client.client.head(path).status_code
+    assert statuses and all(code < 500 for code in statuses.values()), statuses
+    assert counts() == before
+    assert [e for e in state.audit.entries() if e.action not in ("read", "auth")] == entries_before
+    assert client.get("/admin/").status_code == 200     # still logged in

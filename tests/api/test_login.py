@@ -143,7 +143,7 @@ def test_a_disabled_user_is_refused_and_their_earlier_token_too(login_app):
 def test_an_admin_with_a_second_factor_needs_a_valid_code(login_app):
     state = login_app.extensions["fieldsync"]
     secret = add_user(state.engine, state.audit, state.model, "admin-meera", role="admin", password=PASSWORD,
-                      totp=True, actor="test")
+                      totp=True, actor="test", keyring=state.crypto.keyring)
     r = _login(login_app, user="admin-meera")
     assert r.status_code == 401 and r.get_json()["reason"] == "totp_required"
     code = totp.totp(secret, login_app.clock())

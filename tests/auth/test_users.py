@@ -22,6 +22,7 @@ PASSWORD = "correct horse battery"
 
 def _add(app, user="rep-asha", role="field_rep", password=PASSWORD, **kw):
     kw.setdefault("attributes", {"territory_ids": [PUNE]} if role == "field_rep" else {})
+    kw.setdefault("keyring", app.state.crypto.keyring)   # seals an enrolled TOTP secret
     return add_user(app.state.engine, app.audit, app.state.model, user, role=role, password=password,
                     actor="test", now=app.clock(), **kw)
 
@@ -121,19 +122,20 @@ def test_a_disabled_user_cannot_log_in_and_can_be_enabled(auth_app):
 
 def test_a_second_factor_is_needed_once_enrolled_and_a_code_is_used_once(auth_app):
     secret = _add(auth_app, user="admin-meera", role="admin", totp=True)
-    engine, now = auth_app.state.engine, auth_app.clock()
+    engine, now, keys = auth_app.state.engine, auth_app.clock(), auth_app.state.crypto.keyring
     assert get_user(engine, "admin-meera").totp
     with pytest.raises(LoginRefused) as refused:
-        log_in(engine, "admin-meera", PASSWORD, now=now)
+        log_in(engine, "admin-meera", PASSWORD, now=now, keyring=keys)
     assert refused.value.reason == "totp_required"
     with pytest.raises(LoginRefused) as refused:
-        log_in(engine, "admin-meera", PASSWORD, "000000" if totp.totp(secret, now) != "000000" else "111111", now=now)
+        log_in(engine, "admin-meera", PASSWORD, "000000" if totp.totp(secret, now) != "000000" else "111111", now=now,
+               keyring=keys)
     assert refused.value.reason == "totp_invalid"
     code = totp.totp(secret, now)
-    assert log_in(engine, "admin-meera", PASSWORD, code, now=now).role == "admin"
+    assert log_in(engine, "admin-meera", PASSWORD, code, now=now, keyring=keys).role == "admin"
     with pytest.raises(LoginRefused):
-        log_in(engine, "admin-meera", PASSWORD, code, now=now)      # replayed
-    assert log_in(engine, "admin-meera", PASSWORD, totp.totp(secret, now + 30), now=now + 30)
+        log_in(engine, "admin-meera", PASSWORD, code, now=now, keyring=keys)      # replayed
+    assert log_in(engine, "admin-meera", PASSWORD, totp.totp(secret, now + 30), now=now + 30, keyring=keys)
     # moved to a role without a second factor: the enrolment goes with it
     set_user(engine, auth_app.audit, auth_app.state.model, "admin-meera", role="supervisor", actor="test")
     assert not get_user(engine, "admin-meera").totp

@@ -248,6 +248,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     register_workers(app)  # /api/v1/admin/workers; processing log observer and WorkerControl (state.workers)
     from fieldsync.api.auth import install_auth
     install_auth(app, clock=auth_clock)  # sessions (idle timeout, revocation) and the failure limiter
+    from fieldsync.auth.totp_secrets import seal_plaintext_secrets
+    seal_plaintext_secrets(engine, state.crypto.keyring)   # TOTP secrets of a database of before (docs/access.md)
     from fieldsync.api.login import register_login
     register_login(app)   # POST /api/v1/auth/login: the user directory's passwords for tokens
     if settings["ADMIN_UI"]:

@@ -90,7 +90,7 @@ def login() -> Response:
     now = state.auth_clock()
     model = state.current().model   # the applied version (api/app.py: live definitions)
     try:
-        user = log_in(state.engine, user_id, password, code, now=now)
+        user = log_in(state.engine, user_id, password, code, now=now, keyring=state.crypto.keyring)
         attributes = {k: v for k, v in user.attributes.items() if model.attribute(k) is not None}
         token_id = new_token_id()
         ttl = int(state.config["TOKEN_TTL_SECONDS"])

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fieldsync.errors import ConfigError
 from fieldsync.store.tables import PLATFORM_PREFIX
+from fieldsync.store.engine import create_tables
 
 __all__ = [
     "CHECKPOINTS", "ENTRIES", "GENESIS", "HEAD", "HEAD_ID", "KEYS", "Checkpoint", "DataKey", "audit_metadata", "b64",
@@ -119,7 +120,7 @@ KEYS = sa.Table(
 def create_audit_tables(engine: sa.Engine) -> None:
     """Create the audit tables and the head row when missing (safe to run again, from several
     servers at once)."""
-    audit_metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, audit_metadata)
     with engine.connect() as conn:
         exists = conn.execute(sa.select(HEAD.c.id)).first() is not None
     if exists:

@@ -32,7 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from fieldsync.auth.tokens import Principal
 from fieldsync.errors import ConfigError, TokenError
 from fieldsync.store.directory import USERS, create_user_tables
-from fieldsync.store.engine import write_transaction
+from fieldsync.store.engine import create_tables, write_transaction
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES
 
@@ -60,7 +60,7 @@ SWEEP_EVERY = 1000   # session starts between two sweeps of expired rows (per pr
 def create_session_tables(engine: sa.Engine) -> None:
     """Create `fs_sessions`, and the user directory it checks, when missing (safe to run again,
     from several servers)."""
-    sessions_metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, sessions_metadata)
     create_user_tables(engine)
 
 

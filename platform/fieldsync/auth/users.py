@@ -5,7 +5,9 @@ login"). HIPAA 164.312(a)(2)(i), unique user identification; 164.312(d), authent
 * A user has an id, a role of roles.yaml, attributes as roles.yaml declares them (checked here
   against `Model.attributes`: the ones a token carries as `$user.<name>`), a password, kept only
   as its scrypt hash (memory-hard, salted: werkzeug's `scrypt:` format), enabled or disabled, and
-  for the roles in SECOND_FACTOR_ROLES an optional TOTP secret (auth/totp.py).
+  for the roles in SECOND_FACTOR_ROLES an optional TOTP secret (auth/totp.py), stored sealed
+  under the key ring's `directory:totp` key (auth/totp_secrets.py): the operations that enrol or
+  check a second factor take the key ring as `keyring=`.
 * *Decision:* the administrative roles are admin, analyst and compliance (they change the model,
   read across territories, read PHI for audits); a user of one of them may enrol a second factor,
   and then every login needs its current code. A user moved to another role loses the enrolment.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +37,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from fieldsync.audit.trail import AuditEvent, AuditLog
 from fieldsync.auth import totp as totp_codes
 from fieldsync.auth.sessions import SESSIONS
+from fieldsync.auth.totp_secrets import SecretUnreadable, is_sealed, open_secret, seal_secret
+from fieldsync.crypto.keyring import KeyRing
 from fieldsync.defs.model import Model, UserAttribute
 from fieldsync.errors import Conflict, LoginRefused, NotFound
 from fieldsync.store.directory import USERS
@@ -42,6 +47,8 @@ from fieldsync.store.engine import write_transaction
 __all__ = ["PASSWORD_MAX", "PASSWORD_MIN", "SECOND_FACTOR_ROLES", "User", "add_user", "attribute_from_text",
            "check_attributes", "disable_user", "enable_user", "get_user", "list_users", "log_in", "revoke_tokens",
            "set_password", "set_user", "verify_password"]
+
+log = logging.getLogger("fieldsync.auth")
 
 SECOND_FACTOR_ROLES = ("admin", "analyst", "compliance")
 PASSWORD_MIN = 10
@@ -143,6 +150,12 @@ def _second_factor(role: str, enrol: bool) -> str | None:
     return totp_codes.new_secret()
 
 
+def _keyring(keyring: KeyRing | None) -> KeyRing:
+    if keyring is None:   # a caller's bug, not a user's input: the secret is never stored in clear
+        raise TypeError("enrolling or checking a second factor needs the key ring (keyring=)")
+    return keyring
+
+
 def _now(now: float | None) -> int:
     return int(time.time() if now is None else now)
 
@@ -157,16 +170,18 @@ def _audit(audit: AuditLog, conn: sa.Connection, event: str, user: str, actor: s
 
 def add_user(engine: sa.Engine, audit: AuditLog, model: Model, user_id: str, *, role: str, password: str,
              attributes: Mapping[str, Any] | None = None, totp: bool = False, actor: str, channel: str = "cli",
-             now: float | None = None) -> str | None:
-    """Add an enabled user; the new TOTP secret when `totp` (else None). ValueError for a bad
-    id, role, attribute or password; Conflict when the id exists."""
+             now: float | None = None, keyring: KeyRing | None = None) -> str | None:
+    """Add an enabled user; the new TOTP secret when `totp` (else None), stored sealed under
+    `keyring` (needed then). ValueError for a bad id, role, attribute or password; Conflict when
+    the id exists."""
     _check_user_id(user_id)
     _check_role(model, role)
     values = check_attributes(model, attributes or {})
     secret = _second_factor(role, totp)
+    sealed = seal_secret(_keyring(keyring), user_id, secret) if secret is not None else None   # before the transaction
     at = _now(now)
     row = dict(user_id=user_id, role=role, attributes=json.dumps(values, sort_keys=True), password_hash=_hash(password),
-               enabled=True, totp_secret=secret, tokens_after=0, created_at=at, updated_at=at)
+               enabled=True, totp_secret=sealed, tokens_after=0, created_at=at, updated_at=at)
     with write_transaction(engine) as conn:
         if conn.execute(sa.select(USERS.c.user_id).where(USERS.c.user_id == user_id)).first() is not None:
             raise Conflict(f"user {user_id} exists")
@@ -191,13 +206,19 @@ def _current(conn: sa.Connection, user_id: str) -> Mapping[str, Any]:
 
 def set_user(engine: sa.Engine, audit: AuditLog, model: Model, user_id: str, *, role: str | None = None,
              attributes: Mapping[str, Any] | None = None, password: str | None = None, totp: bool | None = None,
-             actor: str, channel: str = "cli", now: float | None = None) -> str | None:
+             actor: str, channel: str = "cli", now: float | None = None,
+             keyring: KeyRing | None = None) -> str | None:
     """Change what is given (None: unchanged; `attributes` replaces them all; `totp` True enrols
-    a new second factor, False removes it); the new TOTP secret when one was enrolled. A change of
-    role, attributes or password revokes the user's tokens. NotFound, ValueError."""
+    a new second factor, sealed under `keyring` (needed then), False removes it); the new TOTP
+    secret when one was enrolled. A change of role, attributes or password revokes the user's
+    tokens. NotFound, ValueError."""
     new_role = _check_role(model, role) if role is not None else None
     values = check_attributes(model, attributes) if attributes is not None else None
     new_hash = _hash(password) if password is not None else None
+    enrolled = sealed = None
+    if totp:   # made and sealed before the transaction (the key ring creates its key outside one)
+        enrolled = totp_codes.new_secret()
+        sealed = seal_secret(_keyring(keyring), user_id, enrolled)
     at = _now(now)
     with write_transaction(engine) as conn:
         row = _current(conn, user_id)
@@ -211,7 +232,8 @@ def set_user(engine: sa.Engine, audit: AuditLog, model: Model, user_id: str, *, 
         effective_role = change.get("role", row["role"])
         secret = None
         if totp:
-            secret = change["totp_secret"] = _second_factor(effective_role, True)
+            _second_factor(effective_role, True)   # ValueError for a role without a second factor
+            secret, change["totp_secret"] = enrolled, sealed
             change["totp_last_step"] = None
         elif totp is False or (row["totp_secret"] is not None and effective_role not in SECOND_FACTOR_ROLES):
             change["totp_secret"] = change["totp_last_step"] = None
@@ -303,10 +325,13 @@ def verify_password(engine: sa.Engine, user_id: str, password: str) -> User | No
 
 
 def log_in(engine: sa.Engine, user_id: str, password: str, totp_code: str | None = None, *,
-           now: float | None = None) -> User:
+           now: float | None = None, keyring: KeyRing | None = None) -> User:
     """The user whose credentials these are, when enabled and (if enrolled) with a current TOTP
     code not used before; LoginRefused with its reason otherwise. A wrong user id and a wrong
-    password are the same refusal; `disabled` and the TOTP reasons follow a right password only."""
+    password are the same refusal; `disabled` and the TOTP reasons follow a right password only.
+    `keyring` opens the sealed TOTP secret (needed for an enrolled user); a secret that does not
+    open (altered, moved from another user's row) is refused as `totp_invalid`. A secret still
+    stored in clear (a database of before) is checked as it is and sealed on that login."""
     user = verify_password(engine, user_id, password)
     if user is None:
         raise LoginRefused("invalid_credentials", "the user id or the password is wrong")
@@ -316,12 +341,29 @@ def log_in(engine: sa.Engine, user_id: str, password: str, totp_code: str | None
         return user
     if not totp_code:
         raise LoginRefused("totp_required", "this user logs in with a one-time code (totp)")
+    keyring = _keyring(keyring)
     at = _now(now)
+    with engine.connect() as conn:
+        stored = _current(conn, user_id)["totp_secret"]
+    secret = None
+    if stored:
+        try:
+            secret = open_secret(keyring, user_id, stored)
+        except SecretUnreadable as exc:
+            log.warning("%s", exc)   # names the user only
+    step = totp_codes.matching_step(secret, totp_code, at) if secret else None
+    # a plaintext row of before: sealed with this login (made before the transaction opens)
+    sealed = seal_secret(keyring, user_id, stored) if step is not None and not is_sealed(stored) else None
     with write_transaction(engine) as conn:
         row = _current(conn, user_id)
-        step = totp_codes.matching_step(row["totp_secret"], totp_code, at) if row["totp_secret"] else None
         last = row["totp_last_step"]
-        if step is None or (last is not None and step <= last):
+        if step is None or row["totp_secret"] != stored or (last is not None and step <= last):
+            # a secret changed meanwhile (re-enrolled, removed) is checked again by the next login
             raise LoginRefused("totp_invalid", "the one-time code is wrong, expired or already used")
-        conn.execute(USERS.update().where(USERS.c.user_id == user_id).values(totp_last_step=step))
+        change: dict[str, Any] = {"totp_last_step": step}
+        if sealed is not None:
+            change["totp_secret"] = sealed
+        conn.execute(USERS.update().where(USERS.c.user_id == user_id).values(**change))
+    if sealed is not None:
+        log.info("sealed the plaintext TOTP secret of user %s at its login", user_id)
     return user

@@ -74,7 +74,7 @@ def run(invocation: Invocation, host: str | None, port: int | None, defs: str | 
     print(f"database: {config.database_url}")
     print(f"seed data: {sum(counts.values())} new record(s) from {seed}")
     state = app.extensions["fieldsync"]
-    passwords = demo_logins(state.engine, state.audit, model)
+    passwords = demo_logins(state.engine, state.audit, model, keyring=state.crypto.keyring)
     print("demo users (new passwords each run; POST /api/v1/auth/login for a token):")
     for user in DEMO_USERS:
         print(f"  login {user['user']} with password {passwords[user['user']]} ({user['role']})")

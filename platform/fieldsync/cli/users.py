@@ -48,12 +48,20 @@ def _print_second_factor(user_id: str, secret: str | None) -> None:
 
 
 def _open(invocation: Invocation, defs, database_url, data_dir):
+    """(model, engine, audit, key ring): the key ring seals an enrolled TOTP secret (the server's
+    key provider and data key, scope `directory:totp`: docs/access.md)."""
+    from fieldsync.crypto.keyring import crypto_from_config
     config = invocation.config(defs=defs, database_url=database_url, data_dir=data_dir)
     model = load_model_or_report(config["DEFS_DIR"])
     if model is None:
         return None
     engine, audit = open_for_revocation(config)
-    return model, engine, audit
+    try:
+        keyring = crypto_from_config(config, engine).keyring
+    except BaseException:
+        engine.dispose()
+        raise
+    return model, engine, audit, keyring
 
 
 def _attr_option(f):
@@ -84,11 +92,12 @@ def add(invocation: Invocation, user: str, role: str, attrs: tuple[str, ...], pa
     opened = _open(invocation, defs, database_url, data_dir)
     if opened is None:
         return 1
-    model, engine, audit = opened
+    model, engine, audit, keyring = opened
     try:
         attributes = _attributes(model, attrs)
         secret = add_user(engine, audit, model, user, role=role, attributes=attributes,
-                          password=_password(password_stdin), totp=totp, actor=f"{operator()} (cli)")
+                          password=_password(password_stdin), totp=totp, actor=f"{operator()} (cli)",
+                          keyring=keyring)
     except (ValueError, Conflict) as exc:
         print(f"fieldsync users add: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
@@ -120,7 +129,7 @@ def set_(invocation: Invocation, user: str, role: str | None, attrs: tuple[str, 
     opened = _open(invocation, defs, database_url, data_dir)
     if opened is None:
         return 1
-    model, engine, audit = opened
+    model, engine, audit, keyring = opened
     try:
         current = get_user(engine, user)
         attributes = None
@@ -129,7 +138,7 @@ def set_(invocation: Invocation, user: str, role: str | None, attrs: tuple[str, 
             attributes.update(_attributes(model, attrs))
         password = _password(password_stdin) if reset_password or password_stdin else None
         secret = set_user(engine, audit, model, user, role=role, attributes=attributes, password=password, totp=totp,
-                          actor=f"{operator()} (cli)")
+                          actor=f"{operator()} (cli)", keyring=keyring)
         changed = get_user(engine, user)
     except (ValueError, NotFound) as exc:
         print(f"fieldsync users set: {exc}", file=sys.stderr)

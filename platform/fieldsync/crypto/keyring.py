@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fieldsync.errors import KeyMissing, KeyShredded
 from fieldsync.crypto.keys import KeyProvider
-from fieldsync.store.engine import in_write_transaction, write_transaction
+from fieldsync.store.engine import create_tables, in_write_transaction, write_transaction
 
 __all__ = ["DATA_KEYS", "KeyRing", "KeyMissing", "create_key_tables"]
 
@@ -59,7 +59,7 @@ DATA_KEYS = sa.Table(
 
 
 def create_key_tables(engine: sa.Engine) -> None:
-    _metadata.create_all(engine)
+    create_tables(engine, _metadata)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec
 from fieldsync.ids import utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
+from fieldsync.store.engine import create_tables
 
 __all__ = [
     "CHANGES_TABLE", "POSITION_TABLE", "Change", "ChangeLog", "ChangeLogMissing", "attach_changelog",
@@ -108,7 +109,7 @@ _POSITION, _CHANGES = changelog_tables()
 
 def create_changelog_tables(engine: sa.Engine) -> None:
     """Create the change log tables and the counter row when missing (safe to run again)."""
-    changelog_metadata().create_all(engine, checkfirst=True)
+    create_tables(engine, changelog_metadata())
     with engine.connect() as conn:
         exists = conn.execute(sa.select(_POSITION.c.id)).first() is not None
     if exists:

@@ -106,3 +106,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(url, **kwargs)
+
+
+def create_tables(engine: Engine, metadata: sa.MetaData, *, attempts: int = 3) -> None:
+    """`metadata.create_all(engine)`, safe when several processes set up one new database at
+    once (two `fieldsync users add`, a server and a worker starting together): create_all checks
+    then creates, so a table another process created in between fails with "already exists"
+    (PostgreSQL: a duplicate pg_type row). Such a failure is retried; the next check skips the
+    tables that now exist."""
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+            text = str(exc.orig if exc.orig is not None else exc).lower()
+            if attempt == attempts - 1 or ("already exists" not in text and "duplicate key" not in text):
+                raise

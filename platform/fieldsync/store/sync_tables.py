@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import sqlalchemy as sa
 
 from fieldsync.store.tables import PLATFORM_PREFIX
+from fieldsync.store.engine import create_tables
 
 __all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "RECEIVED", "SCOPES", "clear_received",
            "create_sync_tables", "mark_received", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
@@ -169,7 +170,7 @@ def note_pull(conn: sa.Connection, device_id: str, values: Mapping[str, Any], *,
 def create_sync_tables(engine: sa.Engine) -> None:
     """Create the sync tables when missing, and the nullable columns a later version added to
     them (safe to run again, from several servers)."""
-    sync_metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, sync_metadata)
     _add_missing_columns(engine)
 
 

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 
 from fieldsync.errors import InvalidPoolSize
-from fieldsync.store.engine import write_transaction
+from fieldsync.store.engine import create_tables, write_transaction
 from fieldsync.ids import utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
 
@@ -102,7 +102,7 @@ PROCESSING_LOG = sa.Table(
 
 def create_worker_tables(engine: sa.Engine) -> None:
     """Create the worker tables when missing (safe to run again, from several processes)."""
-    worker_metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, worker_metadata)
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
