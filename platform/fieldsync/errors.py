@@ -23,6 +23,7 @@ keeps it so.
      +-- AuthError                 a token is missing, malformed, expired or forged
      |    +-- TokenError           ... with a machine-readable .reason
      |    +-- LoginRefused         the user directory refused a login, with a .reason
+     |    +-- SecretUnreadable     a stored second-factor secret does not open (altered, moved, key gone)
      +-- PermissionDenied          the user's role may not do this
      +-- NotFound                  no such entity or record
      +-- ValidationFailed          a record's values were refused (.problems lists field and reason)
@@ -344,6 +345,11 @@ class AuditTrailReplaced(Error):
 
 class QueueClosed(Error):
     """The queue object was closed; open a new one."""
+
+
+class SecretUnreadable(AuthError):
+    """A stored TOTP secret that does not open: altered, moved from another user's row, or its key
+    destroyed. The login concerned is refused; the message names the user, never a value."""
 
 
 class QueueDecryptError(Error):

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 
 from fieldsync.crypto.keyring import KeyRing
-from fieldsync.errors import KeyMissing, KeyShredded
+from fieldsync.errors import KeyMissing, KeyShredded, SecretUnreadable
 from fieldsync.store.directory import USERS
 from fieldsync.store.engine import write_transaction
 
@@ -41,11 +41,6 @@ log = logging.getLogger("fieldsync.auth")
 SCOPE = "directory:totp"
 _FORM = "t1"
 _SEP = b"\x1f"
-
-
-class SecretUnreadable(Exception):
-    """A stored TOTP secret that does not open: altered, moved from another user's row, or its key
-    destroyed. The login concerned is refused; the message names the user, never a value."""
 
 
 def is_sealed(stored: str) -> bool:

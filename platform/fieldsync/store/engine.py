@@ -108,12 +108,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return sa.create_engine(url, **kwargs)
 
 
-def create_tables(engine: Engine, metadata: sa.MetaData, *, attempts: int = 3) -> None:
+def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
     """`metadata.create_all(engine)`, safe when several processes set up one new database at
     once (two `fieldsync users add`, a server and a worker starting together): create_all checks
     then creates, so a table another process created in between fails with "already exists"
     (PostgreSQL: a duplicate pg_type row). Such a failure is retried; the next check skips the
-    tables that now exist."""
+    tables that now exist; each failure means one more table exists, so one attempt per table
+    (and one more) always reaches the end."""
+    attempts = len(metadata.tables) + 2
     for attempt in range(attempts):
         try:
             metadata.create_all(engine, checkfirst=True)
