@@ -33,6 +33,7 @@ from fieldsync.audit.events import subject_ref_function
 from fieldsync.audit.export import export_audit
 from fieldsync.audit.search import search_entries, verification_event
 from fieldsync.errors import AuditUnavailable
+from fieldsync.untrusted import load_json
 from fieldsync_admin.security import RoleView, current_user, state
 
 __all__ = ["AuditView", "PAGE_SIZE", "read_filters", "record_verification", "views"]
@@ -40,6 +41,7 @@ __all__ = ["AuditView", "PAGE_SIZE", "read_filters", "record_verification", "vie
 PAGE_SIZE = 50
 MAX_PAGE = 10_000_000    # an offset any database takes
 MAX_UPLOAD = 64 * 1024 * 1024
+BUNDLE_DEPTH = 256   # an event's detail nests a JSON field (32 levels) a few deep; far below the recursion limit
 FILTERS = ("from", "to", "user", "entity", "patient")
 
 
@@ -151,7 +153,7 @@ class AuditView(RoleView, BaseView):
         try:
             if len(data) > MAX_UPLOAD:
                 raise ValueError("the file is too large")
-            bundle = json.loads(data.decode("utf-8"))
+            bundle = load_json(data.decode("utf-8"), max_depth=BUNDLE_DEPTH)   # never a RecursionError
         except (ValueError, UnicodeDecodeError):
             flash("the file is not a JSON bundle exported by this page", "danger")
             return self._page(status=400)

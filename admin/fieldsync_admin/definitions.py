@@ -26,6 +26,7 @@ from fieldsync.defs import DefinitionErrors
 from fieldsync.defs.model import ENCRYPTION_MODES, FIELD_TYPES
 from fieldsync.errors import GenerationError, MigrationRefused
 from fieldsync.store.versions import list_versions, read_version
+from fieldsync.untrusted import JsonRefused, load_json
 
 from fieldsync_admin.definitions_change import (Base, Draft, PlanView, apply_draft, applied_base, check_texts,
                                                 error_lines, plan_draft)
@@ -37,6 +38,9 @@ __all__ = ["DefinitionsView", "views"]
 ROLES = ("admin", "analyst")
 DESTRUCTIVE_ROLES = ("admin",)
 NEW_ENTITY_ROWS = 6
+# a version number is the fs_schema row id (an INTEGER column): a larger one names no version
+# (and the databases refuse it as a parameter: an OverflowError, not a 404)
+MAX_VERSION = 2 ** 31 - 1
 # the files a definitions directory holds (loader.py); anything else is not a path we write
 FILE_PATH = re.compile(r"^(app|roles)\.ya?ml$|^(masters|transactions)/[a-z][a-z0-9_]*\.ya?ml$")
 
@@ -107,7 +111,10 @@ class DefinitionsView(RoleView, BaseView):
     def validate(self):
         """JSON in ({"path", "text"}), JSON out ({"valid", "errors", "summary"}): the editor's
         validation as you type (static/definitions.js)."""
-        payload = request.get_json(silent=True)
+        try:   # bounded depth: a deep body is a 400, not a RecursionError
+            payload = load_json(request.get_data(cache=False)) if request.is_json else None
+        except JsonRefused:
+            payload = None
         if not isinstance(payload, dict) or not isinstance(payload.get("path"), str) \
                 or not isinstance(payload.get("text"), str) or not FILE_PATH.match(payload["path"]):
             return jsonify(error="send {\"path\": a definition file, \"text\": its YAML}"), 400
@@ -264,7 +271,7 @@ class DefinitionsView(RoleView, BaseView):
     @expose("/history/<int:number>")
     def version(self, number: int):
         with state().engine.connect() as conn:
-            row = read_version(conn, number)
+            row = read_version(conn, number) if number <= MAX_VERSION else None
             if row is None:
                 self._abort(404, f"there is no model version {number}")
             previous = next((p for p in (read_version(conn, n) for n in range(number - 1, 0, -1))
@@ -278,7 +285,7 @@ class DefinitionsView(RoleView, BaseView):
     @expose("/history/<int:number>/rollback", methods=("POST",))
     def rollback(self, number: int):
         with state().engine.connect() as conn:
-            row = read_version(conn, number)
+            row = read_version(conn, number) if number <= MAX_VERSION else None
         if row is None or not row["definitions"]:
             self._abort(404, f"model version {number} " + ("does not exist" if row is None else
                                                            "was recorded without its definitions"))

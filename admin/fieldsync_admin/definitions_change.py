@@ -23,6 +23,7 @@ from fieldsync.live import (Applied, Change, apply_change, artifact_diffs, defin
                             plan_change, with_raised_version)
 from fieldsync.store.migrate import read_schema_record
 from fieldsync.store.versions import latest_version_id, read_version
+from fieldsync.untrusted import load_json
 
 from fieldsync_admin.security import state
 
@@ -97,7 +98,7 @@ class Draft:
     @classmethod
     def decode(cls, raw: str) -> "Draft":
         """A draft from the plan page's hidden field; ValueError when it is not one."""
-        data = json.loads(raw)
+        data = load_json(raw)   # JsonRefused (a ValueError) for deep nesting too
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict) \
                 or not isinstance(data.get("before", {}), dict):
             raise ValueError("not a draft")

@@ -15,7 +15,6 @@ is audited (action read, event sync_preview, the user previewed).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -35,6 +34,7 @@ from fieldsync.ids import utc_now
 from fieldsync.store.versions import read_version
 from fieldsync.sync.preview import EntityPreview, preview_scope, proposed_store
 from fieldsync.sync.scope import device_scope
+from fieldsync.untrusted import load_json
 from fieldsync_admin.security import RoleView, audit, principal, state
 
 __all__ = ["PreviewView", "SAMPLE_ROWS", "views"]
@@ -116,7 +116,7 @@ def _proposed_sources(conn) -> dict[str, str] | None:
     if not raw.strip():
         return None
     try:
-        posted = json.loads(raw)
+        posted = load_json(raw)   # bounded depth: JsonRefused (a ValueError), never a RecursionError
     except ValueError:
         raise PreviewInputError("definitions: not JSON (an object of file name -> YAML text)") from None
     if not isinstance(posted, dict) or not posted or not all(

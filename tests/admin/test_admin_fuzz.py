@@ -1,0 +1,376 @@
+"""Fuzzing the admin UI: no input, however hostile, gives a 5xx or echoes a script (docs/admin.md).
+
+The product's standard (huge integers, deep nesting, odd Unicode, HEAD with a body: never a
+5xx) holds for the admin UI as it does for REST (tests/api/test_openapi.py, test_rest_input.py).
+Every route of the admin app (its url_map, walked) is sent, as admin and as the analyst and
+compliance roles for the routes they reach:
+
+* its path arguments filled with valid values (an entity name, a record id, a device id, a model
+  version, a definition file) and with hostile ones;
+* GET (and HEAD, with a body) with hostile query strings; POST with hostile form fields: the
+  names the route's form uses (FORM_FIELDS, checked against the rendered forms) and unknown
+  ones, with the session's CSRF token and a few without; JSON and file uploads where the route
+  takes them. Values: huge and negative integers, NaN/inf, empty, very long strings, NUL, lone
+  surrogates sent as raw invalid UTF-8 bytes, RTL and zero-width characters, emoji, SQL/HTML/JS
+  injection text, nested-looking keys (a[b][c]).
+
+Every response is below 500, and no HTML response carries an injected `<script`/event handler
+unescaped. A fresh app per test function; the few irreversible-on-purpose POSTs (shredding keys,
+applying definitions, starting a key rotation) need a confirmation hostile input does not carry
+(guard() makes sure of it), and the logged-in users are never the target of a user change, so
+every example finds the app as the last left it, usable. Bounded: the module takes about a
+minute on 2 cores (derandomized, no example database)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from urllib.parse import quote_from_bytes
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fieldsync.auth.users import add_user
+from tests.admin.conftest import PASSWORD, ROLE_USERS, AdminClient
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+MARK = "fz7q"   # every script payload calls it: an unescaped echo is found by looking for it
+XSS = (f"<script>{MARK}()</script>", f'"><script>{MARK}()</script>', f"'><img src=x onerror={MARK}()>",
+       f"</textarea><script>{MARK}()</script>", f"<svg onload={MARK}()>", f"javascript:{MARK}()",
+       f"<ScRiPt>{MARK}()</sCrIpT>", f"{{{{{MARK}}}}}<script>{MARK}()</script>")
+UNSAFE_ECHO = re.compile(r"<(?:script|img|svg|iframe)\b[^<>]*" + MARK + r"|<script[^>]*>[^<]*" + MARK
+                         + r"|(?:href|src|action)\s*=\s*[\"']?\s*javascript:" + MARK, re.IGNORECASE)
+
+# raw bytes, sent percent-encoded as a browser would (so a lone surrogate arrives as invalid UTF-8)
+HOSTILE: tuple[bytes, ...] = tuple(v if isinstance(v, bytes) else v.encode("utf-8", "surrogatepass") for v in (
+    "", " ", "0", "-1", "-0", "1e309", "NaN", "nan", "inf", "-Infinity", "1.5", "0x1F", "1_000",
+    str(2 ** 63), str(-2 ** 63 - 1), "9" * 40, "9" * 5000, "-" + "9" * 400, "99999999999999999999999999.99",
+    "\x00", "a\x00b", "\ud800", "x\udfffy", b"\xff\xfe", b"\xc3\x28", b"\x80abc", b"\xed\xa0\x80",
+    "\u202eevil\u202c", "\u200b\u200d\ufeff", "\u0645\u0631\u062d\u0628\u0627", "🙂👩‍⚕️🏳️‍🌈", "e\u0301\u0301\u0301",
+    "x" * 20000, "é" * 3000, "' OR 1=1 --", "'; DROP TABLE records; --", '" OR ""="', "%", "_", "\\",
+    "../../../../etc/passwd", "..%2f..%2fetc", "//evil.example/x", "{{7*7}}", "${7*7}", "{% raw %}",
+    "[]", "{}", "null", "true", '{"a":' * 60 + "1" + "}" * 60, "[" * 3000, "a[b][c]", "\r\n\r\nX: y",
+    "2026-02-30", "2026-13-01T25:61:61Z", "9999-12-31T23:59:59Z", "0001-01-01", "-0001-01-01",
+    "00000000-0000-0000-0000-000000000000", "ada-admin", *XSS))
+UNKNOWN_NAMES = ("a[b][c]", "x[]", "__proto__", "flt0_", "id[]", "\u202ename", "zz" * 200, "_continue_editing",
+                 "_add_another", "page_size", "sort", "desc", "search")
+
+# the fields each route's form (or its view code) reads; data views add their entity's fields
+FORM_FIELDS: dict[str, tuple[str, ...]] = {
+    "login": ("user", "password", "totp", "next"),
+    "logout": (),
+    "admin.index": (),
+    "audit.index": ("from", "to", "user", "entity", "patient", "page"),
+    "audit.export": ("from", "to", "user", "entity", "patient"),
+    "audit.verify": (),
+    "audit.verify_file": ("file",),
+    "audit.public_key": (),
+    "devices.index": (),
+    "devices.detail": (),
+    "devices.revoke": ("reason",),
+    "keys.index": (),
+    "keys.progress": (),
+    "keys.rotate": ("entity",),
+    "keys.shred_subject": ("entity", "subject", "confirm", "reason"),
+    "keys.shred_entity": ("entity", "confirm", "reason"),
+    "preview.index": ("mode", "user", "role", "user_id", "definitions", "attr.territory_ids", "attr.region",
+                      "entity"),
+    "queues.index": ("metric",),
+    "queues.pool": ("threads",),
+    "queues.replay": ("all", "message_id"),
+    "users.index": (),
+    "users.edit": ("user",),
+    "users.add": ("user", "role", "password", "attr_territory_ids", "attr_region"),
+    "users.change": ("user", "role", "attr_territory_ids", "attr_region"),
+    "users.password": ("user", "password"),
+    "users.enabled": ("user", "enabled"),
+    "users.revoke": ("user",),
+    "definitions.index": (),
+    "definitions.entity": (),
+    "definitions.history": (),
+    "definitions.version": (),
+    "definitions.rollback": (),
+    "definitions.apply": ("draft", "digest", "allow_destructive"),
+    "definitions.validate": (),
+    "definitions.yaml_file": ("text", "action"),
+    "definitions.add_field": ("name", "type", "required", "label", "description", "max_length", "min_length",
+                              "minimum", "maximum", "pattern", "precision", "scale", "values", "to",
+                              "encryption", "phi"),
+    "definitions.new_entity": ("kind", "name", "label", "description", "owner_role",
+                               *(f"{k}_{i}" for i in range(6) for k in (
+                                   "name", "type", "required", "label", "description", "max_length", "min_length",
+                                   "minimum", "maximum", "pattern", "precision", "scale", "values", "to",
+                                   "encryption", "phi"))),
+    "static": (), "admin.static": (),
+}
+DATA_FIELDS = {
+    "index_view": ("page", "sort", "desc", "search", "page_size", "flt0_0", "flt1_1"),
+    "details_view": ("id", "url"),
+    "edit_view": ("id", "url", "_continue_editing"),
+    "create_view": ("url", "_add_another", "_continue_editing"),
+    "delete_view": ("id", "url"),
+    "action_view": ("action", "rowid", "url"),
+    "ajax_lookup": ("name", "query", "offset", "limit"),
+    "ajax_update": ("list_form_pk",),
+    "break_glass_view": ("id", "reason", "url"),
+    "export": ("page", "sort", "search"),
+}
+
+
+def fields_of(endpoint: str, model) -> tuple[str, ...]:
+    if endpoint.startswith("data_"):
+        entity, _, kind = endpoint[len("data_"):].partition(".")
+        names = DATA_FIELDS[kind]
+        if kind in ("edit_view", "create_view", "ajax_update", "index_view"):
+            names += tuple(model.entity(entity).field_names)
+            if kind == "index_view":
+                names += tuple(f"flt{i}_{n}_{op}" for i, n in enumerate(model.entity(entity).field_names[:3])
+                               for op in ("equals", "greater", "between"))
+        return names
+    return FORM_FIELDS[endpoint]
+
+
+# -- the app under fuzz -----------------------------------------------------------------------------
+
+class Target:
+    """The admin app's routes, and the valid values for their path arguments."""
+
+    def __init__(self, admin_app):
+        self.app = admin_app
+        self.state = admin_app.extensions["fieldsync"]
+        store = self.state.store
+        self.model = self.state.model
+        territory = store.create("territory", {"code": "N1", "name": "Fuzz", "region": _enum(store, "territory",
+                                                                                                "region")})
+        shop = store.create("retailer", {"name": "Fuzz Shop", "territory_id": territory["id"]})
+        pill = store.create("product", {"sku": "FZ-1", "name": "Pill", "unit_price": "2.50",
+                                        "category": _enum(store, "product", "category")})
+        order = store.create("order", {"rep_id": "rep-asha", "retailer_id": shop["id"], "territory_id": territory["id"],
+                                       "ordered_at": "2026-03-01T10:00:00Z"},
+                             children={"lines": [{"product_id": pill["id"], "quantity": 3, "unit_price": "2.50"}]})
+        rx = store.create("prescription", {
+            "rep_id": "rep-asha", "retailer_id": shop["id"], "territory_id": territory["id"],
+            "patient_id": "0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e", "patient_name": "Jane Roe", "patient_dob": "1980-02-03",
+            "diagnosis": "asthma", "product_id": pill["id"], "prescribed_at": "2026-03-02T09:00:00Z"})
+        self.record_ids = [territory["id"], shop["id"], pill["id"], order["id"], order["lines"][0]["id"], rx["id"]]
+        # the target of user changes: never one of the logged-in users
+        add_user(self.state.engine, self.state.audit, self.model, "fz-victim", role="analyst", password=PASSWORD,
+                 actor="test", now=admin_app.clock())
+        add_user(self.state.engine, self.state.audit, self.model, "fz-rep", role="field_rep", password=PASSWORD,
+                 attributes={"territory_ids": [territory["id"]]}, actor="test", now=admin_app.clock())
+        api = admin_app.test_client()
+        token = api.post("/api/v1/auth/login", json={"user": "fz-rep", "password": PASSWORD}).json["token"]
+        device = api.post("/api/v1/sync/devices", json={"install_id": "fz-1", "schema_version": 1,
+                                                         "platform": "android 14", "app_version": "2.1.0"},
+                          headers={"Authorization": "Bearer " + token, "Fieldsync-Protocol": "1"})
+        assert device.status_code == 201, device.get_data(as_text=True)
+        self.device_id = device.json["device_id"]
+        self.version = self.state.version or 1
+        self.encrypted = [e.name for e in self.model.entities if e.has_encrypted]
+        admin, _ = admin_app.extensions["fieldsync_admin"].admin_app()
+        self.views = {v.endpoint: v for v in admin.extensions["admin"][0]._views}
+        self.routes = []   # (endpoint, rule text, methods)
+        for rule in sorted(admin.url_map.iter_rules(), key=lambda r: r.rule):
+            self.routes.append((rule.endpoint, re.sub("/+", "/", rule.rule),
+                                tuple(sorted(rule.methods - {"OPTIONS"}))))
+
+    def roles_of(self, endpoint: str) -> tuple[str, ...]:
+        view = self.views.get(endpoint.split(".")[0])
+        return getattr(view, "roles", tuple(ROLE_USERS))
+
+    def valid_args(self, name: str) -> list[bytes]:
+        """Valid values for a path argument (the first is the most useful)."""
+        values = {
+            "entity_name": ["order", "prescription", "order_line", "product"],
+            "device_id": [self.device_id],
+            "number": [str(self.version), "1"],
+            "rel": ["app.yaml", "roles.yaml", "masters/product.yaml", "transactions/order.yaml", "masters/new_one.yaml"],
+            "export_type": ["csv", "json", "xlsx"],
+            "fmt": ["csv", "fhir"],
+            "filename": ["admin/js/helpers.js", "x.css"],
+        }[name]
+        return [v.encode() for v in values]
+
+    def hostile_args(self, name: str) -> list[bytes]:
+        extra = {"number": [b"0", b"9" * 30, b"9" * 5000, b"-1", b"1.5"],
+                 "rel": [b"masters/../app.yaml", b"../../etc/passwd", b"masters/x\x00.yaml", b"transactions/",
+                         b"app.yml/x", b"masters/" + b"a" * 5000 + b".yaml"]}.get(name, [])
+        return extra + [b"\xff\xfe", b"\xed\xa0\x80", b"x" * 3000, b"\x00", XSS[0].encode(), b"..", b"%2e%2e",
+                        "\u202e🙂".encode(), b"9" * 40]
+
+
+def _enum(store, entity, field):
+    return store.model.entity(entity).field(field).values[0]
+
+
+def path_for(rule: str, args: dict[str, bytes]) -> str:
+    def fill(match):
+        conv, name = match.group(1) or "", match.group(2)
+        return quote_from_bytes(args[name], safe="/" if conv.startswith("path") else "")
+    return "/admin" + re.sub(r"<(?:([^:<>]+):)?([^<>]+)>", fill, rule)
+
+
+def encode_form(pairs) -> bytes:
+    return "&".join(quote_from_bytes(k if isinstance(k, bytes) else k.encode("utf-8", "surrogatepass"), safe="[]")
+                    + "=" + quote_from_bytes(v) for k, v in pairs).encode("ascii")
+
+
+class Fuzzer:
+    """Sends requests as one logged-in role; checks each answer; logs back in when an example
+    ended the session (logout, its own account changed)."""
+
+    def __init__(self, target: Target, role: str):
+        self.target = target
+        self.role = role
+        self.client = AdminClient(target.app)
+        self.login()
+        self.sent = 0
+        self.seen: set[str] = set()
+
+    def login(self):
+        response = self.client.login(ROLE_USERS[self.role])
+        assert response.status_code == 302, self.client.text(response)
+
+    def send(self, endpoint: str, method: str, path: str, *, query: bytes = b"", pairs=(), csrf: bool = True,
+             body: bytes | None = None, content_type: str | None = None, files=None, json_body=None):
+        pairs = guard(endpoint, list(pairs), self.target)
+        kw: dict = {"query_string": query.decode("ascii")}
+        if files is not None:
+            data = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs}
+            data.update(files)
+            if csrf:
+                data["csrf_token"] = self.client.csrf()
+            kw.update(data=data, content_type="multipart/form-data")
+        elif json_body is not None:
+            kw.update(data=json_body, content_type="application/json",
+                      headers={"X-CSRF-Token": self.client.csrf()} if csrf else {})
+        elif body is not None:
+            kw.update(data=body, content_type=content_type or "application/x-www-form-urlencoded")
+        elif method in ("POST", "HEAD"):
+            if csrf and method == "POST":
+                pairs = [(b"csrf_token", self.client.csrf().encode())] + pairs
+            kw.update(data=encode_form(pairs), content_type="application/x-www-form-urlencoded")
+        if endpoint == "login" and method == "POST":
+            kw["environ_overrides"] = {"REMOTE_ADDR": "198.51.100.7"}   # its failures rate-limit another address
+        response = self.client.client.open(path, method=method, **kw)
+        self.sent += 1
+        self.seen.add(endpoint)
+        response.get_data()   # read (and kept) before the stream is closed: a static file's is a file
+        response.close()
+        check(response, method, path, pairs, query)
+        if not self.client.session().get("user"):
+            self.login()
+        return response
+
+
+def guard(endpoint: str, pairs: list[tuple[bytes, bytes]], target: Target) -> list[tuple[bytes, bytes]]:
+    """Keep hostile input hostile: no valid confirmation of a shred, no key rotation started, no
+    change to a logged-in user (the admin app's irreversible-on-purpose actions and the sessions
+    the later examples use)."""
+    form = {}
+    for key, value in pairs:
+        form.setdefault(key, value)
+    if endpoint == "keys.rotate" and form.get(b"entity", b"").decode("utf-8", "replace") in ("", *target.encrypted):
+        pairs = [(k, v) for k, v in pairs if k != b"entity"] + [(b"entity", b"\xff-not-an-entity")]
+    if endpoint in ("keys.shred_subject", "keys.shred_entity"):
+        pairs = [(k, v) for k, v in pairs if k != b"confirm"] + [(b"confirm", b"\xff-no-confirmation")]
+    if endpoint.startswith("users.") and endpoint not in ("users.index", "users.edit", "users.add"):
+        users = {u.encode() for u in ROLE_USERS.values()}
+        pairs = [(k, b"fz-victim" if k == b"user" and v.strip() in users else v) for k, v in pairs]
+    if endpoint == "definitions.apply":   # a plan's draft and digest are never hostile input's
+        pairs = [(k, v) for k, v in pairs if k != b"digest"] + [(b"digest", b"\xff")]
+    return pairs
+
+
+def check(response, method: str, path: str, pairs, query: bytes):
+    where = f"{method} {path[:200]}?{query[:200]!r} {[(k[:40], v[:80]) for k, v in pairs][:12]}"
+    assert response.status_code < 500, f"{response.status_code} for {where}: {response.get_data(as_text=True)[:2000]}"
+    if method == "HEAD":
+        assert response.get_data() == b"", where
+    if (response.mimetype or "").startswith("text/html"):
+        text = response.get_data(as_text=True)
+        found = UNSAFE_ECHO.search(text)
+        assert found is None, f"unescaped script echoed for {where}: ...{text[max(0, found.start() - 200):found.end() + 100]}"
+
+
+@pytest.fixture
+def target(admin_app):
+    return Target(admin_app)
+
+
+# -- the sweep: every route, every method, valid and hostile path arguments ------------------------
+
+def _values(i: int) -> bytes:
+    return HOSTILE[i % len(HOSTILE)]
+
+
+def sweep(fuzzer: Fuzzer, endpoints=None) -> None:
+    target = fuzzer.target
+    for endpoint, rule, methods in target.routes:
+        if endpoints is not None and endpoint not in endpoints:
+            continue
+        names = re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", rule)
+        fills = [{n: target.valid_args(n)[0] for n in names}]
+        for n in names:
+            fills += [{**fills[0], n: v} for v in target.valid_args(n)[1:] + target.hostile_args(n)]
+        fields = fields_of(endpoint, target.model) + UNKNOWN_NAMES[:3]
+        for i, args in enumerate(fills):
+            path = path_for(rule, args)
+            if endpoint == "logout":
+                continue   # at the end of the sweep
+            # every field at once, each with a different hostile value (rotating per fill)
+            pairs = [(n.encode("utf-8", "surrogatepass"), _values(i * 7 + j)) for j, n in enumerate(fields)]
+            for method in methods:
+                if method == "POST":
+                    fuzzer.send(endpoint, "POST", path, pairs=pairs)
+                    if i == 0:   # one field at a time gets each script payload
+                        for j, n in enumerate(fields or ("q",)):
+                            fuzzer.send(endpoint, "POST", path,
+                                        pairs=[(n.encode(), XSS[j % len(XSS)].encode())])
+                        response = fuzzer.send(endpoint, "POST", path, pairs=pairs, csrf=False)
+                        assert response.status_code == 400, (path, response.status_code)
+                elif method == "GET":
+                    fuzzer.send(endpoint, "GET", path, query=encode_form(pairs))
+                    if i == 0:
+                        fuzzer.send(endpoint, "GET", path, query=encode_form(
+                            [(n.encode(), XSS[j % len(XSS)].encode()) for j, n in enumerate(fields)]))
+                        fuzzer.send(endpoint, "GET", path, query=b"a[b][c]=1&a[b][c]=2&%ff=%ed%a0%80&&=&x")
+                elif method == "HEAD" and i == 0:
+                    fuzzer.send(endpoint, "HEAD", path, body=b'{"a": [1, 2, 3]}' + b"x" * 5000,
+                                content_type="application/json")
+                    fuzzer.send(endpoint, "HEAD", path, pairs=pairs)
+
+
+def test_every_route_as_admin_below_500_and_no_script_echoed(target):
+    started = time.monotonic()
+    fuzzer = Fuzzer(target, "admin")
+    sweep(fuzzer)
+    # the uploads and JSON bodies the routes take
+    for content in (b"", b"\xff\xfe\x00" * 100, b"{" * 5000, b'{"seq": 1e999}\n' * 10, b"[]\n" + XSS[0].encode()):
+        fuzzer.send("audit.verify_file", "POST", "/admin/audit/verify-file", files={"file": (_io(content), "x\u202e.json")})
+    # a multipart body by hand: a filename and a field name of invalid UTF-8, a part without a name
+    csrf = fuzzer.client.csrf().encode()
+    body = (b'--B\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + csrf + b'\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="\xff\xed\xa0\x80.json"\r\n'
+            b'Content-Type: application/json\r\n\r\n{"a": 1}\n\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="\xff[a][b]"\r\n\r\n\x00\r\n'
+            b'--B\r\nContent-Disposition: form-data\r\n\r\nx\r\n--B--\r\n')
+    fuzzer.send("audit.verify_file", "POST", "/admin/audit/verify-file", body=body,
+                content_type="multipart/form-data; boundary=B")
+    for body in (b"", b"null", b"[]", b"{", b"[" * 50000, b'{"path": "app.yaml", "text": ' + b"[" * 5000 + b"}",
+                 b'{"path": "app.yaml", "text": "\\ud800"}', b'{"path": "app.yaml", "text": "a: ' + b"9" * 5000 + b'"}',
+                 b'{"path": "masters/x.yaml", "text": "' + XSS[0].encode() + b'"}', b"\xff\xfe"):
+        fuzzer.send("definitions.validate", "POST", "/admin/definitions/validate", json_body=body)
+    fuzzer.send("logout", "POST", "/admin/logout", pairs=[(b"x", b"\x00")])
+    assert fuzzer.client.session().get("user")   # logged back in
+    missing = {endpoint for endpoint, _, _ in target.routes} - fuzzer.seen
+    assert not missing, missing
+    assert time.monotonic() - started < 120
+
+
+def _io(content: bytes):
+    import io
+    return io.BytesIO(content)
