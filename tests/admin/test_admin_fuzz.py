@@ -23,8 +23,8 @@ minute on 2 cores (derandomized, no example database)."""
 
 from __future__ import annotations
 
-import json
 import re
+import shutil
 import time
 from urllib.parse import quote_from_bytes
 
@@ -33,16 +33,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fieldsync.auth.users import add_user
+from tests.conftest import DEFS_DIR
 from tests.admin.conftest import PASSWORD, ROLE_USERS, AdminClient
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
-MARK = "fz7q"   # every script payload calls it: an unescaped echo is found by looking for it
+MARK = "fzq.x7"   # every script payload calls it (no nonce holds a "."): an unescaped echo is found by it
 XSS = (f"<script>{MARK}()</script>", f'"><script>{MARK}()</script>', f"'><img src=x onerror={MARK}()>",
        f"</textarea><script>{MARK}()</script>", f"<svg onload={MARK}()>", f"javascript:{MARK}()",
        f"<ScRiPt>{MARK}()</sCrIpT>", f"{{{{{MARK}}}}}<script>{MARK}()</script>")
-UNSAFE_ECHO = re.compile(r"<(?:script|img|svg|iframe)\b[^<>]*" + MARK + r"|<script[^>]*>[^<]*" + MARK
-                         + r"|(?:href|src|action)\s*=\s*[\"']?\s*javascript:" + MARK, re.IGNORECASE)
+UNSAFE_ECHO = re.compile(r"(?i:<(?:script|img|svg|iframe)\b)[^<>]*" + re.escape(MARK) + r"|(?i:<script)[^>]*>[^<]*"
+                         + re.escape(MARK) + r"|(?i:href|src|action)\s*=\s*[\"']?\s*(?i:javascript):" + re.escape(MARK))
 
 # raw bytes, sent percent-encoded as a browser would (so a lone surrogate arrives as invalid UTF-8)
 HOSTILE: tuple[bytes, ...] = tuple(v if isinstance(v, bytes) else v.encode("utf-8", "surrogatepass") for v in (
@@ -138,7 +139,8 @@ def fields_of(endpoint: str, model) -> tuple[str, ...]:
 class Target:
     """The admin app's routes, and the valid values for their path arguments."""
 
-    def __init__(self, admin_app):
+    def __init__(self, admin_app, defs_dir):
+        shutil.copytree(DEFS_DIR, defs_dir)   # DEFS_DIR: the definitions pages read and plan edits of them
         self.app = admin_app
         self.state = admin_app.extensions["fieldsync"]
         store = self.state.store
@@ -156,6 +158,8 @@ class Target:
             "patient_id": "0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e", "patient_name": "Jane Roe", "patient_dob": "1980-02-03",
             "diagnosis": "asthma", "product_id": pill["id"], "prescribed_at": "2026-03-02T09:00:00Z"})
         self.record_ids = [territory["id"], shop["id"], pill["id"], order["id"], order["lines"][0]["id"], rx["id"]]
+        self.ids = {"territory": territory["id"], "retailer": shop["id"], "product": pill["id"], "order": order["id"],
+                    "order_line": order["lines"][0]["id"], "prescription": rx["id"]}
         # the target of user changes: never one of the logged-in users
         add_user(self.state.engine, self.state.audit, self.model, "fz-victim", role="analyst", password=PASSWORD,
                  actor="test", now=admin_app.clock())
@@ -176,6 +180,54 @@ class Target:
         for rule in sorted(admin.url_map.iter_rules(), key=lambda r: r.rule):
             self.routes.append((rule.endpoint, re.sub("/+", "/", rule.rule),
                                 tuple(sorted(rule.methods - {"OPTIONS"}))))
+
+    def template(self, endpoint: str) -> dict[str, str]:
+        """A valid form for the route (what its page would send): hypothesis makes a few of its
+        fields hostile, so the values reach the code behind the first check."""
+        territory = self.ids["territory"]
+        if endpoint.startswith("data_"):
+            entity_name, _, kind = endpoint[len("data_"):].partition(".")
+            entity = self.model.entity(entity_name)
+            record = self.ids.get(entity_name, "")
+            if kind in ("create_view", "edit_view"):
+                values = {"string": "fz", "text": "fz text", "integer": "1", "decimal": "1.50", "boolean": "true",
+                          "date": "2026-01-02", "datetime": "2026-01-02T03:04:05Z", "uuid": record or territory,
+                          "json": '{"a": [1]}', "media": "", "geopoint": "18.5, 73.8"}
+                form = {f.name: (f.values[0] if f.type == "enum" else self.ids.get(f.to or "", territory)
+                                 if f.type == "ref" else values[f.type]) for f in entity.fields}
+                return {**form, "id": record} if kind == "edit_view" else form
+            return {"details_view": {"id": record}, "edit_view": {"id": record}, "delete_view": {"id": record},
+                    "break_glass_view": {"id": record, "reason": "an incident"},
+                    "action_view": {"action": "delete", "rowid": record},
+                    "ajax_lookup": {"name": entity.fields[0].name, "query": "f"},
+                    "ajax_update": {"list_form_pk": record, entity.fields[0].name: "x"},
+                    "index_view": {"search": "f", "sort": "0", "page": "0"}}.get(kind, {})
+        return {
+            "login": {"user": "nobody", "password": "x"},
+            "audit.index": {"from": "2026-01-01", "to": "2026-12-31", "user": "ada-admin", "entity": "order"},
+            "audit.export": {"from": "2026-01-01", "to": "2026-12-31", "entity": "prescription",
+                             "patient": "0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e"},
+            "devices.revoke": {"reason": "lost on the bus"},
+            "keys.rotate": {"entity": "prescription"},
+            "keys.shred_subject": {"entity": "prescription", "subject": "0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e",
+                                   "reason": "erasure request"},
+            "keys.shred_entity": {"entity": "prescription", "reason": "retention ended"},
+            "preview.index": {"mode": "role", "role": "field_rep", "attr.territory_ids": territory,
+                              "entity": "order"},
+            "queues.index": {"metric": "results"},
+            "queues.pool": {"threads": "2"},
+            "queues.replay": {"message_id": "m-1"},
+            "users.edit": {"user": "fz-victim"},
+            "users.add": {"user": "fz-new", "role": "analyst", "password": PASSWORD},
+            "users.change": {"user": "fz-victim", "role": "compliance", "attr_territory_ids": territory},
+            "users.password": {"user": "fz-victim", "password": PASSWORD + "!"},
+            "users.enabled": {"user": "fz-victim", "enabled": "1"},
+            "users.revoke": {"user": "fz-victim"},
+            "definitions.yaml_file": {"text": "name: fuzz\n", "action": "plan"},
+            "definitions.add_field": {"name": "fz_note", "type": "string", "label": "Note", "max_length": "40"},
+            "definitions.new_entity": {"kind": "master", "name": "fz_thing", "label": "Thing", "owner_role": "admin",
+                                       "name_0": "title", "type_0": "string", "required_0": "yes"},
+        }.get(endpoint, {})
 
     def roles_of(self, endpoint: str) -> tuple[str, ...]:
         view = self.views.get(endpoint.split(".")[0])
@@ -297,8 +349,8 @@ def check(response, method: str, path: str, pairs, query: bytes):
 
 
 @pytest.fixture
-def target(admin_app):
-    return Target(admin_app)
+def target(admin_app, tmp_path):
+    return Target(admin_app, tmp_path / "defs")
 
 
 # -- the sweep: every route, every method, valid and hostile path arguments ------------------------
@@ -374,3 +426,93 @@ def test_every_route_as_admin_below_500_and_no_script_echoed(target):
 def _io(content: bytes):
     import io
     return io.BytesIO(content)
+
+
+# -- hypothesis: random routes, arguments, names and values, as each role --------------------------
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")   # a lone surrogate: raw invalid UTF-8 on the wire
+
+
+VALUES = st.one_of(
+    st.sampled_from(HOSTILE),
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=30).map(_utf8),   # surrogates, controls
+    st.integers(min_value=-(2 ** 200), max_value=2 ** 200).map(lambda i: str(i).encode()),
+    st.floats().map(lambda f: repr(f).encode()),
+    st.binary(max_size=24),
+    st.tuples(st.sampled_from(XSS), st.text(max_size=8)).map(lambda t: _utf8(t[1] + t[0])),
+)
+UNKNOWN = st.one_of(st.sampled_from(UNKNOWN_NAMES), st.text(max_size=12))
+SETTINGS = dict(derandomize=True, database=None, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
+
+
+def fuzz_one(fuzzer: Fuzzer, routes: list, data) -> None:
+    """One request: a route, its path arguments, a method, hostile query and form."""
+    target = fuzzer.target
+    endpoint, rule, methods = data.draw(st.sampled_from(routes), label="route")
+    args = {}
+    for name in re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", rule):
+        args[name] = data.draw(st.one_of(st.sampled_from(target.valid_args(name)),
+                                         st.sampled_from(target.hostile_args(name)), VALUES), label=name)
+    path = path_for(rule, args)
+    method = data.draw(st.sampled_from(methods), label="method")
+    names = st.one_of(st.sampled_from(fields_of(endpoint, target.model) or ("q",)), UNKNOWN)
+    pairs = data.draw(st.lists(st.tuples(names.map(_utf8), VALUES), max_size=8), label="fields")
+    template = target.template(endpoint)
+    if template and data.draw(st.booleans(), label="from the valid form"):
+        # the valid form with a few of its fields made hostile (a repeated key: the first counts)
+        keep = {k: v for k, v in template.items() if k not in {n.decode("utf-8", "replace") for n, _ in pairs}}
+        pairs = pairs + [(_utf8(k), _utf8(v)) for k, v in keep.items()]
+    query = encode_form(pairs if method != "POST" else data.draw(
+        st.lists(st.tuples(names.map(_utf8), VALUES), max_size=3), label="query"))
+    if method == "POST":
+        csrf = data.draw(st.sampled_from((True,) * 7 + (False,)), label="csrf")
+        response = fuzzer.send(endpoint, method, path, query=query, pairs=pairs, csrf=csrf)
+        if not csrf:
+            assert response.status_code == 400
+    elif method == "HEAD":
+        body = data.draw(st.one_of(st.binary(max_size=64), st.sampled_from(HOSTILE)), label="body")
+        fuzzer.send(endpoint, method, path, query=query, body=body,
+                    content_type=data.draw(st.sampled_from(("application/json", "application/x-www-form-urlencoded",
+                                                            "text/plain", "multipart/form-data; boundary=x"))))
+    else:
+        fuzzer.send(endpoint, method, path, query=query)
+
+
+def _routes(target: Target, role: str) -> list:
+    return [r for r in target.routes if r[0] != "logout" and role in target.roles_of(r[0])]
+
+
+@pytest.fixture
+def as_admin(target):
+    return Fuzzer(target, "admin")
+
+
+@pytest.fixture
+def as_analyst(target):
+    return Fuzzer(target, "analyst")
+
+
+@pytest.fixture
+def as_compliance(target):
+    return Fuzzer(target, "compliance")
+
+
+@settings(max_examples=900, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_as_admin(as_admin, data):
+    fuzz_one(as_admin, _routes(as_admin.target, "admin"), data)
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_as_analyst(as_analyst, data):
+    fuzz_one(as_analyst, _routes(as_analyst.target, "analyst"), data)
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_as_compliance(as_compliance, data):
+    fuzz_one(as_compliance, _routes(as_compliance.target, "compliance"), data)

@@ -155,6 +155,16 @@ def test_aliases_that_expand_exponentially_are_refused_quickly():
     assert len(errs) == 1 and "aliases expand" in errs[0].message
 
 
+@pytest.mark.parametrize("text", [
+    "entity: shop\nmade: 2026-02-30\n", "entity: shop\nn: " + "9" * 5000 + "\n", "entity: !!binary zz\n",
+    "entity: !!timestamp x\n", "entity: !!bool x\n", "entity: shop\nx: " + "[" * 900 + "]" * 900 + "\n",
+    "entity: shop\n? [a, b]\n: 1\n", "entity: {[1]: 2}\n"])
+def test_a_scalar_yaml_cannot_read_is_an_error_not_a_crash(text):
+    # found by fuzzing the admin UI's YAML editor (tests/admin/test_admin_fuzz.py): each was a 500
+    errs = errors_of({"app.yaml": APP, "roles.yaml": ROLES, "masters/shop.yaml": text})
+    assert errs and all(e.file.endswith("shop.yaml") for e in errs), errs
+
+
 def test_duplicate_keys_are_errors():
     errs = errors_of(sources(masters__shop="""\
         entity: shop

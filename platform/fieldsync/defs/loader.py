@@ -107,8 +107,20 @@ def _parse_yaml(file: str, text: str, errors: list[DefinitionError]) -> _Located
         return None
     if len(errors) > before:
         return None
-    data = _plain(yaml.load(text, Loader=_YAML_LOADER))
+    try:
+        data = _plain(yaml.load(text, Loader=_YAML_LOADER))
+    except _SCALAR_ERRORS as exc:
+        # the composed nodes are fine, a scalar's value is not: a date like 2026-02-30, an
+        # integer past int()'s 4300 digits, bad base64 under !!binary, `!!bool x` (KeyError), `!!timestamp x` (PyYAML
+        # fails on it with AttributeError); or lists nested deeper than _plain recurses
+        problem = "nested too deep" if isinstance(exc, RecursionError) else \
+            getattr(exc, "problem", None) or f"a value YAML cannot read ({exc})"
+        errors.append(DefinitionError(file, 1, 1, "", f"invalid YAML: {problem}"))
+        return None
     return _Located(file, data, keys, values)
+
+
+_SCALAR_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError)
 
 
 def _loc(file: str, node) -> Location:
@@ -127,6 +139,11 @@ def _walk(file, node, path, keys, values, errors) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, Location] = {}
         for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):   # `? [a, b]` or `{[1]: 2}`: no definition key is one
+                errors.append(DefinitionError(file, k.start_mark.line + 1, k.start_mark.column + 1,
+                                              ".".join(map(str, path)), "a key must be a plain value, not a "
+                                              "list or a mapping"))
+                continue
             key = k.value
             if key in seen:
                 errors.append(DefinitionError(file, k.start_mark.line + 1, k.start_mark.column + 1,
