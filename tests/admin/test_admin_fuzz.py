@@ -462,9 +462,9 @@ HEADER_VALUES = ("", "\xff\xfe", "ÿ" * 3000, "*/*;q=NaN", "-1", "99999999999999
                  "javascript:" + MARK + "()", "<script>" + MARK + "()</script>", "1.1.1.1, ::1, \u0085",
                  "en;q=1e999", "XMLHttpRequest")
 UNKNOWN = st.one_of(st.sampled_from(UNKNOWN_NAMES), st.text(max_size=12))
-# FIELDSYNC_ADMIN_FUZZ_SCALE=20: twenty times the examples, random rather than derandomized (a
+# FIELDSYNC_TEST_ADMIN_FUZZ_SCALE=20: twenty times the examples, random rather than derandomized (a
 # longer hunt by hand; `make test` runs the bounded, repeatable default)
-SCALE = int(os.environ.get("FIELDSYNC_ADMIN_FUZZ_SCALE", "1"))
+SCALE = int(os.environ.get("FIELDSYNC_TEST_ADMIN_FUZZ_SCALE", "1"))
 SETTINGS = dict(derandomize=SCALE == 1, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
