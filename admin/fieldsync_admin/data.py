@@ -61,6 +61,18 @@ SYSTEM_DETAILS = ("version", "created_at", "updated_at")
 LIST_SKIPS = ("text", "json")     # long values: on the detail page only
 
 
+def _usable_return_url(target: str | None) -> bool:
+    if not target:
+        return True
+    if any(ord(c) < 32 or ord(c) == 127 for c in target):
+        return False
+    try:
+        get_redirect_target()   # flask_admin's is_safe_url: urlparse raises on a bad IPv6 host
+    except ValueError:
+        return False
+    return True
+
+
 def views(snapshot) -> list:
     """One EntityView per entity of the snapshot's model (children included)."""
     return [EntityView(snapshot.model, snapshot.store, entity) for entity in snapshot.model.entities]
@@ -108,6 +120,15 @@ class EntityView(RoleView, BaseModelView):
 
     def is_accessible(self) -> bool:
         return super().is_accessible() and self._can("read")
+
+    def _handle_view(self, name: str, **kwargs: Any):
+        """Before every view: Flask-Admin redirects to the `url` parameter (the page to return
+        to) after an action; one it cannot put in a Location header (a control character) or
+        that urllib cannot parse (`//[x`) is a 400 here, not a ValueError (a 500) there."""
+        response = super()._handle_view(name, **kwargs)
+        if response is None and not _usable_return_url(request.values.get("url")):
+            abort(400, description="the url parameter (the page to return to) is not a URL of this site")
+        return response
 
     def _rule_for(self, action: str) -> AccessRule:
         rule = self.rule()

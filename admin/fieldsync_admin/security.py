@@ -172,7 +172,8 @@ def _end_session(reason: str, user_id: str, message: str) -> None:
 def _safe_next(target: str | None) -> str:
     """Only a path inside the admin UI is followed after login (no open redirect)."""
     root = request.script_root or ""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target \
+            and not any(ord(c) < 32 or ord(c) == 127 for c in target):   # a CR or LF: no Location header
         return root + target if not target.startswith(root + "/") else target
     return url_for("admin.index")
 

@@ -58,7 +58,8 @@ HOSTILE: tuple[bytes, ...] = tuple(v if isinstance(v, bytes) else v.encode("utf-
     "../../../../etc/passwd", "..%2f..%2fetc", "//evil.example/x", "{{7*7}}", "${7*7}", "{% raw %}",
     "[]", "{}", "null", "true", '{"a":' * 60 + "1" + "}" * 60, "[" * 3000, "a[b][c]", "\r\n\r\nX: y",
     "2026-02-30", "2026-13-01T25:61:61Z", "9999-12-31T23:59:59Z", "0001-01-01", "-0001-01-01",
-    "00000000-0000-0000-0000-000000000000", "ada-admin", *XSS))
+    "00000000-0000-0000-0000-000000000000", "ada-admin", "//[x", "http://[::1", "/x\r\nSet-Cookie: a=b",
+    *XSS))
 UNKNOWN_NAMES = ("a[b][c]", "x[]", "__proto__", "flt0_", "id[]", "\u202ename", "zz" * 200, "_continue_editing",
                  "_add_another", "page_size", "sort", "desc", "search")
 
@@ -166,6 +167,8 @@ class Target:
         # the target of user changes: never one of the logged-in users
         add_user(self.state.engine, self.state.audit, self.model, "fz-victim", role="analyst", password=PASSWORD,
                  actor="test", now=admin_app.clock())
+        add_user(self.state.engine, self.state.audit, self.model, "fz-login", role="admin", password=PASSWORD,
+                 actor="test", now=admin_app.clock())
         add_user(self.state.engine, self.state.audit, self.model, "fz-rep", role="field_rep", password=PASSWORD,
                  attributes={"territory_ids": [territory["id"]]}, actor="test", now=admin_app.clock())
         api = admin_app.test_client()
@@ -206,7 +209,7 @@ class Target:
                     "ajax_update": {"list_form_pk": record, entity.fields[0].name: "x"},
                     "index_view": {"search": "f", "sort": "0", "page": "0"}}.get(kind, {})
         return {
-            "login": {"user": "nobody", "password": "x"},
+            "login": {"user": "fz-login", "password": PASSWORD, "next": "/data/order/"},
             "audit.index": {"from": "2026-01-01", "to": "2026-12-31", "user": "ada-admin", "entity": "order"},
             "audit.export": {"from": "2026-01-01", "to": "2026-12-31", "entity": "prescription",
                              "patient": "0190a4c2-7d1e-7a3b-9c4d-5e6f7a8b9c0e"},
@@ -282,6 +285,8 @@ class Fuzzer:
         self.role = role
         self.client = AdminClient(target.app)
         self.login()
+        self.stranger = AdminClient(target.app)
+        self.stranger.get("/admin/login")
         self.sent = 0
         self.seen: set[str] = set()
 
@@ -292,26 +297,29 @@ class Fuzzer:
     def send(self, endpoint: str, method: str, path: str, *, query: bytes = b"", pairs=(), csrf: bool = True,
              body: bytes | None = None, content_type: str | None = None, files=None, json_body=None, headers=None):
         pairs = guard(endpoint, list(pairs), self.target)
+        # the login form as someone not logged in (a login here would change whose session the
+        # later examples use); its failures rate-limit an address of its own
+        client = self.stranger if endpoint == "login" else self.client
         kw: dict = {"query_string": query.decode("ascii"), "headers": dict(headers or {})}
         if files is not None:
             data = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs}
             data.update(files)
             if csrf:
-                data["csrf_token"] = self.client.csrf()
+                data["csrf_token"] = client.csrf()
             kw.update(data=data, content_type="multipart/form-data")
         elif json_body is not None:
             kw.update(data=json_body, content_type="application/json")
             if csrf:
-                kw["headers"]["X-CSRF-Token"] = self.client.csrf()
+                kw["headers"]["X-CSRF-Token"] = client.csrf()
         elif body is not None:
             kw.update(data=body, content_type=content_type or "application/x-www-form-urlencoded")
         elif method in ("POST", "HEAD"):
             if csrf and method == "POST":
-                pairs = [(b"csrf_token", self.client.csrf().encode())] + pairs
+                pairs = [(b"csrf_token", client.csrf().encode())] + pairs
             kw.update(data=encode_form(pairs), content_type="application/x-www-form-urlencoded")
-        if endpoint == "login" and method == "POST":
-            kw["environ_overrides"] = {"REMOTE_ADDR": "198.51.100.7"}   # its failures rate-limit another address
-        response = self.client.client.open(path, method=method, **kw)
+        if endpoint == "login":
+            kw["environ_overrides"] = {"REMOTE_ADDR": "198.51.100.7"}
+        response = client.client.open(path, method=method, **kw)
         self.sent += 1
         self.seen.add(endpoint)
         response.get_data()   # read (and kept) before the stream is closed: a static file's is a file
@@ -334,7 +342,7 @@ def guard(endpoint: str, pairs: list[tuple[bytes, bytes]], target: Target) -> li
     if endpoint in ("keys.shred_subject", "keys.shred_entity"):
         pairs = [(k, v) for k, v in pairs if k != b"confirm"] + [(b"confirm", b"\xff-no-confirmation")]
     if endpoint.startswith("users.") and endpoint not in ("users.index", "users.edit", "users.add"):
-        users = {u.encode() for u in ROLE_USERS.values()}
+        users = {u.encode() for u in (*ROLE_USERS.values(), "fz-login")}
         pairs = [(k, b"fz-victim" if k == b"user" and v.strip() in users else v) for k, v in pairs]
     if endpoint == "definitions.apply":   # a plan's draft and digest are never hostile input's
         pairs = [(k, v) for k, v in pairs if k != b"digest"] + [(b"digest", b"\xff")]
@@ -584,6 +592,17 @@ def test_regressions_found_by_fuzzing(target):
     assert response.status_code == 400 and "definitions: not JSON" in response.get_data(as_text=True)
     upload = fuzzer.send("audit.verify_file", "POST", "/admin/audit/verify-file", files={"file": (_io(deep), "b.json")})
     assert upload.status_code == 400
+    # a return URL no Location header can carry, or urllib cannot parse: ValueError (data.py, security.py)
+    for url in ("/x\r\nSet-Cookie: a=b", "//[x", "http://[::1", "/\x00"):
+        for endpoint, path in (("data_product.details_view", "/admin/data/product/details/"),
+                               ("data_product.action_view", "/admin/data/product/action/")):
+            method = "POST" if "action" in path else "GET"
+            response = fuzzer.send(endpoint, method, path, query=encode_form([(b"url", url.encode())]),
+                                   pairs=[(b"action", b"delete"), (b"rowid", b"x")])
+            assert response.status_code == 400, (url, path)
+        response = fuzzer.send("login", "POST", "/admin/login", pairs=[
+            (b"user", b"fz-login"), (b"password", PASSWORD.encode()), (b"next", url.encode())])
+        assert response.status_code == 302 and response.headers["Location"] == "/admin/", url
     # YAML whose scalars PyYAML cannot construct, or nested past _plain's recursion (defs/loader.py)
     for text in ("app: x\nmade: 2026-02-30\n", "app: " + "9" * 5000 + "\n", "app: !!bool x\n", "app: !!timestamp x\n",
                  "a: " + "[" * 900 + "]" * 900 + "\n", "{[1]: 2}: 1\n"):
