@@ -56,6 +56,10 @@ def entity_data(text: str) -> dict:
 def _clean(value: str, key: str) -> str:
     if "\x00" in value:
         raise FormError(f"{key}: NUL characters are not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormError(f"{key}: the text holds a character UTF-8 cannot store (a lone surrogate)") from None
     return value.strip()
 
 
@@ -240,6 +244,13 @@ def _step(lines: list[str]) -> int:
     return 2
 
 
+def _render(key: str, value: Any, indent: int, step: int) -> list[str]:
+    """`key: value` as YAML lines; a sync window (90d) stays plain, as people write it."""
+    if isinstance(value, str) and WINDOW.match(value):
+        return [f"{' ' * indent}{key}: {value}"]
+    return _lines({key: value}, indent, step)
+
+
 def _set_text(text: str, edit: Edit) -> str | None:
     """`text` with `edit` written over just its entry; None when the layout is not one this edits."""
     lines = text.split("\n")
@@ -251,7 +262,7 @@ def _set_text(text: str, edit: Edit) -> str | None:
         if ":" in lines[at] and lines[at].split(":", 1)[1].strip().startswith(("{", "[", "&", "*", "|", ">")) \
                 and isinstance(edit.value, Mapping):
             return None
-        new = [] if edit.value is None else _lines({key: edit.value}, indent, step)
+        new = [] if edit.value is None else _render(key, edit.value, indent, step)
         lines[at:end] = new
         if edit.value is None and len(edit.path) > 1:
             parent = _locate(lines, edit.path[:-1])
@@ -264,14 +275,14 @@ def _set_text(text: str, edit: Edit) -> str | None:
     if len(edit.path) == 1:
         while lines and lines[-1] == "":
             lines.pop()
-        return "\n".join(lines + _lines({key: edit.value}, 0, step)) + "\n"
+        return "\n".join(lines + _render(key, edit.value, 0, step)) + "\n"
     parent = _locate(lines, edit.path[:-1])
     if parent is None:
         return _set_text(text, Edit(edit.path[:-1], {key: edit.value}))
     at, end, indent, child = parent
     if lines[at].split(":", 1)[1].split("#", 1)[0].strip():
         return None                                       # a flow mapping or scalar: not ours to edit
-    new = _lines({key: edit.value}, child if child is not None else indent + step, step)
+    new = _render(key, edit.value, child if child is not None else indent + step, step)
     lines[end:end] = new
     return "\n".join(lines)
 

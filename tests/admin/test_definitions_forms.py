@@ -130,12 +130,12 @@ def test_sync_window_change_is_planned_applied_and_in_the_model(browser_as, admi
     assert plan.status_code == 200, text
     assert "Plan: change the sync rule of prescription" in text and 'id="fs-apply-form"' in text
     diff = yaml_diff(text)
-    assert "-  window: 30d" in diff and "window: &#34;60d&#34;" in diff and "+  priority: 55" in diff
+    assert "-  window: 30d" in diff and "+  window: 60d" in diff and "+  priority: 55" in diff
     applied = apply_form(client, text)
     assert applied.status_code == 302, client.text(applied)
     after = (defs / "transactions" / "prescription.yaml").read_text()
     removed, added = changed_lines(before, after)
-    assert removed == ["  window: 30d", "  priority: 60"] and added == ['  window: "60d"', "  priority: 55"]
+    assert removed == ["  window: 30d", "  priority: 60"] and added == ["  window: 60d", "  priority: 55"]
     rule = snapshot_model(admin_app).entity("prescription").sync
     assert rule.window_days == 60 and rule.priority == 55 and rule.window_field == "prescribed_at"
     assert versions(admin_app)[-1]["applied_by"] == {"analyst": "ann-analyst", "admin": "ada-admin"}[role]
@@ -342,3 +342,42 @@ def test_form_posts_without_csrf_are_refused(browser_as, admin_app, defs):
     assert client.post(f"{BASE}/apply", {"draft": hidden(plan, "draft"), "digest": hidden(plan, "digest")},
                        csrf=False).status_code == 400
     assert len(versions(admin_app)) == before
+
+
+# -- the text edits (pure) ------------------------------------------------------------------------
+
+HEAD = "entity: thing\nkind: transaction\n# the fields\nfields:\n  when:\n    type: date\n"
+
+
+def test_a_missing_sync_block_is_appended_and_comments_are_kept():
+    from fieldsync_admin.definitions_rules import Edit, apply_edits
+    text = HEAD + "# trailing comment\n"
+    edited = apply_edits(text, [Edit(("sync", "direction"), "push"), Edit(("sync", "window"), "90d")])
+    assert edited == text + "sync:\n  direction: push\n  window: 90d\n"
+
+
+def test_a_flow_style_block_falls_back_to_a_round_trip():
+    from fieldsync_admin.definitions_rules import Edit, apply_edits
+    text = HEAD + "sync: {direction: pull, priority: 5}\n"
+    edited = apply_edits(text, [Edit(("sync", "direction"), "both")])
+    assert yaml.safe_load(edited)["sync"] == {"direction": "both", "priority": 5}
+    assert yaml.safe_load(edited)["fields"] == {"when": {"type": "date"}}
+    listed = HEAD + "permissions:\n  admin:\n    actions:\n    - read\n    - delete\n"
+    edited = apply_edits(listed, [Edit(("permissions", "admin", "actions"), ["read"])])
+    assert yaml.safe_load(edited)["permissions"] == {"admin": {"actions": ["read"]}}
+
+
+def test_removing_the_last_entry_removes_its_emptied_parents():
+    from fieldsync_admin.definitions_rules import Edit, apply_edits
+    text = HEAD + "encryption:\n  fields:\n    when:\n      mode: encrypt\nsync:\n  direction: push\n"
+    assert apply_edits(text, [Edit(("encryption", "fields", "when"), None)]) == HEAD + "sync:\n  direction: push\n"
+    four = text.replace("  ", "    ")
+    edited = apply_edits(four, [Edit(("encryption", "fields", "when", "phi"), True)])
+    assert edited == four.replace("mode: encrypt\n", "mode: encrypt\n            phi: true\n")
+
+
+def test_a_file_that_is_not_yaml_is_a_form_error():
+    from fieldsync_admin.definitions_rules import Edit, apply_edits
+    from fieldsync_admin.definitions_yaml import FormError
+    with pytest.raises(FormError):
+        apply_edits("fields: [unclosed\n", [Edit(("sync", "direction"), "push")])
