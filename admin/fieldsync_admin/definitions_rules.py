@@ -115,15 +115,14 @@ def _field_list(form, key: str, fields: tuple[str, ...]) -> list[str] | None:
     return [f for f in fields if f in chosen]
 
 
-def _same_permission(a: Mapping | None, b: Mapping | None) -> bool:
-    def norm(spec):
-        if not isinstance(spec, Mapping):
-            return None
-        return (frozenset(spec.get("actions") or ()),
-                None if spec.get("visible") is None else frozenset(spec["visible"]),
-                None if spec.get("editable") is None else frozenset(spec["editable"]),
-                spec.get("row_filter"), bool(spec.get("break_glass", False)))
-    return norm(a) == norm(b)
+def _compared(spec: Mapping, key: str) -> Any:
+    """A permission key's value as it means: lists as sets, break_glass False when absent."""
+    value = spec.get(key)
+    if key == "break_glass":
+        return bool(value)
+    if key in ("actions", "visible", "editable") and value is not None:
+        return frozenset(value)
+    return value
 
 
 def permission_edits(data: Mapping, form, *, roles: tuple[str, ...], fields: tuple[str, ...]) -> list[Edit]:
@@ -155,26 +154,17 @@ def permission_edits(data: Mapping, form, *, roles: tuple[str, ...], fields: tup
                 raise FormError(f"{role}: break-glass widens reads; the role needs the read action")
             spec["break_glass"] = True
         wanted[role] = spec
-    unknown = [r for r in current if r not in roles]
     edits: list[Edit] = []
     for role in list(current) + [r for r in wanted if r not in current]:
-        if role in unknown:
+        if role not in roles:
             continue        # not a role of roles.yaml: the loader reports it; the form leaves it alone
         old, new = current.get(role), wanted.get(role)
-        if _same_permission(old, new):
-            continue
         if old is None or new is None or not isinstance(old, dict):
-            edits.append(Edit(("permissions", role), new))
+            if old != new:
+                edits.append(Edit(("permissions", role), new))
             continue
-        for key in PERMISSION_KEYS:
-            if key == "actions" and frozenset(old.get(key) or ()) == frozenset(new.get(key) or ()):
-                continue
-            if key in ("visible", "editable") and old.get(key) is not None and new.get(key) is not None \
-                    and frozenset(old[key]) == frozenset(new[key]):
-                continue
-            if old.get(key, False if key == "break_glass" else None) != new.get(
-                    key, False if key == "break_glass" else None):
-                edits.append(Edit(("permissions", role, key), new.get(key)))
+        edits.extend(Edit(("permissions", role, key), new.get(key)) for key in PERMISSION_KEYS
+                     if _compared(old, key) != _compared(new, key))
     return edits
 
 
@@ -185,6 +175,8 @@ def encryption_edits(data: Mapping, form: Mapping[str, str], *, fields: tuple[st
     current = encryption.get("fields") if isinstance(encryption.get("fields"), dict) else {}
     edits = []
     for name in fields:
+        if f"mode_{name}" not in form:
+            continue        # not in the posted form (the page posts every field): left as it is
         mode = _clean(form.get(f"mode_{name}", "plain"), f"{name} mode") or "plain"
         if mode not in ENCRYPTION_MODES:
             raise FormError(f"{name}: {mode!r} is not an encryption mode ({', '.join(ENCRYPTION_MODES)})")

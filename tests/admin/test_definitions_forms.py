@@ -13,7 +13,8 @@ import yaml
 
 from fieldsync.auth.tokens import issue_token
 from tests.admin.conftest import SECRET, AdminClient
-from tests.admin.test_definitions import BASE, apply_form, audit_details, defs, hidden, sqlite_only, versions  # noqa: F401
+from tests.admin.test_definitions import (BASE, apply_form, audit_details, defs, hidden,  # noqa: F401 (defs: a fixture)
+                                         sqlite_only, versions)
 
 ROLES = ("field_rep", "supervisor", "admin", "analyst", "compliance")
 
@@ -208,7 +209,8 @@ def test_a_permission_removed_makes_rest_refuse_that_role(browser_as, admin_app,
     assert apply_form(client, text).status_code == 302
     after = (defs / "masters" / "retailer.yaml").read_text()
     removed, added = changed_lines(before, after)
-    assert removed == ["  analyst:", "    actions: [read]", "    visible: [name, territory_id, category, credit_limit]"] and added == []
+    assert added == []
+    assert removed == ["  analyst:", "    actions: [read]", "    visible: [name, territory_id, category, credit_limit]"]
     assert snapshot_model(admin_app).entity("retailer").permission("analyst") is None
     assert _analyst_lists_retailers(admin_app) == 403
 
@@ -271,7 +273,8 @@ def test_an_encryption_policy_is_planned_and_applied(browser_as, admin_app, defs
     client = browser_as(role)
     model = snapshot_model(admin_app)
     before = (defs / "masters" / "retailer.yaml").read_text()
-    plan = client.post(f"{BASE}/entity/retailer/encryption", encryption_form(model, "retailer", phone=("encrypt", False)))
+    form = encryption_form(model, "retailer", phone=("encrypt", False))
+    plan = client.post(f"{BASE}/entity/retailer/encryption", form)
     text = client.text(plan)
     assert plan.status_code == 200, text
     assert "Plan: change the encryption policies of retailer" in text
@@ -295,8 +298,10 @@ def test_encryption_policies_removed_and_changed_keep_the_subject(browser_as, ad
     assert 'id="fs-destructive"' in text and "drop column prescription.fs_bidx_patient_name" in text
     assert apply_form(client, text, allow_destructive="yes").status_code == 302
     after = (defs / "transactions" / "prescription.yaml").read_text()
-    assert after == before.replace("    patient_name:\n      mode: blind_index\n", "    patient_name:\n      mode: encrypt\n") \
-        .replace("      phi: true\npermissions:", "      phi: true\n    dosage:\n      mode: encrypt\n      phi: true\npermissions:")
+    expected = before.replace("    patient_name:\n      mode: blind_index\n", "    patient_name:\n      mode: encrypt\n")
+    expected = expected.replace("      phi: true\npermissions:",
+                                "      phi: true\n    dosage:\n      mode: encrypt\n      phi: true\npermissions:")
+    assert after == expected
     entity = snapshot_model(admin_app).entity("prescription")
     assert entity.field("dosage").phi and entity.field("patient_name").encryption == "encrypt"
     assert entity.subject == "patient_id"
