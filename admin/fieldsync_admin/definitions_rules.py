@@ -32,6 +32,10 @@ ACTIONS = ("read", "create", "update", "delete")
 SYNC_KEYS = ("direction", "scope", "window", "window_field", "conflict", "priority")
 PERMISSION_KEYS = ("actions", "visible", "editable", "row_filter", "break_glass")
 WINDOW = re.compile(r"^[1-9][0-9]*[dwm]$")
+# bounds the meta-schema leaves open: a window beyond timedelta's range, or a priority no column
+# holds, would validate and fail later (in sync), so the form keeps them sane
+MAX_WINDOW_DAYS = 36500
+MAX_PRIORITY = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ def sync_edits(data: Mapping, form: Mapping[str, str], *, kind: str) -> list[Edi
     window = _clean(form.get("window", ""), "window").replace(" ", "")
     if window and not WINDOW.match(window):
         raise FormError(f"window: {window!r} is not a period such as 90d, 12w or 6m (a whole number and d, w or m)")
+    if window and int(window[:-1]) * {"d": 1, "w": 7, "m": 30}[window[-1]] > MAX_WINDOW_DAYS:
+        raise FormError(f"window: {window} is more than {MAX_WINDOW_DAYS} days (100 years); leave it empty for "
+                        "no window")
     if window and kind != "transaction":
         raise FormError("window: only transactions have a sync window")
     window_field = _clean(form.get("window_field", ""), "window_field")
@@ -91,8 +98,8 @@ def sync_edits(data: Mapping, form: Mapping[str, str], *, kind: str) -> list[Edi
             priority = int(priority_raw)
         except ValueError:
             raise FormError(f"priority: {priority_raw!r} is not a whole number") from None
-        if priority < 0:
-            raise FormError("priority: lower numbers sync first; it cannot be negative")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise FormError(f"priority: lower numbers sync first; a whole number from 0 to {MAX_PRIORITY}")
     values = {"direction": direction, "scope": _clean(form.get("scope", ""), "scope"), "window": window,
               "window_field": window_field, "conflict": conflict, "priority": priority}
     for key in SYNC_KEYS:

@@ -168,6 +168,7 @@ def test_bad_sync_values_return_the_form_with_a_message(browser_as, admin_app, d
     for data in ({**PRESCRIPTION_SYNC, "window": "soon"}, {**PRESCRIPTION_SYNC, "window": "0d"},
                  {**PRESCRIPTION_SYNC, "direction": "sideways"}, {**PRESCRIPTION_SYNC, "conflict": "coin_toss"},
                  {**PRESCRIPTION_SYNC, "priority": "-1"}, {**PRESCRIPTION_SYNC, "priority": "high"},
+                 {**PRESCRIPTION_SYNC, "window": "9" * 30 + "d"}, {**PRESCRIPTION_SYNC, "priority": "9" * 400},
                  {**PRESCRIPTION_SYNC, "window": "", "window_field": "prescribed_at"},
                  {**PRESCRIPTION_SYNC, "scope": "x\x00"}):
         response = client.post(f"{BASE}/entity/prescription/sync", data)
