@@ -30,6 +30,7 @@ from fieldsync.untrusted import JsonRefused, load_json
 
 from fieldsync_admin.definitions_change import (Base, Draft, PlanView, apply_draft, applied_base, check_texts,
                                                 error_lines, plan_draft)
+from fieldsync_admin.definitions_rule_views import RuleForms
 from fieldsync_admin.definitions_yaml import FieldSpec, FormError, add_field, entity_file, new_entity_text
 from fieldsync_admin.security import RoleView, audit, current_user, state
 
@@ -60,7 +61,7 @@ def _entity_path(entity) -> str:
     return f"{folder}/{entity.parent or entity.name}.yaml"
 
 
-class DefinitionsView(RoleView, BaseView):
+class DefinitionsView(RoleView, RuleForms, BaseView):
     roles = ROLES
 
     def __init__(self):

@@ -231,7 +231,8 @@ def new_entity_text(name: str, kind: str, fields: list[FieldSpec], *, label: str
     A transaction gets an owner field `rep_id` (the creating user's id, filled by the server),
     `owner_role` may read, create and update its own rows (and sync them both ways, scoped to
     them); a master syncs down to every device (server-owned, pull only). Every role gets read,
-    `admin` every action; the analyst edits permissions and sync rules in the YAML editor."""
+    `admin` every action; the analyst refines them with the rule forms (definitions_rules.py) or
+    in the YAML editor."""
     if not NAME.match(name or "") or name.startswith("fs_"):
         raise FormError(f"{name!r} is not a valid entity name (a lower case letter, then letters, digits or _; "
                         "not fs_)")

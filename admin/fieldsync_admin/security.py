@@ -28,6 +28,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from fieldsync.api.auth import audit_event, record_audit
+from fieldsync.api.login import record_failed_login
 from fieldsync.auth.tokens import Principal
 from fieldsync.auth.users import get_user, log_in
 from fieldsync.errors import LoginRefused, NotFound
@@ -213,23 +214,7 @@ def login():
 
 
 def _refused(reason: str, user_id: str, keys: list, address: str) -> None:
-    st = state()
-    newly_blocked = st.auth_limiter.failed(keys)
-    try:
-        known = get_user(st.engine, user_id) if "\x00" not in user_id else None
-    except NotFound:
-        known = None
-    try:
-        record_audit(audit_event(action="auth", outcome="failure", channel="admin",
-                                 actor=known.user_id if known else None, role=known.role if known else None,
-                                 detail={"event": "login_failed", "reason": reason, "source_ip": address,
-                                         "known_user": known is not None}))
-        if newly_blocked:
-            record_audit(audit_event(action="auth", outcome="denied", channel="admin", detail={
-                "event": "rate_limited", "source_ip": address, "limit": st.auth_limiter.limit,
-                "window_seconds": st.auth_limiter.window, "keys": [k for k, _ in newly_blocked]}))
-    except Exception:
-        log.exception("the audit log refused a failed admin login (reason %s)", reason)
+    record_failed_login(reason, user_id, keys, address, channel="admin")
 
 
 def logout():

@@ -25,7 +25,7 @@ from fieldsync.defs.values import FieldProblem
 from fieldsync.errors import JsonRefused, LoginRefused, NotFound, Problem, ProblemType, TokenError
 from fieldsync.untrusted import load_json, unstorable_paths
 
-__all__ = ["blueprint", "register_login"]
+__all__ = ["blueprint", "record_failed_login", "register_login"]
 
 log = logging.getLogger("fieldsync.auth")
 
@@ -54,27 +54,34 @@ def _credentials() -> tuple[str, str, str | None]:
     return body["user"], body["password"], body.get("totp") or None
 
 
-def _refuse(reason: str, message: str, user_id: str, keys: list, address: str) -> Problem:
-    """Count and audit a refused login; the 401 problem to raise."""
+def record_failed_login(reason: str, user_id: str, keys: list, address: str, *, channel: str = "rest") -> None:
+    """Count a refused login against the failure limiter and audit it (the reason and the
+    address; the user only when the id names one, never the password). Shared by this endpoint
+    and the admin UI's login form."""
     state = current_app.extensions["fieldsync"]
     newly_blocked = state.auth_limiter.failed(keys)
     try:
-        known = get_user(state.engine, user_id)
+        known = get_user(state.engine, user_id) if "\x00" not in user_id else None
     except NotFound:
         known = None
     try:
         # the user id tried is kept only when it names a user: a password typed into the user
         # field by mistake is never recorded
-        record_audit(audit_event(action="auth", outcome="failure", channel="rest",
+        record_audit(audit_event(action="auth", outcome="failure", channel=channel,
                                  actor=known.user_id if known else None, role=known.role if known else None,
                                  detail={"event": "login_failed", "reason": reason, "source_ip": address,
                                          "known_user": known is not None}))
         if newly_blocked:
-            record_audit(audit_event(action="auth", outcome="denied", channel="rest", detail={
+            record_audit(audit_event(action="auth", outcome="denied", channel=channel, detail={
                 "event": "rate_limited", "source_ip": address, "limit": state.auth_limiter.limit,
                 "window_seconds": state.auth_limiter.window, "keys": [k for k, _ in newly_blocked]}))
     except Exception:
         log.exception("the audit log refused a failed login (reason %s)", reason)
+
+
+def _refuse(reason: str, message: str, user_id: str, keys: list, address: str) -> Problem:
+    """Count and audit a refused login; the 401 problem to raise."""
+    record_failed_login(reason, user_id, keys, address)
     return Problem(ProblemType.LOGIN_FAILED, message, extra={"reason": reason})
 
 

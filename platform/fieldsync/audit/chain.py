@@ -29,7 +29,7 @@ from fieldsync.store.engine import create_tables
 
 __all__ = [
     "CHECKPOINTS", "ENTRIES", "GENESIS", "HEAD", "HEAD_ID", "KEYS", "Checkpoint", "DataKey", "audit_metadata", "b64",
-    "create_audit_tables", "entry_hash", "iso", "json_detail", "json_list", "key_fingerprint", "load_public_key",
+    "create_audit_tables", "entry_hash", "filter_clauses", "iso", "json_detail", "json_list", "key_fingerprint", "load_public_key",
     "reason_aad", "utc", "verify_signature",
 ]
 
@@ -216,3 +216,27 @@ def verify_signature(public: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:
         return True
     except (InvalidSignature, ValueError):
         return False
+
+
+def filter_clauses(*, start: dt.datetime | None = None, end: dt.datetime | None = None, actor: str | None = None,
+                   entity: str | None = None, subject: str | None = None, action: str | None = None,
+                   outcome: str | None = None) -> list:
+    """SQL conditions on the entries table for the filters given (None: any). A subject is
+    matched by text, so callers check `subject in entry.subjects` exactly afterwards."""
+    where = []
+    if start is not None:
+        where.append(ENTRIES.c.recorded_at >= utc(start))
+    if end is not None:
+        where.append(ENTRIES.c.recorded_at < utc(end))
+    if actor is not None:
+        where.append(ENTRIES.c.actor == actor)
+    if entity is not None:
+        where.append(ENTRIES.c.entity == entity)
+    if action is not None:
+        where.append(ENTRIES.c.action == action)
+    if outcome is not None:
+        where.append(ENTRIES.c.outcome == outcome)
+    if subject is not None:
+        # narrowed by text, then checked exactly (a subject reference is a JSON string in a list)
+        where.append(ENTRIES.c.subjects.contains(json.dumps(subject)))
+    return where

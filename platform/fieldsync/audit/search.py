@@ -10,37 +10,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fieldsync.audit.chain import ENTRIES, utc
+from fieldsync.audit.chain import ENTRIES, filter_clauses
 from fieldsync.audit.trail import AuditEntry, AuditEvent, AuditLog, _entry
 
 __all__ = ["VERIFIED_EVENT", "count_entries", "filter_clauses", "last_verification", "search_entries",
            "verification_event"]
 
 VERIFIED_EVENT = "audit_verified"   # detail event of an `admin` entry recording a verification run
-
-
-def filter_clauses(*, start: dt.datetime | None = None, end: dt.datetime | None = None, actor: str | None = None,
-                   entity: str | None = None, subject: str | None = None, action: str | None = None,
-                   outcome: str | None = None) -> list:
-    """SQL conditions on the entries table for the filters given (None: any). A subject is
-    matched by text, so callers check `subject in entry.subjects` exactly afterwards."""
-    where = []
-    if start is not None:
-        where.append(ENTRIES.c.recorded_at >= utc(start))
-    if end is not None:
-        where.append(ENTRIES.c.recorded_at < utc(end))
-    if actor is not None:
-        where.append(ENTRIES.c.actor == actor)
-    if entity is not None:
-        where.append(ENTRIES.c.entity == entity)
-    if action is not None:
-        where.append(ENTRIES.c.action == action)
-    if outcome is not None:
-        where.append(ENTRIES.c.outcome == outcome)
-    if subject is not None:
-        # narrowed by text, then checked exactly (a subject reference is a JSON string in a list)
-        where.append(ENTRIES.c.subjects.contains(json.dumps(subject)))
-    return where
 
 
 def search_entries(audit: AuditLog, *, start: dt.datetime | None = None, end: dt.datetime | None = None,

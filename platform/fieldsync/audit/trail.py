@@ -59,8 +59,8 @@ from fieldsync.errors import (AnchorUnavailable, AuditTampered, AuditTrailReplac
                               ConfigError, Error)
 from fieldsync.audit.anchor import Anchor, AnchorStore, read_anchors
 from fieldsync.audit.chain import (CHECKPOINTS, ENTRIES, HEAD, HEAD_ID, KEYS, Checkpoint, DataKey, b64,
-                                   create_audit_tables, entry_hash, iso, json_detail, json_list, key_fingerprint,
-                                   reason_aad, utc)
+                                   create_audit_tables, entry_hash, filter_clauses, iso, json_detail, json_list,
+                                   key_fingerprint, reason_aad, utc)
 from fieldsync.store.engine import write_transaction
 
 __all__ = [
@@ -599,17 +599,7 @@ class AuditLog:
                 decrypt_reasons: bool = False) -> Iterator[AuditEntry]:
         """Entries recorded in [start, end), oldest first, filtered by actor, entity and subject
         reference. Reasons are decrypted only with `decrypt_reasons`."""
-        where = []
-        if start is not None:
-            where.append(ENTRIES.c.recorded_at >= utc(start))
-        if end is not None:
-            where.append(ENTRIES.c.recorded_at < utc(end))
-        if actor is not None:
-            where.append(ENTRIES.c.actor == actor)
-        if entity is not None:
-            where.append(ENTRIES.c.entity == entity)
-        if subject is not None:
-            where.append(ENTRIES.c.subjects.contains(json.dumps(subject)))  # narrowed, then checked exactly
+        where = filter_clauses(start=start, end=end, actor=actor, entity=entity, subject=subject)
         query = sa.select(ENTRIES).where(*where).order_by(ENTRIES.c.seq)
         with self.snapshot() as conn:
             log_id = self.head(conn)["log_id"]
