@@ -35,6 +35,7 @@ What it found, each a 500 until fixed (test_regressions_found_by_fuzzing keeps t
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -45,6 +46,7 @@ from urllib.parse import quote_from_bytes
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.exceptions import HTTPException
 
 from fieldsync.auth.users import add_user
 from tests.conftest import DEFS_DIR
@@ -137,7 +139,14 @@ DATA_FIELDS = {
 }
 
 
-def fields_of(endpoint: str, model) -> tuple[str, ...]:
+def fields_of(endpoint: str, model, rendered: dict | None = None) -> tuple[str, ...]:
+    """The route's field names: those its rendered forms carry (`rendered`, from Target.harvest)
+    and those the view code reads that no form shows (FORM_FIELDS, DATA_FIELDS)."""
+    seen = tuple(n for n in (rendered or {}).get(endpoint, {}) if n != "csrf_token")
+    return tuple(dict.fromkeys(_coded_fields(endpoint, model) + seen))
+
+
+def _coded_fields(endpoint: str, model) -> tuple[str, ...]:
     if endpoint.startswith("data_"):
         entity, _, kind = endpoint[len("data_"):].partition(".")
         names = DATA_FIELDS[kind]
@@ -147,7 +156,7 @@ def fields_of(endpoint: str, model) -> tuple[str, ...]:
                 names += tuple(f"flt{i}_{n}_{op}" for i, n in enumerate(model.entity(entity).field_names[:3])
                                for op in ("equals", "greater", "between"))
         return names
-    return FORM_FIELDS[endpoint]
+    return FORM_FIELDS.get(endpoint, ())
 
 
 # -- the app under fuzz -----------------------------------------------------------------------------
@@ -199,10 +208,43 @@ class Target:
         self.encrypted = [e.name for e in self.model.entities if e.has_encrypted]
         admin, _ = admin_app.extensions["fieldsync_admin"].admin_app()
         self.views = {v.endpoint: v for v in admin.extensions["admin"][0]._views}
+        self.rendered: dict[str, dict[str, str]] = {}   # harvest(): endpoint -> form field -> value
         self.routes = []   # (endpoint, rule text, methods)
         for rule in sorted(admin.url_map.iter_rules(), key=lambda r: r.rule):
             self.routes.append((rule.endpoint, re.sub("/+", "/", rule.rule),
                                 tuple(sorted(rule.methods - {"OPTIONS"}))))
+
+    def harvest(self, client: AdminClient) -> None:
+        """The forms of every page (GET with valid path arguments, as `client`): per endpoint
+        they post to, each field's name and the value the page filled in (a valid form to start
+        from, for the routes template() does not write out)."""
+        admin, _ = self.app.extensions["fieldsync_admin"].admin_app()
+        urls = admin.url_map.bind("localhost", script_name="/admin")
+        for endpoint, rule, methods in self.routes:
+            if "GET" not in methods or endpoint in ("static", "admin.static", "logout") or ".export" in endpoint:
+                continue
+            names = re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", rule)
+            path = path_for(rule, {n: self.valid_args(n)[0] for n in names})
+            query = {"id": self.ids.get(endpoint[5:].partition(".")[0], "")} if endpoint.startswith("data_") else {}
+            page = client.get(path, query_string=query).get_data(as_text=True)
+            for action, body in re.findall(r"<form\b([^>]*)>(.*?)</form>", page, re.DOTALL):
+                target = re.search(r'action="([^"]*)"', action)
+                try:
+                    posted = urls.match(html.unescape(target.group(1)).split("?")[0][len("/admin"):] or "/",
+                                        method="POST")[0] if target and target.group(1) else endpoint
+                except HTTPException:
+                    continue
+                fields = self.rendered.setdefault(posted, {})
+                for tag in re.findall(r"<input\b[^>]*>", body):
+                    name, value = _attr(tag, "name"), _attr(tag, "value") or ""
+                    if name and (_attr(tag, "type") not in ("checkbox", "radio") or "checked" in tag):
+                        fields.setdefault(name, value)
+                for name, text in re.findall(r'<textarea\b[^>]*name="([^"]*)"[^>]*>(.*?)</textarea>', body, re.DOTALL):
+                    fields.setdefault(html.unescape(name), html.unescape(text))
+                for name, options in re.findall(r'<select\b[^>]*name="([^"]*)"[^>]*>(.*?)</select>', body, re.DOTALL):
+                    chosen = re.search(r'<option\b[^>]*value="([^"]*)"[^>]*selected', options) or \
+                        re.search(r'<option\b[^>]*value="([^"]*)"', options)
+                    fields.setdefault(html.unescape(name), html.unescape(chosen.group(1)) if chosen else "")
 
     def template(self, endpoint: str) -> dict[str, str]:
         """A valid form for the route (what its page would send): hypothesis makes a few of its
@@ -251,7 +293,7 @@ class Target:
             "definitions.add_field": {"name": "fz_note", "type": "string", "label": "Note", "max_length": "40"},
             "definitions.new_entity": {"kind": "master", "name": "fz_thing", "label": "Thing", "owner_role": "admin",
                                        "name_0": "title", "type_0": "string", "required_0": "yes"},
-        }.get(endpoint, {})
+        }.get(endpoint) or {k: v for k, v in self.rendered.get(endpoint, {}).items() if k != "csrf_token"}
 
     def roles_of(self, endpoint: str) -> tuple[str, ...]:
         view = self.views.get(endpoint.split(".")[0])
@@ -276,6 +318,11 @@ class Target:
                          b"app.yml/x", b"masters/" + b"a" * 5000 + b".yaml"]}.get(name, [])
         return extra + [b"\xff\xfe", b"\xed\xa0\x80", b"x" * 3000, b"\x00", XSS[0].encode(), b"..", b"%2e%2e",
                         "\u202e🙂".encode(), b"9" * 40]
+
+
+def _attr(tag: str, name: str) -> str | None:
+    found = re.search(rf'\b{name}="([^"]*)"', tag)
+    return html.unescape(found.group(1)) if found else None
 
 
 def _enum(store, entity, field):
@@ -305,6 +352,8 @@ class Fuzzer:
         self.login()
         self.stranger = AdminClient(target.app)
         self.stranger.get("/admin/login")
+        if not target.rendered:
+            target.harvest(self.client)
         self.sent = 0
         self.seen: set[str] = set()
 
@@ -410,7 +459,7 @@ def sweep(fuzzer: Fuzzer, endpoints=None) -> None:
         fills = [{n: target.valid_args(n)[0] for n in names}]
         for n in names:
             fills += [{**fills[0], n: v} for v in target.valid_args(n)[1:] + target.hostile_args(n)]
-        fields = fields_of(endpoint, target.model) + UNKNOWN_NAMES[:3]
+        fields = fields_of(endpoint, target.model, target.rendered) + UNKNOWN_NAMES[:3]
         for i, args in enumerate(fills):
             path = path_for(rule, args)
             if endpoint == "logout":
@@ -520,7 +569,7 @@ def fuzz_one(fuzzer: Fuzzer, routes: list, data) -> None:
     method = data.draw(st.sampled_from(methods), label="method")
     headers = data.draw(st.dictionaries(st.sampled_from(HEADERS), st.sampled_from(HEADER_VALUES), max_size=2),
                         label="headers")
-    names = st.one_of(st.sampled_from(fields_of(endpoint, target.model) or ("q",)), UNKNOWN)
+    names = st.one_of(st.sampled_from(fields_of(endpoint, target.model, target.rendered) or ("q",)), UNKNOWN)
     pairs = data.draw(st.lists(st.tuples(names.map(_utf8), VALUES), max_size=8), label="fields")
     template = target.template(endpoint)
     if template and data.draw(st.booleans(), label="from the valid form"):
@@ -597,7 +646,6 @@ def test_the_checks_catch_what_they_look_for():
     for page in (f"<p>{XSS[0]}</p>", f'<input value="">{XSS[2][2:]}">', f'<a href="javascript:{MARK}()">x</a>'):
         with pytest.raises(AssertionError, match="unescaped"):
             check(Response(page, mimetype="text/html"), "GET", "/admin/x", [], b"")
-    import html
     check(Response(f"<p>{html.escape(XSS[0])}</p><script nonce=\"{MARK.upper()}\"></script>", mimetype="text/html"),
           "GET", "/admin/x", [], b"")
     check(Response(XSS[0], mimetype="application/json"), "GET", "/admin/x", [], b"")   # JSON, nosniff: not a page
