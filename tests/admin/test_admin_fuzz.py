@@ -8,9 +8,10 @@ compliance roles for the routes they reach:
 * its path arguments filled with valid values (an entity name, a record id, a device id, a model
   version, a definition file) and with hostile ones;
 * GET (and HEAD, with a body) with hostile query strings; POST with hostile form fields: the
-  names the route's form uses (FORM_FIELDS, checked against the rendered forms) and unknown
-  ones, with the session's CSRF token and a few without; JSON and file uploads where the route
-  takes them. Values: huge and negative integers, NaN/inf, empty, very long strings, NUL, lone
+  names the route's forms carry (read from every rendered page: Target.harvest), those the view
+  code reads that no form shows (FORM_FIELDS, DATA_FIELDS), and unknown ones, with the session's
+  CSRF token and a few without; JSON and file uploads where the route takes them; half of the
+  hypothesis examples start from the route's valid form and make a few fields hostile. Values: huge and negative integers, NaN/inf, empty, very long strings, NUL, lone
   surrogates sent as raw invalid UTF-8 bytes, RTL and zero-width characters, emoji, SQL/HTML/JS
   injection text, nested-looking keys (a[b][c]).
 
