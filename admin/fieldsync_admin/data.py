@@ -62,6 +62,7 @@ LIST_SKIPS = ("text", "json")     # long values: on the detail page only
 
 
 def _usable_return_url(target: str | None) -> bool:
+    """Whether Flask-Admin can redirect to `target` (the request's `url`) without failing."""
     if not target:
         return True
     if any(ord(c) < 32 or ord(c) == 127 for c in target):

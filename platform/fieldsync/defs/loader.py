@@ -111,8 +111,8 @@ def _parse_yaml(file: str, text: str, errors: list[DefinitionError]) -> _Located
         data = _plain(yaml.load(text, Loader=_YAML_LOADER))
     except _SCALAR_ERRORS as exc:
         # the composed nodes are fine, a scalar's value is not: a date like 2026-02-30, an
-        # integer past int()'s 4300 digits, bad base64 under !!binary, `!!bool x` (KeyError), `!!timestamp x` (PyYAML
-        # fails on it with AttributeError); or lists nested deeper than _plain recurses
+        # integer past int()'s 4300 digits, bad base64 under !!binary, `!!bool x` (KeyError),
+        # `!!timestamp x` (AttributeError in PyYAML); or lists nested deeper than _plain recurses
         problem = "nested too deep" if isinstance(exc, RecursionError) else \
             getattr(exc, "problem", None) or f"a value YAML cannot read ({exc})"
         errors.append(DefinitionError(file, 1, 1, "", f"invalid YAML: {problem}"))
