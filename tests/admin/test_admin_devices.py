@@ -52,6 +52,8 @@ class Device:
         return self.post("/pull", {"device_id": self.device_id, "schema_version": 1, "cursor": 0}, token=token)
 
 
+_sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)   # the SQL is exercised on PostgreSQL by the tests left on both
+
 @pytest.fixture
 def fleet(admin_app):
     """Reference data in one territory, two reps each with a device; rep-one pushed a good visit
@@ -81,12 +83,14 @@ def _audit_entries(state, event: str) -> list:
 
 # -- who sees it ----------------------------------------------------------------------------------
 
+@_sqlite_only
 def test_anonymous_is_sent_to_login(admin_app):
     response = AdminClient(admin_app).get("/admin/devices/")
     assert response.status_code == 302 and "/admin/login" in response.headers["Location"]
 
 
 @pytest.mark.parametrize("role", ["analyst", "compliance"])
+@_sqlite_only
 def test_other_roles_are_refused(browser_as, role):
     client = browser_as(role)
     assert client.get("/admin/devices/").status_code == 403
@@ -95,6 +99,7 @@ def test_other_roles_are_refused(browser_as, role):
     assert 'href="/admin/devices/"' not in client.text(client.get("/admin/"))   # not in the menu
 
 
+@_sqlite_only
 def test_admin_sees_it_in_the_menu(browser_as):
     client = browser_as("admin")
     assert 'href="/admin/devices/"' in client.text(client.get("/admin/"))
@@ -123,6 +128,7 @@ def test_table_shows_each_device_with_its_figures(browser_as, fleet):
     assert head > 0 and f'<td class="text-right fs-behind">{head}</td>' in row_two   # never pulled
 
 
+@_sqlite_only
 def test_pull_and_ack_move_the_cursor_and_report_counts(browser_as, fleet):
     one = fleet["one"]
     page = one.pull()
@@ -146,6 +152,7 @@ def test_pull_and_ack_move_the_cursor_and_report_counts(browser_as, fleet):
     assert '<td class="text-right fs-quarantined">1</td>' in row
 
 
+@_sqlite_only
 def test_device_page_lists_rejected_mutations_with_reasons(browser_as, fleet):
     client = browser_as("admin")
     one = fleet["one"]
@@ -161,6 +168,7 @@ def test_device_page_lists_rejected_mutations_with_reasons(browser_as, fleet):
     assert 'id="fs-rejections-empty"' in two
 
 
+@_sqlite_only
 def test_unknown_device_is_404(browser_as):
     client = browser_as("admin")
     assert client.get("/admin/devices/no-such-device").status_code == 404
@@ -170,6 +178,7 @@ def test_unknown_device_is_404(browser_as):
 
 # -- revoke ----------------------------------------------------------------------------------------
 
+@_sqlite_only
 def test_revoke_refuses_the_device_token_and_is_audited(browser_as, fleet):
     client = browser_as("admin")
     two = fleet["two"]
@@ -193,6 +202,7 @@ def test_revoke_refuses_the_device_token_and_is_audited(browser_as, fleet):
             == "revoked"
 
 
+@_sqlite_only
 def test_revoke_needs_a_reason(browser_as, fleet):
     client = browser_as("admin")
     two = fleet["two"]
@@ -203,6 +213,7 @@ def test_revoke_needs_a_reason(browser_as, fleet):
     assert _audit_entries(fleet["state"], "device_revoked") == []
 
 
+@_sqlite_only
 def test_revoke_without_csrf_is_refused(browser_as, fleet):
     client = browser_as("admin")
     two = fleet["two"]
@@ -238,6 +249,7 @@ def test_dashboard_figures(fleet):
         assert lagging_devices(conn, now + dt.timedelta(hours=2)) == 0
 
 
+@_sqlite_only
 def test_overview_survives_an_odd_device_report(fleet):
     state = fleet["state"]
     with state.engine.begin() as conn:

@@ -196,6 +196,7 @@ def _analyst_lists_retailers(admin_app) -> int:
     return admin_app.test_client().get("/api/v1/retailer", headers={"Authorization": f"Bearer {token}"}).status_code
 
 
+@sqlite_only
 @pytest.mark.parametrize("role", ["analyst", "admin"])
 def test_a_permission_removed_makes_rest_refuse_that_role(browser_as, admin_app, defs, role):
     assert _analyst_lists_retailers(admin_app) == 200
@@ -269,6 +270,7 @@ def test_bad_permission_values_return_the_form_with_a_message(browser_as, admin_
 
 # -- encryption -----------------------------------------------------------------------------------
 
+@sqlite_only
 @pytest.mark.parametrize("role", ["analyst", "admin"])
 def test_an_encryption_policy_is_planned_and_applied(browser_as, admin_app, defs, role):
     client = browser_as(role)
