@@ -379,8 +379,13 @@ queue = SqliteQueue(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
 got = []
+first = True
 while True:
     messages = queue.receive(10, visibility_timeout=60, wait_seconds=0.05)
+    if first:   # a barrier: both hold a claimed batch before either goes on (no scheduling luck)
+        print("claimed", len(messages), flush=True)
+        sys.stdin.readline()
+        first = False
     if not messages and queue.pending() == 0:
         break
     queue.ack([m.receipt for m in messages])
@@ -398,6 +403,11 @@ def test_two_processes_claiming_at_once_get_every_message_once(queue_path):
             assert proc.stdout.readline().strip() == "ready"
         for proc in procs:  # start both together
             proc.stdin.write("go\n")
+            proc.stdin.flush()
+        claimed = [proc.stdout.readline().split() for proc in procs]   # both claimed their first batch at once
+        assert all(line[0] == "claimed" and int(line[1]) > 0 for line in claimed), claimed
+        for proc in procs:
+            proc.stdin.write("on\n")
             proc.stdin.flush()
         results = [json.loads(proc.stdout.readline()) for proc in procs]
     finally:
