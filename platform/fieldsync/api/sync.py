@@ -29,10 +29,10 @@ from fieldsync.ids import new_id, utc_now
 from fieldsync.defs.values import format_datetime
 from fieldsync.untrusted import INT32_MAX, INT64_MAX, load_json, parse_int, unstorable_paths
 from fieldsync.store.engine import write_transaction
-from fieldsync.sync.pull import PullRequest, pull_page, remember_scope, results_for, write_checkpoint
+from fieldsync.sync.pull import PullRequest, pull_page, remember_digests, remember_scope, results_for, write_checkpoint
 from fieldsync.sync.receive import receive_push
 from fieldsync.sync.scope import device_scope
-from fieldsync.transfer.snapshots import manifest_keys
+from fieldsync.transfer.snapshots import manifest_keys, subset_hash
 from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES, note_pull, unsettled
 from fieldsync.store.changelog import head_position
 
@@ -579,11 +579,14 @@ def pull():
         items, more_results = results_for(conn, snapshot.store, scope, device["device_id"], req.results_after)
         checkpoint = write_checkpoint(conn, device["device_id"])
         bundle_phi = page.pop("_disclosed", [])   # the PHI a bundle hands out, audited like a page's
+        partial = page.pop("_partial", None)      # the device's digests after the bundle, the phase going on
         disclosed = sync_read_events(conn, snapshot.store, principal, device["device_id"],
                                      changes=page["changes"] + bundle_phi, results=items)
     with write_transaction(state.engine) as conn:
         state.audit.append_all(conn, disclosed)   # invariant 8: the page's PHI, before it is sent
         remember_scope(conn, scope, now)
+        if partial is not None:
+            remember_digests(conn, page["bundle"]["scope_hash"], partial, now)
         values: dict[str, Any] = {"last_contact_at": now, "role": principal.role, **synced}
         if page["resume"] is None:
             values["scope_hash"] = page["scope_hash"]
@@ -599,7 +602,7 @@ def _bundle_offerer(body: Mapping[str, Any], store, scope):
     bundles = _state().bundles
     if body.get("bundles") is not True or bundles is None:
         return None
-    return lambda changed, gone, cursor: bundles.offer(store, scope, changed, cursor, clear=gone)
+    return lambda changed, gone, cursor, old: bundles.offer(store, scope, changed, cursor, clear=gone, old_digests=old)
 
 
 @blueprint.route("/bundles/<bundle_id>", methods=["GET", "HEAD"])
@@ -611,10 +614,11 @@ def bundle(bundle_id: str):
     row = state.bundles.find(bundle_id) if state.bundles is not None else None
     if row is not None:
         scope = device_scope(g.snapshot.model, g.principal, _now(), g.snapshot.store.codec)
-        if scope.hash != row["scope_hash"] or row["schema_version"] != g.snapshot.model.schema_version:
+        if (subset_hash(scope, json.loads(row["entities"])) != row["scope_hash"]
+                or row["schema_version"] != g.snapshot.model.schema_version):
             row = None
     if row is None:
-        raise NotFound("no such bundle (it may have been replaced: pull again for a new one)")
+        raise _problem(ProblemType.NOT_FOUND, "no such bundle (it may have been replaced: pull again for a new one)")
     response = send_file(state.bundles.path(bundle_id), mimetype="application/octet-stream", conditional=True,
                          etag=bundle_id, max_age=0)
     response.headers["Cache-Control"] = "private, no-store"

@@ -158,4 +158,8 @@ class BundleLoader:
         # entities are at its own cursor, and the stream from there also brings the bundle's
         # entities up to date (the bundle is never older than that cursor: the server checks)
         cursor = before if before > 0 else int(self.manifest.cursor)
-        self.store.set_state(conn, bundle=None, cursor=cursor, resume=None, scope_hash=self.manifest.scope_hash)
+        # the scope the device holds now: the pull answer's, which says (when the bundle took only
+        # the entities many users share) that the rest of the phase is still to come
+        scope_hash = self.state["bundle"].get("scope_hash")
+        self.store.set_state(conn, bundle=None, cursor=cursor, resume=None,
+                             scope_hash=scope_hash if isinstance(scope_hash, str) else self.manifest.scope_hash)

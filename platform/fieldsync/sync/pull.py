@@ -29,7 +29,7 @@ from fieldsync.sync.scope import DeviceScope
 from fieldsync.store.sync_tables import LEDGER, SCOPES
 from fieldsync.untrusted import load_json
 
-__all__ = ["PullRequest", "SyncReset", "phase_entities", "InvalidResume", "ledger_rows", "pull_page", "render_results", "results_for",
+__all__ = ["PullRequest", "SyncReset", "phase_entities", "remember_digests", "InvalidResume", "ledger_rows", "pull_page", "render_results", "results_for",
            "readable_row", "snapshot_query", "write_checkpoint", "remember_scope"]
 
 MAX_RESULTS_PER_PAGE = 1000
@@ -75,6 +75,17 @@ def remember_scope(conn: sa.Connection, scope: DeviceScope, now) -> None:
         try:
             with conn.begin_nested():
                 conn.execute(SCOPES.insert().values(scope_hash=scope.hash, digests=json.dumps(scope.digests),
+                                                    created_at=now))
+        except sa.exc.IntegrityError:
+            pass  # another request stored it first
+
+
+def remember_digests(conn: sa.Connection, scope_hash: str, digests: Mapping[str, str], now) -> None:
+    """Store `digests` under `scope_hash` (a scope a device holds part-way through a phase)."""
+    if conn.execute(sa.select(SCOPES.c.scope_hash).where(SCOPES.c.scope_hash == scope_hash)).first() is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(SCOPES.insert().values(scope_hash=scope_hash, digests=json.dumps(dict(digests)),
                                                     created_at=now))
         except sa.exc.IntegrityError:
             pass  # another request stored it first
@@ -403,12 +414,12 @@ def phase_entities(conn: sa.Connection, store: RecordStore, scope: DeviceScope,
 
 
 def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, request: PullRequest, *,
-              secret: bytes, now, offer_bundle: Callable[[list[str], list[str], int], Any] | None = None
+              secret: bytes, now, offer_bundle: Callable[..., Any] | None = None
               ) -> dict[str, Any]:
     """One pull page for `request` (everything but results and device bookkeeping). Read-only:
     the caller stores the scope (`remember_scope`) in its write transaction.
 
-    `offer_bundle(changed, gone, cursor)`, given when the device reads bundles, may answer a
+    `offer_bundle(changed, gone, cursor, old_digests)`, given when the device reads bundles, may answer a
     phase that starts with a snapshot bundle (an `Offer`, transfer/snapshots.py) instead of its
     first page: the page then has `phase: "bundle"` and the `bundle`, and keeps the device's
     cursor and scope hash (the device sets them when the bundle is applied)."""
@@ -432,13 +443,13 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
     if state is None and request.scope_hash != scope.hash:
         changed, gone = phase_entities(conn, store, scope, request.scope_hash)
         if offer_bundle is not None:
-            # a device that reads bundles takes the whole phase as one (transfer/snapshots.py)
-            offered = offer_bundle(changed, gone, cursor)
+            # a device that reads bundles takes the phase as one (transfer/snapshots.py)
+            offered = offer_bundle(changed, gone, cursor, _old_digests(conn, request.scope_hash))
             if offered is not None:
                 return {"head": head, "windows": scope.windows(), "phase": "bundle", "bundle": offered.bundle,
                         "cursor": cursor, "resume": None, "scope_hash": request.scope_hash, "has_more": True,
                         "changes": [], "remaining": offered.rows + max(head - offered.bundle["manifest"]["cursor"], 0),
-                        "_disclosed": offered.disclosed}
+                        "_disclosed": offered.disclosed, "_partial": offered.partial}
         changed = sorted(gone) + changed
         state = {"B": cursor, "S": head, "ents": changed, "i": 0, "after": None,
                  "old": request.scope_hash, "new": scope.hash}

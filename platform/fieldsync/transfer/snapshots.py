@@ -40,11 +40,12 @@ from fieldsync.store.engine import create_tables, write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.sync.pull import snapshot_query
-from fieldsync.sync.scope import DeviceScope
+from fieldsync.defs import expr as ex
+from fieldsync.sync.scope import DeviceScope, scope_hash_of
 from fieldsync.transfer.chunks import (ChunkRefused, Manifest, key_text, new_key, public_key_text, sign_manifest,
                                        write_payload)
 
-__all__ = ["BUNDLES", "BundleService", "Offer", "manifest_keys", "create_bundle_tables"]
+__all__ = ["BUNDLES", "BundleService", "Offer", "manifest_keys", "create_bundle_tables", "subset_hash"]
 
 log = logging.getLogger("fieldsync.transfer")
 
@@ -96,6 +97,7 @@ class Offer:
     bundle: dict[str, Any]               # the pull answer's `bundle` member
     disclosed: list[dict[str, Any]]      # items for the audit trail's read events (PHI fields shown)
     rows: int
+    partial: dict[str, str] | None = None   # the device's digests after it, when the phase goes on
 
 
 def _storage_step(field_type: str):
@@ -128,35 +130,50 @@ class BundleService:
     # -- offering --------------------------------------------------------------------------------
 
     def offer(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str], device_cursor: int,
-              *, clear: Sequence[str] = ()) -> Offer | None:
-        """A bundle of `entities` for a device whose scope is `scope` and whose cursor is
-        `device_cursor`: a fresh one shared by its scope, or one built now; None when the rows
-        are too few to be worth a bundle (the snapshot then comes as pages)."""
+              *, clear: Sequence[str] = (), old_digests: Mapping[str, str] | None = None) -> Offer | None:
+        """A bundle for a device whose scope is `scope`, whose phase has `entities` to send and
+        whose cursor is `device_cursor`: a fresh one of the same share key, or one built now;
+        None when its rows are too few to be worth a bundle (the phase then comes as pages).
+
+        Entities whose rules use `$user.id` (the rep's own visits, orders) make a bundle
+        personal. So the bundle takes the phase's shared entities only, when there are any, and
+        every device of the same territories and role gets the same one; the device's scope
+        hash afterwards says the personal entities are still to come (`partial`), so its next
+        pull is a phase of just those (pages, or a bundle of their own when large)."""
         if not self.enabled:
             return None
-        entities = [name for name in scope.order if name in set(entities)]
-        if not entities:
+        wanted = [name for name in scope.order if name in set(entities)]
+        shared = [name for name in wanted if not _personal(scope, name)]
+        chosen = shared or wanted
+        if not chosen:
             return None
         version = store.model.schema_version
-        share = _share_key(version, scope.hash, entities)
+        subset = scope_hash_of({name: scope.digests[name] for name in chosen})
+        share = _share_key(version, subset, chosen)
         with self._lock_for(share):
             row = self._fresh(share, device_cursor)
             if row is None:
-                if self._count(store, scope, entities) < self.min_rows:
+                if self._count(store, scope, chosen) < self.min_rows:
                     return None
-                row = self._build(store, scope, entities, share)
+                row = self._build(store, scope, chosen, share, subset)
             try:
                 key = self._unwrap(row)
             except (KeyMissing, KeyShredded, ChunkRefused):
                 log.warning("bundle %s: its key is gone; building another", row["bundle_id"])
                 self._drop([row["bundle_id"]])
-                row = self._build(store, scope, entities, share)
+                row = self._build(store, scope, chosen, share, subset)
                 key = self._unwrap(row)
+        # the device's digests once the bundle is in: the rest of the phase still differs
+        later = [name for name in wanted if name not in chosen]
+        old = dict(old_digests or {})
+        digests = {name: (old.get(name, "pending") if name in later else digest)
+                   for name, digest in scope.digests.items()}
         manifest = json.loads(row["manifest"])
         bundle = {"id": row["bundle_id"], "url": URL_PREFIX + row["bundle_id"], "key": key_text(key),
                   "manifest": manifest, "signature": row["signature"], "signing_key": row["sign_kid"],
-                  "clear": sorted(set(clear) | set(entities)), "size": int(row["size"]), "rows": int(row["rows"])}
-        return Offer(bundle, self._disclosed(row, key), int(row["rows"]))
+                  "clear": sorted(set(clear) | set(chosen)), "size": int(row["size"]), "rows": int(row["rows"]),
+                  "scope_hash": scope_hash_of(digests) if later else scope.hash}
+        return Offer(bundle, self._disclosed(row, key), int(row["rows"]), digests if later else None)
 
     def _lock_for(self, share: str) -> threading.Lock:
         with self._locks_guard:
@@ -195,7 +212,8 @@ class BundleService:
     def path(self, bundle_id: str) -> Path:
         return self.directory / f"{bundle_id}.fsb"
 
-    def _build(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str], share: str) -> Mapping[str, Any]:
+    def _build(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str], share: str,
+               subset: str) -> Mapping[str, Any]:
         """Write a new bundle of `entities` as `scope` sees them, consistent with the head read
         first (rows written after it are sent again by the stream: upserts are idempotent)."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -218,7 +236,7 @@ class BundleService:
         now = self.clock()
         manifest.cursor = head
         manifest.schema_version = store.model.schema_version
-        manifest.scope_hash = scope.hash
+        manifest.scope_hash = subset
         manifest.entities = list(entities)
         manifest.created_at = format_datetime(now)
         sign_kid, raw = self.keyring.material(SIGN_SCOPE)
@@ -232,7 +250,7 @@ class BundleService:
             sealed_disclosed = nonce + AESGCM(key).encrypt(nonce, json.dumps(disclosed).encode(),
                                                            b"fieldsync-disclosed:" + bundle_id.encode())
         row = {"bundle_id": bundle_id, "share_key": share, "schema_version": store.model.schema_version,
-               "scope_hash": scope.hash, "entities": json.dumps(list(entities)), "cursor": head, "created_at": now,
+               "scope_hash": subset, "entities": json.dumps(list(entities)), "cursor": head, "created_at": now,
                "rows": sum(manifest.rows.values()), "size": manifest.size, "manifest": json.dumps(manifest.to_dict()),
                "signature": signature, "sign_kid": sign_kid, "key_kid": key_kid, "wrapped_key": wrapped,
                "disclosed": sealed_disclosed}
@@ -343,6 +361,24 @@ class BundleService:
             conn.execute(BUNDLES.delete().where(BUNDLES.c.bundle_id.in_(list(bundle_ids))))
         for bundle_id in bundle_ids:
             self.path(bundle_id).unlink(missing_ok=True)
+
+
+def _personal(scope: DeviceScope, name: str) -> bool:
+    """Whether the entity's rows depend on who the user is (`$user.id`), not only on attributes
+    many users share: its bundle would be one user's."""
+    entity_scope = scope.entities[name]
+    if any("id" in ex.user_attributes(p) for p in entity_scope.predicates):
+        return True
+    parent = entity_scope.entity.parent
+    return parent is not None and parent in scope.entities and _personal(scope, parent)
+
+
+def subset_hash(scope: DeviceScope, entities: Sequence[str]) -> str | None:
+    """The hash of `scope`'s digests of `entities` (a bundle's `scope_hash`), None when the
+    scope lacks one of them."""
+    if any(name not in scope.digests for name in entities):
+        return None
+    return scope_hash_of({name: scope.digests[name] for name in entities})
 
 
 def _key_aad(bundle_id: str) -> bytes:
