@@ -43,9 +43,20 @@ def served(tmp_path_factory, example_model):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield app, f"http://127.0.0.1:{server.effective_port}"
-    server.close()
-    thread.join(10)
+    stop_waitress(server, thread)
     app.extensions["fieldsync"].engine.dispose()
+
+
+def stop_waitress(server, thread: threading.Thread) -> None:
+    """Stop a waitress server run in `thread`: its sockets are closed inside its own loop (closing
+    them from another thread makes the loop fail on a closed descriptor), then its task threads."""
+    def close_all() -> None:
+        for channel in list(server._map.values()):
+            channel.close()
+    server.trigger.pull_trigger(close_all)
+    thread.join(10)
+    assert not thread.is_alive(), "the waitress server did not stop"
+    server.task_dispatcher.shutdown()
 
 
 class CuttingProxy:
