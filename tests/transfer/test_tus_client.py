@@ -16,7 +16,7 @@ from fieldsync.client import TusClient, UploadGone, WsgiTransport
 from fieldsync.client.wire import Wire
 from fieldsync.errors import ProtocolError, TransportError
 
-from conftest import make_app, make_token
+from tus_support import make_app, make_token
 
 
 class Recording:

@@ -11,7 +11,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import make_app, make_token
+from tus_support import make_app, make_token
 
 EXAMPLES = int(os.environ.get("FIELDSYNC_TEST_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,

@@ -15,7 +15,7 @@ from fieldsync.errors import Problem, ProblemType
 from fieldsync.transfer import tus
 from fieldsync.transfer.tus import READ_SIZE, UploadStore
 
-from conftest import TRANSFER_MAX, make_app, make_token
+from tus_support import TRANSFER_MAX, make_app, make_token
 
 BASE = "/api/v1/transfer"
 OCTETS = "application/offset+octet-stream"
