@@ -98,10 +98,14 @@ def make_http_server(app, host: str, port: int, limit: int, *, transfer_limit: i
         def received(self, data):
             headers_were_finished = self.headers_finished
             consumed = super().received(data)
-            if (not headers_were_finished and self.headers_finished and self.error is None
-                    and self.content_length > limit_for(self.path or "/", limit, transfer_limit)):
-                self.error = RequestEntityTooLarge("over the path's limit")
-                self.completed = True
+            if self.headers_finished and self.error is None:
+                path_limit = limit_for(self.path or "/", limit, transfer_limit)
+                # on the header; and for a chunked body as it arrives (waitress counts against
+                # the larger limit only)
+                if (not headers_were_finished and self.content_length > path_limit) \
+                        or self.body_bytes_received > path_limit:
+                    self.error = RequestEntityTooLarge("over the path's limit")
+                    self.completed = True
             if self.error is not None:
                 # refused on the header: a `100 Continue` would invite the body we refuse
                 self.expect_continue = False
