@@ -64,3 +64,40 @@ def test_a_chunked_body_on_another_path_is_cut_at_max_body_bytes(served):
             pass   # the server stopped reading once it refused
         status, problem = _answer(sock)
     assert status == 413 and problem["max_bytes"] == MAX_BODY
+
+
+def test_the_https_server_takes_upload_chunks_over_max_body_bytes(tmp_path, example_model):
+    """cheroot (TLS) refuses other paths over MAX_BODY_BYTES before `100 Continue`
+    (tests/transport/test_body_limit.py); upload chunks pass up to Tus-Max-Size."""
+    import os
+    import threading
+
+    import trustme
+
+    from fieldsync.api.https_server import make_https_server
+    from fieldsync.client import HttpTransport, TusClient
+    from fieldsync.client.wire import Wire
+    from tus_support import make_app
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    app = make_app(tmp_path, example_model)
+    server = make_https_server(app, "127.0.0.1", 0, cert, key, threads=2)
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    transport = HttpTransport(f"https://127.0.0.1:{server.bind_addr[1]}", ca_file=ca_file)
+    try:
+        data = os.urandom(4 * MAX_BODY + 5)
+        client = TusClient(Wire(transport, make_token(), device_version=lambda: 1), chunk_size=2 * MAX_BODY)
+        url = client.upload(data, {})
+        assert app.extensions["fieldsync"].transfer.data_path(url.rsplit("/", 1)[1]).read_bytes() == data
+    finally:
+        transport.close()
+        server.stop()
+        thread.join(10)
+        app.extensions["fieldsync"].engine.dispose()
