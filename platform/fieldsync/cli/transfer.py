@@ -3,8 +3,6 @@ docs/protocol.md "Transfer"). A running server also sweeps now and then on its o
 
 from __future__ import annotations
 
-import click
-
 from fieldsync.cli.common import Invocation, action_group, command, data_dir_option, pass_invocation
 
 transfer = action_group("transfer", "resumable uploads (tus) kept under DATA_DIR/transfer")

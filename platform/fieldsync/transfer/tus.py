@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.utils
 import errno
 import fcntl
 import hashlib
@@ -38,7 +39,8 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping
 from fieldsync.errors import Problem, ProblemType
 
 __all__ = ["CHECKSUM_ALGORITHMS", "DEFAULT_PURPOSE", "TUS_EXTENSIONS", "TUS_VERSION", "Upload", "UploadStore",
-           "on_complete", "parse_checksum", "parse_metadata", "parse_size", "purposes"]
+           "format_metadata", "http_date", "on_complete", "parse_checksum", "parse_metadata", "parse_size",
+           "purposes"]
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation", "creation-with-upload", "checksum", "termination", "expiration")
@@ -177,7 +179,7 @@ class Upload:
         document: dict[str, Any] = {"id": self.id, "offset": self.offset, "length": self.length,
                                     "complete": self.completed and not self.problem, "state": state,
                                     "purpose": self.purpose, "metadata": dict(self.metadata),
-                                    "expires": _http_date(self.expires)}
+                                    "expires": http_date(self.expires)}
         if self.result is not None:
             document["result"] = self.result
         if self.problem is not None:
@@ -190,14 +192,9 @@ class Upload:
                 "completed": self.completed, "result": self.result, "problem": self.problem, "extra": self.extra}
 
 
-def _http_date(seconds: float) -> str:
-    import email.utils
-    return email.utils.formatdate(seconds, usegmt=True)
-
-
 def http_date(seconds: float) -> str:
     """An HTTP date (RFC 9110), the form of `Upload-Expires`."""
-    return _http_date(seconds)
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 class UploadStore:
@@ -249,7 +246,7 @@ class UploadStore:
             raise Problem(ProblemType.NOT_FOUND, "no such upload")
         if upload.expires <= self.clock():
             raise Problem(ProblemType.UPLOAD_EXPIRED, "this upload expired; create a new one",
-                          extra={"expired": _http_date(upload.expires)})
+                          extra={"expired": http_date(upload.expires)})
         return upload
 
     @contextlib.contextmanager
