@@ -379,3 +379,21 @@ def test_metadata_without_a_purpose_is_a_plain_file(app, client):
     described = client.get(url, headers=headers()).get_json()
     assert described["purpose"] == "file" and described["complete"] is True and "result" not in described
     assert stored(app, url) == b"abc"
+
+
+def test_non_ascii_metadata_round_trips(client):
+    url = create(client, 1, f"filename {b64('रसीद नं ५.jpg')}")
+    assert client.head(url, headers=headers()).headers["Upload-Metadata"] == f"filename {b64('रसीद नं ५.jpg')}"
+    assert client.get(url, headers=headers()).get_json()["metadata"] == {"filename": "रसीद नं ५.jpg"}
+
+
+def test_the_server_sweeps_expired_uploads_on_its_own(app, client):
+    state = app.extensions["fieldsync"]
+    url = create(client, 1)
+    state.transfer.clock.now += state.transfer.expires_after + 1
+    state.transfer_swept[0] = float("-inf")   # the last sweep was long ago
+    client.options(BASE + "/")                # discovery does not sweep (no token)
+    assert (state.transfer.root / f"{url.rsplit('/', 1)[1]}.json").exists()
+    assert client.head(BASE + "/" + "0" * 32, headers=headers()).status_code == 404
+    assert not (state.transfer.root / f"{url.rsplit('/', 1)[1]}.json").exists()
+    assert client.head(url, headers=headers()).status_code == 404
