@@ -265,9 +265,12 @@ def test_termination_removes_the_upload(app, client):
 def test_a_patch_while_another_writes_is_423_and_changes_nothing(app, client):
     url = create(client, 4)
     store = app.extensions["fieldsync"].transfer
-    with store.locked(url.rsplit("/", 1)[1]):
-        answer = patch(client, url, 0, b"abcd")
-        assert answer.status_code == 423 and answer.headers["Retry-After"] == "1"
+    answers = []
+    with store.locked(url.rsplit("/", 1)[1]):   # as a PATCH in another thread holds it
+        writer = threading.Thread(target=lambda: answers.append(patch(app.test_client(), url, 0, b"abcd")))
+        writer.start()
+        writer.join()
+    assert answers[0].status_code == 423 and answers[0].headers["Retry-After"] == "1"
     assert client.head(url, headers=headers()).headers["Upload-Offset"] == "0"
     assert patch(client, url, 0, b"abcd").status_code == 204
 
@@ -396,4 +399,20 @@ def test_the_server_sweeps_expired_uploads_on_its_own(app, client):
     assert (state.transfer.root / f"{url.rsplit('/', 1)[1]}.json").exists()
     assert client.head(BASE + "/" + "0" * 32, headers=headers()).status_code == 404
     assert not (state.transfer.root / f"{url.rsplit('/', 1)[1]}.json").exists()
+    assert client.head(url, headers=headers()).status_code == 404
+
+
+def test_the_lock_is_reentrant_in_its_thread_and_exclusive_across_threads(app, client):
+    """A handler or a caller holding the lock may terminate the upload; another thread may not write."""
+    store = app.extensions["fieldsync"].transfer
+    url = create(client, 1)
+    upload_id = url.rsplit("/", 1)[1]
+    principal = type("P", (), {"user_id": "rep-asha", "device_id": None})()
+    refused: list[int] = []
+    with store.locked(upload_id):
+        other = threading.Thread(target=lambda: refused.append(patch(app.test_client(), url, 0, b"x").status_code))
+        other.start()
+        other.join()
+        store.terminate(upload_id, principal)
+    assert refused == [423]
     assert client.head(url, headers=headers()).status_code == 404

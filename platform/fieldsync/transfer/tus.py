@@ -31,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,7 @@ class UploadStore:
         self.max_bytes = int(max_bytes)
         self.expires_after = float(expires_after)
         self.clock = clock
+        self._held = threading.local()   # the upload ids whose lock this thread holds
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- paths and records
@@ -251,7 +253,13 @@ class UploadStore:
 
     @contextlib.contextmanager
     def locked(self, upload_id: str) -> Iterator[None]:
-        """Hold the upload's write lock, or raise UploadBusy (423) at once: one writer per upload."""
+        """Hold the upload's write lock, or raise UploadBusy (423) at once: one writer per upload.
+        Re-entrant within a thread (a completion handler, or code holding the lock, may call
+        `terminate`): flock alone would refuse the same thread's second open of the lock file."""
+        held = self._held.__dict__.setdefault("ids", set())
+        if upload_id in held:
+            yield
+            return
         fd = os.open(self.root / f"{upload_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -261,7 +269,11 @@ class UploadStore:
                     raise
                 raise Problem(ProblemType.UPLOAD_BUSY, "another request is writing this upload; "
                               "retry after it ends (HEAD for the offset)", headers={"Retry-After": "1"}) from None
-            yield
+            held.add(upload_id)
+            try:
+                yield
+            finally:
+                held.discard(upload_id)
         finally:
             os.close(fd)   # releases the flock
 
