@@ -61,6 +61,8 @@ keeps it so.
           |                       sent, everything is kept; retry later with a long backoff
           +-- DeviceRevoked       an admin revoked this device; its data and outbox stay
           +-- ProtocolError       an unexpected 4xx answer (`status`, `problem`, `name`)
+          |    +-- UploadGone     a resumable upload is no longer on the server (404, 410
+          |                       expired): create another
           +-- ValidationError     a local write was refused (`problems`: field and reason);
           |                       also a ValidationFailed
           +-- StoreLocked         the device store is encrypted and no key was given, or its
@@ -138,6 +140,12 @@ class ProblemType(enum.Enum):
     SYNC_RESET = ("sync-reset", 410, "Device must resync")
     UNSUPPORTED_ENCODING = ("unsupported-encoding", 415, "Unsupported encoding")
     UNAVAILABLE = ("unavailable", 503, "Service unavailable")
+    # -- resumable uploads, /api/v1/transfer/ (docs/protocol.md "Transfer")
+    TUS_VERSION_UNSUPPORTED = ("tus-version-unsupported", 412, "tus version not supported")
+    OFFSET_MISMATCH = ("offset-mismatch", 409, "Upload offset mismatch")
+    CHECKSUM_MISMATCH = ("checksum-mismatch", 460, "Checksum mismatch")
+    UPLOAD_EXPIRED = ("upload-expired", 410, "Upload expired")
+    UPLOAD_BUSY = ("upload-busy", 423, "Upload is being written")
     # -- rejected push results only (docs/protocol.md §5.2)
     MALFORMED_MUTATION = ("malformed-mutation", None, None, "Malformed mutation")
     DIRECTION = ("direction", None, None, "Entity is not pushed by devices")
@@ -463,6 +471,10 @@ class ProtocolError(ClientError):
         self.name = problem_name(self.problem)
         detail = self.problem.get("detail") or self.problem.get("title") or ""
         super().__init__(message or f"HTTP {status} {self.name}: {detail}".rstrip(": "))
+
+
+class UploadGone(ProtocolError):
+    """A resumable upload is no longer on the server (404, or 410 after it expired)."""
 
 
 class SchemaTooNew(ClientError):
