@@ -146,6 +146,7 @@ class ProblemType(enum.Enum):
     CHECKSUM_MISMATCH = ("checksum-mismatch", 460, "Checksum mismatch")
     UPLOAD_EXPIRED = ("upload-expired", 410, "Upload expired")
     UPLOAD_BUSY = ("upload-busy", 423, "Upload is being written")
+    UPLOAD_CORRUPT = ("upload-corrupt", 422, "Staged upload failed its integrity check")
     # -- rejected push results only (docs/protocol.md §5.2)
     MALFORMED_MUTATION = ("malformed-mutation", None, None, "Malformed mutation")
     DIRECTION = ("direction", None, None, "Entity is not pushed by devices")

@@ -16,7 +16,7 @@ from fieldsync.client import TusClient, UploadGone, WsgiTransport
 from fieldsync.client.wire import Wire
 from fieldsync.errors import ProtocolError, TransportError
 
-from tus_support import make_app, make_token
+from tus_support import make_app, make_token, staged_bytes
 
 
 class Recording:
@@ -76,7 +76,7 @@ def sdk(transport, user: str = "rep-asha", **options) -> TusClient:
 
 
 def stored(app, url: str) -> bytes:
-    return app.extensions["fieldsync"].transfer.data_path(url.rsplit("/", 1)[1]).read_bytes()
+    return staged_bytes(app, url)
 
 
 DATA = os.urandom(300 * 1024)

@@ -19,7 +19,7 @@ from fieldsync.client.tus import TusClient
 from fieldsync.client.wire import Wire
 from fieldsync.errors import TransportError
 
-from tus_support import MAX_BODY, make_token, sha256_file
+from tus_support import MAX_BODY, make_token, staged_bytes, staged_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / ".cache" / "node"
@@ -36,12 +36,13 @@ def payload(tmp_path_factory) -> tuple[Path, str]:
     return path, hashlib.sha256(data).hexdigest()
 
 
-def stored(app, url: str) -> Path:
-    return app.extensions["fieldsync"].transfer.data_path(url.rstrip("/").rsplit("/", 1)[-1])
+def stored_sha256(app, url: str) -> str:
+    """sha256 of the upload's plaintext (the staged file itself is sealed)."""
+    return hashlib.sha256(staged_bytes(app, url)).hexdigest()
 
 
 def offset_of(app, url: str) -> int:
-    return stored(app, url).stat().st_size
+    return staged_offset(app, url)
 
 
 # -- tuspy ---------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def test_tuspy_is_cut_and_a_new_client_resumes_to_the_same_bytes(served, proxy, 
                                   upload_checksum=True)
         assert resumed.get_offset() == kept
         resumed.upload()
-    assert sha256_file(stored(app, url)) == digest
+    assert stored_sha256(app, url) == digest
 
 
 # -- tus-js-client under node --------------------------------------------------------------------
@@ -110,7 +111,7 @@ def test_tus_js_client_is_cut_and_a_new_client_resumes_to_the_same_bytes(served,
     assert events[-1] == {"done": resume}
     first_progress = next(e["progress"] for e in events if "progress" in e)
     assert first_progress[0] > kept - CHUNK   # it resumed from the server's offset, not from zero
-    assert sha256_file(stored(app, url)) == digest
+    assert stored_sha256(app, url) == digest
 
 
 # -- the SDK's own client --------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def test_the_sdk_client_resumes_in_the_same_call_after_a_cut(served, proxy, payl
     proxy.cut_after(SIZE // 3)
     url = _sdk(proxy.port).upload(path, {"filename": "photo.bin"}, progress=lambda sent, total: seen.append((sent, total)))
     assert proxy.cuts == 1
-    assert sha256_file(stored(app, url)) == digest
+    assert stored_sha256(app, url) == digest
     assert seen[-1] == (SIZE, SIZE) and all(total == SIZE for _, total in seen)
     resent = sum(b - a for (a, _), (b, _) in zip(seen, seen[1:]) if b > a) - SIZE
     assert resent <= 0   # progress counts confirmed bytes only
@@ -146,4 +147,4 @@ def test_a_restarted_sdk_client_resumes_from_the_persisted_url(served, proxy, pa
     url = _sdk(int(base.rsplit(":", 1)[1])).upload(path, resume_url=persisted[0],
                                                    progress=lambda sent, total: seen.append(sent))
     assert url == persisted[0] and seen[0] == kept   # the first figure is the server's offset
-    assert sha256_file(stored(app, url)) == digest
+    assert stored_sha256(app, url) == digest

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import socket
 
-from tus_support import MAX_BODY, TRANSFER_MAX, make_token
+from tus_support import MAX_BODY, TRANSFER_MAX, make_token, staged_bytes
 
 
 def _answer(sock: socket.socket) -> tuple[int, dict]:
@@ -95,7 +95,7 @@ def test_the_https_server_takes_upload_chunks_over_max_body_bytes(tmp_path, exam
         data = os.urandom(4 * MAX_BODY + 5)
         client = TusClient(Wire(transport, make_token(), device_version=lambda: 1), chunk_size=2 * MAX_BODY)
         url = client.upload(data, {})
-        assert app.extensions["fieldsync"].transfer.data_path(url.rsplit("/", 1)[1]).read_bytes() == data
+        assert staged_bytes(app, url) == data
     finally:
         transport.close()
         server.stop()

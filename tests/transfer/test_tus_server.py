@@ -15,7 +15,7 @@ from fieldsync.errors import Problem, ProblemType
 from fieldsync.transfer import tus
 from fieldsync.transfer.tus import READ_SIZE, UploadStore
 
-from tus_support import TRANSFER_MAX, make_app, make_token
+from tus_support import TRANSFER_MAX, make_app, make_keyring, make_token, staged_bytes
 
 BASE = "/api/v1/transfer"
 OCTETS = "application/offset+octet-stream"
@@ -77,7 +77,7 @@ def digest(algorithm: str, data: bytes) -> str:
 
 
 def stored(app, url: str) -> bytes:
-    return app.extensions["fieldsync"].transfer.data_path(url.rsplit("/", 1)[1]).read_bytes()
+    return staged_bytes(app, url)
 
 
 # -- discovery, version, authentication ----------------------------------------------------------
@@ -193,7 +193,7 @@ def test_a_patch_needs_the_offset_stream_content_type(client):
 
 def test_the_body_is_streamed_in_pieces_never_whole(tmp_path):
     """A 200 MiB PATCH must not sit in memory: the store reads at most READ_SIZE at a time."""
-    store = UploadStore(tmp_path, max_bytes=1 << 30, expires_after=60)
+    store = UploadStore(tmp_path / "transfer", max_bytes=1 << 30, expires_after=60, keyring=make_keyring(tmp_path))
     principal = type("P", (), {"user_id": "u", "device_id": None})()
     upload = store.create(principal, 5 * READ_SIZE, {})
 
@@ -214,7 +214,7 @@ def test_the_body_is_streamed_in_pieces_never_whole(tmp_path):
 
 
 def test_a_body_cut_short_keeps_what_arrived_unless_a_checksum_covers_it(tmp_path):
-    store = UploadStore(tmp_path, max_bytes=1 << 20, expires_after=60)
+    store = UploadStore(tmp_path / "transfer", max_bytes=1 << 20, expires_after=60, keyring=make_keyring(tmp_path))
     principal = type("P", (), {"user_id": "u", "device_id": None})()
     upload = store.create(principal, 100, {})
 
@@ -230,7 +230,7 @@ def test_a_body_cut_short_keeps_what_arrived_unless_a_checksum_covers_it(tmp_pat
 
     with pytest.raises(Problem):
         store.append(upload.id, principal, 0, Cut(), content_length=100, checksum=("sha256", b"\0" * 32))
-    assert (tmp_path / f"{upload.id}.bin").stat().st_size == 0
+    assert store.data_path(upload.id).stat().st_size == 0
     with pytest.raises(Problem):
         store.append(upload.id, principal, 0, Cut(), content_length=100, checksum=None)
     assert store.find(upload.id, principal).offset == 30
@@ -324,13 +324,16 @@ calls: list[str] = []
 
 
 @tus.on_complete("test-result")
-def _record(upload, path, principal):
+def _record(upload, source, principal):
     calls.append(upload.id)
-    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "by": principal.user_id}
+    with source.open() as stream:
+        data = stream.read()
+    assert len(data) == source.size
+    return {"sha256": hashlib.sha256(data).hexdigest(), "by": principal.user_id}
 
 
 @tus.on_complete("test-refused")
-def _refuse(upload, path, principal):
+def _refuse(upload, source, principal):
     raise Problem(ProblemType.VALIDATION, "not a receipt", extra={"reason": "content_type"})
 
 

@@ -31,6 +31,35 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def upload_id_of(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def staged_bytes(app, url: str) -> bytes:
+    """The plaintext an upload's staged (sealed) file holds so far, decrypted by the store."""
+    store = app.extensions["fieldsync"].transfer
+    upload = store._unseal(store._read(upload_id_of(url)))
+    return store.source(upload).read_bytes()
+
+
+def staged_offset(app, url: str) -> int:
+    """The plaintext offset the upload's record holds (what HEAD reports)."""
+    return app.extensions["fieldsync"].transfer._read(upload_id_of(url)).offset
+
+
+def make_keyring(directory: Path):
+    """A key ring of its own (SQLite and a local key file under `directory`) for an UploadStore
+    made without an app."""
+    import sqlalchemy as sa
+
+    from fieldsync.crypto.keyring import KeyRing, create_key_tables
+    from fieldsync.crypto.keys import LocalKeyProvider
+    directory.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{directory / 'keys.db'}")
+    create_key_tables(engine)
+    return KeyRing(engine, LocalKeyProvider(directory / "keys"))
+
+
 def stop_waitress(server, thread: threading.Thread) -> None:
     """Stop a waitress server run in `thread`: its sockets are closed inside its own loop (closing
     them from another thread makes the loop fail on a closed descriptor), then its task threads."""

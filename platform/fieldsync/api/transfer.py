@@ -35,7 +35,8 @@ def register_transfer(app: Flask) -> None:
     state = app.extensions["fieldsync"]
     config = state.config
     state.transfer = UploadStore(config.data_dir / "transfer", max_bytes=int(config["TRANSFER_MAX_BYTES"]),
-                                 expires_after=float(config["TRANSFER_EXPIRES_SECONDS"]))
+                                 expires_after=float(config["TRANSFER_EXPIRES_SECONDS"]),
+                                 keyring=state.crypto.keyring)   # staged bytes are sealed (invariant 7)
     state.transfer_swept = [0.0, threading.Lock()]
     app.register_blueprint(blueprint, url_prefix=TRANSFER_PREFIX)
 

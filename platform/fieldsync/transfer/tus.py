@@ -5,16 +5,21 @@ parsing of tus headers, and the completion hooks other parts plug into (docs/pro
 No Flask here: `fieldsync.api.transfer` turns requests into calls on an `UploadStore`.
 
 Storage: one directory (`<DATA_DIR>/transfer/`), per upload a data file `<id>.bin`, a record
-`<id>.json` (owner, length, offset, metadata, expiry, outcome) and a lock file `<id>.lock`.
-A PATCH streams the body to the data file, fsyncs it, and only then writes the record with the
-new offset (atomically: temporary file, fsync, rename), so an offset the server reported is
-always backed by durable bytes; bytes past the recorded offset (a crash between the two) are
-cut off by the next write. One writer per upload: the lock file is held with `flock` for the
-whole PATCH (threads and processes alike); a second PATCH meanwhile gets `UploadBusy` (423).
+`<id>.json` (owner, length, offset, purpose, expiry, outcome, the wrapped data key and the sealed
+metadata) and a lock file `<id>.lock`. Nothing is stored in plaintext (invariant 7): the data
+file is a sequence of sealed frames (`fieldsync.transfer.staging`); offsets are plaintext
+offsets, and the record keeps the sealed size and frame count behind each. A PATCH seals the
+body into frames, fsyncs them, and only then writes the record with the new offset (atomically:
+temporary file, fsync, rename), so an offset the server reported is always backed by durable
+bytes; bytes past the recorded size (a crash between the two) are cut off by the next write, and
+a file shorter than its record (a frame torn by a crash) is cut back to its last whole frame and
+the offset reported from there. One writer per upload: the lock file is held with `flock` for
+the whole PATCH (threads and processes alike); a second PATCH meanwhile gets `UploadBusy` (423).
 
 Completion hooks: `Upload-Metadata` names a `purpose`; `on_complete(purpose)` registers the
-handler called once when the last byte lands, under the upload's lock, so two racing requests
-cannot both call it. Its dict is stored as the upload's `result`; a `Problem` it raises marks
+handler called once when the last byte lands and every frame authenticates, under the upload's
+lock, so two racing requests cannot both call it; it reads the plaintext from a
+`StagedSource`. Its dict is stored as the upload's `result`; a `Problem` it raises marks
 the upload failed with that problem. An upload without a purpose is a plain file (`file`).
 """
 
@@ -28,6 +33,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -38,10 +44,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 from fieldsync.errors import Problem, ProblemType
+from fieldsync.transfer.staging import (FrameWriter, StagedSource, StagingKeys, open_metadata, seal_metadata,
+                                        whole_frames)
 
 __all__ = ["CHECKSUM_ALGORITHMS", "DEFAULT_PURPOSE", "TUS_EXTENSIONS", "TUS_VERSION", "Upload", "UploadStore",
            "format_metadata", "http_date", "on_complete", "parse_checksum", "parse_metadata", "parse_size",
-           "purposes"]
+           "purposes", "StagedSource"]
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation", "creation-with-upload", "checksum", "termination", "expiration")
@@ -53,14 +61,17 @@ _ID = re.compile(r"[0-9a-f]{32}")
 _KEY = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")   # an RFC 9110 token, bounded
 _DIGITS = re.compile(r"[0-9]{1,19}")
 READ_SIZE = 256 * 1024
+log = logging.getLogger("fieldsync.transfer")
 
-Handler = Callable[["Upload", Path, Any], "dict[str, Any] | None"]
+Handler = Callable[["Upload", StagedSource, Any], "dict[str, Any] | None"]
 _HANDLERS: dict[str, Handler | None] = {DEFAULT_PURPOSE: None}
 
 
 def on_complete(purpose: str) -> Callable[[Handler], Handler]:
-    """Register `handler(upload, path, principal) -> dict | None` for uploads whose metadata
-    names `purpose`: called once, when the last byte is durable, under the upload's lock. Its
+    """Register `handler(upload, source, principal) -> dict | None` for uploads whose metadata
+    names `purpose`: called once, when the last byte is durable and every frame authenticates,
+    under the upload's lock. `source` is a `StagedSource`: `source.open()` streams the plaintext
+    (decrypting; there is no plaintext file), `source.size` its length. Its
     dict is kept as the upload's `result`; a `fieldsync.errors.Problem` it raises fails the
     upload with that problem (the final PATCH answers it). Registering a purpose again replaces
     its handler (an app created twice in one process registers twice)."""
@@ -169,6 +180,11 @@ class Upload:
     result: dict[str, Any] | None = None
     problem: dict[str, Any] | None = None   # the handler's problem document: the upload failed
     extra: dict[str, Any] = field(default_factory=dict)
+    key: dict[str, str] | None = None       # the data key, wrapped by the key ring (staging.StagingKeys)
+    sealed_metadata: str | None = None      # `metadata` sealed under the data key
+    sealed: int = 0                         # bytes of the data file that back `offset`
+    frames: int = 0                         # frames in those bytes
+    cipher: Any = field(default=None, repr=False, compare=False)   # the unwrapped data key; never stored
 
     @property
     def purpose(self) -> str:
@@ -188,9 +204,21 @@ class Upload:
         return document
 
     def as_json(self) -> dict[str, Any]:
+        """The record: the purpose in clear (the server routes by it; a registered token), every
+        other metadata value only sealed (invariant 7: a file name may name a patient)."""
         return {"id": self.id, "owner": self.owner, "length": self.length, "offset": self.offset,
-                "metadata": self.metadata, "created": self.created, "expires": self.expires,
+                "purpose": self.purpose, "sealed_metadata": self.sealed_metadata, "key": self.key,
+                "sealed": self.sealed, "frames": self.frames, "created": self.created, "expires": self.expires,
                 "completed": self.completed, "result": self.result, "problem": self.problem, "extra": self.extra}
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> "Upload":
+        """An upload as its record holds it; `metadata` has only the purpose until unsealed."""
+        purpose = document.get("purpose") or DEFAULT_PURPOSE
+        fields = {k: document[k] for k in ("id", "owner", "length", "offset", "created", "expires", "completed",
+                                           "result", "problem", "extra", "key", "sealed_metadata", "sealed",
+                                           "frames")}
+        return cls(metadata={} if purpose == DEFAULT_PURPOSE else {"purpose": purpose}, **fields)
 
 
 def http_date(seconds: float) -> str:
@@ -203,9 +231,11 @@ class UploadStore:
     by tests to expire uploads); `expires_after` is the idle lifetime of an upload in seconds,
     renewed by every PATCH; `max_bytes` is `Tus-Max-Size`."""
 
-    def __init__(self, root: Path, *, max_bytes: int, expires_after: float,
+    def __init__(self, root: Path, *, max_bytes: int, expires_after: float, keyring=None,
                  clock: Callable[[], float] = time.time):
         self.root = Path(root)
+        # the key ring wraps each upload's data key; a store without one can only sweep (the CLI)
+        self.keys = StagingKeys(keyring) if keyring is not None else None
         self.max_bytes = int(max_bytes)
         self.expires_after = float(expires_after)
         self.clock = clock
@@ -215,19 +245,42 @@ class UploadStore:
     # -- paths and records
 
     def data_path(self, upload_id: str) -> Path:
+        """The sealed data file of an upload (never plaintext: read it with `source`)."""
         return self.root / f"{upload_id}.bin"
 
     def _record_path(self, upload_id: str) -> Path:
         return self.root / f"{upload_id}.json"
 
     def _read(self, upload_id: str) -> Upload | None:
+        """The record of `upload_id` (metadata still sealed); None when there is none, or it is
+        a record of before sealing (no data key: plaintext the sweep removes)."""
         if not _ID.fullmatch(upload_id):
             return None
         try:
             document = json.loads(self._record_path(upload_id).read_text())
         except FileNotFoundError:
             return None
-        return Upload(**document)
+        if not document.get("key"):
+            return None
+        return Upload.from_json(document)
+
+    def _keys(self) -> StagingKeys:
+        if self.keys is None:
+            raise RuntimeError("this UploadStore has no key ring: it can only sweep")
+        return self.keys
+
+    def _unseal(self, upload: Upload) -> Upload:
+        """Unwrap the upload's data key and open its metadata (`upload-corrupt` if either was altered)."""
+        if upload.cipher is None:
+            upload.cipher = self._keys().open(upload.id, upload.key)
+            upload.metadata = open_metadata(upload.cipher, upload.id, upload.sealed_metadata)
+        return upload
+
+    def source(self, upload: Upload) -> StagedSource:
+        """The staged bytes of `upload` (as `find` returned it) for a reader: a completion
+        handler, or code reading a finished upload later."""
+        self._unseal(upload)
+        return StagedSource(upload.id, self.data_path(upload.id), upload.offset, dict(upload.key), upload.cipher)
 
     def _write(self, upload: Upload) -> None:
         """Replace the record atomically and durably (temporary file, fsync, rename, fsync dir)."""
@@ -249,7 +302,35 @@ class UploadStore:
         if upload.expires <= self.clock():
             raise Problem(ProblemType.UPLOAD_EXPIRED, "this upload expired; create a new one",
                           extra={"expired": http_date(upload.expires)})
-        return upload
+        self._cut_torn(upload)
+        return self._unseal(upload)
+
+    def _cut_torn(self, upload: Upload) -> None:
+        """A data file shorter than its record lost bytes the record counts (a frame torn by a
+        crash, or a file system that lost a write): cut it back to its last whole frame and
+        report the offset from there, so the client re-sends the rest. Under the lock; a
+        request writing the upload meanwhile does it itself."""
+        path = self.data_path(upload.id)
+        if upload.completed or _size(path) >= upload.sealed:
+            return
+        try:
+            with self.locked(upload.id):
+                current = self._read(upload.id)
+                if current is None or current.completed:
+                    return
+                if _size(path) < current.sealed:
+                    path.touch(mode=0o600)
+                    sealed, frames, plain = whole_frames(path)
+                    with open(path, "r+b") as out:
+                        out.truncate(sealed)
+                        os.fsync(out.fileno())
+                    log.warning("upload %s: its staged file was cut short (a torn write); offset %d -> %d",
+                                upload.id, current.offset, plain)
+                    current.offset, current.sealed, current.frames = plain, sealed, frames
+                    self._write(current)
+                upload.offset, upload.sealed, upload.frames = current.offset, current.sealed, current.frames
+        except Problem:
+            return   # being written: the writer cuts it under the lock
 
     @contextlib.contextmanager
     def locked(self, upload_id: str) -> Iterator[None]:
@@ -288,8 +369,11 @@ class UploadStore:
         if purpose not in _HANDLERS:
             raise _bad(f"unknown purpose {purpose!r}; one of {', '.join(purposes())}", purposes=list(purposes()))
         now = self.clock()
-        upload = Upload(id=secrets.token_hex(16), owner=owner_of(principal), length=length, offset=0,
-                        metadata=metadata, created=now, expires=now + self.expires_after)
+        upload_id = secrets.token_hex(16)
+        envelope, cipher = self._keys().new(upload_id)
+        upload = Upload(id=upload_id, owner=owner_of(principal), length=length, offset=0, metadata=metadata,
+                        created=now, expires=now + self.expires_after, key=envelope, cipher=cipher,
+                        sealed_metadata=seal_metadata(cipher, upload_id, metadata))
         with open(self.data_path(upload.id), "xb") as out:
             os.fsync(out.fileno())
         self._write(upload)
@@ -312,8 +396,10 @@ class UploadStore:
                               f"the body ({content_length} bytes) runs past Upload-Length ({remaining} bytes remain)",
                               extra={"max_bytes": remaining})
             written, cut = self._stream_into(upload, stream, remaining, checksum)
-            if written:
-                upload.offset += written
+            if written.plain:
+                upload.offset += written.plain
+                upload.sealed += written.sealed
+                upload.frames += written.frames
                 upload.expires = self.clock() + self.expires_after
                 self._write(upload)
             if cut is not None:
@@ -323,17 +409,20 @@ class UploadStore:
             return upload
 
     def _stream_into(self, upload: Upload, stream: BinaryIO, remaining: int,
-                     checksum: tuple[str, bytes] | None) -> tuple[int, Problem | None]:
-        """Copy the body to the data file in pieces (never whole in memory) and fsync it.
-        Returns the bytes kept and the problem to answer after recording them: a checksum
-        mismatch keeps none (460); a body cut short keeps what arrived when there is no
-        checksum to verify it (tus: the client resumes from the offset)."""
+                     checksum: tuple[str, bytes] | None) -> tuple[FrameWriter, Problem | None]:
+        """Seal the body into frames appended to the data file, in pieces (never whole in
+        memory), and fsync it. Returns the writer (its frames, sealed and plaintext bytes: what
+        was kept) and the problem to answer after recording them: a checksum mismatch keeps
+        none (460); a body cut short keeps what arrived when there is no checksum to verify it
+        (tus: the client resumes from the offset). The checksum is of the plaintext, as sent."""
         digest = hashlib.new(checksum[0]) if checksum else None
         written = 0
         cut: Problem | None = None
         with open(self.data_path(upload.id), "r+b") as out:
-            out.truncate(upload.offset)   # bytes past the recorded offset were never reported
-            out.seek(upload.offset)
+            out.truncate(upload.sealed)   # bytes past the recorded size were never reported
+            out.seek(upload.sealed)
+            frames = FrameWriter(out, upload.cipher, upload.id, index=upload.frames, start=upload.offset)
+            discarded = FrameWriter(out, upload.cipher, upload.id, index=upload.frames, start=upload.offset)
             while True:
                 try:
                     piece = stream.read(min(READ_SIZE, remaining - written + 1))
@@ -343,29 +432,34 @@ class UploadStore:
                 if not piece:
                     break
                 if written + len(piece) > remaining:
-                    out.truncate(upload.offset)
-                    return 0, Problem(ProblemType.PAYLOAD_TOO_LARGE, "the body runs past Upload-Length",
-                                      extra={"max_bytes": remaining})
-                out.write(piece)
+                    out.truncate(upload.sealed)
+                    return discarded, Problem(ProblemType.PAYLOAD_TOO_LARGE, "the body runs past Upload-Length",
+                                              extra={"max_bytes": remaining})
+                frames.add(piece)
                 if digest is not None:
                     digest.update(piece)
                 written += len(piece)
             if checksum is not None and (cut is not None or digest.digest() != checksum[1]):
-                out.truncate(upload.offset)   # tus Checksum: the PATCH's bytes are discarded
+                out.truncate(upload.sealed)   # tus Checksum: the PATCH's frames are discarded
                 if cut is not None:
-                    return 0, cut
-                return 0, Problem(ProblemType.CHECKSUM_MISMATCH,
-                                  f"the body's {checksum[0]} does not match Upload-Checksum; its bytes were discarded",
-                                  headers={"Upload-Offset": str(upload.offset)}, extra={"offset": upload.offset})
+                    return discarded, cut
+                return discarded, Problem(ProblemType.CHECKSUM_MISMATCH,
+                                          f"the body's {checksum[0]} does not match Upload-Checksum; its bytes were discarded",
+                                          headers={"Upload-Offset": str(upload.offset)}, extra={"offset": upload.offset})
+            frames.finish()
             out.flush()
             os.fsync(out.fileno())   # durable before the offset that reports it is written
-        return written, cut
+        return frames, cut
 
     def _complete(self, upload: Upload, principal: Any) -> None:
-        """Run the purpose's handler once (the caller holds the lock); record its outcome."""
+        """Authenticate every frame, then run the purpose's handler once (the caller holds the
+        lock); record the outcome. A frame altered at rest fails the upload (`upload-corrupt`)
+        before the handler sees a byte."""
         handler = _HANDLERS.get(upload.purpose)
         try:
-            upload.result = handler(upload, self.data_path(upload.id), principal) if handler else None
+            source = self.source(upload)
+            source.verify()
+            upload.result = handler(upload, source, principal) if handler else None
         except Problem as problem:
             upload.problem = {"type": problem.kind.uri, "title": problem.title, "status": problem.status,
                               "detail": problem.detail, **problem.extra}
@@ -393,13 +487,17 @@ class UploadStore:
                 path.unlink()
 
     def sweep(self) -> list[str]:
-        """Remove every expired upload not being written; the ids removed."""
+        """Remove every expired upload not being written, its sealed bytes and its wrapped key
+        with it (the key gone, no copy of the bytes can be read), and every record of before
+        sealing (plaintext at rest: invariant 7); the ids removed."""
         now = self.clock()
         removed = []
         for record in sorted(self.root.glob("*.json")):
             upload_id = record.stem
+            if not _ID.fullmatch(upload_id):
+                continue
             upload = self._read(upload_id)
-            if upload is None or upload.expires > now:
+            if upload is not None and upload.expires > now:
                 continue
             try:
                 with self.locked(upload_id):
@@ -416,6 +514,13 @@ def _problem_kind(problem: Mapping[str, Any]) -> ProblemType:
         return ProblemType(slug)
     except ValueError:
         return ProblemType.ERROR
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _fsync_dir(path: Path) -> None:
