@@ -4,7 +4,8 @@ serve` runs it (waitress, `make_http_server`), against a raw file copy of the sa
 write, fsync) in the same process, a moment earlier.
 
 Figures printed: MiB/s of the upload per chunk size, MiB/s of the raw copy, and their ratio; the
-stored file's SHA-256 is checked against the original's.
+stored file's SHA-256 is checked against the original's (its plaintext, read back through the
+store: the staged file is sealed in AES-GCM frames).
 
 Run: `.venv/bin/python bench/tus_bench.py [--mib N] [--chunk-mib N ...]`.
 """
@@ -21,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import SECRET, header, info, rep_token
+from harness import REP, SECRET, header, info, rep_token
 
 from fieldsync.api import create_app
 from fieldsync.api.body_limit import make_http_server
@@ -44,6 +45,16 @@ def raw_copy(source: Path, target: Path) -> float:
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
+        for piece in iter(lambda: stream.read(4 * MIB), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def staged_sha256(store, url: str) -> str:
+    """SHA-256 of an upload's plaintext, read back through the store (the staged file is sealed)."""
+    principal = type("Principal", (), {"user_id": REP["user"], "device_id": None})()
+    digest = hashlib.sha256()
+    with store.source(store.find(url.rsplit("/", 1)[1], principal)).open() as stream:
         for piece in iter(lambda: stream.read(4 * MIB), b""):
             digest.update(piece)
     return digest.hexdigest()
@@ -84,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = client.upload(source, {"filename": "upload.bin"})
                 elapsed = time.perf_counter() - started
                 wire.transport.close()
-                stored = state.transfer.data_path(url.rsplit("/", 1)[1])
-                same = sha256(stored) == expected
+                same = staged_sha256(state.transfer, url) == expected
                 ok = ok and same
                 rate = size / MIB / elapsed
                 print(f"   tus upload, {chunk_mib} MiB chunks (sha256 each): {rate:,.1f} MiB/s ({elapsed:.2f} s) | "

@@ -228,6 +228,9 @@ class FrameWriter:
         self.plain = 0           # their plaintext bytes
 
     def add(self, piece: bytes) -> None:
+        if not self._pending and len(piece) == FRAME_BYTES:
+            self._seal(piece)   # the usual piece (READ_SIZE): sealed without a copy
+            return
         self._pending += piece
         while len(self._pending) >= FRAME_BYTES:
             self._seal(bytes(self._pending[:FRAME_BYTES]))
