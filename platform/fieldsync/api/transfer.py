@@ -18,6 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from fieldsync.api.auth import authenticate_request
 from fieldsync.codegen.openapi import API_PREFIX
 from fieldsync.errors import Problem, ProblemType
+from fieldsync.transfer.staging import KEY_SCOPE as STAGING_KEY_SCOPE
 from fieldsync.transfer.tus import (CHECKSUM_ALGORITHMS, TUS_EXTENSIONS, TUS_VERSION, Upload, UploadStore,
                                     format_metadata, http_date, parse_checksum, parse_metadata, parse_size)
 
@@ -37,6 +38,7 @@ def register_transfer(app: Flask) -> None:
     state.transfer = UploadStore(config.data_dir / "transfer", max_bytes=int(config["TRANSFER_MAX_BYTES"]),
                                  expires_after=float(config["TRANSFER_EXPIRES_SECONDS"]),
                                  keyring=state.crypto.keyring)   # staged bytes are sealed (invariant 7)
+    state.crypto.keyring.ensure(STAGING_KEY_SCOPE)   # made once here, not raced for by the first uploads
     state.transfer_swept = [0.0, threading.Lock()]
     app.register_blueprint(blueprint, url_prefix=TRANSFER_PREFIX)
 
