@@ -49,7 +49,7 @@ def test_example_definitions_load(example_model):
     assert m.entity("order").children == ("order_line",)
     rx = m.entity("prescription")
     assert rx.subject == "patient_id"
-    assert {f.name for f in rx.phi_fields} == {"patient_id", "patient_name", "patient_dob", "diagnosis", "rx_image"}
+    assert {f.name for f in rx.phi_fields} == {"patient_id", "patient_name", "patient_dob", "diagnosis"}
     assert rx.field("patient_name").encryption == "blind_index"
     visit = m.entity("visit")
     assert visit.sync.window_days == 90 and visit.sync.window_field == "visited_at"

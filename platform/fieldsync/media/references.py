@@ -3,7 +3,7 @@
 A device mints `fsmedia:<uuid>` offline (it cannot ask the server for one) and puts it in a
 record. The server trusts a reference only through `fs_media`: the first write that names it
 binds it to the writer's user and device and to (entity, field, record id); the first upload
-request binds it to the user and device alone, and the record fills in later (the upload may
+request binds it to the user, device, entity and field, and the record fills in later (the upload may
 overtake the push it belongs to, which is applied asynchronously). First binding wins: a
 reference bound elsewhere is a field problem of the mutation that names it, and only of that
 mutation (invariant 5). Why not server-issued references: docs/decisions.md, "Media references".
@@ -46,7 +46,8 @@ def bound_elsewhere(row: Mapping[str, Any], claim: Claim) -> str | None:
                                            and row["device_id"] != claim.device_id):
         return "refers to a media object issued to another user or device"
     if claim.entity is not None and row["entity"] is not None and (
-            (row["entity"], row["field"], row["record_id"]) != (claim.entity, claim.field, claim.record_id)):
+            (row["entity"], row["field"]) != (claim.entity, claim.field)
+            or (claim.record_id is not None and row["record_id"] is not None and row["record_id"] != claim.record_id)):
         return "refers to a media object that belongs to another record"
     return None
 
@@ -101,7 +102,7 @@ class MediaBindings:
                    "phi": phi, "created_at": self.now, **binding}
             self._inserts[ref] = row
             self._rows[ref] = row
-        elif row["entity"] is None:
+        elif row["record_id"] is None:
             row.update(binding, phi=phi)
             if claim.device_id is not None and row["device_id"] is None:
                 row["device_id"] = claim.device_id
@@ -116,5 +117,5 @@ class MediaBindings:
         if self._inserts:
             self.conn.execute(MEDIA.insert(), list(self._inserts.values()))
         for ref, values in self._updates.items():
-            self.conn.execute(MEDIA.update().where(MEDIA.c.ref == ref, MEDIA.c.entity.is_(None)).values(**values))
+            self.conn.execute(MEDIA.update().where(MEDIA.c.ref == ref, MEDIA.c.record_id.is_(None)).values(**values))
         self._inserts, self._updates = {}, {}
