@@ -43,8 +43,12 @@ class S3MediaStore:
     @classmethod
     def from_config(cls, config) -> "S3MediaStore":
         import boto3
+        from botocore.config import Config as BotoConfig
         bucket, prefix = parse_s3_url(str(config["MEDIA_STORE"]))
-        client = boto3.client("s3", endpoint_url=config.get("MEDIA_S3_ENDPOINT_URL") or None)
+        # SigV4: the policy of a presigned POST then names its credential fields (AWS's only
+        # signature in newer regions)
+        client = boto3.client("s3", endpoint_url=config.get("MEDIA_S3_ENDPOINT_URL") or None,
+                              config=BotoConfig(signature_version="s3v4"))
         return cls(client, bucket, prefix, url_ttl=int(config["MEDIA_URL_TTL"]),
                    kms_key_id=config.get("MEDIA_KMS_KEY_ID") or None)
 
