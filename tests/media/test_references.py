@@ -85,3 +85,20 @@ def test_hostile_references_get_4xx(app):
             r = asha.call(method, path, body)
             assert 400 <= r.status_code < 500, (method, path, r.status_code)
     assert asha.client.get(f"/api/v1/media/{new_ref()}").status_code == 401
+
+
+def test_rest_writes_bind_platform_references_and_keep_urls(app):
+    asha = Caller(app, "rep-asha", "field_rep", territory_ids=[])
+    ravi = Caller(app, "rep-ravi", "field_rep", territory_ids=[])
+    ref = new_ref()
+    created = asha.call("POST", "/expense", expense(ref))
+    assert created.status_code == 201, created.get_json()
+    with app.extensions["fieldsync"].engine.connect() as conn:
+        row = conn.execute(sa.select(MEDIA).where(MEDIA.c.ref == ref)).mappings().one()
+    assert (row["user_id"], row["device_id"], row["record_id"]) == ("rep-asha", None, created.get_json()["id"])
+    # another user, or another record of the same user: 422 naming the field, nothing written
+    for caller in (ravi, asha):
+        r = caller.call("POST", "/expense", expense(ref))
+        assert r.status_code == 422 and [e["field"] for e in r.get_json()["errors"]] == ["receipt"]
+    # REST keeps http(s) URLs and object keys (the platform does not serve those)
+    assert asha.call("POST", "/expense", expense("https://cdn.example.com/r.jpg")).status_code == 201

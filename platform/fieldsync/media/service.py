@@ -19,7 +19,7 @@ from fieldsync.defs.model import Entity, Field, Model
 from fieldsync.defs.values import FieldProblem, content_type_allowed, is_media_ref, media_max_bytes
 from fieldsync.errors import Problem, ProblemType
 from fieldsync.media.local import LocalMediaStore, media_scope
-from fieldsync.media.references import Claim, bound_elsewhere
+from fieldsync.media.references import Claim, MediaBindings, bound_elsewhere
 from fieldsync.media.sniff import SNIFF_BYTES, agrees
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.sync_tables import MEDIA
@@ -204,6 +204,32 @@ class MediaService:
         if row["state"] == "failed":
             out["reason"] = row["reason"]
         return out
+
+    # -- REST writes ---------------------------------------------------------------------------
+    def rest_problems(self, entity: Entity, record_id: str | None, values: Any, principal) -> list[FieldProblem]:
+        """Before a REST write: a problem for each platform reference in `values` bound to another
+        user or record (URLs and object keys pass: REST keeps them, docs/decisions.md)."""
+        if not isinstance(values, dict) or not any(f.type == "media" and is_media_ref(values.get(f.name))
+                                                   for f in entity.fields):
+            return []
+        with self.engine.connect() as conn:
+            return MediaBindings(conn, self.clock()).check(entity, record_id or "", values,
+                                                           Claim(principal.user_id, principal.device_id),
+                                                           devices_only_refs=False)
+
+    def bind_rest_write(self, entity: Entity, record: dict[str, Any], principal) -> None:
+        """After a REST write: bind the platform references the record now holds (first binding
+        wins; one bound meanwhile elsewhere stays unbound to this record, so it serves nobody)."""
+        if not any(f.type == "media" and is_media_ref(record.get(f.name)) for f in entity.fields):
+            return
+        try:
+            with write_transaction(self.engine) as conn:
+                bindings = MediaBindings(conn, self.clock())
+                if not bindings.check(entity, record["id"], record, Claim(principal.user_id, principal.device_id),
+                                      devices_only_refs=False):
+                    bindings.flush()
+        except sa.exc.IntegrityError:
+            pass
 
     # -- download ------------------------------------------------------------------------------
     def download_url(self, row: dict[str, Any], blob_url: str, now: int) -> str:
