@@ -98,6 +98,9 @@ def _targets(app, seeded):
         if names == {"device_id"}:
             out.append((rule.rule.replace("<device_id>", seeded["device_id"]), {}, "*"))
             continue
+        if names == {"ref"}:   # media objects: a reference nobody bound (404), and a signed-link path (403)
+            out.append((rule.rule.replace("<path:ref>", "fsmedia:0192a6c4-1e80-7000-8000-000000000001"), {}, "*"))
+            continue
         assert names <= {"name", "record_id", "collection_name"}, f"a rule this test cannot fill: {rule.rule}"
         for entity in model.entities:
             records = store.list(entity.name, limit=1).items

@@ -149,3 +149,9 @@ def test_phi_media_is_sealed_at_rest_and_audited(app, tmp_path):
     except Exception:   # the stream fails while being sent
         body = b""
     assert body != image
+    # damage in the first chunk: refused before any byte goes out
+    flipped = bytearray(sealed)
+    flipped[60] ^= 1
+    files[0].write_bytes(bytes(flipped))
+    r = _fetch(asha, asha.call("GET", f"/media/{ref}").get_json()["url"])
+    assert r.status_code == 500 and r.get_json()["type"].endswith("/integrity-failure")

@@ -11,10 +11,12 @@ signed, expiring query is the credential, as a presigned S3 URL is (docs/securit
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from flask import Blueprint, Flask, Response, current_app, g, request, stream_with_context
 
 from fieldsync.api.auth import authenticate_request
@@ -166,7 +168,12 @@ def blob(ref: str):
     if row is None or row["state"] != "available" or row["location"] is None:
         raise Problem(ProblemType.NOT_FOUND, "no media object with this reference")
     chunks = service.store.read(ref, row["location"], sealed=bool(row["phi"]))
-    response = Response(stream_with_context(chunks), mimetype=row["content_type"] or "application/octet-stream")
+    try:   # the first chunk is authenticated before the status line goes out
+        first = next(chunks, b"")
+    except (InvalidTag, ValueError, OSError):
+        raise Problem(ProblemType.INTEGRITY_FAILURE, "the stored media file failed its integrity check") from None
+    body = itertools.chain((first,), chunks)
+    response = Response(stream_with_context(body), mimetype=row["content_type"] or "application/octet-stream")
     response.headers["Content-Length"] = str(row["size"])
     response.headers["Content-Disposition"] = "attachment"
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -58,8 +58,9 @@ class S3MediaStore:
                   row["ref"].split(":", 1)[1]]
         return "/".join(parts)
 
-    def upload_target(self, row: Any, content_type: str, max_bytes: int, phi: bool) -> dict[str, Any]:
-        """The presigned POST for one object: URL and the form fields to send before `file`."""
+    def upload_target(self, row: Any, content_type: str, max_bytes: int, phi: bool) -> tuple[dict[str, Any], str]:
+        """The presigned POST for one object (URL and the form fields to send before `file`),
+        and the object's key."""
         key = self.key_for(row)
         fields: dict[str, str] = {"Content-Type": content_type}
         conditions: list[Any] = [["content-length-range", 0, max_bytes], {"Content-Type": content_type}]
