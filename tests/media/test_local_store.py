@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from fieldsync.store.sync_tables import MEDIA
 
-from conftest import JPEG, PNG, Caller, expense, new_ref, push, register
+from media_support import JPEG, PNG, Caller, expense, new_ref, push, register
 
 TUS = {"Tus-Resumable": "1.0.0"}
 

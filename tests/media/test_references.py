@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from fieldsync.store.sync_tables import MEDIA
 
-from conftest import Caller, expense, new_ref, push, register
+from media_support import Caller, expense, new_ref, push, register
 
 
 def _insert(receipt, **kw):

@@ -12,7 +12,7 @@ import requests
 
 from moto_server import REGION
 
-from conftest import JPEG, Caller, expense, make_app, new_ref, push, register
+from media_support import JPEG, Caller, expense, make_app, new_ref, push, register
 
 
 class BodyCounter:

@@ -17,7 +17,7 @@ from fieldsync.auth import issue_token
 
 from moto_server import REGION
 
-from conftest import JPEG, SECRET, make_app
+from media_support import JPEG, SECRET, make_app
 
 TRANSFER = "/api/v1/transfer"
 

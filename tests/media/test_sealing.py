@@ -8,7 +8,7 @@ from cryptography.exceptions import InvalidTag
 from fieldsync.media.local import CHUNK
 from fieldsync.media.sniff import agrees, sniffed_type
 
-from conftest import JPEG, PNG, new_ref
+from media_support import JPEG, PNG, new_ref
 
 
 def _sealed(app, tmp_path, data: bytes):

@@ -15,7 +15,6 @@ authentication; the reference as associated data stops one object's file passing
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import shutil
@@ -139,10 +138,3 @@ class LocalMediaStore:
         except FileNotFoundError:
             pass
 
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
