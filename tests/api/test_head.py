@@ -98,6 +98,9 @@ def _targets(app, seeded):
         if names == {"device_id"}:
             out.append((rule.rule.replace("<device_id>", seeded["device_id"]), {}, "*"))
             continue
+        if names == {"bundle_id"}:   # a snapshot bundle (protocol §14): reading it writes nothing
+            out.append((rule.rule.replace("<bundle_id>", "0b3c6f1e-0000-4000-8000-000000000000"), {}, "*"))
+            continue
         if names == {"ref"}:   # media objects: a reference nobody bound (404), and a signed-link path (403)
             out.append((rule.rule.replace("<path:ref>", "fsmedia:0192a6c4-1e80-7000-8000-000000000001"), {}, "*"))
             continue

@@ -78,6 +78,7 @@ class FieldsyncState:
         self.crypto = crypto_from_config(config, engine)
         self.changelog = ChangeLog(codec=self.crypto, clock=clock or utc_now)
         self.sync = None  # the SyncService, set by create_app
+        self.bundles = None  # the BundleService (transfer/snapshots.py), set by create_app
         self.audit = None  # the AuditLog (fieldsync.audit.trail), set by create_app
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
@@ -238,6 +239,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         raise
     # pushed PHI is audited in the batch's own transaction (invariant 8)
     state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock)
+    from fieldsync.transfer.snapshots import BundleService
+    state.bundles = BundleService(engine, settings, state.crypto.keyring, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
     app.extensions["fieldsync"] = state
     register_error_handlers(app)
@@ -246,7 +249,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     from fieldsync.api.transfer import register_transfer
     register_transfer(app)   # /api/v1/transfer/: resumable uploads over tus 1.0 (docs/protocol.md "Transfer")
     from fieldsync.api.media import register_media
-    register_media(app)      # /api/v1/media/: media references, uploads and signed downloads (§15)
+    register_media(app)      # /api/v1/media/: media references, uploads and signed downloads (§16)
     app.register_blueprint(blueprint, url_prefix=API_PREFIX)
     from fieldsync.api.workers import register_workers
     register_workers(app)  # /api/v1/admin/workers; processing log observer and WorkerControl (state.workers)

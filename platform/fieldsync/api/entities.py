@@ -333,7 +333,7 @@ def _create(entity: Entity, perm: Permission, body: Any, *, children=None, serve
     _refuse_owner(entity, perm, body, partial=False, server_set=tuple(values))
     media = _state().media
     problems = media.rest_problems(entity, body.get("id") if isinstance(body, dict) else None, body, g.principal)
-    if problems:   # a platform media reference bound to another user or record (docs/protocol.md §15)
+    if problems:   # a platform media reference bound to another user or record (docs/protocol.md §16)
         _raise_validation(problems)
     try:
         record = _store_call(g.snapshot.store.create, entity, body, writable=_writable(entity, perm, create=True),

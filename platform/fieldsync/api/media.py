@@ -1,4 +1,4 @@
-"""Media endpoints, `/api/v1/media/…` (docs/protocol.md §15): thin views over `MediaService`.
+"""Media endpoints, `/api/v1/media/…` (docs/protocol.md §16): thin views over `MediaService`.
 
     POST /media/<ref>/upload     where the bytes go (tus here, or a presigned S3 POST)
     POST /media/<ref>/complete   the upload finished: checked (S3: HEAD) and marked available

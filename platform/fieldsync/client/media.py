@@ -13,7 +13,7 @@ the embedded store, resuming from the server's offset after a cut (the upload UR
 `_media.resume_url`); as a presigned POST straight to S3 at scale — and says it is done
 (`.../complete`). A failure is retried with `fieldsync.backoff`; a refusal (a file over the
 field's `max_bytes`, a type it does not take) is final and shown in `status()`. Nothing here can
-fail a record sync (docs/protocol.md §15.5).
+fail a record sync (docs/protocol.md §16.5).
 """
 
 from __future__ import annotations

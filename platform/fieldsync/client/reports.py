@@ -20,6 +20,8 @@ class SyncReport:
     cursor: int = 0        # the store's cursor afterwards
     duration: float = 0.0  # seconds
     complete: bool = False  # the last page said has_more: false (not cut short by max_pages)
+    bundles: int = 0       # snapshot bundles loaded (protocol §11)
+    bundle_bytes: int = 0  # bytes of bundle chunks fetched (a resumed bundle: only what was missing)
     media_uploaded: int = 0  # files of the media queue now in the media store (after the records)
     media_failed: int = 0    # files refused for good in this sync (Client.media() has the reason)
 

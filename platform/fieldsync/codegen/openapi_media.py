@@ -1,4 +1,4 @@
-"""The media endpoints in the OpenAPI document (docs/protocol.md §15): pure data."""
+"""The media endpoints in the OpenAPI document (docs/protocol.md §16): pure data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Media objects: upload requests, completion checks and download links (docs/protocol.md §15).
+"""Media objects: upload requests, completion checks and download links (docs/protocol.md §16).
 
 `MediaService` is what the media endpoints call. It owns the `fs_media` rows outside push
 batches and one store: `LocalMediaStore` (embedded, the bytes arrive through the tus server and

@@ -103,7 +103,7 @@ RECEIVED = sa.Table(
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
 )
 
-# Media objects (docs/protocol.md §15): one row per reference `fsmedia:<uuid>`, bound to the
+# Media objects (docs/protocol.md §16): one row per reference `fsmedia:<uuid>`, bound to the
 # user and device that first named it (in a push or an upload request) and to the record and
 # field that first held it. Written by sync/apply.py in the push batch's transaction and by
 # media/service.py; holds no file content, only where it is and its state.

@@ -1,2 +1,2 @@
-"""Moving large payloads: snapshot bundles (compress, chunk, encrypt, manifest) and resumable
-uploads over tus 1.0 (`fieldsync.transfer.tus`)."""
+"""Transfers larger than a request: sealed chunk payloads with signed manifests (`chunks`),
+snapshot bundles for first syncs (`snapshots`) and resumable uploads over tus 1.0 (`tus`)."""
