@@ -85,6 +85,8 @@ def _targets(app, seeded):
     for rule in app.url_map.iter_rules():
         if "HEAD" not in rule.methods:
             continue
+        if rule.endpoint.startswith("fieldsync_transfer."):
+            continue   # tus HEAD is a method of its own (the upload's offset), tested in tests/transfer
         names = set(rule.arguments)
         if not names:
             out.append((rule.rule, {"anything": 1}, "*"))
