@@ -193,3 +193,23 @@ def test_every_sync_route_is_in_the_document(tmp_path, example_model):
     schemas = doc["components"]["schemas"]
     assert {"SyncPushRequest", "SyncPullPage", "SyncResult", "SyncChange"} <= set(schemas)
     app.extensions["fieldsync"].engine.dispose()
+
+
+def test_every_transfer_route_is_in_the_document(tmp_path, example_model):
+    """The tus endpoints (protocol §15) are in the document with each method the blueprint
+    routes (but the 404/405 fallback), the upload's description with its JSON schema."""
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}", "SECRET_KEY": SECRET,
+                      "DATA_DIR": str(tmp_path), "SYNC_LISTENERS": 0}, model=example_model)
+    doc = openapi_document(example_model)
+    rules = [r for r in app.url_map.iter_rules()
+             if r.endpoint.startswith("fieldsync_transfer.") and r.endpoint != "fieldsync_transfer.not_an_endpoint"]
+    assert len(rules) >= 4
+    for rule in rules:
+        path = rule.rule.replace("<upload_id>", "{upload_id}")
+        assert path in doc["paths"], path
+        for method in rule.methods:
+            assert method.lower() in doc["paths"][path], (method, path)
+    described = doc["paths"]["/api/v1/transfer/{upload_id}"]["get"]["responses"]["200"]
+    assert described["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TransferUpload"}
+    assert doc["paths"]["/api/v1/transfer"]["options"]["security"] == []
+    app.extensions["fieldsync"].engine.dispose()

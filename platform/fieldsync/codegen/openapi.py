@@ -300,7 +300,10 @@ def openapi_document(model: Model, *, page_size_max: int = 1000) -> dict[str, An
     paths.update(sync_paths())     # the sync protocol (docs/protocol.md §2.6)
     from fieldsync.codegen.openapi_media import media_paths, media_schemas
     paths.update(media_paths())    # media objects (docs/protocol.md §16)
-    schemas: dict[str, Any] = {"Problem": _problem_schema(), **login_schemas(), **sync_schemas(), **media_schemas()}
+    from fieldsync.codegen.openapi_transfer import transfer_paths, transfer_schemas
+    paths.update(transfer_paths())  # resumable uploads over tus 1.0 (docs/protocol.md §15)
+    schemas: dict[str, Any] = {"Problem": _problem_schema(), **login_schemas(), **sync_schemas(), **media_schemas(),
+                              **transfer_schemas()}
     for entity in model.entities:
         schemas.update(_entity_schemas(entity, model))
         paths[f"{API_PREFIX}/{entity.name}"] = _collection_ops(entity, page_size_max)
@@ -319,7 +322,8 @@ def openapi_document(model: Model, *, page_size_max: int = 1000) -> dict[str, An
             "x-fieldsync-fingerprint": model.fingerprint(),
         },
         "tags": [{"name": "meta"}, {"name": "auth", "description": "Login with the user directory"}, {"name": "sync", "description": "The sync protocol (docs/protocol.md)"},
-                 {"name": "media", "description": "Media objects (docs/protocol.md §16)"}] + [
+                 {"name": "media", "description": "Media objects (docs/protocol.md §16)"},
+                 {"name": "transfer", "description": "Resumable uploads, tus 1.0 (docs/protocol.md §15)"}] + [
             {"name": e.name, "description": e.description or e.label or e.name} for e in model.entities],
         "security": [{"bearerAuth": []}],
         "paths": paths,
