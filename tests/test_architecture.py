@@ -140,7 +140,7 @@ SDK_MAY_LOAD = {
     "fieldsync", "fieldsync.ids", "fieldsync.errors", "fieldsync.untrusted", "fieldsync.backoff",
     # the package __init__ is lazy; the value rules the SDK shares with the server (standard library only)
     "fieldsync.defs", "fieldsync.defs.model", "fieldsync.defs.values", "fieldsync.defs.patterns",
-    "fieldsync.defs.expr",
+    "fieldsync.defs.expr", "fieldsync.transfer", "fieldsync.transfer.chunks",
 }
 
 

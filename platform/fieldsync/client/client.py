@@ -16,6 +16,7 @@ from fieldsync.backoff import Backoff
 from fieldsync.client import conflicts, outbox
 from fieldsync.client.background import BASE_DELAY, CAP_DELAY, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
+from fieldsync.client.bundles import BundleProgress
 from fieldsync.errors import ClientError, StoreLocked, ValidationError, ValueProblem, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
@@ -46,7 +47,8 @@ class Client:
     def __init__(self, path: str | Path, transport: Transport, token: TokenSource, *,
                  schema: Mapping[str, Any] | None = None, install_info: Mapping[str, Any] | None = None,
                  clock: Callable[[], dt.datetime] | None = None, rng: random.Random | None = None,
-                 push_batch: int = 500, pull_limit: int = 1000, store_key: StoreKey | None = None):
+                 push_batch: int = 500, pull_limit: int = 1000, store_key: StoreKey | None = None,
+                 bundles: bool = True):
         self._clock = clock or outbox.now_utc
         self._rng = rng or random.Random()
         self._path = str(path)
@@ -54,7 +56,7 @@ class Client:
         self._store = self._open_store(store_key)
         self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version, clock=self._clock)
         self._engine = SyncEngine(self._store, self._wire, clock=self._clock, install_info=install_info,
-                                  push_batch=push_batch, pull_limit=pull_limit)
+                                  push_batch=push_batch, pull_limit=pull_limit, bundles=bundles)
         self._sync_lock = threading.Lock()
         self._writes = threading.local()   # last_seq, per thread: another thread's writes never show
         self._progress: Callable[[int, int], None] | None = None
@@ -253,8 +255,14 @@ class Client:
             return self._engine.run(max_pages=max_pages, progress=self._progress)
 
     def on_progress(self, callback: Callable[[int, int], None] | None) -> None:
-        """`callback(pulled, remaining)` after every applied page."""
+        """`callback(pulled, remaining)` after every applied page, and after every chunk of a
+        snapshot bundle (rows so far, rows still to come)."""
         self._progress = callback
+
+    def on_bundle_progress(self, callback: Callable[[BundleProgress], None] | None) -> None:
+        """`callback(progress)` after every applied chunk of a snapshot bundle: bytes and rows
+        done of their totals (`BundleProgress`), for a first sync's progress bar."""
+        self._engine.on_bundle = callback
 
     def on_error(self, callback: Callable[[BaseException], None] | None) -> None:
         """`callback(error)` when a background sync fails."""
