@@ -80,7 +80,8 @@ def db_url(request, tmp_path):
 #   broker, which must not happen under another worker's test.
 # * "admin-e2e": the browser tests (one Chromium for them all; each module its own server).
 # * a module whose tests share a module- or class-scoped fixture (a server, a built app):
-#   that module, so the fixture is built once, not once per worker.
+#   that module (one group per value of such a fixture when it is parametrized), so the
+#   fixture is built once, not once per worker.
 # * an explicit `@pytest.mark.xdist_group("name")`.
 # Everything else (fixed ports, fixed paths, process-wide state) must not be shared by tests:
 # ports from the kernel (port 0), files under tmp_path, PostgreSQL in the test's own schema.
@@ -103,10 +104,14 @@ def xdist_group(item: pytest.Item) -> str | None:
     if E2E_DIR in item.path.parents:
         return "admin-e2e"
     fixtures = getattr(item, "_fixtureinfo", None)
-    if fixtures is not None and any(d.scope in _SHARED_SCOPES for defs in fixtures.name2fixturedefs.values()
-                                    for d in defs):
-        return item.nodeid.split("::")[0]
-    return None
+    shared = sorted(name for name, defs in (fixtures.name2fixturedefs.items() if fixtures else ())
+                    if defs and defs[-1].scope in _SHARED_SCOPES)
+    if not shared:
+        return None
+    # one group per value of a parametrized shared fixture: each value is built apart anyway
+    indices = getattr(getattr(item, "callspec", None), "indices", {})
+    return "::".join([item.nodeid.split("::")[0], *(f"{name}={indices[name]}" for name in shared
+                                                     if name in indices)])
 
 
 @pytest.hookimpl(trylast=True)    # after deselection (-k, -m): the list the worker will run
