@@ -48,6 +48,7 @@ keeps it so.
      +-- BrokerRefused             the STOMP broker answered a frame with an ERROR
      +-- LinkLost                  the STOMP connection ended before a frame was confirmed
      +-- InvalidPoolSize           a listener pool size out of range, or an unknown queue (.field)
+     +-- ChunkRefused (ValueError) a sealed transfer chunk or manifest is not what it must be (changed, moved, cut, forged)
      +-- Problem                   an HTTP answer with a problem document (.kind: a ProblemType)
      +-- ClientError               base of everything the device SDK raises on purpose
           +-- TransportError      no answer: network error, timeout, a response cut short.
@@ -60,6 +61,8 @@ keeps it so.
           |                       sent, everything is kept; retry later with a long backoff
           +-- DeviceRevoked       an admin revoked this device; its data and outbox stay
           +-- ProtocolError       an unexpected 4xx answer (`status`, `problem`, `name`)
+          |    +-- UploadGone     a resumable upload is no longer on the server (404, 410
+          |                       expired): create another
           +-- ValidationError     a local write was refused (`problems`: field and reason);
           |                       also a ValidationFailed
           +-- StoreLocked         the device store is encrypted and no key was given, or its
@@ -137,6 +140,12 @@ class ProblemType(enum.Enum):
     SYNC_RESET = ("sync-reset", 410, "Device must resync")
     UNSUPPORTED_ENCODING = ("unsupported-encoding", 415, "Unsupported encoding")
     UNAVAILABLE = ("unavailable", 503, "Service unavailable")
+    # -- resumable uploads, /api/v1/transfer/ (docs/protocol.md "Transfer")
+    TUS_VERSION_UNSUPPORTED = ("tus-version-unsupported", 412, "tus version not supported")
+    OFFSET_MISMATCH = ("offset-mismatch", 409, "Upload offset mismatch")
+    CHECKSUM_MISMATCH = ("checksum-mismatch", 460, "Checksum mismatch")
+    UPLOAD_EXPIRED = ("upload-expired", 410, "Upload expired")
+    UPLOAD_BUSY = ("upload-busy", 423, "Upload is being written")
     # -- rejected push results only (docs/protocol.md §5.2)
     MALFORMED_MUTATION = ("malformed-mutation", None, None, "Malformed mutation")
     DIRECTION = ("direction", None, None, "Entity is not pushed by devices")
@@ -410,6 +419,11 @@ class Problem(Error):
         self.extra = dict(extra or {})
 
 
+class ChunkRefused(Error, ValueError):
+    """A chunk or manifest of a transfer (transfer/chunks.py) that is not what the signed
+    manifest says: nothing of it is used."""
+
+
 # -- the device SDK's errors (exported by fieldsync.client) ---------------------------------------
 
 class ClientError(Error):
@@ -457,6 +471,10 @@ class ProtocolError(ClientError):
         self.name = problem_name(self.problem)
         detail = self.problem.get("detail") or self.problem.get("title") or ""
         super().__init__(message or f"HTTP {status} {self.name}: {detail}".rstrip(": "))
+
+
+class UploadGone(ProtocolError):
+    """A resumable upload is no longer on the server (404, or 410 after it expired)."""
 
 
 class SchemaTooNew(ClientError):

@@ -307,7 +307,8 @@ class Client:
             c = outbox.counts(self._store)
             cursor = int(self._store.state("cursor", 0))
             head = self._store.state("head")
-            open_work = self._store.state("resume") is not None or bool(self._store.state("refetch"))
+            open_work = (self._store.state("resume") is not None or bool(self._store.state("refetch"))
+                         or self._store.state("bundle") is not None)   # a snapshot bundle half applied
             return Status(pending=c["pending"], sent=c["sent"], received=c["received"], quarantined=c["quarantined"],
                           last_sync_at=self._store.state("last_sync_at"), cursor=cursor,
                           write_checkpoint=int(self._store.state("write_checkpoint", 0)),

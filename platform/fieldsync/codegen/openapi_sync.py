@@ -43,6 +43,9 @@ def sync_schemas() -> dict[str, Any]:
         "encodings": {"type": "array", "items": _STRING, "description": "request codings read, preferred first"},
         "max_request_bytes": _INT, "max_mutations": _INT, "max_pull_limit": _INT, "retention_days": _INT,
         "schema_version": _INT,
+        "bundles": {"type": "boolean", "description": "snapshots as bundles to devices that ask (§14)"},
+        "manifest_keys": {"type": "object", "additionalProperties": _STRING,
+                          "description": "Ed25519 public keys of bundle manifests by key id (§14.2)"},
     }, ["protocol", "encodings", "max_request_bytes", "max_mutations", "max_pull_limit", "retention_days",
         "schema_version"], "Limits and codings (protocol §3.3).")
     status_props = {
@@ -118,7 +121,15 @@ def sync_schemas() -> dict[str, Any]:
             "limit": {"type": "integer", "minimum": 1, "description": "at most max_pull_limit"},
             "results_after": {"type": ["integer", "string"], "description": "0 … 2^53"},
             "refetch": {"type": "array", "maxItems": 1000, "items": _ref("SyncRefetchItem")},
+            "bundles": {"type": "boolean", "description": "true: the device reads snapshot bundles (§14)"},
         }, ["device_id", "schema_version"], "Pull (protocol §6.1)."),
+        "SyncBundle": _object({
+            "id": _STRING, "url": _STRING, "key": {"type": "string", "description": "base64url, 32 bytes"},
+            "manifest": {"type": "object", "description": "fieldsync-chunks/1 manifest (§14.2)"},
+            "signature": _STRING, "signing_key": _STRING, "clear": {"type": "array", "items": _STRING},
+            "scope_hash": _STRING, "size": _INT, "rows": _INT,
+        }, ["id", "url", "key", "manifest", "signature", "signing_key", "clear", "scope_hash", "size", "rows"],
+            "A snapshot bundle to fetch and apply (protocol §14.1)."),
         "SyncChange": _object({
             "kind": {"enum": ["upsert", "patch", "delete", "remove", "clear"]}, "entity": _STRING, "id": _STRING,
             "position": {"type": ["integer", "null"]}, "version": {"type": "integer"},
@@ -128,7 +139,8 @@ def sync_schemas() -> dict[str, Any]:
         "SyncPullPage": _object({
             "device_id": _STRING, "schema_version": _INT, "head": _INT,
             "windows": {"type": "object", "additionalProperties": _STRING},
-            "phase": {"enum": ["snapshot", "rescope", "stream"]}, "cursor": _POSITION,
+            "phase": {"enum": ["snapshot", "rescope", "stream", "bundle"]}, "cursor": _POSITION,
+            "bundle": _ref("SyncBundle"),
             "resume": _NULLABLE_STRING, "scope_hash": _NULLABLE_STRING, "has_more": {"type": "boolean"},
             "remaining": _INT, "changes": {"type": "array", "items": _ref("SyncChange")},
             "results": {"type": "array", "items": _ref("SyncResult")}, "more_results": {"type": "boolean"},
@@ -285,6 +297,18 @@ def sync_paths() -> dict[str, Any]:
             "sync_pull", "Receive changes and results",
             {"200": _json("SyncPullPage", "One page."),
              **_problems(*authenticated, 403, 404, 409, 410, *body_errors)}, body="SyncPullRequest")},
+        f"{API_SYNC}/bundles/{{bundle_id}}": {
+            "parameters": [{"name": "bundle_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": _op("sync_bundle", "A snapshot bundle's sealed chunks (HTTP Range)",
+                       {"200": {"description": "The whole bundle.",
+                                "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                    "format": "binary"}}}},
+                        "206": {"description": "The range asked for (one chunk).",
+                                "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                    "format": "binary"}}}},
+                        **_problems(*authenticated, 404)},
+                       parameters=[{"name": "Range", "in": "header", "required": False,
+                                    "schema": {"type": "string"}}])},
         f"{API_SYNC}/ack": {"post": _op(
             "sync_ack", "Report the applied cursor and outbox counts",
             {"200": _json("SyncAckResponse", "The recorded position."),
