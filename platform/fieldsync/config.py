@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_FAILURE_LIMIT": 10,          # failed authentications per client address (and per device) ...
     "AUTH_FAILURE_WINDOW_SECONDS": 60,  # ... within this many seconds; beyond: 429 with Retry-After
     "MAX_BODY_BYTES": 4 * 1024 * 1024,
+    "TRANSFER_MAX_BYTES": 1024 ** 3,  # Tus-Max-Size: the largest resumable upload (/api/v1/transfer/), 413 above
+    "TRANSFER_EXPIRES_SECONDS": 7 * 86400,  # an upload idle this long expires (Upload-Expires); then swept
     "PAGE_SIZE_DEFAULT": 50,
     "PAGE_SIZE_MAX": 1000,
     "AUTO_MIGRATE": True,              # additive migrations when the server starts
