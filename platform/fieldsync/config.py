@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "SYNC_VISIBILITY_TIMEOUT": 60,     # seconds a claimed batch stays hidden; a dead worker's comes back after it
     "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
     "SYNC_MAX_PULL_LIMIT": 10000,      # changes per pull page
+    "PUSH_BUNDLE_MAX_MUTATIONS": 100000,   # per outbox bundle (POST /api/v1/sync/push-bundle; 413 above)
     "RETENTION_DAYS": 90,              # change log and tombstones; older devices get a typed reset
     "PROCESSING_LOG_DAYS": 14,         # days of fs_processing_log kept (one row per handled push batch)
     "AUDIT_RETENTION_DAYS": 2192,      # audit entries kept (6 years, HIPAA 164.316(b)(2)); `fieldsync audit purge`
