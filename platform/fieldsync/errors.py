@@ -60,6 +60,8 @@ keeps it so.
           |                       sent, everything is kept; retry later with a long backoff
           +-- DeviceRevoked       an admin revoked this device; its data and outbox stay
           +-- ProtocolError       an unexpected 4xx answer (`status`, `problem`, `name`)
+          |    +-- UploadGone     a resumable upload is no longer on the server (404, 410
+          |                       expired): create another
           +-- ValidationError     a local write was refused (`problems`: field and reason);
           |                       also a ValidationFailed
           +-- StoreLocked         the device store is encrypted and no key was given, or its
@@ -466,6 +468,10 @@ class ProtocolError(ClientError):
         self.name = problem_name(self.problem)
         detail = self.problem.get("detail") or self.problem.get("title") or ""
         super().__init__(message or f"HTTP {status} {self.name}: {detail}".rstrip(": "))
+
+
+class UploadGone(ProtocolError):
+    """A resumable upload is no longer on the server (404, or 410 after it expired)."""
 
 
 class SchemaTooNew(ClientError):

@@ -18,20 +18,25 @@ returns its device secret for the OS keystore; then `Client(..., store_key=Store
 pin))` opens the store with SQLCipher, offline, and `client.rekey(StoreKey(secret, new_pin))`
 changes the PIN.
 
+Resumable uploads (media, large outbox bundles): `TusClient(wire).upload(path, metadata,
+resume_url=url)` over the same transport and tokens (docs/protocol.md "Transfer").
+
 Everything else in this package is private.
 """
 
 from fieldsync.client.client import Client
 from fieldsync.client.enrollment import Enrollment, enroll
 from fieldsync.errors import (ClientError, DeviceRevoked, PinMismatch, ProtocolError, SchemaTooNew,
-                              ServerUnavailable, StoreLocked, TransportError, ValidationError, WrongStoreKey)
+                              ServerUnavailable, StoreLocked, TransportError, UploadGone, ValidationError,
+                              WrongStoreKey)
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.store_key import StoreKey
 from fieldsync.client.transport import HttpTransport, WsgiTransport
+from fieldsync.client.tus import TusClient
 
 __all__ = [
     "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation", "Conflict",
     "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
     "ProtocolError", "ValidationError", "PinMismatch",
-    "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey",
+    "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey", "TusClient", "UploadGone",
 ]

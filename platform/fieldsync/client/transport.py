@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     zstandard = None
 
 COMPRESS_OVER = 1024
+RAW_BYTES = "application/offset+octet-stream"   # a body sent uncompressed whatever its size
 
 
 class Transport(Protocol):
@@ -99,7 +100,10 @@ class CompressingTransport:
 
     def request(self, method: str, path: str, *, headers: Mapping[str, str],
                 body: bytes | None) -> tuple[int, dict[str, str], bytes]:
-        coding = self._coding_for(body)
+        # upload bytes (tus PATCH) go as they are: the server writes them at an offset, and a
+        # bundle or a photo is compressed or incompressible already
+        raw = any(k.lower() == "content-type" and v == RAW_BYTES for k, v in headers.items())
+        coding = None if raw else self._coding_for(body)
         while True:
             sent_headers = dict(headers)
             sent_headers.setdefault("Accept-Encoding", accept_encoding())

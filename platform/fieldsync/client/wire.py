@@ -85,18 +85,27 @@ class Wire:
 
         `user_token` sends the user's token even when a device token is set (registration)."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        status, answer_headers, data = self.exchange(method, SYNC_PREFIX + path, headers, payload,
+                                                     user_token=user_token)
+        return self._interpret(status, answer_headers, data, method, path)
+
+    def exchange(self, method: str, path: str, headers: Mapping[str, str], body: bytes | None, *,
+                 user_token: bool = False) -> tuple[int, dict[str, str], bytes]:
+        """One authenticated request with raw bytes to any path of the server (the tus client's
+        uploads): the bearer token (the device token when set, renewed after a 401 as `call`
+        does), the protocol header and the clock offset sample; the answer as the transport gave it."""
         retried = False
         while True:
             device_token = None if user_token else self.device_token
             if device_token is None:
                 self.last_user_token = self._token()
-            headers = {"Authorization": f"Bearer {device_token or self.last_user_token}",
-                       "Fieldsync-Protocol": str(PROTOCOL_VERSION), "Accept": "application/json"}
-            if payload is not None:
-                headers["Content-Type"] = "application/json"
+            sent_headers = {**headers, "Authorization": f"Bearer {device_token or self.last_user_token}",
+                            "Fieldsync-Protocol": str(PROTOCOL_VERSION)}
             sent = self.clock() if self.clock is not None else None
-            status, answer_headers, data = self.transport.request(method, SYNC_PREFIX + path,
-                                                                  headers=headers, body=payload)
+            status, answer_headers, data = self.transport.request(method, path, headers=sent_headers, body=body)
             if sent is not None and self.clock is not None:
                 self.clock_offset.observe(sent, self.clock(), answer_headers.get("fieldsync-server-time"))
             if status == 401 and device_token is not None:
@@ -109,7 +118,7 @@ class Wire:
             if status == 401 and not retried and not isinstance(self._token_source, str):
                 retried = True  # never a data error: ask for a fresh token, once
                 continue
-            return self._interpret(status, answer_headers, data, method, path)
+            return status, answer_headers, data
 
     def _interpret(self, status: int, headers: Mapping[str, str], data: bytes, method: str, path: str) -> dict:
         try:
