@@ -16,6 +16,7 @@ from fieldsync.backoff import Backoff
 from fieldsync.client import conflicts, outbox
 from fieldsync.client.background import BASE_DELAY, CAP_DELAY, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
+from fieldsync.client.outbox_bundle import BUNDLE_OVER, BUNDLE_OVER_BYTES, UPLOAD_CHUNK, OutboxBundles
 from fieldsync.errors import ClientError, StoreLocked, ValidationError, ValueProblem, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
@@ -41,20 +42,29 @@ class Client:
     way. Without it the store is plain SQLite: apps that hold PHI must set one
     (docs/device-store.md). A wrong key raises `WrongStoreKey`, an encrypted store opened
     without one `StoreLocked`.
+
+    An outbox holding `bundle_over` sendable writes or more, or `bundle_over_bytes` bytes of
+    their fields, is pushed as one resumable, encrypted upload (an outbox bundle, protocol
+    §4.6) in PATCHes of `upload_chunk` bytes when the server offers bundles; None for both
+    thresholds pushes in batches of `push_batch` only.
     """
 
     def __init__(self, path: str | Path, transport: Transport, token: TokenSource, *,
                  schema: Mapping[str, Any] | None = None, install_info: Mapping[str, Any] | None = None,
                  clock: Callable[[], dt.datetime] | None = None, rng: random.Random | None = None,
-                 push_batch: int = 500, pull_limit: int = 1000, store_key: StoreKey | None = None):
+                 push_batch: int = 500, pull_limit: int = 1000, store_key: StoreKey | None = None,
+                 bundle_over: int | None = BUNDLE_OVER, bundle_over_bytes: int | None = BUNDLE_OVER_BYTES,
+                 upload_chunk: int = UPLOAD_CHUNK):
         self._clock = clock or outbox.now_utc
         self._rng = rng or random.Random()
         self._path = str(path)
         self._header = StoreHeader.read(self._path) if self._path != ":memory:" else None
         self._store = self._open_store(store_key)
         self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version, clock=self._clock)
+        bundles = OutboxBundles(self._store, self._wire, clock=self._clock, over=bundle_over,
+                                over_bytes=bundle_over_bytes, upload_chunk=upload_chunk)
         self._engine = SyncEngine(self._store, self._wire, clock=self._clock, install_info=install_info,
-                                  push_batch=push_batch, pull_limit=pull_limit)
+                                  push_batch=push_batch, pull_limit=pull_limit, bundles=bundles)
         self._sync_lock = threading.Lock()
         self._writes = threading.local()   # last_seq, per thread: another thread's writes never show
         self._progress: Callable[[int, int], None] | None = None

@@ -35,13 +35,15 @@ class SyncEngine:
     """Runs sync cycles for one store against one server."""
 
     def __init__(self, store: LocalStore, wire: Wire, *, clock: Callable[[], dt.datetime],
-                 install_info: Mapping[str, Any] | None = None, push_batch: int = 500, pull_limit: int = 1000):
+                 install_info: Mapping[str, Any] | None = None, push_batch: int = 500, pull_limit: int = 1000,
+                 bundles: Any = None):
         self.store = store
         self.wire = wire
         self.clock = clock
         self.install_info = dict(install_info or {})
         self.push_batch = push_batch
         self.pull_limit = pull_limit
+        self.bundles = bundles   # an OutboxBundles, or None: pushes only in batches
         self._encodings_set = False
         self._refresh_failed_for: str | None = None   # the user token a device token refresh failed with
         wire.on_device_token_refused = self._forget_device_token
@@ -148,6 +150,9 @@ class SyncEngine:
     # -- push (§4) -------------------------------------------------------------------------------
 
     def push_all(self, report: SyncReport) -> None:
+        if self.bundles is not None:
+            # a long-offline outbox goes as one resumable upload first (client/outbox_bundle.py)
+            self.bundles.push(report, self._store_push_answer)
         batch = max(1, min(self.push_batch, self._capability("max_mutations", self.push_batch)))
         recoveries = 0
         while True:
