@@ -5,6 +5,7 @@
 #   the database created when it is missing; the tests never skip it.
 # - ActiveMQ (Debian's activemq) with STOMP on 127.0.0.1:61613, by ci/activemq.sh.
 # - Chromium (Debian's chromium) for the admin UI's browser tests, by ci/chromium.sh.
+# - tus-js-client under .cache/node/ for the upload interop tests, by ci/node_modules.sh.
 # Safe to run again at any time; each step does nothing when its service is already up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +28,4 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_database where 
 
 bash ci/activemq.sh
 bash ci/chromium.sh
+bash ci/node_modules.sh

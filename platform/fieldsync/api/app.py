@@ -266,5 +266,6 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
             mount_admin(app)
     from fieldsync.api.body_limit import BodyLimit
     # protocol §2.4: a Content-Length over the limit is refused before anything reads the body
-    app.wsgi_app = BodyLimit(app.wsgi_app, int(settings["MAX_BODY_BYTES"]))
+    app.wsgi_app = BodyLimit(app.wsgi_app, int(settings["MAX_BODY_BYTES"]),
+                             transfer_limit=int(settings["TRANSFER_MAX_BYTES"]))   # tus PATCH bodies
     return app

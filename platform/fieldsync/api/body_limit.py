@@ -15,6 +15,11 @@ A request whose `Content-Length` alone exceeds `MAX_BODY_BYTES` gets 413 `payloa
 
 A chunked body (no `Content-Length`) is cut off by the servers when it passes the limit, and
 checked by the app after decompression like every body.
+
+Resumable uploads (`/api/v1/transfer/`, docs/protocol.md "Transfer") carry file bytes, not JSON:
+their limit is `TRANSFER_MAX_BYTES` (`Tus-Max-Size`) at every level, so a PATCH of a large chunk
+is not cut at `MAX_BODY_BYTES`; the servers are built with the larger limit and refuse the other
+paths on the smaller one themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ from fieldsync.errors import ProblemType
 __all__ = ["BodyLimit", "limit_cheroot", "make_http_server", "too_large_detail", "too_large_document"]
 
 SYNC_PREFIX = "/api/v1/sync/"
+TRANSFER_PREFIX = "/api/v1/transfer"
+_OVER_PATH_LIMIT = "fieldsync: body over this path's limit"
+
+
+def limit_for(path: str, limit: int, transfer_limit: int | None) -> int:
+    """The body limit of a request path: `transfer_limit` for the upload endpoints, else `limit`."""
+    if transfer_limit is not None and (path == TRANSFER_PREFIX or path.startswith(TRANSFER_PREFIX + "/")):
+        return transfer_limit
+    return limit
 
 
 def too_large_detail(limit: int) -> str:
@@ -51,22 +65,26 @@ def _headers(body: bytes, path: str) -> list[tuple[str, str]]:
 class BodyLimit:
     """WSGI middleware: 413 for a `Content-Length` over `limit`, before the app reads anything."""
 
-    def __init__(self, app: Callable, limit: int):
+    def __init__(self, app: Callable, limit: int, *, transfer_limit: int | None = None):
         self.app = app
         self.limit = limit
+        self.transfer_limit = transfer_limit
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         length = environ.get("CONTENT_LENGTH") or ""
-        if length.isascii() and length.isdigit() and int(length) > self.limit:
-            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-            body = too_large_document(self.limit, path)
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        limit = limit_for(path, self.limit, self.transfer_limit)
+        if length.isascii() and length.isdigit() and int(length) > limit:
+            body = too_large_document(limit, path)
             start_response("413 Request Entity Too Large", _headers(body, path))
             return [body]
         return self.app(environ, start_response)
 
 
-def make_http_server(app, host: str, port: int, limit: int, *, threads: int = 8, ident: str = "fieldsync"):
-    """A waitress server for `app` (plain HTTP) that refuses bodies over `limit` on the header."""
+def make_http_server(app, host: str, port: int, limit: int, *, transfer_limit: int | None = None,
+                     threads: int = 8, ident: str = "fieldsync"):
+    """A waitress server for `app` (plain HTTP) that refuses bodies over `limit` on the header
+    (`transfer_limit` for the upload endpoints)."""
     import waitress
     from waitress.channel import HTTPChannel
     from waitress.parser import HTTPRequestParser
@@ -75,7 +93,12 @@ def make_http_server(app, host: str, port: int, limit: int, *, threads: int = 8,
 
     class Parser(HTTPRequestParser):
         def received(self, data):
+            headers_were_finished = self.headers_finished
             consumed = super().received(data)
+            if (not headers_were_finished and self.headers_finished and self.error is None
+                    and self.content_length > limit_for(self.path or "/", limit, transfer_limit)):
+                self.error = RequestEntityTooLarge("over the path's limit")
+                self.completed = True
             if self.error is not None:
                 # refused on the header: a `100 Continue` would invite the body we refuse
                 self.expect_continue = False
@@ -86,7 +109,7 @@ def make_http_server(app, host: str, port: int, limit: int, *, threads: int = 8,
             if not isinstance(self.request.error, RequestEntityTooLarge):
                 return super().execute()
             path = self.request.path or "/"
-            body = too_large_document(limit, path)
+            body = too_large_document(limit_for(path, limit, transfer_limit), path)
             self.status = "413 Request Entity Too Large"
             self.response_headers.extend(h for h in _headers(body, path) if h[0] not in ("Content-Length", "Connection"))
             self.set_close_on_finish()
@@ -100,24 +123,44 @@ def make_http_server(app, host: str, port: int, limit: int, *, threads: int = 8,
     # waitress refuses when Content-Length >= max_request_body_size
     listeners: dict = {}   # waitress's socket map: one listening server per address of `host`
     server = waitress.create_server(app, map=listeners, host=host, port=port, threads=threads, ident=ident,
-                                    max_request_body_size=limit + 1)
+                                    max_request_body_size=max(limit, transfer_limit or 0) + 1)
     for listener in list(listeners.values()) + [server]:
         if hasattr(listener, "channel_class"):
             listener.channel_class = Channel
     return server
 
 
-def limit_cheroot(server, limit: int) -> None:
-    """Make a cheroot `wsgi.Server` refuse bodies over `limit` on the header, before it sends
-    `100 Continue`, with the problem document."""
+def limit_cheroot(server, limit: int, *, transfer_limit: int | None = None) -> None:
+    """Make a cheroot `wsgi.Server` refuse bodies over `limit` (`transfer_limit` for the upload
+    endpoints) on the header, before it sends `100 Continue`, with the problem document."""
     from cheroot.server import HTTPConnection, HTTPRequest
 
     class Request(HTTPRequest):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            read_headers = self.header_reader
+
+            def header_reader(rfile, headers):
+                # cheroot checks its one max_request_body_size (the larger limit) after this and
+                # sends 100 Continue after that: a path's own smaller limit is checked here
+                result = read_headers(rfile, headers)
+                length = headers.get(b"Content-Length", b"0")
+                if length.isdigit() and int(length) > limit_for(self._path_text(), limit, transfer_limit):
+                    raise ValueError(_OVER_PATH_LIMIT)
+                return result
+            self.header_reader = header_reader
+
+        def _path_text(self) -> str:
+            path = self.path.decode("utf-8", "replace") if isinstance(self.path, bytes) else str(self.path or "/")
+            return path.split("?", 1)[0]
+
         def simple_response(self, status, msg=""):
+            if msg == _OVER_PATH_LIMIT:
+                status = "413 Request Entity Too Large"
             if not str(status).startswith("413"):
                 return super().simple_response(status, msg)
-            path = self.path.decode("utf-8", "replace") if isinstance(self.path, bytes) else str(self.path or "/")
-            body = too_large_document(limit, path.split("?", 1)[0])
+            path = self._path_text()
+            body = too_large_document(limit_for(path, limit, transfer_limit), path)
             self.close_connection = True
             lines = [f"{self.server.protocol} 413 Request Entity Too Large"]
             lines += [f"{k}: {v}" for k, v in _headers(body, path)]
@@ -126,5 +169,5 @@ def limit_cheroot(server, limit: int) -> None:
     class Connection(HTTPConnection):
         RequestHandlerClass = Request
 
-    server.max_request_body_size = limit
+    server.max_request_body_size = max(limit, transfer_limit or 0)
     server.ConnectionClass = Connection

@@ -80,7 +80,8 @@ def make_https_server(app, host: str, port: int, cert_file: str | os.PathLike[st
     state = getattr(app, "extensions", {}).get("fieldsync")
     if state is not None:   # protocol §2.4: refuse an oversized body on its header, before 100 Continue
         from fieldsync.api.body_limit import limit_cheroot
-        limit_cheroot(server, int(state.config["MAX_BODY_BYTES"]))
+        limit_cheroot(server, int(state.config["MAX_BODY_BYTES"]),
+                      transfer_limit=int(state.config["TRANSFER_MAX_BYTES"]))
     return server
 
 
@@ -141,7 +142,8 @@ def serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, behi
         _serve_until_signalled(server)
         return
     from fieldsync.api.body_limit import make_http_server   # refuses an oversized body on its header
-    server = make_http_server(app, host, port, int(state.config["MAX_BODY_BYTES"]), threads=8)
+    server = make_http_server(app, host, port, int(state.config["MAX_BODY_BYTES"]),
+                              transfer_limit=int(state.config["TRANSFER_MAX_BYTES"]), threads=8)
     if not is_loopback_address(host):
         print(f"WARNING: plain HTTP on {host or 'every interface'}:{port}; only the TLS proxy in front "
               "(--behind-tls-proxy) may reach this port", file=sys.stderr, flush=True)
