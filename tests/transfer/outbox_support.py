@@ -156,3 +156,28 @@ def ledger_count(app, device: Device) -> tuple[int, int]:
         waiting = conn.execute(sa.select(sa.func.count()).select_from(RECEIVED)
                                .where(RECEIVED.c.device_id == device.device_id)).scalar_one()
     return processed, waiting
+
+
+def offline_writes(client, n: int) -> list[str]:
+    """`n` visit inserts in `client`'s store as `Client.insert` makes them (validated fields,
+    row and outbox entry), in one local transaction instead of `n`: days of offline work
+    without `n` fsyncs in the test. Returns the ids."""
+    from fieldsync.client import outbox
+    from fieldsync.client.schema import quote
+
+    store = client._store
+    table = store.table("visit")
+    now = dt.datetime(2026, 11, 26, 10, tzinfo=dt.timezone.utc)
+    clean = outbox.check_fields(table, {"retailer_id": SAI, "territory_id": PUNE, "visited_at": "2026-11-26T10:00:00Z",
+                                        "purpose": "order"}, partial=False)
+    names = ["id", *clean, "_version", "_dirty"]
+    ids = []
+    with store.transaction() as conn:
+        for _ in range(n):
+            record_id = new_id(now)
+            conn.execute(f"INSERT INTO {quote(table.table)} ({', '.join(quote(c) for c in names)}) "
+                         f"VALUES ({', '.join('?' for _ in names)})",
+                         [record_id, *(table.column(k).to_storage(v) for k, v in clean.items()), 0, 1])
+            outbox._add_entry(conn, table, "insert", record_id, None, clean, now)
+            ids.append(record_id)
+    return ids

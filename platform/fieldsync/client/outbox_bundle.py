@@ -29,6 +29,7 @@ import json
 import os
 import tempfile
 import uuid
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -108,6 +109,7 @@ class OutboxBundles:
             try:
                 url = self.tus.upload(pending["file"], {"purpose": PURPOSE}, resume_url=pending.get("upload"),
                                       on_url=self._remember_upload)
+                pending = {**pending, "upload": url}
                 answer = self._commit(pending, url)
             except ProtocolError:
                 # a server without bundles, an upload refused or gone, a commit refused: the
@@ -147,9 +149,10 @@ class OutboxBundles:
             return None
         seqs = [e["seq"] for e in entries]
         with self.store.transaction() as conn:
-            # marked before sending: after a crash they are resent with the same seqs (invariant 2)
-            conn.executemany("UPDATE \"_outbox\" SET status = 'sent', attempts = attempts + 1 "
-                             "WHERE seq = ? AND status IN ('pending', 'sent')", [(s,) for s in seqs])
+            # marked before sending: after a crash they are resent with the same seqs (invariant 2).
+            # The entries are every sendable one up to the last seq (writes since have higher seqs)
+            conn.execute("UPDATE \"_outbox\" SET status = 'sent', attempts = attempts + 1 "
+                         "WHERE seq <= ? AND status IN ('pending', 'sent')", (seqs[-1],))
         bundle_id = str(uuid.uuid4())
         key = new_key()
         path = self._file_for(bundle_id)
@@ -170,12 +173,13 @@ class OutboxBundles:
     def _drop(self, pending: Mapping[str, Any], *, delete_upload: bool) -> None:
         """Forget the bundle: its state, its file and (when asked) the server's upload."""
         with self.store.transaction() as conn:
+            stored = self.store.state_in(conn, STATE) or {}
             self.store.set_state(conn, **{STATE: None})
         try:
             os.unlink(pending["file"])
         except FileNotFoundError:
             pass
-        upload = pending.get("upload")
+        upload = pending.get("upload") or stored.get("upload")   # set by on_url during the upload
         if delete_upload and upload:
             try:
                 self.tus.delete(upload)
@@ -189,12 +193,25 @@ class OutboxBundles:
             self._drop(pending, delete_upload=True)
 
 
+def _mutation_text(entry) -> str:
+    """`json.dumps(outbox.as_mutation(entry))`, without decoding and encoding again the fields,
+    which the outbox keeps as JSON text already."""
+    base = entry["base_version"]
+    return (f'{{"seq":{int(entry["seq"])},"entity":{_string(entry["entity"])},"op":{_string(entry["op"])},'
+            f'"id":{_string(entry["record_id"])},"base_version":{"null" if base is None else int(base)},'
+            f'"client_time":{_string(entry["client_time"])},"fields":{entry["fields"]}}}')
+
+
+def _string(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)   # what json.dumps writes
+
+
 def _frames(entries) -> Iterator[tuple[bytes, int, str | None]]:
     """The entries as push mutations, in JSON arrays of about FRAME_BYTES each."""
     parts: list[str] = []
     size = 0
     for entry in entries:
-        text = json.dumps(outbox.as_mutation(entry), separators=(",", ":"))
+        text = _mutation_text(entry)
         if parts and size + len(text) > FRAME_BYTES:
             yield ("[" + ",".join(parts) + "]").encode(), len(parts), None
             parts, size = [], 0
