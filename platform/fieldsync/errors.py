@@ -145,7 +145,7 @@ class ProblemType(enum.Enum):
     CHECKSUM_MISMATCH = ("checksum-mismatch", 460, "Checksum mismatch")
     UPLOAD_EXPIRED = ("upload-expired", 410, "Upload expired")
     UPLOAD_BUSY = ("upload-busy", 423, "Upload is being written")
-    # -- outbox bundles, POST /api/v1/sync/push-bundle (docs/protocol.md §4.6)
+    # -- outbox bundles, POST /api/v1/sync/push-bundle (docs/protocol.md §4.7)
     BUNDLE_REFUSED = ("bundle-refused", 422, "Bundle refused")
     BUNDLE_INCOMPLETE = ("bundle-incomplete", 409, "Bundle upload incomplete")
     # -- rejected push results only (docs/protocol.md §5.2)

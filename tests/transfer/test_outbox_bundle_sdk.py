@@ -1,4 +1,4 @@
-"""The SDK's outbox bundles end to end (docs/protocol.md §4.6): a long-offline device pushes
+"""The SDK's outbox bundles end to end (docs/protocol.md §4.7): a long-offline device pushes
 its outbox as one resumable upload over real HTTP, a cut mid-way costs at most the tus chunk in
 flight (in the same sync, or after an app restart, from the URL kept in the store), and a
 connection lost at any request still lands every write exactly once."""

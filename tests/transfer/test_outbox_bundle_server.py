@@ -1,4 +1,4 @@
-"""POST /api/v1/sync/push-bundle (docs/protocol.md §4.6): a committed outbox bundle is received
+"""POST /api/v1/sync/push-bundle (docs/protocol.md §4.7): a committed outbox bundle is received
 like a push — the same ledger, so it applies exactly once however often it comes, and mixed
 with plain pushes of the same seqs — and a bundle that is changed, moved, cut, foreign or
 malformed is refused whole, with a 4xx, before any of it is received."""
@@ -87,7 +87,7 @@ def test_an_upload_committed_already_is_gone(app, device):
     upload_id = upload(app, device, bundle.data)
     assert commit(app, device, upload_id, bundle).status_code == 202
     again = commit(app, device, upload_id, bundle)
-    assert again.status_code == 404   # the device sends the same seqs again by plain push (§4.6)
+    assert again.status_code == 404   # the device sends the same seqs again by plain push (§4.7)
 
 
 def test_mutations_pushed_plainly_first_are_applied_once(app, device):

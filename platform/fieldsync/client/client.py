@@ -45,7 +45,7 @@ class Client:
 
     An outbox holding `bundle_over` sendable writes or more, or `bundle_over_bytes` bytes of
     their fields, is pushed as one resumable, encrypted upload (an outbox bundle, protocol
-    §4.6) in PATCHes of `upload_chunk` bytes when the server offers bundles; None for both
+    §4.7) in PATCHes of `upload_chunk` bytes when the server offers bundles; None for both
     thresholds pushes in batches of `push_batch` only.
     """
 

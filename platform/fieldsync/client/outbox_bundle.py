@@ -1,4 +1,4 @@
-"""Large pushes as one resumable upload: the outbox bundle (docs/protocol.md §4.6).
+"""Large pushes as one resumable upload: the outbox bundle (docs/protocol.md §4.7).
 
 A device back from days offline may hold thousands of writes. Past a threshold (`over`
 sendable entries, or `over_bytes` bytes of their fields) the sync engine sends them as one

@@ -1,4 +1,4 @@
-"""Outbox bundles: a long-offline device's push as one resumable upload (docs/protocol.md §4.6).
+"""Outbox bundles: a long-offline device's push as one resumable upload (docs/protocol.md §4.7).
 
 The device seals its outbox — the mutations exactly as a push body carries them — into a
 payload of the chunk format (`fieldsync.transfer.chunks`, kind `outbox`) under a fresh key,
