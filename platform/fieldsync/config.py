@@ -51,6 +51,11 @@ DEFAULTS: dict[str, Any] = {
     "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
     "SYNC_MAX_PULL_LIMIT": 10000,      # changes per pull page
     "PUSH_BUNDLE_MAX_MUTATIONS": 100000,   # per outbox bundle (POST /api/v1/sync/push-bundle; 413 above)
+    "SYNC_BUNDLES": True,              # snapshots (first sync, rescope, reset) as bundles for devices that ask
+    "BUNDLE_MIN_ROWS": 500,            # below this many rows a snapshot comes as pull pages
+    "BUNDLE_MAX_AGE_SECONDS": 3600,    # a bundle older than this is rebuilt rather than handed out
+    "BUNDLE_MAX_LAG": 10000,           # ... and so is one whose cursor is this many positions behind the head
+    "BUNDLE_FRAME_BYTES": 1024 * 1024,  # rows per chunk: about this many bytes before compression
     "RETENTION_DAYS": 90,              # change log and tombstones; older devices get a typed reset
     "PROCESSING_LOG_DAYS": 14,         # days of fs_processing_log kept (one row per handled push batch)
     "AUDIT_RETENTION_DAYS": 2192,      # audit entries kept (6 years, HIPAA 164.316(b)(2)); `fieldsync audit purge`

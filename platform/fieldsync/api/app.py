@@ -78,6 +78,7 @@ class FieldsyncState:
         self.crypto = crypto_from_config(config, engine)
         self.changelog = ChangeLog(codec=self.crypto, clock=clock or utc_now)
         self.sync = None  # the SyncService, set by create_app
+        self.bundles = None  # the BundleService (transfer/snapshots.py), set by create_app
         self.audit = None  # the AuditLog (fieldsync.audit.trail), set by create_app
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
@@ -238,6 +239,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         raise
     # pushed PHI is audited in the batch's own transaction (invariant 8)
     state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock)
+    from fieldsync.transfer.snapshots import BundleService
+    state.bundles = BundleService(engine, settings, state.crypto.keyring, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
     app.extensions["fieldsync"] = state
     register_error_handlers(app)

@@ -18,7 +18,7 @@ import zlib
 from typing import Any, Mapping
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request, send_file
 
 from fieldsync.api.audit_trail import sync_read_events
 from fieldsync.errors import InvalidResume, JsonRefused, NotFound, NotReceived, Problem, ProblemType, SyncReset
@@ -29,9 +29,10 @@ from fieldsync.ids import new_id, utc_now
 from fieldsync.defs.values import format_datetime
 from fieldsync.untrusted import INT32_MAX, INT64_MAX, load_json, parse_int, unstorable_paths
 from fieldsync.store.engine import write_transaction
-from fieldsync.sync.pull import PullRequest, pull_page, remember_scope, results_for, write_checkpoint
+from fieldsync.sync.pull import PullRequest, pull_page, remember_digests, remember_scope, results_for, write_checkpoint
 from fieldsync.sync.receive import receive_push
 from fieldsync.sync.scope import device_scope
+from fieldsync.transfer.snapshots import manifest_keys, subset_hash
 from fieldsync.store.sync_tables import DEVICE_TOKENS, DEVICES, note_pull, unsettled
 from fieldsync.store.changelog import head_position
 
@@ -205,6 +206,8 @@ def _capabilities() -> dict[str, Any]:
     return {"protocol": SUPPORTED_PROTOCOLS, "encodings": _encodings(), "max_request_bytes": _limit_bytes(),
             "max_mutations": int(config["SYNC_MAX_MUTATIONS"]), "max_pull_limit": int(config["SYNC_MAX_PULL_LIMIT"]),
             "retention_days": int(config["RETENTION_DAYS"]), "schema_version": g.snapshot.model.schema_version,
+            "bundles": _state().bundles is not None and _state().bundles.enabled,
+            "manifest_keys": manifest_keys(_state().crypto.keyring),
             "push_bundle": {"max_mutations": int(config["PUSH_BUNDLE_MAX_MUTATIONS"]),
                             "max_bytes": int(config["TRANSFER_MAX_BYTES"])}}
 
@@ -595,7 +598,8 @@ def pull():
     with state.engine.connect() as conn, conn.begin():
         device = _device(conn, req.device_id)
         try:
-            page = pull_page(conn, snapshot.store, scope, req, secret=state.secret_bytes, now=now)
+            page = pull_page(conn, snapshot.store, scope, req, secret=state.secret_bytes, now=now,
+                             offer_bundle=_bundle_offerer(body, snapshot.store, scope))
         except SyncReset as reset:
             raise _problem(ProblemType.SYNC_RESET, reset.detail, horizon=reset.horizon,
                            reason=reset.reason) from None
@@ -603,11 +607,15 @@ def pull():
             raise _problem(ProblemType.INVALID_RESUME, str(exc)) from None
         items, more_results = results_for(conn, snapshot.store, scope, device["device_id"], req.results_after)
         checkpoint = write_checkpoint(conn, device["device_id"])
+        bundle_phi = page.pop("_disclosed", [])   # the PHI a bundle hands out, audited like a page's
+        partial = page.pop("_partial", None)      # the device's digests after the bundle, the phase going on
         disclosed = sync_read_events(conn, snapshot.store, principal, device["device_id"],
-                                     changes=page["changes"], results=items)
+                                     changes=page["changes"] + bundle_phi, results=items)
     with write_transaction(state.engine) as conn:
         state.audit.append_all(conn, disclosed)   # invariant 8: the page's PHI, before it is sent
         remember_scope(conn, scope, now)
+        if partial is not None:
+            remember_digests(conn, page["bundle"]["scope_hash"], partial, now)
         values: dict[str, Any] = {"last_contact_at": now, "role": principal.role, **synced}
         if page["resume"] is None:
             values["scope_hash"] = page["scope_hash"]
@@ -616,6 +624,34 @@ def pull():
            "results": items, "more_results": more_results, "write_checkpoint": checkpoint,
            "unsettled": state.sync.unsettled(device["device_id"])}
     return _json(out)
+
+
+def _bundle_offerer(body: Mapping[str, Any], store, scope):
+    """The snapshot-bundle offer of a pull whose device reads bundles (`"bundles": true`)."""
+    bundles = _state().bundles
+    if body.get("bundles") is not True or bundles is None:
+        return None
+    return lambda changed, gone, cursor, old: bundles.offer(store, scope, changed, cursor, clear=gone, old_digests=old)
+
+
+@blueprint.route("/bundles/<bundle_id>", methods=["GET", "HEAD"])
+def bundle(bundle_id: str):
+    """A snapshot bundle's sealed bytes, with Range (a cut download resumes at its next chunk).
+    Only to a principal whose scope is the bundle's: anyone else gets the 404 of a bundle that
+    does not exist."""
+    state = _state()
+    row = state.bundles.find(bundle_id) if state.bundles is not None else None
+    if row is not None:
+        scope = device_scope(g.snapshot.model, g.principal, _now(), g.snapshot.store.codec)
+        if (subset_hash(scope, json.loads(row["entities"])) != row["scope_hash"]
+                or row["schema_version"] != g.snapshot.model.schema_version):
+            row = None
+    if row is None:
+        raise _problem(ProblemType.NOT_FOUND, "no such bundle (it may have been replaced: pull again for a new one)")
+    response = send_file(state.bundles.path(bundle_id), mimetype="application/octet-stream", conditional=True,
+                         etag=bundle_id, max_age=0)
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 @blueprint.post("/ack")

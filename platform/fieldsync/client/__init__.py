@@ -32,11 +32,12 @@ from fieldsync.errors import (ClientError, DeviceRevoked, PinMismatch, ProtocolE
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.store_key import StoreKey
 from fieldsync.client.transport import HttpTransport, WsgiTransport
+from fieldsync.client.bundles import BundleProgress
 from fieldsync.client.tus import TusClient
 
 __all__ = [
     "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation", "Conflict",
     "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
     "ProtocolError", "ValidationError", "PinMismatch",
-    "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey", "TusClient", "UploadGone",
+    "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey", "TusClient", "UploadGone", "BundleProgress",
 ]

@@ -290,4 +290,4 @@ def reset_store(store: LocalStore, conn: sqlite3.Connection) -> None:
     assert store.schema is not None
     for table in store.schema.entities.values():
         conn.execute(f"DELETE FROM {quote(table.table)} WHERE _dirty = 0")
-    store.set_state(conn, cursor=0, resume=None, scope_hash=None, refetch=[])
+    store.set_state(conn, cursor=0, resume=None, scope_hash=None, refetch=[], bundle=None)

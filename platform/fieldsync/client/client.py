@@ -16,6 +16,7 @@ from fieldsync.backoff import Backoff
 from fieldsync.client import conflicts, outbox
 from fieldsync.client.background import BASE_DELAY, CAP_DELAY, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
+from fieldsync.client.bundles import BundleProgress
 from fieldsync.client.outbox_bundle import BUNDLE_OVER, BUNDLE_OVER_BYTES, UPLOAD_CHUNK, OutboxBundles
 from fieldsync.errors import ClientError, StoreLocked, ValidationError, ValueProblem, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
@@ -53,18 +54,19 @@ class Client:
                  schema: Mapping[str, Any] | None = None, install_info: Mapping[str, Any] | None = None,
                  clock: Callable[[], dt.datetime] | None = None, rng: random.Random | None = None,
                  push_batch: int = 500, pull_limit: int = 1000, store_key: StoreKey | None = None,
-                 bundle_over: int | None = BUNDLE_OVER, bundle_over_bytes: int | None = BUNDLE_OVER_BYTES,
-                 upload_chunk: int = UPLOAD_CHUNK):
+                 bundles: bool = True, bundle_over: int | None = BUNDLE_OVER,
+                 bundle_over_bytes: int | None = BUNDLE_OVER_BYTES, upload_chunk: int = UPLOAD_CHUNK):
         self._clock = clock or outbox.now_utc
         self._rng = rng or random.Random()
         self._path = str(path)
         self._header = StoreHeader.read(self._path) if self._path != ":memory:" else None
         self._store = self._open_store(store_key)
         self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version, clock=self._clock)
-        bundles = OutboxBundles(self._store, self._wire, clock=self._clock, over=bundle_over,
-                                over_bytes=bundle_over_bytes, upload_chunk=upload_chunk)
+        outbox_bundles = OutboxBundles(self._store, self._wire, clock=self._clock, over=bundle_over,
+                                       over_bytes=bundle_over_bytes, upload_chunk=upload_chunk)
         self._engine = SyncEngine(self._store, self._wire, clock=self._clock, install_info=install_info,
-                                  push_batch=push_batch, pull_limit=pull_limit, bundles=bundles)
+                                  push_batch=push_batch, pull_limit=pull_limit, bundles=bundles,
+                                  outbox_bundles=outbox_bundles)
         self._sync_lock = threading.Lock()
         self._writes = threading.local()   # last_seq, per thread: another thread's writes never show
         self._progress: Callable[[int, int], None] | None = None
@@ -263,8 +265,14 @@ class Client:
             return self._engine.run(max_pages=max_pages, progress=self._progress)
 
     def on_progress(self, callback: Callable[[int, int], None] | None) -> None:
-        """`callback(pulled, remaining)` after every applied page."""
+        """`callback(pulled, remaining)` after every applied page, and after every chunk of a
+        snapshot bundle (rows so far, rows still to come)."""
         self._progress = callback
+
+    def on_bundle_progress(self, callback: Callable[[BundleProgress], None] | None) -> None:
+        """`callback(progress)` after every applied chunk of a snapshot bundle: bytes and rows
+        done of their totals (`BundleProgress`), for a first sync's progress bar."""
+        self._engine.on_bundle = callback
 
     def on_error(self, callback: Callable[[BaseException], None] | None) -> None:
         """`callback(error)` when a background sync fails."""

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 from fieldsync.client import outbox
 from fieldsync.client.apply import Applied, apply_page, check_page, reset_store, settle_results
+from fieldsync.client.bundles import BundleLoader, BundleProgress, TransferCallback, checked_manifest
 from fieldsync.errors import ProblemType, ProtocolError
 from fieldsync.client.reports import SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
@@ -36,14 +37,16 @@ class SyncEngine:
 
     def __init__(self, store: LocalStore, wire: Wire, *, clock: Callable[[], dt.datetime],
                  install_info: Mapping[str, Any] | None = None, push_batch: int = 500, pull_limit: int = 1000,
-                 bundles: Any = None):
+                 bundles: bool = True, outbox_bundles: Any = None):
         self.store = store
         self.wire = wire
         self.clock = clock
         self.install_info = dict(install_info or {})
         self.push_batch = push_batch
         self.pull_limit = pull_limit
-        self.bundles = bundles   # an OutboxBundles, or None: pushes only in batches
+        self.bundles = bundles          # ask for snapshots as bundles (protocol §11)
+        self.on_bundle: TransferCallback | None = None
+        self.outbox_bundles = outbox_bundles   # an OutboxBundles, or None: pushes only in batches (§4.7)
         self._encodings_set = False
         self._refresh_failed_for: str | None = None   # the user token a device token refresh failed with
         wire.on_device_token_refused = self._forget_device_token
@@ -150,9 +153,9 @@ class SyncEngine:
     # -- push (§4) -------------------------------------------------------------------------------
 
     def push_all(self, report: SyncReport) -> None:
-        if self.bundles is not None:
+        if self.outbox_bundles is not None:
             # a long-offline outbox goes as one resumable upload first (client/outbox_bundle.py)
-            self.bundles.push(report, self._store_push_answer)
+            self.outbox_bundles.push(report, self._store_push_answer)
         batch = max(1, min(self.push_batch, self._capability("max_mutations", self.push_batch)))
         recoveries = 0
         while True:
@@ -225,6 +228,9 @@ class SyncEngine:
                  progress: Progress | None = None) -> None:
         recoveries = 0
         while max_pages is None or report.pages < max_pages:
+            if self.store.state("bundle") is not None:
+                self._load_bundle(report, progress)
+                continue
             refetch = (self.store.state("refetch") or [])[:REFETCH_MAX]
             body = {"device_id": self.store.state("device_id"), "schema_version": self.store.schema_version,
                     "cursor": int(self.store.state("cursor", 0)), "resume": self.store.state("resume"),
@@ -232,6 +238,8 @@ class SyncEngine:
                     "results_after": outbox.settled_through(self.store), "refetch": refetch}
             if self.install_info.get("app_version") is not None:   # the server shows what a device runs now
                 body["app_version"] = self.install_info["app_version"]
+            if self.bundles:
+                body["bundles"] = True
             try:
                 page = self.wire.call("POST", "/pull", body)
             except ProtocolError as exc:
@@ -240,8 +248,15 @@ class SyncEngine:
                 recoveries += 1
                 continue
             check_page(page)
+            bundle = page.get("bundle") if page.get("phase") == "bundle" else None
+            if bundle is not None and not isinstance(bundle, dict):
+                raise ProtocolError(200, {"detail": "the pull page's bundle is not an object"})
             with self.store.transaction() as conn:
                 outcome = apply_page(self.store, conn, page, refetch_sent=refetch, now=self.clock())
+                if bundle is not None:
+                    # kept before any chunk is fetched: a cut from here on resumes this bundle
+                    self.store.set_state(conn, bundle={"bundle": bundle, "next": 0, "rows_done": 0,
+                                                       "cursor_before": int(page["cursor"])})
             report.pages += 1
             report.pulled += outcome.changes
             report.applied += outcome.applied
@@ -257,6 +272,52 @@ class SyncEngine:
                 return
             if report.pages % ACK_EVERY_PAGES == 0:
                 self.ack(final=False)
+
+    def _load_bundle(self, report: SyncReport, progress: Progress | None) -> None:
+        """Fetch and apply the snapshot bundle the store names, from its first chunk not applied
+        (protocol §11). A bundle the server no longer has, or one that fails its checks, is
+        dropped: the next pull is offered a new one."""
+        state = self.store.state("bundle")
+        bundle = state.get("bundle") if isinstance(state, dict) else None
+        try:
+            if not isinstance(bundle, dict) or not isinstance(bundle.get("url"), str):
+                raise ProtocolError(200, {"detail": "the stored snapshot bundle is malformed"})
+            manifest = checked_manifest(bundle, self._manifest_keys(bundle.get("signing_key")),
+                                        self.store.schema_version)
+            loader = BundleLoader(self.store, self.wire.fetch_range, state, manifest)
+            rows_before = loader.progress().rows_done
+
+            def on_chunk(done: BundleProgress) -> None:
+                if progress is not None:
+                    progress(report.pulled + done.rows_done - rows_before, done.rows_total - done.rows_done)
+                if self.on_bundle is not None:
+                    self.on_bundle(done)
+            try:
+                loader.run(on_chunk)
+            finally:
+                report.pulled += loader.progress().rows_done - rows_before
+                report.bundle_bytes += loader.fetched_bytes
+            report.bundles += 1
+        except ProtocolError as exc:
+            if exc.status == 200 or exc.status == 404 or exc.name == ProblemType.NOT_FOUND.slug:
+                with self.store.transaction() as conn:
+                    self.store.set_state(conn, bundle=None)
+                if exc.status == 200:
+                    raise   # refused as tampered or malformed: the app hears of it
+                return
+            raise
+
+    def _manifest_keys(self, kid: Any) -> Mapping[str, str]:
+        """The server's manifest signing keys; the capabilities are read again for a key this
+        device has not seen (the server rotated it)."""
+        capabilities = self.store.state("capabilities") or {}
+        keys = capabilities.get("manifest_keys") or {}
+        if kid not in keys:
+            capabilities = self.wire.call("GET", "/capabilities")
+            with self.store.transaction() as conn:
+                self.store.set_state(conn, capabilities=capabilities)
+            keys = capabilities.get("manifest_keys") or {}
+        return keys if isinstance(keys, dict) else {}
 
     def _recover_pull(self, exc: ProtocolError) -> bool:
         if exc.name == ProblemType.SCHEMA_UPGRADE_REQUIRED.slug:

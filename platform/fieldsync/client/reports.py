@@ -20,6 +20,8 @@ class SyncReport:
     cursor: int = 0        # the store's cursor afterwards
     duration: float = 0.0  # seconds
     complete: bool = False  # the last page said has_more: false (not cut short by max_pages)
+    bundles: int = 0       # snapshot bundles loaded (protocol §11)
+    bundle_bytes: int = 0  # bytes of bundle chunks fetched (a resumed bundle: only what was missing)
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,16 @@ class KeyRing:
     def hmac_key(self, scope: str) -> bytes:
         return self._active_key(scope).raw
 
+    def material(self, scope: str) -> tuple[str, bytes]:
+        """(key id, raw key) of the scope's active key, for a key derived from it (the bundle
+        manifests' Ed25519 signing key, transfer/snapshots.py)."""
+        key = self._active_key(scope)
+        return key.kid, key.raw
+
+    def materials_in_use(self, scope: str) -> list[tuple[str, bytes]]:
+        """(key id, raw key) of every key of the scope still in use, newest first."""
+        return [(k.kid, k.raw) for k in self._keys_in_use(scope)]
+
     def mac(self, scope: str, message: bytes) -> bytes:
         """HMAC-SHA256 of `message` under the scope's active key (blind indexes, subject refs)."""
         return self._active_key(scope).mac(message)

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -29,7 +29,7 @@ from fieldsync.sync.scope import DeviceScope
 from fieldsync.store.sync_tables import LEDGER, SCOPES
 from fieldsync.untrusted import load_json
 
-__all__ = ["PullRequest", "SyncReset", "InvalidResume", "ledger_rows", "pull_page", "render_results", "results_for",
+__all__ = ["PullRequest", "SyncReset", "phase_entities", "remember_digests", "InvalidResume", "ledger_rows", "pull_page", "render_results", "results_for",
            "readable_row", "snapshot_query", "write_checkpoint", "remember_scope"]
 
 MAX_RESULTS_PER_PAGE = 1000
@@ -75,6 +75,17 @@ def remember_scope(conn: sa.Connection, scope: DeviceScope, now) -> None:
         try:
             with conn.begin_nested():
                 conn.execute(SCOPES.insert().values(scope_hash=scope.hash, digests=json.dumps(scope.digests),
+                                                    created_at=now))
+        except sa.exc.IntegrityError:
+            pass  # another request stored it first
+
+
+def remember_digests(conn: sa.Connection, scope_hash: str, digests: Mapping[str, str], now) -> None:
+    """Store `digests` under `scope_hash` (a scope a device holds part-way through a phase)."""
+    if conn.execute(sa.select(SCOPES.c.scope_hash).where(SCOPES.c.scope_hash == scope_hash)).first() is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(SCOPES.insert().values(scope_hash=scope_hash, digests=json.dumps(dict(digests)),
                                                     created_at=now))
         except sa.exc.IntegrityError:
             pass  # another request stored it first
@@ -386,10 +397,32 @@ def _is_record_id(value: str) -> bool:
         return False
 
 
+def phase_entities(conn: sa.Connection, store: RecordStore, scope: DeviceScope,
+                   old_scope_hash: str | None) -> tuple[list[str], list[str]]:
+    """A phase's entities for a device whose scope was `old_scope_hash`: those whose rules
+    changed (all, on a first sync), in pull order; and those it pulled before and may not now
+    (read taken away, direction changed), which it clears. With an unknown old scope, every
+    pullable entity outside the scope is cleared."""
+    old = _old_digests(conn, old_scope_hash)
+    changed = [name for name in scope.order if old.get(name) != scope.digests[name]]
+    if old:
+        gone = [name for name in old if name not in scope.entities]
+    else:
+        gone = [e.name for e in store.model.entities if e.name not in scope.entities
+                and (store.model.entity(e.parent) if e.parent else e).sync.direction in ("pull", "both")]
+    return changed, sorted(gone)
+
+
 def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, request: PullRequest, *,
-              secret: bytes, now) -> dict[str, Any]:
+              secret: bytes, now, offer_bundle: Callable[..., Any] | None = None
+              ) -> dict[str, Any]:
     """One pull page for `request` (everything but results and device bookkeeping). Read-only:
-    the caller stores the scope (`remember_scope`) in its write transaction."""
+    the caller stores the scope (`remember_scope`) in its write transaction.
+
+    `offer_bundle(changed, gone, cursor, old_digests)`, given when the device reads bundles, may answer a
+    phase that starts with a snapshot bundle (an `Offer`, transfer/snapshots.py) instead of its
+    first page: the page then has `phase: "bundle"` and the `bundle`, and keeps the device's
+    cursor and scope hash (the device sets them when the bundle is applied)."""
     head = head_position(conn)
     cursor = request.cursor
     retained_from = oldest_retained_position(conn)
@@ -408,15 +441,15 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
         if state.get("new") != scope.hash or state.get("B") != cursor or state.get("old") != request.scope_hash:
             state = None  # the scope changed again during the phase, or another cursor: start over
     if state is None and request.scope_hash != scope.hash:
-        old = _old_digests(conn, request.scope_hash)
-        changed = [name for name in scope.order if old.get(name) != scope.digests[name]]
-        # entities the device pulled before and may not now (read taken away, direction
-        # changed): cleared too; with an unknown old scope, every pullable entity outside it
-        if old:
-            gone = [name for name in old if name not in scope.entities]
-        else:
-            gone = [e.name for e in store.model.entities if e.name not in scope.entities
-                    and (store.model.entity(e.parent) if e.parent else e).sync.direction in ("pull", "both")]
+        changed, gone = phase_entities(conn, store, scope, request.scope_hash)
+        if offer_bundle is not None:
+            # a device that reads bundles takes the phase as one (transfer/snapshots.py)
+            offered = offer_bundle(changed, gone, cursor, _old_digests(conn, request.scope_hash))
+            if offered is not None:
+                return {"head": head, "windows": scope.windows(), "phase": "bundle", "bundle": offered.bundle,
+                        "cursor": cursor, "resume": None, "scope_hash": request.scope_hash, "has_more": True,
+                        "changes": [], "remaining": offered.rows + max(head - offered.bundle["manifest"]["cursor"], 0),
+                        "_disclosed": offered.disclosed, "_partial": offered.partial}
         changed = sorted(gone) + changed
         state = {"B": cursor, "S": head, "ents": changed, "i": 0, "after": None,
                  "old": request.scope_hash, "new": scope.hash}

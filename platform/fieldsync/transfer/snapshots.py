@@ -1,0 +1,390 @@
+"""Snapshot bundles (docs/protocol.md §11, docs/decisions.md "Snapshot bundles").
+
+A device that needs a snapshot (first sync, a scope change, a reset) and says it reads bundles
+gets one instead of pull pages: every row its scope holds, in device storage form, as sealed
+chunks (transfer/chunks.py) under a signed manifest. A bundle is built once per (schema version,
+entity set, scope hash) — the scope hash already digests the role's predicates, visible columns
+and the user attributes they use — and handed to every device with that share key while it is
+fresh; the device then streams on by cursor from the position the bundle is consistent with.
+
+At rest a bundle is ciphertext (invariant 7): its chunks are sealed with a per-bundle key, and
+that key is stored wrapped by the key ring (scope `transfer:bundle`). The key reaches a device
+only inside a pull answer, over TLS, to a principal whose scope is the bundle's (invariant 6).
+The manifest's Ed25519 signing key is derived from the key ring's `transfer:manifest` key: no
+private key file, rotated with the ring.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fieldsync.defs.values import format_datetime
+from fieldsync.errors import KeyMissing, KeyShredded
+from fieldsync.store.changelog import head_position, oldest_retained_position
+from fieldsync.store.engine import create_tables, write_transaction
+from fieldsync.store.records import RecordStore
+from fieldsync.store.tables import PLATFORM_PREFIX
+from fieldsync.sync.pull import snapshot_query
+from fieldsync.defs import expr as ex
+from fieldsync.sync.scope import DeviceScope, scope_hash_of
+from fieldsync.transfer.chunks import (ChunkRefused, Manifest, key_text, new_key, public_key_text, sign_manifest,
+                                       write_payload)
+
+__all__ = ["BUNDLES", "BundleService", "Offer", "manifest_keys", "create_bundle_tables", "subset_hash"]
+
+log = logging.getLogger("fieldsync.transfer")
+
+KEY_SCOPE = "transfer:bundle"
+SIGN_SCOPE = "transfer:manifest"
+URL_PREFIX = "/api/v1/sync/bundles/"
+
+_metadata = sa.MetaData()
+
+BUNDLES = sa.Table(
+    PLATFORM_PREFIX + "bundles", _metadata,
+    sa.Column("bundle_id", sa.String(36), primary_key=True),
+    sa.Column("share_key", sa.String(64), nullable=False, index=True),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("scope_hash", sa.String(80), nullable=False),
+    sa.Column("entities", sa.Text, nullable=False),           # JSON list
+    sa.Column("cursor", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),            # JSON: no row values, only counts and digests
+    sa.Column("signature", sa.Text, nullable=False),
+    sa.Column("sign_kid", sa.String(64), nullable=False),
+    sa.Column("key_kid", sa.String(64), nullable=False),
+    sa.Column("wrapped_key", sa.LargeBinary, nullable=False),  # the bundle key, sealed by the key ring
+    sa.Column("disclosed", sa.LargeBinary),                    # the PHI it discloses, sealed by the bundle key
+)
+
+
+def create_bundle_tables(engine: sa.Engine) -> None:
+    create_tables(engine, _metadata)
+
+
+def _signing_key(raw: bytes) -> Ed25519PrivateKey:
+    seed = HKDF(hashes.SHA256(), 32, salt=None, info=b"fieldsync manifest signing").derive(raw)
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def manifest_keys(keyring) -> dict[str, str]:
+    """The public keys a device checks manifest signatures with, by key id (capabilities)."""
+    keyring.ensure(SIGN_SCOPE)
+    return {kid: public_key_text(_signing_key(raw)) for kid, raw in keyring.materials_in_use(SIGN_SCOPE)}
+
+
+@dataclass
+class Offer:
+    """A bundle handed to one device in a pull answer, and the PHI that hands out."""
+
+    bundle: dict[str, Any]               # the pull answer's `bundle` member
+    disclosed: list[dict[str, Any]]      # items for the audit trail's read events (PHI fields shown)
+    rows: int
+    partial: dict[str, str] | None = None   # the device's digests after it, when the phase goes on
+
+
+def _storage_step(field_type: str):
+    """Wire value -> device storage form (codegen/device_schema.py STORAGE): what the device
+    writes with `executemany` as it arrives."""
+    if field_type == "boolean":
+        return lambda v: 1 if v else 0
+    if field_type in ("json", "geopoint"):
+        return lambda v: json.dumps(v, sort_keys=True, separators=(",", ":"))
+    return None
+
+
+class BundleService:
+    """Builds, finds and serves the snapshot bundles of one server's database."""
+
+    def __init__(self, engine: sa.Engine, config: Mapping[str, Any], keyring, *, clock=None):
+        self.engine = engine
+        self.keyring = keyring
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.directory = Path(config["DATA_DIR"]) / "bundles"
+        self.enabled = bool(config.get("SYNC_BUNDLES", True))
+        self.min_rows = int(config.get("BUNDLE_MIN_ROWS", 500))
+        self.max_age = float(config.get("BUNDLE_MAX_AGE_SECONDS", 3600))
+        self.max_lag = int(config.get("BUNDLE_MAX_LAG", 10000))
+        self.frame_bytes = int(config.get("BUNDLE_FRAME_BYTES", 1024 * 1024))
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        create_bundle_tables(engine)
+
+    # -- offering --------------------------------------------------------------------------------
+
+    def offer(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str], device_cursor: int,
+              *, clear: Sequence[str] = (), old_digests: Mapping[str, str] | None = None) -> Offer | None:
+        """A bundle for a device whose scope is `scope`, whose phase has `entities` to send and
+        whose cursor is `device_cursor`: a fresh one of the same share key, or one built now;
+        None when its rows are too few to be worth a bundle (the phase then comes as pages).
+
+        Entities whose rules use `$user.id` (the rep's own visits, orders) make a bundle
+        personal. So the bundle takes the phase's shared entities only, when there are any, and
+        every device of the same territories and role gets the same one; the device's scope
+        hash afterwards says the personal entities are still to come (`partial`), so its next
+        pull is a phase of just those (pages, or a bundle of their own when large)."""
+        if not self.enabled:
+            return None
+        wanted = [name for name in scope.order if name in set(entities)]
+        shared = [name for name in wanted if not _personal(scope, name)]
+        chosen = shared or wanted
+        if not chosen:
+            return None
+        version = store.model.schema_version
+        subset = scope_hash_of({name: scope.digests[name] for name in chosen})
+        share = _share_key(version, subset, chosen)
+        with self._lock_for(share):
+            row = self._fresh(share, device_cursor)
+            if row is None:
+                if self._count(store, scope, chosen) < self.min_rows:
+                    return None
+                row = self._build(store, scope, chosen, share, subset)
+            try:
+                key = self._unwrap(row)
+            except (KeyMissing, KeyShredded, ChunkRefused):
+                log.warning("bundle %s: its key is gone; building another", row["bundle_id"])
+                self._drop([row["bundle_id"]])
+                row = self._build(store, scope, chosen, share, subset)
+                key = self._unwrap(row)
+        # the device's digests once the bundle is in: the rest of the phase still differs
+        later = [name for name in wanted if name not in chosen]
+        old = dict(old_digests or {})
+        digests = {name: (old.get(name, "pending") if name in later else digest)
+                   for name, digest in scope.digests.items()}
+        manifest = json.loads(row["manifest"])
+        bundle = {"id": row["bundle_id"], "url": URL_PREFIX + row["bundle_id"], "key": key_text(key),
+                  "manifest": manifest, "signature": row["signature"], "signing_key": row["sign_kid"],
+                  "clear": sorted(set(clear) | set(chosen)), "size": int(row["size"]), "rows": int(row["rows"]),
+                  "scope_hash": scope_hash_of(digests) if later else scope.hash}
+        return Offer(bundle, self._disclosed(row, key), int(row["rows"]), digests if later else None)
+
+    def _lock_for(self, share: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(share, threading.Lock())
+
+    def _fresh(self, share: str, device_cursor: int) -> Mapping[str, Any] | None:
+        """The newest bundle of `share` a device at `device_cursor` can take: not too old, not
+        too far behind the head, inside the retained change log, and not behind the device (it
+        streams on from its own cursor after a rescope, so the bundle must not be older)."""
+        with self.engine.connect() as conn:
+            head = head_position(conn)
+            retained = oldest_retained_position(conn)
+            row = conn.execute(sa.select(BUNDLES).where(BUNDLES.c.share_key == share)
+                               .order_by(BUNDLES.c.created_at.desc()).limit(1)).mappings().first()
+        if row is None:
+            return None
+        created = row["created_at"] if row["created_at"].tzinfo else row["created_at"].replace(tzinfo=dt.timezone.utc)
+        too_old = (self.clock() - created).total_seconds() > self.max_age
+        if (too_old or head - row["cursor"] > self.max_lag or row["cursor"] < retained - 1
+                or row["cursor"] < device_cursor or not self.path(row["bundle_id"]).exists()):
+            return None
+        return row
+
+    def _count(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str]) -> int:
+        total = 0
+        with self.engine.connect() as conn:
+            for name in entities:
+                query = snapshot_query(store, scope, name)
+                total += conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+                if total >= self.min_rows:
+                    break
+        return total
+
+    # -- building --------------------------------------------------------------------------------
+
+    def path(self, bundle_id: str) -> Path:
+        return self.directory / f"{bundle_id}.fsb"
+
+    def _build(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str], share: str,
+               subset: str) -> Mapping[str, Any]:
+        """Write a new bundle of `entities` as `scope` sees them, consistent with the head read
+        first (rows written after it are sent again by the stream: upserts are idempotent)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        bundle_id = str(uuid.uuid4())
+        key = new_key()
+        disclosed: list[list[Any]] = []
+        partial = self.directory / f"{bundle_id}.part"
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                head = head_position(conn)
+                with open(partial, "wb") as out:
+                    manifest = write_payload(out, self._frames(conn, store, scope, entities, disclosed),
+                                             key=key, bundle_id=bundle_id, kind="snapshot")
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(partial, self.path(bundle_id))
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        now = self.clock()
+        manifest.cursor = head
+        manifest.schema_version = store.model.schema_version
+        manifest.scope_hash = subset
+        manifest.entities = list(entities)
+        manifest.created_at = format_datetime(now)
+        sign_kid, raw = self.keyring.material(SIGN_SCOPE)
+        signature = sign_manifest(_signing_key(raw), manifest)
+        key_kid, aead = self.keyring.active(KEY_SCOPE)
+        nonce = os.urandom(12)
+        wrapped = nonce + aead.encrypt(nonce, key, _key_aad(bundle_id))
+        sealed_disclosed = None
+        if disclosed:
+            nonce = os.urandom(12)
+            sealed_disclosed = nonce + AESGCM(key).encrypt(nonce, json.dumps(disclosed).encode(),
+                                                           b"fieldsync-disclosed:" + bundle_id.encode())
+        row = {"bundle_id": bundle_id, "share_key": share, "schema_version": store.model.schema_version,
+               "scope_hash": subset, "entities": json.dumps(list(entities)), "cursor": head, "created_at": now,
+               "rows": sum(manifest.rows.values()), "size": manifest.size, "manifest": json.dumps(manifest.to_dict()),
+               "signature": signature, "sign_kid": sign_kid, "key_kid": key_kid, "wrapped_key": wrapped,
+               "disclosed": sealed_disclosed}
+        with write_transaction(self.engine) as conn:
+            conn.execute(BUNDLES.insert().values(**row))
+        log.info("bundle %s built: %d rows, %d bytes, cursor %d", bundle_id, row["rows"], row["size"], head)
+        self.sweep(keep=bundle_id)
+        return row
+
+    def _frames(self, conn: sa.Connection, store: RecordStore, scope: DeviceScope, entities: Sequence[str],
+                disclosed: list[list[Any]]) -> Iterator[tuple[bytes, int, str]]:
+        """Each entity's rows as frames of about `frame_bytes`: `{"entity", "columns", "rows"}`,
+        a row being `[id, *columns, version, created_at, updated_at]` in device storage form."""
+        for name in entities:
+            entity_scope = scope.entities[name]
+            entity = entity_scope.entity
+            visible = entity_scope.visible
+            result = conn.execution_options(stream_results=True, yield_per=2000).execute(
+                snapshot_query(store, scope, name))
+            columns = tuple(result.keys())
+            convert = store.tuple_converter(entity, columns, visible + ("created_at", "updated_at"))
+            id_at, version_at = columns.index("id"), columns.index("version")
+            steps = [(i, step) for i, f in enumerate(visible, start=1)
+                     if (step := _storage_step(entity.field(f).type)) is not None]
+            phi = tuple(f.name for f in entity.phi_fields if f.name in visible)
+            subject = entity.subject if entity.subject in visible else None
+            head = json.dumps({"entity": name, "columns": list(visible)})[:-1] + ',"rows":['
+            rows: list[str] = []
+            size = 0
+            for row in result:
+                wire = convert(row)
+                values = [row[id_at], *(wire[f] for f in visible), row[version_at], wire["created_at"],
+                          wire["updated_at"]]
+                for i, step in steps:
+                    if values[i] is not None:
+                        values[i] = step(values[i])
+                text = json.dumps(values, separators=(",", ":"))
+                rows.append(text)
+                size += len(text) + 1
+                if phi:
+                    disclosed.append([name, row[id_at], list(phi), subject, wire.get(subject) if subject else None])
+                if size >= self.frame_bytes:
+                    yield (head + ",".join(rows) + "]}").encode(), len(rows), name
+                    rows, size = [], 0
+            if rows:
+                yield (head + ",".join(rows) + "]}").encode(), len(rows), name
+
+    # -- keys, audit -----------------------------------------------------------------------------
+
+    def _unwrap(self, row: Mapping[str, Any]) -> bytes:
+        wrapped = row["wrapped_key"]
+        try:
+            return self.keyring.cipher(row["key_kid"]).decrypt(wrapped[:12], wrapped[12:], _key_aad(row["bundle_id"]))
+        except Exception as exc:   # InvalidTag: a row that does not belong to its key
+            if isinstance(exc, (KeyMissing, KeyShredded)):
+                raise
+            raise ChunkRefused(f"bundle {row['bundle_id']}: its key does not unwrap") from None
+
+    def _disclosed(self, row: Mapping[str, Any], key: bytes) -> list[dict[str, Any]]:
+        """The bundle's PHI as items `api.audit_trail.sync_read_events` takes (the field names
+        shown and the subject; the values are not needed for the events)."""
+        sealed = row["disclosed"]
+        if not sealed:
+            return []
+        items = json.loads(AESGCM(key).decrypt(sealed[:12], sealed[12:],
+                                               b"fieldsync-disclosed:" + row["bundle_id"].encode()))
+        out = []
+        for name, record_id, shown, subject, subject_value in items:
+            values: dict[str, Any] = {f: None for f in shown}
+            if subject:
+                values[subject] = subject_value
+            out.append({"entity": name, "id": record_id, "row": values})
+        return out
+
+    # -- serving and sweeping --------------------------------------------------------------------
+
+    def find(self, bundle_id: str) -> Mapping[str, Any] | None:
+        try:
+            uuid.UUID(bundle_id)
+        except (ValueError, TypeError, AttributeError):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(BUNDLES).where(BUNDLES.c.bundle_id == bundle_id)).mappings().first()
+        if row is None or not self.path(bundle_id).exists():
+            return None
+        return row
+
+    def sweep(self, *, keep: str | None = None) -> int:
+        """Remove bundles past twice their age limit (a device still downloading one by then
+        is handed a new one) and files without a row (a build cut short)."""
+        cutoff = self.clock() - dt.timedelta(seconds=2 * self.max_age)
+        with self.engine.connect() as conn:
+            old = [r.bundle_id for r in conn.execute(sa.select(BUNDLES.c.bundle_id)
+                                                     .where(BUNDLES.c.created_at < cutoff))]
+            known = {r.bundle_id for r in conn.execute(sa.select(BUNDLES.c.bundle_id))}
+        doomed = [b for b in old if b != keep]
+        self._drop(doomed)
+        if self.directory.exists():
+            for path in self.directory.glob("*.fsb"):
+                if path.stem not in known and path.stem != keep:
+                    path.unlink(missing_ok=True)
+        return len(doomed)
+
+    def _drop(self, bundle_ids: Sequence[str]) -> None:
+        if not bundle_ids:
+            return
+        with write_transaction(self.engine) as conn:
+            conn.execute(BUNDLES.delete().where(BUNDLES.c.bundle_id.in_(list(bundle_ids))))
+        for bundle_id in bundle_ids:
+            self.path(bundle_id).unlink(missing_ok=True)
+
+
+def _personal(scope: DeviceScope, name: str) -> bool:
+    """Whether the entity's rows depend on who the user is (`$user.id`), not only on attributes
+    many users share: its bundle would be one user's."""
+    entity_scope = scope.entities[name]
+    if any("id" in ex.user_attributes(p) for p in entity_scope.predicates):
+        return True
+    parent = entity_scope.entity.parent
+    return parent is not None and parent in scope.entities and _personal(scope, parent)
+
+
+def subset_hash(scope: DeviceScope, entities: Sequence[str]) -> str | None:
+    """The hash of `scope`'s digests of `entities` (a bundle's `scope_hash`), None when the
+    scope lacks one of them."""
+    if any(name not in scope.digests for name in entities):
+        return None
+    return scope_hash_of({name: scope.digests[name] for name in entities})
+
+
+def _key_aad(bundle_id: str) -> bytes:
+    return b"fieldsync-bundle-key:" + bundle_id.encode()
+
+
+def _share_key(schema_version: int, scope_hash: str, entities: Sequence[str]) -> str:
+    raw = json.dumps([schema_version, scope_hash, list(entities)], separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()
