@@ -532,7 +532,7 @@ def push():
 @blueprint.post("/push-bundle")
 def push_bundle():
     """§4.7: commit an outbox bundle uploaded over tus; answered as a push (§4.2)."""
-    from fieldsync.sync.outbox_bundle import receive_bundle
+    from fieldsync.transfer.outbox_bundle import receive_bundle
     body = _body_object()
     state = _state()
     version = _schema_version(body, pull=False)
