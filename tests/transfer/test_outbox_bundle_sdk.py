@@ -136,7 +136,7 @@ def test_a_cut_mid_upload_resumes_from_the_servers_offset_in_the_same_sync(serve
     user = f"rep-cut-{next(_users)}"
     spy = Spy(HttpTransport(f"http://127.0.0.1:{proxy.port}"))
     client = _device(tmp_path, spy, user)
-    client._engine.bundles.tus.sleep = lambda seconds: None   # the retry's backoff, not waited out here
+    client._engine.outbox_bundles.tus.sleep = lambda seconds: None   # the retry's backoff, not waited out here
     client.sync()
     ids = offline_writes(client, 600)
     spy.seen.clear()
@@ -155,7 +155,7 @@ def test_an_app_restarted_after_a_cut_resumes_the_same_upload(served, proxy, tmp
     user = f"rep-restart-{next(_users)}"
     first = Spy(HttpTransport(f"http://127.0.0.1:{proxy.port}"))
     client = _device(tmp_path, first, user)
-    client._engine.bundles.tus.retries = 0   # the app is killed at the first failure
+    client._engine.outbox_bundles.tus.retries = 0   # the app is killed at the first failure
     client.sync()
     ids = offline_writes(client, 600)
     first.seen.clear()
@@ -222,7 +222,7 @@ def test_a_connection_lost_at_any_request_still_lands_every_write_once(wsgi_app,
     folder = tmp_path_factory.mktemp("device")
     spy = Spy(WsgiTransport(wsgi_app), cut_at=cut_at, mode=mode)
     client = _device(folder, spy, user, bundle_over=20, upload_chunk=1024)
-    client._engine.bundles.tus.retries = 0
+    client._engine.outbox_bundles.tus.retries = 0
     ids = offline_writes(client, 40)
     try:
         client.sync()
