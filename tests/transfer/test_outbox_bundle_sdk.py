@@ -108,8 +108,12 @@ def test_a_long_offline_device_pushes_2500_writes_as_one_bundle(served, tmp_path
     client.sync()
     ids = offline_writes(client, 2500)
     spy.seen.clear()
+    seen = []
+    client.on_bundle_progress(seen.append)
     report = client.sync()
     assert report.pushed == 2500
+    uploads = [p for p in seen if p.rows_total == 2500]   # the upload's, beside any snapshot's
+    assert uploads and (uploads[-1].bytes_done, uploads[-1].rows_done) == (uploads[-1].bytes_total, 2500)
     assert spy.paths("POST").count("/api/v1/sync/push-bundle") == 1
     assert "/api/v1/sync/push" not in spy.paths()                  # no plain push at all
     assert client.status().received == 2500

@@ -271,7 +271,9 @@ class Client:
 
     def on_bundle_progress(self, callback: Callable[[BundleProgress], None] | None) -> None:
         """`callback(progress)` after every applied chunk of a snapshot bundle: bytes and rows
-        done of their totals (`BundleProgress`), for a first sync's progress bar."""
+        done of their totals (`BundleProgress`), for a first sync's progress bar; and after
+        every confirmed PATCH of an outbox bundle's upload (rows: the writes in the chunks
+        wholly sent)."""
         self._engine.on_bundle = callback
 
     def on_error(self, callback: Callable[[BaseException], None] | None) -> None:

@@ -155,7 +155,7 @@ class SyncEngine:
     def push_all(self, report: SyncReport) -> None:
         if self.outbox_bundles is not None:
             # a long-offline outbox goes as one resumable upload first (client/outbox_bundle.py)
-            self.outbox_bundles.push(report, self._store_push_answer)
+            self.outbox_bundles.push(report, self._store_push_answer, progress=self.on_bundle)
         batch = max(1, min(self.push_batch, self._capability("max_mutations", self.push_batch)))
         recoveries = 0
         while True:

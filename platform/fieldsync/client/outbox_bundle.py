@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from fieldsync.client import outbox
+from fieldsync.client.bundles import BundleProgress
 from fieldsync.client.reports import SyncReport
 from fieldsync.client.store import LocalStore
 from fieldsync.client.tus import TusClient
@@ -91,10 +92,12 @@ class OutboxBundles:
 
     # -- the cycle
 
-    def push(self, report: SyncReport, settle: AnswerHandler) -> None:
+    def push(self, report: SyncReport, settle: AnswerHandler,
+             progress: Callable[[BundleProgress], None] | None = None) -> None:
         """Send bundles while one is under way or due; `settle(answer, seqs, report)` stores
-        each commit's push answer (the engine's `_store_push_answer`). Transport errors leave
-        the bundle in the state for the next cycle, which resumes it."""
+        each commit's push answer (the engine's `_store_push_answer`), `progress` hears how far
+        each upload got (bytes the server confirmed; rows of the chunks wholly among them).
+        Transport errors leave the bundle in the state for the next cycle, which resumes it."""
         self.plain_only = False
         for _ in range(MAX_BUNDLES):
             if not self.due():
@@ -108,7 +111,7 @@ class OutboxBundles:
                 return
             try:
                 url = self.tus.upload(pending["file"], {"purpose": PURPOSE}, resume_url=pending.get("upload"),
-                                      on_url=self._remember_upload)
+                                      on_url=self._remember_upload, progress=_reporter(pending, progress))
                 pending = {**pending, "upload": url}
                 answer = self._commit(pending, url)
             except ProtocolError:
@@ -191,6 +194,24 @@ class OutboxBundles:
         pending = self.store.state(STATE)
         if pending is not None:
             self._drop(pending, delete_upload=True)
+
+
+def _reporter(pending: Mapping[str, Any], progress: Callable[[BundleProgress], None] | None):
+    """The tus client's `progress(sent, total)` as BundleProgress for the app, or None."""
+    if progress is None:
+        return None
+    chunks = pending["manifest"]["chunks"]
+    rows_total = sum(c["rows"] for c in chunks)
+
+    def report(sent: int, total: int) -> None:
+        rows, end = 0, 0
+        for chunk in chunks:
+            end += chunk["size"]
+            if end > sent:
+                break
+            rows += chunk["rows"]
+        progress(BundleProgress(pending["bundle_id"], sent, total, rows, rows_total))
+    return report
 
 
 def _mutation_text(entry) -> str:
