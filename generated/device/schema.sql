@@ -263,6 +263,7 @@ CREATE INDEX "ix__quarantine_record" ON "_quarantine" ("entity", "record_id");
 --   capabilities: the server's capabilities from the registration
 --   device_token: the device token
 --   device_token_for: a digest of the user's token the device token was registered with
+--   bundle: the snapshot bundle being applied: the pull's bundle, the next chunk, the cursor before it
 CREATE TABLE "_sync_state" (
     "key" TEXT PRIMARY KEY NOT NULL,
     "value" TEXT

@@ -48,6 +48,7 @@ keeps it so.
      +-- BrokerRefused             the STOMP broker answered a frame with an ERROR
      +-- LinkLost                  the STOMP connection ended before a frame was confirmed
      +-- InvalidPoolSize           a listener pool size out of range, or an unknown queue (.field)
+     +-- ChunkRefused (ValueError) a sealed transfer chunk or manifest is not what it must be (changed, moved, cut, forged)
      +-- Problem                   an HTTP answer with a problem document (.kind: a ProblemType)
      +-- ClientError               base of everything the device SDK raises on purpose
           +-- TransportError      no answer: network error, timeout, a response cut short.
@@ -419,6 +420,11 @@ class Problem(Error):
         self.errors = list(errors) if errors is not None else None
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+
+
+class ChunkRefused(Error, ValueError):
+    """A chunk or manifest of a transfer (transfer/chunks.py) that is not what the signed
+    manifest says: nothing of it is used."""
 
 
 # -- the device SDK's errors (exported by fieldsync.client) ---------------------------------------

@@ -171,7 +171,7 @@ def test_schemathesis_finds_no_contradiction(fuzz_app, mode, role):
 def test_every_sync_route_is_in_the_document(tmp_path, example_model):
     """Clients in other languages generate their types from the document: each route of the sync
     blueprint (but the 404/405 fallback) is there with its method, a request body where it takes
-    one, and a JSON schema for its success answer."""
+    one, and a JSON schema for its success answer (bytes, for a snapshot bundle's chunks)."""
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}", "SECRET_KEY": SECRET,
                       "DATA_DIR": str(tmp_path), "SYNC_LISTENERS": 0}, model=example_model)
     doc = openapi_document(example_model)
@@ -180,13 +180,14 @@ def test_every_sync_route_is_in_the_document(tmp_path, example_model):
              if r.endpoint.startswith("fieldsync_sync.") and r.endpoint != "fieldsync_sync.not_an_endpoint"]
     assert len(rules) >= 10
     for rule in rules:
-        path = rule.rule.replace("<device_id>", "{device_id}")
+        path = rule.rule.replace("<device_id>", "{device_id}").replace("<bundle_id>", "{bundle_id}")
         assert path in doc["paths"], path
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             operation = doc["paths"][path].get(method.lower())
             assert operation is not None, (method, path)
             success = [s for s in operation["responses"] if s.startswith("2")]
-            assert success and all("application/json" in operation["responses"][s]["content"] for s in success)
+            media = "application/octet-stream" if "{bundle_id}" in path else "application/json"
+            assert success and all(media in operation["responses"][s]["content"] for s in success)
             if method == "POST":
                 assert "application/json" in operation["requestBody"]["content"], (method, path)
     schemas = doc["components"]["schemas"]

@@ -22,8 +22,10 @@ from fieldsync.seed import load_seed
 from fieldsync.transfer.chunks import Manifest, key_bytes
 from fieldsync.transfer.snapshots import BUNDLES
 
-from conftest import LISTENERS, PUNE, ROOT, SECRET
-
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "client-test-secret"        # tests/client/conftest.py's: its `token` fixture signs with it
+LISTENERS = 2
+PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"
 RURAL = "58f87001-cb0b-5eac-8382-fd18ac1f335e"
 SYNCED = ("territory", "product", "price_list", "price_list_item", "retailer", "order", "order_line", "visit",
           "expense")

@@ -14,7 +14,7 @@ def test_all_lists_exactly_the_public_names():
         "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation", "Conflict",
         "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
         "ProtocolError", "ValidationError", "PinMismatch", "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey",
-        "TusClient", "UploadGone", "BundleProgress"])
+        "BundleProgress", "TusClient", "UploadGone"])
     for name in client_module.__all__:   # the SDK's errors are defined in the one tree, fieldsync.errors
         assert getattr(client_module, name).__module__.startswith(("fieldsync.client.", "fieldsync.errors"))
 

@@ -19,7 +19,7 @@ from fieldsync.client.tus import TusClient
 from fieldsync.client.wire import Wire
 from fieldsync.errors import TransportError
 
-from conftest import MAX_BODY, make_token, sha256_file
+from tus_support import MAX_BODY, make_token, sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / ".cache" / "node"

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import click
 
-from fieldsync.cli import audit, data, defs, devices, keys, serve, tls, tokens, users, versions, workers
+from fieldsync.cli import audit, data, defs, devices, keys, serve, tls, tokens, transfer, users, versions, workers
 from fieldsync.cli.common import Invocation, report_definition_errors
 from fieldsync.errors import Error
 
@@ -50,7 +50,7 @@ def fieldsync(ctx: click.Context, config: str | None) -> None:
 for _command in (defs.validate, defs.generate, defs.migrate, versions.apply, versions.versions,
                  versions.rollback, serve.serve, serve.run, data.seed, devices.devices,
                  data.compact, serve.demo, serve.worker, workers.workers, workers.dlq, tls.tls, tokens.token,
-                 users.users, audit.audit_group, keys.keys):
+                 users.users, audit.audit_group, keys.keys, transfer.transfer):
     fieldsync.add_command(_command)
 
 

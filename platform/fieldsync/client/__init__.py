@@ -39,5 +39,6 @@ __all__ = [
     "Client", "HttpTransport", "WsgiTransport", "SyncReport", "Status", "QuarantinedMutation", "Conflict",
     "ClientError", "TransportError", "ServerUnavailable", "SchemaTooNew", "DeviceRevoked",
     "ProtocolError", "ValidationError", "PinMismatch",
-    "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey", "TusClient", "UploadGone", "BundleProgress",
+    "enroll", "Enrollment", "StoreKey", "StoreLocked", "WrongStoreKey", "BundleProgress",
+    "TusClient", "UploadGone",
 ]

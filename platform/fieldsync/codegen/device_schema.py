@@ -82,6 +82,7 @@ SYNC_STATE_KEYS = (
     ("capabilities", False, "the server's capabilities from the registration"),
     ("device_token", False, "the device token"),
     ("device_token_for", False, "a digest of the user's token the device token was registered with"),
+    ("bundle", False, "the snapshot bundle being applied: the pull's bundle, the next chunk, the cursor before it"),
 )
 
 

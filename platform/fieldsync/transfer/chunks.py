@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fieldsync.errors import ChunkRefused
+
 __all__ = ["ChunkRefused", "Manifest", "ChunkInfo", "Sealer", "Opener", "new_key", "new_prefix", "seal_frames",
            "sign_manifest", "verify_manifest", "public_key_text", "key_text", "key_bytes", "write_payload", "FORMAT"]
 
@@ -41,10 +43,6 @@ KEY_BYTES = 32
 MAX_CHUNKS = 2 ** 32 - 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024    # a chunk never decompresses to more than this
 ZSTD_LEVEL = 3
-
-
-class ChunkRefused(ValueError):
-    """A chunk or manifest that is not what the signed manifest says: nothing of it is used."""
 
 
 def new_key() -> bytes:

@@ -277,26 +277,25 @@ class BundleService:
                      if (step := _storage_step(entity.field(f).type)) is not None]
             phi = tuple(f.name for f in entity.phi_fields if f.name in visible)
             subject = entity.subject if entity.subject in visible else None
-            head = json.dumps({"entity": name, "columns": list(visible)})[:-1] + ',"rows":['
-            rows: list[str] = []
-            size = 0
+            rows: list[list[Any]] = []
+            per_frame = 0     # rows per frame, from the size of the first row (one dumps per frame)
             for row in result:
                 wire = convert(row)
-                values = [row[id_at], *(wire[f] for f in visible), row[version_at], wire["created_at"],
+                values = [row[id_at], *[wire[f] for f in visible], row[version_at], wire["created_at"],
                           wire["updated_at"]]
                 for i, step in steps:
                     if values[i] is not None:
                         values[i] = step(values[i])
-                text = json.dumps(values, separators=(",", ":"))
-                rows.append(text)
-                size += len(text) + 1
+                rows.append(values)
                 if phi:
                     disclosed.append([name, row[id_at], list(phi), subject, wire.get(subject) if subject else None])
-                if size >= self.frame_bytes:
-                    yield (head + ",".join(rows) + "]}").encode(), len(rows), name
-                    rows, size = [], 0
+                if not per_frame:
+                    per_frame = max(1, self.frame_bytes // (len(json.dumps(values, separators=(",", ":"))) + 1))
+                if len(rows) >= per_frame:
+                    yield _frame(name, visible, rows), len(rows), name
+                    rows = []
             if rows:
-                yield (head + ",".join(rows) + "]}").encode(), len(rows), name
+                yield _frame(name, visible, rows), len(rows), name
 
     # -- keys, audit -----------------------------------------------------------------------------
 
@@ -361,6 +360,10 @@ class BundleService:
             conn.execute(BUNDLES.delete().where(BUNDLES.c.bundle_id.in_(list(bundle_ids))))
         for bundle_id in bundle_ids:
             self.path(bundle_id).unlink(missing_ok=True)
+
+
+def _frame(name: str, columns: Sequence[str], rows: list[list[Any]]) -> bytes:
+    return json.dumps({"entity": name, "columns": list(columns), "rows": rows}, separators=(",", ":")).encode()
 
 
 def _personal(scope: DeviceScope, name: str) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.utils
 import errno
 import fcntl
 import hashlib
@@ -30,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,8 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping
 from fieldsync.errors import Problem, ProblemType
 
 __all__ = ["CHECKSUM_ALGORITHMS", "DEFAULT_PURPOSE", "TUS_EXTENSIONS", "TUS_VERSION", "Upload", "UploadStore",
-           "on_complete", "parse_checksum", "parse_metadata", "parse_size", "purposes"]
+           "format_metadata", "http_date", "on_complete", "parse_checksum", "parse_metadata", "parse_size",
+           "purposes"]
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation", "creation-with-upload", "checksum", "termination", "expiration")
@@ -177,7 +180,7 @@ class Upload:
         document: dict[str, Any] = {"id": self.id, "offset": self.offset, "length": self.length,
                                     "complete": self.completed and not self.problem, "state": state,
                                     "purpose": self.purpose, "metadata": dict(self.metadata),
-                                    "expires": _http_date(self.expires)}
+                                    "expires": http_date(self.expires)}
         if self.result is not None:
             document["result"] = self.result
         if self.problem is not None:
@@ -190,14 +193,9 @@ class Upload:
                 "completed": self.completed, "result": self.result, "problem": self.problem, "extra": self.extra}
 
 
-def _http_date(seconds: float) -> str:
-    import email.utils
-    return email.utils.formatdate(seconds, usegmt=True)
-
-
 def http_date(seconds: float) -> str:
     """An HTTP date (RFC 9110), the form of `Upload-Expires`."""
-    return _http_date(seconds)
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 class UploadStore:
@@ -211,6 +209,7 @@ class UploadStore:
         self.max_bytes = int(max_bytes)
         self.expires_after = float(expires_after)
         self.clock = clock
+        self._held = threading.local()   # the upload ids whose lock this thread holds
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- paths and records
@@ -249,12 +248,18 @@ class UploadStore:
             raise Problem(ProblemType.NOT_FOUND, "no such upload")
         if upload.expires <= self.clock():
             raise Problem(ProblemType.UPLOAD_EXPIRED, "this upload expired; create a new one",
-                          extra={"expired": _http_date(upload.expires)})
+                          extra={"expired": http_date(upload.expires)})
         return upload
 
     @contextlib.contextmanager
     def locked(self, upload_id: str) -> Iterator[None]:
-        """Hold the upload's write lock, or raise UploadBusy (423) at once: one writer per upload."""
+        """Hold the upload's write lock, or raise UploadBusy (423) at once: one writer per upload.
+        Re-entrant within a thread (a completion handler, or code holding the lock, may call
+        `terminate`): flock alone would refuse the same thread's second open of the lock file."""
+        held = self._held.__dict__.setdefault("ids", set())
+        if upload_id in held:
+            yield
+            return
         fd = os.open(self.root / f"{upload_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -264,7 +269,11 @@ class UploadStore:
                     raise
                 raise Problem(ProblemType.UPLOAD_BUSY, "another request is writing this upload; "
                               "retry after it ends (HEAD for the offset)", headers={"Retry-After": "1"}) from None
-            yield
+            held.add(upload_id)
+            try:
+                yield
+            finally:
+                held.discard(upload_id)
         finally:
             os.close(fd)   # releases the flock
 
