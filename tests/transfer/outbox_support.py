@@ -21,7 +21,7 @@ from fieldsync.seed import load_seed
 from fieldsync.store.sync_tables import LEDGER, RECEIVED
 from fieldsync.transfer.chunks import Manifest, key_text, new_key, write_payload
 
-from tests.transfer.conftest import SECRET, make_app
+from tus_support import SECRET, make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"

@@ -15,9 +15,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from fieldsync.api.body_limit import make_http_server
 from fieldsync.client import Client, HttpTransport, TransportError, WsgiTransport
 
-from tests.transfer.conftest import TRANSFER_MAX, CuttingProxy
-from tests.transfer.outbox_support import (JSON_LIMIT, PUNE, ROOT, SAI, drain, offline_writes, seeded_app, user_token,
-                                           visits_of)
+from outbox_support import JSON_LIMIT, PUNE, ROOT, SAI, drain, offline_writes, seeded_app, user_token, visits_of
+from tus_support import TRANSFER_MAX, CuttingProxy, stop_waitress
 
 CHUNK = 4096          # the tus chunk of these tests: what a cut may cost
 SCHEMA = json.loads((ROOT / "generated" / "device" / "schema.json").read_text())
@@ -31,8 +30,7 @@ def served(tmp_path_factory, example_model):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield app, f"http://127.0.0.1:{server.effective_port}"
-    server.close()
-    thread.join(10)
+    stop_waitress(server, thread)
     app.extensions["fieldsync"].engine.dispose()
 
 

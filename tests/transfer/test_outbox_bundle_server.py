@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fieldsync.transfer.chunks import key_text, new_key
 
-from tests.transfer.outbox_support import (TRANSFER, commit, drain, ledger_count, push, register, reseal_manifest,
-                                           seal, seeded_app, upload, visit_mutations, visits_of)
+from outbox_support import (TRANSFER, commit, drain, ledger_count, push, register, reseal_manifest, seal,
+                            seeded_app, upload, visit_mutations, visits_of)
 
 PROBLEMS = "https://fieldsync.dev/problems/"
 

@@ -88,7 +88,8 @@ class OutboxBundles:
             count, size = self.store.conn.execute(
                 "SELECT count(*), coalesce(sum(length(fields)), 0) FROM \"_outbox\" "
                 "WHERE status IN ('pending', 'sent')").fetchone()
-        return (self.over is not None and count >= self.over) or (self.over_bytes is not None and size >= self.over_bytes)
+        return ((self.over is not None and count >= self.over)
+                or (self.over_bytes is not None and size >= self.over_bytes))
 
     # -- the cycle
 

@@ -171,11 +171,8 @@ def receive_bundle(uploads: UploadStore, principal: Any, body: Mapping[str, Any]
         receipt = BundleReceipt()
         for start in range(0, max(len(mutations), 1), batch):   # an empty bundle still checks the device
             receipt.add(receive(mutations[start:start + batch]))   # NotReceived: the device commits again
-        bundle_id = str(body["manifest"]["bundle_id"])
-    # every mutation is durable: the ciphertext has served its purpose (a later commit of the
-    # same upload is a 404; the device then sends the same seqs again, which the ledger dedupes)
-    try:
+        # every mutation is durable: the ciphertext has served its purpose. Removed under the
+        # same lock (re-entrant), so no other commit reads it between; a later commit of this
+        # upload is a 404, and the device sends the same seqs again, which the ledger dedupes
         uploads.terminate(upload_id, principal)
-    except Problem:
-        pass   # another request holds it or removed it: the sweep removes what is left
-    return receipt.to_wire(bundle_id, len(mutations))
+    return receipt.to_wire(str(body["manifest"]["bundle_id"]), len(mutations))
