@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         insert_products(state, rows)
         info("server setup (Core executemany + change log)", f"{time.perf_counter() - started:.1f} s")
         timed = TimedApp(app)
-        client = Client(tmp / "device.db", WsgiTransport(timed), token=rep_token(), pull_limit=args.pull_limit)
+        # pull pages, as before bundles: bench/first_sync_bench.py measures first syncs by bundle
+        client = Client(tmp / "device.db", WsgiTransport(timed), token=rep_token(), pull_limit=args.pull_limit,
+                        bundles=False)
         timed.watch.seconds = 0.0
 
         # -- snapshot ----------------------------------------------------------------------------
