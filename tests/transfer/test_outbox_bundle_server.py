@@ -287,3 +287,10 @@ def test_hostile_commit_bodies_get_a_4xx(app, device, data):
     assert answer.status_code < 500, answer.get_data(as_text=True)
     if answer.status_code == 202:   # the fuzz left every member that matters as it was
         device.upload_id = upload(app, device, bundle.data)
+
+
+def test_a_bundle_of_bad_seqs_names_a_hundred_of_them(app, device):
+    bundle = seal([{**m, "seq": 5} for m in visit_mutations(1, 300)])
+    answer = commit(app, device, upload(app, device, bundle.data), bundle)
+    _refused(app, device, answer, 400, "malformed-request")
+    assert len(answer.get_json()["errors"]) == 100

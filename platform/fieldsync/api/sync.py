@@ -529,6 +529,17 @@ def push():
     return _json(receipt.to_wire(), 202)
 
 
+def _check_bundle_mutations(mutations: list) -> None:
+    """A push's checks over a whole bundle (its size was checked already); a refusal names its
+    first hundred problems, not one per mutation of a bundle of thousands."""
+    try:
+        _check_mutations(mutations, len(mutations))
+    except Problem as problem:
+        if isinstance(problem.extra.get("errors"), list):
+            problem.extra["errors"] = problem.extra["errors"][:100]
+        raise
+
+
 @blueprint.post("/push-bundle")
 def push_bundle():
     """§4.7: commit an outbox bundle uploaded over tus; answered as a push (§4.2)."""
@@ -549,7 +560,7 @@ def push_bundle():
         answer = receive_bundle(state.transfer, principal, body,
                                 max_mutations=int(state.config["PUSH_BUNDLE_MAX_MUTATIONS"]),
                                 batch=int(state.config["SYNC_MAX_MUTATIONS"]),
-                                check=lambda mutations: _check_mutations(mutations, len(mutations)), receive=receive)
+                                check=_check_bundle_mutations, receive=receive)
     except NotReceived as exc:
         current_app.logger.error("the push queue refused a bundle's batch", exc_info=exc.__cause__)
         raise _problem(ProblemType.UNAVAILABLE, str(exc)) from None
