@@ -64,8 +64,11 @@ def install(npm: str) -> None:
     PREFIX.mkdir(parents=True, exist_ok=True)
     print(f"   installing {', '.join(f'{p}@{v}' for p, v in PINS.items())} into {PREFIX.relative_to(ROOT)}",
           flush=True)
-    done = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--prefix", str(PREFIX),
-                           *(f"{p}@{v}" for p, v in PINS.items())], capture_output=True, text=True, timeout=1800)
+    # --ignore-scripts: leveldown's prebuilt binary ships in its package; sqlite3's install step
+    # (pouchdb-server's unused --sqlite option) would download one from outside the registry.
+    done = subprocess.run([npm, "install", "--ignore-scripts", "--save-exact", "--no-audit", "--no-fund",
+                           "--prefix", str(PREFIX), *(f"{p}@{v}" for p, v in PINS.items())],
+                          capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"npm install failed ({done.returncode}): {done.stderr.strip()[-3000:]}")
 
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=1000,
-                        help="also replicate with this PouchDB batch_size (PouchDB's default is 100); 0: only the default")
+                        help="also replicate with this PouchDB batch_size (its default is 100); 0: defaults only")
     args = parser.parse_args(argv)
     header(f"peers: first sync of {args.rows:,} products over loopback HTTP, fieldsync vs PouchDB")
     node, npm = shutil.which("node"), shutil.which("npm")
