@@ -18,10 +18,14 @@ run: $(STAMP)
 # ci/services.sh starts PostgreSQL if it is down, creates its `test` database, installs and
 # starts ActiveMQ (STOMP) and installs Debian's chromium (the admin UI's browser tests) when
 # missing; idempotent, so `make test` is all a fresh machine needs.
+# The suite runs on TEST_WORKERS processes (pytest-xdist; one per core by default): tests that
+# share something run on one worker, grouped by tests/conftest.py. TEST_WORKERS=0 runs it in
+# this process alone.
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	bash ci/services.sh
 	$(BIN)/fieldsync generate --check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 services:
 	bash ci/services.sh

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             report = client.sync()
             assert report.bundles == 1 and len(client.query("product")) == args.rows, report
-            resent = transport.received + report.bundle_bytes - size   # received counts the lost part too
+            resent = transport.received - size   # every chunk byte that arrived, the lost part included
             info("resume after a cut at 90%", f"{transport.lost:,} bytes of the chunk in flight lost and "
                                               f"{resent:,} bytes fetched again (largest chunk "
                                               f"{max(c['size'] for c in json.loads(_manifest(tmp))['chunks']):,} bytes)")

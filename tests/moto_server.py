@@ -1,5 +1,5 @@
 """One moto server in server mode (real HTTP on 127.0.0.1) per test process, shared by every
-test that talks to AWS: SQS and S3 (tests/queue), KMS (tests/keys). moto missing is a failure,
+test that talks to AWS: SQS and S3 (tests/queue), KMS (tests/keys), S3 media (tests/media). moto missing is a failure,
 never a skip.
 
 Import what you need (`from moto_server import aws_credentials, moto_endpoint`; the tests
@@ -77,6 +77,76 @@ def _enforce_kms_key_states() -> None:
     KmsBackend.encrypt, KmsBackend.decrypt = encrypt, decrypt
 
 
+def _enforce_s3_post_policy() -> None:
+    """moto's S3 stores a browser-based POST upload without reading its policy: no expiry, no
+    `content-length-range`, no field conditions, and the form's `x-amz-server-side-encryption`
+    is dropped. AWS refuses such a POST (400 EntityTooLarge / EntityTooSmall outside the length
+    range; 403 AccessDenied "Invalid according to Policy" for an expired policy, a failed
+    condition or a form field no condition covers) and stores the object with the form's
+    encryption. Restore that (the signature itself is not checked here)."""
+    import base64
+    import datetime as dt
+    import json
+
+    from moto.s3.responses import S3Response
+    original = S3Response._bucket_response_post
+    if getattr(original, "fieldsync_policy", False):
+        return
+
+    def refuse(status: int, code: str, message: str):
+        body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        return status, {"Content-Type": "application/xml"}, body
+
+    def check(form: dict, bucket: str, size: int):
+        try:
+            policy = json.loads(base64.b64decode(form["policy"]))
+            expires = dt.datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError):
+            return refuse(400, "InvalidPolicyDocument", "Invalid Policy: Invalid JSON.")
+        if expires < dt.datetime.now(dt.timezone.utc):
+            return refuse(403, "AccessDenied", "Invalid according to Policy: Policy expired.")
+        fields = {k.lower(): v for k, v in form.items()}
+        fields["bucket"] = bucket
+        covered = {"policy", "x-amz-signature", "file"}
+        for cond in policy.get("conditions", []):
+            if isinstance(cond, dict):
+                cond = ["eq", *next(iter(cond.items()))]
+            op, name = cond[0].lower(), str(cond[1]).lstrip("$").lower()
+            if op == "content-length-range":
+                if size > int(cond[2]):
+                    return refuse(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
+                if size < int(cond[1]):
+                    return refuse(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size")
+                continue
+            covered.add(name)
+            value = fields.get(name)
+            if (op == "eq" and value != cond[2]) or (op == "starts-with" and not str(value or "").startswith(cond[2])):
+                return refuse(403, "AccessDenied", f"Invalid according to Policy: Policy Condition failed: {cond}")
+        extra = [k for k in fields if k not in covered and k != "bucket" and not k.startswith("x-ignore-")]
+        if extra:
+            return refuse(403, "AccessDenied", f"Invalid according to Policy: Extra input fields: {extra[0]}")
+        return None
+
+    def post(self, request, bucket_name):
+        form = dict(request.form.items())
+        if "policy" not in form or "key" not in form:
+            return original(self, request, bucket_name)
+        body = self.body if isinstance(self.body, (bytes, bytearray)) else str(self.body or "").encode()
+        refused = check(form, bucket_name, len(body))
+        if refused is not None:
+            return refused
+        answer = original(self, request, bucket_name)
+        lowered = {k.lower(): v for k, v in form.items()}
+        if lowered.get("x-amz-server-side-encryption"):
+            stored = self.backend.get_object(bucket_name, form["key"])
+            stored.encryption = lowered["x-amz-server-side-encryption"]
+            stored.kms_key_id = lowered.get("x-amz-server-side-encryption-aws-kms-key-id")
+        return answer
+
+    post.fieldsync_policy = True
+    S3Response._bucket_response_post = post
+
+
 def moto_endpoint_url() -> str:
     """Start moto's threaded server once per process; its URL."""
     with _server_lock:
@@ -90,6 +160,7 @@ def moto_endpoint_url() -> str:
             logging.getLogger("werkzeug").setLevel(logging.WARNING)
             _lock_moto_deletes()
             _enforce_kms_key_states()
+            _enforce_s3_post_policy()
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             try:
                 server.start()

@@ -6,6 +6,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,7 @@ def test_make_test_sets_up_services_before_the_suite():
     assert services < pytest_line
 
 
+@pytest.mark.broker   # it checks the broker is up: never while a broker test restarts it
 def test_services_script_is_idempotent_and_leaves_them_up():
     # run it again: everything is already up, so it must succeed and change nothing
     done = subprocess.run(["bash", "ci/services.sh"], cwd=ROOT, capture_output=True, text=True,

@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "AUDIT_ANCHOR_DIR": None,          # None: the signing key's directory; audit-anchor.json: the last checkpoint
     "AUDIT_ANCHOR_S3": None,           # s3://<bucket>[/<key>]: a second copy of the anchor in an object store
     "AUDIT_ANCHOR_S3_ENDPOINT_URL": None,  # another S3 endpoint (None: boto3's, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
+    "MEDIA_STORE": "local",            # local: <DATA_DIR>/media, served by signed links; s3://bucket/prefix: presigned S3
+    "MEDIA_URL_TTL": 300,              # seconds a media download link (signed or presigned) and an S3 upload form are valid
+    "MEDIA_KMS_KEY_ID": None,          # S3: the KMS key PHI media is encrypted with (SSE-KMS); None: the bucket's aws/s3 key
+    "MEDIA_S3_ENDPOINT_URL": None,     # another S3 endpoint for media (None: boto3's, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
     "HOST": "127.0.0.1",
     "PORT": 8000,
     "TLS_CERT": None,                  # serve HTTPS with this PEM certificate chain (with TLS_KEY)

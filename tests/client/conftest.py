@@ -336,3 +336,18 @@ def enrolled(tmp_path):
         StoreHeader.new(f"device-{name}", f"install-{name}", scrypt_n=scrypt_n).write(path)
         return path, os.urandom(32)
     return make
+
+
+@pytest.fixture
+def devices(tmp_path, schema_document):
+    """`devices(name, transport, token)`: a client with its own store."""
+    opened = []
+
+    def make(name, transport, bearer, **kwargs):
+        kwargs.setdefault("schema", schema_document)
+        client = Client(tmp_path / f"{name}.db", transport, bearer, **kwargs)
+        opened.append(client)
+        return client
+    yield make
+    for client in opened:
+        client.close()

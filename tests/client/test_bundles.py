@@ -49,19 +49,6 @@ def app(tmp_path, example_model):
     state.engine.dispose()
 
 
-@pytest.fixture
-def devices(tmp_path, schema_document):
-    opened = []
-
-    def make(name, transport, bearer, **kwargs):
-        client = Client(tmp_path / f"{name}.db", transport, bearer, schema=schema_document, **kwargs)
-        opened.append(client)
-        return client
-    yield make
-    for client in opened:
-        client.close()
-
-
 def contents(client: Client) -> dict[str, dict[str, dict]]:
     return {entity: {r["id"]: r for r in client.query(entity)} for entity in SYNCED}
 

@@ -41,21 +41,6 @@ def transport_for(request, app):
         transport.close()
 
 
-@pytest.fixture
-def devices(tmp_path, schema_document):
-    """`devices(name, transport, token)`: a client with its own store."""
-    opened = []
-
-    def make(name, transport, bearer, **kwargs):
-        kwargs.setdefault("schema", schema_document)
-        client = Client(tmp_path / f"{name}.db", transport, bearer, **kwargs)
-        opened.append(client)
-        return client
-    yield make
-    for client in opened:
-        client.close()
-
-
 def contents(client: Client) -> dict[str, dict[str, dict]]:
     return {entity: {r["id"]: r for r in client.query(entity)} for entity in SYNCED}
 

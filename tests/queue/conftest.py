@@ -10,7 +10,7 @@ import pytest
 from sqs_fixtures import *    # noqa: F401,F403  (moto server, sqs_queue_url, sqs_raw_bodies)
 from stomp_fixtures import *  # noqa: F401,F403  (broker check, stomp_queue_url, stomp_raw_bodies)
 
-BACKENDS = ["sqlite", "sqs", "stomp"]
+BACKENDS = ["sqlite", "sqs", pytest.param("stomp", marks=pytest.mark.broker)]
 
 
 @pytest.fixture(params=BACKENDS)

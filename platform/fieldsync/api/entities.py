@@ -331,12 +331,17 @@ def _create(entity: Entity, perm: Permission, body: Any, *, children=None, serve
     if entity.owner:
         values[entity.owner] = g.principal.user_id
     _refuse_owner(entity, perm, body, partial=False, server_set=tuple(values))
+    media = _state().media
+    problems = media.rest_problems(entity, body.get("id") if isinstance(body, dict) else None, body, g.principal)
+    if problems:   # a platform media reference bound to another user or record (docs/protocol.md §16)
+        _raise_validation(problems)
     try:
         record = _store_call(g.snapshot.store.create, entity, body, writable=_writable(entity, perm, create=True),
                              server_values=values, children=children, row_filter=_row_filter(entity),
                              reach=_reach, children_writable=children_writable)
     except Conflict as exc:
         raise Problem(ProblemType.CONFLICT, str(exc)) from None
+    media.bind_rest_write(entity, record, g.principal)
     location = f"{API_PREFIX}/{entity.name}/{record['id']}"
     return _record_response(entity, perm, record, 201, {"Location": location})
 
@@ -383,12 +388,17 @@ def item(name: str, record_id: str):
     body = _body()
     expected = _expected_version(required=True)
     _refuse_owner(entity, perm, body, partial=True, server_set=())
+    media = _state().media
+    problems = media.rest_problems(entity, record_id, body, g.principal)
+    if problems:
+        _raise_validation(problems)
     try:
         record = _store_call(store.update, entity, record_id, body, expected_version=expected,
                              writable=_writable(entity, perm), replace=request.method == "PUT",
                              row_filter=_row_filter(entity), reach=_reach)
     except Conflict as exc:
         raise Problem(ProblemType.PRECONDITION_FAILED, str(exc)) from None
+    media.bind_rest_write(entity, record, g.principal)
     return _record_response(entity, perm, record)
 
 

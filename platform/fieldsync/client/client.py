@@ -17,6 +17,7 @@ from fieldsync.client import conflicts, outbox
 from fieldsync.client.background import BASE_DELAY, CAP_DELAY, BackgroundSync, Wait
 from fieldsync.client.engine import SyncEngine
 from fieldsync.client.bundles import BundleProgress
+from fieldsync.client.media import MediaQueue
 from fieldsync.errors import ClientError, StoreLocked, ValidationError, ValueProblem, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
@@ -67,6 +68,8 @@ class Client:
         except BaseException:
             self._store.close()
             raise
+        self._media = MediaQueue(self._store, self._wire, clock=self._clock,
+                                 backoff=Backoff(base=5.0, cap=3600.0, rng=self._rng))
 
     def _open_store(self, store_key: StoreKey | None) -> LocalStore:
         if store_key is None:
@@ -252,7 +255,32 @@ class Client:
         DeviceRevoked or ProtocolError. Local data and the outbox survive every error.
         """
         with self._sync_lock:
-            return self._engine.run(max_pages=max_pages, progress=self._progress)
+            report = self._engine.run(max_pages=max_pages, progress=self._progress)
+            # after the records, so a record holding a reference reaches the server first; a
+            # media failure never fails the sync (it is retried and shown in status())
+            media = self._media.run()
+            report.media_uploaded, report.media_failed = media.uploaded, media.failed
+            return report
+
+    def attach_media(self, entity: str | type, field: str, source: Any, content_type: str) -> str:
+        """Queue a file for media field `entity.field` and return its reference (`fsmedia:<uuid>`)
+        to put in the record; no network. `source` is the file's bytes (kept in the store until
+        uploaded) or its path (the app keeps the file until `media()` says `uploaded`)."""
+        name = self._entity_name(entity)
+        column = self._column(self._store.table(name), field)
+        if column.type != "media":
+            raise ClientError(f"{name}.{field} is not a media field")
+        return self._media.attach(name, field, source, content_type)
+
+    def sync_media(self):
+        """Upload the queued files that are due now (also done by every `sync()`); a MediaReport."""
+        with self._sync_lock:
+            return self._media.run()
+
+    def media(self) -> list[dict[str, Any]]:
+        """The media queue: each file's ref, entity, field, size, state (pending, uploaded,
+        failed), attempts, next attempt and last error."""
+        return self._media.items()
 
     def on_progress(self, callback: Callable[[int, int], None] | None) -> None:
         """`callback(pulled, remaining)` after every applied page, and after every chunk of a
@@ -305,9 +333,11 @@ class Client:
         refetch is open, and the cursor is at the server's head as of the last pull."""
         with self._store.lock:   # one consistent reading, even while a sync runs
             c = outbox.counts(self._store)
+            media = self._media.counts()
             cursor = int(self._store.state("cursor", 0))
             head = self._store.state("head")
-            open_work = self._store.state("resume") is not None or bool(self._store.state("refetch"))
+            open_work = (self._store.state("resume") is not None or bool(self._store.state("refetch"))
+                         or self._store.state("bundle") is not None)   # a snapshot bundle half applied
             return Status(pending=c["pending"], sent=c["sent"], received=c["received"], quarantined=c["quarantined"],
                           last_sync_at=self._store.state("last_sync_at"), cursor=cursor,
                           write_checkpoint=int(self._store.state("write_checkpoint", 0)),
@@ -315,6 +345,7 @@ class Client:
                           device_id=self._store.state("device_id"),
                           head=None if head is None else int(head),
                           conflicts=conflicts.count_conflicts(self._store),
+                          media_pending=media["pending"], media_failed=media["failed"],
                           fully_synced=(head is not None and cursor >= int(head) and not open_work
                                         and c["pending"] + c["sent"] + c["received"] == 0))
 

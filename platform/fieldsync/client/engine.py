@@ -278,6 +278,10 @@ class SyncEngine:
         try:
             if not isinstance(bundle, dict) or not isinstance(bundle.get("url"), str):
                 raise ProtocolError(200, {"detail": "the stored snapshot bundle is malformed"})
+            manifest_raw = bundle.get("manifest")
+            if isinstance(manifest_raw, dict) and manifest_raw.get("schema_version") != self.store.schema_version:
+                # the store was upgraded since the bundle was offered: pull again for one of this schema
+                raise ProtocolError(404, {"detail": "the bundle is of another schema version"})
             manifest = checked_manifest(bundle, self._manifest_keys(bundle.get("signing_key")),
                                         self.store.schema_version)
             loader = BundleLoader(self.store, self.wire.fetch_range, state, manifest)

@@ -22,6 +22,8 @@ class SyncReport:
     complete: bool = False  # the last page said has_more: false (not cut short by max_pages)
     bundles: int = 0       # snapshot bundles loaded (protocol §11)
     bundle_bytes: int = 0  # bytes of bundle chunks fetched (a resumed bundle: only what was missing)
+    media_uploaded: int = 0  # files of the media queue now in the media store (after the records)
+    media_failed: int = 0    # files refused for good in this sync (Client.media() has the reason)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Status:
     head: int | None = None      # the server's head position, as of the last pull
     conflicts: int = 0           # conflict losses the app has not cleared (Client.conflicts())
     fully_synced: bool = False   # nothing pending or unsettled, no pull phase or refetch open, cursor at head
+    media_pending: int = 0       # files waiting to be uploaded (Client.attach_media); not part of fully_synced
+    media_failed: int = 0        # files the media store refused for good (too large, wrong type)
 
     @property
     def unsettled(self) -> int:

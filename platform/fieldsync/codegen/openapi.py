@@ -298,7 +298,9 @@ def openapi_document(model: Model, *, page_size_max: int = 1000) -> dict[str, An
     from fieldsync.codegen.openapi_sync import login_paths, login_schemas, sync_paths, sync_schemas
     paths.update(login_paths())    # the user directory's login (docs/access.md)
     paths.update(sync_paths())     # the sync protocol (docs/protocol.md §2.6)
-    schemas: dict[str, Any] = {"Problem": _problem_schema(), **login_schemas(), **sync_schemas()}
+    from fieldsync.codegen.openapi_media import media_paths, media_schemas
+    paths.update(media_paths())    # media objects (docs/protocol.md §16)
+    schemas: dict[str, Any] = {"Problem": _problem_schema(), **login_schemas(), **sync_schemas(), **media_schemas()}
     for entity in model.entities:
         schemas.update(_entity_schemas(entity, model))
         paths[f"{API_PREFIX}/{entity.name}"] = _collection_ops(entity, page_size_max)
@@ -316,7 +318,8 @@ def openapi_document(model: Model, *, page_size_max: int = 1000) -> dict[str, An
             "description": (model.description or "").strip(),
             "x-fieldsync-fingerprint": model.fingerprint(),
         },
-        "tags": [{"name": "meta"}, {"name": "auth", "description": "Login with the user directory"}, {"name": "sync", "description": "The sync protocol (docs/protocol.md)"}] + [
+        "tags": [{"name": "meta"}, {"name": "auth", "description": "Login with the user directory"}, {"name": "sync", "description": "The sync protocol (docs/protocol.md)"},
+                 {"name": "media", "description": "Media objects (docs/protocol.md §16)"}] + [
             {"name": e.name, "description": e.description or e.label or e.name} for e in model.entities],
         "security": [{"bearerAuth": []}],
         "paths": paths,

@@ -36,6 +36,9 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 KEY_ORDER_KINDS = {"masters": "master", "transactions": "transaction"}
 NUMERIC = ("integer", "decimal")
 TEXTUAL = ("string", "text")
+MEDIA_MAX_BYTES_CEILING = 5 * 1024 ** 3
+# a MIME type as a media field's content_types lists it: type/subtype or type/* (RFC 6838 names)
+MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/(?:\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})")
 EXPRESSION_COLUMNS = ("id", "created_at", "updated_at")
 
 
@@ -410,6 +413,7 @@ class _Builder:
                 min_length=spec.get("min_length"), max_length=spec.get("max_length"), pattern=spec.get("pattern"),
                 precision=spec.get("precision"), scale=spec.get("scale"), values=tuple(spec.get("values") or ()),
                 ref=spec.get("to"), renamed_from=_names(spec.get("renamed_from")), encryption=mode, phi=phi,
+                max_bytes=spec.get("max_bytes"), content_types=tuple(spec.get("content_types") or ()),
                 location=doc.at(fpath),
             )
             if minimum is not None and maximum is not None and minimum > maximum:
@@ -434,7 +438,7 @@ class _Builder:
         only = {
             "precision": ("decimal",), "scale": ("decimal",), "values": ("enum",), "to": ("ref",),
             "minimum": NUMERIC, "maximum": NUMERIC, "min_length": TEXTUAL, "max_length": TEXTUAL,
-            "pattern": TEXTUAL,
+            "pattern": TEXTUAL, "max_bytes": ("media",), "content_types": ("media",),
         }
         for key, types in only.items():
             if key in spec and t not in types:
@@ -453,8 +457,22 @@ class _Builder:
                     compile_pattern(spec["pattern"])
                 except re.error as exc:
                     self.error(doc, fpath + ("pattern",), f"invalid regular expression: {exc}")
+        if t == "media":
+            self.check_media_limits(doc, fpath, spec)
         if spec.get("unique") and t in ("json", "geopoint", "text"):
             self.error(doc, fpath + ("unique",), f"a {t} field cannot be unique")
+
+    def check_media_limits(self, doc: _Located, fpath: tuple, spec: dict) -> None:
+        """A media field's upload limits: a size one S3 POST can take, MIME types as `type/subtype`
+        or `type/*` (lower case, as media/sniff.py compares them)."""
+        size = spec.get("max_bytes")
+        if isinstance(size, int) and size > MEDIA_MAX_BYTES_CEILING:
+            self.error(doc, fpath + ("max_bytes",), f"max_bytes {size} is above {MEDIA_MAX_BYTES_CEILING} "
+                                                    "(5 GiB, the most one S3 POST upload takes)")
+        for i, kind in enumerate(spec.get("content_types") or ()):
+            if not isinstance(kind, str) or not MIME_TYPE.fullmatch(kind):
+                self.error(doc, fpath + ("content_types", i), f"{kind!r} is not a MIME type: write type/subtype "
+                                                              "or type/* in lower case, e.g. image/jpeg or image/*")
 
     def check_encryption(self, doc: _Located, fpath: tuple, f: Field, policies: dict) -> None:
         if f.name not in policies:
@@ -462,6 +480,9 @@ class _Builder:
         epath = ("encryption", "fields", f.name)
         if f.phi and f.encryption == "plain":
             self.error(doc, epath + ("mode",), "a PHI field cannot be plain: PHI is never stored in plaintext")
+        if f.type == "media" and f.encryption not in ("plain", "encrypt"):
+            self.error(doc, epath + ("mode",), f"a media field is encrypted with mode encrypt, not {f.encryption} "
+                                               "(its file is encrypted in the media store; nobody looks it up by value)")
         if f.encryption != "plain" and f.type == "ref":
             self.error(doc, epath + ("mode",), "a ref field cannot be encrypted (the server must join on it)")
         if f.unique and f.encryption in ("encrypt", "blind_index"):

@@ -62,6 +62,8 @@ class Field:
     scale: int | None = None      # decimal only
     values: tuple[str, ...] = ()  # enum only
     ref: str | None = None        # ref only: the target entity's name
+    max_bytes: int | None = None  # media only: the largest object an upload may hold
+    content_types: tuple[str, ...] = ()   # media only: accepted MIME types (`image/*` wildcards); () any
     renamed_from: tuple[str, ...] = ()
     encryption: str = "plain"     # one of ENCRYPTION_MODES
     phi: bool = False

@@ -32,9 +32,16 @@ DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 # `data:`, `file:` and `//host` references would be followed by whatever renders them
 # (docs/rest.md). The JSON Schema publishes the same pattern.
 MEDIA_SCHEMES = ("https", "http")
+# the reference a device puts in a media field: minted on the device (offline), bound by the
+# server to the record that first names it (media/references.py, docs/decisions.md). The only
+# media value a device may send.
+MEDIA_REF_PREFIX = "fsmedia:"
+_MEDIA_REF = r"fsmedia:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+MEDIA_REF_PATTERN = f"^{_MEDIA_REF}$"
+DEFAULT_MEDIA_MAX_BYTES = 25 * 1024 * 1024   # a media field without max_bytes
 _MEDIA_URL = r"[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\x00-\x1f\x7f]+(?:[/?#][^\s\x00-\x1f\x7f]*)?"
 _MEDIA_KEY = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*"
-MEDIA_PATTERN = f"^(?:{_MEDIA_URL}|{_MEDIA_KEY})$"
+MEDIA_PATTERN = f"^(?:{_MEDIA_REF}|{_MEDIA_URL}|{_MEDIA_KEY})$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +221,36 @@ def normalize_value(f: Field, value: Any) -> Any:
     raise ValueProblem(f"unknown type {t}")  # unreachable for a validated model
 
 
+def is_media_ref(value: Any) -> bool:
+    """Whether `value` is a platform media reference, `fsmedia:<uuid>` (lower-case hex)."""
+    return isinstance(value, str) and _compiled(MEDIA_REF_PATTERN).fullmatch(value) is not None
+
+
+def media_max_bytes(f: Field) -> int:
+    """The largest upload media field `f` takes."""
+    return f.max_bytes if f.max_bytes is not None else DEFAULT_MEDIA_MAX_BYTES
+
+
+def content_type_allowed(f: Field, content_type: str) -> bool:
+    """Whether media field `f` accepts a file of `content_type` (its parameters ignored,
+    `image/*` in content_types matching any image type)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if not f.content_types:
+        return "/" in kind
+    return any(kind == allowed or (allowed.endswith("/*") and kind.startswith(allowed[:-1]) and kind != allowed[:-1])
+               for allowed in f.content_types)
+
+
 def _check_media(value: str) -> None:
-    """A media value is an http(s) URL with a host or a file-store object key (MEDIA_PATTERN)."""
+    """A media value is a platform reference, an http(s) URL with a host or a file-store
+    object key (MEDIA_PATTERN)."""
     if _compiled(MEDIA_PATTERN).fullmatch(value):
         return
     scheme = value.split(":", 1)[0].strip().lower() if ":" in value else ""
+    if scheme == MEDIA_REF_PREFIX[:-1]:
+        raise ValueProblem("must be a media reference fsmedia:<uuid> (lower-case hexadecimal)")
     if scheme and scheme not in MEDIA_SCHEMES:
-        raise ValueProblem(f"must be an http(s) URL or a file-store object key, not a {scheme}: URI")
+        raise ValueProblem(f"must be a media reference, an http(s) URL or a file-store object key, not a {scheme}: URI")
     raise ValueProblem("must be an http(s) URL with a host, or a file-store object key (segments of letters, "
                        "digits and ._~- separated by /, none starting with a dot); no spaces or control characters")
 

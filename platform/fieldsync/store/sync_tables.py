@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.engine import create_tables
 
-__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "RECEIVED", "SCOPES", "clear_received",
+__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "clear_received",
            "create_sync_tables", "mark_received", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
@@ -101,6 +101,28 @@ RECEIVED = sa.Table(
     PLATFORM_PREFIX + "received", sync_metadata,
     sa.Column("device_id", sa.String(36), primary_key=True),
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+)
+
+# Media objects (docs/protocol.md §16): one row per reference `fsmedia:<uuid>`, bound to the
+# user and device that first named it (in a push or an upload request) and to the record and
+# field that first held it. Written by sync/apply.py in the push batch's transaction and by
+# media/service.py; holds no file content, only where it is and its state.
+MEDIA = sa.Table(
+    PLATFORM_PREFIX + "media", sync_metadata,
+    sa.Column("ref", sa.String(44), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("device_id", sa.String(36), nullable=True),       # None: bound over REST
+    sa.Column("entity", sa.String(64), nullable=True),          # None until a record names it
+    sa.Column("field", sa.String(64), nullable=True),
+    sa.Column("record_id", sa.String(64), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),  # pending | available | failed
+    sa.Column("content_type", sa.String(255), nullable=True),
+    sa.Column("size", sa.BigInteger, nullable=True),
+    sa.Column("phi", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("location", sa.String(600), nullable=True),       # the object's key in the store
+    sa.Column("reason", sa.Text, nullable=True),                # why it failed
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 

@@ -35,6 +35,7 @@ from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import StoredRow, to_wire
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.store.sync_tables import DEVICES, LEDGER
+from fieldsync.media.references import Claim, MediaBindings
 
 __all__ = ["Batch", "NamedMutation", "OPS", "PushBatch", "mutation_digest", "plausible_offset_ms", "read_mutations",
            "result_to_wire"]
@@ -220,6 +221,8 @@ class Batch:
         self.results: list[dict[str, Any]] = []
         self.result_change: dict[int, int] = {}  # index in results -> index in changes
         self._since: _Since | None = None          # of the mutation being decided
+        self.media = MediaBindings(conn, now)      # media references this batch binds
+        self._has_media: dict[str, bool] = {}
         received = _time(batch.received_at) or now
         sent = _time(batch.sent_at)
         self.received_at = _aware(received)
@@ -526,6 +529,7 @@ class Batch:
             wire.stored = db   # the change log reuses these ciphertexts
         if not self.allowed(entity, wire):
             raise _Rejected(ProblemType.FORBIDDEN, f"the new {entity.name} would fall outside the records your role may reach")
+        self.bind_media(entity, record_id, clean)
         rec = _Record(db, stored=False, dirty=True, versions_by_me={1})
         self.records[(entity.name, record_id)] = rec
         self._log(entity, "create", wire, None, m)
@@ -575,6 +579,7 @@ class Batch:
         if not self.allowed(entity, wire):
             raise _Rejected(ProblemType.FORBIDDEN, f"the change would move {entity.name} {rec.db['id']} outside the records "
                             "your role may reach")
+        self.bind_media(entity, rec.db["id"], clean)
         rec.db, rec.dirty = new_db, True
         rec.versions_by_me.add(new_db["version"])
         self._log(entity, "update", wire, current, m)
@@ -598,6 +603,19 @@ class Batch:
         rec.versions_by_me.add(new_db["version"])
         self._log(entity, "delete", self.store.to_wire_row(entity, new_db), current, m)
         return {"version": new_db["version"], "effect": "changed"}
+
+    def bind_media(self, entity: Entity, record_id: str, clean: Mapping[str, Any]) -> None:
+        """The last check of a write: its media values are platform references this device may
+        bind to this record (media/references.py); rejected alone otherwise (invariant 5)."""
+        has = self._has_media.get(entity.name)
+        if has is None:
+            has = self._has_media[entity.name] = any(f.type == "media" for f in entity.fields)
+        if not has:
+            return
+        claim = Claim(self.batch.user_id, self.batch.device_id)
+        problems = self.media.check(entity, record_id, clean, claim)
+        if problems:
+            raise _Rejected(ProblemType.VALIDATION, "some values are invalid", problems)
 
     def _same(self, entity: Entity, db: Mapping[str, Any], clean: Mapping[str, Any]) -> bool:
         """Whether the stored row `db` already holds every value of `clean` (wire values)."""
@@ -637,6 +655,7 @@ class Batch:
             self.changes, origin=self.batch.device_id, seqs=self.change_seqs)
         for i, change_index in self.result_change.items():
             self.results[i]["position"] = positions[change_index]
+        self.media.flush()
         if self.audit is not None and self.changes:
             # invariant 8: applied PHI is audited in the batch's own transaction, so a failing
             # append leaves the batch unapplied (redelivered later), never applied-unaudited

@@ -73,6 +73,13 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{what}: {seconds:.2f} s")
 
 
+def pytest_sessionfinish(session):
+    """On a worker of a parallel run (`make test`), hand the timings to the main process, which
+    prints them (tests/conftest.py); this conftest is not loaded there."""
+    if hasattr(session.config, "workeroutput") and _TIMINGS:
+        session.config.workeroutput["admin_e2e_timings"] = dict(_TIMINGS)
+
+
 @pytest.fixture(scope="session")
 def prepared_server_dir(tmp_path_factory) -> Path:
     """Definitions, seed data and users set up once per run (`fieldsync seed`, `fieldsync users
