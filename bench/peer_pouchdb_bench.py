@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         rows = product_rows(args.rows, dt.datetime.now(dt.timezone.utc))
         cold, warm = fieldsync_first_syncs(tmp / "fieldsync", rows)
+        between = os.getloadavg()   # the sides run one after the other: each one's load is printed
         settings = [None] + ([args.batch_size] if args.batch_size else [])
         pouch = pouchdb_first_syncs(node, tmp / "pouchdb", rows, settings)
     for result in pouch:
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     best = min(r["seconds"] for r in pouch)
     info("fieldsync first sync is", f"{best / cold:.1f}x faster than PouchDB replication cold, "
                                     f"{best / warm:.1f}x warm (goal >= 15x; fastest PouchDB figure above)")
-    info("load at the end", ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+    info("load after the fieldsync side", ", ".join(f"{x:.1f}" for x in between))
+    info("load after the PouchDB side", ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     return 0
 
 
