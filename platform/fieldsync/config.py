@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "SYNC_VISIBILITY_TIMEOUT": 60,     # seconds a claimed batch stays hidden; a dead worker's comes back after it
     "SYNC_MAX_MUTATIONS": 1000,        # per push request (413 above)
     "SYNC_MAX_PULL_LIMIT": 10000,      # changes per pull page
+    "PUSH_BUNDLE_MAX_MUTATIONS": 100000,   # per outbox bundle (POST /api/v1/sync/push-bundle; 413 above)
     "SYNC_BUNDLES": True,              # snapshots (first sync, rescope, reset) as bundles for devices that ask
     "BUNDLE_MIN_ROWS": 500,            # below this many rows a snapshot comes as pull pages
     "BUNDLE_MAX_AGE_SECONDS": 3600,    # a bundle older than this is rebuilt rather than handed out

@@ -42,7 +42,6 @@ import json
 import os
 import re
 import shutil
-import time
 from urllib.parse import quote_from_bytes
 
 import pytest
@@ -496,7 +495,6 @@ def sweep(fuzzer: Fuzzer, endpoints=None) -> None:
 
 @sqlite_only
 def test_every_route_as_admin_below_500_and_no_script_echoed(target):
-    started = time.monotonic()
     fuzzer = Fuzzer(target, "admin")
     sweep(fuzzer)
     # the uploads and JSON bodies the routes take
@@ -528,7 +526,6 @@ def test_every_route_as_admin_below_500_and_no_script_echoed(target):
     assert fuzzer.client.session().get("user")   # logged back in
     missing = {endpoint for endpoint, _, _ in target.routes} - fuzzer.seen
     assert not missing, missing
-    assert time.monotonic() - started < 120
 
 
 def _io(content: bytes):

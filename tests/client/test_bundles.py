@@ -341,3 +341,39 @@ def test_a_bundle_over_real_http_with_range(app, devices, token, http_url):
     assert report.bundles == 1 and report.complete
     assert transport.range_bytes == bundle_rows(app)[0]["size"]
     transport.inner.close()
+
+
+def test_a_bundle_swept_mid_download_is_replaced_by_a_new_offer(app, devices, token):
+    """The device was cut half-way; by its next sync the server swept that bundle (404): the
+    device drops it, the next pull offers a new one, and the store converges."""
+    transport = CuttingTransport(WsgiTransport(app), cut_after=2)
+    ana = devices("ana", transport, token("rep-ana"))
+    with pytest.raises(TransportError):
+        ana.sync()
+    state = app.extensions["fieldsync"]
+    (old,) = bundle_rows(app)
+    state.bundles._drop([old["bundle_id"]])
+    transport.cut_after = None
+    report = ana.sync()
+    assert report.complete and report.bundles == 1
+    (new,) = bundle_rows(app)
+    assert new["bundle_id"] != old["bundle_id"]
+    paged = devices("paged", WsgiTransport(app), token("rep-paged"), bundles=False)
+    paged.sync()
+    assert contents(ana) == contents(paged)
+
+
+def test_a_server_without_bundles_answers_pages(tmp_path, example_model, devices, token):
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'plain.db'}", "SECRET_KEY": SECRET,
+                      "DATA_DIR": str(tmp_path / "plain"), "SYNC_LISTENERS": 0, "SYNC_BUNDLES": False,
+                      "BUNDLE_MIN_ROWS": 1}, model=example_model)
+    state = app.extensions["fieldsync"]
+    try:
+        load_seed(state.config, ROOT / "examples" / "seed", store=state.store)
+        ana = devices("ana", WsgiTransport(app), token("rep-ana"))
+        report = ana.sync()
+        assert report.complete and report.bundles == 0 and ana.query("retailer")
+        assert bundle_rows(app) == []
+    finally:
+        state.sync.stop()
+        state.engine.dispose()

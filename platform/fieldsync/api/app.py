@@ -248,6 +248,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     app.register_blueprint(sync_blueprint, url_prefix=API_PREFIX + "/sync")
     from fieldsync.api.transfer import register_transfer
     register_transfer(app)   # /api/v1/transfer/: resumable uploads over tus 1.0 (docs/protocol.md "Transfer")
+    from fieldsync.transfer.outbox_bundle import register_outbox_purpose
+    register_outbox_purpose()   # tus uploads of purpose `outbox`, committed by POST /sync/push-bundle
     from fieldsync.api.media import register_media
     register_media(app)      # /api/v1/media/: media references, uploads and signed downloads (§16)
     app.register_blueprint(blueprint, url_prefix=API_PREFIX)

@@ -207,7 +207,9 @@ def _capabilities() -> dict[str, Any]:
             "max_mutations": int(config["SYNC_MAX_MUTATIONS"]), "max_pull_limit": int(config["SYNC_MAX_PULL_LIMIT"]),
             "retention_days": int(config["RETENTION_DAYS"]), "schema_version": g.snapshot.model.schema_version,
             "bundles": _state().bundles is not None and _state().bundles.enabled,
-            "manifest_keys": manifest_keys(_state().crypto.keyring)}
+            "manifest_keys": manifest_keys(_state().crypto.keyring),
+            "push_bundle": {"max_mutations": int(config["PUSH_BUNDLE_MAX_MUTATIONS"]),
+                            "max_bytes": int(config["TRANSFER_MAX_BYTES"])}}
 
 
 def _iso(value) -> str | None:
@@ -525,6 +527,44 @@ def push():
         current_app.logger.error("the push queue refused a batch", exc_info=exc.__cause__)
         raise _problem(ProblemType.UNAVAILABLE, str(exc)) from None
     return _json(receipt.to_wire(), 202)
+
+
+def _check_bundle_mutations(mutations: list) -> None:
+    """A push's checks over a whole bundle (its size was checked already); a refusal names its
+    first hundred problems, not one per mutation of a bundle of thousands."""
+    try:
+        _check_mutations(mutations, len(mutations))
+    except Problem as problem:
+        if isinstance(problem.extra.get("errors"), list):
+            problem.extra["errors"] = problem.extra["errors"][:100]
+        raise
+
+
+@blueprint.post("/push-bundle")
+def push_bundle():
+    """§4.7: commit an outbox bundle uploaded over tus; answered as a push (§4.2)."""
+    from fieldsync.transfer.outbox_bundle import receive_bundle
+    body = _body_object()
+    state = _state()
+    version = _schema_version(body, pull=False)
+    principal: Principal = g.principal
+    now = _now()
+
+    def receive(mutations):
+        return receive_push(
+            state.sync, g.snapshot.store, state.audit, principal, body, mutations=mutations, schema_version=version,
+            device_values=_synced_versions(body, version), now=now, authorize=_device,
+            disclosed=lambda conn, device_id, results: sync_read_events(conn, g.snapshot.store, principal, device_id,
+                                                                        results=results, channel="push"))
+    try:
+        answer = receive_bundle(state.transfer, principal, body,
+                                max_mutations=int(state.config["PUSH_BUNDLE_MAX_MUTATIONS"]),
+                                batch=int(state.config["SYNC_MAX_MUTATIONS"]),
+                                check=_check_bundle_mutations, receive=receive)
+    except NotReceived as exc:
+        current_app.logger.error("the push queue refused a bundle's batch", exc_info=exc.__cause__)
+        raise _problem(ProblemType.UNAVAILABLE, str(exc)) from None
+    return _json(answer, 202)
 
 
 @blueprint.get("/results")

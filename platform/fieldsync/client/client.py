@@ -18,6 +18,7 @@ from fieldsync.client.background import BASE_DELAY, CAP_DELAY, BackgroundSync, W
 from fieldsync.client.engine import SyncEngine
 from fieldsync.client.bundles import BundleProgress
 from fieldsync.client.media import MediaQueue
+from fieldsync.client.outbox_bundle import BUNDLE_OVER, BUNDLE_OVER_BYTES, UPLOAD_CHUNK, OutboxBundles
 from fieldsync.errors import ClientError, StoreLocked, ValidationError, ValueProblem, WrongStoreKey
 from fieldsync.client.reports import Conflict, QuarantinedMutation, Status, SyncReport
 from fieldsync.client.schema import DeviceSchema, quote
@@ -43,21 +44,30 @@ class Client:
     way. Without it the store is plain SQLite: apps that hold PHI must set one
     (docs/device-store.md). A wrong key raises `WrongStoreKey`, an encrypted store opened
     without one `StoreLocked`.
+
+    An outbox holding `bundle_over` sendable writes or more, or `bundle_over_bytes` bytes of
+    their fields, is pushed as one resumable, encrypted upload (an outbox bundle, protocol
+    §4.7) in PATCHes of `upload_chunk` bytes when the server offers bundles; None for both
+    thresholds pushes in batches of `push_batch` only.
     """
 
     def __init__(self, path: str | Path, transport: Transport, token: TokenSource, *,
                  schema: Mapping[str, Any] | None = None, install_info: Mapping[str, Any] | None = None,
                  clock: Callable[[], dt.datetime] | None = None, rng: random.Random | None = None,
                  push_batch: int = 500, pull_limit: int = 1000, store_key: StoreKey | None = None,
-                 bundles: bool = True):
+                 bundles: bool = True, bundle_over: int | None = BUNDLE_OVER,
+                 bundle_over_bytes: int | None = BUNDLE_OVER_BYTES, upload_chunk: int = UPLOAD_CHUNK):
         self._clock = clock or outbox.now_utc
         self._rng = rng or random.Random()
         self._path = str(path)
         self._header = StoreHeader.read(self._path) if self._path != ":memory:" else None
         self._store = self._open_store(store_key)
         self._wire = Wire(transport, token, device_version=lambda: self._store.schema_version, clock=self._clock)
+        outbox_bundles = OutboxBundles(self._store, self._wire, clock=self._clock, over=bundle_over,
+                                       over_bytes=bundle_over_bytes, upload_chunk=upload_chunk)
         self._engine = SyncEngine(self._store, self._wire, clock=self._clock, install_info=install_info,
-                                  push_batch=push_batch, pull_limit=pull_limit, bundles=bundles)
+                                  push_batch=push_batch, pull_limit=pull_limit, bundles=bundles,
+                                  outbox_bundles=outbox_bundles)
         self._sync_lock = threading.Lock()
         self._writes = threading.local()   # last_seq, per thread: another thread's writes never show
         self._progress: Callable[[int, int], None] | None = None
@@ -289,7 +299,9 @@ class Client:
 
     def on_bundle_progress(self, callback: Callable[[BundleProgress], None] | None) -> None:
         """`callback(progress)` after every applied chunk of a snapshot bundle: bytes and rows
-        done of their totals (`BundleProgress`), for a first sync's progress bar."""
+        done of their totals (`BundleProgress`), for a first sync's progress bar; and after
+        every confirmed PATCH of an outbox bundle's upload (rows: the writes in the chunks
+        wholly sent)."""
         self._engine.on_bundle = callback
 
     def on_error(self, callback: Callable[[BaseException], None] | None) -> None:

@@ -37,7 +37,7 @@ class SyncEngine:
 
     def __init__(self, store: LocalStore, wire: Wire, *, clock: Callable[[], dt.datetime],
                  install_info: Mapping[str, Any] | None = None, push_batch: int = 500, pull_limit: int = 1000,
-                 bundles: bool = True):
+                 bundles: bool = True, outbox_bundles: Any = None):
         self.store = store
         self.wire = wire
         self.clock = clock
@@ -46,6 +46,7 @@ class SyncEngine:
         self.pull_limit = pull_limit
         self.bundles = bundles          # ask for snapshots as bundles (protocol §11)
         self.on_bundle: TransferCallback | None = None
+        self.outbox_bundles = outbox_bundles   # an OutboxBundles, or None: pushes only in batches (§4.7)
         self._encodings_set = False
         self._refresh_failed_for: str | None = None   # the user token a device token refresh failed with
         wire.on_device_token_refused = self._forget_device_token
@@ -152,6 +153,9 @@ class SyncEngine:
     # -- push (§4) -------------------------------------------------------------------------------
 
     def push_all(self, report: SyncReport) -> None:
+        if self.outbox_bundles is not None:
+            # a long-offline outbox goes as one resumable upload first (client/outbox_bundle.py)
+            self.outbox_bundles.push(report, self._store_push_answer, progress=self.on_bundle)
         batch = max(1, min(self.push_batch, self._capability("max_mutations", self.push_batch)))
         recoveries = 0
         while True:

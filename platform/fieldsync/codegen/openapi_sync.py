@@ -46,6 +46,8 @@ def sync_schemas() -> dict[str, Any]:
         "bundles": {"type": "boolean", "description": "snapshots as bundles to devices that ask (§14)"},
         "manifest_keys": {"type": "object", "additionalProperties": _STRING,
                           "description": "Ed25519 public keys of bundle manifests by key id (§14.2)"},
+        "push_bundle": _object({"max_mutations": _INT, "max_bytes": _INT}, ["max_mutations", "max_bytes"],
+                               "outbox bundles: mutations per bundle, bytes per upload (protocol §4.7)"),
     }, ["protocol", "encodings", "max_request_bytes", "max_mutations", "max_pull_limit", "retention_days",
         "schema_version"], "Limits and codings (protocol §3.3).")
     status_props = {
@@ -109,6 +111,18 @@ def sync_schemas() -> dict[str, Any]:
             "device_id": _STRING, "received": {"type": "array", "items": {"type": "integer"}},
             "results": {"type": "array", "items": _ref("SyncResult")}, "write_checkpoint": _INT, "unsettled": _INT,
         }, ["device_id", "received", "results", "write_checkpoint", "unsettled"]),
+        "SyncPushBundleRequest": _object({
+            "device_id": _STRING, "schema_version": {"type": "integer"}, "sent_at": _TIME,
+            "upload": {"type": "string", "description": "the tus upload's URL (its Location) or id"},
+            "key": {"type": "string", "description": "the bundle's AES-256 key, base64url (never stored)"},
+            "manifest": {"type": "object", "description": "the fieldsync-chunks/1 manifest, kind outbox"},
+        }, ["device_id", "schema_version", "upload", "key", "manifest"],
+            "Commit an outbox bundle uploaded over tus (protocol §4.7)."),
+        "SyncPushBundleResponse": _object({
+            "device_id": _STRING, "bundle_id": _STRING, "mutations": _INT,
+            "received": {"type": "array", "items": {"type": "integer"}},
+            "results": {"type": "array", "items": _ref("SyncResult")}, "write_checkpoint": _INT, "unsettled": _INT,
+        }, ["device_id", "bundle_id", "mutations", "received", "results", "write_checkpoint", "unsettled"]),
         "SyncResultsPage": _object({
             "results": {"type": "array", "items": _ref("SyncResult")}, "has_more": {"type": "boolean"},
             "write_checkpoint": _INT, "unsettled": _INT, "last_received_seq": _INT,
@@ -166,11 +180,13 @@ _PROBLEMS = {
     400: "protocol-unsupported (missing or unknown Fieldsync-Protocol), malformed-request or invalid-resume",
     401: "unauthenticated: missing, malformed, forged, expired, idle, revoked or superseded token; `reason`",
     403: "forbidden, device-token-not-allowed, device-token-mismatch, device-user-mismatch or device-revoked",
-    404: "unknown-device",
-    409: "schema-upgrade-required or schema-too-new",
+    404: "unknown-device; not-found for a push bundle's upload that is gone or another's",
+    409: "schema-upgrade-required, schema-too-new, or bundle-incomplete (the upload is not whole)",
     410: "sync-reset: the cursor can no longer be served (`reason`, `horizon`)",
     413: "payload-too-large (`max_bytes` or `max_mutations`)",
     415: "unsupported-encoding (header Accept-Encoding)",
+    422: "bundle-refused: a chunk, the manifest or the key does not check; nothing was received",
+    423: "upload-busy: another request holds the bundle's upload; retry",
     429: "too-many-requests: too many failed authentications (header Retry-After)",
     503: "unavailable: the push could not be made durable; nothing was received",
 }
@@ -285,6 +301,11 @@ def sync_paths() -> dict[str, Any]:
             "sync_push", "Send mutations",
             {"202": _json("SyncPushResponse", "Received (durable), results to come."),
              **_problems(*authenticated, 403, 404, 409, *body_errors, 503)}, body="SyncPushRequest")},
+        f"{API_SYNC}/push-bundle": {"post": _op(
+            "sync_push_bundle", "Commit an outbox bundle uploaded over tus",
+            {"202": _json("SyncPushBundleResponse", "Received (durable), results to come; the upload is removed."),
+             **_problems(*authenticated, 403, 404, 409, *body_errors, 422, 423, 503)},
+            body="SyncPushBundleRequest")},
         f"{API_SYNC}/results": {"get": _op(
             "sync_results", "Results by seq",
             {"200": _json("SyncResultsPage", "Results above after_seq."), **_problems(*authenticated, 403, 404)},

@@ -42,7 +42,7 @@ from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.sync.pull import snapshot_query
 from fieldsync.defs import expr as ex
 from fieldsync.sync.scope import DeviceScope, scope_hash_of
-from fieldsync.transfer.chunks import (ChunkRefused, Manifest, key_text, new_key, public_key_text, sign_manifest,
+from fieldsync.transfer.chunks import (ChunkRefused, key_text, new_key, public_key_text, sign_manifest,
                                        write_payload)
 
 __all__ = ["BUNDLES", "BundleService", "Offer", "manifest_keys", "create_bundle_tables", "subset_hash"]
