@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fieldsync.defs.values import format_datetime
 from fieldsync.errors import KeyMissing, KeyShredded
 from fieldsync.store.changelog import head_position, oldest_retained_position
+from fieldsync.store.codec import decrypted, wire_step
 from fieldsync.store.engine import create_tables, write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.store.tables import PLATFORM_PREFIX
@@ -271,24 +272,18 @@ class BundleService:
             result = conn.execution_options(stream_results=True, yield_per=2000).execute(
                 snapshot_query(store, scope, name))
             columns = tuple(result.keys())
-            convert = store.tuple_converter(entity, columns, visible + ("created_at", "updated_at"))
-            id_at, version_at = columns.index("id"), columns.index("version")
-            steps = [(i, step) for i, f in enumerate(visible, start=1)
-                     if (step := _storage_step(entity.field(f).type)) is not None]
+            build = _row_builder(store, entity, columns, visible)
+            id_at = columns.index("id")
             phi = tuple(f.name for f in entity.phi_fields if f.name in visible)
-            subject = entity.subject if entity.subject in visible else None
+            subject_at = 1 + visible.index(entity.subject) if entity.subject in visible else None
             rows: list[list[Any]] = []
             per_frame = 0     # rows per frame, from the size of the first row (one dumps per frame)
             for row in result:
-                wire = convert(row)
-                values = [row[id_at], *[wire[f] for f in visible], row[version_at], wire["created_at"],
-                          wire["updated_at"]]
-                for i, step in steps:
-                    if values[i] is not None:
-                        values[i] = step(values[i])
+                values = build(row)
                 rows.append(values)
                 if phi:
-                    disclosed.append([name, row[id_at], list(phi), subject, wire.get(subject) if subject else None])
+                    disclosed.append([name, row[id_at], list(phi), entity.subject if subject_at else None,
+                                      values[subject_at] if subject_at else None])
                 if not per_frame:
                     per_frame = max(1, self.frame_bytes // (len(json.dumps(values, separators=(",", ":"))) + 1))
                 if len(rows) >= per_frame:
@@ -360,6 +355,37 @@ class BundleService:
             conn.execute(BUNDLES.delete().where(BUNDLES.c.bundle_id.in_(list(bundle_ids))))
         for bundle_id in bundle_ids:
             self.path(bundle_id).unlink(missing_ok=True)
+
+
+def _row_builder(store: RecordStore, entity, columns: Sequence[str], visible: Sequence[str]):
+    """A function from a stored row (a tuple of `columns`) to its bundle row `[id, *visible,
+    version, created_at, updated_at]` in device storage form: wire conversion (times, decimals,
+    decryption) and storage conversion (booleans 0/1, JSON text) in one step per column. The
+    function is compiled once per shape, one list display with no loop: it runs for every row
+    of a first sync. Only column indexes go into its source; the steps are bound by name."""
+    at = {c: i for i, c in enumerate(columns)}
+    codec = store.codec
+    steps: dict[str, Any] = {"stamp": wire_step(None, entity, codec)}
+    items = [f"r[{at['id']}]"]
+    for k, name in enumerate(visible):
+        field = entity.field(name)
+        i = at[name]
+        wire = None
+        if field.encrypted:
+            steps[f"w{k}"] = (lambda f: lambda v, rid: decrypted(codec, entity, f, v, rid))(field)
+            wire_call = f"w{k}(r[{i}], r[{at['id']}])"
+        else:
+            if field.type in ("datetime", "date", "decimal"):
+                wire = steps[f"w{k}"] = wire_step(field, entity, codec)
+            wire_call = f"w{k}(r[{i}])" if wire is not None else f"r[{i}]"
+        storage = _storage_step(field.type)
+        if storage is not None:
+            steps[f"s{k}"] = storage
+            wire_call = f"s{k}({wire_call})"
+        items.append(wire_call if wire_call == f"r[{i}]" else f"(None if r[{i}] is None else {wire_call})")
+    items += [f"r[{at['version']}]", f"stamp(r[{at['created_at']}])", f"stamp(r[{at['updated_at']}])"]
+    source = "lambda r: [" + ", ".join(items) + "]"
+    return eval(source, {"__builtins__": {}, **steps})   # noqa: S307 - indexes and bound names only
 
 
 def _frame(name: str, columns: Sequence[str], rows: list[list[Any]]) -> bytes:
