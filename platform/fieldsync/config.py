@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "BUNDLE_MAX_AGE_SECONDS": 3600,    # a bundle older than this is rebuilt rather than handed out
     "BUNDLE_MAX_LAG": 10000,           # ... and so is one whose cursor is this many positions behind the head
     "BUNDLE_FRAME_BYTES": 1024 * 1024,  # rows per chunk: about this many bytes before compression
+    "BUNDLE_REFRESH_SECONDS": 60,      # how often `fieldsync serve` rebuilds stale bundles devices still take
     "RETENTION_DAYS": 90,              # change log and tombstones; older devices get a typed reset
     "PROCESSING_LOG_DAYS": 14,         # days of fs_processing_log kept (one row per handled push batch)
     "AUDIT_RETENTION_DAYS": 2192,      # audit entries kept (6 years, HIPAA 164.316(b)(2)); `fieldsync audit purge`

@@ -377,3 +377,31 @@ def test_a_server_without_bundles_answers_pages(tmp_path, example_model, devices
     finally:
         state.sync.stop()
         state.engine.dispose()
+
+
+def test_a_stale_bundle_in_use_is_rebuilt_before_the_next_device_asks(app, devices, token):
+    """`refresh` (run by `fieldsync serve` every BUNDLE_REFRESH_SECONDS) rebuilds a stale bundle
+    a device took, for the principal it was built for: the next device of the scope gets a fresh
+    one without a build in its pull, and it holds the writes made since."""
+    state = app.extensions["fieldsync"]
+    devices("ana", WsgiTransport(app), token("rep-ana")).sync()
+    (first,) = bundle_rows(app)
+    assert first["served_at"] is not None and json.loads(first["principal"])["user_id"] == "rep-ana"
+    assert state.bundles.refresh(state.current) == 0          # fresh: nothing to do
+    state.store.create("product", {"sku": "F-1", "name": "Fresh product", "category": "otc",
+                                   "unit_price": "3.00", "pack_size": 1, "active": True})
+    with state.engine.begin() as conn:   # as if built long ago
+        conn.execute(BUNDLES.update().values(created_at=first["created_at"] - dt.timedelta(minutes=90)))
+    assert state.bundles.refresh(state.current) == 1
+    rows = bundle_rows(app)
+    newest = max(rows, key=lambda r: r["cursor"])
+    assert len(rows) == 2 and newest["cursor"] > first["cursor"]
+    built = []
+    original = state.bundles._build
+    state.bundles._build = lambda *a, **k: built.append(1) or original(*a, **k)
+    ben = devices("ben", WsgiTransport(app), token("rep-ben"))
+    report = ben.sync()
+    assert report.bundles == 1 and built == []                 # no build in Ben's pull
+    assert any(p["sku"] == "F-1" for p in ben.query("product"))
+    # a scope whose rules no longer match the stored principal's is left to the next device
+    assert state.bundles.refresh(state.current) == 0

@@ -135,6 +135,8 @@ def serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, behi
     KeyMaintenance(lambda: state.current().store, state.crypto,   # finishes re-encryption after `keys rotate`
                    interval=float(state.config.get("KEY_MAINTENANCE_SECONDS", 300)),
                    on_pass=lambda report: audit_pass(state.audit, report)).start()
+    if state.bundles is not None:   # stale snapshot bundles still in use are rebuilt before a device waits
+        state.bundles.start_refresh(state.current, interval=float(state.config["BUNDLE_REFRESH_SECONDS"]))
     if tls is not None:
         server = make_https_server(app, host, port, *tls, threads=8)
         server.prepare()

@@ -42,7 +42,8 @@ from fieldsync.store.records import RecordStore
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.sync.pull import snapshot_query
 from fieldsync.defs import expr as ex
-from fieldsync.sync.scope import DeviceScope, scope_hash_of
+from fieldsync.auth.tokens import Principal
+from fieldsync.sync.scope import DeviceScope, device_scope, scope_hash_of
 from fieldsync.transfer.chunks import (ChunkRefused, key_text, new_key, public_key_text, sign_manifest,
                                        write_payload)
 
@@ -73,6 +74,10 @@ BUNDLES = sa.Table(
     sa.Column("key_kid", sa.String(64), nullable=False),
     sa.Column("wrapped_key", sa.LargeBinary, nullable=False),  # the bundle key, sealed by the key ring
     sa.Column("disclosed", sa.LargeBinary),                    # the PHI it discloses, sealed by the bundle key
+    # who it was built for (a user id, a role, the attributes: no PHI) and when a device last took
+    # it, so a stale bundle still in use is rebuilt ahead of the next device (`refresh`)
+    sa.Column("principal", sa.Text),
+    sa.Column("served_at", sa.DateTime(timezone=True)),
 )
 
 
@@ -126,6 +131,7 @@ class BundleService:
         self.frame_bytes = int(config.get("BUNDLE_FRAME_BYTES", 1024 * 1024))
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._stop = threading.Event()
         create_bundle_tables(engine)
 
     # -- offering --------------------------------------------------------------------------------
@@ -164,6 +170,8 @@ class BundleService:
                 self._drop([row["bundle_id"]])
                 row = self._build(store, scope, chosen, share, subset)
                 key = self._unwrap(row)
+        with write_transaction(self.engine) as conn:
+            conn.execute(BUNDLES.update().where(BUNDLES.c.bundle_id == row["bundle_id"]).values(served_at=self.clock()))
         # the device's digests once the bundle is in: the rest of the phase still differs
         later = [name for name in wanted if name not in chosen]
         old = dict(old_digests or {})
@@ -181,22 +189,77 @@ class BundleService:
             return self._locks.setdefault(share, threading.Lock())
 
     def _fresh(self, share: str, device_cursor: int) -> Mapping[str, Any] | None:
-        """The newest bundle of `share` a device at `device_cursor` can take: not too old, not
-        too far behind the head, inside the retained change log, and not behind the device (it
-        streams on from its own cursor after a rescope, so the bundle must not be older)."""
+        """The newest bundle of `share` a device at `device_cursor` can take: not stale, and not
+        behind the device (it streams on from its own cursor after a rescope, so the bundle must
+        not be older)."""
         with self.engine.connect() as conn:
             head = head_position(conn)
             retained = oldest_retained_position(conn)
             row = conn.execute(sa.select(BUNDLES).where(BUNDLES.c.share_key == share)
                                .order_by(BUNDLES.c.created_at.desc()).limit(1)).mappings().first()
-        if row is None:
-            return None
-        created = row["created_at"] if row["created_at"].tzinfo else row["created_at"].replace(tzinfo=dt.timezone.utc)
-        too_old = (self.clock() - created).total_seconds() > self.max_age
-        if (too_old or head - row["cursor"] > self.max_lag or row["cursor"] < retained - 1
-                or row["cursor"] < device_cursor or not self.path(row["bundle_id"]).exists()):
+        if row is None or self._stale(row, head, retained) or row["cursor"] < device_cursor:
             return None
         return row
+
+    def _stale(self, row: Mapping[str, Any], head: int, retained: int) -> bool:
+        """Too old, too far behind the head, behind the retained change log, or its file gone."""
+        too_old = (self.clock() - _aware(row["created_at"])).total_seconds() > self.max_age
+        return (too_old or head - row["cursor"] > self.max_lag or row["cursor"] < retained - 1
+                or not self.path(row["bundle_id"]).exists())
+
+    # -- rebuilding ahead of the next device ----------------------------------------------------
+
+    def refresh(self, current) -> int:
+        """Rebuild the stale bundles that devices took within the age limit, for the principal
+        each was built for, so the next device of that scope is not the one that waits for the
+        build. `current()` gives the live model snapshot (api/app.py). Returns how many were
+        rebuilt; a scope whose rules changed since is left to the next device that asks."""
+        if not self.enabled:
+            return 0
+        snapshot = current()
+        now = self.clock()
+        since = now - dt.timedelta(seconds=self.max_age)
+        with self.engine.connect() as conn:
+            head = head_position(conn)
+            retained = oldest_retained_position(conn)
+            rows = list(conn.execute(sa.select(BUNDLES).where(BUNDLES.c.served_at >= since)
+                                     .order_by(BUNDLES.c.created_at.desc())).mappings())
+        newest: dict[str, Mapping[str, Any]] = {}
+        for row in rows:
+            newest.setdefault(row["share_key"], row)
+        rebuilt = 0
+        for share, row in newest.items():
+            if (not row["principal"] or row["schema_version"] != snapshot.model.schema_version
+                    or not self._stale(row, head, retained)):
+                continue
+            raw = json.loads(row["principal"])
+            principal = Principal(user_id=raw["user_id"], role=raw["role"], attributes=raw.get("attributes") or {})
+            scope = device_scope(snapshot.model, principal, now, snapshot.store.codec)
+            entities = json.loads(row["entities"])
+            subset = subset_hash(scope, entities)
+            if subset != row["scope_hash"]:
+                continue
+            with self._lock_for(share):
+                if self._fresh(share, 0) is None:
+                    self._build(snapshot.store, scope, entities, share, subset, principal=raw)
+                    rebuilt += 1
+        return rebuilt
+
+    def start_refresh(self, current, *, interval: float) -> threading.Thread:
+        """`refresh` every `interval` seconds in a daemon thread (`fieldsync serve`); a failed
+        pass is logged and the next one tries again."""
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.refresh(current)
+                except Exception:   # a database blip must not end the thread
+                    log.exception("bundle refresh failed; trying again in %s s", interval)
+        thread = threading.Thread(target=loop, name="fieldsync-bundle-refresh", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def _count(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str]) -> int:
         total = 0
@@ -214,7 +277,7 @@ class BundleService:
         return self.directory / f"{bundle_id}.fsb"
 
     def _build(self, store: RecordStore, scope: DeviceScope, entities: Sequence[str], share: str,
-               subset: str) -> Mapping[str, Any]:
+               subset: str, *, principal: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
         """Write a new bundle of `entities` as `scope` sees them, consistent with the head read
         first (rows written after it are sent again by the stream: upserts are idempotent)."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -254,7 +317,10 @@ class BundleService:
                "scope_hash": subset, "entities": json.dumps(list(entities)), "cursor": head, "created_at": now,
                "rows": sum(manifest.rows.values()), "size": manifest.size, "manifest": json.dumps(manifest.to_dict()),
                "signature": signature, "sign_kid": sign_kid, "key_kid": key_kid, "wrapped_key": wrapped,
-               "disclosed": sealed_disclosed}
+               "disclosed": sealed_disclosed, "served_at": None,
+               "principal": json.dumps(principal if principal is not None else {
+                   "user_id": scope.principal.user_id, "role": scope.principal.role,
+                   "attributes": dict(scope.principal.attributes)}, default=str)}
         with write_transaction(self.engine) as conn:
             conn.execute(BUNDLES.insert().values(**row))
         log.info("bundle %s built: %d rows, %d bytes, cursor %d", bundle_id, row["rows"], row["size"], head)
@@ -408,6 +474,10 @@ def subset_hash(scope: DeviceScope, entities: Sequence[str]) -> str | None:
     if any(name not in scope.digests for name in entities):
         return None
     return scope_hash_of({name: scope.digests[name] for name in entities})
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)   # SQLite: naive UTC
 
 
 def _key_aad(bundle_id: str) -> bytes:
