@@ -125,30 +125,16 @@ class Wire:
         Range, with the device's credentials; exactly that many bytes, or an SDK error."""
         if not path.startswith(SYNC_PREFIX + "/"):
             raise ProtocolError(200, {"detail": f"a bundle URL outside the sync API: {path[:100]!r}"})
+        status, answer_headers, data = self.exchange("GET", path, {"Range": f"bytes={first}-{last}"}, None)
         path = path[len(SYNC_PREFIX):]
-        while True:
-            device_token = self.device_token
-            if device_token is None:
-                self.last_user_token = self._token()
-            headers = {"Authorization": f"Bearer {device_token or self.last_user_token}",
-                       "Fieldsync-Protocol": str(PROTOCOL_VERSION), "Range": f"bytes={first}-{last}"}
-            status, answer_headers, data = self.transport.request("GET", SYNC_PREFIX + path, headers=headers,
-                                                                  body=None)
-            if status == 401 and device_token is not None:
-                if _problem_member(data, "reason") == "revoked":
-                    raise DeviceRevoked("an administrator revoked this device; its token is refused")
-                self.device_token = None
-                if self.on_device_token_refused is not None:
-                    self.on_device_token_refused()
-                continue
-            if status == 200:      # a server that ignores Range sends it all: take the part asked for
-                data = data[first:last + 1]
-            elif status != 206:
-                self._interpret(status, answer_headers, data, "GET", path)
-                raise TransportError(f"GET {path}: HTTP {status} is not the range asked for")
-            if len(data) != last - first + 1:
-                raise TransportError(f"GET {path}: {len(data)} bytes of the {last - first + 1} asked for")
-            return data
+        if status == 200:      # a server that ignores Range sends it all: take the part asked for
+            data = data[first:last + 1]
+        elif status != 206:
+            self._interpret(status, answer_headers, data, "GET", path)
+            raise TransportError(f"GET {path}: HTTP {status} is not the range asked for")
+        if len(data) != last - first + 1:
+            raise TransportError(f"GET {path}: {len(data)} bytes of the {last - first + 1} asked for")
+        return data
 
     def _interpret(self, status: int, headers: Mapping[str, str], data: bytes, method: str, path: str) -> dict:
         try:
