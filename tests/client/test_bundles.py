@@ -405,3 +405,20 @@ def test_a_stale_bundle_in_use_is_rebuilt_before_the_next_device_asks(app, devic
     assert any(p["sku"] == "F-1" for p in ben.query("product"))
     # a scope whose rules no longer match the stored principal's is left to the next device
     assert state.bundles.refresh(state.current) == 0
+
+
+def test_a_users_own_records_come_in_a_bundle_of_their_own_equal_to_pages(app, devices, token):
+    """The rep's own visits (scoped by $user.id) follow the shared bundle as a personal one; with
+    their datetimes, decimals and booleans in storage form they equal what pages bring."""
+    state = app.extensions["fieldsync"]
+    retailer = next(r for r in state.store.list("retailer", limit=50).items if r["territory_id"] == PUNE)
+    for i in range(3):
+        state.store.create("visit", {"retailer_id": retailer["id"], "territory_id": PUNE,
+                                     "visited_at": f"2026-11-2{i}T10:15:3{i}.123456Z", "purpose": "order",
+                                     "duration_minutes": 10 + i}, server_values={"rep_id": "rep-ana"})
+    ana = devices("ana", WsgiTransport(app), token("rep-ana"))
+    assert ana.sync().bundles == 2                      # the shared one, then the rep's own
+    again = devices("ana-pages", WsgiTransport(app), token("rep-ana"), bundles=False)
+    again.sync()
+    assert len(ana.query("visit")) == 3
+    assert contents(ana) == contents(again)
