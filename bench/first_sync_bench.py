@@ -27,11 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from catalog import device_product_table, device_rows, insert_products, product_rows
-from harness import ROOT, SECRET, Stopwatch, figure, header, info, make_server, raw_executemany, rep_token
+from harness import (ROOT, SECRET, Stopwatch, figure, header, info, make_server, raw_executemany, rep_token,
+                     wait_listening)
 
 from fieldsync.client import Client, HttpTransport, TransportError
 from fieldsync.transfer.chunks import Manifest, new_key, write_payload
@@ -48,17 +48,7 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
     process = subprocess.Popen([str(Path(sys.executable).with_name("fieldsync")), "serve", "--data-dir", str(data_dir),
                                 "--defs", str(ROOT / "entity_defs"), "--port", str(port)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"fieldsync serve exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/sync/capabilities", timeout=2):
-                return process
-        except OSError:
-            time.sleep(0.1)   # polling a process we started until it listens: nothing to wait on
-    process.kill()
-    raise RuntimeError("fieldsync serve did not answer within 60 s")
+    return wait_listening(process, f"http://127.0.0.1:{port}/api/v1/sync/capabilities", "fieldsync serve")
 
 
 class CutAt:

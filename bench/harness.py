@@ -160,3 +160,20 @@ def info(name: str, text: str) -> None:
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def wait_listening(process, url: str, name: str, timeout: float = 60.0):
+    """Return `process` (a server this bench started) once `url` answers; raise with its stderr
+    if it exits first, or after `timeout` seconds (then it is killed)."""
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return process
+        except OSError:
+            time.sleep(0.1)   # polling a process we started until it listens: nothing to wait on
+    process.kill()
+    raise RuntimeError(f"{name} did not answer within {timeout:.0f} s")

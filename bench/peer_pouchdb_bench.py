@@ -34,13 +34,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from catalog import insert_products, product_rows
 from first_sync_bench import free_port, start_server, sync_device
-from harness import ROOT, header, info, make_server
+from harness import ROOT, header, info, make_server, wait_listening
 
 PINS = {"pouchdb": "9.0.0", "pouchdb-server": "4.2.0"}
 PREFIX = ROOT / ".cache" / "node-bench"
@@ -98,17 +96,7 @@ def start_pouchdb_server(node: str, workdir: Path, port: int) -> subprocess.Pope
     process = subprocess.Popen([node, str(binary), "--host", "127.0.0.1", "--port", str(port), "--dir",
                                 str(workdir / "db"), "--config", str(workdir / "config.json"), "--no-stdout-logs"],
                                cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"pouchdb-server exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                return process
-        except OSError:
-            time.sleep(0.1)   # polling a process we started until it listens: nothing to wait on
-    process.kill()
-    raise RuntimeError("pouchdb-server did not answer within 60 s")
+    return wait_listening(process, f"http://127.0.0.1:{port}/", "pouchdb-server")
 
 
 def pouchdb_first_syncs(node: str, tmp: Path, rows: list[dict], batch_sizes: list[int | None]) -> list[dict]:

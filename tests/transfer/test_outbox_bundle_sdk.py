@@ -6,17 +6,15 @@ connection lost at any request still lands every write exactly once."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fieldsync.api.body_limit import make_http_server
 from fieldsync.client import Client, HttpTransport, TransportError, WsgiTransport
 
 from outbox_support import JSON_LIMIT, PUNE, ROOT, SAI, drain, offline_writes, seeded_app, user_token, visits_of
-from tus_support import TRANSFER_MAX, CuttingProxy, stop_waitress
+from tus_support import CuttingProxy, serving
 
 CHUNK = 4096          # the tus chunk of these tests: what a cut may cost
 SCHEMA = json.loads((ROOT / "generated" / "device" / "schema.json").read_text())
@@ -26,12 +24,8 @@ SCHEMA = json.loads((ROOT / "generated" / "device" / "schema.json").read_text())
 def served(tmp_path_factory, example_model):
     """(app, base URL): a seeded server on 127.0.0.1 whose pushes apply on `drain(app)`."""
     app = seeded_app(tmp_path_factory.mktemp("outbox-bundle-sdk"), example_model)
-    server = make_http_server(app, "127.0.0.1", 0, JSON_LIMIT, transfer_limit=TRANSFER_MAX, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield app, f"http://127.0.0.1:{server.effective_port}"
-    stop_waitress(server, thread)
-    app.extensions["fieldsync"].engine.dispose()
+    with serving(app, JSON_LIMIT) as base:
+        yield app, base
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from fieldsync.api import create_app
@@ -134,3 +135,18 @@ class CuttingProxy:
     def close(self) -> None:
         self._closed = True
         self.listener.close()
+
+
+@contextmanager
+def serving(app, json_limit: int):
+    """The base URL of `app` served by `make_http_server` (as `fieldsync serve` runs it) on a
+    free 127.0.0.1 port in a thread, with uploads up to TRANSFER_MAX; stopped and disposed after."""
+    from fieldsync.api.body_limit import make_http_server
+    server = make_http_server(app, "127.0.0.1", 0, json_limit, transfer_limit=TRANSFER_MAX, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        stop_waitress(server, thread)
+        app.extensions["fieldsync"].engine.dispose()
