@@ -6,16 +6,23 @@ Figures printed:
   durable in the embedded queue) and `state.sync.drain()` applying them all; the clock stops
   when drain returns. A pull then checks the last record is visible (not timed).
 - the receive and apply shares of that run;
-- apply only: `MutationApplier.apply_batch` called directly on fresh server, no HTTP or queue;
+- apply only: `MutationApplier.apply_batch` called directly on fresh server, no HTTP or queue,
+  against the raw baseline of its three writes: `executemany` of the same rows into the visit
+  table, the change log (`fs_changes`, each row's JSON text prepared before the clock) and the
+  dedupe ledger (`fs_ledger`), same DDL, one transaction (goal >= 25%);
+- cost against registered devices: push (HTTP + queue) and apply of `--device-records` visits by
+  one device when 1, 100 and 1,000 devices are registered, each other device having pushed 10
+  visits before; microseconds per mutation (flat within 2x is the goal);
 - the cProfile top 15 of the apply path (`--profile`, on by default; `--no-profile` skips it).
 
-Run: `.venv/bin/python bench/push_bench.py [--records N] [--batch N]`.
+Run: `.venv/bin/python bench/push_bench.py [--records N] [--batch N] [--devices 1,100,1000]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import random
 import sys
 import tempfile
@@ -29,7 +36,9 @@ from harness import (REP, ROOT, SYNC, Stopwatch, chunks, figure, header, info, m
 from fieldsync.defs.values import format_datetime
 from fieldsync.seed import PUNE_CENTRAL, PUNE_RURAL, load_seed
 from fieldsync.ids import new_id
-from fieldsync.sync.apply import PushBatch
+from fieldsync.store.changelog import CHANGES_TABLE, changelog_metadata
+from fieldsync.store.sync_tables import LEDGER
+from fieldsync.sync.apply import PushBatch, mutation_digest
 
 PURPOSES = ("order", "detailing", "collection", "survey")
 
@@ -131,6 +140,81 @@ def push_end_to_end(data_dir: Path, n: int, batch: int) -> dict:
     return {"receive": receive.seconds, "apply": apply.seconds, "columns": columns, "rows": rows, "ddl": ddl}
 
 
+def raw_three_tables(path: Path, state, mutations: list[dict], now: dt.datetime, device_id: str) -> float:
+    """The raw baseline of `apply_batch`: the rows it writes, in storage form (prepared before
+    the clock), by one `executemany` each into the visit table, the change log and the ledger
+    (their DDL, WAL, one transaction). Returns mutations per second."""
+    import sqlite3
+    import time
+    columns, rows = baseline_rows(state, mutations, now)
+    stamp = sqlite_value(now)
+    changes, ledger = [], []
+    for position, (m, row) in enumerate(zip(mutations, rows), start=1):
+        wire = {c: (v if c not in ("created_at", "updated_at") else format_datetime(now)) for c, v in zip(columns, row)}
+        text = json.dumps(wire, sort_keys=True, separators=(",", ":"))
+        changes.append((position, "visit", m["id"], 1, "create", text, None, device_id, m["seq"], stamp))
+        ledger.append((device_id, m["seq"], mutation_digest(m), "applied", "visit", m["id"], "insert", position, 1,
+                       "changed", None, None, None, None, None, None, stamp))
+    tables = [("visit", state.store.table(state.model.entity("visit")), rows),
+              (CHANGES_TABLE, changelog_metadata().tables[CHANGES_TABLE], changes), (LEDGER.name, LEDGER, ledger)]
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        statements = []
+        for name, table, table_rows in tables:
+            for statement in sqlite_ddl(table):
+                conn.execute(statement)
+            names = [c.name for c in table.columns]
+            statements.append((f'INSERT INTO "{name}" ({", ".join(chr(34) + c + chr(34) for c in names)}) '
+                               f'VALUES ({", ".join("?" for _ in names)})', table_rows))
+        started = time.perf_counter()
+        conn.execute("BEGIN")
+        for sql, table_rows in statements:
+            conn.executemany(sql, table_rows)
+        conn.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+    return len(mutations) / elapsed
+
+
+def per_device_cost(data_dir: Path, devices: int, n: int, batch: int) -> float:
+    """Microseconds per mutation of one device pushing `n` visits (HTTP test client + queue,
+    then drain) while `devices` devices are registered, each other one with 10 visits pushed
+    and applied before."""
+    app, state, token, device_id = seeded_server(data_dir)
+    now = dt.datetime.now(dt.timezone.utc)
+    retailers = retailers_of(state)
+    applier = state.sync.applier
+    for i in range(devices - 1):
+        other = register_device(app, token, install_id=f"bench-other-{i}")
+        history = visit_mutations(10, retailers, now - dt.timedelta(days=1, minutes=i))
+        applier.apply_batch(PushBatch(device_id=other, user_id=REP["user"], role=REP["role"],
+                                      attributes=dict(REP["attributes"]), received_at=format_datetime(now),
+                                      sent_at=format_datetime(now), schema_version=1, mutations=history))
+    mutations = visit_mutations(n, retailers, now)
+    client = app.test_client()
+    headers = sync_headers(token)
+    watch = Stopwatch()
+    with watch.running():
+        for part in chunks(mutations, batch):
+            answer = client.post(f"{SYNC}/push", headers=headers, json={
+                "device_id": device_id, "schema_version": 1, "sent_at": format_datetime(now), "mutations": list(part)})
+            if answer.status_code != 202:
+                raise RuntimeError(f"push refused: {answer.status_code}")
+        state.sync.drain()
+    with state.engine.connect() as conn:
+        applied = conn.execute(sa.select(sa.func.count()).select_from(LEDGER).where(
+            LEDGER.c.device_id == device_id, LEDGER.c.status == "applied")).scalar_one()
+    if applied != n:
+        raise RuntimeError(f"{applied} of {n} applied")
+    state.sync.close()
+    state.engine.dispose()
+    return watch.seconds / n * 1e6
+
+
 def apply_only(data_dir: Path, n: int, batch: int, profile: bool) -> tuple[float, str | None]:
     """`apply_batch` called directly, batch after batch; returns its seconds (and the profile)."""
     app, state, token, device_id = seeded_server(data_dir)
@@ -155,8 +239,9 @@ def apply_only(data_dir: Path, n: int, batch: int, profile: bool) -> tuple[float
     else:
         with watch.running():
             run()
+    raw = raw_three_tables(data_dir / "raw3.db", state, mutations, now, device_id) if not profile else None
     state.engine.dispose()
-    return watch.seconds, text
+    return watch.seconds, text, raw
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--devices", default="1,100,1000", help="registered device counts of the cost table ('' skips it)")
+    parser.add_argument("--device-records", type=int, default=5000)
     args = parser.parse_args(argv)
     header(f"push ingest: {args.records:,} visit inserts in batches of {args.batch}")
     with tempfile.TemporaryDirectory(prefix="fieldsync-push-bench-") as tmp:
@@ -177,11 +264,20 @@ def main(argv: list[str] | None = None) -> int:
              f"{bare:,.0f} rows/s")
         info("of which receive (HTTP + queue)", f"{run['receive']:.2f} s = {args.records / run['receive']:,.0f} rows/s")
         info("of which apply (drain)", f"{run['apply']:.2f} s = {args.records / run['apply']:,.0f} rows/s")
-        seconds, _ = apply_only(tmp / "apply", args.records, args.batch, profile=False)
-        info("apply only (apply_batch, no HTTP/queue)",
-             f"{args.records / seconds:,.0f} rows/s = {args.records / seconds / baseline:.1%} of raw")
+        seconds, _, raw3 = apply_only(tmp / "apply", args.records, args.batch, profile=False)
+        figure("apply only (apply_batch, no HTTP/queue), against raw executemany into visit + change log + ledger",
+               args.records / seconds, raw3, 0.25, unit="mutations/s")
+        info("apply only against the visit table alone", f"{args.records / seconds / baseline:.1%} of raw")
+        counts = [int(c) for c in args.devices.split(",") if c.strip()]
+        costs = []
+        for count in counts:
+            costs.append(per_device_cost(tmp / f"devices-{count}", count, args.device_records, args.batch))
+            info(f"push + apply with {count:,} registered device(s)",
+                 f"{costs[-1]:.0f} us per mutation ({args.device_records:,} visits of one device)")
+        if costs:
+            info("cost per mutation, most / least", f"{max(costs) / min(costs):.2f}x (goal: within 2x)")
         if args.profile:
-            _, text = apply_only(tmp / "profile", args.records // 4, args.batch, profile=True)
+            _, text, _ = apply_only(tmp / "profile", args.records // 4, args.batch, profile=True)
             print(f"\n   cProfile of apply_batch ({args.records // 4:,} records), top 15 by cumulative time:")
             print("\n".join("   " + line for line in text.splitlines()))
     return 0

@@ -14,9 +14,18 @@ _INSERT_PLANS: dict[tuple[int, tuple[str, ...]], tuple[sa.Table, str, list[tuple
 def _sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """SQLAlchemy's SQLite DATETIME bind processor (its default storage format: the wall time
     as `YYYY-MM-DD HH:MM:SS.ffffff`, zone dropped) done by `isoformat`, several times faster."""
+    # the rows of a batch mostly share their stamps: the last one converted is kept, as one
+    # tuple (plans are shared between threads, so value and text are swapped in together)
+    last: list[tuple[Any, str]] = [(None, "")]
+
     def process(value: Any) -> Any:
         if type(value) is dt.datetime:
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            seen = last[0]
+            if seen[0] is value:
+                return seen[1]
+            text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            last[0] = (value, text)
+            return text
         return fallback(value)
     return process
 

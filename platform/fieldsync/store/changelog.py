@@ -39,6 +39,7 @@ from fieldsync.errors import ChangeLogMissing, KeyShredded
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec
 from fieldsync.ids import utc_now
+from fieldsync.json_text import dumps_sorted
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.engine import create_tables
 
@@ -152,7 +153,7 @@ def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) ->
                 same = stored.get(f.name) if stored is not None else None
                 # the table's ciphertext is bound to the same entity, record and field
                 row[f.name] = same if same is not None else codec.encode(entity, f, row[f.name], record["id"], subject)
-    return json.dumps(row, sort_keys=True, separators=(",", ":"))
+    return dumps_sorted(row)
 
 
 def decode_row(entity: Entity, row: Mapping[str, Any], codec: FieldCodec) -> dict[str, Any]:
