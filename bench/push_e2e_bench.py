@@ -136,6 +136,14 @@ def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, pu
         now = dt.datetime.now(dt.timezone.utc)
         visits = [(new_id(now), visit_fields(i, retailers, now)) for i in range(n)]
         fill_outbox(client, visits, now)
+        pushed_at: list[float] = []
+        push_all = client._engine.push_all
+
+        def timed_push_all(report):   # when the pushes end and the pulls begin
+            push_all(report)
+            pushed_at.append(time.perf_counter())
+        client._engine.push_all = timed_push_all
+        cpu_before = _cpu_seconds(server.pid)
         started = time.perf_counter()
         report = client.sync()
         received = time.perf_counter() - started
@@ -150,6 +158,7 @@ def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, pu
                 raise RuntimeError(f"{done} of {n} mutations applied after 900 s")
             time.sleep(0.01)   # polling another process's database: nothing to wait on here
         applied = time.perf_counter() - started
+        server_cpu = _cpu_seconds(server.pid) - cpu_before
         with engine.connect() as conn:
             rejected = conn.execute(sa.select(sa.func.count()).select_from(LEDGER)
                                     .where(LEDGER.c.device_id == device_id, LEDGER.c.status != "applied")).scalar_one()
@@ -164,8 +173,17 @@ def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, pu
         server.wait(timeout=60)
         engine.dispose()
     rows = [tuple(sqlite_value(v) for v in _visit_row(record_id, fields, now)) for record_id, fields in visits]
-    return {"received": received, "applied": applied, "ddl": ddl, "columns": [c.name for c in visit.columns],
+    return {"received": received, "applied": applied, "pushed": pushed_at[0] - started, "server_cpu": server_cpu, "ddl": ddl, "columns": [c.name for c in visit.columns],
             "rows": rows}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _server_on(data_dir: Path, database_url: str):
@@ -250,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                     rates.append(rate)
                     what = f"pushes of {args.push_batch}" if mode == "plain" else "SDK defaults: one outbox bundle"
                     info(f"fieldsync on {db_name}, {what}",
-                         f"{rate:,.0f} records/s ({run['applied']:.2f} s until applied; sync() returned, all received, "
-                         f"at {run['received']:.2f} s) | raw baseline {baseline:,.0f} rows/s | ratio {rate / baseline:.1%}")
+                         f"{rate:,.0f} records/s ({run['applied']:.2f} s until applied; every push answered at "
+                         f"{run['pushed']:.2f} s, sync() returned at {run['received']:.2f} s; server CPU "
+                         f"{run['server_cpu'] / n * 1e6:.0f} us per record) | raw baseline {baseline:,.0f} rows/s | ratio {rate / baseline:.1%}")
         finally:
             if pg is not None:
                 with pg[1].connect() as conn:

@@ -17,7 +17,7 @@ try:
 except ImportError:  # pragma: no cover - a dependency; the standard library is the fallback
     orjson = None
 
-__all__ = ["dumps_bytes", "dumps_sorted"]
+__all__ = ["dumps_bytes", "dumps_sorted", "dumps_text"]
 
 _SORT = orjson.OPT_SORT_KEYS if orjson is not None else 0
 
@@ -40,3 +40,13 @@ def dumps_bytes(value: Any) -> bytes:
         except TypeError:
             pass
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def dumps_text(value: Any) -> str:
+    """`value` as compact JSON text, keys in their order (JSON columns: the engines' serializer)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:
+            pass
+    return json.dumps(value, separators=(",", ":"))

@@ -118,6 +118,8 @@ def decimal_pattern(field: Field) -> str:
     return f"^-?{integer}(\\.[0-9]{{1,{scale}}})?$"
 
 
+# a UTC date-time exactly as `format_datetime` writes it (years 1000 to 9999)
+_CANONICAL_TIME = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -194,6 +196,12 @@ def normalize_value(f: Field, value: Any) -> Any:
         except ValueError:
             raise ValueProblem("must be a date (YYYY-MM-DD)") from None
     if t == "datetime":
+        if isinstance(value, str) and _CANONICAL_TIME.fullmatch(value):
+            try:   # already in wire form (what devices send): checked, not parsed and formatted again
+                dt.datetime.fromisoformat(value[:-1])
+                return value
+            except ValueError:
+                pass   # the full path below says why
         return format_datetime(parse_datetime(value))
     if t == "enum":
         if not isinstance(value, str) or value not in f.values:
@@ -263,6 +271,11 @@ def parse_datetime(value: Any) -> dt.datetime:
     """An aware datetime from an ISO 8601 string (a time zone is required)."""
     if isinstance(value, dt.datetime):
         parsed = value
+    elif isinstance(value, str) and _CANONICAL_TIME.fullmatch(value):
+        try:   # the wire form (UTC, "Z"), which fromisoformat reads as it is
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueProblem("must be an ISO 8601 date-time, e.g. 2026-03-01T09:30:00Z") from None
     elif isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
@@ -336,25 +349,74 @@ def validate_record(entity: Entity, data: Any, *, partial: bool,
         return {}, [FieldProblem("", "the body must be a JSON object")]
     clean: dict[str, Any] = {}
     problems: list[FieldProblem] = []
-    known = field_map(entity)
+    known, plan = _record_plan(entity)
     for name in data:
         if name not in known:
             problems.append(FieldProblem(name, f"is not a field of {entity.name}"))
         elif writable is not None and name not in writable:
             problems.append(FieldProblem(name, "may not be set by your role"))
-    for f in entity.fields:
-        if f.name in data:
-            value = data[f.name]
-            if value is None and f.required:
-                problems.append(FieldProblem(f.name, "is required and may not be null"))
+    for name, required, has_default, default, normalize in plan:
+        if name in data:
+            value = data[name]
+            if value is None:
+                if required:
+                    problems.append(FieldProblem(name, "is required and may not be null"))
+                else:
+                    clean[name] = None
                 continue
             try:
-                clean[f.name] = normalize_value(f, value)
+                clean[name] = normalize(value)
             except ValueProblem as exc:
-                problems.append(FieldProblem(f.name, str(exc)))
+                problems.append(FieldProblem(name, str(exc)))
         elif not partial:
-            if f.has_default:
-                clean[f.name] = f.default
-            elif f.required and f.name not in server_set:
-                problems.append(FieldProblem(f.name, "is required"))
+            if has_default:
+                clean[name] = default
+            elif required and name not in server_set:
+                problems.append(FieldProblem(name, "is required"))
     return clean, problems
+
+
+_RECORD_PLANS: dict[int, tuple[Entity, dict[str, Field], tuple]] = {}
+
+
+def _record_plan(entity: Entity) -> tuple[dict[str, Field], tuple]:
+    """`entity`'s fields by name, and per field in order what `validate_record` needs (name,
+    required, has_default, default, the function normalising a non-null value), built once per
+    entity object: a push validates every field of every mutation."""
+    cached = _RECORD_PLANS.get(id(entity))
+    if cached is not None and cached[0] is entity:
+        return cached[1], cached[2]
+    if len(_RECORD_PLANS) > 4096:  # many models loaded over a long run: start again
+        _RECORD_PLANS.clear()
+    plan = tuple((f.name, f.required, f.has_default, f.default, _normalizer(f)) for f in entity.fields)
+    known = field_map(entity)
+    _RECORD_PLANS[id(entity)] = (entity, known, plan)
+    return known, plan
+
+
+def _normalizer(f: Field):
+    """`normalize_value(f, value)` for non-null values, with the commonest types' checks inlined."""
+    if f.type in ("uuid", "ref"):
+        def ident(value: Any) -> Any:
+            if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+                return value
+            return normalize_value(f, value)
+        return ident
+    if f.type in ("string", "text") and f.pattern is None and f.min_length is None:
+        limit = f.max_length if f.max_length is not None else (DEFAULT_STRING_MAX if f.type == "string" else None)
+
+        def text(value: Any) -> Any:
+            if isinstance(value, str) and value.isascii() and "\x00" not in value \
+                    and (limit is None or len(value) <= limit):
+                return value
+            return normalize_value(f, value)
+        return text
+    if f.type == "enum":
+        values = frozenset(f.values)
+
+        def enum(value: Any) -> Any:
+            if isinstance(value, str) and value in values:
+                return value
+            return normalize_value(f, value)
+        return enum
+    return lambda value: normalize_value(f, value)

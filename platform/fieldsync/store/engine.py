@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import contextvars
 import os
+import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
+
+from fieldsync.json_text import dumps_text
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -71,6 +75,39 @@ def write_transaction(engine: Engine, *, sqlite_synchronous: str | None = None) 
     `sqlite_synchronous` (e.g. "NORMAL") relaxes the commit's durability for this transaction
     only, for data that may be lost on power failure; the connection returns to FULL after.
     """
+    # SQLite: this process's writers queue on a lock first (_writer_lock), and wait inside
+    # BEGIN IMMEDIATE only for other processes
+    lock = _writer_lock(engine) if engine.dialect.name == "sqlite" else None
+    held = lock is not None and lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    try:
+        with _write_transaction(engine, sqlite_synchronous) as conn:
+            yield conn
+    finally:
+        if held:
+            lock.release()
+
+
+# One lock per SQLite engine. While one thread holds SQLite's write lock, a second writer in
+# BEGIN IMMEDIATE polls it from SQLite's busy handler, sleeping up to 100 ms between tries, so
+# the lock often stands free while every waiter sleeps: push receipts, pulls' bookkeeping and
+# two listeners applying batches lost a good part of their time so. A writer waiting on this
+# lock starts the moment the previous one commits. An RLock, so a thread that opens a second
+# write transaction inside one behaves as before (SQLite's busy timeout); a writer waits for it
+# at most the busy timeout, then goes on to BEGIN IMMEDIATE as before (never a new deadlock).
+_WRITER_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.RLock]" = weakref.WeakKeyDictionary()
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.RLock:
+    lock = _WRITER_LOCKS.get(engine)
+    if lock is None:
+        with _WRITER_LOCKS_GUARD:
+            lock = _WRITER_LOCKS.setdefault(engine, threading.RLock())
+    return lock
+
+
+@contextmanager
+def _write_transaction(engine: Engine, sqlite_synchronous: str | None) -> Iterator[sa.Connection]:
     with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         relaxed = sqlite and sqlite_synchronous is not None
@@ -110,6 +147,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url` (SQLite file or memory, or PostgreSQL), configured for fieldsync."""
     url = normalize_url(url)
     parsed = make_url(url)
+    # JSON columns (geopoint, json fields) are written on every pushed row: orjson, read back by json
+    kwargs.setdefault("json_serializer", dumps_text)
     if parsed.get_backend_name() == "sqlite":
         # a file database is shared between the server's threads; each gets its own connection
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)

@@ -56,10 +56,17 @@ def plausible_offset_ms(value: Any) -> int | None:
     return None
 
 
+# the digest's JSON text must stay byte for byte what it was: stored digests are compared with
+# the digest of a mutation sent again. One encoder for every call (json.dumps with arguments
+# builds a new one each time).
+_DIGEST_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def mutation_digest(m: Mapping[str, Any]) -> str:
     """A digest of what a mutation asks for: a reused seq with a different payload is detected."""
-    core = {k: m.get(k) for k in ("entity", "op", "id", "base_version", "fields")}
-    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    core = {"entity": m.get("entity"), "op": m.get("op"), "id": m.get("id"), "base_version": m.get("base_version"),
+            "fields": m.get("fields")}
+    return hashlib.sha256(_DIGEST_JSON.encode(core).encode()).hexdigest()
 
 
 @dataclass
@@ -145,8 +152,9 @@ class _Rules:
     root: Entity
     perm: Permission | None
     fields: dict[str, Field]
-    writable: tuple[str, ...]                  # on update (on insert a child may name its parent too)
-    insert_writable: tuple[str, ...]
+    writable: frozenset[str]                   # on update (on insert a child may name its parent too)
+    insert_writable: frozenset[str]
+    field_names: tuple[str, ...]
     refs: tuple[Field, ...]                    # plain ref fields whose target entity exists
     has_unique: bool
     plain: bool                                # no encrypted field: wire values are the clean values
@@ -252,8 +260,9 @@ class Batch:
         scope = entity.sync.scope if entity.parent is None else None
         found = _Rules(
             entity=entity, root=self.entities[entity.parent] if entity.parent else entity, perm=perm,
-            fields=field_map(entity), writable=writable,
-            insert_writable=rule.writable(create=True) if rule is not None else (),
+            fields=field_map(entity), writable=frozenset(writable),
+            insert_writable=frozenset(rule.writable(create=True) if rule is not None else ()),
+            field_names=entity.field_names,
             refs=tuple(f for f in entity.fields if f.type == "ref" and not f.encrypted and f.ref in self.entities),
             has_unique=any(f.unique for f in entity.fields), plain=not any(f.encrypted for f in entity.fields),
             row_filter=compile_predicate(row_filter, self.user) if row_filter is not None else None,
@@ -502,9 +511,10 @@ class Batch:
         known = rules.fields
         # a device store materialises defaults: a field the role may not set is accepted on
         # insert when it only carries its default (or null)
-        fields = {k: v for k, v in fields.items()
-                  if k in writable or k not in known
-                  or not (v is None or (known[k].has_default and v == known[k].default))}
+        if not writable.issuperset(fields):
+            fields = {k: v for k, v in fields.items()
+                      if k in writable or k not in known
+                      or not (v is None or (known[k].has_default and v == known[k].default))}
         clean, problems = validate_record(entity, fields, partial=False, writable=writable,
                                           server_set=tuple(server_values))
         if problems:
@@ -522,9 +532,10 @@ class Batch:
         # validated values are already in wire form (what the stored row converts back to)
         text = self.stamp_text(stamp)
         wire = {"id": record_id, "version": 1, "created_at": text, "updated_at": text, "deleted": False}
-        for f in entity.fields:
-            db.setdefault(f.name, None)
-            wire[f.name] = clean.get(f.name)
+        for name in rules.field_names:
+            if name not in db:
+                db[name] = None
+            wire[name] = clean.get(name)
         if not rules.plain:
             wire = StoredRow(wire)
             wire.stored = db   # the change log reuses these ciphertexts
