@@ -241,7 +241,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         engine.dispose()
         raise
     # pushed PHI is audited in the batch's own transaction (invariant 8)
-    state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock)
+    state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock,
+                                         dependencies=state.dependencies)
     from fieldsync.transfer.snapshots import BundleService
     state.bundles = BundleService(engine, settings, state.crypto.keyring, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503
