@@ -10,7 +10,6 @@ import datetime as dt
 import threading
 import time
 
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
