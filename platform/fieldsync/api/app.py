@@ -186,15 +186,16 @@ def _report_outcomes(state: FieldsyncState) -> None:
         observers.append(lambda ok, exc: deps.succeeded(KEYS) if ok else deps.failed(KEYS, exc, state=DEGRADED))
 
 
-def _probe_database(engine: sa.Engine) -> bool:
-    """True when the database answers (the listener pool's check before claiming again after an
-    outage)."""
+def _probe(engine: sa.Engine, provider) -> bool:
+    """True when the database answers and the key provider is not known to be out (the listener
+    pool's check before it claims again after an outage)."""
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
-        return True
     except Exception:
         return False
+    available = getattr(provider, "available", None)
+    return available() if available is not None else True
 
 
 class _LiveApp(Flask):
@@ -270,7 +271,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     # pushed PHI is audited in the batch's own transaction (invariant 8)
     state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock)
     # after a batch failed on an outage, the listener pool claims again only once this answers
-    state.sync.outage_probe = lambda: _probe_database(engine)
+    state.sync.outage_probe = lambda: _probe(engine, state.crypto.keyring.provider)
     from fieldsync.transfer.snapshots import BundleService
     state.bundles = BundleService(engine, settings, state.crypto.keyring, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503

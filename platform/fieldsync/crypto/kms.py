@@ -169,6 +169,23 @@ class KmsKeyProvider:
         self._tell(True, None)
         return answer
 
+    def available(self) -> bool:
+        """Whether KMS answers again after an outage (DescribeKey, no key material); True at once,
+        without a request, when no outage is known. The listener pool asks before it claims
+        again, so a batch waits for KMS instead of spending its deliveries."""
+        if self._outage is None:
+            return True
+        try:
+            self._kms().describe_key(KeyId=self.key_id)
+        except Exception as exc:
+            failure = KeyProviderUnreachable(f"KMS DescribeKey with key {self.key_id} failed ({type(exc).__name__})")
+            self._outage = (self.monotonic() + self.retry_seconds, str(failure)[:200])
+            self._tell(False, failure)
+            return False
+        self._outage = None
+        self._tell(True, None)
+        return True
+
     def _failed(self, failure: KeyUnavailable) -> None:
         if isinstance(failure, KeyProviderUnreachable):
             self._outage = (self.monotonic() + self.retry_seconds, str(failure)[:200])

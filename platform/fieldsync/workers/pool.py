@@ -88,6 +88,7 @@ class _Listener:
         self.held: dict[str, float] = {}
         self.thread: threading.Thread | None = None
         self.outage = False    # its last handler failed on a dependency outage: pause before claiming
+        self.outages = 0       # such failures in a row (the pause grows with them)
 
 
 class ListenerPool:
@@ -248,7 +249,7 @@ class ListenerPool:
     def _wait_out_outage(self, listener: _Listener) -> None:
         """Claim nothing until the outage looks over: pause with backoff, then ask the probe."""
         probe = self._probe or getattr(getattr(self._handler, "__self__", None), "outage_probe", None)
-        pauses = 0
+        pauses = listener.outages - 1   # an outage that persists after a claim waits longer each time
         while not listener.retire.is_set():
             pause = _OUTAGE_PAUSE.ceiling(pauses)
             if listener.retire.wait(pause):
@@ -305,6 +306,7 @@ class ListenerPool:
                 # the next delivery waits for the probe anyway; keep it short after that
                 delay = min(delay, 1.0)
                 listener.outage = True
+                listener.outages += 1
             log.warning("%s: handler failed on message %s (delivery %d): %s; retrying in %.0f s",
                         threading.current_thread().name, message.id, message.receive_count,
                         type(exc).__name__, delay)
@@ -322,6 +324,7 @@ class ListenerPool:
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the message is released, the thread ends
             return False
+        listener.outages = 0
         with self._lock:
             self.stats.processed += 1
         return True
