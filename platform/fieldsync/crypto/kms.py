@@ -169,6 +169,13 @@ class KmsKeyProvider:
         self._tell(True, None)
         return answer
 
+    def close(self) -> None:
+        """Close the KMS client's connections (a later call opens new ones)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and hasattr(client, "close"):
+            client.close()
+
     def available(self) -> bool:
         """Whether KMS answers again after an outage (DescribeKey, no key material); True at once,
         without a request, when no outage is known. The listener pool asks before it claims

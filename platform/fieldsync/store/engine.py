@@ -198,6 +198,9 @@ def database_unavailable(exc: BaseException) -> bool:
     than that a statement was wrong: the request may be retried later and succeed."""
     if isinstance(exc, sa.exc.TimeoutError):        # no pooled connection within pool_timeout
         return True
+    if isinstance(exc, sa.exc.PendingRollbackError):
+        # a connection the outage invalidated, touched again while its error unwound
+        return exc.__context__ is not None and exc.__context__ is not exc and database_unavailable(exc.__context__)
     if not isinstance(exc, sa.exc.DBAPIError):
         return False
     if exc.connection_invalidated:
