@@ -1,250 +1,228 @@
-"""Helpers of the dependency-outage tests (tests/outage): a private PostgreSQL cluster a test may
-stop and start, the app served over real HTTP, SDK devices whose every answer is recorded, and
-the figures the tests print. A module of its own, not conftest: `conftest` names another module
-depending on what pytest collected first.
+"""What the dependency-outage tests share (tests/outage/): a fleet of real servers on one
+database and one queue, each served over HTTP by waitress as `fieldsync serve` runs it, SDK
+devices pushing and pulling through them in threads, and the latency record of each call.
 
-Why a private cluster: the shared PostgreSQL at 127.0.0.1:5432 serves every other test running
-at the same time (xdist workers); restarting it would fail them. A cluster of our own, made
-with initdb in a temporary directory on a free port, is a real PostgreSQL whose restart affects
-this test only (docs/decisions.md)."""
+A module of its own, not conftest: the test modules import it by name (the tests directory
+is on sys.path through its conftest)."""
 
 from __future__ import annotations
 
-import glob
-import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
+import statistics
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
-import pytest
+import sqlalchemy as sa
+
+from fieldsync.api import create_app
+from fieldsync.auth import issue_token
+from fieldsync.client import Client, HttpTransport
+from fieldsync.seed import load_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "outage-test-secret-0123456789abcdef"
-PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"     # a seed territory (examples/seed)
+PUNE = "270707fc-40e4-5205-8dad-51e11ccbfacf"
 SAI = "2fd6ae15-929b-509f-9c04-01a819382ca2"      # a retailer in PUNE
-BOUND = 5.0          # seconds: the longest any answer may take while a dependency is out
-UNAVAILABLE = "https://fieldsync.dev/problems/unavailable"
+REQUEST_THREADS = 8                               # as `fieldsync serve` runs by default
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def visit(n: int) -> dict[str, Any]:
+    return {"retailer_id": SAI, "territory_id": PUNE, "visited_at": "2026-12-01T10:00:00Z", "purpose": "order",
+            "notes": f"visit {n}"}
 
 
-def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not found:
-        which = shutil.which("pg_ctl")
-        if which is None:
-            pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are not installed; the outage test "
-                        "runs a private cluster with them (apt-get install postgresql)")
-        return Path(which).parent
-    return Path(found[-1]).parent
-
-
-class PrivateCluster:
-    """A PostgreSQL cluster of this test alone: initdb in a temporary directory, served on a free
-    port of 127.0.0.1 with its socket in that directory; `stop()`, `start()`, `destroy()`.
-    As root the server runs as the `postgres` user (PostgreSQL refuses to run as root)."""
-
-    def __init__(self) -> None:
-        self.bin = _pg_bin()
-        self.root = Path(tempfile.mkdtemp(prefix="fieldsync-pg-"))
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
-        self.port = free_port()
-        self.as_root = os.geteuid() == 0
-        if self.as_root:
-            shutil.chown(self.root, "postgres", "postgres")
-        os.chmod(self.root, 0o700)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
-                  "--encoding=UTF8", "--locale=C")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, tool: str, *args: str) -> None:
-        command = [str(self.bin / tool), *args]
-        if self.as_root:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            log = self.log.read_text()[-2000:] if self.log.exists() else ""
-            raise AssertionError(f"{tool} failed ({done.returncode}): {done.stderr or done.stdout}\n{log}")
-
-    def _options(self) -> str:
-        return (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c max_connections=60 -c shared_buffers=16MB")
-
-    def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options(), "-w", "-t", "30", "start")
-
-    def stop(self) -> None:
-        """A fast shutdown: sessions are ended at once (as in a restart or a failover)."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
-
-    def destroy(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
-        except AssertionError:
-            pass   # already stopped
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@contextmanager
-def serving(app, threads: int = 6):
-    """The base URL of `app` served by waitress as `fieldsync serve` runs it, on a free port."""
-    from fieldsync.api.body_limit import make_http_server
-    server = make_http_server(app, "127.0.0.1", 0, 4 * 1024 * 1024, threads=threads)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        def close_all() -> None:
-            for channel in list(server._map.values()):
-                channel.close()
-        server.trigger.pull_trigger(close_all)
-        thread.join(10)
-        server.task_dispatcher.shutdown()
-
-
-@dataclass
-class Answer:
-    at: float              # monotonic seconds when the request started
-    seconds: float
-    method: str
-    path: str
-    status: int | None     # None: no answer (connection refused or cut)
-    content_type: str = ""
-    problem: dict = field(default_factory=dict)
-    retry_after: str | None = None
-
-
-class Recorder:
-    """Every answer the devices and the health poller got, thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.answers: list[Answer] = []
-
-    def add(self, answer: Answer) -> None:
-        with self._lock:
-            self.answers.append(answer)
-
-    def between(self, start: float, end: float) -> list[Answer]:
-        with self._lock:
-            return [a for a in self.answers if start <= a.at <= end]
-
-    def count(self, predicate) -> int:
-        with self._lock:
-            return sum(1 for a in self.answers if predicate(a))
-
-
-class RecordingTransport:
-    """An SDK transport that records each request's answer and how long it took."""
-
-    def __init__(self, inner, recorder: Recorder) -> None:
-        self.inner = inner
-        self.recorder = recorder
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def request(self, method, path, *, headers, body):
-        started = time.monotonic()
-        try:
-            status, answer_headers, answer = self.inner.request(method, path, headers=headers, body=body)
-        except Exception:
-            self.recorder.add(Answer(started, time.monotonic() - started, method, path, None))
-            raise
-        lowered = {k.lower(): v for k, v in answer_headers.items()}
-        content_type = lowered.get("content-type", "")
-        problem = {}
-        if status >= 400 and "problem+json" in content_type:
-            try:
-                problem = json.loads(answer)
-            except ValueError:
-                problem = {"unparsed": True}
-        self.recorder.add(Answer(started, time.monotonic() - started, method, path, status, content_type,
-                                 problem, lowered.get("retry-after")))
-        return status, answer_headers, answer
-
-
-def bad_answers(answers: list[Answer]) -> list[Answer]:
-    """Answers that are neither a success nor a quick 503 `unavailable` problem with Retry-After."""
-    bad = []
-    for a in answers:
-        if a.seconds > BOUND:
-            bad.append(a)
-        elif a.status is None or 200 <= a.status < 300:
-            continue   # no answer: the server was refusing connections, never slow
-        elif a.status == 503 and a.problem.get("type") == UNAVAILABLE and a.retry_after:
-            continue
-        else:
-            bad.append(a)
-    return bad
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def figures(answers: list[Answer], path_end: str) -> str:
-    times = [a.seconds * 1000 for a in answers if a.path.endswith(path_end)]
-    return (f"{path_end}: n={len(times)} p50={percentile(times, 0.5):.1f} ms "
-            f"p99={percentile(times, 0.99):.1f} ms max={max(times, default=float('nan')):.1f} ms")
-
-
-def poll_health(base_url: str, recorder: Recorder, stop: threading.Event) -> threading.Thread:
-    """A thread asking GET /api/v1/health every 50 ms (a load balancer's liveness check)."""
-    import urllib.error
-    import urllib.request
-
-    def run() -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            status, content_type, problem, retry = None, "", {}, None
-            try:
-                with urllib.request.urlopen(base_url + "/api/v1/health", timeout=30) as answer:
-                    status = answer.status
-            except urllib.error.HTTPError as exc:
-                status, content_type, retry = exc.code, exc.headers.get("Content-Type", ""), exc.headers.get("Retry-After")
-                try:
-                    problem = json.loads(exc.read())
-                except ValueError:
-                    problem = {}
-            except OSError:
-                status = None
-            recorder.add(Answer(started, time.monotonic() - started, "GET", "/api/v1/health", status,
-                                content_type, problem, retry))
-            stop.wait(0.05)
-    thread = threading.Thread(target=run, name="health-poller", daemon=True)
-    thread.start()
-    return thread
-
-
-def device_schema() -> dict:
-    return json.loads((ROOT / "generated" / "device" / "schema.json").read_text())
-
-
-def rep_token(user: str) -> str:
-    from fieldsync.auth import issue_token
+def token(user: str) -> str:
     return issue_token(SECRET, user, "field_rep", {"territory_ids": [PUNE]}, ttl=3600)
 
 
-def visit_fields(note: str) -> dict:
-    return {"retailer_id": SAI, "territory_id": PUNE, "visited_at": "2026-11-26T10:00:00Z", "purpose": "order",
-            "notes": note}
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+@dataclass
+class Timings:
+    """Seconds each call took, and the calls that failed, per kind (health, pull, push...)."""
+    calls: dict[str, list[float]] = field(default_factory=dict)
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, kind: str, seconds: float, failure: str | None = None) -> None:
+        with self.lock:
+            self.calls.setdefault(kind, []).append(seconds)
+            if failure is not None:
+                self.failures.setdefault(kind, []).append(failure)
+
+    def summary(self, kind: str) -> dict[str, float]:
+        values = self.calls.get(kind, [])
+        return {"n": len(values), "p50": statistics.median(values) if values else float("nan"),
+                "p99": percentile(values, 99), "max": max(values) if values else float("nan")}
+
+
+class Server:
+    """One fieldsync server: the app, its listeners and spool relay started as `serve` starts
+    them, waitress on a free port in a thread."""
+
+    def __init__(self, config: dict[str, Any], model):
+        from fieldsync.api.body_limit import make_http_server
+        self.app = create_app(config, model=model)
+        self.state = self.app.extensions["fieldsync"]
+        self.state.sync.start()
+        self.state.sync.start_relay()
+        self.http = make_http_server(self.app, "127.0.0.1", 0, int(self.state.config["MAX_BODY_BYTES"]),
+                                     threads=REQUEST_THREADS)
+        self.thread = threading.Thread(target=self.http.run, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.http.effective_port}"
+
+    def stop(self) -> None:
+        def close_all() -> None:
+            for channel in list(self.http._map.values()):
+                channel.close()
+        self.http.trigger.pull_trigger(close_all)
+        self.thread.join(10)
+        self.http.task_dispatcher.shutdown()
+        self.state.sync.close()
+        self.state.engine.dispose()
+
+
+@contextmanager
+def fleet(tmp_path: Path, model, database_url: str, queue_url: str, *, servers: int = 2,
+          **config: Any) -> Iterator[list[Server]]:
+    """`servers` servers on one database and one push queue (each its own DATA_DIR, one key
+    directory: they share the data keys as a deployment shares its key provider)."""
+    keys = tmp_path / "keys"
+    made: list[Server] = []
+    try:
+        for i in range(servers):
+            made.append(Server({"DATABASE_URL": database_url, "QUEUE_URL": queue_url, "SECRET_KEY": SECRET,
+                                "DATA_DIR": str(tmp_path / f"server{i}"), "KEYS_DIR": str(keys),
+                                "SYNC_LISTENERS": 2, **config}, model))
+            if i == 0:
+                state = made[0].state
+                load_seed(state.config, ROOT / "examples" / "seed", store=state.store)
+        yield made
+    finally:
+        for server in made:
+            server.stop()
+
+
+class Traffic:
+    """Devices writing visits and syncing through the servers in threads, a reader pulling, and
+    a prober asking /health and /ready, until `stop()`; every call timed into `timings`."""
+
+    def __init__(self, tmp_path: Path, servers: list[Server], schema: dict, *, devices: int = 4):
+        self.timings = Timings()
+        self.stopping = threading.Event()
+        self.phase = "before"
+        self.urls = [s.url for s in servers]
+        self.devices = [Client(tmp_path / f"device{i}.db", HttpTransport(self.urls[i % len(self.urls)], timeout=(5, 60)),
+                               token(f"rep-{i}"), schema=schema) for i in range(devices)]
+        self.reader = Client(tmp_path / "reader.db", HttpTransport(self.urls[-1], timeout=(5, 60)), token("rep-reader"),
+                             schema=schema)
+        self.written: dict[int, list[str]] = {i: [] for i in range(devices)}
+        self.threads: list[threading.Thread] = []
+
+    def _timed(self, kind: str, call: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            result = call()
+        except Exception as exc:
+            self.timings.record(f"{self.phase}:{kind}", time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+            return None
+        self.timings.record(f"{self.phase}:{kind}", time.perf_counter() - started)
+        return result
+
+    def start(self) -> None:
+        for device in (*self.devices, self.reader):
+            device.sync()   # registered and holding the seed before the outage
+        for i, device in enumerate(self.devices):
+            self.threads.append(threading.Thread(target=self._device_loop, args=(i, device), daemon=True))
+        self.threads.append(threading.Thread(target=self._reader_loop, daemon=True))
+        self.threads.append(threading.Thread(target=self._probe_loop, daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    def _device_loop(self, i: int, device: Client) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            for _ in range(3):
+                self.written[i].append(device.insert("visit", visit(n)))
+                n += 1
+            self._timed("sync", device.sync)
+
+    def _reader_loop(self) -> None:
+        while not self.stopping.is_set():
+            self._timed("pull", self.reader.sync)
+
+    def _probe_loop(self) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+        while not self.stopping.is_set():
+            for url in self.urls:
+                parts = urlsplit(url)
+                for path, kind in (("/api/v1/health", "health"), ("/api/v1/ready", "ready")):
+                    def ask() -> int:
+                        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+                        try:
+                            conn.request("GET", path)
+                            response = conn.getresponse()
+                            response.read()
+                            if response.status >= 500 and kind == "health":
+                                raise AssertionError(f"health answered {response.status}")
+                            return response.status
+                        finally:
+                            conn.close()
+                    self._timed(kind, ask)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(120)
+            assert not thread.is_alive(), f"{thread.name} did not stop"
+
+    def settle(self, servers: list[Server], timeout: float = 90.0) -> float:
+        """Sync every device until each has nothing pending, sent or unsettled; returns seconds."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            for device in self.devices:
+                device.sync()
+            statuses = [d.status() for d in self.devices]
+            if all((s.pending, s.sent, s.received) == (0, 0, 0) for s in statuses):
+                return time.monotonic() - started
+            assert time.monotonic() < deadline, f"devices did not settle in {timeout} s: {statuses}"
+            for server in servers:   # wait for work in flight, not for time
+                server.state.sync.relay.relay_once() if server.state.sync.relay else None
+                server.state.sync.pool.wait_idle(2.0)
+
+    def close(self) -> None:
+        for device in (*self.devices, self.reader):
+            device.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: Callable[[], None] | None = None) -> float:
+    """Seconds until `condition()` holds, polling (between polls `poll()`, else a short wait on
+    an event that never fires); fails after `timeout`."""
+    started = time.monotonic()
+    idle = threading.Event()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what} did not happen within {timeout} s"
+        (poll or (lambda: idle.wait(0.05)))()
+    return time.monotonic() - started
+
+
+def server_visits(engine: sa.Engine, ids: list[str]) -> dict[str, int]:
+    """How many rows the server holds of each visit id."""
+    with engine.connect() as conn:
+        found: dict[str, int] = {}
+        for i in range(0, len(ids), 500):
+            rows = conn.execute(sa.text("SELECT id, count(*) FROM visit WHERE id IN :ids GROUP BY id")
+                                .bindparams(sa.bindparam("ids", expanding=True)), {"ids": ids[i:i + 500]}).all()
+            found.update({r[0]: r[1] for r in rows})
+    return found

@@ -33,7 +33,7 @@ from fieldsync.errors import KeyProviderUnreachable
 from fieldsync.seed import load_seed
 
 from moto_server import REGION, aws_credentials  # noqa: F401  (fixture)
-from outage_support import (BOUND, PUNE, ROOT, SAI, SECRET, UNAVAILABLE, device_schema, free_port, percentile,
+from restart_support import (BOUND, PUNE, ROOT, SAI, SECRET, UNAVAILABLE, device_schema, free_port, percentile,
                             rep_token, serving)
 
 PRODUCT = "b4830030-928b-5b2e-8785-cb1d2be45832"   # a seed product

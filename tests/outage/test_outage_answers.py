@@ -14,7 +14,7 @@ from fieldsync.errors import KeyProviderUnreachable, KeyUnavailable
 from fieldsync.store.engine import database_unavailable, make_engine
 from fieldsync.workers.pool import is_outage
 
-from outage_support import SECRET, UNAVAILABLE
+from restart_support import SECRET, UNAVAILABLE
 
 
 def _sqlite_error(text: str) -> sa.exc.OperationalError:

@@ -20,7 +20,7 @@ from fieldsync.client import Client, HttpTransport, ServerUnavailable, Transport
 from fieldsync.seed import load_seed
 from fieldsync.store.sync_tables import LEDGER
 
-from outage_support import (BOUND, ROOT, SECRET, PrivateCluster, Recorder, RecordingTransport, bad_answers,
+from restart_support import (BOUND, ROOT, SECRET, PrivateCluster, Recorder, RecordingTransport, bad_answers,
                             device_schema, figures, poll_health, rep_token, visit_fields)
 
 DEVICES = ("ana", "ben", "chen")
@@ -88,7 +88,7 @@ def test_postgres_restart_mid_traffic_answers_fast_and_heals_without_loss(tmp_pa
     load_seed(state.config, ROOT / "examples" / "seed", store=state.store)
     recorder = Recorder()
     stop = threading.Event()
-    from outage_support import serving
+    from restart_support import serving
     with serving(app) as url:
         devices = [Device(name, url, recorder, stop, tmp_path) for name in DEVICES]
         devices += [Device(name, url, recorder, stop, tmp_path, writes=False) for name in READERS]

@@ -269,7 +269,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         engine.dispose()
         raise
     # pushed PHI is audited in the batch's own transaction (invariant 8)
-    state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock)
+    state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock,
+                                         dependencies=state.dependencies)
     # after a batch failed on an outage, the listener pool claims again only once this answers
     state.sync.outage_probe = lambda: _probe(engine, state.crypto.keyring.provider)
     from fieldsync.transfer.snapshots import BundleService
