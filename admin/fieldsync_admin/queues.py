@@ -166,7 +166,9 @@ class QueuesView(RoleView, BaseView):
             flash("name a dead letter to replay, or replay all", "danger")
             return redirect(url_for(".index")), 303
         try:
-            moved = st.sync.queue.replay_dead(None if replay_all else [message_id])
+            moved = call_within(3 * QUEUE_READ_SECONDS,
+                                lambda: st.sync.queue.replay_dead(None if replay_all else [message_id]),
+                                "the push queue")
         except Exception as exc:
             log.warning("admin replay: the queue refused (%s: %s)", type(exc).__name__, exc)
             audit("admin", outcome="failure", detail={"event": "dlq_replay", "queue": QUEUE,

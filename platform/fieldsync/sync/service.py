@@ -124,7 +124,7 @@ class SyncService:
         """`call()` in the sender threads, waited for at most `timeout` seconds."""
         with self._sender_lock:
             if self._sender is None:
-                self._sender = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fieldsync-send")
+                self._sender = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fieldsync-send")
             sender = self._sender
         future = sender.submit(call)
         try:
