@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import field_map
 from fieldsync.errors import ChangeLogMissing, KeyShredded
+from fieldsync import json_wire
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec
 from fieldsync.ids import utc_now
@@ -289,8 +290,8 @@ def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit:
 def _change(r: Sequence[Any]) -> Change:
     """A Change from a row of `select(fs_changes)` (its columns in table order)."""
     position, entity, record_id, version, op, row, prev, origin, seq, changed_at = r
-    return Change(position, entity, record_id, version, op, json.loads(row), _as_utc(changed_at),
-                  json.loads(prev) if prev is not None else None, origin, seq)
+    return Change(position, entity, record_id, version, op, json_wire.loads(row), _as_utc(changed_at),
+                  json_wire.loads(prev) if prev is not None else None, origin, seq)
 
 
 def record_history(conn: sa.Connection, entity: str, record_id: str, after_version: int) -> list[Change]:
