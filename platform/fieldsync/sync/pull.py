@@ -23,7 +23,7 @@ from fieldsync.defs.model import Entity
 from fieldsync.defs.values import uuid_text
 from fieldsync.errors import InvalidResume, SyncReset
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
-from fieldsync.store.records import RecordStore
+from fieldsync.store.records import RecordStore, raw_time_columns
 from fieldsync.sync.apply import result_to_wire
 from fieldsync.sync.scope import DeviceScope
 from fieldsync.store.sync_tables import LEDGER, SCOPES
@@ -246,12 +246,15 @@ def _phase_page(page: _Page, state: dict[str, Any], limit: int) -> tuple[dict[st
         entity_scope = page.scope.entities[name]
         if state["after"] is None:
             page.add(name, None, {"kind": "clear", "entity": name})
-        result = page.conn.execute(_snapshot_query(page.store, page.scope, name, state["after"], budget + 1))
+        query = _snapshot_query(page.store, page.scope, name, state["after"], budget + 1)
+        # the same rows, date-times as stored (no parsing into datetimes only to format them again)
+        query = query.with_only_columns(*raw_time_columns(page.store.table(entity_scope.entity)))
+        result = page.conn.execute(query)
         columns = tuple(result.keys())
         rows = result.all()
         # the visible row (`DeviceScope.visible_row` of the wire row) straight from the stored one
         visible = page.store.tuple_converter(entity_scope.entity, columns,
-                                             entity_scope.visible + ("created_at", "updated_at"))
+                                             entity_scope.visible + ("created_at", "updated_at"), raw_times=True)
         id_at, version_at = columns.index("id"), columns.index("version")
         order = page.order.get(name, 0)
         for row in rows[:budget]:
