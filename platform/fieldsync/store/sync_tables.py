@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.engine import create_tables
 
-__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "clear_received",
-           "create_sync_tables", "mark_received", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
+__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "SPOOL", "SPOOL_RELAY", "clear_received",
+           "add_missing_columns", "create_sync_tables", "mark_received", "spool_depth", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
 
@@ -103,6 +103,27 @@ RECEIVED = sa.Table(
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
 )
 
+# The push spool (docs/operations.md "Outages"): push batches received while the push queue
+# could not take them, sealed like a queue message (invariant 7: ciphertext only), in the
+# order received. The relay (sync/spool.py) forwards them to the queue and deletes them; a
+# device's later pushes join the spool while it holds any of its batches, so its batches reach
+# the queue in order.
+SPOOL = sa.Table(
+    PLATFORM_PREFIX + "push_spool", sync_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(36), nullable=False, index=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("spooled_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Which process relays the spool: one at a time, so every device's batches leave in order.
+SPOOL_RELAY = sa.Table(
+    PLATFORM_PREFIX + "spool_relay", sync_metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),        # epoch seconds the lease runs to
+)
+
 # Media objects (docs/protocol.md §16): one row per reference `fsmedia:<uuid>`, bound to the
 # user and device that first named it (in a push or an upload request) and to the record and
 # field that first held it. Written by sync/apply.py in the push batch's transaction and by
@@ -124,6 +145,13 @@ MEDIA = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
 )
+
+
+def spool_depth(conn: sa.Connection) -> tuple[int, int, Any]:
+    """The push spool's (batches, devices, oldest spooled_at or None)."""
+    row = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(SPOOL.c.device_id)),
+                                 sa.func.min(SPOOL.c.spooled_at))).one()
+    return int(row[0]), int(row[1]), row[2]
 
 
 def mark_received(conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> None:
@@ -193,12 +221,14 @@ def create_sync_tables(engine: sa.Engine) -> None:
     """Create the sync tables when missing, and the nullable columns a later version added to
     them (safe to run again, from several servers)."""
     create_tables(engine, sync_metadata)
-    _add_missing_columns(engine)
+    add_missing_columns(engine, sync_metadata)
 
 
-def _add_missing_columns(engine: sa.Engine) -> None:
+def add_missing_columns(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Add the nullable columns of `metadata`'s tables that a later version added (safe to run
+    again, from several processes)."""
     inspector = sa.inspect(engine)
-    for table in sync_metadata.sorted_tables:
+    for table in metadata.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in present:
