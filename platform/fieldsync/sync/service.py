@@ -27,6 +27,7 @@ from fieldsync.sync.applier import MutationApplier
 from fieldsync.queue.embedded import Message, Queue, open_queue
 from fieldsync.queue.encrypted import EncryptedQueue
 from fieldsync.sync.spool import PushSpool, SpoolRelay
+from fieldsync.workers.pool import is_outage
 
 __all__ = ["SyncService", "compact_history", "dead_letter_summaries", "open_push_queue"]
 
@@ -196,10 +197,11 @@ class SyncService:
                 outcome = "applied" if results else "redelivery"
             except Exception as exc:
                 last = getattr(self.queue, "max_receives", 5)
-                if message.receive_count < last or isinstance(exc, AuditUnavailable):
-                    # redelivered later; the ledger keeps the retry exact-once. An audit outage
-                    # is the server's, not the batch's: never rejected for it, a batch that
-                    # outlives max_receives waits among the dead letters (`fieldsync dlq replay`)
+                if message.receive_count < last or isinstance(exc, AuditUnavailable) or is_outage(exc):
+                    # redelivered later; the ledger keeps the retry exact-once. An audit, database
+                    # or key-provider outage is the server's, not the batch's: never rejected for
+                    # it; a batch that outlives max_receives waits among the dead letters
+                    # (`fieldsync dlq replay`), the listener pool pausing meanwhile
                     raise
                 # the last delivery: answer every mutation rather than let the batch die unseen
                 log.exception("push batch of device %s failed %d times; rejecting it as unprocessable",
