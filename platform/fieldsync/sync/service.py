@@ -63,6 +63,9 @@ class SyncService:
         self.relay = (SpoolRelay(lambda: self.applier.store().engine, self._relay_send, dependencies=self.dependencies)
                       if self.spool is not None else None)
         self._sender: ThreadPoolExecutor | None = None
+        # after a batch failed on an outage the listener pool claims again only once this answers
+        # True (create_app: the database's SELECT 1 and the key provider's check)
+        self.outage_probe: Callable[[], bool] | None = None
         self._sender_lock = threading.Lock()
         self.retry_seconds = 5.0   # while the queue fails, one push tries it again this often
         self._next_trial = 0.0
@@ -112,7 +115,8 @@ class SyncService:
         with self._lock:
             if self._pool is None:
                 self._pool = ListenerPool(queue, self.handle, threads=max(self.listeners, 1), name="fieldsync-push",
-                                          visibility_timeout=self.visibility_timeout)
+                                          visibility_timeout=self.visibility_timeout,
+                                          probe=lambda: self.outage_probe() if self.outage_probe else True)
             return self._pool
 
     def enqueue(self, batch: PushBatch) -> None:

@@ -95,8 +95,8 @@ class ListenerPool:
     """`threads` listener threads calling `handler` for each message of `queue`.
 
     `on_error(message, exc)` is called after a handler raised (and the message was released).
-    `probe()` says whether the dependencies are back after an outage (None: the handler's owner's
-    `outage_probe` attribute when it has one, else only the pause); `is_outage(exc)` classifies
+    `probe()` says whether the dependencies are back after an outage (None: only the pause;
+    SyncService passes its `outage_probe`); `is_outage(exc)` classifies
     a handler's failure. Nothing starts before `start()`; threads are daemons named
     `<name>-<n>`, the heartbeat `<name>-heartbeat`.
     """
@@ -248,7 +248,7 @@ class ListenerPool:
 
     def _wait_out_outage(self, listener: _Listener) -> None:
         """Claim nothing until the outage looks over: pause with backoff, then ask the probe."""
-        probe = self._probe or getattr(getattr(self._handler, "__self__", None), "outage_probe", None)
+        probe = self._probe
         pauses = listener.outages - 1   # an outage that persists after a claim waits longer each time
         while not listener.retire.is_set():
             pause = _OUTAGE_PAUSE.ceiling(pauses)
