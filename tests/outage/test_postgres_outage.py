@@ -4,7 +4,7 @@ failover"): SDK devices push and pull over real HTTP while the server's database
 While it is away every answer is a success or a quick 503 `unavailable` problem with
 Retry-After (never a 500, never a wait past BOUND); when it is back the same server and listener
 pool serve again by themselves (no restart of anything of fieldsync); and every visit a device
-wrote is applied exactly once. The database is a private cluster (outage_support.PrivateCluster):
+wrote is applied exactly once. The database is a private cluster (restart_support.PrivateCluster):
 the shared PostgreSQL of the other tests is never restarted."""
 
 from __future__ import annotations
