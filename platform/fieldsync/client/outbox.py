@@ -24,7 +24,7 @@ from fieldsync.client.schema import EntityTable, quote
 from fieldsync.client.store import LocalStore
 from fieldsync.client.write_plan import OUTBOX_INSERT, encode_fields, plan_for
 from fieldsync.defs.values import FieldProblem, format_datetime
-from fieldsync.ids import new_id
+from fieldsync.ids import new_id, new_ids
 
 UNSETTLED = ("pending", "sent", "received")
 
@@ -89,7 +89,7 @@ def write_insert_many(store: LocalStore, entity: str, rows: Iterable[Mapping[str
     if not checked:
         return [], None
     client_time = format_datetime(now)
-    ids = [new_id(now) for _ in checked]
+    ids = new_ids(len(checked), now)
     groups: dict[tuple[str, ...], list[list[Any]]] = {}
     entries = []
     for record_id, clean in zip(ids, checked):

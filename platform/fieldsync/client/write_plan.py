@@ -9,16 +9,28 @@ keeps it on the (frozen, per-schema) `EntityTable`, so a migrated schema gets ne
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from typing import Any, Mapping
+import re
+from typing import Any, Callable, Mapping
+
+import orjson
 
 from fieldsync.client.schema import EntityTable, quote
-from fieldsync.defs.values import FieldProblem, ValueProblem, field_map, normalize_value
+from fieldsync.defs.model import Field
+from fieldsync.defs.values import DEFAULT_STRING_MAX, FieldProblem, ValueProblem, field_map, normalize_value
 from fieldsync.errors import ValidationError
 
-# the outbox entry's `fields`: exactly what json.dumps(fields, sort_keys=True) writes, without
-# building an encoder per call (json.dumps does when given any option)
-encode_fields = json.JSONEncoder(sort_keys=True).encode
+_json_fields = json.JSONEncoder(sort_keys=True).encode
+
+
+def encode_fields(fields: Mapping[str, Any]) -> str:
+    """The outbox entry's `fields` as JSON text, keys sorted (orjson: a tenth of `json.dumps`;
+    what it cannot write, an integer past 64 bits in a JSON field, goes through `json`)."""
+    try:
+        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:   # orjson.JSONEncodeError
+        return _json_fields(fields)
 
 OUTBOX_INSERT = ('INSERT INTO "_outbox" (entity, op, record_id, base_version, fields, client_time) '
                  "VALUES (?, ?, ?, ?, ?, ?)")
@@ -36,8 +48,8 @@ class WritePlan:
         self.owner = table.owner
         entity = table.entity
         self._known = field_map(entity)
-        # (name, field, required, has_default, default) in entity order: validate_record's walk
-        self._fields = tuple((f.name, f, f.required, f.has_default, f.default) for f in entity.fields)
+        # (name, normaliser, required, has_default, default) in entity order: validate_record's walk
+        self._fields = tuple((f.name, normaliser(f), f.required, f.has_default, f.default) for f in entity.fields)
         self._server_set = (self.owner,) if self.owner else ()
         self.converters = table.converters
         # JSON columns are compared decoded (`1` and `1.0` are one value); the rest in storage form
@@ -67,15 +79,20 @@ class WritePlan:
 
     def problems(self, fields: Any, *, partial: bool) -> dict[str, Any] | list[FieldProblem]:
         """The clean values, or the list of problems when there is any."""
-        self.refuse_read_only()
+        if self.read_only:
+            self.refuse_read_only()
         problems: list[FieldProblem] = []
         owner = self.owner
-        if owner and isinstance(fields, Mapping) and owner in fields:
+        if type(fields) is not dict:
+            if owner and isinstance(fields, Mapping) and owner in fields:
+                problems.append(FieldProblem(owner, "is set by the server from the signed-in user"))
+                fields = {k: v for k, v in fields.items() if k != owner}
+            if not isinstance(fields, dict):
+                problems.append(FieldProblem("", "the body must be a JSON object"))
+                return problems
+        elif owner and owner in fields:
             problems.append(FieldProblem(owner, "is set by the server from the signed-in user"))
             fields = {k: v for k, v in fields.items() if k != owner}
-        if not isinstance(fields, dict):
-            problems.append(FieldProblem("", "the body must be a JSON object"))
-            return problems
         known = self._known
         for name in fields:
             if name not in known:
@@ -83,7 +100,7 @@ class WritePlan:
         clean: dict[str, Any] = {}
         get = fields.get
         server_set = self._server_set
-        for name, f, required, has_default, default in self._fields:
+        for name, normalise, required, has_default, default in self._fields:
             value = get(name, _MISSING)
             if value is not _MISSING:
                 if value is None:
@@ -93,7 +110,7 @@ class WritePlan:
                     clean[name] = None
                     continue
                 try:
-                    clean[name] = normalize_value(f, value)
+                    clean[name] = normalise(value)
                 except ValueProblem as exc:
                     problems.append(FieldProblem(name, str(exc)))
             elif not partial:
@@ -159,3 +176,74 @@ def plan_for(table: EntityTable) -> WritePlan:
         plan = WritePlan(table)
         object.__setattr__(table, "_write_plan", plan)   # EntityTable is frozen; a cache, like cached_property
     return plan
+
+
+# -- normalisers: `normalize_value(f, value)` with the common, already canonical values taken
+# without the general path; anything else (and every refusal) goes through normalize_value, so
+# the result and the reason are always the ones the server gives --------------------------------
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+# an ISO date-time in UTC with `Z`, seconds, and no or six fraction digits; a year before 1000 is
+# written differently (format_datetime), so it takes the general path
+_UTC_DATETIME = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z").fullmatch
+_INT64 = 2**63 - 1
+
+
+def normaliser(f: Field) -> Callable[[Any], Any]:
+    """`value -> normalize_value(f, value)` for one field, built once."""
+    def general(value: Any) -> Any:
+        return normalize_value(f, value)
+
+    t = f.type
+    if t in ("uuid", "ref"):
+        def uuid_value(value: Any) -> Any:
+            if type(value) is str and _CANONICAL_UUID(value):
+                return value
+            return normalize_value(f, value)
+        return uuid_value
+    if t in ("string", "text"):
+        limit = f.max_length if f.max_length is not None else (DEFAULT_STRING_MAX if t == "string" else None)
+        if f.min_length is not None or f.pattern is not None:
+            return general
+
+        def text_value(value: Any) -> Any:
+            # ASCII without NUL has nothing text_problem refuses
+            if type(value) is str and value.isascii() and "\x00" not in value \
+                    and (limit is None or len(value) <= limit):
+                return value
+            return normalize_value(f, value)
+        return text_value
+    if t == "enum":
+        allowed = frozenset(v for v in f.values if isinstance(v, str))
+
+        def enum_value(value: Any) -> Any:
+            if type(value) is str and value in allowed:
+                return value
+            return normalize_value(f, value)
+        return enum_value
+    if t == "integer":
+        low = -_INT64 if f.minimum is None else max(-_INT64, f.minimum)
+        high = _INT64 if f.maximum is None else min(_INT64, f.maximum)
+
+        def integer_value(value: Any) -> Any:
+            if type(value) is int and low <= value <= high:
+                return value
+            return normalize_value(f, value)
+        return integer_value
+    if t == "boolean":
+        def boolean_value(value: Any) -> Any:
+            return value if type(value) is bool else normalize_value(f, value)
+        return boolean_value
+    if t == "datetime":
+        def datetime_value(value: Any) -> Any:
+            if type(value) is str:
+                match = _UTC_DATETIME(value)
+                if match:
+                    try:
+                        dt.datetime.fromisoformat(value)   # a real date and time (no 30 February)
+                    except ValueError:
+                        return normalize_value(f, value)
+                    return value if match.group(1) else value[:-1] + ".000000Z"
+            return normalize_value(f, value)
+        return datetime_value
+    return general
