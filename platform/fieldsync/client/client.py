@@ -234,7 +234,7 @@ class Client:
                 local.seq = seq_before
                 local.wrote = wrote_before
         if depth == 0:
-            wrote, local.wrote = local.wrote, False
+            wrote, local.wrote = getattr(local, "wrote", False), False
             background = self._background
             if wrote and background is not None:
                 background.notify_write()
