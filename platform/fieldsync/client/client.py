@@ -1,6 +1,7 @@
 """`Client`: the device side of fieldsync sync, over a local SQLite store.
 
-Local writes are instant and offline (row + outbox entry in one transaction); `sync()` talks
+Local writes are instant and offline (row + outbox entry in one transaction; `transaction()` and
+`insert_many()` make many writes one commit); `sync()` talks
 to the server; `start()` keeps syncing in a background thread.
 """
 
