@@ -41,8 +41,10 @@ def _add_entry(conn: sqlite3.Connection, table: EntityTable, op: str, record_id:
     return int(cursor.lastrowid)
 
 
-def _live_row(store: LocalStore, conn: sqlite3.Connection, table: EntityTable, record_id: str) -> sqlite3.Row:
-    row = conn.execute(plan_for(table).row_sql, (record_id,)).fetchone()
+def _live_row(store: LocalStore, conn: sqlite3.Connection, table: EntityTable, record_id: str,
+              names: tuple[str, ...] = ()) -> sqlite3.Row:
+    """`_version`, `_deleted` and the columns `names` of a record that exists and is not deleted."""
+    row = conn.execute(plan_for(table).read_sql(names), (record_id,)).fetchone()
     if row is None or row["_deleted"]:
         raise ClientError(f"no {table.name} {record_id} on this device")
     return row
@@ -113,16 +115,16 @@ def write_update(store: LocalStore, entity: str, record_id: str, fields: Mapping
     table = store.table(entity)
     plan = plan_for(table)
     clean = plan.check(fields, partial=True)
+    names = tuple(clean)
     with store.write() as conn:
-        row = _live_row(store, conn, table, record_id)
+        row = _live_row(store, conn, table, record_id, names)
         changed = plan.changed_fields(row, clean)
         refused = _quarantined_fields(conn, entity, record_id) if clean and len(changed) < len(clean) else ()
         if any(name in clean and name not in changed for name in refused):
             changed = {name: value for name, value in clean.items() if name in changed or name in refused}
         if not changed:
             return None
-        names = tuple(changed)
-        conn.execute(plan.update_sql(names), [*plan.storage_values(None, changed), record_id])
+        conn.execute(plan.update_sql(tuple(changed)), [*plan.storage_values(None, changed), record_id])
         return _add_entry(conn, table, "update", record_id, row["_version"], changed, now)
 
 

@@ -57,7 +57,7 @@ class WritePlan:
         self._insert_sql: dict[tuple[str, ...], str] = {}
         quoted = quote(table.table)
         self.delete_sql = f"UPDATE {quoted} SET _deleted = 1, _dirty = 1 WHERE id = ?"
-        self.row_sql = f"SELECT * FROM {quoted} WHERE id = ?"
+        self._read_sql: dict[tuple[str, ...], str] = {}
         self._update_sql: dict[tuple[str, ...], str] = {}
 
     # -- checks -------------------------------------------------------------------------------
@@ -130,6 +130,14 @@ class WritePlan:
             marks = ", ".join("?" for _ in range(len(names) + 1))
             sql = self._insert_sql[names] = (f"INSERT INTO {quote(self.table.table)} ({columns}) "
                                              f"VALUES ({marks}, 0, 1)")
+        return sql
+
+    def read_sql(self, names: tuple[str, ...]) -> str:
+        """SELECT of what a write needs of the local row: `_version`, `_deleted` and `names`."""
+        sql = self._read_sql.get(names)
+        if sql is None:
+            columns = ", ".join(quote(n) for n in ("_version", "_deleted", *names))
+            sql = self._read_sql[names] = f"SELECT {columns} FROM {quote(self.table.table)} WHERE id = ?"
         return sql
 
     def update_sql(self, names: tuple[str, ...]) -> str:
