@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "AUTO_MIGRATE": True,              # additive migrations when the server starts
     "QUEUE_URL": None,                 # None: sqlite:///<DATA_DIR>/queue.db (the embedded queue)
     "QUEUE_ENCRYPTION": True,          # seal every queued payload with AES-256-GCM (invariant 7)
+    "QUEUE_SEND_TIMEOUT": 3.0,         # seconds a push waits for the queue; then its batch is spooled in the database
     "KEY_PROVIDER": "local",           # where data keys come from: local = a master key in KEYS_DIR
     "KEYS_DIR": None,                  # None: <DATA_DIR>/keys (mode 0700; master.key 0600)
     "KMS_KEY_ID": None,                # KEY_PROVIDER=kms: the KMS key (id, key ARN, alias name or alias ARN)

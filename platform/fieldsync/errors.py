@@ -41,6 +41,7 @@ keeps it so.
      +-- AnchorUnavailable         an audit anchor store could not be read or written
      +-- AuditTrailReplaced        the audit trail is not the one the anchor records
      +-- QueueClosed               the queue object was closed
+     +-- QueueTimeout              the push queue did not answer within QUEUE_SEND_TIMEOUT
      +-- QueueDecryptError         a queued body does not open (altered, or another key)
      +-- SqsError                  SQS or S3 refused a request or could not be reached
      |    +-- SqsSendFailed        not every message of a send was accepted
@@ -358,6 +359,10 @@ class AuditTrailReplaced(Error):
 
 class QueueClosed(Error):
     """The queue object was closed; open a new one."""
+
+
+class QueueTimeout(Error):
+    """The push queue did not answer within QUEUE_SEND_TIMEOUT (the send may still land)."""
 
 
 class SecretUnreadable(AuthError):

@@ -371,18 +371,19 @@ def test_a_child_of_a_deleted_parent_is_not_sent_back(sqlite_app):
     assert next(r for r in results if r["seq"] == 2)["row"] is None     # the line's first result too
 
 
-def test_a_push_the_queue_refuses_is_not_received(app, monkeypatch):
-    """Invariant 1: when the queue cannot take the batch the answer is 503 and nothing of the
-    push counts as received: its seqs are not unsettled, last_received_seq does not move, and
-    the same push sent again is received."""
+def test_a_push_neither_queue_nor_spool_takes_is_not_received(app, monkeypatch):
+    """Invariant 1: when neither the queue nor the database's push spool can take the batch the
+    answer is 503 and nothing of the push counts as received: its seqs are not unsettled,
+    last_received_seq does not move, and the same push sent again is received."""
     dev = Device(app)
     dev.push([dev.mutation("visit", "insert", new_id(), visit_fields(app)) for _ in range(2)])
     sync = app.extensions["fieldsync"].sync
     batch = [dev.mutation("visit", "insert", new_id(), visit_fields(app))]
 
-    def refused(batch):
-        raise OSError("queue down")
+    def refused(*_args):
+        raise OSError("down")
     monkeypatch.setattr(sync, "enqueue", refused)
+    monkeypatch.setattr(sync.spool, "put", refused)
     r = dev.post("/push", {"device_id": dev.device_id, "schema_version": 1, "mutations": batch})
     assert r.status_code == 503 and r.json["type"].endswith("/unavailable"), r.json
     status = dev.client.get(f"/api/v1/sync/devices/{dev.device_id}", headers=dev.headers()).json

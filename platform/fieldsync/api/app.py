@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from flask import Flask, g, request
 
+from fieldsync.dependencies import Dependencies
 from fieldsync.errors import Problem, ProblemType
 from fieldsync.codegen.openapi import API_PREFIX, openapi_document
 from fieldsync.config import Config, load_config
@@ -80,6 +81,8 @@ class FieldsyncState:
         self.sync = None  # the SyncService, set by create_app
         self.bundles = None  # the BundleService (transfer/snapshots.py), set by create_app
         self.audit = None  # the AuditLog (fieldsync.audit.trail), set by create_app
+        # how the database, push queue, key provider and object store last answered (readiness)
+        self.dependencies = Dependencies()
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self.version: int | None = None   # the applied version (fs_schema id) the snapshot follows
@@ -238,7 +241,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         engine.dispose()
         raise
     # pushed PHI is audited in the batch's own transaction (invariant 8)
-    state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock)
+    state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock,
+                                         dependencies=state.dependencies)
     from fieldsync.transfer.snapshots import BundleService
     state.bundles = BundleService(engine, settings, state.crypto.keyring, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503

@@ -127,6 +127,7 @@ def serve(app, host: str, port: int, *, tls: tuple[str, str] | None = None, behi
     # bind first, then say so: whoever reads "serving on" may connect at once
     state = app.extensions["fieldsync"]
     state.sync.start()  # apply batches received before a restart
+    state.sync.start_relay()   # forward pushes spooled in the database during a queue outage
     if state.sync.listeners > 0:
         state.workers.start()  # heartbeat and follow the desired pool size (docs/workers.md)
     state.sync.start_maintenance(state.engine, int(state.config["RETENTION_DAYS"]))

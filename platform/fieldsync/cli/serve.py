@@ -154,6 +154,7 @@ def worker(invocation: Invocation, threads: int | None, heartbeat: float | None,
     try:
         sync.listeners = size
         sync.start()
+        sync.start_relay()   # pushes a server spooled during a queue outage (docs/operations.md)
         control.start(adopt=threads is None)
         print(f"fieldsync worker {control.worker_id}: applying the push queue with {size} thread(s); "
               "SIGTERM or Ctrl-C drains and stops", flush=True)

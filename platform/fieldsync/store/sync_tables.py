@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.engine import create_tables
 
-__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "clear_received",
+__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "SPOOL", "SPOOL_RELAY", "clear_received",
            "create_sync_tables", "mark_received", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
@@ -101,6 +101,27 @@ RECEIVED = sa.Table(
     PLATFORM_PREFIX + "received", sync_metadata,
     sa.Column("device_id", sa.String(36), primary_key=True),
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+)
+
+# The push spool (docs/operations.md "Outages"): push batches received while the push queue
+# could not take them, sealed like a queue message (invariant 7: ciphertext only), in the
+# order received. The relay (sync/spool.py) forwards them to the queue and deletes them; a
+# device's later pushes join the spool while it holds any of its batches, so its batches reach
+# the queue in order.
+SPOOL = sa.Table(
+    PLATFORM_PREFIX + "push_spool", sync_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(36), nullable=False, index=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("spooled_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Which process relays the spool: one at a time, so every device's batches leave in order.
+SPOOL_RELAY = sa.Table(
+    PLATFORM_PREFIX + "spool_relay", sync_metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),        # epoch seconds the lease runs to
 )
 
 # Media objects (docs/protocol.md §16): one row per reference `fsmedia:<uuid>`, bound to the

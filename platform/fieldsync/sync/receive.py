@@ -5,8 +5,12 @@ stored results from the dedupe ledger (invariant 2) — and the fresh ones. In O
 transaction it checks the device, renders and audits the duplicates' results (invariant 8),
 records each fresh seq as received (`fs_received`, the `unsettled` count) and notes the push
 on the device row; after that commit it seals the fresh mutations as one batch in the durable
-queue. Only once the queue accepted the batch is a seq "received" (invariant 1): when it
-refuses, the seqs are forgotten again and `NotReceived` says that nothing was received.
+queue. Only once the batch is durable is a seq "received" (invariant 1): in the queue, or — when
+the queue refuses it or does not answer within QUEUE_SEND_TIMEOUT — in the database's push spool
+(sync/spool.py), which a relay forwards to the queue when it is back. While the queue is known
+to fail, or the device has batches in the spool, the batch is spooled in the receive transaction
+itself without trying the queue. When neither takes it, the seqs are forgotten again and
+`NotReceived` says that nothing was received.
 
 Seqs are recorded before the batch is queued because a listener may apply it at once and
 forget them in its own transaction; a batch is never recorded after the fact. This module
@@ -16,6 +20,7 @@ retries nothing: a refused push is the device's to send again (its outbox keeps 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,6 +37,8 @@ from fieldsync.sync.scope import device_scope
 from fieldsync.store.sync_tables import clear_received, mark_received, note_push, unnote_push, unsettled
 
 __all__ = ["PushReceipt", "receive_push"]
+
+log = logging.getLogger("fieldsync.sync")
 
 
 @dataclass
@@ -82,19 +89,49 @@ def receive_push(sync, store: RecordStore, audit, principal: Principal, body: Ma
                   received_through=seqs[-1] if seqs else None)
         receipt = PushReceipt(device_id, seqs, duplicates, write_checkpoint(conn, device_id),
                               unsettled(conn, device_id))
-    if fresh:
-        batch = PushBatch(device_id=device_id, user_id=principal.user_id, role=principal.role,
-                          attributes=dict(principal.attributes), received_at=format_datetime(now),
-                          sent_at=body.get("sent_at") if isinstance(body.get("sent_at"), str) else None,
-                          schema_version=schema_version, mutations=list(fresh),
-                          clock_offset_ms=plausible_offset_ms(body.get("clock_offset_ms")))
-        sync.start()
+        batch = None
+        spooled = False
+        if fresh:
+            batch = PushBatch(device_id=device_id, user_id=principal.user_id, role=principal.role,
+                              attributes=dict(principal.attributes), received_at=format_datetime(now),
+                              sent_at=body.get("sent_at") if isinstance(body.get("sent_at"), str) else None,
+                              schema_version=schema_version, mutations=list(fresh),
+                              clock_offset_ms=plausible_offset_ms(body.get("clock_offset_ms")))
+            spool = sync.spool
+            # while the queue fails, or this device has batches spooled before, the batch joins
+            # the spool in this transaction: durable with its seqs, behind the device's others
+            if spool is not None and (sync.queue_failing() or spool.holds(conn, device_id)):
+                spool.put(conn, device_id, batch.to_bytes(), now)
+                spooled = True
+    if spooled:
+        sync.relay.wake()
+    elif batch is not None:
         try:
-            sync.enqueue(batch)   # invariant 1: "received" only once this returned
+            sync.enqueue(batch)   # invariant 1: "received" only once this returned, or ...
+            sync.queue_answered()
+            sync.start()
         except Exception as exc:
-            with write_transaction(store.engine) as conn:
-                clear_received(conn, device_id, seqs)
-                if seqs[-1] > device["last_received_seq"]:
-                    unnote_push(conn, device_id, seqs[-1], device["last_received_seq"])
-            raise NotReceived("the push could not be made durable; nothing was received, send it again") from exc
+            sync.queue_failed(exc)
+            if not _spool_after_refusal(sync, store, device_id, batch, now):
+                with write_transaction(store.engine) as conn:
+                    clear_received(conn, device_id, seqs)
+                    if seqs[-1] > device["last_received_seq"]:
+                        unnote_push(conn, device_id, seqs[-1], device["last_received_seq"])
+                raise NotReceived("the push could not be made durable; nothing was received, send it again") from exc
     return receipt
+
+
+def _spool_after_refusal(sync, store: RecordStore, device_id: str, batch: PushBatch, now: dt.datetime) -> bool:
+    """... once the spool holds it, when the queue refused it or did not answer in time. False
+    when there is no spool or the database refused too (then nothing is received)."""
+    if sync.spool is None:
+        return False
+    try:
+        with write_transaction(store.engine) as conn:
+            sync.spool.put(conn, device_id, batch.to_bytes(), now)
+    except Exception:
+        log.exception("a push of device %s could be neither queued nor spooled", device_id)
+        return False
+    log.warning("the push queue did not take a batch of device %s; it is spooled in the database", device_id)
+    sync.relay.wake()
+    return True

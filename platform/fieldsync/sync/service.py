@@ -9,13 +9,15 @@ import datetime as dt
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
 import sqlalchemy as sa
 
 from fieldsync.audit.trail import AuditLog
-from fieldsync.errors import AuditUnavailable
+from fieldsync.dependencies import DEGRADED, DOWN, QUEUE, Dependencies, describe_error
+from fieldsync.errors import AuditUnavailable, QueueTimeout
 from fieldsync.store.changelog import first_position_since, head_position, purge_before
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
@@ -23,6 +25,8 @@ from fieldsync.ids import utc_now
 from fieldsync.sync.apply import PushBatch
 from fieldsync.sync.applier import MutationApplier
 from fieldsync.queue.embedded import Message, Queue, open_queue
+from fieldsync.queue.encrypted import EncryptedQueue
+from fieldsync.sync.spool import PushSpool, SpoolRelay
 
 __all__ = ["SyncService", "compact_history", "dead_letter_summaries", "open_push_queue"]
 
@@ -33,7 +37,8 @@ class SyncService:
     """Receives push batches into the queue and applies them with a pool of listeners."""
 
     def __init__(self, store: Callable[[], RecordStore], queue: Queue | Callable[[], Queue], *,
-                 audit: AuditLog | None = None, listeners: int = 2, clock: Callable[[], dt.datetime] = utc_now):
+                 audit: AuditLog | None = None, listeners: int = 2, clock: Callable[[], dt.datetime] = utc_now,
+                 dependencies: Dependencies | None = None, sealer: Any = None, send_timeout: float = 3.0):
         self._queue = queue if not callable(queue) or hasattr(queue, "send") else None
         self._open_queue = None if self._queue is not None else queue
         self.applier = MutationApplier(store, audit=audit, clock=clock)
@@ -41,35 +46,57 @@ class SyncService:
         self._pool = None
         self.visibility_timeout = 60.0  # seconds a batch stays hidden before it is redelivered
         self._lock = threading.Lock()
+        self._open_lock = threading.Lock()
         self._started = False
         self._stopping = threading.Event()
         # called after every handled message: (message, batch or None, outcome, seconds,
         # new results); outcome is applied | redelivery | unprocessable | failed
         self.observers: list[Callable[[Message, PushBatch | None, str, float, int], None]] = []
+        # queue outages (docs/operations.md "Outages"): a send waits at most send_timeout
+        # seconds; what the queue does not take in time is spooled in the database (sync/spool.py)
+        self.dependencies = dependencies or Dependencies()
+        self.send_timeout = send_timeout
+        if sealer is None and isinstance(self._queue, EncryptedQueue):
+            sealer = self._queue
+        self.spool = PushSpool(sealer) if sealer is not None else None
+        self.relay = (SpoolRelay(lambda: self.applier.store().engine, self._relay_send, dependencies=self.dependencies)
+                      if self.spool is not None else None)
+        self._sender: ThreadPoolExecutor | None = None
+        self._sender_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config, store, *, audit: AuditLog | None = None, clock=None) -> "SyncService":
+    def from_config(cls, config, store, *, audit: AuditLog | None = None, clock=None,
+                    dependencies: Dependencies | None = None) -> "SyncService":
         """The service for `config`; its queue is opened on first use, so building an app
         creates no file and starts no thread. `audit` records the PHI pushed batches write."""
+        from fieldsync.crypto.providers import key_provider_from_config
         url = config.queue_url
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        sealed = bool(config.get("QUEUE_ENCRYPTION", True))
+        # one sealer for the queue's bodies and the spool's (invariant 7): a spooled batch is
+        # relayed as the very envelope the queue would have stored
+        sealer = EncryptedQueue(None, key_provider_from_config(config))
+
         def opened() -> Queue:
-            sealed = bool(config.get("QUEUE_ENCRYPTION", True))
             # the embedded queue need not zero acked bodies that are ciphertext
             queue = open_queue(url, secure_delete=False) if url.startswith("sqlite:") and sealed else open_queue(url)
             if not sealed:
                 return queue
-            from fieldsync.crypto.providers import key_provider_from_config
-            from fieldsync.queue.encrypted import EncryptedQueue
-            return EncryptedQueue(queue, key_provider_from_config(config))  # invariant 7
-        service = cls(store, opened, audit=audit, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now)
+            sealer.inner = queue
+            return sealer
+        service = cls(store, opened, audit=audit, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now,
+                      dependencies=dependencies, sealer=sealer,
+                      send_timeout=float(config.get("QUEUE_SEND_TIMEOUT") or 3.0))
         service.visibility_timeout = float(config.get("SYNC_VISIBILITY_TIMEOUT") or 60.0)
         return service
 
     @property
     def queue(self) -> Queue:
-        with self._lock:
+        queue = self._queue
+        if queue is not None:
+            return queue
+        with self._open_lock:   # not self._lock: opening may wait on the network
             if self._queue is None:
                 self._queue = self._open_queue()
             return self._queue
@@ -85,8 +112,51 @@ class SyncService:
             return self._pool
 
     def enqueue(self, batch: PushBatch) -> None:
-        """Make `batch` durable in the queue (invariant 1: only then is it "received")."""
-        self.queue.send(batch.to_bytes(), group=batch.device_id)
+        """Make `batch` durable in the queue (invariant 1: only then is it "received"), waiting
+        at most `send_timeout` seconds; raises QueueTimeout past it (the send may still land:
+        the ledger makes a second copy harmless)."""
+        self._bounded(lambda: self.queue.send(batch.to_bytes(), group=batch.device_id), self.send_timeout)
+
+    def _bounded(self, call: Callable[[], Any], timeout: float) -> Any:
+        """`call()` in the sender threads, waited for at most `timeout` seconds."""
+        with self._sender_lock:
+            if self._sender is None:
+                self._sender = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fieldsync-send")
+            sender = self._sender
+        future = sender.submit(call)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()   # not started yet (every sender thread waits on the queue): never sent
+            raise QueueTimeout(f"the push queue did not answer within {timeout:g} s") from None
+
+    def queue_failing(self) -> bool:
+        """True while the last send to the queue failed (pushes go to the spool)."""
+        return self.dependencies.is_failing(QUEUE)
+
+    def queue_failed(self, exc: BaseException) -> None:
+        self.dependencies.failed(QUEUE, exc, state=DEGRADED if self.spool is not None else DOWN)
+
+    def queue_answered(self) -> None:
+        self.dependencies.succeeded(QUEUE)
+
+    def _relay_send(self, items: list[tuple[bytes, str]]) -> None:
+        """Send spooled envelopes to the queue as they are (they were sealed for it)."""
+        def send() -> None:
+            queue = self.queue
+            if isinstance(queue, EncryptedQueue):
+                queue.inner.send_batch(items)
+            else:
+                queue.send_batch([(self.spool.sealer.open(body), group) for body, group in items])
+        self._bounded(send, max(self.send_timeout * 3, 10.0))
+        self.start()   # the listeners, if the queue could not be opened when the server started
+
+    def spool_depth(self):
+        """The spool's depth (SpoolDepth), or None without a spool."""
+        if self.spool is None:
+            return None
+        with self.applier.store().engine.connect() as conn:
+            return PushSpool.depth(conn)
 
     def handle(self, message: Message) -> None:
         """A listener's handler: apply one push batch. Raising leaves the message unacked, so it
@@ -152,17 +222,33 @@ class SyncService:
     def start(self) -> None:
         """Start the listeners (once; later calls do nothing). The server starts them at boot so
         batches received before a restart are applied; a push starts them too."""
-        if self.listeners <= 0:
+        if self.listeners <= 0 or self._started:
             return
-        pool = self.pool
+        try:
+            pool = self.pool
+        except Exception as exc:
+            # the queue cannot be opened now (broker or SQS down at boot): pushes are spooled,
+            # and the listeners start with the first send that succeeds
+            self.queue_failed(exc)
+            log.warning("the push queue cannot be opened (%s); its listeners start once it answers",
+                        describe_error(exc))
+            return
         with self._lock:
             if self._started:
                 return
             self._started = True
         pool.start()
 
+    def start_relay(self) -> None:
+        """Watch the push spool for as long as this process runs (`fieldsync serve` and
+        `fieldsync worker`: batches a stopped process left are relayed by the others)."""
+        if self.relay is not None:
+            self.relay.start()
+
     def stop(self, timeout: float | None = 30) -> None:
         self._stopping.set()
+        if self.relay is not None:
+            self.relay.stop(timeout)
         with self._lock:
             started, self._started = self._started, False
         if started and self._pool is not None:
@@ -174,6 +260,9 @@ class SyncService:
         `fail_after_apply`, each batch is applied and committed but never acked — what a worker
         killed between apply and acknowledgement leaves behind (fault injection)."""
         done = 0
+        if self.relay is not None:
+            while self.relay.relay_once():
+                pass
         while True:
             messages = self.queue.receive(10, visibility_timeout=60.0)
             if not messages:
@@ -191,6 +280,10 @@ class SyncService:
         self.stop()
         with self._lock:
             queue, self._queue = self._queue, None
+        with self._sender_lock:
+            sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.shutdown(wait=False, cancel_futures=True)
         if queue is not None:
             queue.close()
 
