@@ -32,6 +32,7 @@ def encode_fields(fields: Mapping[str, Any]) -> str:
     except TypeError:   # orjson.JSONEncodeError
         return _json_fields(fields)
 
+
 OUTBOX_INSERT = ('INSERT INTO "_outbox" (entity, op, record_id, base_version, fields, client_time) '
                  "VALUES (?, ?, ?, ?, ?, ?)")
 
