@@ -25,7 +25,7 @@ TEST_WORKERS ?= auto
 test: $(STAMP)
 	bash ci/services.sh
 	$(BIN)/fieldsync generate --check
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 services:
 	bash ci/services.sh

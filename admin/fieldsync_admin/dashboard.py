@@ -1,5 +1,5 @@
-"""The admin UI's first page: how the platform is doing, at a glance (issue 12, section 3;
-/work/notes/admin-audit.md). Every admin role sees it. Six figures, each read when the page is
+"""The admin UI's first page: how the platform is doing, at a glance (docs/admin.md). Every
+admin role sees it. Eight figures, each read when the page is
 shown (no cache), as of the server's clock:
 
 * `syncing`: active devices in contact within the last hour; `lagging`: active devices behind the
@@ -10,7 +10,10 @@ shown (no cache), as of the server's clock:
 * `failed-logins`: audit entries `auth` with outcome `failure` in the last 24 hours (REST, sync
   and admin logins alike);
 * `last-verification`: the newest recorded verification run of the audit trail (the audit page's
-  "Verify" records one) with its result.
+  "Verify" records one) with its result;
+* `push-spool`: push batches held in the database during a queue outage, and the oldest one's
+  age; `dependencies`: the database, queue, key provider and object store this process finds
+  degraded or down (docs/operations.md "Outages").
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any
 from flask_admin import AdminIndexView, expose
 
 from fieldsync.audit.search import count_entries, last_verification
+from fieldsync.dependencies import DEGRADED, DOWN, call_within, describe_error
+from fieldsync.workers.fleet import QUEUE_READ_SECONDS
 from fieldsync.sync.overview import LAG_QUIET_FOR, devices_synced_since, lagging_devices, quarantined_mutations
 from fieldsync_admin.security import ADMIN_ROLES, RoleView, state
 
@@ -46,15 +51,37 @@ class Figure:
 
 
 def _queue_figure() -> Figure:
-    try:
-        depth = state().sync.queue.depth()
-    except Exception:   # a broker out of reach must not take the dashboard down with it
-        log.exception("the sync queue's depth could not be read")
+    sync = state().sync
+    try:   # bounded: a broker out of reach must not take the dashboard down with it
+        depth = call_within(QUEUE_READ_SECONDS, lambda: sync.queue.depth(), "the push queue")
+    except Exception as exc:
+        log.warning("the sync queue's depth could not be read: %s", describe_error(exc))
         return Figure("queue-depth", "Queue depth", "unavailable", "the queue did not answer", "warning")
     shown = "?" if depth.visible is None else depth.visible
     detail = (f"in flight {'?' if depth.in_flight is None else depth.in_flight}, "
               f"dead letters {'?' if depth.dead is None else depth.dead}")
     return Figure("queue-depth", "Queue depth", shown, detail, "warning" if depth.dead else "")
+
+
+def _dependencies_figure() -> Figure:
+    """The dependencies this process finds failing (fieldsync.dependencies), else "all up"."""
+    failing = [s for s in state().dependencies.snapshot().values() if s.state in (DEGRADED, DOWN)]
+    if not failing:
+        return Figure("dependencies", "Dependencies", "all up", "database, queue, keys, object store")
+    worst = "danger" if any(s.state == DOWN for s in failing) else "warning"
+    return Figure("dependencies", "Dependencies", ", ".join(f"{s.name} {s.state}" for s in failing),
+                  "; ".join(f"{s.name}: {s.error} (since {s.to_dict()['since']})" for s in failing), worst)
+
+
+def _spool_figure() -> Figure:
+    """Push batches held in the database while the queue was out (sync/spool.py)."""
+    depth = state().sync.spool_depth()
+    if depth is None:
+        return Figure("push-spool", "Push spool", "off", "no spool: QUEUE_ENCRYPTION sealer missing")
+    shown = depth.to_dict()
+    detail = (f"{shown['devices']} device(s), oldest {shown['oldest_age_seconds']:g} s"
+              if depth.batches else "empty: every received push is in the queue")
+    return Figure("push-spool", "Push spool", depth.batches, detail, "warning" if depth.batches else "")
 
 
 def figures() -> list[Figure]:
@@ -84,6 +111,8 @@ def figures() -> list[Figure]:
         Figure("quarantined", "Quarantined mutations", quarantined, "permanently rejected, on active devices",
                "warning" if quarantined else ""),
         _queue_figure(),
+        _spool_figure(),
+        _dependencies_figure(),
         Figure("failed-logins", "Failed logins (24 h)", failed, "from the audit trail",
                "warning" if failed else ""),
         last,

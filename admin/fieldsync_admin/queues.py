@@ -25,6 +25,8 @@ from fieldsync.errors import InvalidPoolSize
 from fieldsync.sync.service import dead_letter_summaries
 from fieldsync.workers.fleet import (MAX_THREADS, MIN_THREADS, check_pool_size, processing_entries,
                                      set_desired_size, throughput_per_minute, workers_status)
+from fieldsync.workers.fleet import QUEUE_READ_SECONDS
+from fieldsync.dependencies import call_within
 
 from fieldsync_admin.security import RoleView, audit, current_user, state
 
@@ -114,9 +116,10 @@ class QueuesView(RoleView, BaseView):
         status: dict[str, Any] | None = None
         dead: list[dict[str, Any]] = []
         try:
-            queue = st.sync.queue
-            status = workers_status(st.engine, queue, queue_name=QUEUE)
-            dead = dead_letter_summaries(queue, DEAD_LETTERS_SHOWN)
+            queue = call_within(QUEUE_READ_SECONDS, lambda: st.sync.queue, "opening the push queue")
+            status = workers_status(st.engine, queue, queue_name=QUEUE)   # its depth is bounded too
+            dead = call_within(QUEUE_READ_SECONDS, lambda: dead_letter_summaries(queue, DEAD_LETTERS_SHOWN),
+                               "the push queue's dead letters")
         except Exception as exc:   # a broker or SQS out of reach: the page still shows the rest
             log.warning("admin queues page: the queue did not answer (%s: %s)", type(exc).__name__, exc)
             problem = f"the queue did not answer ({type(exc).__name__}); depth and dead letters are unknown"
@@ -163,7 +166,9 @@ class QueuesView(RoleView, BaseView):
             flash("name a dead letter to replay, or replay all", "danger")
             return redirect(url_for(".index")), 303
         try:
-            moved = st.sync.queue.replay_dead(None if replay_all else [message_id])
+            moved = call_within(3 * QUEUE_READ_SECONDS,
+                                lambda: st.sync.queue.replay_dead(None if replay_all else [message_id]),
+                                "the push queue")
         except Exception as exc:
             log.warning("admin replay: the queue refused (%s: %s)", type(exc).__name__, exc)
             audit("admin", outcome="failure", detail={"event": "dlq_replay", "queue": QUEUE,

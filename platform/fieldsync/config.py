@@ -39,7 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "AUTO_MIGRATE": True,              # additive migrations when the server starts
     "QUEUE_URL": None,                 # None: sqlite:///<DATA_DIR>/queue.db (the embedded queue)
     "QUEUE_ENCRYPTION": True,          # seal every queued payload with AES-256-GCM (invariant 7)
+    "READY_TIMEOUT_SECONDS": 2.0,      # GET /api/v1/ready waits this long for the database before answering 503
     "QUEUE_SEND_TIMEOUT": 3.0,         # seconds a push waits for the queue; then its batch is spooled in the database
+    "QUEUE_RETRY_SECONDS": 5.0,        # while the queue fails, one push tries it again this often (the rest are spooled)
     "KEY_PROVIDER": "local",           # where data keys come from: local = a master key in KEYS_DIR
     "KEYS_DIR": None,                  # None: <DATA_DIR>/keys (mode 0700; master.key 0600)
     "KMS_KEY_ID": None,                # KEY_PROVIDER=kms: the KMS key (id, key ARN, alias name or alias ARN)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["DATABASE", "DEGRADED", "DOWN", "Dependencies", "DependencyState", "KEYS", "MEDIA", "QUEUE", "UP",
-           "describe_error"]
+           "call_within", "describe_error"]
 
 UP, DEGRADED, DOWN = "up", "degraded", "down"
 DATABASE, QUEUE, KEYS, MEDIA = "database", "queue", "keys", "object_store"
@@ -132,3 +134,25 @@ class Dependencies:
                 listener(new, old)
             except Exception:
                 log.exception("a dependency listener failed")
+
+
+def call_within(timeout: float, call: Callable[[], "T"], what: str = "the call") -> "T":
+    """`call()` in a daemon thread of its own, waited for at most `timeout` seconds; raises
+    TimeoutError past it (the call goes on in its thread and its result is dropped). For the
+    operator's reads of a dependency (queue depth, dead letters) that must never hang a page."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:   # handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+    threading.Thread(target=run, name="fieldsync-bounded-call", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError(f"{what} did not answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

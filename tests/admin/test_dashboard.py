@@ -13,7 +13,8 @@ from fieldsync.store.changelog import head_position
 from fieldsync.store.sync_tables import DEVICES
 from tests.admin.conftest import AdminClient
 
-FIGURES = ("syncing", "lagging", "quarantined", "queue-depth", "failed-logins", "last-verification")
+FIGURES = ("syncing", "lagging", "quarantined", "queue-depth", "push-spool", "dependencies", "failed-logins",
+           "last-verification")
 
 
 def _state(app):
@@ -37,7 +38,7 @@ def _device(conn, *, contact: dt.datetime, acked: int, status: str = "active", r
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("role", ["admin", "analyst", "compliance"])
-def test_every_admin_role_sees_the_six_figures(browser_as, role):
+def test_every_admin_role_sees_the_eight_figures(browser_as, role):
     client = browser_as(role)
     html = client.text(client.get("/admin/"))
     assert 'id="fs-dashboard"' in html

@@ -34,8 +34,10 @@ from fieldsync.untrusted import INT32_MAX, load_json, parse_int
 
 blueprint = Blueprint("fieldsync_api", __name__)
 
-PUBLIC_ENDPOINTS = ("fieldsync_api.health", "fieldsync_api.openapi")
-RESERVED_SEGMENTS = ("health", "openapi.json")
+PUBLIC_ENDPOINTS = ("fieldsync_api.health", "fieldsync_api.ready", "fieldsync_api.openapi")
+RESERVED_SEGMENTS = ("health", "ready", "openapi.json")
+# answered without reading the database, not even for a model change (docs/operations.md "Outages")
+PROBE_ENDPOINTS = ("fieldsync_api.health", "fieldsync_api.ready")
 # Flask answers HEAD with the GET view; a view must never take HEAD (or any method it does not
 # name) for a write (docs/rest.md: HEAD is GET without a body, audited the same)
 READ_METHODS = ("GET", "HEAD")
@@ -56,6 +58,8 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 @blueprint.before_request
 def authenticate() -> None:
+    if request.endpoint in PROBE_ENDPOINTS:
+        return
     g.snapshot = _state().current()  # one model for the whole request, even if it is swapped meanwhile
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
@@ -247,8 +251,16 @@ def _store_call(fn, *args, **kwargs):
 
 @blueprint.get("/health")
 def health():
-    """Liveness: no authentication, no database access."""
+    """Liveness: no authentication, no dependency touched (not even for a model change)."""
     return _json({"status": "ok"})
+
+
+@blueprint.get("/ready")
+def ready():
+    """Readiness: 200 while the database answers, 503 when not; each dependency's state."""
+    from fieldsync.api.readiness import readiness
+    body, status = readiness(_state())
+    return _json(body, status, {"Cache-Control": "no-store"})
 
 
 @blueprint.get("/openapi.json")

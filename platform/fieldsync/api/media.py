@@ -39,7 +39,8 @@ def register_media(app: Flask) -> None:
     """Mount the media endpoints, give the app's state its MediaService (`state.media`) and let
     the tus server hand completed `media` uploads to it."""
     state = app.extensions["fieldsync"]
-    store = media_store_from_config(state.config, state.crypto.keyring)
+    from fieldsync.media.service import ReportingStore
+    store = ReportingStore(media_store_from_config(state.config, state.crypto.keyring), state.dependencies)
     clock = state.clock or utc_now
     state.media = MediaService(state.engine, store, clock=clock)
     app.register_blueprint(blueprint, url_prefix=MEDIA_PREFIX)

@@ -54,9 +54,20 @@ def _authenticate() -> None:
         raise Problem(ProblemType.FORBIDDEN, "only an admin may see or change the listener pool")
 
 
+class _QueueOf:
+    """The push queue, opened only inside the bounded depth read of workers_status (an SQS
+    that does not answer must not hold this request while it opens)."""
+
+    def __init__(self, sync) -> None:
+        self.sync = sync
+
+    def depth(self):
+        return self.sync.queue.depth()
+
+
 def _status() -> dict[str, Any]:
     state = _state()
-    return workers_status(state.engine, state.sync.queue)
+    return workers_status(state.engine, _QueueOf(state.sync))
 
 
 @blueprint.get("")

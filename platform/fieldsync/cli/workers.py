@@ -47,6 +47,8 @@ def set_size(invocation: Invocation, queue: str, threads: int, database_url: str
 @database_options
 @pass_invocation
 def status(invocation: Invocation, as_json: bool, database_url: str | None, data_dir: str | None) -> int:
+    """The queue's depth waits at most a few seconds (an unreachable broker shows as unknown);
+    the spool and every process's dependency outages come from the database."""
     from fieldsync.store.engine import make_engine
     from fieldsync.sync.service import open_push_queue
     from fieldsync.workers.fleet import create_worker_tables, workers_status
@@ -67,7 +69,17 @@ def status(invocation: Invocation, as_json: bool, database_url: str | None, data
     print(f"queue {found['queue']}: desired size "
           + (f"{desired} thread(s) per process (set {found['updated_at']} by {found['updated_by']})"
              if desired is not None else "not set (each process keeps its own)"))
-    print(f"depth: {depth['visible']} waiting, {depth['in_flight']} in flight, {depth['dead']} dead letter(s)")
+    if depth.get("error"):
+        print(f"depth: unknown, the queue did not answer ({depth['error']})")
+    else:
+        print(f"depth: {depth['visible']} waiting, {depth['in_flight']} in flight, {depth['dead']} dead letter(s)")
+    spool = found["spool"]
+    if spool is not None:
+        print(f"spool: {spool['batches']} push batch(es) of {spool['devices']} device(s) held in the database"
+              + (f", the oldest for {spool['oldest_age_seconds']:g} s" if spool["oldest_age_seconds"] is not None else ""))
+    for outage in found["outages"]:
+        print(f"OUTAGE: {outage['dependency']} is {outage['state']} since {outage['since']} for {outage['worker_id']} "
+              f"on {outage['host']}: {outage['error']}")
     items = [dict(p, state="stale" if p["stale"] else "live") for p in found["workers"]]
     if items:
         table(items, ("worker_id", "host", "pid", "threads", "in_flight", "processed", "failed",

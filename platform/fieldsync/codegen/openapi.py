@@ -289,6 +289,23 @@ def openapi_document(model: Model, *, page_size_max: int = 1000) -> dict[str, An
                 "schema": {"type": "object", "properties": {"status": {"const": "ok"}},
                            "required": ["status"]}}}}},
         }},
+        f"{API_PREFIX}/ready": {"get": {
+            "tags": ["meta"], "operationId": "ready", "security": [],
+            "responses": {code: {"description": text, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["status", "dependencies"], "properties": {
+                    "status": {"enum": ["ready", "degraded", "unready"]},
+                    "dependencies": {"type": "object", "additionalProperties": {
+                        "type": "object", "required": ["state"], "properties": {
+                            "state": {"enum": ["up", "degraded", "down", "unknown"]},
+                            "since": {"type": ["string", "null"]},
+                            "last_success": {"type": ["string", "null"]},
+                            "last_failure": {"type": ["string", "null"]}}}},
+                    "spool": {"type": "object", "properties": {
+                        "batches": {"type": "integer"}, "devices": {"type": "integer"},
+                        "oldest_age_seconds": {"type": ["number", "null"]}}}}}}}}
+                for code, text in (("200", "The server can serve (the database answers)."),
+                                   ("503", "The database does not answer: take this server out."))},
+        }},
         f"{API_PREFIX}/openapi.json": {"get": {
             "tags": ["meta"], "operationId": "openapi", "security": [],
             "responses": {"200": {"description": "This document.",

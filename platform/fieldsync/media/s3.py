@@ -48,7 +48,9 @@ class S3MediaStore:
         # SigV4: the policy of a presigned POST then names its credential fields (AWS's only
         # signature in newer regions)
         client = boto3.client("s3", endpoint_url=config.get("MEDIA_S3_ENDPOINT_URL") or None,
-                              config=BotoConfig(signature_version="s3v4"))
+                              # bounded: a request thread waits for S3 seconds, not minutes
+                              config=BotoConfig(signature_version="s3v4", connect_timeout=3, read_timeout=10,
+                                                retries={"mode": "standard", "max_attempts": 2}))
         return cls(client, bucket, prefix, url_ttl=int(config["MEDIA_URL_TTL"]),
                    kms_key_id=config.get("MEDIA_KMS_KEY_ID") or None)
 

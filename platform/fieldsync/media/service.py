@@ -23,8 +23,9 @@ from fieldsync.media.references import Claim, MediaBindings, bound_elsewhere
 from fieldsync.media.sniff import SNIFF_BYTES, agrees
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.sync_tables import MEDIA
+from fieldsync.dependencies import MEDIA as MEDIA_DEPENDENCY
 
-__all__ = ["MediaService", "media_store_from_config"]
+__all__ = ["MediaService", "ReportingStore", "media_store_from_config"]
 
 CONTENT_TYPE_MAX = 255
 
@@ -36,6 +37,33 @@ def media_store_from_config(config, keyring):
         from fieldsync.media.s3 import S3MediaStore
         return S3MediaStore.from_config(config)
     return LocalMediaStore(Path(config["DATA_DIR"]) / "media", keyring, url_ttl=int(config["MEDIA_URL_TTL"]))
+
+
+class ReportingStore:
+    """A media store whose calls report to the dependency registry (readiness, the dashboard):
+    each call's success or failure as the object store's state. Signing a URL calls nothing."""
+
+    _CALLS = ("put", "head", "remove", "first_bytes", "read")
+
+    def __init__(self, store, dependencies):
+        self._store = store
+        self._dependencies = dependencies
+
+    def __getattr__(self, name: str):
+        found = getattr(self._store, name)
+        if name not in self._CALLS or not callable(found):
+            return found
+
+        def call(*args, **kwargs):
+            try:
+                result = found(*args, **kwargs)
+            except Exception as exc:
+                if not isinstance(exc, (KeyError, FileNotFoundError, LookupError)):
+                    self._dependencies.failed(MEDIA_DEPENDENCY, exc)
+                raise
+            self._dependencies.succeeded(MEDIA_DEPENDENCY)
+            return result
+        return call
 
 
 def _unknown(ref: str) -> Problem:

@@ -18,7 +18,7 @@ from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.engine import create_tables
 
 __all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "SPOOL", "SPOOL_RELAY", "clear_received",
-           "create_sync_tables", "mark_received", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
+           "add_missing_columns", "create_sync_tables", "mark_received", "spool_depth", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
 
@@ -147,6 +147,13 @@ MEDIA = sa.Table(
 )
 
 
+def spool_depth(conn: sa.Connection) -> tuple[int, int, Any]:
+    """The push spool's (batches, devices, oldest spooled_at or None)."""
+    row = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(SPOOL.c.device_id)),
+                                 sa.func.min(SPOOL.c.spooled_at))).one()
+    return int(row[0]), int(row[1]), row[2]
+
+
 def mark_received(conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> None:
     """Record `seqs` as received and not yet processed (already recorded ones are kept)."""
     if not seqs:
@@ -214,12 +221,14 @@ def create_sync_tables(engine: sa.Engine) -> None:
     """Create the sync tables when missing, and the nullable columns a later version added to
     them (safe to run again, from several servers)."""
     create_tables(engine, sync_metadata)
-    _add_missing_columns(engine)
+    add_missing_columns(engine, sync_metadata)
 
 
-def _add_missing_columns(engine: sa.Engine) -> None:
+def add_missing_columns(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Add the nullable columns of `metadata`'s tables that a later version added (safe to run
+    again, from several processes)."""
     inspector = sa.inspect(engine)
-    for table in sync_metadata.sorted_tables:
+    for table in metadata.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in present:

@@ -63,6 +63,8 @@ class SyncService:
                       if self.spool is not None else None)
         self._sender: ThreadPoolExecutor | None = None
         self._sender_lock = threading.Lock()
+        self.retry_seconds = 5.0   # while the queue fails, one push tries it again this often
+        self._next_trial = 0.0
 
     @classmethod
     def from_config(cls, config, store, *, audit: AuditLog | None = None, clock=None,
@@ -88,6 +90,7 @@ class SyncService:
         service = cls(store, opened, audit=audit, listeners=int(config["SYNC_LISTENERS"]), clock=clock or utc_now,
                       dependencies=dependencies, sealer=sealer,
                       send_timeout=float(config.get("QUEUE_SEND_TIMEOUT") or 3.0))
+        service.retry_seconds = float(config.get("QUEUE_RETRY_SECONDS") or 5.0)
         service.visibility_timeout = float(config.get("SYNC_VISIBILITY_TIMEOUT") or 60.0)
         return service
 
@@ -121,7 +124,7 @@ class SyncService:
         """`call()` in the sender threads, waited for at most `timeout` seconds."""
         with self._sender_lock:
             if self._sender is None:
-                self._sender = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fieldsync-send")
+                self._sender = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fieldsync-send")
             sender = self._sender
         future = sender.submit(call)
         try:
@@ -131,10 +134,25 @@ class SyncService:
             raise QueueTimeout(f"the push queue did not answer within {timeout:g} s") from None
 
     def queue_failing(self) -> bool:
-        """True while the last send to the queue failed (pushes go to the spool)."""
-        return self.dependencies.is_failing(QUEUE)
+        """True while the last send to the queue failed: pushes go to the spool without trying
+        it. Every `retry_seconds` one push tries the queue again (this process may not be the
+        one whose relay forwards the spool, so it learns of the queue's return by itself)."""
+        if not self.dependencies.is_failing(QUEUE):
+            return False
+        with self._sender_lock:
+            now = time.monotonic()
+            if now >= self._next_trial:
+                self._next_trial = now + self.retry_seconds
+                return False
+        return True
+
+    def queue_retry_due(self) -> bool:
+        """True when the next push may try the queue (it is up, or the retry interval is over)."""
+        return not self.dependencies.is_failing(QUEUE) or time.monotonic() >= self._next_trial
 
     def queue_failed(self, exc: BaseException) -> None:
+        with self._sender_lock:
+            self._next_trial = time.monotonic() + self.retry_seconds
         self.dependencies.failed(QUEUE, exc, state=DEGRADED if self.spool is not None else DOWN)
 
     def queue_answered(self) -> None:

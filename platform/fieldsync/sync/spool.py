@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from fieldsync.backoff import Backoff
 from fieldsync.dependencies import DEGRADED, QUEUE, Dependencies
 from fieldsync.store.engine import write_transaction
-from fieldsync.store.sync_tables import SPOOL, SPOOL_RELAY
+from fieldsync.store.sync_tables import SPOOL, SPOOL_RELAY, spool_depth
 
 __all__ = ["PushSpool", "SpoolDepth", "SpoolRelay"]
 
@@ -73,9 +73,7 @@ class PushSpool:
 
     @staticmethod
     def depth(conn: sa.Connection) -> SpoolDepth:
-        row = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(SPOOL.c.device_id)),
-                                     sa.func.min(SPOOL.c.spooled_at))).one()
-        return SpoolDepth(int(row[0]), int(row[1]), row[2])
+        return SpoolDepth(*spool_depth(conn))
 
     @staticmethod
     def oldest(conn: sa.Connection, limit: int) -> list[tuple[int, str, bytes]]:
@@ -111,7 +109,8 @@ class SpoolRelay:
         self.batch = batch
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
-        self._backoff = backoff or Backoff(base=0.2, cap=5.0)
+        # a queue back is found within about 2 s: the relay retries often, each try is one bounded send
+        self._backoff = backoff or Backoff(base=0.2, cap=2.0)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._wake = threading.Event()
         self._stop = threading.Event()

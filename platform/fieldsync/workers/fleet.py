@@ -41,6 +41,8 @@ from fieldsync.errors import InvalidPoolSize
 from fieldsync.store.engine import create_tables, write_transaction
 from fieldsync.ids import utc_now
 from fieldsync.store.tables import PLATFORM_PREFIX
+from fieldsync.store.sync_tables import add_missing_columns, spool_depth
+from fieldsync.dependencies import call_within, describe_error
 
 __all__ = [
     "HEARTBEAT_SECONDS", "MAX_THREADS", "PROCESSING_LOG", "QUEUES", "STALE_AFTER", "WORKERS",
@@ -83,6 +85,9 @@ WORKERS = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("heartbeat_s", sa.Float, nullable=False),   # its interval: stale after STALE_AFTER of them
+    # JSON {name: {state, since, last_success, last_failure, error, failures}}: how the database,
+    # queue, key provider and object store last answered this process (fieldsync.dependencies)
+    sa.Column("dependencies", sa.Text, nullable=True),
 )
 
 PROCESSING_LOG = sa.Table(
@@ -103,6 +108,7 @@ PROCESSING_LOG = sa.Table(
 def create_worker_tables(engine: sa.Engine) -> None:
     """Create the worker tables when missing (safe to run again, from several processes)."""
     create_tables(engine, worker_metadata)
+    add_missing_columns(engine, worker_metadata)
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -191,7 +197,7 @@ class WorkerControl:
     def __init__(self, engine: sa.Engine, pool: Callable[[], Any], *, queue: str = "push",
                  worker_id: str | None = None, interval: float = HEARTBEAT_SECONDS,
                  log_days: int = 14, clock: Callable[[], dt.datetime] = utc_now,
-                 prune_every: float = PRUNE_EVERY) -> None:
+                 prune_every: float = PRUNE_EVERY, dependencies: Callable[[], dict] | None = None) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be positive, not {interval}")
         self.engine = engine
@@ -200,6 +206,7 @@ class WorkerControl:
         self.interval = interval
         self.log_days = log_days
         self._pool = pool
+        self._dependencies = dependencies   # the process's dependency states, for its row
         self._clock = clock
         self._prune_every = dt.timedelta(seconds=prune_every)
         self._lock = threading.Lock()
@@ -263,11 +270,17 @@ class WorkerControl:
         """One heartbeat: follow a changed desired size, refresh this process's row, prune
         old processing-log entries when due. Returns the pool's thread count afterwards."""
         with self._lock:
-            pool = self._pool()
+            try:
+                pool = self._pool()
+            except Exception as exc:   # the queue cannot be opened (SQS down at boot): still report in
+                log.warning("%s: the listener pool is not running (%s)", self, describe_error(exc))
+                pool = _NoPool()
             now = self._clock()
             with self.engine.connect() as conn:
                 desired = desired_size(conn, self.queue)
-            if desired is not None and (desired.threads, desired.updated_at) != self._seen:
+            if isinstance(pool, _NoPool):
+                pass
+            elif desired is not None and (desired.threads, desired.updated_at) != self._seen:
                 self._seen = (desired.threads, desired.updated_at)
                 if pool.threads != desired.threads:
                     log.info("%s: resizing from %d to %d threads (set by %s)", self, pool.threads,
@@ -277,7 +290,8 @@ class WorkerControl:
             stats = pool.stats
             row = {"host": socket.gethostname()[:255], "pid": os.getpid(), "queue": self.queue,
                    "threads": threads, "in_flight": _in_flight(pool), "processed": stats.processed,
-                   "failed": stats.failed, "last_seen": now, "heartbeat_s": float(self.interval)}
+                   "failed": stats.failed, "last_seen": now, "heartbeat_s": float(self.interval),
+                   "dependencies": json.dumps(self._dependencies()) if self._dependencies else None}
             with write_transaction(self.engine) as conn:
                 done = conn.execute(WORKERS.update().where(WORKERS.c.worker_id == self.worker_id)
                                     .values(**row)).rowcount
@@ -291,11 +305,40 @@ class WorkerControl:
             return threads
 
 
+class _NoPool:
+    """What the heartbeat reports while the queue cannot be opened: no threads, nothing done."""
+    threads = 0
+
+    class stats:   # noqa: N801 (the shape of ListenerPool.stats)
+        processed = 0
+        failed = 0
+
+
 # -- what an operator sees ----------------------------------------------------------------------
 
-def _depth(queue: Any) -> dict[str, int | None]:
-    depth = queue.depth()
+QUEUE_READ_SECONDS = 3.0   # an operator's read of the queue's depth waits no longer (a broker outage)
+
+
+def _depth(queue: Any) -> dict[str, Any]:
+    try:
+        depth = call_within(QUEUE_READ_SECONDS, queue.depth, "the push queue")
+    except Exception as exc:
+        return {"visible": None, "in_flight": None, "dead": None, "error": describe_error(exc)}
     return {"visible": depth.visible, "in_flight": depth.in_flight, "dead": depth.dead}
+
+
+def _outages(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every dependency a live process finds degraded or down, with the process."""
+    found = []
+    for process in processes:
+        if process["stale"]:
+            continue
+        for name, dependency in (process.get("dependencies") or {}).items():
+            if dependency.get("state") in ("degraded", "down"):
+                found.append({"dependency": name, "state": dependency["state"], "since": dependency.get("since"),
+                              "error": dependency.get("error"), "worker_id": process["worker_id"],
+                              "host": process["host"]})
+    return found
 
 
 def workers_status(engine: sa.Engine, queue: Any, *, queue_name: str = "push",
@@ -316,7 +359,8 @@ def workers_status(engine: sa.Engine, queue: Any, *, queue_name: str = "push",
             "worker_id": row["worker_id"], "host": row["host"], "pid": row["pid"], "threads": row["threads"],
             "in_flight": row["in_flight"], "processed": row["processed"], "failed": row["failed"],
             "started_at": _iso(row["started_at"]), "last_seen": _iso(last_seen),
-            "seconds_since_seen": round(max(age, 0.0), 1), "stale": age > STALE_AFTER * row["heartbeat_s"]})
+            "seconds_since_seen": round(max(age, 0.0), 1), "stale": age > STALE_AFTER * row["heartbeat_s"],
+            "dependencies": _loads(row["dependencies"])})
     live = [p for p in processes if not p["stale"]]
     return {
         "queue": queue_name,
@@ -327,7 +371,28 @@ def workers_status(engine: sa.Engine, queue: Any, *, queue_name: str = "push",
         "threads": sum(p["threads"] for p in live),
         "in_flight": sum(p["in_flight"] for p in live),
         "workers": processes,
+        "spool": _spool(engine, now),
+        "outages": _outages(processes),
     }
+
+
+def _loads(text: str | None) -> dict[str, Any] | None:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _spool(engine: sa.Engine, now: dt.datetime) -> dict[str, Any] | None:
+    """The push spool's depth: batches held in the database during a queue outage."""
+    try:
+        with engine.connect() as conn:
+            batches, devices, oldest = spool_depth(conn)
+    except sa.exc.DBAPIError:   # a database no server has run on yet: no spool table
+        return None
+    oldest = _utc(oldest)
+    return {"batches": batches, "devices": devices,
+            "oldest_age_seconds": round(max((now - oldest).total_seconds(), 0.0), 1) if oldest else None}
 
 
 # -- the processing log -------------------------------------------------------------------------
@@ -418,6 +483,9 @@ def attach(state: Any) -> WorkerControl:
     the app's injected record clock: heartbeats and log entries are about this machine."""
     create_worker_tables(state.engine)
     sync = state.sync
-    control = WorkerControl(state.engine, lambda: sync.pool, log_days=int(state.config.get("PROCESSING_LOG_DAYS", 14)))
+    dependencies = getattr(state, "dependencies", None)
+    control = WorkerControl(state.engine, lambda: sync.pool, log_days=int(state.config.get("PROCESSING_LOG_DAYS", 14)),
+                            dependencies=(lambda: {name: s.to_dict() for name, s in dependencies.snapshot().items()})
+                            if dependencies is not None else None)
     sync.observers.append(ProcessingLog(state.engine, control.worker_id))
     return control
