@@ -141,6 +141,8 @@ SDK_MAY_LOAD = {
     # the package __init__ is lazy; the value rules the SDK shares with the server (standard library only)
     "fieldsync.defs", "fieldsync.defs.model", "fieldsync.defs.values", "fieldsync.defs.patterns",
     "fieldsync.defs.expr", "fieldsync.transfer", "fieldsync.transfer.chunks",
+    # pull pages are read with the same exact-as-json.loads reader the server writes them with
+    "fieldsync.json_wire",
 }
 
 

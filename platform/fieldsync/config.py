@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     "PAGE_SIZE_DEFAULT": 50,
     "PAGE_SIZE_MAX": 1000,
     "AUTO_MIGRATE": True,              # additive migrations when the server starts
+    "DATABASE_CONNECT_TIMEOUT": 5,     # PostgreSQL: seconds to open a connection (libpq connect_timeout, TCP keepalive)
+    "DATABASE_POOL_TIMEOUT": 5,        # seconds a request waits for a pooled connection; then 503
+    "DATABASE_STATEMENT_TIMEOUT": None,   # PostgreSQL statement_timeout in seconds (None: none; see docs/operations.md)
+    "DATABASE_LOCK_TIMEOUT": None,     # PostgreSQL lock_timeout in seconds (None: none)
     "QUEUE_URL": None,                 # None: sqlite:///<DATA_DIR>/queue.db (the embedded queue)
     "QUEUE_ENCRYPTION": True,          # seal every queued payload with AES-256-GCM (invariant 7)
     "READY_TIMEOUT_SECONDS": 2.0,      # GET /api/v1/ready waits this long for the database before answering 503
@@ -46,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "KEYS_DIR": None,                  # None: <DATA_DIR>/keys (mode 0700; master.key 0600)
     "KMS_KEY_ID": None,                # KEY_PROVIDER=kms: the KMS key (id, key ARN, alias name or alias ARN)
     "KMS_ENDPOINT_URL": None,          # KEY_PROVIDER=kms: another endpoint (None: AWS_ENDPOINT_URL[_KMS], else AWS)
+    "KMS_CONNECT_TIMEOUT": 2,          # seconds to connect to KMS; then the key operation fails (503 where a request needed it)
+    "KMS_READ_TIMEOUT": 3,             # seconds to wait for KMS's answer
+    "KMS_MAX_ATTEMPTS": 2,             # attempts per KMS call (botocore's retries), the first included
+    "KMS_RETRY_SECONDS": 2,            # after KMS did not answer, key operations fail at once for this long
     "KEY_CACHE_SECONDS": 5,            # unwrapped data keys are cached this long; rotations and shreds reach every server within it
     "KEY_RETIRE_GRACE_SECONDS": None,  # None: KEY_CACHE_SECONDS + 120; a retired key is destroyed no sooner
     "KEY_MAINTENANCE_SECONDS": 300,    # the server re-encrypts values under retired keys this often

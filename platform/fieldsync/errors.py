@@ -36,6 +36,7 @@ keeps it so.
      +-- KeyShredded               a ciphertext's data key was destroyed: the value is gone
      +-- KeyMissing                a ciphertext names a key the database does not hold
      +-- KeyUnavailable            a data key cannot be unwrapped or made (KMS, master key)
+     |    +-- KeyProviderUnreachable  the key provider did not answer in time, or answered busy (503)
      +-- AuditUnavailable          an audit entry could not be appended: the PHI operation fails
      +-- AuditTampered             the audit trail does not verify
      +-- AnchorUnavailable         an audit anchor store could not be read or written
@@ -338,6 +339,12 @@ class KeyUnavailable(Error):
     """A wrapped data key cannot be unwrapped or a data key cannot be made: another master key,
     another encryption context, the data was altered, or the KMS key is unknown, disabled or
     not ours to use. The message names the key, never a key's bytes."""
+
+
+class KeyProviderUnreachable(KeyUnavailable):
+    """The key provider could not be reached within its timeouts, or answered that it cannot
+    serve now (throttled, an internal error): an outage, not a refusal. What needs a key the
+    process has not cached fails fast (503 with Retry-After; a listener retries by redelivery)."""
 
 
 class AuditUnavailable(Error):

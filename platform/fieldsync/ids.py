@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import threading
 import time
-import uuid
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -44,4 +43,31 @@ def new_id(now: dt.datetime | None = None) -> str:
         _id_last[0], _id_last[1] = ms, seq
     rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"   # str(uuid.UUID(int=value)) without building the object (every local write)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_ids(count: int, now: dt.datetime | None = None) -> list[str]:
+    """`count` UUIDv7 ids as `new_id` makes them one by one (the same order and counter), with
+    one lock and one read of the random source for all of them (a batch of local writes)."""
+    ms = int((now.timestamp() if now else time.time()) * 1000)
+    stamps: list[tuple[int, int]] = []
+    with _id_lock:
+        last_ms, last_seq = _id_last
+        for _ in range(count):
+            if ms <= last_ms:
+                this_ms, seq = last_ms, last_seq + 1
+                if seq > 0xFFF:
+                    this_ms, seq = this_ms + 1, 0
+            else:
+                this_ms, seq = ms, 0
+            stamps.append((this_ms, seq))
+            last_ms, last_seq = this_ms, seq
+        _id_last[0], _id_last[1] = last_ms, last_seq
+    random = os.urandom(8 * count)
+    ids = []
+    for i, (this_ms, seq) in enumerate(stamps):
+        rand = int.from_bytes(random[8 * i:8 * i + 8], "big") & ((1 << 62) - 1)
+        h = f"{(this_ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand:032x}"
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids

@@ -1,5 +1,5 @@
 """SQLite writers of one process queue on a lock before BEGIN IMMEDIATE (store/engine.py), and the
-JSON text of the push hot paths (fieldsync.json_text) reads back to the values written."""
+JSON text of the push hot paths (fieldsync.json_wire) reads back to the values written."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import sqlalchemy as sa
 
-from fieldsync.json_text import dumps_bytes, dumps_sorted, dumps_text
+from fieldsync.json_wire import dumps_bytes, dumps_sorted, dumps_text
 from fieldsync.store.engine import make_engine, write_transaction
 
 

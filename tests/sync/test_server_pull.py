@@ -337,3 +337,21 @@ def test_remaining_counts_down_the_records_a_phase_still_sends(app):
     for i, page in enumerate(pages):
         later = sum(_phase_upserts(p) for p in pages[i + 1:])
         assert page["remaining"] == (max(later, 1) if page["has_more"] else 0), (i, page["remaining"], later)
+
+
+def test_snapshot_rows_are_the_stored_records_in_wire_form(app):
+    """Snapshot pages read date-times as SQLite stores them and rewrite that text: every value
+    sent (times included, to the microsecond and with their Z) is the record's wire value."""
+    store = app.extensions["fieldsync"].store
+    visit = store.create("visit", {"rep_id": "rep-asha", **visit_fields(app, visited_at="2026-11-27T09:00:00.123456Z")})
+    dev = Device(app)
+    local = apply_pages(dev.pull_all(limit=7))
+    assert local
+    compared = 0
+    for (entity, record_id), row in local.items():
+        stored = server_view(app, entity, lambda r: r["id"] == record_id)[record_id]
+        for name, value in row.items():
+            assert value == stored[name], (entity, name, value, stored[name])
+            compared += name in ("created_at", "updated_at")
+    assert compared == 2 * len(local)
+    assert local[("visit", visit["id"])]["visited_at"] == "2026-11-27T09:00:00.123456Z"

@@ -349,6 +349,33 @@ def test_a_batch_failing_every_delivery_is_answered_not_dropped(sqlite_app):
     assert {r["type"] for r in pulled} == {"https://fieldsync.dev/problems/unprocessable"}
 
 
+def test_an_outage_on_the_last_delivery_is_not_the_batchs_fault(sqlite_app):
+    """A batch whose deliveries all met a key-provider outage is not rejected as unprocessable:
+    the outage is the server's; the batch stays to be applied when the key provider is back."""
+    from fieldsync.errors import KeyProviderUnreachable
+    from fieldsync.queue.embedded import Message
+    app = sqlite_app
+    dev = Device(app)
+    dev.push([dev.mutation("visit", "insert", new_id(), visit_fields(app))])
+    sync = app.extensions["fieldsync"].sync
+    real = sync.applier.apply_batch
+
+    def unreachable(batch):
+        raise KeyProviderUnreachable("KMS did not answer")
+    sync.applier.apply_batch = unreachable
+    try:
+        [message] = sync.queue.receive(1, visibility_timeout=60)
+        last = Message(message.id, message.body, message.group, message.receipt,
+                       sync.queue.max_receives, message.enqueued_at)
+        with pytest.raises(KeyProviderUnreachable):
+            sync.handle(last)
+    finally:
+        sync.applier.apply_batch = real
+    assert ledger_rows(app, dev.device_id) == []          # nothing answered for it
+    sync.handle(last)                                     # the key provider is back: applied
+    assert [r["status"] for r in ledger_rows(app, dev.device_id)] == ["applied"]
+
+
 def test_a_child_of_a_deleted_parent_is_not_sent_back(sqlite_app):
     """Found by the convergence property: a line edited offline while the office deleted its
     order must come back with `row: null` (the device drops it), not with the orphaned line."""

@@ -32,7 +32,7 @@ from fieldsync.defs.model import Model
 from fieldsync.defs.values import FieldProblem
 from fieldsync.untrusted import NUL_REASON
 from fieldsync.crypto.keyring import crypto_from_config, prepare_keys
-from fieldsync.store.engine import make_engine
+from fieldsync.store.engine import database_unavailable, describe_unavailable, engine_options, make_engine, watch_engine
 from fieldsync.store.changelog import ChangeLog, create_changelog_tables
 from fieldsync.store.records import RecordStore
 from fieldsync.ids import utc_now
@@ -83,6 +83,7 @@ class FieldsyncState:
         self.audit = None  # the AuditLog (fieldsync.audit.trail), set by create_app
         # how the database, push queue, key provider and object store last answered (readiness)
         self.dependencies = Dependencies()
+        _report_outcomes(self)
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self.version: int | None = None   # the applied version (fs_schema id) the snapshot follows
@@ -172,6 +173,31 @@ class FieldsyncState:
         self._snapshot = Snapshot(model, store, document)  # one assignment: atomic for readers
 
 
+def _report_outcomes(state: FieldsyncState) -> None:
+    """Let the database engine and the key provider tell the dependency registry how each call
+    went (readiness, `fieldsync workers status`): no probe, only what the server met anyway."""
+    from fieldsync.dependencies import DATABASE, DEGRADED, KEYS
+    deps = state.dependencies
+    watch_engine(state.engine, lambda: deps.succeeded(DATABASE),
+                 lambda exc: deps.failed(DATABASE, describe_unavailable(exc)))
+    observers = getattr(state.crypto.keyring.provider, "observers", None)
+    if observers is not None:
+        # cached data keys keep serving while the provider fails: degraded, not down
+        observers.append(lambda ok, exc: deps.succeeded(KEYS) if ok else deps.failed(KEYS, exc, state=DEGRADED))
+
+
+def _probe(engine: sa.Engine, provider) -> bool:
+    """True when the database answers and the key provider is not known to be out (the listener
+    pool's check before it claims again after an outage)."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception:
+        return False
+    available = getattr(provider, "available", None)
+    return available() if available is not None else True
+
+
 class _LiveApp(Flask):
     """The fieldsync app: a request that failed in the database because the tables changed under
     its snapshot (another process applied a model version) runs once more on the new snapshot.
@@ -180,7 +206,9 @@ class _LiveApp(Flask):
     def dispatch_request(self):
         try:
             return super().dispatch_request()
-        except sa.exc.DBAPIError:
+        except sa.exc.DBAPIError as exc:
+            if database_unavailable(exc):
+                raise   # an outage, not a model change: answered 503 at once (api/problems.py)
             state = self.extensions["fieldsync"]
             started = g.get("snapshot")
             if started is None or not state.refresh() and state.snapshot is started:
@@ -222,7 +250,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     if not settings.get("DATABASE_URL"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file lives there
     settings.create_secret_key()   # setting up a server: the token-signing secret, made once per data directory
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, **engine_options(settings))
     if model is None:
         model = load_model(settings["DEFS_DIR"])
     from fieldsync.api.sync import blueprint as sync_blueprint
@@ -243,6 +271,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     # pushed PHI is audited in the batch's own transaction (invariant 8)
     state.sync = SyncService.from_config(settings, lambda: state.current().store, audit=state.audit, clock=clock,
                                          dependencies=state.dependencies)
+    # after a batch failed on an outage, the listener pool claims again only once this answers
+    state.sync.outage_probe = lambda: _probe(engine, state.crypto.keyring.provider)
     from fieldsync.transfer.snapshots import BundleService
     state.bundles = BundleService(engine, settings, state.crypto.keyring, clock=clock)
     register_audit(app, state)              # REST write hook; AuditUnavailable answers 503

@@ -121,6 +121,9 @@ def _subjects(conn: sa.Connection, store, entity: Entity, ids: set[str]) -> dict
     return out
 
 
+_UNSEEN = object()
+
+
 def sync_read_events(conn: sa.Connection, store, principal, device_id: str | None, *,
                      changes: Iterable[Mapping[str, Any]] = (), results: Iterable[Mapping[str, Any]] = (),
                      channel: str = "pull") -> list[AuditEvent]:
@@ -129,13 +132,24 @@ def sync_read_events(conn: sa.Connection, store, principal, device_id: str | Non
     answer does not carry them."""
     model = store.model
     found: list[tuple[Entity, str, tuple[str, ...], Mapping[str, Any]]] = []
+    # per entity name: the entity and its PHI field names (None: no such entity); a page holds
+    # few entities and many items, and an item of an entity without PHI fields discloses none
+    phi: dict[str, tuple[Entity, tuple[str, ...]] | None] = {}
     for item in list(changes) + list(results):
         name = item.get("entity")
-        values = item.get("row") if item.get("row") is not None else item.get("fields")
-        if not isinstance(name, str) or not isinstance(values, Mapping) or not model.has_entity(name):
+        if not isinstance(name, str):
             continue
-        entity = model.entity(name)
-        shown = tuple(f.name for f in entity.phi_fields if f.name in values)
+        known = phi.get(name, _UNSEEN)
+        if known is _UNSEEN:
+            known = phi[name] = ((model.entity(name), tuple(f.name for f in model.entity(name).phi_fields))
+                                 if model.has_entity(name) else None)
+        if known is None or not known[1]:
+            continue
+        values = item.get("row") if item.get("row") is not None else item.get("fields")
+        if not isinstance(values, Mapping):
+            continue
+        entity, phi_names = known
+        shown = tuple(f for f in phi_names if f in values)
         if shown:
             found.append((entity, str(item.get("id")), shown, values))
     if not found:

@@ -9,12 +9,17 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from fieldsync.codegen.openapi import PROBLEM_MEDIA_TYPE
-from fieldsync.errors import IntegrityFailure, Problem, ProblemType, status_type
+from fieldsync.errors import IntegrityFailure, KeyProviderUnreachable, KeyUnavailable, Problem, ProblemType, status_type
 
 log = logging.getLogger("fieldsync.api")
+
+# seconds a client is told to wait after a dependency outage (a PostgreSQL restart or failover
+# takes seconds; the SDK's backoff waits at least this long, with jitter)
+OUTAGE_RETRY_AFTER = 3
 
 
 def problem_response(problem: Problem) -> Response:
@@ -56,8 +61,46 @@ def register_error_handlers(app: Flask) -> None:
         log.error("integrity check failed on %s %s: %s", request.method, request.path, exc)
         return problem_response(Problem(ProblemType.INTEGRITY_FAILURE, str(exc)))
 
+    @app.errorhandler(SQLAlchemyError)
+    def _database(exc: SQLAlchemyError):
+        from fieldsync.store.engine import database_unavailable, describe_unavailable
+        if not database_unavailable(exc):
+            return _unexpected(exc)
+        # the database is restarting, failing over or out of connections: a quick 503 the
+        # device retries, never a hang or a driver's traceback (docs/operations.md "Outages")
+        reason = describe_unavailable(exc)
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, reason)
+        _dependency_failed("database", reason)
+        return problem_response(Problem(ProblemType.UNAVAILABLE,
+                                        "the database is unavailable for the moment; retry after the delay given",
+                                        headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+                                        extra={"retry_after": OUTAGE_RETRY_AFTER}))
+
+    @app.errorhandler(KeyUnavailable)
+    def _keys(exc: KeyUnavailable):
+        # a data key this process has not cached could not be unwrapped or made: KMS does not
+        # answer (KeyProviderUnreachable), or refuses (a disabled key). Either way the request
+        # itself is fine and nothing of it was written; the message names keys, never values
+        outage = isinstance(exc, KeyProviderUnreachable)
+        (log.warning if outage else log.error)("key provider failed on %s %s: %s", request.method, request.path, exc)
+        return problem_response(Problem(ProblemType.UNAVAILABLE,
+                                        "a data key is unavailable for the moment (the key provider did not "
+                                        "answer); retry after the delay given" if outage else
+                                        "a data key is unavailable (the key provider refused it); retry later",
+                                        headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+                                        extra={"retry_after": OUTAGE_RETRY_AFTER}))
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(ProblemType.INTERNAL,
                                         "the server failed to handle this request; it has been logged"))
+
+
+def _dependency_failed(name: str, reason: str) -> None:
+    """Record an outage in the app's dependency registry (read by the readiness endpoint)."""
+    from flask import current_app
+    state = current_app.extensions.get("fieldsync")
+    deps = getattr(state, "dependencies", None)
+    if deps is not None:
+        deps.failed(name, reason)

@@ -26,6 +26,7 @@ from fieldsync.api.auth import audit_event, authenticate_request, record_audit, 
 from fieldsync.auth.revocation import REASON_MAX as REVOKE_REASON_MAX, revoke_device
 from fieldsync.auth.tokens import Principal, issue_token, new_token_id
 from fieldsync.ids import new_id, utc_now
+from fieldsync import json_wire
 from fieldsync.defs.values import format_datetime
 from fieldsync.untrusted import INT32_MAX, INT64_MAX, load_json, parse_int, unstorable_paths
 from fieldsync.store.engine import write_transaction
@@ -195,7 +196,7 @@ def _malformed(errors: list[dict[str, str]]) -> Problem:
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    response = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    response = Response(json_wire.dumps_bytes(body), status=status, mimetype="application/json")
     for k, v in (headers or {}).items():
         response.headers[k] = v
     return response

@@ -724,13 +724,25 @@ def _watch_commits(engine: sa.Engine, log: "AuditLog") -> None:
         if pending in conn.info:
             conn.info[committed] = conn.info.pop(pending)
 
+    def info(conn) -> dict | None:
+        """The connection's info, or None when a database outage invalidated the connection
+        mid-transaction: reading it would raise PendingRollbackError in place of the outage
+        (a 500 instead of a 503), and what it held was dropped with the connection anyway."""
+        try:
+            return conn.info
+        except sa.exc.InvalidRequestError:
+            return None
+
     def on_rollback(conn) -> None:   # what an earlier COMMIT of this connection made stays anchored
-        conn.info.pop(pending, None)
+        found = info(conn)
+        if found is not None:
+            found.pop(pending, None)
 
     def on_error(context) -> None:     # a failed COMMIT too
-        if context.connection is not None:
-            context.connection.info.pop(pending, None)
-            context.connection.info.pop(committed, None)
+        found = info(context.connection) if context.connection is not None else None
+        if found is not None:
+            found.pop(pending, None)
+            found.pop(committed, None)
 
     def on_checkin(_dbapi_connection, record) -> None:
         if record is None:

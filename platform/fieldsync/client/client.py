@@ -1,16 +1,18 @@
 """`Client`: the device side of fieldsync sync, over a local SQLite store.
 
-Local writes are instant and offline (row + outbox entry in one transaction); `sync()` talks
+Local writes are instant and offline (row + outbox entry in one transaction; `transaction()` and
+`insert_many()` make many writes one commit); `sync()` talks
 to the server; `start()` keeps syncing in a background thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from fieldsync.backoff import Backoff
 from fieldsync.client import conflicts, outbox
@@ -173,7 +175,19 @@ class Client:
         self._written(seq)
         return record_id
 
-    def update(self, entity: str, id: str, fields: Mapping[str, Any]) -> int | None:
+    def insert_many(self, entity: str | type, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create many records on the device in one commit; returns their ids in the order of
+        `rows` (`last_seq`: the last one's outbox seq; their seqs ascend in that order).
+
+        All or nothing: every row is checked first, and one bad row refuses the whole call
+        with a ValidationError whose problems name the row and field (`rows[3].notes`) and
+        the reason; nothing is written then. Inside `transaction()` the rows join it."""
+        ids, seq = outbox.write_insert_many(self._store, self._entity_name(entity), rows, self._clock())
+        if seq is not None:
+            self._written(seq)
+        return ids
+
+    def update(self, entity: str | type, id: str, fields: Mapping[str, Any]) -> int | None:
         """Change fields of a record on the device; returns the outbox seq of the change (also
         `last_seq`), or None when nothing changed. Only changed fields are queued, and fields of
         a quarantined write of the record that the app sets again (the row may already hold
@@ -182,12 +196,49 @@ class Client:
         self._written(seq)
         return seq
 
-    def delete(self, entity: str, id: str) -> int:
+    def delete(self, entity: str | type, id: str) -> int:
         """Delete a record on the device (hidden at once, removed when the server confirms);
         returns the outbox seq of the delete (also `last_seq`)."""
         seq = outbox.write_delete(self._store, self._entity_name(entity), id, self._clock())
         self._written(seq)
         return seq
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every `insert`, `insert_many`, `update`, `delete` (and `resubmit`, `discard`,
+        `attach_media`) inside the block one local commit: all of them or, when an exception
+        leaves the block, none (rows and outbox entries alike)::
+
+            with client.transaction():
+                order_id = client.insert("order", {...})
+                for line in lines:
+                    client.insert("order_line", {"order_id": order_id, **line})
+
+        Reads inside see the block's own writes; other threads wait for the commit (the block
+        holds the store), and background sync pushes its writes only after it. A nested block
+        is a savepoint: an exception leaving it undoes its writes only, and the outer block
+        may go on. The background sync is told once, after the commit; after a rollback
+        `last_seq` is what it was before the block. `sync()` inside a block is refused."""
+        local = self._writes
+        depth = getattr(local, "depth", 0)
+        seq_before = getattr(local, "seq", None)
+        wrote_before = getattr(local, "wrote", False)
+        local.depth = depth + 1
+        committed = False
+        try:
+            with self._store.batch():
+                yield
+            committed = True
+        finally:
+            local.depth = depth
+            if not committed:
+                local.seq = seq_before
+                local.wrote = wrote_before
+        if depth == 0:
+            wrote, local.wrote = getattr(local, "wrote", False), False
+            background = self._background
+            if wrote and background is not None:
+                background.notify_write()
 
     @property
     def last_seq(self) -> int | None:
@@ -264,6 +315,7 @@ class Client:
         Raises TransportError/ServerUnavailable (try again later; nothing is lost), SchemaTooNew,
         DeviceRevoked or ProtocolError. Local data and the outbox survive every error.
         """
+        self._refuse_in_transaction("sync()")
         with self._sync_lock:
             report = self._engine.run(max_pages=max_pages, progress=self._progress)
             # after the records, so a record holding a reference reaches the server first; a
@@ -284,6 +336,7 @@ class Client:
 
     def sync_media(self):
         """Upload the queued files that are due now (also done by every `sync()`); a MediaReport."""
+        self._refuse_in_transaction("sync_media()")
         with self._sync_lock:
             return self._media.run()
 
@@ -332,10 +385,22 @@ class Client:
             self._background = None
 
     def _written(self, seq: int | None) -> None:
-        self._writes.seq = seq
+        local = self._writes
+        local.seq = seq
+        if seq is None:
+            return
+        if getattr(local, "depth", 0):
+            local.wrote = True   # told after the commit (transaction())
+            return
         background = self._background
-        if seq is not None and background is not None:
+        if background is not None:
             background.notify_write()
+
+    def _refuse_in_transaction(self, what: str) -> None:
+        # a push inside an open local transaction could send writes that then roll back, and
+        # their seqs would be used again (invariant 2)
+        if getattr(self._writes, "depth", 0):
+            raise ClientError(f"{what} cannot run inside client.transaction(); call it after the block")
 
     # -- status and quarantine -------------------------------------------------------------------
 

@@ -110,9 +110,11 @@ class MediaQueue:
                 self._table = self.store.conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_media'").fetchone() is not None
             if not self._table and create:
-                with self.store.transaction() as conn:
+                with self.store.write() as conn:
                     conn.execute(MEDIA_DDL)
-                self._table = True
+                    # inside client.transaction() the table exists only once the block commits
+                    self._table = not self.store.batch_depth
+                return True
         return self._table
 
     # -- the app's side ---------------------------------------------------------------------------
@@ -128,7 +130,7 @@ class MediaQueue:
             size = os.path.getsize(path)
         ref = f"fsmedia:{new_id(self.clock())}"
         self._exists(create=True)
-        with self.store.transaction() as conn:
+        with self.store.write() as conn:   # joins client.transaction()
             conn.execute('INSERT INTO "_media" (ref, entity, field, path, data, content_type, size, created_at) '
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (ref, entity, field, path, data, content_type.lower(), size, _iso(self.clock())))

@@ -16,46 +16,35 @@ import datetime as dt
 import json
 import sqlite3
 import uuid
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from fieldsync.errors import ClientError, ProblemType, ValidationError
 from fieldsync.client.reports import QuarantinedMutation
 from fieldsync.client.schema import EntityTable, quote
 from fieldsync.client.store import LocalStore
-from fieldsync.defs.values import FieldProblem, format_datetime, validate_record
-from fieldsync.ids import new_id
+from fieldsync.client.write_plan import OUTBOX_INSERT, encode_fields, plan_for
+from fieldsync.defs.values import FieldProblem, format_datetime
+from fieldsync.ids import new_id, new_ids
 
 UNSETTLED = ("pending", "sent", "received")
 
 
 def check_fields(table: EntityTable, fields: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
     """Validate a local write like the server will, returning the values in wire form."""
-    if table.direction in ("pull", "none"):
-        raise ValidationError(table.name, [FieldProblem("", f"{table.name} comes from the server "
-                                                            "and cannot be changed on the device")])
-    problems: list[FieldProblem] = []
-    owner = table.owner
-    if owner and isinstance(fields, Mapping) and owner in fields:
-        problems.append(FieldProblem(owner, "is set by the server from the signed-in user"))
-        fields = {k: v for k, v in fields.items() if k != owner}
-    clean, more = validate_record(table.entity, fields, partial=partial,
-                                  server_set=(owner,) if owner else ())
-    problems += more
-    if problems:
-        raise ValidationError(table.name, problems)
-    return clean
+    return plan_for(table).check(fields, partial=partial)
 
 
 def _add_entry(conn: sqlite3.Connection, table: EntityTable, op: str, record_id: str,
                base_version: int | None, fields: Mapping[str, Any], now: dt.datetime) -> int:
-    cursor = conn.execute(
-        'INSERT INTO "_outbox" (entity, op, record_id, base_version, fields, client_time) VALUES (?, ?, ?, ?, ?, ?)',
-        (table.name, op, record_id, base_version, json.dumps(fields, sort_keys=True), format_datetime(now)))
+    cursor = conn.execute(OUTBOX_INSERT, (table.name, op, record_id, base_version, encode_fields(fields),
+                                          format_datetime(now)))
     return int(cursor.lastrowid)
 
 
-def _live_row(store: LocalStore, conn: sqlite3.Connection, table: EntityTable, record_id: str) -> sqlite3.Row:
-    row = store.row(conn, table, record_id)
+def _live_row(store: LocalStore, conn: sqlite3.Connection, table: EntityTable, record_id: str,
+              names: tuple[str, ...] = ()) -> sqlite3.Row:
+    """`_version`, `_deleted` and the columns `names` of a record that exists and is not deleted."""
+    row = conn.execute(plan_for(table).read_sql(names), (record_id,)).fetchone()
     if row is None or row["_deleted"]:
         raise ClientError(f"no {table.name} {record_id} on this device")
     return row
@@ -63,17 +52,58 @@ def _live_row(store: LocalStore, conn: sqlite3.Connection, table: EntityTable, r
 
 def write_insert(store: LocalStore, entity: str, fields: Mapping[str, Any], now: dt.datetime) -> tuple[str, int]:
     """Insert a record made on the device (a UUIDv7 id, time-ordered) and queue it; returns
-    the id and the entry's seq."""
-    table = store.table(entity)
-    clean = check_fields(table, fields, partial=False)
+    the id and the entry's seq. The entry is built from the checked values, not by reading
+    the row back."""
+    plan = plan_for(store.table(entity))
+    clean = plan.check(fields, partial=False)
     record_id = new_id(now)
-    names = ["id", *clean, "_version", "_dirty"]
-    values = [record_id, *(table.column(n).to_storage(v) for n, v in clean.items()), 0, 1]
-    with store.transaction() as conn:
-        conn.execute(f"INSERT INTO {quote(table.table)} ({', '.join(quote(n) for n in names)}) "
-                     f"VALUES ({', '.join('?' for _ in names)})", values)
-        seq = _add_entry(conn, table, "insert", record_id, None, clean, now)
-    return record_id, seq
+    sql = plan.insert_sql(tuple(clean))
+    values = plan.storage_values(record_id, clean)
+    entry = (entity, "insert", record_id, None, encode_fields(clean), format_datetime(now))
+    with store.write() as conn:
+        conn.execute(sql, values)
+        seq = conn.execute(OUTBOX_INSERT, entry).lastrowid
+    return record_id, int(seq)
+
+
+def write_insert_many(store: LocalStore, entity: str, rows: Iterable[Mapping[str, Any]],
+                      now: dt.datetime) -> tuple[list[str], int | None]:
+    """Insert many records made on the device and queue them, in one transaction (or in the
+    open batch); returns their ids in order and the last entry's seq (None for no rows).
+
+    Every row is checked before anything is written: one bad row refuses the whole call with
+    a ValidationError whose problems name the row (`rows[3].notes`) and the reason. Rows whose
+    checked values set the same columns share one `executemany`; the entries' seqs ascend in
+    the order of `rows` (one `executemany` over all of them)."""
+    plan = plan_for(store.table(entity))
+    plan.refuse_read_only()
+    checked: list[dict[str, Any]] = []
+    problems: list[FieldProblem] = []
+    for index, fields in enumerate(rows):
+        result = plan.problems(fields, partial=False)
+        if isinstance(result, list):
+            problems += [FieldProblem(f"rows[{index}].{p.field}" if p.field else f"rows[{index}]", p.reason)
+                         for p in result]
+        else:
+            checked.append(result)
+    if problems:
+        raise ValidationError(entity, problems)
+    if not checked:
+        return [], None
+    client_time = format_datetime(now)
+    ids = new_ids(len(checked), now)
+    groups: dict[tuple[str, ...], list[list[Any]]] = {}
+    entries = []
+    for record_id, clean in zip(ids, checked):
+        groups.setdefault(tuple(clean), []).append(plan.storage_values(record_id, clean))
+        entries.append((entity, "insert", record_id, None, encode_fields(clean), client_time))
+    with store.write() as conn:
+        for names, values in groups.items():
+            conn.executemany(plan.insert_sql(names), values)
+        conn.executemany(OUTBOX_INSERT, entries)
+        # AUTOINCREMENT: the batch took the seqs just below the table's counter
+        last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = '_outbox'").fetchone()[0]
+    return ids, int(last)
 
 
 def write_update(store: LocalStore, entity: str, record_id: str, fields: Mapping[str, Any],
@@ -83,17 +113,18 @@ def write_update(store: LocalStore, entity: str, record_id: str, fields: Mapping
     refused them (the app setting one again means it wants it sent). Returns the entry's seq,
     or None when nothing changed."""
     table = store.table(entity)
-    clean = check_fields(table, fields, partial=True)
-    with store.transaction() as conn:
-        row = _live_row(store, conn, table, record_id)
-        current = store.to_wire(table, row)
-        refused = _quarantined_fields(conn, entity, record_id)
-        changed = {k: v for k, v in clean.items() if current.get(k) != v or k in refused}
+    plan = plan_for(table)
+    clean = plan.check(fields, partial=True)
+    names = tuple(clean)
+    with store.write() as conn:
+        row = _live_row(store, conn, table, record_id, names)
+        changed = plan.changed_fields(row, clean)
+        refused = _quarantined_fields(conn, entity, record_id) if clean and len(changed) < len(clean) else ()
+        if any(name in clean and name not in changed for name in refused):
+            changed = {name: value for name, value in clean.items() if name in changed or name in refused}
         if not changed:
             return None
-        assignments = ", ".join(f"{quote(k)} = ?" for k in changed)
-        conn.execute(f"UPDATE {quote(table.table)} SET {assignments}, _dirty = 1 WHERE id = ?",
-                     [*(table.column(k).to_storage(v) for k, v in changed.items()), record_id])
+        conn.execute(plan.update_sql(tuple(changed)), [*plan.storage_values(None, changed), record_id])
         return _add_entry(conn, table, "update", record_id, row["_version"], changed, now)
 
 
@@ -109,12 +140,11 @@ def _quarantined_fields(conn: sqlite3.Connection, entity: str, record_id: str) -
 def write_delete(store: LocalStore, entity: str, record_id: str, now: dt.datetime) -> int:
     """Delete a record: the row stays (`_deleted = 1`, hidden from reads) until it settles."""
     table = store.table(entity)
-    if table.direction in ("pull", "none"):
-        raise ValidationError(entity, [FieldProblem("", f"{entity} comes from the server and cannot be "
-                                                        "changed on the device")])
-    with store.transaction() as conn:
+    plan = plan_for(table)
+    plan.refuse_read_only()
+    with store.write() as conn:
         row = _live_row(store, conn, table, record_id)
-        conn.execute(f"UPDATE {quote(table.table)} SET _deleted = 1, _dirty = 1 WHERE id = ?", (record_id,))
+        conn.execute(plan.delete_sql, (record_id,))
         return _add_entry(conn, table, "delete", record_id, row["_version"], {}, now)
 
 
@@ -218,7 +248,7 @@ def _quarantined_row(conn: sqlite3.Connection, seq: int) -> sqlite3.Row:
 def resubmit(store: LocalStore, seq: int, fields: Mapping[str, Any] | None, now: dt.datetime) -> int:
     """Queue a quarantined mutation again as a new entry (a new seq), with `fields` merged over
     the quarantined ones, and drop the quarantine row. Returns the new seq."""
-    with store.transaction() as conn:
+    with store.write() as conn:
         q = _quarantined_row(conn, seq)
         table = store.table(q["entity"])
         record_id, op = q["record_id"], q["op"]
@@ -253,7 +283,7 @@ def resubmit(store: LocalStore, seq: int, fields: Mapping[str, Any] | None, now:
 
 def discard(store: LocalStore, seq: int) -> None:
     """Drop a quarantined mutation; the record is fetched again on the next pull (§10.3)."""
-    with store.transaction() as conn:
+    with store.write() as conn:
         q = _quarantined_row(conn, seq)
         conn.execute('DELETE FROM "_quarantine" WHERE seq = ?', (seq,))
         if remaining_entries(conn, q["entity"], q["record_id"]) == 0:

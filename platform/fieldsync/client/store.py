@@ -4,7 +4,9 @@ with SQLCipher when opened with a key (`store_cipher.py`, docs/device-store.md).
 
 Every change goes through `transaction()`, a `BEGIN IMMEDIATE ... COMMIT` on the one connection
 the client shares between the app's threads and the background sync thread (a re-entrant lock
-serialises them). Nothing here talks to the network.
+serialises them). The app's own writes go through `write()`, which joins the `batch()` the
+calling thread holds open (`client.transaction()`) or else is a transaction of its own. Nothing
+here talks to the network.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Iterator, Mapping
 
 from fieldsync.client.schema import DeviceSchema, EntityTable, quote
 from fieldsync.client.store_cipher import encrypt_plain_store, open_connection, rekey
+from fieldsync.errors import ClientError
 
 STORE_FORMAT = "1"
 
@@ -36,6 +39,8 @@ class LocalStore:
         self.encrypted = key is not None
         self._configure()
         self._in_transaction = False
+        self.batch_depth = 0          # batch() levels open (only the thread holding `lock` sees > 0)
+        self._batch_broken = False    # a write inside the batch failed part way: it cannot commit
         self.schema: DeviceSchema | None = None
         stored = self._meta_value("schema")
         if stored is not None:
@@ -94,9 +99,60 @@ class LocalStore:
                 self.conn.execute("ROLLBACK")
                 raise
             else:
-                self.conn.execute("COMMIT")
+                _commit(self.conn)
             finally:
                 self._in_transaction = False
+
+    def write(self) -> "WriteScope":
+        """The transaction of one local write (row and outbox entry): the open `batch()` of the
+        calling thread when there is one, else its own `BEGIN IMMEDIATE ... COMMIT`."""
+        return WriteScope(self)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[sqlite3.Connection]:
+        """Many local writes in one transaction (`client.transaction()`): the outermost level
+        is `BEGIN IMMEDIATE ... COMMIT`, a nested one a SAVEPOINT, so an exception leaving a
+        level undoes that level's writes only. A level whose block ends normally although a
+        write inside it failed part way (the app caught a database error) is rolled back and
+        raises ClientError: a row never commits without its outbox entry."""
+        with self.lock:
+            depth = self.batch_depth
+            conn = self.conn
+            if depth == 0:
+                if self._in_transaction:
+                    raise ClientError("client.transaction() cannot start inside another local transaction")
+                conn.execute("BEGIN IMMEDIATE")
+                self._in_transaction = True
+                self._batch_broken = False
+            else:
+                conn.execute(f'SAVEPOINT "batch_{depth}"')
+            broken_before = self._batch_broken
+            self.batch_depth = depth + 1
+            finished = False
+            try:
+                yield conn
+                finished = True
+            finally:
+                self.batch_depth = depth
+                keep = finished and not self._batch_broken
+                try:
+                    if depth == 0:
+                        self._in_transaction = False
+                        if keep:
+                            _commit(conn)
+                        else:
+                            conn.execute("ROLLBACK")
+                    else:
+                        if not keep:
+                            conn.execute(f'ROLLBACK TO "batch_{depth}"')
+                            self._batch_broken = broken_before   # the partial write is undone
+                        conn.execute(f'RELEASE "batch_{depth}"')
+                finally:
+                    if depth == 0:
+                        self._batch_broken = False
+                if finished and not keep:
+                    raise ClientError("the transaction was rolled back: a write inside it failed part way "
+                                      "and its error was caught inside the block")
 
     def create(self, schema: DeviceSchema) -> None:
         """Create a fresh store from `schema`, in one transaction (a crash leaves no half store)."""
@@ -233,6 +289,59 @@ class LocalStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             conn.execute(f"DELETE FROM {quote(table.table)} WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
+
+
+class WriteScope:
+    """`with store.write() as conn:` (a class, not a generator: it runs once per local write).
+
+    Inside a batch, a write that fails after it may have changed something (any error but a
+    ClientError, which the write functions raise before their first change) marks the batch
+    broken, so it rolls back instead of committing a row without its outbox entry."""
+
+    __slots__ = ("store", "own")
+
+    def __init__(self, store: LocalStore):
+        self.store = store
+        self.own = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        store.lock.acquire()
+        try:
+            if not store.batch_depth:
+                if store._in_transaction:
+                    raise RuntimeError("local transactions do not nest")
+                store.conn.execute("BEGIN IMMEDIATE")
+                store._in_transaction = True
+                self.own = True
+        except BaseException:
+            store.lock.release()
+            raise
+        return store.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        store = self.store
+        try:
+            if self.own:
+                store._in_transaction = False
+                if exc_type is None:
+                    _commit(store.conn)
+                else:
+                    store.conn.execute("ROLLBACK")
+            elif exc_type is not None and not issubclass(exc_type, ClientError):
+                store._batch_broken = True
+        finally:
+            store.lock.release()
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    """COMMIT, or ROLLBACK when the commit itself fails (a full disk): never left half open."""
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _rename_unsent_fields(conn: sqlite3.Connection, schema: DeviceSchema) -> None:

@@ -24,6 +24,7 @@ from fieldsync.client.clock_offset import ClockOffset
 from fieldsync.errors import (DeviceRevoked, ProblemType, ProtocolError, SchemaTooNew, ServerUnavailable,
                               TransportError, problem_name)
 from fieldsync.client.transport import Transport
+from fieldsync import json_wire
 
 PROTOCOL_VERSION = 1
 SYNC_PREFIX = "/api/v1/sync"
@@ -138,7 +139,7 @@ class Wire:
 
     def _interpret(self, status: int, headers: Mapping[str, str], data: bytes, method: str, path: str) -> dict:
         try:
-            document = json.loads(data) if data else None
+            document = json_wire.loads(data) if data else None
         except ValueError:
             document = None
         if 200 <= status < 300:

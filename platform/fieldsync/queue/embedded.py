@@ -245,6 +245,11 @@ _BURY = """INSERT INTO fs_queue_dead (seq, id, grp, body, enqueued_at, receive_c
     SELECT seq, id, grp, body, enqueued_at, min(receive_count, ?), ? FROM fs_queue WHERE seq = ?"""
 
 
+# the WHERE clause of an ack of n receipts, built once per n (the SQL text is also sqlite3's
+# statement cache key, so equal batch sizes reuse one prepared statement)
+_ACK_TERMS = {n: " OR ".join(["(seq = ? AND token = ?)"] * n) for n in range(1, _MAX_SQL_VARIABLES + 1)}
+
+
 def _parse_receipt(receipt: str) -> tuple[int, int]:
     """`(seq, token)` of a receipt `"<seq>:<delivery>:<token>"`."""
     try:
@@ -252,10 +257,6 @@ def _parse_receipt(receipt: str) -> tuple[int, int]:
         return int(seq), int(token)
     except ValueError:
         raise ValueError(f"not a receipt of this queue: {receipt!r}") from None
-
-
-def _receipt(seq: int, count: int, token: int) -> str:
-    return f"{seq}:{count}:{token}"
 
 
 def _chunks(items: list, size: int = _MAX_SQL_VARIABLES) -> Iterator[list]:
@@ -291,6 +292,7 @@ class SqliteQueue:
         self._closed = False
         self._synchronous: str | None = None
         self._secure_delete = secure_delete
+        self._busy = False  # the last claim filled its batch: more is probably waiting
         memory = self._path == ":memory:"
         if memory:
             self._doorbell = _Doorbell()
@@ -414,9 +416,12 @@ class SqliteQueue:
         while True:
             rung = self._doorbell.rings()
             # look before taking the write lock: idle polls then never hold it, so they cannot
-            # starve writers in other connections (a heartbeat's extend, an ack) of it
-            if self._has_candidates():
+            # starve writers in other connections (a heartbeat's extend, an ack) of it. A
+            # consumer whose last claim came back full is draining a backlog, not idling: it
+            # claims straight away (an empty claim then costs one short write transaction)
+            if self._busy or self._has_candidates():
                 messages = self._claim(max_messages, visibility_timeout)
+                self._busy = len(messages) == max_messages
                 if messages:
                     return messages
             remaining = deadline - time.monotonic()
@@ -445,11 +450,11 @@ class SqliteQueue:
                     if not rows:
                         break
                     rows.sort()  # RETURNING order is arbitrary; a batch goes out in send order
-                    dead = [(row[0], row[2]) for row in rows if row[5] > self._max_receives]
-                    claimed.extend(Message(message_id, body, group, _receipt(seq, count, token), count,
-                                           enqueued_at)
-                                   for seq, message_id, group, body, enqueued_at, count, token in rows
-                                   if count <= self._max_receives)
+                    limit = self._max_receives
+                    dead = [(row[0], row[2]) for row in rows if row[5] > limit]
+                    claimed += [Message(message_id, body, group, f"{seq}:{count}:{token}", count, enqueued_at)
+                                for seq, message_id, group, body, enqueued_at, count, token in rows
+                                if count <= limit]
                     if not dead:
                         break
                     # exhausted messages go to the dead letters; that unblocks their groups,
@@ -470,12 +475,11 @@ class SqliteQueue:
             self._check_open()
             with self._transaction("NORMAL") as conn:
                 for seqs in _chunks(list(wanted)):
-                    # "seq IN" finds the rows by key; the pairs keep only current deliveries
-                    marks = ",".join("?" * len(seqs))
-                    pairs = ",".join(["(?,?)"] * len(seqs))
+                    # each (seq = ? AND token = ?) term finds its row by key and keeps it only
+                    # while the receipt is current; one statement, no temporary table
                     rows = conn.execute(
-                        f"DELETE FROM fs_queue WHERE seq IN ({marks}) AND (seq, token) IN (VALUES {pairs}) "
-                        "RETURNING grp", [*seqs, *(v for seq in seqs for v in (seq, wanted[seq]))]).fetchall()
+                        f"DELETE FROM fs_queue WHERE {_ACK_TERMS[len(seqs)]} RETURNING grp",
+                        [v for seq in seqs for v in (seq, wanted[seq])]).fetchall()
                     unblocked.update(group for group, in rows if group is not None)
                 if unblocked:
                     self._promote(conn, unblocked)

@@ -36,10 +36,10 @@ import sqlalchemy as sa
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import field_map
 from fieldsync.errors import ChangeLogMissing, KeyShredded
+from fieldsync import json_wire
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec
 from fieldsync.ids import utc_now
-from fieldsync.json_text import dumps_sorted
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.engine import create_tables
 
@@ -153,7 +153,7 @@ def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) ->
                 same = stored.get(f.name) if stored is not None else None
                 # the table's ciphertext is bound to the same entity, record and field
                 row[f.name] = same if same is not None else codec.encode(entity, f, row[f.name], record["id"], subject)
-    return dumps_sorted(row)
+    return json_wire.dumps_sorted(row)
 
 
 def decode_row(entity: Entity, row: Mapping[str, Any], codec: FieldCodec) -> dict[str, Any]:
@@ -275,7 +275,7 @@ def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit:
         raise ValueError("limit must be at least 1")
     with _connection(conn_or_engine) as conn:
         head = head_position(conn) if entities is not None else None
-        query = (sa.select(_CHANGES).where(*_where_after(cursor, entities))
+        query = (sa.select(*_RAW_TIME_COLUMNS).where(*_where_after(cursor, entities))
                  .order_by(_CHANGES.c.position).limit(limit + 1))
         rows = conn.execute(query).all()
     has_more = len(rows) > limit
@@ -287,11 +287,21 @@ def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit:
     return changes, next_cursor, has_more
 
 
+# fs_changes' columns in table order, `changed_at` as the driver gives it: SQLite's text is read
+# by `datetime.fromisoformat` (in C) instead of SQLAlchemy's regular expression, a tenth of
+# the cost on a page of a thousand changes
+_RAW_TIME_COLUMNS = tuple(sa.type_coerce(c, sa.String).label(c.name) if c.name == "changed_at" else c
+                          for c in _CHANGES.columns)
+
+
 def _change(r: Sequence[Any]) -> Change:
-    """A Change from a row of `select(fs_changes)` (its columns in table order)."""
+    """A Change from a row of `select(fs_changes)` (its columns in table order; `changed_at` a
+    datetime, or text as SQLite stores it when read through `_RAW_TIME_COLUMNS`)."""
     position, entity, record_id, version, op, row, prev, origin, seq, changed_at = r
-    return Change(position, entity, record_id, version, op, json.loads(row), _as_utc(changed_at),
-                  json.loads(prev) if prev is not None else None, origin, seq)
+    if isinstance(changed_at, str):
+        changed_at = dt.datetime.fromisoformat(changed_at)
+    return Change(position, entity, record_id, version, op, json_wire.loads(row), _as_utc(changed_at),
+                  json_wire.loads(prev) if prev is not None else None, origin, seq)
 
 
 def record_history(conn: sa.Connection, entity: str, record_id: str, after_version: int) -> list[Change]:

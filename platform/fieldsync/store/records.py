@@ -198,12 +198,14 @@ class RecordStore:
         return steps
 
     def tuple_converter(self, entity: Entity, columns: tuple[str, ...],
-                        out: tuple[str, ...]) -> Callable[[tuple], dict[str, Any]]:
+                        out: tuple[str, ...], *, raw_times: bool = False) -> Callable[[tuple], dict[str, Any]]:
         """A function turning a result row of `entity`'s table, a tuple of `columns`, into a dict
         of the `out` names (fields or system columns) in wire form, as `to_wire_row` would give
-        them. Built once per shape: a pull page converts a thousand rows."""
+        them. Built once per shape: a pull page converts a thousand rows. `raw_times`: the
+        date-time columns were read as the driver gives them (`raw_time_columns`), so a value
+        may be SQLite's text of a datetime instead of a datetime."""
         cache = self.__dict__.setdefault("_tuple_converters", {})
-        key = (entity.name, columns, out)
+        key = (entity.name, columns, out, raw_times)
         found = cache.get(key)
         if found is not None:
             return found
@@ -214,6 +216,8 @@ class RecordStore:
         for name in out:
             if name in ("created_at", "updated_at"):
                 step = wire_step(None, entity, codec)
+                if raw_times:
+                    step = _raw_time_step(step)
             elif name == "deleted":
                 step = bool
             elif name in ("id", "version"):
@@ -225,6 +229,8 @@ class RecordStore:
                 step = wire_step(fields[name], entity, codec)
                 if fields[name].type not in ("datetime", "date", "decimal"):
                     step = None
+                elif fields[name].type == "datetime" and raw_times:
+                    step = _raw_time_step(step)
             plan.append((name, columns.index(name), step))
         plan = tuple(plan)
         id_at = columns.index("id") if secret else -1
@@ -747,3 +753,25 @@ def wire_problems(problems: Iterable[FieldProblem]) -> list[dict[str, str]]:
 
 
 __all__ = ["Page", "Reach", "RecordStore", "RowFilter", "wire_problems"]
+
+
+def raw_time_columns(table: sa.Table) -> list[sa.ColumnElement]:
+    """`table`'s columns, its date-time ones read as the driver gives them: on SQLite the text
+    SQLAlchemy stored, which `tuple_converter(raw_times=True)` rewrites to the wire form without
+    parsing it into a datetime and formatting that again (PostgreSQL still gives datetimes)."""
+    return [sa.type_coerce(c, sa.String).label(c.name) if isinstance(c.type, sa.DateTime) else c
+            for c in table.columns]
+
+
+def _raw_time_step(stamp: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`stamp` (the wire form of a stored datetime) for a value that may be SQLite's text of a
+    naive UTC datetime, "YYYY-MM-DD HH:MM:SS.ffffff" as SQLAlchemy writes it: that text becomes
+    "YYYY-MM-DDTHH:MM:SS.ffffffZ", exactly what `stamp` makes of the parsed datetime; any other
+    text is parsed first."""
+    def step(value: Any) -> Any:
+        if type(value) is str:
+            if len(value) == 26 and value[10] == " " and value[19] == "." and "1" <= value[0] <= "9":
+                return value[:10] + "T" + value[11:] + "Z"
+            return stamp(dt.datetime.fromisoformat(value))
+        return stamp(value)
+    return step

@@ -29,7 +29,7 @@ from fieldsync.defs.model import Field, Permission
 from fieldsync.defs.values import (FieldProblem, field_map, format_datetime, parse_datetime, uuid_text,
                                    validate_record)
 from fieldsync.errors import ProblemType, ValueProblem
-from fieldsync.json_text import dumps_bytes
+from fieldsync import json_wire
 from fieldsync.store.changelog import record_history
 from fieldsync.store.records import RecordStore
 from fieldsync.audit.trail import AuditLog
@@ -90,11 +90,11 @@ class PushBatch:
     clock_offset_ms: int | None = None   # measured by the device over round trips (§8.1)
 
     def to_bytes(self) -> bytes:
-        return dumps_bytes(self.__dict__)
+        return json_wire.dumps_bytes(self.__dict__)
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "PushBatch":
-        return cls(**json.loads(body))
+        return cls(**json_wire.loads(body))
 
     @property
     def principal(self) -> Principal:

@@ -23,7 +23,7 @@ from fieldsync.defs.model import Entity
 from fieldsync.defs.values import uuid_text
 from fieldsync.errors import InvalidResume, SyncReset
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
-from fieldsync.store.records import RecordStore
+from fieldsync.store.records import RecordStore, raw_time_columns
 from fieldsync.sync.apply import result_to_wire
 from fieldsync.sync.scope import DeviceScope
 from fieldsync.store.sync_tables import LEDGER, SCOPES
@@ -246,12 +246,15 @@ def _phase_page(page: _Page, state: dict[str, Any], limit: int) -> tuple[dict[st
         entity_scope = page.scope.entities[name]
         if state["after"] is None:
             page.add(name, None, {"kind": "clear", "entity": name})
-        result = page.conn.execute(_snapshot_query(page.store, page.scope, name, state["after"], budget + 1))
+        query = _snapshot_query(page.store, page.scope, name, state["after"], budget + 1)
+        # the same rows, date-times as stored (no parsing into datetimes only to format them again)
+        query = query.with_only_columns(*raw_time_columns(page.store.table(entity_scope.entity)))
+        result = page.conn.execute(query)
         columns = tuple(result.keys())
         rows = result.all()
         # the visible row (`DeviceScope.visible_row` of the wire row) straight from the stored one
         visible = page.store.tuple_converter(entity_scope.entity, columns,
-                                             entity_scope.visible + ("created_at", "updated_at"))
+                                             entity_scope.visible + ("created_at", "updated_at"), raw_times=True)
         id_at, version_at = columns.index("id"), columns.index("version")
         order = page.order.get(name, 0)
         for row in rows[:budget]:
@@ -278,32 +281,43 @@ def _current_rows(page: _Page, name: str, ids: set[str]) -> dict[str, dict[str, 
     return out
 
 
+def _no_match(row: Mapping[str, Any] | None) -> bool:
+    return False
+
+
 def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
     """docs/sync-design.md decision 7: per record, compare held (before its first change in
     range) with wanted (after its last change in range)."""
     store, scope = page.store, page.scope
     entities: dict[str, Entity] = {}
-    names: dict[str, tuple[str, ...]] = {}
+    names: dict[str, tuple[str, ...]] = {}        # the fields a patch may carry: the visible ones
     encrypted: dict[str, bool] = {}
+    matchers: dict[str, Callable[[Mapping[str, Any] | None], bool]] = {}
     for name in {c.entity for c in changes}:
-        entities[name] = store.model.entity(name)
-        names[name] = entities[name].field_names
-        encrypted[name] = any(f.encrypted for f in entities[name].fields)
+        entity = entities[name] = store.model.entity(name)
+        # only visible fields reach a patch (`& visible` below): the others need no comparing
+        visible = set(scope.entities[name].visible) if name in scope.entities else set()
+        names[name] = tuple(f for f in entity.field_names if f in visible)
+        encrypted[name] = any(f.encrypted for f in entity.fields)
+        if name in scope.entities:
+            matchers[name] = scope.matcher(name)
+        if entity.parent is not None and entity.parent in scope.entities:
+            matchers[entity.parent] = scope.matcher(entity.parent)
     first: dict[tuple[str, str], Change] = {}
     last: dict[tuple[str, str], Change] = {}
     changed_fields: dict[tuple[str, str], set[str]] = {}
     for c in changes:
         key = (c.entity, c.record_id)
-        first.setdefault(key, c)
-        last[key] = c
         fields = changed_fields.get(key)
         if fields is None:
             fields = changed_fields[key] = set()
+            first[key] = c
+        last[key] = c
         if c.op == "create":
             fields.update(names[c.entity])
         else:
             prev, row = c.prev or {}, c.row
-            fields.update(f for f in names[c.entity] if prev.get(f) != row.get(f))
+            fields.update([f for f in names[c.entity] if prev.get(f) != row.get(f)])
     # a child is in scope iff its parent is now: look the parents up once
     parents: dict[str, set[str]] = {}
     for (name, _), c in last.items():
@@ -313,14 +327,15 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
                 if row.get(entity.parent_field):
                     parents.setdefault(entity.parent, set()).add(row[entity.parent_field])
     parent_rows = {name: _current_rows(page, name, ids) for name, ids in parents.items()}
+    no_match = _no_match
 
     def in_scope(entity: Entity, row: Mapping[str, Any] | None) -> bool:
-        if not scope.matcher(entity.name)(row):
+        if not matchers.get(entity.name, no_match)(row):
             return False
         if entity.parent is None:
             return True
         parent = parent_rows.get(entity.parent, {}).get(row.get(entity.parent_field))
-        return parent is not None and scope.matcher(entity.parent)(parent)
+        return parent is not None and matchers.get(entity.parent, no_match)(parent)
 
     entering: list[tuple[Entity, str, int]] = []
     for key, c_last in last.items():
@@ -334,11 +349,10 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
         held = in_scope(entity, prev)
         wanted = in_scope(entity, row)
         if wanted and held:
-            visible = set(scope.entities[name].visible)
             page.add(name, c_last.position, {
                 "kind": "patch", "entity": name, "id": record_id, "position": c_last.position,
                 "version": c_last.version, "from_version": prev["version"],
-                "fields": {f: row.get(f) for f in sorted(changed_fields[key] & visible)},
+                "fields": {f: row.get(f) for f in sorted(changed_fields[key])},
                 "updated_at": row.get("updated_at")})
         elif wanted:
             page.upsert(name, row, c_last.position)

@@ -27,6 +27,7 @@ from fieldsync.sync.applier import MutationApplier
 from fieldsync.queue.embedded import Message, Queue, open_queue
 from fieldsync.queue.encrypted import EncryptedQueue
 from fieldsync.sync.spool import PushSpool, SpoolRelay
+from fieldsync.workers.pool import is_outage
 
 __all__ = ["SyncService", "compact_history", "dead_letter_summaries", "open_push_queue"]
 
@@ -62,6 +63,9 @@ class SyncService:
         self.relay = (SpoolRelay(lambda: self.applier.store().engine, self._relay_send, dependencies=self.dependencies)
                       if self.spool is not None else None)
         self._sender: ThreadPoolExecutor | None = None
+        # after a batch failed on an outage the listener pool claims again only once this answers
+        # True (create_app: the database's SELECT 1 and the key provider's check)
+        self.outage_probe: Callable[[], bool] | None = None
         self._sender_lock = threading.Lock()
         self.retry_seconds = 5.0   # while the queue fails, one push tries it again this often
         self._next_trial = 0.0
@@ -111,7 +115,8 @@ class SyncService:
         with self._lock:
             if self._pool is None:
                 self._pool = ListenerPool(queue, self.handle, threads=max(self.listeners, 1), name="fieldsync-push",
-                                          visibility_timeout=self.visibility_timeout)
+                                          visibility_timeout=self.visibility_timeout,
+                                          probe=lambda: self.outage_probe() if self.outage_probe else True)
             return self._pool
 
     def enqueue(self, batch: PushBatch) -> None:
@@ -196,10 +201,11 @@ class SyncService:
                 outcome = "applied" if results else "redelivery"
             except Exception as exc:
                 last = getattr(self.queue, "max_receives", 5)
-                if message.receive_count < last or isinstance(exc, AuditUnavailable):
-                    # redelivered later; the ledger keeps the retry exact-once. An audit outage
-                    # is the server's, not the batch's: never rejected for it, a batch that
-                    # outlives max_receives waits among the dead letters (`fieldsync dlq replay`)
+                if message.receive_count < last or isinstance(exc, AuditUnavailable) or is_outage(exc):
+                    # redelivered later; the ledger keeps the retry exact-once. An audit, database
+                    # or key-provider outage is the server's, not the batch's: never rejected for
+                    # it; a batch that outlives max_receives waits among the dead letters
+                    # (`fieldsync dlq replay`), the listener pool pausing meanwhile
                     raise
                 # the last delivery: answer every mutation rather than let the batch die unseen
                 log.exception("push batch of device %s failed %d times; rejecting it as unprocessable",

@@ -16,6 +16,13 @@ retiring thread finishes the handler it is running, releases the messages it has
 (visible again at once) and exits, so nothing is lost. `stop` does the same for every thread.
 A thread blocked in a long poll notices `resize`/`stop` when the poll returns (`wait_seconds`).
 
+A dependency outage (`is_outage`: the database restarting or failing over, the key provider
+not answering) is not the batch's fault: the failed message is released as above, the thread
+gives back the rest of its claim at once (each claim counts as a delivery towards the queue's
+`max_receives`) and claims nothing more until the outage looks over: it waits 1 s, 2 s, 4 s …
+(≤ OUTAGE_PAUSE_CAP) and asks `probe()` (the server's: can the database be reached) before it
+claims again. So an outage costs a batch a delivery or two, not all of them.
+
 Message bodies may hold PHI: nothing here logs a body or an exception's text (a handler's
 error message may quote field values), only message ids, delivery counts and exception types.
 """
@@ -31,11 +38,13 @@ from typing import Callable
 from fieldsync.backoff import Backoff
 from fieldsync.queue.embedded import Message, Queue
 
-__all__ = ["ListenerPool", "PoolStats", "retry_delay"]
+__all__ = ["ListenerPool", "PoolStats", "is_outage", "retry_delay"]
 
 log = logging.getLogger("fieldsync.sync.worker")
 
 RECEIVE_ERROR_PAUSE = 1.0  # seconds a thread waits after the queue itself failed
+OUTAGE_PAUSE_CAP = 15.0    # the longest wait between probes while a dependency is out
+_OUTAGE_PAUSE = Backoff(base=1.0, cap=OUTAGE_PAUSE_CAP)
 _REDELIVERY = Backoff(base=1.0, cap=60.0)   # seconds
 
 
@@ -46,12 +55,28 @@ def retry_delay(receive_count: int) -> float:
     return _REDELIVERY.ceiling(receive_count - 1)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) is a dependency outage rather than the batch's own
+    failure: the database unavailable, or the key provider not answering."""
+    from fieldsync.errors import KeyProviderUnreachable
+    from fieldsync.store.engine import database_unavailable
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, KeyProviderUnreachable) or database_unavailable(current):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
 @dataclass
 class PoolStats:
     """Counts since the pool was built: handlers that returned, handlers that raised."""
 
     processed: int = 0
     failed: int = 0
+    outages: int = 0    # handler failures that were a dependency's outage (then the pool paused)
 
 
 class _Listener:
@@ -62,20 +87,25 @@ class _Listener:
         self.retire = threading.Event()
         self.held: dict[str, float] = {}
         self.thread: threading.Thread | None = None
+        self.outage = False    # its last handler failed on a dependency outage: pause before claiming
+        self.outages = 0       # such failures in a row (the pause grows with them)
 
 
 class ListenerPool:
     """`threads` listener threads calling `handler` for each message of `queue`.
 
     `on_error(message, exc)` is called after a handler raised (and the message was released).
-    Nothing starts before `start()`; threads are daemons named `<name>-<n>`, the heartbeat
-    `<name>-heartbeat`.
+    `probe()` says whether the dependencies are back after an outage (None: only the pause;
+    SyncService passes its `outage_probe`); `is_outage(exc)` classifies
+    a handler's failure. Nothing starts before `start()`; threads are daemons named
+    `<name>-<n>`, the heartbeat `<name>-heartbeat`.
     """
 
     def __init__(self, queue: Queue, handler: Callable[[Message], None], *, threads: int = 2,
                  batch_size: int = 10, visibility_timeout: float = 60.0, wait_seconds: float = 1.0,
                  on_error: Callable[[Message, BaseException], None] | None = None,
-                 name: str = "listener") -> None:
+                 name: str = "listener", probe: Callable[[], bool] | None = None,
+                 is_outage: Callable[[BaseException], bool] = is_outage) -> None:
         if threads < 0:
             raise ValueError(f"threads must not be negative, not {threads}")
         if batch_size < 1:
@@ -85,6 +115,8 @@ class ListenerPool:
         self._queue = queue
         self._handler = handler
         self._on_error = on_error
+        self._probe = probe
+        self._is_outage = is_outage
         self._batch_size = batch_size
         self._visibility_timeout = visibility_timeout
         self._wait_seconds = wait_seconds
@@ -207,10 +239,29 @@ class ListenerPool:
                     continue
                 if messages:
                     self._process(listener, messages)
+                if listener.outage:
+                    self._wait_out_outage(listener)
         finally:
             with self._changed:
                 self._listeners.remove(listener)
                 self._changed.notify_all()
+
+    def _wait_out_outage(self, listener: _Listener) -> None:
+        """Claim nothing until the outage looks over: pause with backoff, then ask the probe."""
+        probe = self._probe
+        pauses = listener.outages - 1   # an outage that persists after a claim waits longer each time
+        while not listener.retire.is_set():
+            pause = _OUTAGE_PAUSE.ceiling(pauses)
+            if listener.retire.wait(pause):
+                break
+            pauses += 1
+            try:
+                if probe is None or probe():
+                    break
+            except Exception:
+                pass   # a probe that fails is a "not yet"
+            log.info("%s: a dependency is still out; waiting before claiming", threading.current_thread().name)
+        listener.outage = False
 
     def _process(self, listener: _Listener, messages: list[Message]) -> None:
         claimed_at = time.monotonic()
@@ -220,7 +271,8 @@ class ListenerPool:
         done: list[str] = []
         try:
             for index, message in enumerate(messages):
-                if listener.retire.is_set():
+                if listener.retire.is_set() or listener.outage:
+                    # retiring, or a dependency is out: the rest would only fail too
                     self._give_back(listener, messages[index:])
                     break
                 if self._run_handler(listener, message):
@@ -245,9 +297,16 @@ class ListenerPool:
             self._handler(message)
         except BaseException as exc:
             delay = retry_delay(message.receive_count)
+            outage = isinstance(exc, Exception) and self._is_outage(exc)
             with self._lock:
                 self.stats.failed += 1
+                self.stats.outages += outage
                 listener.held.pop(message.receipt, None)
+            if outage:
+                # the next delivery waits for the probe anyway; keep it short after that
+                delay = min(delay, 1.0)
+                listener.outage = True
+                listener.outages += 1
             log.warning("%s: handler failed on message %s (delivery %d): %s; retrying in %.0f s",
                         threading.current_thread().name, message.id, message.receive_count,
                         type(exc).__name__, delay)
@@ -265,6 +324,7 @@ class ListenerPool:
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the message is released, the thread ends
             return False
+        listener.outages = 0
         with self._lock:
             self.stats.processed += 1
         return True
