@@ -188,8 +188,11 @@ def _cpu_seconds(pid: int) -> float:
 
 def _server_on(data_dir: Path, database_url: str):
     from fieldsync.api import create_app
+    # one key directory for every run on this database: the second run finds the first run's
+    # data keys in the schema, wrapped under that master key
     app = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": SECRET, "SYNC_LISTENERS": 0,
-                      "DATABASE_URL": database_url, "DEFS_DIR": str(ROOT / "entity_defs")})
+                      "DATABASE_URL": database_url, "DEFS_DIR": str(ROOT / "entity_defs"),
+                      "KEYS_DIR": str(data_dir.parent.parent / "postgresql-keys")})
     return app, app.extensions["fieldsync"]
 
 
