@@ -96,6 +96,7 @@ def start_server(data_dir: Path, port: int, database_url: str | None) -> subproc
                "--defs", str(ROOT / "entity_defs"), "--port", str(port)]
     if database_url:
         command += ["--database-url", database_url]
+        env["FIELDSYNC_KEYS_DIR"] = str(data_dir.parent.parent / "postgresql-keys")   # as _server_on
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     return wait_listening(process, f"http://127.0.0.1:{port}/api/v1/sync/capabilities", "fieldsync serve")
 
