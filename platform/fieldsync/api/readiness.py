@@ -25,18 +25,17 @@ from fieldsync.dependencies import DATABASE, DEGRADED, DOWN, QUEUE, UP
 
 __all__ = ["readiness"]
 
-_probes: dict[int, Future] = {}
 _probes_lock = threading.Lock()
 
 
 def probe_database(state: Any, timeout: float) -> bool:
-    """One bounded `SELECT 1`; reports the outcome to the dependency registry."""
-    key = id(state)
+    """One bounded `SELECT 1`; reports the outcome to the dependency registry. The probe in
+    flight is kept on the app's state, so a hanging one is waited on, not started again."""
     with _probes_lock:
-        future = _probes.get(key)
+        future = getattr(state, "ready_probe", None)
         if future is None or future.done():
             future = Future()
-            _probes[key] = future
+            state.ready_probe = future
             threading.Thread(target=_probe, args=(state, future), name="fieldsync-ready-probe", daemon=True).start()
     try:
         future.result(timeout)

@@ -121,7 +121,6 @@ class SpoolRelay:
         self._pending = False
         self._failures = 0
         self.forwarded = 0          # batches this relay handed to the queue
-        self.drained_at: float | None = None    # monotonic time the spool was last seen empty after a backlog
 
     # -- the thread ------------------------------------------------------------------------------
     def start(self, *, persistent: bool = True) -> None:
@@ -209,7 +208,6 @@ class SpoolRelay:
             PushSpool.remove(conn, [row[0] for row in rows])
         self.forwarded += len(rows)
         if len(rows) < self.batch:
-            self.drained_at = time.monotonic()
             log.info("the spool relay forwarded %d batches; %d in all", len(rows), self.forwarded)
         return len(rows) == self.batch
 
