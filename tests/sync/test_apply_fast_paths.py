@@ -26,7 +26,8 @@ def _value(rng: random.Random, depth: int = 0):
         return {rng.choice(["b", "a", "é", "\u0001", "Z"]) + str(i): _value(rng, depth + 1) for i in range(3)}
     if depth < 3 and pick < 0.3:
         return [_value(rng, depth + 1) for _ in range(3)]
-    return rng.choice([None, True, False, 0, -5, 2 ** 70, 1e-7, 3.5, 1e16, "é\u0001\"x\\", "\ud800", "plain", 1e300])
+    return rng.choice([None, True, False, 0, -5, 2 ** 70, 2 ** 63, -2 ** 63, 1e-7, 3.5, 1e16, -0.0, 0.1, 5e-324, 18.512345,
+                       123456789012345.6, "é\u0001\"x\\", "\ud800", "plain", "\x7f\u2028\t\n/", 1e300])
 
 
 def test_digest_is_the_json_dumps_digest():

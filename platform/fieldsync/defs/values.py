@@ -419,4 +419,32 @@ def _normalizer(f: Field):
                 return value
             return normalize_value(f, value)
         return enum
+    if f.type == "integer":
+        low = -(2**63 - 1) if f.minimum is None else max(f.minimum, -(2**63 - 1))
+        high = 2**63 - 1 if f.maximum is None else min(f.maximum, 2**63 - 1)
+
+        def integer(value: Any) -> Any:
+            if type(value) is int and low <= value <= high:
+                return value
+            return normalize_value(f, value)
+        return integer
+    if f.type == "datetime":
+        def when(value: Any) -> Any:
+            if type(value) is str and _CANONICAL_TIME.fullmatch(value):
+                try:   # already in wire form: checked, not parsed and formatted again
+                    dt.datetime.fromisoformat(value[:-1])
+                    return value
+                except ValueError:
+                    pass   # normalize_value says why
+            return normalize_value(f, value)
+        return when
+    if f.type == "geopoint":
+        def point(value: Any) -> Any:
+            if type(value) is dict and len(value) == 2:
+                lat, lon = value.get("lat"), value.get("lon")
+                # NaN fails both comparisons, infinities the range: normalize_value says why
+                if type(lat) is float and type(lon) is float and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0:
+                    return {"lat": lat, "lon": lon}
+            return normalize_value(f, value)
+        return point
     return lambda value: normalize_value(f, value)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import sqlalchemy as sa
 
 
-_INSERT_PLANS: dict[tuple[int, tuple[str, ...]], tuple[sa.Table, str, list[tuple[str, Callable[[Any], Any] | None]]]] = {}
+_INSERT_PLANS: dict[tuple[int, tuple[str, ...]], tuple[sa.Table, str, Callable[[Mapping[str, Any]], tuple] | None]] = {}
 
 
 def _sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -36,37 +36,46 @@ def _insert_plan(dialect: sa.Dialect, table: sa.Table, names: tuple[str, ...]):
     if plan is not None and plan[0] is table:
         return plan[1], plan[2]
     statement = table.insert().compile(dialect=dialect, column_keys=list(names))
-    steps = []
-    for name in statement.positiontup:
+    env: dict[str, Any] = {}
+    items = []
+    for i, name in enumerate(statement.positiontup):
         column = table.c[name]
         impl = column.type.dialect_impl(dialect)
         process = impl.bind_processor(dialect)
         if process is not None and isinstance(impl, sa.DateTime) and getattr(impl, "_storage_format", None) == (
                 "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"):
             process = _sqlite_datetime(process)
-        steps.append((name, process))
+        if process is None:
+            items.append(f"row[{name!r}]")
+        else:
+            env[f"p{i}"] = process
+            items.append(f"p{i}(row[{name!r}])")
+    # one compiled function per plan turns a row into its parameters: a tuple built in one
+    # expression, each column's bind processor chosen here rather than tested per value
+    source = f"def parameters(row):\n    return ({', '.join(items)}{',' if len(items) == 1 else ''})\n"
+    exec(compile(source, f"<fieldsync insert into {table.name}>", "exec"), env)   # noqa: S102 - column names repr'd
+    parameters = env["parameters"] if len(items) == len(names) else None   # None: a Python-side default
     if len(_INSERT_PLANS) > 1024:
         _INSERT_PLANS.clear()
-    _INSERT_PLANS[key] = (table, str(statement), steps)
-    return str(statement), steps
+    _INSERT_PLANS[key] = (table, str(statement), parameters)
+    return str(statement), parameters
 
 
 def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """INSERT `rows` (each with the keys of the first) into `table` with one executemany.
 
     On SQLite the statement is compiled once per table and the values are converted here by the
-    dialect's own bind processors: SQLAlchemy's per-row parameter processing cost more than the
-    insert itself. Other databases take SQLAlchemy's executemany (batched VALUES on PostgreSQL).
+    dialect's own bind processors, called from one compiled function per table and key set:
+    SQLAlchemy's per-row parameter processing cost more than the insert itself. Other databases
+    take SQLAlchemy's executemany (batched VALUES on PostgreSQL).
     """
     if not rows:
         return
     if conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
         conn.execute(table.insert(), list(rows))
         return
-    names = tuple(rows[0])
-    sql, steps = _insert_plan(conn.dialect, table, names)
-    if len(steps) != len(names):  # a column with a Python-side default: SQLAlchemy fills it in
+    sql, parameters = _insert_plan(conn.dialect, table, tuple(rows[0]))
+    if parameters is None:  # a column with a Python-side default: SQLAlchemy fills it in
         conn.execute(table.insert(), list(rows))
         return
-    conn.exec_driver_sql(sql, [tuple([row[name] if step is None else step(row[name]) for name, step in steps])
-                               for row in rows])
+    conn.exec_driver_sql(sql, list(map(parameters, rows)))

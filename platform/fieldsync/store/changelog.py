@@ -142,6 +142,8 @@ class Change:
 
 
 def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) -> str:
+    if type(record) is dict and not entity.children and not entity.has_encrypted:
+        return json_wire.dumps_sorted(record)   # nothing to leave out, nothing to encode
     known = field_map(entity)
     # children created inline are logged as changes of their own
     row = {k: v for k, v in record.items() if not isinstance(v, list) or k in known}

@@ -33,6 +33,7 @@ from fieldsync.defs.values import FieldProblem, uuid_text, validate_record
 from fieldsync.ids import later_write_time, new_id, utc_now
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.changelog import ChangeLog
+from fieldsync.store.compiled_rows import InsertBuilder, compile_insert
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec, StoredRow, db_step, decrypted, to_db, to_wire, wire_step
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import compile_expr, python_value
@@ -256,6 +257,17 @@ class RecordStore:
         if len(out) != len(values):
             self._row_encoder(entity)(out, values, record_id, subject)
         return out
+
+    def insert_builder(self, entity: Entity) -> InsertBuilder:
+        """The function building a new record's stored and wire rows in one pass
+        (`fieldsync.store.compiled_rows`), compiled once per entity of this model version."""
+        cache = self.__dict__.setdefault("_insert_builders", {})
+        builder = cache.get(entity.name)
+        if builder is None:
+            builder = cache[entity.name] = compile_insert(
+                entity, self.table(entity), self.db_converters(entity),
+                self._row_encoder(entity) if entity.has_encrypted else None)
+        return builder
 
     def _row_encoder(self, entity: Entity) -> Callable[[dict, Mapping[str, Any], str | None, Any], None]:
         cache = self.__dict__.setdefault("_row_encoders", {})
