@@ -79,3 +79,26 @@ def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
         conn.execute(table.insert(), list(rows))
         return
     conn.exec_driver_sql(sql, list(map(parameters, rows)))
+
+
+_ID_QUERIES: dict[tuple[str, int], str] = {}
+
+
+def present_ids(conn: sa.Connection, table: sa.Table, ids: Sequence[str]) -> list[str]:
+    """The ids of `ids` (distinct, sorted) that rows of `table` hold, sorted: a push's check
+    for records it names, most of which are new. On SQLite the driver runs it (ids need no
+    bind processing), with the statement text kept per chunk size; elsewhere SQLAlchemy."""
+    found: list[str] = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        if conn.dialect.name == "sqlite" and conn.dialect.paramstyle == "qmark":
+            key = (table.name, len(chunk))
+            sql = _ID_QUERIES.get(key)
+            if sql is None:
+                if len(_ID_QUERIES) > 1024:
+                    _ID_QUERIES.clear()
+                sql = _ID_QUERIES[key] = f'SELECT id FROM "{table.name}" WHERE id IN ({", ".join("?" * len(chunk))})'
+            found += (row[0] for row in conn.exec_driver_sql(sql, tuple(chunk)))
+        else:
+            found += conn.execute(sa.select(table.c.id).where(table.c.id.in_(chunk))).scalars()
+    return sorted(found)

@@ -25,7 +25,7 @@ from fieldsync.ids import utc_now
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import Batch, NamedMutation, PushBatch, read_mutations
-from fieldsync.store.sync_tables import LEDGER, clear_received
+from fieldsync.store.sync_tables import LEDGER, clear_received, seqs_clause
 
 __all__ = ["MutationApplier"]
 
@@ -43,10 +43,10 @@ class MutationApplier:
 
     def _processed(self, conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> set[int]:
         done: set[int] = set()
-        ordered = sorted(s for s in seqs if isinstance(s, int))
+        ordered = sorted({s for s in seqs if isinstance(s, int) and not isinstance(s, bool)})
         for i in range(0, len(ordered), 500):
             rows = conn.execute(sa.select(LEDGER.c.seq).where(LEDGER.c.device_id == device_id,
-                                                              LEDGER.c.seq.in_(ordered[i:i + 500])))
+                                                              seqs_clause(LEDGER.c.seq, ordered[i:i + 500])))
             done.update(r[0] for r in rows)
         return done
 

@@ -34,7 +34,7 @@ from fieldsync.json_wire import orjson
 from fieldsync.store.changelog import record_history
 from fieldsync.store.records import RecordStore
 from fieldsync.audit.trail import AuditLog
-from fieldsync.store.bulk import insert_many
+from fieldsync.store.bulk import insert_many, present_ids
 from fieldsync.store.codec import StoredRow, to_wire
 from fieldsync.sync.scope import PUSHED_DIRECTIONS, compile_predicate
 from fieldsync.store.sync_tables import DEVICES, LEDGER
@@ -341,9 +341,12 @@ class Batch:
             for key in ids:
                 self.records.setdefault((name, key), None)
             ordered = sorted(ids)
+            locking = self.conn.dialect.name == "postgresql"
+            if not locking:   # most ids a push names are new: look them up before reading rows
+                ordered = present_ids(self.conn, table, ordered)
             for i in range(0, len(ordered), 500):
                 query = sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))
-                if self.conn.dialect.name == "postgresql":
+                if locking:
                     query = query.with_for_update()
                 for row in self.conn.execute(query).mappings():
                     self.records[(name, row["id"])] = _Record(dict(row), stored=True)
