@@ -141,9 +141,23 @@ class Change:
     seq: int | None = None
 
 
+_AS_IS: dict[int, tuple[Entity, bool]] = {}
+
+
+def _logged_as_is(entity: Entity) -> bool:
+    """Whether `entity`'s wire rows are logged as they are: no inline children to leave out, no
+    encrypted field to encode (worked out once per entity object)."""
+    found = _AS_IS.get(id(entity))
+    if found is None or found[0] is not entity:
+        if len(_AS_IS) > 4096:
+            _AS_IS.clear()
+        found = _AS_IS[id(entity)] = (entity, not entity.children and not entity.has_encrypted)
+    return found[1]
+
+
 def _encode_row(entity: Entity, record: Mapping[str, Any], codec: FieldCodec) -> str:
-    if type(record) is dict and not entity.children and not entity.has_encrypted:
-        return json_wire.dumps_sorted(record)   # nothing to leave out, nothing to encode
+    if type(record) is dict and _logged_as_is(entity):
+        return json_wire.dumps_sorted(record)
     known = field_map(entity)
     # children created inline are logged as changes of their own
     row = {k: v for k, v in record.items() if not isinstance(v, list) or k in known}

@@ -75,24 +75,28 @@ def _orjson_writes_alike(value: Any) -> bool:
     is ASCII). What differs: floats below 1e-4 (json.dumps `1e-05`, orjson `0.00001`; `1e-07`
     and `1e-7`) and at 1e16 and above (kept out to be safe), NaN and the infinities (which
     `untrusted.load_json` refuses anyway), integers past 64 bits and keys that are not text."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return -(2**63) <= value < 2**64
-    if kind is float:
-        return value == 0.0 or 1e-4 <= abs(value) < 1e16
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not _orjson_writes_alike(item):
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is str or item is None or kind is bool:
+            continue
+        if kind is dict:
+            for key in item:
+                if type(key) is not str:
+                    return False
+            pending.extend(item.values())
+        elif kind is list:
+            pending.extend(item)
+        elif kind is int:
+            if not -(2**63) <= item < 2**64:
                 return False
-        return True
-    if kind is list:
-        for item in value:
-            if not _orjson_writes_alike(item):
+        elif kind is float:
+            if not (item == 0.0 or 1e-4 <= abs(item) < 1e16):
                 return False
-        return True
-    return False
+        else:
+            return False
+    return True
 
 
 def mutation_digest(m: Mapping[str, Any]) -> str:
@@ -203,7 +207,7 @@ class _Rules:
     scope: Callable[[Mapping[str, Any]], bool] | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     """A record as the batch sees it: its DB row and whether it is already in the table."""
 
