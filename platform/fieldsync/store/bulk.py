@@ -23,7 +23,8 @@ def _sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
             seen = last[0]
             if seen[0] is value:
                 return seen[1]
-            text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            # the wall time with its zone dropped: the first 26 characters of isoformat
+            text = value.isoformat(" ", "microseconds")[:26]
             last[0] = (value, text)
             return text
         return fallback(value)

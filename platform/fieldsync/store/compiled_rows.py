@@ -44,7 +44,18 @@ def _stored_expr(i: int, column: sa.Column, field_type: str) -> str:
     if isinstance(column.type, sa.Integer) and not isinstance(column.type, sa.Numeric):
         bound = INT64_MAX if isinstance(column.type, sa.BigInteger) else INT32_MAX
         return f"{v} if type({v}) is int and {-bound} <= {v} <= {bound} else {c}({v})"
+    if isinstance(column.type, sa.DateTime):
+        # a validated date-time is wire text ending in Z, which fromisoformat reads as
+        # parse_datetime (db_step) does: the same UTC datetime
+        return f"{c}({v}) if type({v}) is not str or {v}[-1:] != 'Z' else _utc_time({v}, {c})"
     return f"{c}({v})"
+
+
+def _utc_time(text: str, step: Callable[[Any], Any]) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return step(text)
 
 
 def compile_insert(entity: Entity, table: sa.Table, db_steps: Mapping[str, Callable[[Any], Any]],
@@ -54,7 +65,7 @@ def compile_insert(entity: Entity, table: sa.Table, db_steps: Mapping[str, Calla
     `encode_secret` encodes the encrypted fields present into a stored row (`_row_encoder`;
     None for an entity without encrypted fields)."""
     names = [f.name for f in entity.fields]
-    env: dict[str, Any] = {"encode_secret": encode_secret}
+    env: dict[str, Any] = {"encode_secret": encode_secret, "_utc_time": _utc_time}
     lines = ["def build(clean, record_id, stamp, stamp_text, subject):", "    get = clean.get"]
     stored, wire = [], []
     for i, f in enumerate(entity.fields):
