@@ -27,7 +27,7 @@ def _value(rng: random.Random, depth: int = 0):
     if depth < 3 and pick < 0.3:
         return [_value(rng, depth + 1) for _ in range(3)]
     return rng.choice([None, True, False, 0, -5, 2 ** 70, 2 ** 63, -2 ** 63, 1e-7, 3.5, 1e16, -0.0, 0.1, 5e-324, 18.512345,
-                       123456789012345.6, "é\u0001\"x\\", "\ud800", "plain", "\x7f\u2028\t\n/", 1e300])
+                       123456789012345.6, "é\u0001\"x\\", "\ud800", "plain", "\x7f", "\u2028", "\t\n/\x1f", 1e300])
 
 
 def test_digest_is_the_json_dumps_digest():
@@ -38,6 +38,13 @@ def test_digest_is_the_json_dumps_digest():
         if i % 5 == 0:
             del m["fields"]
         assert mutation_digest(m) == _reference_digest(m)
+
+
+@pytest.mark.parametrize("code", range(128))
+def test_digest_of_each_ascii_character(code):
+    m = {"entity": "visit", "op": "insert", "id": "x", "base_version": None,
+         "fields": {"notes": f"a{chr(code)}b", chr(code): 1.5}}
+    assert mutation_digest(m) == _reference_digest(m)
 
 
 def _general(entity, data, partial=False, writable=None):

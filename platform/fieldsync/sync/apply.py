@@ -70,9 +70,9 @@ _digest_chunks = (c_make_encoder(None, str, encode_basestring_ascii, None, ":", 
 
 
 def _orjson_writes_alike(value: Any) -> bool:
-    """Whether orjson writes `value` as json.dumps does, but for non-ASCII text (json.dumps
-    escapes it, orjson writes UTF-8 and sorts such keys by bytes: the caller checks its output
-    is ASCII). What differs: floats below 1e-4 (json.dumps `1e-05`, orjson `0.00001`; `1e-07`
+    """Whether orjson writes `value` as json.dumps does, but for non-ASCII text and DEL
+    (json.dumps escapes them, orjson writes them as they are and sorts such keys by bytes: the
+    caller checks its output is ASCII without DEL). What differs: floats below 1e-4 (json.dumps `1e-05`, orjson `0.00001`; `1e-07`
     and `1e-7`) and at 1e16 and above (kept out to be safe), NaN and the infinities (which
     `untrusted.load_json` refuses anyway), integers past 64 bits and keys that are not text."""
     pending = [value]
@@ -108,7 +108,7 @@ def mutation_digest(m: Mapping[str, Any]) -> str:
             data = orjson.dumps(core, option=orjson.OPT_SORT_KEYS)
         except TypeError:   # a lone surrogate
             data = b"\x80"
-        if data.isascii():
+        if data.isascii() and b"\x7f" not in data:   # json.dumps escapes DEL too
             return hashlib.sha256(data).hexdigest()
     text = "".join(_digest_chunks(core, 0)) if _digest_chunks is not None else _DIGEST_JSON.encode(core)
     return hashlib.sha256(text.encode()).hexdigest()
