@@ -11,7 +11,8 @@ keys that are not strings); it writes NaN as null where `json.dumps` writes the 
 
 The push path writes with it too: the change log's `row`/`prev` texts (`dumps_sorted`), queued
 push batches (`dumps_bytes`) and JSON columns (`dumps_text`, the engines' serializer). The mutation
-digest does not: its bytes must stay `json.dumps`'s (sync/apply.py).
+digest calls orjson itself, only for values it writes exactly as `json.dumps` does: its bytes
+must stay `json.dumps`'s (sync/apply.py).
 
 Not for untrusted request bodies: those go through `fieldsync.untrusted.load_json` (depth limit).
 """

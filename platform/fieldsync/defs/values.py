@@ -295,7 +295,8 @@ def format_datetime(value: dt.datetime) -> str:
     if value.tzinfo is not dt.timezone.utc:
         value = value.astimezone(dt.timezone.utc)
     if value.year >= 1000:  # isoformat pads years to 4 digits where strftime does not
-        return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        # the first 26 characters leave out "+00:00" (cheaper than a copy without the zone)
+        return value.isoformat("T", "microseconds")[:26] + "Z"
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond:06d}Z"
 
 

@@ -227,12 +227,15 @@ class ChangeLog:
     def _take_positions(self, conn: sa.Connection, n: int) -> int:
         # invariant 3: commit-ordered positions. The row lock taken here is held until this
         # transaction ends, so no other writer takes a position before this one commits.
-        last = conn.execute(
-            _POSITION.update().where(_POSITION.c.id == _COUNTER_ID)
-            .values(pos=_POSITION.c.pos + n).returning(_POSITION.c.pos)).scalar_one_or_none()
+        last = conn.execute(_TAKE_POSITIONS, {"n": n}).scalar_one_or_none()
         if last is None:
             raise ChangeLogMissing("fs_position has no counter row; run create_changelog_tables")
         return last
+
+
+# built once: the statement of every logged write (its cache key is not worked out again)
+_TAKE_POSITIONS = (_POSITION.update().where(_POSITION.c.id == _COUNTER_ID)
+                   .values(pos=_POSITION.c.pos + sa.bindparam("n", type_=sa.BigInteger)).returning(_POSITION.c.pos))
 
 
 def attach_changelog(store: Any, clock: Callable[[], dt.datetime] | None = None) -> ChangeLog:
