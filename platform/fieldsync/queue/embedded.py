@@ -420,11 +420,11 @@ class SqliteQueue:
         """Delete the messages whose current receipt is in `wanted` (seq -> token) and make the
         next message of each of their groups its head; returns those groups."""
         unblocked: set[str] = set()
-        for seqs in _chunks(list(wanted)):
+        for pairs in _chunks(list(wanted.items())):
             # each (seq = ? AND token = ?) term finds its row by key and keeps it only while the
             # receipt is current; one statement, no temporary table
-            rows = conn.execute(f"DELETE FROM fs_queue WHERE {_ACK_TERMS[len(seqs)]} RETURNING grp",
-                                [v for seq in seqs for v in (seq, wanted[seq])]).fetchall()
+            rows = conn.execute(f"DELETE FROM fs_queue WHERE {_ACK_TERMS[len(pairs)]} RETURNING grp",
+                                [v for pair in pairs for v in pair]).fetchall()
             unblocked.update(group for group, in rows if group is not None)
         if unblocked:
             self._promote(conn, unblocked)
