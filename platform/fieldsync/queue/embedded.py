@@ -431,10 +431,19 @@ class SqliteQueue:
         return unblocked
 
     def _flush_after_linger(self) -> None:
-        """The flusher thread: writes acks that no claim picked up within ACK_LINGER seconds,
-        and ends when none are waiting (the next written-behind ack starts it again)."""
+        """The flusher thread: writes acks that no claim picked up within ACK_LINGER seconds.
+        It ends once a whole ACK_LINGER passed with none waiting (the next written-behind ack
+        starts it again), so a consumer draining a backlog keeps one thread, not one per ack."""
         with self._lock:
-            while not self._closed and self._acks:
+            idle_since = time.monotonic()
+            while not self._closed:
+                if not self._acks:
+                    idle = time.monotonic() - idle_since
+                    if idle >= ACK_LINGER:
+                        break
+                    self._acks_due.wait(ACK_LINGER - idle)
+                    continue
+                idle_since = time.monotonic()
                 remaining = self._acks_since + ACK_LINGER - time.monotonic()
                 if remaining > 0:
                     self._acks_due.wait(remaining)
