@@ -4,6 +4,7 @@ being the only failure mode: nothing lost, nothing handed out twice at once)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -125,6 +126,16 @@ def test_messages_come_back_as_sent(queue, clock):
         (first, b"one", None, 1, clock.now), (rest[0], b"two", None, 1, clock.now),
         (rest[1], b"three", "device-1", 1, clock.now)]
     assert len({m.receipt for m in messages}) == 3
+
+
+def test_a_claimed_message_is_the_frozen_message_the_constructor_builds(queue, clock):
+    message_id = queue.send(b"x", group="d")
+    [m] = queue.receive()
+    assert m == Message(message_id, b"x", "d", m.receipt, 1, clock.now)
+    assert vars(m) == vars(Message(message_id, b"x", "d", m.receipt, 1, clock.now))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.body = b"y"   # type: ignore[misc]
+    assert dataclasses.replace(m, body=b"y").body == b"y"
 
 
 def test_sends_commit_with_synchronous_full_and_claims_with_normal(queue):

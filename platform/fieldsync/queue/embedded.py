@@ -93,6 +93,18 @@ class Message:
     enqueued_at: float      # epoch seconds
 
 
+def _delivery(id: str, body: bytes, group: str | None, receipt: str, receive_count: int,
+              enqueued_at: float) -> Message:
+    """`Message(...)` for the claim's hot path: the same frozen object, its fields set in one
+    step instead of the frozen dataclass's six `object.__setattr__` calls (about 1 µs of the
+    ~12 µs of CPU a claimed and acked message costs). tests/sync/test_queue.py checks it equals
+    the constructor's result, so a field added to Message without it here fails there."""
+    message = object.__new__(Message)
+    message.__dict__.update(id=id, body=body, group=group, receipt=receipt,
+                            receive_count=receive_count, enqueued_at=enqueued_at)
+    return message
+
+
 class Queue(Protocol):
     """What the sync server needs from a queue; see the module docstring for the semantics."""
 
@@ -549,7 +561,7 @@ class SqliteQueue:
             rows.sort()  # RETURNING order is arbitrary; a batch goes out in send order
             limit = self._max_receives
             dead = [(row[0], row[2]) for row in rows if row[5] > limit]
-            claimed += [Message(message_id, body, group, f"{seq}:{count}:{token}", count, enqueued_at)
+            claimed += [_delivery(message_id, body, group, f"{seq}:{count}:{token}", count, enqueued_at)
                         for seq, message_id, group, body, enqueued_at, count, token in rows
                         if count <= limit]
             if not dead:
