@@ -4,12 +4,16 @@ on PostgreSQL, beside PouchDB 9 replicating 20,000 documents from a local PouchD
 server (DESIGN.md section 6: >= 5x PouchDB, >= 10,000 records/s on this machine).
 
 Figures printed, each in records/s:
-- fieldsync, per database and per way of pushing: `plain` (the SDK pushing batches of
+- fieldsync, per database, per layout and per way of pushing. Layouts: `serve` (2 listener
+  threads in `fieldsync serve`, the embedded defaults) and `worker` (`fieldsync serve` with none
+  beside a `fieldsync worker` process with 2). Ways: `plain` (the SDK pushing batches of
   `--push-batch` mutations, outbox bundles off) and `bundle` (the SDK's defaults: an outbox of
   2,000 entries or more goes as one sealed outbox bundle over tus, protocol §4.7). The clock
   starts at `Client.sync()` and stops when the server's dedupe ledger holds a row for every
-  mutation (every one applied; the bench fails if any was rejected);
-- of which `sync()` returned (every mutation received, i.e. durable in the server's queue);
+  mutation (every one applied; the bench fails if any was rejected), polled by a thread while
+  `sync()` runs;
+- of which every push was answered, and when `sync()` returned (it pulls until every result is
+  back, so it ends after the last mutation is applied);
 - PouchDB: `PouchDB.replicate(local, remote)` of the same count of visit documents from a local
   PouchDB 9 (node, leveldb) to `pouchdb-server` 4.2.0, with its defaults and with `batch_size`
   1000; the ratio is taken against the faster;
