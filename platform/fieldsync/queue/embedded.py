@@ -42,8 +42,8 @@ Durability of each write (docs/decisions.md, "Embedded queue: acks ride on the n
   `ack` returns at once and the deletes go into the transaction of this object's next claim,
   ahead of the claim itself, so a batch costs one write transaction instead of two. Any other
   call on the object (pending, depth, release, close, …) writes them first, and a timer writes
-  them when no claim came within `ACK_LINGER` seconds, so an ack waits at most that long in a
-  live process. An ack made when the last claim was not full is written before `ack` returns.
+  them when no claim came within `ACK_LINGER` seconds, so in a live process an ack waits about
+  that long at most (longer only while the file refuses writes). An ack made when the last claim was not full is written before `ack` returns.
   A process that dies before the write leaves the message in flight: it is redelivered after
   its visibility timeout with `receive_count + 1`, the same outcome as a consumer that died just
   before acking — harmless, because the ledger makes redelivery exact-once (invariant 2).
@@ -120,7 +120,9 @@ class Queue(Protocol):
         seconds; waits up to `wait_seconds` for one when none is eligible."""
 
     def ack(self, receipts: Sequence[str]) -> None:
-        """Delete the delivered messages (stale receipts are ignored)."""
+        """Delete the delivered messages (stale receipts are ignored). The delete may be written
+        behind (the embedded queue's draining consumers): a crash right after `ack` returned
+        may redeliver them, never lose another message."""
 
     def extend(self, receipt: str, seconds: float) -> None:
         """Keep a delivery hidden for `seconds` from now (a heartbeat; stale receipt: no-op)."""
