@@ -328,19 +328,27 @@ class Batch:
         """Load (and on PostgreSQL lock) every record the batch names and every referenced id,
         one query per entity, so checks do not cost a query per mutation."""
         wanted: dict[str, set[str]] = {}
+        # per entity: the set its ids go to, and per ref field (name, the set its targets go to)
+        plans: dict[str, tuple[set[str], list[tuple[str, set[str]]]]] = {}
         for m in mutations:
             named = self.named[m["seq"]]
             entity = named.entity
             if entity is None:
                 continue
-            wanted.setdefault(entity.name, set()).add(named.record_id)
-            for f in self.rules(entity).refs:
+            plan = plans.get(entity.name)
+            if plan is None:
+                plan = plans[entity.name] = (wanted.setdefault(entity.name, set()), [
+                    (f.name, wanted.setdefault(f.ref, set())) for f in self.rules(entity).refs])
+            plan[0].add(named.record_id)
+            for name, targets in plan[1]:
                 # only a UUID can name a record; anything else (a lone surrogate, which no database
                 # encoder takes) is refused by validation when the mutation is decided
-                v = _uuid_or_none(named.fields.get(f.name))
+                v = _uuid_or_none(named.fields.get(name))
                 if v is not None:
-                    wanted.setdefault(f.ref, set()).add(v)
+                    targets.add(v)
         for name, ids in sorted(wanted.items()):
+            if not ids:
+                continue
             table = self.store.table(self.entities[name])
             for key in ids:
                 self.records.setdefault((name, key), None)
