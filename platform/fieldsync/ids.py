@@ -41,10 +41,9 @@ def new_id(now: dt.datetime | None = None) -> str:
         else:
             seq = 0
         _id_last[0], _id_last[1] = ms, seq
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-    h = f"{value:032x}"   # str(uuid.UUID(int=value)) without building the object (every local write)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # str(uuid.UUID(int=...)) without building the 128-bit value (every local write)
+    h, r = f"{ms:012x}", os.urandom(8).hex()
+    return f"{h[:8]}-{h[8:]}-{_VERSION_SEQ[seq]}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:]}"
 
 
 def new_ids(count: int, now: dt.datetime | None = None) -> list[str]:
