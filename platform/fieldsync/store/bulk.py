@@ -13,7 +13,8 @@ _INSERT_PLANS: dict[tuple[int, tuple[str, ...]], tuple[sa.Table, str, Callable[[
 
 def _sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """SQLAlchemy's SQLite DATETIME bind processor (its default storage format: the wall time
-    as `YYYY-MM-DD HH:MM:SS.ffffff`, zone dropped) done by `isoformat`, several times faster."""
+    as `YYYY-MM-DD HH:MM:SS.ffffff`, zone dropped) done by the same `%` format on the fields
+    directly, several times faster."""
     # the rows of a batch mostly share their stamps: the last one converted is kept, as one
     # tuple (plans are shared between threads, so value and text are swapped in together)
     last: list[tuple[Any, str]] = [(None, "")]
@@ -23,8 +24,9 @@ def _sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
             seen = last[0]
             if seen[0] is value:
                 return seen[1]
-            # the wall time with its zone dropped: the first 26 characters of isoformat
-            text = value.isoformat(" ", "microseconds")[:26]
+            # SQLAlchemy's own storage format, its fields filled in directly
+            text = "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (value.year, value.month, value.day, value.hour,
+                                                          value.minute, value.second, value.microsecond)
             last[0] = (value, text)
             return text
         return fallback(value)
