@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from fieldsync.store.tables import PLATFORM_PREFIX
 from fieldsync.store.engine import create_tables
 
-__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "SPOOL", "SPOOL_RELAY", "clear_received", "seqs_clause",
+__all__ = ["DEVICES", "DEVICE_SECRETS", "DEVICE_TOKENS", "LEDGER", "MEDIA", "RECEIVED", "SCOPES", "SPOOL", "SPOOL_RELAY", "clear_received", "seq_run",
            "add_missing_columns", "create_sync_tables", "mark_received", "spool_depth", "note_pull", "note_push", "unnote_push", "sync_metadata", "unsettled"]
 
 sync_metadata = sa.MetaData()
@@ -165,20 +165,30 @@ def mark_received(conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> N
     conn.execute(insert(RECEIVED).on_conflict_do_nothing(), [{"device_id": device_id, "seq": s} for s in seqs])
 
 
-def seqs_clause(column: sa.ColumnElement, ordered: Sequence[int]) -> sa.ColumnElement:
-    """`column IN ordered` (sorted, distinct integers); a BETWEEN when they are a run without
-    gaps, as a push's seqs mostly are: two parameters instead of hundreds to render and bind."""
+def seq_run(ordered: Sequence[int]) -> tuple[int, int] | None:
+    """(first, last) of `ordered` (sorted, distinct integers) when they are a run without gaps, as
+    a push's seqs mostly are: then they are looked up by BETWEEN, two parameters instead of
+    hundreds to render and bind. None otherwise (an IN list)."""
     if ordered and ordered[-1] - ordered[0] == len(ordered) - 1:
-        return column.between(ordered[0], ordered[-1])
-    return column.in_(ordered)
+        return ordered[0], ordered[-1]
+    return None
+
+
+# built once (the statement's cache key is not worked out again per push)
+_CLEAR_RUN = RECEIVED.delete().where(RECEIVED.c.device_id == sa.bindparam("device"),
+                                     RECEIVED.c.seq.between(sa.bindparam("first"), sa.bindparam("last")))
 
 
 def clear_received(conn: sa.Connection, device_id: str, seqs: Sequence[int]) -> None:
     """Forget `seqs` of `device_id`: they are processed (or were never enqueued)."""
     ordered = sorted({s for s in seqs if isinstance(s, int) and not isinstance(s, bool)})
     for i in range(0, len(ordered), 500):
-        conn.execute(RECEIVED.delete().where(RECEIVED.c.device_id == device_id,
-                                             seqs_clause(RECEIVED.c.seq, ordered[i:i + 500])))
+        chunk = ordered[i:i + 500]
+        run = seq_run(chunk)
+        if run is not None:
+            conn.execute(_CLEAR_RUN, {"device": device_id, "first": run[0], "last": run[1]})
+        else:
+            conn.execute(RECEIVED.delete().where(RECEIVED.c.device_id == device_id, RECEIVED.c.seq.in_(chunk)))
 
 
 def unsettled(conn: sa.Connection, device_id: str) -> int:

@@ -29,7 +29,7 @@ from fieldsync.ids import utc_now
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import Batch, NamedMutation, PushBatch, read_mutations
-from fieldsync.store.sync_tables import LEDGER, clear_received, seqs_clause
+from fieldsync.store.sync_tables import LEDGER, clear_received, seq_run
 
 __all__ = ["APPLY_TRANSACTION_MUTATIONS", "MutationApplier"]
 
@@ -37,6 +37,11 @@ __all__ = ["APPLY_TRANSACTION_MUTATIONS", "MutationApplier"]
 # (about 15 ms of work for 250 visits), small enough that a push receipt waiting on SQLite's
 # write lock waits for that, not for a whole batch
 APPLY_TRANSACTION_MUTATIONS = 250
+
+
+# the ledger's seqs of a device in a run without gaps, built once (see `seq_run`)
+_PROCESSED_RUN = sa.select(LEDGER.c.seq).where(LEDGER.c.device_id == sa.bindparam("device"),
+                                               LEDGER.c.seq.between(sa.bindparam("first"), sa.bindparam("last")))
 
 
 class MutationApplier:
@@ -54,8 +59,13 @@ class MutationApplier:
         done: set[int] = set()
         ordered = sorted({s for s in seqs if isinstance(s, int) and not isinstance(s, bool)})
         for i in range(0, len(ordered), 500):
-            rows = conn.execute(sa.select(LEDGER.c.seq).where(LEDGER.c.device_id == device_id,
-                                                              seqs_clause(LEDGER.c.seq, ordered[i:i + 500])))
+            chunk = ordered[i:i + 500]
+            run = seq_run(chunk)
+            if run is not None:
+                rows = conn.execute(_PROCESSED_RUN, {"device": device_id, "first": run[0], "last": run[1]})
+            else:
+                rows = conn.execute(sa.select(LEDGER.c.seq).where(LEDGER.c.device_id == device_id,
+                                                                  LEDGER.c.seq.in_(chunk)))
             done.update(r[0] for r in rows)
         return done
 

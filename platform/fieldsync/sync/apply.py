@@ -251,6 +251,24 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
+_ROWS_BY_ID: dict[tuple[int, bool], tuple[sa.Table, sa.Select]] = {}
+
+
+def _rows_by_id(table: sa.Table, lock: bool) -> sa.Select:
+    """SELECT of `table`'s rows whose id is in the list parameter `ids` (FOR UPDATE with `lock`),
+    built once per table: its construction and cache key cost more than the query."""
+    key = (id(table), lock)
+    found = _ROWS_BY_ID.get(key)
+    if found is None or found[0] is not table:
+        query = sa.select(table).where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+        if lock:
+            query = query.with_for_update()
+        if len(_ROWS_BY_ID) > 1024:
+            _ROWS_BY_ID.clear()
+        found = _ROWS_BY_ID[key] = (table, query)
+    return found[1]
+
+
 class Batch:
     """The state of one batch being applied inside one transaction (`fieldsync.sync.applier`
     opens it): every mutation decided in seq order, then `flush` writes their effects."""
@@ -356,11 +374,9 @@ class Batch:
             locking = self.conn.dialect.name == "postgresql"
             if not locking:   # most ids a push names are new: look them up before reading rows
                 ordered = present_ids(self.conn, table, ordered)
+            query = _rows_by_id(table, locking)
             for i in range(0, len(ordered), 500):
-                query = sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))
-                if locking:
-                    query = query.with_for_update()
-                for row in self.conn.execute(query).mappings():
+                for row in self.conn.execute(query, {"ids": ordered[i:i + 500]}).mappings():
                     self.records[(name, row["id"])] = _Record(dict(row), stored=True)
 
     def record(self, entity: Entity, record_id: str) -> _Record | None:
