@@ -372,7 +372,9 @@ class Batch:
                 self.records.setdefault((name, key), None)
             ordered = sorted(ids)
             locking = self.conn.dialect.name == "postgresql"
-            if not locking:   # most ids a push names are new: look them up before reading rows
+            if not locking and name in plans:
+                # most records a push names are new: their ids are looked up before rows are read
+                # (a referenced record mostly exists, and is read at once)
                 ordered = present_ids(self.conn, table, ordered)
             query = _rows_by_id(table, locking)
             for i in range(0, len(ordered), 500):
