@@ -17,6 +17,7 @@ import contextlib
 import binascii
 import datetime as dt
 import json
+from decimal import Decimal
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -231,6 +232,8 @@ class RecordStore:
                     step = None
                 elif fields[name].type == "datetime" and raw_times:
                     step = _raw_time_step(step)
+                elif fields[name].type == "decimal" and raw_times and fields[name].scale is not None:
+                    step = _raw_decimal_step(step, fields[name].scale)
             plan.append((name, columns.index(name), step))
         plan = tuple(plan)
         id_at = columns.index("id") if secret else -1
@@ -756,11 +759,36 @@ __all__ = ["Page", "Reach", "RecordStore", "RowFilter", "wire_problems"]
 
 
 def raw_time_columns(table: sa.Table) -> list[sa.ColumnElement]:
-    """`table`'s columns, its date-time ones read as the driver gives them: on SQLite the text
-    SQLAlchemy stored, which `tuple_converter(raw_times=True)` rewrites to the wire form without
-    parsing it into a datetime and formatting that again (PostgreSQL still gives datetimes)."""
-    return [sa.type_coerce(c, sa.String).label(c.name) if isinstance(c.type, sa.DateTime) else c
-            for c in table.columns]
+    """`table`'s columns, its date-time and scaled decimal ones read as the driver gives them.
+    Date-times: on SQLite the text SQLAlchemy stored, which `tuple_converter(raw_times=True)`
+    rewrites to the wire form without parsing it into a datetime and formatting that again
+    (PostgreSQL still gives datetimes). Decimals with a scale: on SQLite the stored number,
+    which it formats to the scale at once instead of through a Decimal (PostgreSQL still gives
+    Decimals)."""
+    out = []
+    for c in table.columns:
+        if isinstance(c.type, sa.DateTime):
+            c = sa.type_coerce(c, sa.String).label(c.name)
+        elif isinstance(c.type, sa.Numeric) and c.type.asdecimal and c.type.scale is not None:
+            c = sa.type_coerce(c, sa.types.NullType()).label(c.name)
+        out.append(c)
+    return out
+
+
+def _raw_decimal_step(step: Callable[[Any], Any], scale: int) -> Callable[[Any], Any]:
+    """`step` (the wire form of a stored decimal of `scale` digits) for a value that may be the
+    number SQLite stored: SQLAlchemy would make it `Decimal("%.<scale>f" % value)`, which `step`
+    quantizes to the same scale and formats back to that same text."""
+    text = f"%.{scale}f"
+
+    def step_raw(value: Any) -> Any:
+        kind = type(value)
+        if kind is float or kind is int:
+            return text % value
+        if isinstance(value, Decimal):
+            return step(value)
+        return step(Decimal(text % value))
+    return step_raw
 
 
 def _raw_time_step(stamp: Callable[[Any], Any]) -> Callable[[Any], Any]:
