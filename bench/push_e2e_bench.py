@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -90,15 +91,22 @@ def fill_outbox(client: Client, visits: list[tuple[str, dict]], now: dt.datetime
                          "VALUES (?, ?, ?, ?, ?, ?)", entries)
 
 
-def start_server(data_dir: Path, port: int, database_url: str | None) -> subprocess.Popen:
-    env = {**os.environ, "FIELDSYNC_SECRET_KEY": SECRET, "FIELDSYNC_SYNC_LISTENERS": "2"}
-    command = [str(Path(sys.executable).with_name("fieldsync")), "serve", "--data-dir", str(data_dir),
-               "--defs", str(ROOT / "entity_defs"), "--port", str(port)]
+def start_server(data_dir: Path, port: int, database_url: str | None, *, worker: bool = False) -> list[subprocess.Popen]:
+    """`fieldsync serve` with 2 listener threads; with `worker`, `fieldsync serve` with none and a
+    `fieldsync worker` process with 2 (docs/workers.md): apply then runs on the other core."""
+    env = {**os.environ, "FIELDSYNC_SECRET_KEY": SECRET, "FIELDSYNC_SYNC_LISTENERS": "0" if worker else "2"}
+    tool = str(Path(sys.executable).with_name("fieldsync"))
+    where = ["--data-dir", str(data_dir), "--defs", str(ROOT / "entity_defs")]
     if database_url:
-        command += ["--database-url", database_url]
+        where += ["--database-url", database_url]
         env["FIELDSYNC_KEYS_DIR"] = str(data_dir.parent.parent / "postgresql-keys")   # as _server_on
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    return wait_listening(process, f"http://127.0.0.1:{port}/api/v1/sync/capabilities", "fieldsync serve")
+    process = subprocess.Popen([tool, "serve", *where, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, cwd=ROOT)
+    processes = [wait_listening(process, f"http://127.0.0.1:{port}/api/v1/sync/capabilities", "fieldsync serve")]
+    if worker:
+        processes.append(subprocess.Popen([tool, "worker", *where, "--threads", "2"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
+    return processes
 
 
 def pg_schema_url(admin_url: str) -> tuple[str, sa.Engine, str] | None:
@@ -115,7 +123,8 @@ def pg_schema_url(admin_url: str) -> tuple[str, sa.Engine, str] | None:
     return f"{admin_url}?options=-csearch_path%3D{schema}", admin, schema
 
 
-def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, push_batch: int) -> dict:
+def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, push_batch: int,
+                   worker: bool = False) -> dict:
     """Seconds from `Client.sync()` until every visit is in the ledger, and until sync returned."""
     app, state = make_server(tmp / "server") if database_url is None else _server_on(tmp / "server", database_url)
     load_seed(state.config, ROOT / "examples" / "seed")
@@ -125,7 +134,7 @@ def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, pu
     state.sync.close()
     state.engine.dispose()
     port = free_port()
-    server = start_server(tmp / "server", port, database_url)
+    processes = start_server(tmp / "server", port, database_url, worker=worker)
     engine = sa.create_engine(database_url) if database_url else \
         sa.create_engine(f"sqlite:///{tmp / 'server' / 'fieldsync.db'}")
     try:
@@ -144,22 +153,31 @@ def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, pu
             push_all(report)
             pushed_at.append(time.perf_counter())
         client._engine.push_all = timed_push_all
-        cpu_before = _cpu_seconds(server.pid)
+        applied_at: list[float] = []
+        stop = threading.Event()
+
+        def watch_ledger():   # the listeners apply in the server process: done when the ledger holds all
+            with engine.connect() as conn:
+                while not stop.is_set():
+                    done = conn.execute(sa.select(sa.func.count()).select_from(LEDGER)
+                                        .where(LEDGER.c.device_id == device_id)).scalar_one()
+                    conn.rollback()
+                    if done >= n:
+                        applied_at.append(time.perf_counter())
+                        return
+                    stop.wait(0.01)   # polling another process's database: nothing to wait on here
+        watcher = threading.Thread(target=watch_ledger, name="ledger-watch", daemon=True)
+        cpu_before = sum(_cpu_seconds(p.pid) for p in processes)
         started = time.perf_counter()
+        watcher.start()
         report = client.sync()
         received = time.perf_counter() - started
-        deadline = started + 900
-        while True:   # the listeners apply in the server process: done when the ledger holds all
-            with engine.connect() as conn:
-                done = conn.execute(sa.select(sa.func.count()).select_from(LEDGER)
-                                    .where(LEDGER.c.device_id == device_id)).scalar_one()
-            if done >= n:
-                break
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"{done} of {n} mutations applied after 900 s")
-            time.sleep(0.01)   # polling another process's database: nothing to wait on here
-        applied = time.perf_counter() - started
-        server_cpu = _cpu_seconds(server.pid) - cpu_before
+        watcher.join(timeout=900)
+        stop.set()
+        if not applied_at:
+            raise RuntimeError(f"not every one of {n} mutations was applied after 900 s")
+        applied = applied_at[0] - started
+        server_cpu = sum(_cpu_seconds(p.pid) for p in processes) - cpu_before
         with engine.connect() as conn:
             rejected = conn.execute(sa.select(sa.func.count()).select_from(LEDGER)
                                     .where(LEDGER.c.device_id == device_id, LEDGER.c.status != "applied")).scalar_one()
@@ -170,8 +188,10 @@ def fieldsync_push(tmp: Path, n: int, *, database_url: str | None, mode: str, pu
                                f"{report.pushed} pushed of {n}")
         client.close()
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
         engine.dispose()
     rows = [tuple(sqlite_value(v) for v in _visit_row(record_id, fields, now)) for record_id, fields in visits]
     return {"received": received, "applied": applied, "pushed": pushed_at[0] - started, "server_cpu": server_cpu, "ddl": ddl, "columns": [c.name for c in visit.columns],
@@ -243,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--push-batch", type=int, default=1000, help="mutations per push of the plain mode")
     parser.add_argument("--modes", default="plain,bundle", help="plain, bundle or both (comma-separated)")
+    parser.add_argument("--layouts", default="serve,worker",
+                        help="serve (listeners in the server), worker (in a fieldsync worker process) or both")
     parser.add_argument("--pg-url", default=PG_URL)
     parser.add_argument("--no-postgres", dest="postgres", action="store_false")
     parser.add_argument("--no-pouchdb", dest="pouchdb", action="store_false")
@@ -251,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     header(f"push end to end: {n:,} visits from an SDK outbox over loopback HTTP until applied "
            "(fieldsync serve, 2 listeners, embedded queue)")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    layouts = [m.strip() for m in args.layouts.split(",") if m.strip()]
     rates: list[float] = []
     with tempfile.TemporaryDirectory(prefix="fieldsync-push-e2e-") as tmp:
         tmp = Path(tmp)
@@ -263,18 +286,23 @@ def main(argv: list[str] | None = None) -> int:
         baseline = None
         try:
             for db_name, url in databases:
-                for mode in modes:
-                    run = fieldsync_push(tmp / f"{db_name}-{mode}", n, database_url=url, mode=mode,
-                                         push_batch=args.push_batch)
-                    if baseline is None:
-                        baseline = raw_executemany(tmp / "raw.db", run["ddl"], "visit", run["columns"], run["rows"])
-                    rate = n / run["applied"]
-                    rates.append(rate)
-                    what = f"pushes of {args.push_batch}" if mode == "plain" else "SDK defaults: one outbox bundle"
-                    info(f"fieldsync on {db_name}, {what}",
-                         f"{rate:,.0f} records/s ({run['applied']:.2f} s until applied; every push answered at "
-                         f"{run['pushed']:.2f} s, sync() returned at {run['received']:.2f} s; server CPU "
-                         f"{run['server_cpu'] / n * 1e6:.0f} us per record) | raw baseline {baseline:,.0f} rows/s | ratio {rate / baseline:.1%}")
+                for layout in layouts:
+                    for mode in modes:
+                        run = fieldsync_push(tmp / f"{db_name}-{layout}-{mode}", n, database_url=url, mode=mode,
+                                             push_batch=args.push_batch, worker=layout == "worker")
+                        if baseline is None:
+                            baseline = raw_executemany(tmp / "raw.db", run["ddl"], "visit", run["columns"], run["rows"])
+                        rate = n / run["applied"]
+                        if db_name == "sqlite":
+                            rates.append(rate)
+                        what = f"pushes of {args.push_batch}" if mode == "plain" else "SDK defaults: one outbox bundle"
+                        where = ("2 listeners in fieldsync serve" if layout == "serve"
+                                 else "fieldsync serve + a fieldsync worker process with 2 listeners")
+                        info(f"fieldsync on {db_name}, {where}, {what}",
+                             f"{rate:,.0f} records/s ({run['applied']:.2f} s until applied; every push answered at "
+                             f"{run['pushed']:.2f} s, sync() returned with every result at {run['received']:.2f} s; "
+                             f"server CPU {run['server_cpu'] / n * 1e6:.0f} us per record) | raw baseline "
+                             f"{baseline:,.0f} rows/s | ratio {rate / baseline:.1%}")
         finally:
             if pg is not None:
                 with pg[1].connect() as conn:
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                     info(f"PouchDB 9 replicate local -> pouchdb-server ({batch})",
                          f"{n / result['seconds']:,.0f} docs/s ({result['seconds']:.2f} s)")
                 best = min(r["seconds"] for r in pouch)
-                fieldsync_sqlite = max(rates[:len(modes)])
+                fieldsync_sqlite = max(rates)
                 verdict = "ok" if fieldsync_sqlite >= 5 * n / best and fieldsync_sqlite >= 10_000 else "below"
                 info("fieldsync (SQLite, faster mode) / PouchDB (faster setting)",
                      f"{fieldsync_sqlite / (n / best):.1f}x (goal >= 5x and >= 10,000 records/s: {verdict})")

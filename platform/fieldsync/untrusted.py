@@ -6,7 +6,9 @@ means the same thing wherever it enters and no input can reach the database or t
 interpreter in a form they fail on:
 
 - `load_json` measures the nesting depth *before* parsing: Python's parser recurses per level,
-  and a few hundred thousand `[` raise RecursionError (a 500) however small the body.
+  and a few hundred thousand `[` raise RecursionError (a 500) however small the body. UTF-8
+  bodies are read by orjson (iterative, refusing past 1024 levels) and their depth measured on
+  the value, wherever orjson's value is exactly the standard library's.
 - `parse_int` takes an int or a string of ASCII digits (an optional leading `-`), within the
   bounds the caller gives (the column's range): `int()` also takes "²"-like digits it then
   refuses, "١٢", " 12", "+12" and "1_000", and a value past 64 bits overflows the database.
@@ -26,6 +28,11 @@ from array import array
 from itertools import accumulate
 from typing import Any, Iterator
 from fieldsync.errors import IntRefused, JsonRefused
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - a dependency; the standard library is the fallback
+    orjson = None
 
 __all__ = ["INT32_MAX", "INT64_MAX", "MAX_JSON_DEPTH", "NUL_REASON", "SURROGATE_REASON", "IntRefused", "JsonRefused",
            "load_json", "parse_int", "text_problem", "unstorable_paths"]
@@ -82,10 +89,15 @@ def load_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     JsonRefused when it is not JSON, nests deeper than `max_depth`, or holds NaN/Infinity
     (not JSON, though Python's parser takes them)."""
     if isinstance(raw, (bytes, bytearray)):
+        encoding = json.detect_encoding(raw)
         try:
-            text = bytes(raw).decode(json.detect_encoding(raw))
+            text = bytes(raw).decode(encoding)
         except UnicodeDecodeError as exc:
             raise JsonRefused(f"is not valid UTF-8 JSON ({exc.reason} at byte {exc.start})") from None
+        if encoding == "utf-8":
+            value = _fast_value(bytes(raw), max_depth)
+            if value is not _NOT_FAST:
+                return value
     else:
         text = raw
     if json_too_deep(text, max_depth):
@@ -96,6 +108,44 @@ def load_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise JsonRefused(f"is not valid JSON: {exc}") from None
     except RecursionError:      # unreachable after the depth check; never a 500
         raise JsonRefused(f"is nested more than {max_depth} levels deep") from None
+
+
+_NOT_FAST = object()
+# every digit becomes "0", everything else a space: a run of 19 zeros is a run of 19 digits
+_DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _fast_value(raw: bytes, max_depth: int) -> Any:
+    """The value of UTF-8 JSON `raw` read by orjson, several times faster than the standard
+    library on push bodies; `_NOT_FAST` whenever orjson's answer could differ from
+    `json.loads`'s: a run of 19 digits (an integer past 64 bits would become a float), and
+    every text orjson refuses (NaN, 1e400, a lone surrogate escape, or not JSON at all: the
+    standard path then gives the same value or the same refusal as before). orjson refuses
+    nesting past 1024 levels by itself; the depth limit is checked on the value."""
+    if orjson is None or _LONG_RUN in raw.translate(_DIGITS_ONLY):
+        return _NOT_FAST
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _NOT_FAST
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(value, max_depth):
+        raise JsonRefused(f"is nested more than {max_depth} levels deep")
+    return value
+
+
+def _deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether the arrays and objects of a parsed value nest deeper than `max_depth` (the
+    depth `json_too_deep` measures on the text), without recursion."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        for item in (node.values() if isinstance(node, dict) else node):
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+    return False
 
 
 def _refuse_constant(name: str):

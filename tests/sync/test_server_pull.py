@@ -355,3 +355,41 @@ def test_snapshot_rows_are_the_stored_records_in_wire_form(app):
             compared += name in ("created_at", "updated_at")
     assert compared == 2 * len(local)
     assert local[("visit", visit["id"])]["visited_at"] == "2026-11-27T09:00:00.123456Z"
+
+
+def test_a_device_gets_its_own_writes_back_in_results_not_as_changes(app):
+    """protocol §6.4: a record whose last change is the pulling device's own push comes back in
+    that mutation's result (its `row` read at delivery), not a second time as a change; a
+    record someone else changed after it comes as a change; another device gets them all."""
+    asha, other = Device(app), Device(app, install="i-2")
+    pages = asha.pull_all()
+    cursor, scope_hash = pages[-1]["cursor"], pages[-1]["scope_hash"]
+    other_pages = other.pull_all()
+    other_cursor, other_hash = other_pages[-1]["cursor"], other_pages[-1]["scope_hash"]
+    mine, changed_later = new_id(), new_id()
+    order_id = new_id()
+    product = app.extensions["fieldsync"].store.list("product", limit=1).items[0]
+    asha.push([asha.mutation("visit", "insert", mine, visit_fields(app, notes="mine")),
+               asha.mutation("visit", "insert", changed_later, visit_fields(app, notes="first")),
+               asha.mutation("order", "insert", order_id, {
+                   "retailer_id": retailer_in(app, PUNE_CENTRAL)["id"], "territory_id": PUNE_CENTRAL,
+                   "ordered_at": "2026-11-27T09:00:00Z"}),
+               asha.mutation("order_line", "insert", line_id := new_id(), {
+                   "order_id": order_id, "product_id": product["id"], "quantity": 2, "unit_price": "10.00"})])
+    assert app.extensions["fieldsync"].sync.drain() == 1
+    store = app.extensions["fieldsync"].store
+    store.update("visit", changed_later, {"notes": "changed on the server"}, expected_version=1)
+
+    pages = asha.pull_all(cursor=cursor, scope_hash=scope_hash)
+    changed = {(c["entity"], c["id"]) for p in pages for c in p["changes"]}
+    assert changed == {("visit", changed_later)}
+    results = {r["seq"]: r for p in pages for r in p["results"]}
+    assert [results[s]["status"] for s in (1, 2, 3, 4)] == ["applied"] * 4
+    assert results[1]["row"]["id"] == mine and results[1]["row"]["notes"] == "mine"
+    assert results[2]["row"]["notes"] == "changed on the server"   # read at delivery, as the change
+    assert results[4]["row"]["id"] == line_id
+    assert pages[-1]["cursor"] == pages[-1]["head"]   # the cursor moves past what was left out
+
+    seen = {(c["entity"], c["id"]) for p in other.pull_all(cursor=other_cursor, scope_hash=other_hash)
+            for c in p["changes"]}
+    assert {("visit", mine), ("visit", changed_later), ("order", order_id), ("order_line", line_id)} <= seen

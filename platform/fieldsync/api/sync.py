@@ -611,7 +611,8 @@ def pull():
         device = _device(conn, req.device_id)
         try:
             page = pull_page(conn, snapshot.store, scope, req, secret=state.secret_bytes, now=now,
-                             offer_bundle=_bundle_offerer(body, snapshot.store, scope))
+                             offer_bundle=_bundle_offerer(body, snapshot.store, scope),
+                             own_device=device["device_id"])
         except SyncReset as reset:
             raise _problem(ProblemType.SYNC_RESET, reset.detail, horizon=reset.horizon,
                            reason=reset.reason) from None

@@ -38,10 +38,92 @@ class Applied:
 def settle_results(store: LocalStore, conn: sqlite3.Connection, results: list[Mapping[str, Any]],
                    now: dt.datetime, outcome: Applied) -> None:
     """Settle outbox entries from their results, ascending by seq (§5.2, decisions 1, 3, 4)."""
-    for result in sorted(results, key=lambda r: r.get("seq", 0)):
+    ordered = sorted(results, key=lambda r: r.get("seq", 0))
+    if len(ordered) > 1 and all(_plainly_applied(r) for r in ordered):
+        _settle_applied(store, conn, ordered, outcome)
+        return
+    for result in ordered:
         settle_result(store, conn, result, now, outcome)
     keep_conflicts(store, conn, outcome.lost)
     outcome.lost = []
+
+
+def _plainly_applied(result: Mapping[str, Any]) -> bool:
+    seq = result.get("seq")
+    return (result.get("status") == "applied" and isinstance(seq, int) and not isinstance(seq, bool)
+            and not is_conflict(result) and isinstance(result.get("row"), (dict, type(None))))
+
+
+def _settle_applied(store: LocalStore, conn: sqlite3.Connection, results: list[Mapping[str, Any]],
+                    outcome: Applied) -> None:
+    """`settle_result` of results that are all `applied` without a conflict loss (a device's
+    own pushes coming back: nearly every page), a few statements per page instead of five per
+    result: the same entries deleted, and each record whose last entry settled put right from
+    its last result's `row`, as `_settle_record` does."""
+    by_seq = {r["seq"]: r for r in results}
+    entries = _outbox_entries(conn, list(by_seq))
+    if not entries:
+        return
+    conn.executemany('DELETE FROM "_outbox" WHERE seq = ?', [(seq,) for seq in entries])
+    outcome.applied += len(entries)
+    last: dict[tuple[str, str], int] = {}
+    for seq, entry in entries.items():   # ascending: the last result of each record wins
+        last[(entry["entity"], entry["record_id"])] = seq
+    waiting = _records_with_entries(conn, list(last))
+    settle: dict[str, list[tuple[str, Mapping[str, Any] | None]]] = {}
+    for (entity, record_id), seq in last.items():
+        if (entity, record_id) not in waiting:   # a later write is on its way; its result settles it
+            settle.setdefault(entity, []).append((record_id, by_seq[seq].get("row")))
+    for entity, records in settle.items():
+        table = store.table(entity)
+        local = _local_versions(conn, table, [record_id for record_id, _ in records])
+        writes = []
+        for record_id, row in records:
+            if row is None or row.get("deleted"):
+                store.delete_row(conn, table, record_id, only_clean=False)
+                continue
+            version = int(row.get("version") or 0)
+            held = local.get(record_id)
+            if held is None or held[0] or held[1] < version:
+                writes.append(table.server_row_values(record_id, row, version))
+        if writes:
+            conn.executemany(table.server_row_sql, writes)
+
+
+def _outbox_entries(conn: sqlite3.Connection, seqs: list[int]) -> dict[int, sqlite3.Row]:
+    """The outbox entries of `seqs` still there, ascending by seq (500 bound values a query)."""
+    found: dict[int, sqlite3.Row] = {}
+    for start in range(0, len(seqs), 500):
+        chunk = seqs[start:start + 500]
+        for entry in conn.execute(f'SELECT * FROM "_outbox" WHERE seq IN ({", ".join("?" for _ in chunk)})', chunk):
+            found[entry["seq"]] = entry
+    return dict(sorted(found.items()))
+
+
+def _records_with_entries(conn: sqlite3.Connection, records: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those of `records` ((entity, id) pairs) that still have an outbox entry."""
+    by_entity: dict[str, list[str]] = {}
+    for entity, record_id in records:
+        by_entity.setdefault(entity, []).append(record_id)
+    waiting: set[tuple[str, str]] = set()
+    for entity, ids in by_entity.items():
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            waiting.update((entity, r[0]) for r in conn.execute(
+                f'SELECT record_id FROM "_outbox" WHERE entity = ? AND record_id IN ({", ".join("?" for _ in chunk)})',
+                [entity, *chunk]))
+    return waiting
+
+
+def _local_versions(conn: sqlite3.Connection, table: EntityTable, ids: list[str]) -> dict[str, tuple[int, int]]:
+    """id -> (_dirty, _version) of the local rows among `ids`."""
+    held: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for r in conn.execute(f"SELECT id, _dirty, _version FROM {quote(table.table)} "
+                              f"WHERE id IN ({', '.join('?' for _ in chunk)})", chunk):
+            held[r[0]] = (r[1], r[2])
+    return held
 
 
 def settle_result(store: LocalStore, conn: sqlite3.Connection, result: Mapping[str, Any],

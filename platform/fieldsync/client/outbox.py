@@ -18,6 +18,7 @@ import sqlite3
 import uuid
 from typing import Any, Iterable, Mapping
 
+from fieldsync import json_wire
 from fieldsync.errors import ClientError, ProblemType, ValidationError
 from fieldsync.client.reports import QuarantinedMutation
 from fieldsync.client.schema import EntityTable, quote
@@ -161,7 +162,7 @@ def entries_to_send(store: LocalStore, limit: int) -> list[sqlite3.Row]:
 def as_mutation(entry: sqlite3.Row) -> dict[str, Any]:
     return {"seq": entry["seq"], "entity": entry["entity"], "op": entry["op"], "id": entry["record_id"],
             "base_version": entry["base_version"], "client_time": entry["client_time"],
-            "fields": json.loads(entry["fields"])}
+            "fields": json_wire.loads(entry["fields"])}
 
 
 def counts(store: LocalStore) -> dict[str, int]:

@@ -85,7 +85,7 @@ class Wire:
         """One request; the answer's JSON body, or the SDK error the answer means.
 
         `user_token` sends the user's token even when a device token is set (registration)."""
-        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        payload = None if body is None else json_wire.dumps_bytes(body)
         headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"

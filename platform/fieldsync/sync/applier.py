@@ -1,14 +1,18 @@
-"""Applying a queued push batch: one batch, one database transaction (the listener's handler
-calls `MutationApplier.apply_batch`; the decisions are `fieldsync.sync.apply`).
+"""Applying a queued push batch in seq order, at most `APPLY_TRANSACTION_MUTATIONS` mutations
+per database transaction (the listener's handler calls `MutationApplier.apply_batch`; the
+decisions are `fieldsync.sync.apply`).
 
-The transaction skips every seq the dedupe ledger already holds (a redelivery, invariant 2),
-forgets the batch's received seqs, and commits the batch's effects, change-log entries and
-ledger rows together. A worker killed before the commit leaves nothing; one killed after the
-commit but before the queue ack leaves the ledger rows that make the redelivery a no-op.
+Each transaction skips every seq the dedupe ledger already holds (a redelivery, invariant 2),
+forgets its mutations' received seqs, and commits their effects, change-log entries and ledger
+rows together. A worker killed before a commit leaves nothing of that part; one killed after it
+(a later part, or the queue ack, still to come) leaves the ledger rows that make the
+redelivered batch skip what was done and apply the rest, in order. Parts of at most a few
+hundred mutations keep SQLite's one write lock short: a push being received waits for one part,
+not for a whole batch of a thousand (docs/benchmarks.md "Push end to end").
 A database error that is not a rule violation (a unique index raced by a concurrent writer)
-makes the batch fall back to one transaction per mutation, so one bad mutation can never
+makes the part fall back to one transaction per mutation, so one bad mutation can never
 poison the batch into the dead-letter queue. The data keys a batch needs are made before its
-transaction opens (`ensure_keys`).
+transactions open (`ensure_keys`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import Batch, NamedMutation, PushBatch, read_mutations
 from fieldsync.store.sync_tables import LEDGER, clear_received
 
-__all__ = ["MutationApplier"]
+__all__ = ["APPLY_TRANSACTION_MUTATIONS", "MutationApplier"]
+
+# mutations per apply transaction: large enough that a commit's fsync is a small share of it
+# (about 15 ms of work for 250 visits), small enough that a push receipt waiting on SQLite's
+# write lock waits for that, not for a whole batch
+APPLY_TRANSACTION_MUTATIONS = 250
 
 
 class MutationApplier:
@@ -86,18 +95,26 @@ class MutationApplier:
         shredded between `ensure_keys` and the transaction: KeyMissing) fails this delivery,
         and the queue redelivers it with backoff (`fieldsync.workers.pool`, the one retry of
         a push batch; `SyncService.handle` decides its last delivery). A unique value or id
-        raced by a concurrent writer is no failure: the batch is split, one transaction per
+        raced by a concurrent writer is no failure: that part is split, one transaction per
         mutation, and only the offending mutation is rejected (invariant 5)."""
         store = self.store()   # one model for the whole batch, even if it is swapped meanwhile
         named = read_mutations(store.model, batch)
         self.ensure_keys(store, named.values())
+        ordered = sorted(batch.mutations, key=_seq_order)
+        results: list[dict[str, Any]] = []
+        for i in range(0, len(ordered), APPLY_TRANSACTION_MUTATIONS):
+            results += self._apply_part(store, batch, ordered[i:i + APPLY_TRANSACTION_MUTATIONS], named)
+        return results
+
+    def _apply_part(self, store: RecordStore, batch: PushBatch, mutations: Sequence[Mapping[str, Any]],
+                    named: Mapping[int, NamedMutation]) -> list[dict[str, Any]]:
         try:
-            return self._apply(store, batch, batch.mutations, named)
+            return self._apply(store, batch, mutations, named)
         except sa.exc.IntegrityError:
             # a concurrent writer took a unique value or an id between our checks and the write:
-            # redo the batch one mutation per transaction, so only the offending one is rejected
+            # redo the part one mutation per transaction, so only the offending one is rejected
             results: list[dict[str, Any]] = []
-            for m in batch.mutations:
+            for m in mutations:
                 try:
                     results += self._apply(store, batch, [m], named)
                 except sa.exc.IntegrityError:
@@ -145,3 +162,10 @@ class MutationApplier:
                 state.results.append(row)
             state.flush()
             return state.results
+
+
+def _seq_order(mutation: Mapping[str, Any]) -> tuple[int, int]:
+    """Seq order; a seq that is no int (refused at receipt, so only in a hand-made batch)
+    sorts first and is judged malformed there."""
+    seq = mutation.get("seq")
+    return (1, seq) if isinstance(seq, int) and not isinstance(seq, bool) else (0, 0)

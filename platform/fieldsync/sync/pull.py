@@ -299,9 +299,15 @@ def _agree(a: Mapping[str, Any], b: Mapping[str, Any], keys: Sequence[str]) -> b
     return True
 
 
-def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
+def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None = None) -> None:
     """docs/sync-design.md decision 7: per record, compare held (before its first change in
-    range) with wanted (after its last change in range)."""
+    range) with wanted (after its last change in range).
+
+    A record whose last change in range is `own_device`'s own push is left out (protocol §6.2):
+    that mutation's result carries the record's `row`, read when the result is delivered, so
+    the device settles the record from it — never from an older state — and needs the change
+    no more than a second time. Only where the record enters the device's scope with children
+    (its own update moved it in) is the change sent, since the result brings no children."""
     store, scope = page.store, page.scope
     entities: dict[str, Entity] = {}
     names: dict[str, tuple[str, ...]] = {}        # the fields a patch may carry: the visible ones
@@ -365,6 +371,9 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
     for key, c_last in last.items():
         name, record_id = key
         entity = entities[name]
+        own = own_device is not None and c_last.origin == own_device
+        if own and not entity.children:
+            continue   # the result's row settles it
         c_first, fields = first[key], changed[key]
         row, prev = c_last.row, c_first.prev
         if encrypted[name]:
@@ -378,6 +387,8 @@ def _stream_page(page: _Page, changes: Sequence[Change]) -> None:
             held = wanted   # the same answer for the same values: one scope check, not two
         else:
             held = in_scope(entity, prev)
+        if own and not (wanted and not held and c_first.op != "create"):
+            continue   # the result's row settles it; a record entering scope brings its children
         if wanted and held:
             position = c_last.position
             add(name, position, {
@@ -459,10 +470,11 @@ def phase_entities(conn: sa.Connection, store: RecordStore, scope: DeviceScope,
 
 
 def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, request: PullRequest, *,
-              secret: bytes, now, offer_bundle: Callable[..., Any] | None = None
-              ) -> dict[str, Any]:
+              secret: bytes, now, offer_bundle: Callable[..., Any] | None = None,
+              own_device: str | None = None) -> dict[str, Any]:
     """One pull page for `request` (everything but results and device bookkeeping). Read-only:
-    the caller stores the scope (`remember_scope`) in its write transaction.
+    the caller stores the scope (`remember_scope`) in its write transaction. A stream page
+    leaves out the records whose last change in range is `own_device`'s push (`_stream_page`).
 
     `offer_bundle(changed, gone, cursor, old_digests)`, given when the device reads bundles, may answer a
     phase that starts with a snapshot bundle (an `Offer`, transfer/snapshots.py) instead of its
@@ -514,7 +526,7 @@ def pull_page(conn: sa.Connection, store: RecordStore, scope: DeviceScope, reque
                         scope_hash=request.scope_hash, has_more=True)
     else:
         changes, next_cursor, has_more = changes_after(conn, cursor, request.limit, entities=scope.order)
-        _stream_page(page, changes)
+        _stream_page(page, changes, own_device)
         body.update(phase="stream", cursor=next_cursor, resume=None, scope_hash=scope.hash, has_more=has_more)
     if request.refetch:
         _refetch(page, request.refetch)
