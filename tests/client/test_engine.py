@@ -77,6 +77,38 @@ def test_push_sends_ascending_seqs_in_batches(make_client, server, visit, clock)
     assert client.status().pending == 0 and client.get("visit", ids[0])["version"] == 2
 
 
+def test_the_batch_read_during_a_push_is_sent_only_after_a_full_answer(make_client, server, visit):
+    """The next batch is read while a push is in flight; entries the app writes meanwhile, a
+    413 that halves the batch and an answer that leaves seqs out all still give ascending,
+    gap-free pushes with each seq applied once."""
+    client = make_client(server, push_batch=3)
+    for i in range(7):
+        client.insert("visit", visit(notes=str(i)))
+    calls = []
+
+    def meanwhile(method, path, body, headers):
+        if not path.endswith("/push"):
+            return None
+        calls.append([m["seq"] for m in body["mutations"]])
+        if len(calls) == 1:
+            client.insert("visit", visit(notes="written during the first push"))   # seq 8
+        if len(calls) == 2:   # a 202 that leaves seqs out: the batch read ahead is dropped
+            status, whole = server._push(body)
+            return status, {}, json.dumps(dict(whole, received=whole["received"][:1])).encode()
+        if len(calls) == 3:
+            return answer(413, "payload-too-large", max_bytes=100_000)
+        return None
+    server.hooks.append(meanwhile)
+    with pytest.raises(ProtocolError):
+        client.sync()
+    report = client.sync()
+    assert calls[:4] == [[1, 2, 3], [4, 5, 6], [5, 6, 7], [5]]
+    sent = [seq for batch in calls for seq in batch]
+    assert all(b == sorted(b) for b in calls) and set(sent) == set(range(1, 9))
+    assert report.complete and client.status().pending == 0 and client.status().sent == 0
+    assert sorted(seq for _, seq in server.ledger) == list(range(1, 9))
+
+
 def test_a_push_whose_answer_is_lost_is_resent_with_the_same_seqs(make_client, server, visit):
     transport = CutAfterDelivery(server, "/push")
     client = make_client(transport)

@@ -438,3 +438,44 @@ def test_a_push_neither_queue_nor_spool_takes_is_not_received(app, monkeypatch):
     assert dev.push(batch)["received"] == [3]
     assert sync.drain() == 2
     assert [r["status"] for r in ledger_rows(app, dev.device_id)] == ["applied"] * 3
+
+
+def test_a_batch_cut_between_its_parts_is_finished_by_its_redelivery(app, monkeypatch):
+    """A batch is applied in transactions of APPLY_TRANSACTION_MUTATIONS: a worker failing after
+    two parts committed leaves those applied with their ledger rows, and the redelivery applies
+    the rest once, in seq order (updates in a later part of inserts in an earlier one)."""
+    from fieldsync.sync import applier as applier_module
+    from fieldsync.sync.apply import PushBatch
+    state = app.extensions["fieldsync"]
+    part = applier_module.APPLY_TRANSACTION_MUTATIONS
+    dev = Device(app)
+    ids = [new_id() for _ in range(part + part // 5)]
+    mutations = [dev.mutation("visit", "insert", i, visit_fields(app, notes="first")) for i in ids]
+    mutations += [dev.mutation("visit", "update", i, {"notes": "second"}, base_version=1) for i in ids]
+    batch = PushBatch(device_id=dev.device_id, user_id="rep-asha", role="field_rep",
+                      attributes={"territory_ids": [PUNE_CENTRAL]}, received_at="2026-11-27T10:00:00Z",
+                      sent_at="2026-11-27T10:00:00Z", schema_version=state.model.schema_version,
+                      mutations=list(reversed(mutations)))   # applied in seq order whatever the order
+    applier = applier_module.MutationApplier(lambda: state.store)
+    flushes = []
+    flush = applier_module.Batch.flush
+
+    def failing_third(self):
+        flushes.append(len(self.results))
+        if len(flushes) == 3:
+            raise RuntimeError("the worker dies here")
+        return flush(self)
+    monkeypatch.setattr(applier_module.Batch, "flush", failing_third)
+    with pytest.raises(RuntimeError):
+        applier.apply_batch(batch)
+    assert [r["seq"] for r in ledger_rows(app, dev.device_id)] == list(range(1, 2 * part + 1))
+    monkeypatch.setattr(applier_module.Batch, "flush", flush)
+    results = applier.apply_batch(batch)               # the redelivery
+    assert [r["seq"] for r in results] == list(range(2 * part + 1, len(mutations) + 1))
+    rows = ledger_rows(app, dev.device_id)
+    assert [r["seq"] for r in rows] == list(range(1, len(mutations) + 1))
+    assert all(r["status"] == "applied" for r in rows)
+    positions = [r["position"] for r in rows]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert {state.store.get("visit", i)["notes"] for i in ids} == {"second"}
+    assert {state.store.get("visit", i)["version"] for i in ids} == {2}

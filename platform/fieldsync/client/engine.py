@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
 from fieldsync.client import outbox
@@ -30,6 +31,42 @@ MAX_RECOVERIES = 3
 REFETCH_MAX = 1000
 
 Progress = Callable[[int, int], None]
+
+
+def _read_batch(store: LocalStore, limit: int, after_seq: int | None = None
+                ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The next `limit` entries to send (after `after_seq` when given) and their mutations."""
+    entries = (outbox.entries_to_send(store, limit) if after_seq is None
+               else outbox.entries_to_send_after(store, after_seq, limit))
+    return entries, [outbox.as_mutation(e) for e in entries]
+
+
+class _ReadAhead:
+    """One background thread reading the next push batch while a push is in flight."""
+
+    def __init__(self, store: LocalStore):
+        self.store = store
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future | None = None
+
+    def start(self, after_seq: int, limit: int) -> bool:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-push-read")
+        self._future = self._pool.submit(_read_batch, self.store, limit, after_seq)
+        return True
+
+    def result(self) -> tuple[list[Any], list[dict[str, Any]]] | None:
+        """The batch read ahead, or None when reading it failed (the loop then reads it itself)."""
+        future, self._future = self._future, None
+        try:
+            return future.result() if future is not None else None
+        except Exception:
+            return None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 class SyncEngine:
@@ -158,39 +195,53 @@ class SyncEngine:
             self.outbox_bundles.push(report, self._store_push_answer, progress=self.on_bundle)
         batch = max(1, min(self.push_batch, self._capability("max_mutations", self.push_batch)))
         recoveries = 0
-        while True:
-            entries = outbox.entries_to_send(self.store, batch)
-            if not entries:
-                return
-            seqs = [e["seq"] for e in entries]
-            with self.store.transaction() as conn:
-                # marked before sending: after a crash they are resent with the same seqs
-                conn.executemany("UPDATE \"_outbox\" SET status = 'sent', attempts = attempts + 1 "
-                                 "WHERE seq = ? AND status IN ('pending', 'sent')", [(s,) for s in seqs])
-            body = {"device_id": self.store.state("device_id"), "schema_version": self.store.schema_version,
-                    "sent_at": format_datetime(self.clock()),
-                    "mutations": [outbox.as_mutation(e) for e in entries]}
-            offset = self.wire.clock_offset.estimate_ms(self.clock())
-            if offset is not None:
-                # measured over the fastest recent round trip: this push's upload time is not
-                # in it, as it would be in received_at - sent_at (protocol §8.1)
-                body["clock_offset_ms"] = offset
-            try:
-                answer = self.wire.call("POST", "/push", body)
-            except ProtocolError as exc:
-                if exc.status == 413 or exc.name == ProblemType.PAYLOAD_TOO_LARGE.slug:
-                    if len(entries) == 1:
-                        self._quarantine_too_large(entries[0], exc)
-                        report.rejected += 1
-                    else:
-                        batch = max(1, len(entries) // 2)
-                    continue
-                if exc.name == ProblemType.UNKNOWN_DEVICE.slug and recoveries < MAX_RECOVERIES:
-                    recoveries += 1
-                    self._unknown_device()
-                    continue
-                raise
-            self._store_push_answer(answer, seqs, report)
+        # while a push is in flight the next batch's entries are read and turned into mutations
+        # on another thread (the wait for the answer leaves this one idle); still one push in
+        # flight (§4.4). They are used only after an answer that accounted for every seq, when
+        # they are exactly what `entries_to_send` would read then: the entries after the last
+        # seq sent, none of which that answer can have touched
+        ahead = _ReadAhead(self.store)
+        try:
+            prepared = None
+            while True:
+                entries, mutations = prepared if prepared is not None else _read_batch(self.store, batch)
+                prepared = None
+                if not entries:
+                    return
+                seqs = [e["seq"] for e in entries]
+                with self.store.transaction() as conn:
+                    # marked before sending: after a crash they are resent with the same seqs
+                    conn.executemany("UPDATE \"_outbox\" SET status = 'sent', attempts = attempts + 1 "
+                                     "WHERE seq = ? AND status IN ('pending', 'sent')", [(s,) for s in seqs])
+                body = {"device_id": self.store.state("device_id"), "schema_version": self.store.schema_version,
+                        "sent_at": format_datetime(self.clock()), "mutations": mutations}
+                offset = self.wire.clock_offset.estimate_ms(self.clock())
+                if offset is not None:
+                    # measured over the fastest recent round trip: this push's upload time is not
+                    # in it, as it would be in received_at - sent_at (protocol §8.1)
+                    body["clock_offset_ms"] = offset
+                next_batch = ahead.start(seqs[-1], batch) if len(entries) == batch else None
+                try:
+                    answer = self.wire.call("POST", "/push", body)
+                except ProtocolError as exc:
+                    if exc.status == 413 or exc.name == ProblemType.PAYLOAD_TOO_LARGE.slug:
+                        if len(entries) == 1:
+                            self._quarantine_too_large(entries[0], exc)
+                            report.rejected += 1
+                        else:
+                            batch = max(1, len(entries) // 2)
+                        continue
+                    if exc.name == ProblemType.UNKNOWN_DEVICE.slug and recoveries < MAX_RECOVERIES:
+                        recoveries += 1
+                        self._unknown_device()
+                        continue
+                    raise
+                finally:
+                    read_ahead = ahead.result() if next_batch is not None else None
+                self._store_push_answer(answer, seqs, report)   # raises unless every seq is accounted for
+                prepared = read_ahead
+        finally:
+            ahead.close()
 
     def _quarantine_too_large(self, entry, exc: ProtocolError) -> None:
         with self.store.transaction() as conn:

@@ -159,6 +159,14 @@ def entries_to_send(store: LocalStore, limit: int) -> list[sqlite3.Row]:
             (limit,)).fetchall()
 
 
+def entries_to_send_after(store: LocalStore, after_seq: int, limit: int) -> list[sqlite3.Row]:
+    """`entries_to_send` beyond `after_seq` (read while the push up to it is in flight)."""
+    with store.lock:
+        return store.conn.execute(
+            "SELECT * FROM \"_outbox\" WHERE status IN ('pending', 'sent') AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit)).fetchall()
+
+
 def as_mutation(entry: sqlite3.Row) -> dict[str, Any]:
     return {"seq": entry["seq"], "entity": entry["entity"], "op": entry["op"], "id": entry["record_id"],
             "base_version": entry["base_version"], "client_time": entry["client_time"],

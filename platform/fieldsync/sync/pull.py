@@ -103,32 +103,52 @@ def readable_row(store: RecordStore, entity: Entity, wire: Mapping[str, Any] | N
     """`wire` as the device's user may read it (visible fields and system members), None when
     the role may not read it. Used for results: a device sees its own pushed records even for
     push-only entities, within its role's rules."""
-    if wire is None:
-        return None
-    if wire.get("deleted"):
-        return {"id": wire["id"], "version": wire["version"], "deleted": True}
-    rule = access_rule(store.model, entity, scope.principal.role)   # the effective rule (defs/access.py)
-    if rule is None or not rule.can("read"):
-        return None
-    perm = rule.permission
-    if perm.row_filter is not None and not ex.evaluate(perm.row_filter, dict(wire), scope.user):
-        return None
-    if entity.parent is None:
-        if entity.sync.scope is not None and not ex.evaluate(entity.sync.scope, dict(wire), scope.user):
+    return _Readable(store, scope, conn).row(entity, wire)
+
+
+class _Readable:
+    """`readable_row` for the many rows of one answer: each entity's effective rule looked up
+    once, each parent read and judged once."""
+
+    def __init__(self, store: RecordStore, scope: DeviceScope, conn: sa.Connection):
+        self.store, self.scope, self.conn = store, scope, conn
+        self._rules: dict[str, Any] = {}
+        self._parents: dict[tuple[str, Any], bool] = {}
+
+    def row(self, entity: Entity, wire: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if wire is None:
             return None
-    else:
-        parent = store.model.entity(entity.parent)
-        table = store.table(parent)
-        row = conn.execute(sa.select(table).where(table.c.id == wire.get(entity.parent_field))).mappings().first()
+        if wire.get("deleted"):
+            return {"id": wire["id"], "version": wire["version"], "deleted": True}
+        if entity.name not in self._rules:   # the effective rule (defs/access.py)
+            self._rules[entity.name] = access_rule(self.store.model, entity, self.scope.principal.role)
+        rule = self._rules[entity.name]
+        if rule is None or not rule.can("read"):
+            return None
+        perm, user = rule.permission, self.scope.user
+        if perm.row_filter is not None and not ex.evaluate(perm.row_filter, dict(wire), user):
+            return None
+        if entity.parent is None:
+            if entity.sync.scope is not None and not ex.evaluate(entity.sync.scope, dict(wire), user):
+                return None
+        elif not self._parent_readable(entity.parent, wire.get(entity.parent_field)):
+            return None
+        out = {f.name: wire.get(f.name) for f in entity.fields if perm.visible is None or f.name in perm.visible}
+        out.update(id=wire["id"], version=wire["version"], created_at=wire.get("created_at"),
+                   updated_at=wire.get("updated_at"), deleted=False)
+        return out
+
+    def _parent_readable(self, name: str, parent_id: Any) -> bool:
         # a child is readable only under a live, readable parent: a deleted parent's tombstone
         # must not make its orphaned children visible (they would come back to the device)
-        if row is None or row["deleted"] or readable_row(store, parent, store.to_wire_row(parent, row), scope,
-                                                         conn) is None:
-            return None
-    out = {f.name: wire.get(f.name) for f in entity.fields if perm.visible is None or f.name in perm.visible}
-    out.update(id=wire["id"], version=wire["version"], created_at=wire.get("created_at"),
-               updated_at=wire.get("updated_at"), deleted=False)
-    return out
+        key = (name, parent_id)
+        if key not in self._parents:
+            parent = self.store.model.entity(name)
+            table = self.store.table(parent)
+            row = self.conn.execute(sa.select(table).where(table.c.id == parent_id)).mappings().first()
+            self._parents[key] = row is not None and not row["deleted"] and self.row(
+                parent, self.store.to_wire_row(parent, row)) is not None
+        return self._parents[key]
 
 
 def results_for(conn: sa.Connection, store: RecordStore, scope: DeviceScope, device_id: str, after_seq: int,
@@ -169,10 +189,11 @@ def render_results(conn: sa.Connection, store: RecordStore, scope: DeviceScope,
         for i in range(0, len(ordered), 500):
             for row in conn.execute(sa.select(table).where(table.c.id.in_(ordered[i:i + 500]))).mappings():
                 current[(name, row["id"])] = store.to_wire_row(entity, row)
+    readable = _Readable(store, scope, conn)
     out = []
     for r in rows:
         wire = current.get((r["entity"], r["record_id"]))
-        row = readable_row(store, store.model.entity(r["entity"]), wire, scope, conn) if wire else None
+        row = readable.row(store.model.entity(r["entity"]), wire) if wire else None
         out.append(result_to_wire(r, row))
     return out
 

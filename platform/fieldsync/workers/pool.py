@@ -1,12 +1,13 @@
 """The listener pool: threads that claim queued push batches and hand each to a handler.
 
-The handler (apply, in the server) processes one message in one database transaction. The pool
-acks a message only after its handler returned normally, so a crash, a database outage or a
-handler error never loses a batch: the message is redelivered and the ledger makes the second
-run exact-once (invariants 1 and 2). A failed message is released with a backoff delay (1 s,
-2 s, 4 s … capped at 60 s); its group, the device, waits meanwhile, so its later batches are
-never applied out of order (sync-design.md decision 2). This redelivery is the one retry of a
-push batch; the handler (`SyncService.handle`) decides when its retries end.
+The handler (apply, in the server) processes one message in transactions of at most 250
+mutations (sync/applier.py). The pool acks a message only after its handler returned normally,
+so a crash, a database outage or a handler error never loses a batch: the message is redelivered
+and the ledger makes the second run exact-once (invariants 1 and 2). A failed message is
+released with a backoff delay (1 s, 2 s, 4 s … capped at 60 s); its group, the device, waits
+meanwhile, so its later batches are never applied out of order (sync-design.md decision 2). This
+redelivery is the one retry of a push batch; the handler (`SyncService.handle`) decides when its
+retries end.
 
 Each thread claims up to `batch_size` messages, runs their handlers one after another, then
 acks the successful ones in one call. While a thread holds messages, a heartbeat thread extends
