@@ -235,20 +235,17 @@ class RecordStore:
                 elif fields[name].type == "decimal" and raw_times and fields[name].scale is not None:
                     step = _raw_decimal_step(step, fields[name].scale)
             plan.append((name, columns.index(name), step))
-        plan = tuple(plan)
+        plain = _dict_builder(plan)
         id_at = columns.index("id") if secret else -1
 
         def convert(row: tuple) -> dict[str, Any]:
-            result = {}
-            for name, i, step in plan:
-                value = row[i]
-                result[name] = value if value is None or step is None else step(value)
+            result = plain(row)
             for f, i in secret:
                 value = row[i]
                 result[f.name] = None if value is None else decrypted(codec, entity, f, value, row[id_at])
             return result
-        cache[key] = convert
-        return convert
+        cache[key] = convert if secret else plain
+        return cache[key]
 
     def values_to_db(self, entity: Entity, values: Mapping[str, Any], record_id: str | None = None,
                      subject: Any = None) -> dict[str, Any]:
@@ -773,6 +770,25 @@ def raw_time_columns(table: sa.Table) -> list[sa.ColumnElement]:
             c = sa.type_coerce(c, sa.types.NullType()).label(c.name)
         out.append(c)
     return out
+
+
+def _dict_builder(plan: Sequence[tuple[str, int, Callable[[Any], Any] | None]]) -> Callable[[tuple], dict[str, Any]]:
+    """A function of a result row giving `{name: step(row[i])}` for each `(name, i, step)` of
+    `plan` (a None value, or a None step, passes as it is), written as one dict display and
+    compiled once per shape: a pull page builds a thousand of these dicts, and the display runs
+    in about half the time of a loop assigning each key. Names enter the source only through
+    `repr`, steps only through the namespace."""
+    namespace: dict[str, Any] = {}
+    items = []
+    for k, (name, i, step) in enumerate(plan):
+        if step is None:
+            items.append(f"{name!r}: row[{int(i)}]")
+        else:
+            namespace[f"s{k}"] = step
+            items.append(f"{name!r}: None if (v{k} := row[{int(i)}]) is None else s{k}(v{k})")
+    source = "def build(row):\n    return {" + ", ".join(items) + "}\n"
+    exec(compile(source, "<fieldsync.store.records row builder>", "exec"), namespace)
+    return namespace["build"]
 
 
 def _raw_decimal_step(step: Callable[[Any], Any], scale: int) -> Callable[[Any], Any]:
