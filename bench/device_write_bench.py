@@ -11,7 +11,7 @@ Figures printed:
 - `Client.insert_many()` of N visits in one call, and N `insert()` calls inside one
   `with client.transaction():`, in rows/s, against raw `executemany` of the same rows and
   their outbox entries in one transaction. Budget: insert_many >= 30,000 rows/s.
-- with `--profile`: the top functions of the single insert under cProfile.
+- with `--profile`: the top functions of the single insert and of one `insert_many()` under cProfile.
 
 Run: `.venv/bin/python bench/device_write_bench.py [--writes N] [--rows N] [--profile]`.
 """
@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                 extra = [visit(i) for i in range(1000)]
                 _, text = profile_top(lambda: [client.insert("visit", f) for f in extra], limit=20)
                 print("   profile of 1,000 single inserts (cumulative):")
+                print("\n".join("      " + line for line in text.splitlines() if line.strip()))
+                _, text = profile_top(lambda: client.insert_many("visit", rows), limit=15)
+                print(f"   profile of one insert_many() of {args.rows:,} visits (cumulative):")
                 print("\n".join("      " + line for line in text.splitlines() if line.strip()))
         finally:
             client.close()

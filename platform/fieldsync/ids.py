@@ -41,33 +41,43 @@ def new_id(now: dt.datetime | None = None) -> str:
         else:
             seq = 0
         _id_last[0], _id_last[1] = ms, seq
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-    h = f"{value:032x}"   # str(uuid.UUID(int=value)) without building the object (every local write)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # str(uuid.UUID(int=...)) without building the 128-bit value (every local write)
+    h, r = f"{ms:012x}", os.urandom(8).hex()
+    return f"{h[:8]}-{h[8:]}-{_VERSION_SEQ[seq]}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:]}"
 
 
 def new_ids(count: int, now: dt.datetime | None = None) -> list[str]:
     """`count` UUIDv7 ids as `new_id` makes them one by one (the same order and counter), with
-    one lock and one read of the random source for all of them (a batch of local writes)."""
+    one lock and one read of the random source for all of them (a batch of local writes): the
+    i-th id takes the counter value after the last one handed out plus i, carried into the
+    next millisecond past 0xFFF, as `new_id` would."""
     ms = int((now.timestamp() if now else time.time()) * 1000)
-    stamps: list[tuple[int, int]] = []
+    if count <= 0:
+        return []
     with _id_lock:
         last_ms, last_seq = _id_last
-        for _ in range(count):
-            if ms <= last_ms:
-                this_ms, seq = last_ms, last_seq + 1
-                if seq > 0xFFF:
-                    this_ms, seq = this_ms + 1, 0
-            else:
-                this_ms, seq = ms, 0
-            stamps.append((this_ms, seq))
-            last_ms, last_seq = this_ms, seq
-        _id_last[0], _id_last[1] = last_ms, last_seq
-    random = os.urandom(8 * count)
-    ids = []
-    for i, (this_ms, seq) in enumerate(stamps):
-        rand = int.from_bytes(random[8 * i:8 * i + 8], "big") & ((1 << 62) - 1)
-        h = f"{(this_ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand:032x}"
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        if ms <= last_ms:
+            ms, first = last_ms, last_seq + 1
+        else:
+            first = 0
+        end = first + count - 1
+        _id_last[0], _id_last[1] = ms + (end >> 12), end & 0xFFF
+    random = os.urandom(8 * count).hex()   # 16 hex digits an id: variant bits, then 62 random bits
+    ids: list[str] = []
+    done, counter = 0, first
+    while done < count:
+        h = f"{ms + (counter >> 12):012x}"
+        prefix = f"{h[:8]}-{h[8:]}-"
+        seq = counter & 0xFFF
+        n = min(count - done, 0x1000 - seq)
+        ids += [f"{prefix}{_VERSION_SEQ[s]}-{_VARIANT[random[j]]}{random[j + 1:j + 4]}-{random[j + 4:j + 16]}"
+                for s, j in zip(range(seq, seq + n), range(16 * done, 16 * (done + n), 16))]
+        done += n
+        counter += n
     return ids
+
+
+# the id's 13th to 16th hex digits: version 7 and the 12-bit counter
+_VERSION_SEQ = tuple(f"7{s:03x}" for s in range(0x1000))
+# the 17th hex digit: variant 0b10, then the two random bits a random hex digit's low bits give
+_VARIANT = {d: "89ab"[int(d, 16) & 0b11] for d in "0123456789abcdef"}

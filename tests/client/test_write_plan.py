@@ -106,17 +106,40 @@ def writes(draw) -> tuple:
 def test_the_write_plan_checks_like_validate_record(write):
     table, fields, partial = write
     expected = reference(table, fields, partial)
-    got = plan_for(table).problems(fields, partial=partial)
+    plan = plan_for(table)
+    got = plan.problems(fields, partial=partial)
     assert got == expected
+    # the compiled checks alone: the clean values (and the INSERT's row) of a write without a
+    # problem, in entity order; None for any write with one, which the general walk then names
+    compiled = plan.update_values(fields) if partial else plan.insert_values(fields)
     if isinstance(expected, dict):
         assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
         assert json.loads(encode_fields(got)) == json.loads(json.dumps(expected, sort_keys=True))
+        assert compiled is not None
+        clean = compiled if partial else compiled[0]
+        assert list(clean.items()) == list(expected.items())
+        assert [type(v) for v in clean.values()] == [type(v) for v in expected.values()]
+        if not partial:
+            assert compiled[1] == [None, *(table.column(n).to_storage(v) for n, v in expected.items())]
+    else:
+        assert compiled is None
+        assert plan.all_problems(fields, partial=partial) == expected
 
 
 def test_a_mapping_that_is_no_dict_is_refused_alike():
     table = SCHEMA.entity("visit")
     for fields in ([], "text", None, {"rep_id": "x"}.items()):
         assert plan_for(table).problems(fields, partial=False) == reference(table, fields, False)
+
+
+def test_the_compiled_checks_take_a_dict_subclass_through_the_general_walk():
+    class Fields(dict):
+        pass
+    table = SCHEMA.entity("visit")
+    fields = Fields(retailer_id="2fd6ae15-929b-509f-9c04-01a819382ca2", territory_id="270707fc-40e4-5205-8dad-51e11ccbfacf",
+                    visited_at="2026-11-26T15:00:00Z", purpose="order")
+    assert plan_for(table).insert_values(fields) is None
+    assert plan_for(table).problems(fields, partial=False) == reference(table, fields, False)
 
 
 def test_outbox_fields_keep_integers_orjson_cannot_write():

@@ -13,6 +13,7 @@ when its result is stored; a rejected one moves to `_quarantine` (sync-design.md
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import sqlite3
 import uuid
@@ -23,7 +24,7 @@ from fieldsync.errors import ClientError, ProblemType, ValidationError
 from fieldsync.client.reports import QuarantinedMutation
 from fieldsync.client.schema import EntityTable, quote
 from fieldsync.client.store import LocalStore
-from fieldsync.client.write_plan import OUTBOX_INSERT, encode_fields, plan_for
+from fieldsync.client.write_plan import OUTBOX_INSERT, WritePlan, encode_fields, encode_many, plan_for
 from fieldsync.defs.values import FieldProblem, format_datetime
 from fieldsync.ids import new_id, new_ids
 
@@ -56,13 +57,11 @@ def write_insert(store: LocalStore, entity: str, fields: Mapping[str, Any], now:
     the id and the entry's seq. The entry is built from the checked values, not by reading
     the row back."""
     plan = plan_for(store.table(entity))
-    clean = plan.check(fields, partial=False)
-    record_id = new_id(now)
-    sql = plan.insert_sql(tuple(clean))
-    values = plan.storage_values(record_id, clean)
+    clean, values = plan.insert_row(fields)
+    record_id = values[0] = new_id(now)
     entry = (entity, "insert", record_id, None, encode_fields(clean), format_datetime(now))
     with store.write() as conn:
-        conn.execute(sql, values)
+        conn.execute(plan.insert_sql(tuple(clean)), values)
         seq = conn.execute(OUTBOX_INSERT, entry).lastrowid
     return record_id, int(seq)
 
@@ -78,26 +77,63 @@ def write_insert_many(store: LocalStore, entity: str, rows: Iterable[Mapping[str
     the order of `rows` (one `executemany` over all of them)."""
     plan = plan_for(store.table(entity))
     plan.refuse_read_only()
-    checked: list[dict[str, Any]] = []
-    problems: list[FieldProblem] = []
-    for index, fields in enumerate(rows):
-        result = plan.problems(fields, partial=False)
-        if isinstance(result, list):
-            problems += [FieldProblem(f"rows[{index}].{p.field}" if p.field else f"rows[{index}]", p.reason)
-                         for p in result]
-        else:
-            checked.append(result)
-    if problems:
-        raise ValidationError(entity, problems)
-    if not checked:
+    with _NoCollection():
+        return _insert_many(store, plan, entity, rows, now)
+
+
+class _NoCollection:
+    """The cyclic garbage collector held off while a batch is built and written: the batch
+    makes four containers a row that all live until the commit, so every collection meanwhile
+    walks them for nothing (a sixth of `insert_many`'s time on 20,000 rows). Reference counting
+    still frees everything; the collector runs again after, and is left as it was found (an app
+    that disabled it keeps it off)."""
+
+    __slots__ = ("enabled",)
+
+    def __enter__(self) -> None:
+        self.enabled = gc.isenabled()
+        if self.enabled:
+            gc.disable()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            gc.enable()
+
+
+def _insert_many(store: LocalStore, plan: WritePlan, entity: str, rows: Iterable[Mapping[str, Any]],
+                 now: dt.datetime) -> tuple[list[str], int | None]:
+    if not isinstance(rows, (list, tuple)):
+        rows = list(rows)
+    values_of = plan.insert_values
+    made = [values_of(fields) for fields in rows]
+    if not made:
         return [], None
+    if None in made:
+        problems: list[FieldProblem] = []
+        for index, fields in enumerate(rows):
+            if made[index] is not None:
+                continue
+            result = plan.all_problems(fields, partial=False)
+            if isinstance(result, list):
+                problems += [FieldProblem(f"rows[{index}].{p.field}" if p.field else f"rows[{index}]", p.reason)
+                             for p in result]
+            else:
+                made[index] = result, [None, *plan.storage_values(None, result)]
+        if problems:
+            raise ValidationError(entity, problems)
     client_time = format_datetime(now)
-    ids = new_ids(len(checked), now)
+    ids = new_ids(len(made), now)
     groups: dict[tuple[str, ...], list[list[Any]]] = {}
-    entries = []
-    for record_id, clean in zip(ids, checked):
-        groups.setdefault(tuple(clean), []).append(plan.storage_values(record_id, clean))
-        entries.append((entity, "insert", record_id, None, encode_fields(clean), client_time))
+    for record_id, (clean, values) in zip(ids, made):
+        values[0] = record_id
+        names = tuple(clean)
+        group = groups.get(names)
+        if group is None:
+            groups[names] = [values]
+        else:
+            group.append(values)
+    entries = [(entity, "insert", record_id, None, text, client_time)
+               for record_id, text in zip(ids, encode_many([clean for clean, _ in made]))]
     with store.write() as conn:
         for names, values in groups.items():
             conn.executemany(plan.insert_sql(names), values)

@@ -3,6 +3,13 @@ device schema (docs/benchmarks.md "Device writes"): the field checks in entity o
 normalisers bound, each column's storage converter, the INSERT statement per set of columns
 (one text, so sqlite3 reuses its prepared statement) and the outbox entry's JSON encoder.
 
+The checks of a write that has no problem run as Python source generated from the entity and
+compiled once per plan (`compile_checks`): one function per entity that walks its fields
+unrolled, with the common types' canonical-value tests inline, and makes the clean values and
+their storage row in one pass. At the first problem it gives up (None) and the general walk,
+`WritePlan.problems`, names every problem; a property test holds both to the server's
+`validate_record` (tests/client/test_write_plan.py).
+
 A `WritePlan` is pure: it never opens the store. `plan_for(table)` builds it on first use and
 keeps it on the (frozen, per-schema) `EntityTable`, so a migrated schema gets new plans.
 """
@@ -16,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from fieldsync.client.schema import EntityTable, quote
+from fieldsync.client.schema import EntityTable, _to_0_1, quote
 from fieldsync.defs.model import Field
 from fieldsync.defs.values import DEFAULT_STRING_MAX, FieldProblem, ValueProblem, field_map, normalize_value
 from fieldsync.errors import ValidationError
@@ -31,6 +38,15 @@ def encode_fields(fields: Mapping[str, Any]) -> str:
         return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:   # orjson.JSONEncodeError
         return _json_fields(fields)
+
+
+def encode_many(records: list[Mapping[str, Any]]) -> list[str]:
+    """`encode_fields` of each of `records`."""
+    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+    try:
+        return [dumps(fields, option=option).decode() for fields in records]
+    except TypeError:   # orjson.JSONEncodeError: one of them needs `json`
+        return [encode_fields(fields) for fields in records]
 
 
 OUTBOX_INSERT = ('INSERT INTO "_outbox" (entity, op, record_id, base_version, fields, client_time) '
@@ -60,6 +76,8 @@ class WritePlan:
         self.delete_sql = f"UPDATE {quoted} SET _deleted = 1, _dirty = 1 WHERE id = ?"
         self._read_sql: dict[tuple[str, ...], str] = {}
         self._update_sql: dict[tuple[str, ...], str] = {}
+        # fields -> (clean, [None, *storage values]) or None; fields -> clean or None (partial)
+        self.insert_values, self.update_values = compile_checks(self)
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -78,8 +96,34 @@ class WritePlan:
             raise ValidationError(self.name, problems)
         return problems
 
+    def insert_row(self, fields: Any) -> tuple[dict[str, Any], list[Any]]:
+        """`check(fields, partial=False)` and the INSERT's parameters for the columns
+        `tuple(clean)`, a None in the id's place (`insert_values`); ValidationError as `check`."""
+        if self.read_only:
+            self.refuse_read_only()
+        made = self.insert_values(fields)
+        if made is None:
+            clean = self.check(fields, partial=False)
+            made = clean, [None, *self.storage_values(None, clean)]
+        return made
+
     def problems(self, fields: Any, *, partial: bool) -> dict[str, Any] | list[FieldProblem]:
         """The clean values, or the list of problems when there is any."""
+        if self.read_only:
+            self.refuse_read_only()
+        if partial:
+            clean = self.update_values(fields)
+            if clean is not None:
+                return clean
+        else:
+            made = self.insert_values(fields)
+            if made is not None:
+                return made[0]
+        return self.all_problems(fields, partial=partial)
+
+    def all_problems(self, fields: Any, *, partial: bool) -> dict[str, Any] | list[FieldProblem]:
+        """`problems` by the general walk over the fields, without the compiled checks: the one
+        that names every problem."""
         if self.read_only:
             self.refuse_read_only()
         problems: list[FieldProblem] = []
@@ -256,3 +300,103 @@ def normaliser(f: Field) -> Callable[[Any], Any]:
             return normalize_value(f, value)
         return datetime_value
     return general
+
+
+# -- the compiled checks -----------------------------------------------------------------------
+
+def compile_checks(plan: WritePlan) -> tuple[Callable[[Any], tuple[dict[str, Any], list[Any]] | None],
+                                             Callable[[Any], dict[str, Any] | None]]:
+    """The plan's checks as two functions generated from the entity, compiled once:
+
+    - `insert_values(fields)`: for a write with no problem, `(clean, row)`: the clean values
+      exactly as `WritePlan.all_problems(fields, partial=False)` makes them, and `row`, the
+      INSERT's parameters for the columns `tuple(clean)`: a None in the id's place, then each
+      value in storage form (`storage_values`);
+    - `update_values(fields)`: the clean values of `all_problems(fields, partial=True)`;
+
+    and None, at the first problem, for the general walk to name every one. Each non-null value
+    is either taken as it is by the same canonical-value test the field's normaliser starts
+    with, or passed to that normaliser; so the values are the normalisers' (the server's)."""
+    entity = plan.table.entity
+    names = {"MISSING": _MISSING, "ValueProblem": ValueProblem, "dict": dict, "type": type, "str": str,
+             "int": int, "bool": bool, "UUID": _CANONICAL_UUID,
+             "KNOWN": frozenset(f.name for f in entity.fields if f.name != plan.owner)}
+    server_set = plan._server_set
+    insert_lines = ["def insert_values(fields):",
+                    "    if type(fields) is not dict or not fields.keys() <= KNOWN:",
+                    "        return None",
+                    "    get = fields.get",
+                    "    clean = {}",
+                    "    row = [None]",
+                    "    append = row.append"]
+    update_lines = ["def update_values(fields):",
+                    "    if type(fields) is not dict or not fields.keys() <= KNOWN:",
+                    "        return None",
+                    "    get = fields.get",
+                    "    clean = {}"]
+    for i, f in enumerate(entity.fields):
+        key = repr(f.name)
+        convert = plan.converters[f.name]
+        names[f"N{i}"] = normaliser(f)
+        if convert is _to_0_1:
+            stored = "(1 if v else 0)"
+        elif convert is None:
+            stored = "v"
+        else:
+            names[f"C{i}"] = convert
+            stored = f"C{i}(v)"
+        accept = _canonical_test(f, i, names)
+        body = [f"    v = get({key}, MISSING)"]
+
+        if f.has_default:
+            names[f"D{i}"] = f.default
+            names[f"S{i}"] = f.default if f.default is None or convert is None else convert(f.default)
+            missing = [f"        clean[{key}] = D{i}", f"        append(S{i})"]
+        elif f.required and f.name not in server_set:
+            missing = ["        return None"]
+        else:
+            missing = ["        pass"]
+        insert_lines += [*body, "    if v is MISSING:", *missing, *_present(f, i, accept, stored)]
+        update_lines += [*body, "    if v is MISSING:", "        pass", *_present(f, i, accept, None)]
+    insert_lines.append("    return clean, row")
+    update_lines.append("    return clean")
+    source = "\n".join(insert_lines + [""] + update_lines) + "\n"
+    exec(compile(source, f"<write plan of {entity.name}>", "exec"), names)
+    return names["insert_values"], names["update_values"]
+
+
+def _present(f: Field, i: int, accept: str | None, stored: str | None) -> list[str]:
+    """The branches of a field present in the write (`v`): null, canonical, normalised; each
+    value kept in `clean` and, unless `stored` is None, its storage form (`stored`) in `row`."""
+    key = repr(f.name)
+    keep = [f"        clean[{key}] = v"] + ([f"        append({stored})"] if stored else [])
+    lines = ["    elif v is None:"]
+    lines += (["        return None"] if f.required else
+              [f"        clean[{key}] = None"] + (["        append(None)"] if stored else []))
+    if accept:
+        lines += [f"    elif {accept}:", *keep]
+    return [*lines, "    else:", "        try:", f"            v = N{i}(v)", "        except ValueProblem:",
+            "            return None", *keep]
+
+
+def _canonical_test(f: Field, i: int, names: dict[str, Any]) -> str | None:
+    """The expression (of `v`) true for a value the field's normaliser returns as it is, or None
+    (the normaliser decides every value): the same tests `normaliser(f)` starts with."""
+    t = f.type
+    if t in ("uuid", "ref"):
+        return "type(v) is str and UUID(v)"
+    if t in ("string", "text") and f.min_length is None and f.pattern is None:
+        limit = f.max_length if f.max_length is not None else (DEFAULT_STRING_MAX if t == "string" else None)
+        test = "type(v) is str and v.isascii() and '\\x00' not in v"
+        return test if limit is None else f"{test} and len(v) <= {int(limit)}"
+    if t == "enum":
+        names[f"E{i}"] = frozenset(v for v in f.values if isinstance(v, str))
+        return f"type(v) is str and v in E{i}"
+    if t == "integer":
+        low = -_INT64 if f.minimum is None else max(-_INT64, f.minimum)
+        high = _INT64 if f.maximum is None else min(_INT64, f.maximum)
+        names[f"L{i}"], names[f"H{i}"] = low, high
+        return f"type(v) is int and L{i} <= v <= H{i}"
+    if t == "boolean":
+        return "type(v) is bool"
+    return None

@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 
-from fieldsync.defs import expr as ex
 from fieldsync.defs.access import access_rule
 from fieldsync.defs.model import Entity
 from fieldsync.defs.values import uuid_text
@@ -25,7 +24,7 @@ from fieldsync.errors import InvalidResume, SyncReset
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
 from fieldsync.store.records import RecordStore, raw_time_columns
 from fieldsync.sync.apply import result_to_wire
-from fieldsync.sync.scope import DeviceScope
+from fieldsync.sync.scope import DeviceScope, compile_predicate
 from fieldsync.store.sync_tables import LEDGER, SCOPES
 from fieldsync.untrusted import load_json
 
@@ -112,7 +111,7 @@ class _Readable:
 
     def __init__(self, store: RecordStore, scope: DeviceScope, conn: sa.Connection):
         self.store, self.scope, self.conn = store, scope, conn
-        self._rules: dict[str, Any] = {}
+        self._rules: dict[str, Any] = {}   # entity -> _judge's answer
         self._parents: dict[tuple[str, Any], bool] = {}
 
     def row(self, entity: Entity, wire: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -120,23 +119,37 @@ class _Readable:
             return None
         if wire.get("deleted"):
             return {"id": wire["id"], "version": wire["version"], "deleted": True}
-        if entity.name not in self._rules:   # the effective rule (defs/access.py)
-            self._rules[entity.name] = access_rule(self.store.model, entity, self.scope.principal.role)
-        rule = self._rules[entity.name]
-        if rule is None or not rule.can("read"):
+        judged = self._rules.get(entity.name)
+        if judged is None:
+            judged = self._rules[entity.name] = self._judge(entity)
+        if judged is False:
             return None
-        perm, user = rule.permission, self.scope.user
-        if perm.row_filter is not None and not ex.evaluate(perm.row_filter, dict(wire), user):
-            return None
-        if entity.parent is None:
-            if entity.sync.scope is not None and not ex.evaluate(entity.sync.scope, dict(wire), user):
+        predicates, names = judged
+        for predicate in predicates:
+            if not predicate(wire):
                 return None
-        elif not self._parent_readable(entity.parent, wire.get(entity.parent_field)):
+        if entity.parent is not None and not self._parent_readable(entity.parent, wire.get(entity.parent_field)):
             return None
-        out = {f.name: wire.get(f.name) for f in entity.fields if perm.visible is None or f.name in perm.visible}
+        out = {name: wire.get(name) for name in names}
         out.update(id=wire["id"], version=wire["version"], created_at=wire.get("created_at"),
                    updated_at=wire.get("updated_at"), deleted=False)
         return out
+
+    def _judge(self, entity: Entity) -> tuple[list[Callable[[Mapping[str, Any]], bool]], tuple[str, ...]] | bool:
+        """False when the role may not read `entity`; else the predicates a row must meet (the
+        role's row filter, and for a top-level entity its sync scope), compiled once with
+        `ex.evaluate`'s semantics, and the visible field names."""
+        rule = access_rule(self.store.model, entity, self.scope.principal.role)   # the effective rule
+        if rule is None or not rule.can("read"):
+            return False
+        perm, user = rule.permission, self.scope.user
+        predicates = []
+        if perm.row_filter is not None:
+            predicates.append(compile_predicate(perm.row_filter, user))
+        if entity.parent is None and entity.sync.scope is not None:
+            predicates.append(compile_predicate(entity.sync.scope, user))
+        names = tuple(f.name for f in entity.fields if perm.visible is None or f.name in perm.visible)
+        return predicates, names
 
     def _parent_readable(self, name: str, parent_id: Any) -> bool:
         # a child is readable only under a live, readable parent: a deleted parent's tombstone
