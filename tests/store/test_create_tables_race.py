@@ -39,3 +39,26 @@ def test_processes_creating_the_tables_at_once_all_succeed(db_url):
                               stderr=subprocess.PIPE, text=True) for _ in range(5)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 5, "\n".join(e for e in errors if e)[-3000:]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_an_index_a_later_version_added_is_created_on_an_existing_database_by_processes_at_once(db_url):
+    """fs_ledger's (device_id, position) index came after its table: servers starting on a
+    database made before it create it, together, without an error."""
+    import time
+    import sqlalchemy as sa
+    from fieldsync.store.engine import make_engine
+    from fieldsync.store.sync_tables import create_sync_tables
+    engine = make_engine(db_url)
+    create_sync_tables(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text('DROP INDEX "ix_fs_ledger_device_position"'))
+    assert "ix_fs_ledger_device_position" not in {ix["name"] for ix in sa.inspect(engine).get_indexes("fs_ledger")}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")]))
+    start = time.time() + 2.0
+    procs = [subprocess.Popen([sys.executable, "-c", SETUP, db_url, str(start)], env=env, cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e for e in errors if e)[-3000:]
+    assert "ix_fs_ledger_device_position" in {ix["name"] for ix in sa.inspect(engine).get_indexes("fs_ledger")}
+    engine.dispose()

@@ -64,6 +64,9 @@ LEDGER = sa.Table(
     sa.Column("errors", sa.Text, nullable=True),           # JSON [{field, reason}]
     sa.Column("current_version", sa.Integer, nullable=True),
     sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
+    # a device's write checkpoint, max(position), is one index seek: without it every push and
+    # pull read all of the device's results, a cost growing with its history
+    sa.Index("ix_fs_ledger_device_position", "device_id", "position"),
 )
 
 SCOPES = sa.Table(
@@ -222,6 +225,26 @@ def create_sync_tables(engine: sa.Engine) -> None:
     them (safe to run again, from several servers)."""
     create_tables(engine, sync_metadata)
     add_missing_columns(engine, sync_metadata)
+    add_missing_indexes(engine, sync_metadata)
+
+
+def add_missing_indexes(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Create the indexes of `metadata`'s tables that a later version added (create_all makes
+    them only with a new table; safe to run again, from several processes)."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name in present:
+                continue
+            try:
+                with engine.begin() as conn:
+                    columns = ", ".join(f'"{c.name}"' for c in index.columns)
+                    conn.execute(sa.text(f'CREATE INDEX IF NOT EXISTS "{index.name}" ON "{table.name}" ({columns})'))
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+                text = str(exc.orig if exc.orig is not None else exc).lower()
+                if "already exists" not in text and "duplicate key" not in text:
+                    raise   # PostgreSQL: another server created it between the check and here
 
 
 def add_missing_columns(engine: sa.Engine, metadata: sa.MetaData) -> None:
