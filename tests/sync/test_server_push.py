@@ -122,25 +122,6 @@ def test_push_is_received_then_applied_and_pullable(app):
     assert results[0]["row"]["id"] == vid and results[0]["position"] == pages[-1]["write_checkpoint"]
 
 
-def test_a_pull_page_write_checkpoint_covers_the_results_after_results_after(app):
-    """§5.5: a page's write checkpoint is read from the results the device has not settled yet
-    (seq above `results_after`); a device keeping the highest it received holds the same value
-    as one given the whole ledger's."""
-    dev = Device(app)
-    first, second = new_id(), new_id()
-    dev.push([dev.mutation("visit", "insert", first, visit_fields(app))])
-    assert app.extensions["fieldsync"].sync.drain() == 1
-    whole = dev.pull_all()[-1]["write_checkpoint"]
-    assert whole > 0
-    assert dev.pull_all(results_after=1)[-1]["write_checkpoint"] == 0    # nothing after seq 1
-    dev.push([dev.mutation("visit", "insert", second, visit_fields(app))])
-    assert app.extensions["fieldsync"].sync.drain() == 1
-    pages = dev.pull_all(results_after=1)
-    assert [r["seq"] for p in pages for r in p["results"]] == [2]
-    assert pages[-1]["write_checkpoint"] == pages[-1]["results"][-1]["position"] > whole
-    assert dev.pull_all()[-1]["write_checkpoint"] == pages[-1]["write_checkpoint"]
-
-
 def test_retries_duplicates_and_redelivery_change_nothing(app):
     """Invariant 2: the same push three times, and a batch applied but never acked (a worker
     killed between apply and acknowledgement), give one effect and one result."""

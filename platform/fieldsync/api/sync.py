@@ -619,7 +619,7 @@ def pull():
         except InvalidResume as exc:
             raise _problem(ProblemType.INVALID_RESUME, str(exc)) from None
         items, more_results = results_for(conn, snapshot.store, scope, device["device_id"], req.results_after)
-        checkpoint = write_checkpoint(conn, device["device_id"], req.results_after)
+        checkpoint = write_checkpoint(conn, device["device_id"])
         bundle_phi = page.pop("_disclosed", [])   # the PHI a bundle hands out, audited like a page's
         partial = page.pop("_partial", None)      # the device's digests after the bundle, the phase going on
         disclosed = sync_read_events(conn, snapshot.store, principal, device["device_id"],

@@ -211,14 +211,9 @@ def render_results(conn: sa.Connection, store: RecordStore, scope: DeviceScope,
     return out
 
 
-def write_checkpoint(conn: sa.Connection, device_id: str, after_seq: int = 0) -> int:
-    """The highest position among the device's results with a seq above `after_seq` (0 when
-    none; docs/protocol.md §5.5). A pull passes its `results_after`: the device settled the
-    results up to it from answers that carried a write checkpoint at least as high as theirs,
-    and keeps the highest it received, so reading the ledger from there gives it the same
-    value without reading the device's whole history on every page."""
+def write_checkpoint(conn: sa.Connection, device_id: str) -> int:
     return conn.execute(sa.select(sa.func.coalesce(sa.func.max(LEDGER.c.position), 0))
-                        .where(LEDGER.c.device_id == device_id, LEDGER.c.seq > after_seq)).scalar_one()
+                        .where(LEDGER.c.device_id == device_id)).scalar_one()
 
 
 # -- pages -------------------------------------------------------------------------------------
