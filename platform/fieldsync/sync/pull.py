@@ -362,6 +362,7 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
     first: dict[tuple[str, str], Change] = {}
     last: dict[tuple[str, str], Change] = {}
     changed: dict[tuple[str, str], Sequence[str]] = {}
+    between: dict[tuple[str, str], list[Change]] = {}   # a record's changes in range but its last
     for c in changes:
         key = (c.entity, c.record_id)
         if c.op == "create":
@@ -371,6 +372,7 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
             fields = [f for f in names[c.entity] if prev.get(f) != row.get(f)]
         if key in first:
             changed[key] = {*changed[key], *fields}
+            between.setdefault(key, []).append(last[key])
         else:
             first[key] = c
             changed[key] = fields
@@ -418,6 +420,14 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
             held = in_scope(entity, prev)
         if own and not (wanted and not held and c_first.op != "create"):
             continue   # the result's row settles it; a record entering scope brings its children
+        if not held and not wanted and key in between:
+            # the device may hold a state from inside the range: a phase page (snapshot or
+            # rescope) reads the tables after its start, and the stream after it starts again
+            # at the phase's cursor. A record that was in scope after any of its changes in
+            # range, and is not now, gets its delete or remove (the device was entitled to see
+            # it then, so this reveals nothing, invariant 6); else it stayed on the device
+            held = any(in_scope(entity, decode_row(entity, c.row, store.codec) if encrypted[name] else c.row)
+                       for c in between[key])
         if wanted and held:
             position = c_last.position
             add(name, position, {
