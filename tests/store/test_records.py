@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from decimal import Decimal
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import sqlalchemy as sa
 
 from fieldsync.defs import expr as ex
@@ -230,3 +232,25 @@ def test_expression_row_filter_with_user_list(store, example_model):
     empty = RowFilter(rf.expr, {"id": "u", "territory_ids": []})
     assert store.list("territory", row_filter=empty).items == []
     assert isinstance(rf.expr, ex.Compare) and b["id"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12),
+                       st.integers(min_value=-10 ** 12, max_value=10 ** 12),
+                       st.decimals(allow_nan=False, allow_infinity=False, places=2,
+                                   min_value=-10 ** 9, max_value=10 ** 9)),
+       scale=st.integers(min_value=0, max_value=6))
+def test_raw_decimals_read_as_through_a_decimal(value, scale):
+    """Snapshot pages read scaled decimals as SQLite stores them (`raw_time_columns`) and format
+    them at once: the text is the one SQLAlchemy's Decimal and the wire step give. PostgreSQL
+    gives Decimals, which no processor touches: those go through the wire step as before."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+    from fieldsync.defs.model import Entity, Field
+    from fieldsync.store.codec import PlainJsonCodec, wire_step
+    from fieldsync.store.records import _raw_decimal_step
+
+    field = Field(name="amount", type="decimal", precision=18, scale=scale)
+    step = wire_step(field, Entity(name="thing", kind="master", fields=(field,)), PlainJsonCodec())
+    through_decimal = sa.Numeric(18, scale, asdecimal=True).result_processor(sqlite_dialect.dialect(), None)
+    expected = step(value) if isinstance(value, Decimal) else step(through_decimal(value))
+    assert _raw_decimal_step(step, scale)(value) == expected

@@ -393,3 +393,31 @@ def test_a_device_gets_its_own_writes_back_in_results_not_as_changes(app):
     seen = {(c["entity"], c["id"]) for p in other.pull_all(cursor=other_cursor, scope_hash=other_hash)
             for c in p["changes"]}
     assert {("visit", mine), ("visit", changed_later), ("order", order_id), ("order_line", line_id)} <= seen
+
+
+def test_a_record_a_phase_page_brought_and_deleted_after_is_deleted_on_the_device(app):
+    """A snapshot's pages read the tables after the phase began, so a record created meanwhile
+    reaches the device from a page; the stream then starts again at the phase's cursor, before
+    that create. Deleted afterwards, the record's create and delete fall in one stream range:
+    the device must get the delete, though the row before the range was not in its scope."""
+    dev = Device(app)
+    store = app.extensions["fieldsync"].store
+    body = {"device_id": dev.device_id, "schema_version": 1, "cursor": 0, "scope_hash": None, "resume": None,
+            "limit": 1, "results_after": 0}
+    first = dev.post("/pull", body).json
+    assert first["phase"] == "snapshot" and first["has_more"]
+    visit_id = new_id()
+    store.create("visit", {"id": visit_id, "rep_id": "rep-asha", **visit_fields(app)})   # after the phase began
+    pages = [first]
+    while pages[-1]["has_more"] and pages[-1]["phase"] == "snapshot":
+        last = pages[-1]
+        pages.append(dev.post("/pull", dict(body, cursor=last["cursor"], scope_hash=last["scope_hash"],
+                                            resume=last["resume"], limit=1000)).json)
+    local = apply_pages(pages)
+    assert ("visit", visit_id) in local              # a phase page brought it
+    phase_end = next(p for p in pages if p["resume"] is None)
+    store.delete("visit", visit_id, expected_version=1)
+    stream = dev.pull_all(cursor=phase_end["cursor"], scope_hash=phase_end["scope_hash"])
+    kinds = [(c["kind"], c["id"]) for p in stream for c in p["changes"] if c.get("id") == visit_id]
+    assert kinds == [("delete", visit_id)]
+    assert ("visit", visit_id) not in apply_pages(stream, local)

@@ -230,6 +230,7 @@ def apply_changes(store: LocalStore, conn: sqlite3.Connection, changes: Iterable
     entities = store.schema.entities
     run = _Run(store, conn)
     records, upserts, patches, deletes = run.records, run.upserts, run.patches, run.deletes
+    plans: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...] | None, list[Any], tuple[str, tuple[str, ...]]]] = {}
     for index, change in enumerate(changes):
         kind = change.get("kind")
         table = entities.get(change.get("entity"))
@@ -249,12 +250,21 @@ def apply_changes(store: LocalStore, conn: sqlite3.Connection, changes: Iterable
                     rows = upserts[table.name] = (table, [])
                 rows[1].append(table.server_row_values(record_id, change.get("row") or {}, version))
             else:
-                converters = table.converters
-                fields = {k: v for k, v in (change.get("fields") or {}).items() if k in converters}
-                values = [v if v is None or converters[k] is None else converters[k](v) for k, v in fields.items()]
+                sent = change.get("fields") or {}
+                shape = (table.name, tuple(sent))
+                plan = plans.get(shape)
+                if plan is None:   # once per patched field set: which fields to keep, how to store them
+                    plan = plans[shape] = _patch_plan(table, shape[1])
+                kept, steps, group = plan
+                if kept is None:   # every field sent is a column of this device's table
+                    values = [v if v is None or step is None else step(v) for step, v in zip(steps, sent.values())]
+                else:
+                    values = [v if (v := sent[k]) is None or step is None else step(v) for k, step in zip(kept, steps)]
                 values += (version, change.get("updated_at"), record_id, change.get("from_version"), version)
-                patches.setdefault((table.name, tuple(fields)), (table, []))[1].append(
-                    (index, record_id, version, values))
+                rows = patches.get(group)
+                if rows is None:
+                    rows = patches[group] = (table, [])
+                rows[1].append((index, record_id, version, values))
         elif kind == "delete" or kind == "remove":
             record_id = change["id"]
             deletes.setdefault(table.name, (table, {}))[1][record_id] = None
@@ -267,6 +277,16 @@ def apply_changes(store: LocalStore, conn: sqlite3.Connection, changes: Iterable
     run.flush()
     run.refetch.sort(key=lambda item: item[0])
     outcome.refetch += [item for _, item in run.refetch]
+
+
+def _patch_plan(table: EntityTable, names: tuple[str, ...]
+                ) -> tuple[tuple[str, ...] | None, list[Any], tuple[str, tuple[str, ...]]]:
+    """How to store a patch of `names`: the names kept (None when all are columns of `table`; a
+    field this device does not have is left out), each one's storage converter (None: as
+    sent), and the key of the statement group its rows join."""
+    converters = table.converters
+    kept = tuple(k for k in names if k in converters)
+    return (None if kept == names else kept), [converters[k] for k in kept], (table.name, kept)
 
 
 class _Run:

@@ -29,7 +29,7 @@ import datetime as dt
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import sqlalchemy as sa
 
@@ -124,10 +124,10 @@ def create_changelog_tables(engine: sa.Engine) -> None:
 
 # -- changes -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One logged write: `row` is the record's wire row after the write (tombstone for delete),
-    with encrypted fields still encoded (see `decode_row`)."""
+    with encrypted fields still encoded (see `decode_row`). A named tuple: immutable, and built
+    three times faster than a frozen dataclass (a pull page builds a thousand)."""
 
     position: int
     entity: str
@@ -299,7 +299,7 @@ def changes_after(conn_or_engine: sa.Connection | sa.Engine, cursor: int, limit:
         rows = conn.execute(query).all()
     has_more = len(rows) > limit
     rows = rows[:limit]
-    changes = [_change(r) for r in rows]
+    changes = _changes(rows)
     next_cursor = changes[-1].position if changes else cursor
     if head is not None and not has_more:
         next_cursor = max(next_cursor, head)
@@ -321,6 +321,29 @@ def _change(r: Sequence[Any]) -> Change:
         changed_at = dt.datetime.fromisoformat(changed_at)
     return Change(position, entity, record_id, version, op, json_wire.loads(row), _as_utc(changed_at),
                   json_wire.loads(prev) if prev is not None else None, origin, seq)
+
+
+def _changes(rows: Sequence[Sequence[Any]]) -> list[Change]:
+    """`_change` of each of `rows`, their `row` and `prev` texts read by one JSON parse of the
+    page: a thousand changes cost one call instead of two thousand (same values: each text is
+    an element of the array, and `json_wire.loads` gives what `json.loads` would)."""
+    texts = []
+    for r in rows:
+        texts.append(r[5])
+        if r[6] is not None:
+            texts.append(r[6])
+    if not texts:
+        return []
+    values = iter(json_wire.loads("[" + ",".join(texts) + "]"))
+    out = []
+    stored = when = None
+    for position, entity, record_id, version, op, _, prev, origin, seq, changed_at in rows:
+        if changed_at != stored:   # a batch's changes share one time: parse it once
+            stored, when = changed_at, _as_utc(dt.datetime.fromisoformat(changed_at)
+                                              if isinstance(changed_at, str) else changed_at)
+        out.append(Change(position, entity, record_id, version, op, next(values), when,
+                          next(values) if prev is not None else None, origin, seq))
+    return out
 
 
 def record_history(conn: sa.Connection, entity: str, record_id: str, after_version: int) -> list[Change]:

@@ -319,6 +319,15 @@ def _no_match(row: Mapping[str, Any] | None) -> bool:
     return False
 
 
+def _agree(a: Mapping[str, Any], b: Mapping[str, Any], keys: Sequence[str]) -> bool:
+    """Whether `a` and `b` hold the same values (of the same types) at `keys`."""
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if x != y or type(x) is not type(y):
+            return False
+    return True
+
+
 def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None = None) -> None:
     """docs/sync-design.md decision 7: per record, compare held (before its first change in
     range) with wanted (after its last change in range).
@@ -333,6 +342,8 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
     names: dict[str, tuple[str, ...]] = {}        # the fields a patch may carry: the visible ones
     encrypted: dict[str, bool] = {}
     matchers: dict[str, Callable[[Mapping[str, Any] | None], bool]] = {}
+    # the members `in_scope` reads: where held and wanted rows agree on them, so do its answers
+    scope_keys: dict[str, tuple[str, ...]] = {}
     for name in {c.entity for c in changes}:
         entity = entities[name] = store.model.entity(name)
         # only visible fields reach a patch (`& visible` below): the others need no comparing
@@ -341,29 +352,38 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
         encrypted[name] = any(f.encrypted for f in entity.fields)
         if name in scope.entities:
             matchers[name] = scope.matcher(name)
+            keys = set(scope.matched_fields(name))
+            if entity.parent is not None:
+                keys.add(entity.parent_field)
+            scope_keys[name] = tuple(keys)
         if entity.parent is not None and entity.parent in scope.entities:
             matchers[entity.parent] = scope.matcher(entity.parent)
+    # per record, in the order first seen: its first and last change, the fields they changed
     first: dict[tuple[str, str], Change] = {}
     last: dict[tuple[str, str], Change] = {}
-    changed_fields: dict[tuple[str, str], set[str]] = {}
+    changed: dict[tuple[str, str], Sequence[str]] = {}
+    between: dict[tuple[str, str], list[Change]] = {}   # a record's changes in range but its last
     for c in changes:
         key = (c.entity, c.record_id)
-        fields = changed_fields.get(key)
-        if fields is None:
-            fields = changed_fields[key] = set()
-            first[key] = c
-        last[key] = c
         if c.op == "create":
-            fields.update(names[c.entity])
+            fields = names[c.entity]
         else:
             prev, row = c.prev or {}, c.row
-            fields.update([f for f in names[c.entity] if prev.get(f) != row.get(f)])
+            fields = [f for f in names[c.entity] if prev.get(f) != row.get(f)]
+        if key in first:
+            changed[key] = {*changed[key], *fields}
+            between.setdefault(key, []).append(last[key])
+        else:
+            first[key] = c
+            changed[key] = fields
+        last[key] = c
     # a child is in scope iff its parent is now: look the parents up once
     parents: dict[str, set[str]] = {}
-    for (name, _), c in last.items():
+    for (name, record_id), c_last in last.items():
         entity = entities[name]
+        c_first = first[(name, record_id)]
         if entity.parent is not None:
-            for row in (c.row, first[(name, c.record_id)].prev or {}):
+            for row in (c_last.row, c_first.prev or {}):
                 if row.get(entity.parent_field):
                     parents.setdefault(entity.parent, set()).add(row[entity.parent_field])
     parent_rows = {name: _current_rows(page, name, ids) for name, ids in parents.items()}
@@ -377,6 +397,7 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
         parent = parent_rows.get(entity.parent, {}).get(row.get(entity.parent_field))
         return parent is not None and matchers.get(entity.parent, no_match)(parent)
 
+    add = page.add
     entering: list[tuple[Entity, str, int]] = []
     for key, c_last in last.items():
         name, record_id = key
@@ -384,20 +405,35 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
         own = own_device is not None and c_last.origin == own_device
         if own and not entity.children:
             continue   # the result's row settles it
-        c_first = first[key]
+        c_first, fields = first[key], changed[key]
         row, prev = c_last.row, c_first.prev
         if encrypted[name]:
             row = decode_row(entity, row, store.codec)
             prev = decode_row(entity, prev, store.codec) if prev is not None else None
-        held = in_scope(entity, prev)
         wanted = in_scope(entity, row)
+        keys = scope_keys.get(name)
+        if prev is None:
+            held = False
+        elif keys is not None and _agree(prev, row, keys):
+            held = wanted   # the same answer for the same values: one scope check, not two
+        else:
+            held = in_scope(entity, prev)
         if own and not (wanted and not held and c_first.op != "create"):
             continue   # the result's row settles it; a record entering scope brings its children
+        if not held and not wanted and key in between:
+            # the device may hold a state from inside the range: a phase page (snapshot or
+            # rescope) reads the tables after its start, and the stream after it starts again
+            # at the phase's cursor. A record that was in scope after any of its changes in
+            # range, and is not now, gets its delete or remove (the device was entitled to see
+            # it then, so this reveals nothing, invariant 6); else it stayed on the device
+            held = any(in_scope(entity, decode_row(entity, c.row, store.codec) if encrypted[name] else c.row)
+                       for c in between[key])
         if wanted and held:
-            page.add(name, c_last.position, {
-                "kind": "patch", "entity": name, "id": record_id, "position": c_last.position,
+            position = c_last.position
+            add(name, position, {
+                "kind": "patch", "entity": name, "id": record_id, "position": position,
                 "version": c_last.version, "from_version": prev["version"],
-                "fields": {f: row.get(f) for f in sorted(changed_fields[key])},
+                "fields": {f: row.get(f) for f in (fields if len(fields) < 2 else sorted(fields))},
                 "updated_at": row.get("updated_at")})
         elif wanted:
             page.upsert(name, row, c_last.position)
@@ -405,11 +441,11 @@ def _stream_page(page: _Page, changes: Sequence[Change], own_device: str | None 
                 entering.append((entity, record_id, c_last.position))
         elif held:
             if row.get("deleted"):
-                page.add(name, c_last.position, {"kind": "delete", "entity": name, "id": record_id,
-                                                 "position": c_last.position, "version": c_last.version})
+                add(name, c_last.position, {"kind": "delete", "entity": name, "id": record_id,
+                                            "position": c_last.position, "version": c_last.version})
             else:
-                page.add(name, c_last.position, {"kind": "remove", "entity": name, "id": record_id,
-                                                 "position": c_last.position, "reason": "scope"})
+                add(name, c_last.position, {"kind": "remove", "entity": name, "id": record_id,
+                                            "position": c_last.position, "reason": "scope"})
     # a parent that entered scope brings its live children (their own changes may be older)
     for entity, record_id, position in entering:
         for child_name in entity.children:

@@ -180,6 +180,21 @@ class DeviceScope:
         cache[name] = match
         return match
 
+    def matched_fields(self, name: str) -> frozenset[str]:
+        """The row members `matcher(name)` reads: equal values there give equal answers (the
+        user and the window floor are fixed for the scope). A child's parent link is not in it."""
+        cache = self.__dict__.setdefault("_matched_fields", {})
+        found = cache.get(name)
+        if found is None:
+            scope = self.entities[name]
+            names = {"deleted"}
+            for predicate in scope.predicates:
+                names |= ex.field_names(predicate)
+            if scope.window_field is not None:
+                names.add(scope.window_field)
+            found = cache[name] = frozenset(names)
+        return found
+
     def visible_row(self, name: str, row: Mapping[str, Any]) -> dict[str, Any]:
         """`row` reduced to the fields the role may see plus `created_at`/`updated_at`."""
         scope = self.entities[name]
