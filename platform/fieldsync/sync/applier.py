@@ -8,7 +8,7 @@ rows together. A worker killed before a commit leaves nothing of that part; one 
 (a later part, or the queue ack, still to come) leaves the ledger rows that make the
 redelivered batch skip what was done and apply the rest, in order. Parts of at most a few
 hundred mutations keep SQLite's one write lock short: a push being received waits for one part,
-not for a whole batch of a thousand (docs/benchmarks.md "Push end to end").
+not for a whole batch of a thousand (docs/benchmarks.md "Push end to end, second round").
 A database error that is not a rule violation (a unique index raced by a concurrent writer)
 makes the part fall back to one transaction per mutation, so one bad mutation can never
 poison the batch into the dead-letter queue. The data keys a batch needs are made before its
@@ -33,10 +33,11 @@ from fieldsync.store.sync_tables import LEDGER, clear_received, seq_run
 
 __all__ = ["APPLY_TRANSACTION_MUTATIONS", "MutationApplier"]
 
-# mutations per apply transaction: large enough that a commit's fsync is a small share of it
-# (about 15 ms of work for 250 visits), small enough that a push receipt waiting on SQLite's
-# write lock waits for that, not for a whole batch
-APPLY_TRANSACTION_MUTATIONS = 250
+# mutations per apply transaction: large enough that a commit's fsync (4-8 ms on a slow disk) is
+# a small share of it (about 30 ms of work for 500 visits), small enough that a push receipt
+# waiting on SQLite's write lock waits for that, not for a whole batch of 1,000. Measured against
+# 250 and 1,000 in docs/benchmarks.md "Push end to end, second round"
+APPLY_TRANSACTION_MUTATIONS = 500
 
 
 # the ledger's seqs of a device in a run without gaps, built once (see `seq_run`)

@@ -1,6 +1,6 @@
 """The listener pool: threads that claim queued push batches and hand each to a handler.
 
-The handler (apply, in the server) processes one message in transactions of at most 250
+The handler (apply, in the server) processes one message in transactions of at most 500
 mutations (sync/applier.py). The pool acks a message only after its handler returned normally,
 so a crash, a database outage or a handler error never loses a batch: the message is redelivered
 and the ledger makes the second run exact-once (invariants 1 and 2). A failed message is
