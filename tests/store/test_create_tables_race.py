@@ -32,20 +32,24 @@ for create in (create_changelog_tables, create_sync_tables, create_user_tables, 
 
 @pytest.mark.parametrize("db_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_processes_creating_the_tables_at_once_all_succeed(db_url):
+    _set_up_at_once(db_url, 5)
+
+
+def _set_up_at_once(db_url: str, processes: int) -> None:
+    """`processes` processes run SETUP on `db_url` at the same moment; each must succeed."""
     import time
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")]))
     start = time.time() + 2.0
     procs = [subprocess.Popen([sys.executable, "-c", SETUP, db_url, str(start)], env=env, cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True) for _ in range(5)]
+                              stderr=subprocess.PIPE, text=True) for _ in range(processes)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 5, "\n".join(e for e in errors if e)[-3000:]
+    assert [p.returncode for p in procs] == [0] * processes, "\n".join(e for e in errors if e)[-3000:]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_an_index_a_later_version_added_is_created_on_an_existing_database_by_processes_at_once(db_url):
     """fs_ledger's (device_id, position) index came after its table: servers starting on a
     database made before it create it, together, without an error."""
-    import time
     import sqlalchemy as sa
     from fieldsync.store.engine import make_engine
     from fieldsync.store.sync_tables import create_sync_tables
@@ -54,11 +58,6 @@ def test_an_index_a_later_version_added_is_created_on_an_existing_database_by_pr
     with engine.begin() as conn:
         conn.execute(sa.text('DROP INDEX "ix_fs_ledger_device_position"'))
     assert "ix_fs_ledger_device_position" not in {ix["name"] for ix in sa.inspect(engine).get_indexes("fs_ledger")}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")]))
-    start = time.time() + 2.0
-    procs = [subprocess.Popen([sys.executable, "-c", SETUP, db_url, str(start)], env=env, cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e for e in errors if e)[-3000:]
+    _set_up_at_once(db_url, 4)
     assert "ix_fs_ledger_device_position" in {ix["name"] for ix in sa.inspect(engine).get_indexes("fs_ledger")}
     engine.dispose()

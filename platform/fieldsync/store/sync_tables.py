@@ -260,9 +260,11 @@ def add_missing_indexes(engine: sa.Engine, metadata: sa.MetaData) -> None:
                     columns = ", ".join(f'"{c.name}"' for c in index.columns)
                     conn.execute(sa.text(f'CREATE INDEX IF NOT EXISTS "{index.name}" ON "{table.name}" ({columns})'))
             except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+                # PostgreSQL: another server created it between the check and here (IF NOT
+                # EXISTS does not cover a creation still in flight); anything else is an error
                 text = str(exc.orig if exc.orig is not None else exc).lower()
                 if "already exists" not in text and "duplicate key" not in text:
-                    raise   # PostgreSQL: another server created it between the check and here
+                    raise
 
 
 def add_missing_columns(engine: sa.Engine, metadata: sa.MetaData) -> None:
