@@ -247,10 +247,10 @@ def test_raw_decimals_read_as_through_a_decimal(value, scale):
     from sqlalchemy.dialects import sqlite as sqlite_dialect
     from fieldsync.defs.model import Entity, Field
     from fieldsync.store.codec import PlainJsonCodec, wire_step
-    from fieldsync.store.records import _raw_decimal_step
+    from fieldsync.store.raw_rows import raw_decimal_step
 
     field = Field(name="amount", type="decimal", precision=18, scale=scale)
     step = wire_step(field, Entity(name="thing", kind="master", fields=(field,)), PlainJsonCodec())
     through_decimal = sa.Numeric(18, scale, asdecimal=True).result_processor(sqlite_dialect.dialect(), None)
     expected = step(value) if isinstance(value, Decimal) else step(through_decimal(value))
-    assert _raw_decimal_step(step, scale)(value) == expected
+    assert raw_decimal_step(step, scale)(value) == expected

@@ -17,7 +17,6 @@ import contextlib
 import binascii
 import datetime as dt
 import json
-from decimal import Decimal
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -35,6 +34,7 @@ from fieldsync.ids import later_write_time, new_id, utc_now
 from fieldsync.store.bulk import insert_many
 from fieldsync.store.changelog import ChangeLog
 from fieldsync.store.compiled_rows import InsertBuilder, compile_insert
+from fieldsync.store.raw_rows import dict_builder, raw_decimal_step, raw_time_step
 from fieldsync.store.codec import FieldCodec, PlainJsonCodec, StoredRow, db_step, decrypted, to_db, to_wire, wire_step
 from fieldsync.store.engine import write_transaction
 from fieldsync.store.expr_sql import compile_expr, python_value
@@ -219,7 +219,7 @@ class RecordStore:
             if name in ("created_at", "updated_at"):
                 step = wire_step(None, entity, codec)
                 if raw_times:
-                    step = _raw_time_step(step)
+                    step = raw_time_step(step)
             elif name == "deleted":
                 step = bool
             elif name in ("id", "version"):
@@ -232,11 +232,11 @@ class RecordStore:
                 if fields[name].type not in ("datetime", "date", "decimal"):
                     step = None
                 elif fields[name].type == "datetime" and raw_times:
-                    step = _raw_time_step(step)
+                    step = raw_time_step(step)
                 elif fields[name].type == "decimal" and raw_times and fields[name].scale is not None:
-                    step = _raw_decimal_step(step, fields[name].scale)
+                    step = raw_decimal_step(step, fields[name].scale)
             plan.append((name, columns.index(name), step))
-        plain = _dict_builder(plan)
+        plain = dict_builder(plan)
         id_at = columns.index("id") if secret else -1
 
         def convert(row: tuple) -> dict[str, Any]:
@@ -765,69 +765,3 @@ def wire_problems(problems: Iterable[FieldProblem]) -> list[dict[str, str]]:
 
 
 __all__ = ["Page", "Reach", "RecordStore", "RowFilter", "wire_problems"]
-
-
-def raw_time_columns(table: sa.Table) -> list[sa.ColumnElement]:
-    """`table`'s columns, its date-time and scaled decimal ones read as the driver gives them.
-    Date-times: on SQLite the text SQLAlchemy stored, which `tuple_converter(raw_times=True)`
-    rewrites to the wire form without parsing it into a datetime and formatting that again
-    (PostgreSQL still gives datetimes). Decimals with a scale: on SQLite the stored number,
-    which it formats to the scale at once instead of through a Decimal (PostgreSQL still gives
-    Decimals)."""
-    out = []
-    for c in table.columns:
-        if isinstance(c.type, sa.DateTime):
-            c = sa.type_coerce(c, sa.String).label(c.name)
-        elif isinstance(c.type, sa.Numeric) and c.type.asdecimal and c.type.scale is not None:
-            c = sa.type_coerce(c, sa.types.NullType()).label(c.name)
-        out.append(c)
-    return out
-
-
-def _dict_builder(plan: Sequence[tuple[str, int, Callable[[Any], Any] | None]]) -> Callable[[tuple], dict[str, Any]]:
-    """A function of a result row giving `{name: step(row[i])}` for each `(name, i, step)` of
-    `plan` (a None value, or a None step, passes as it is), written as one dict display and
-    compiled once per shape: a pull page builds a thousand of these dicts, and the display runs
-    in about half the time of a loop assigning each key. Names enter the source only through
-    `repr`, steps only through the namespace."""
-    namespace: dict[str, Any] = {}
-    items = []
-    for k, (name, i, step) in enumerate(plan):
-        if step is None:
-            items.append(f"{name!r}: row[{int(i)}]")
-        else:
-            namespace[f"s{k}"] = step
-            items.append(f"{name!r}: None if (v{k} := row[{int(i)}]) is None else s{k}(v{k})")
-    source = "def build(row):\n    return {" + ", ".join(items) + "}\n"
-    exec(compile(source, "<fieldsync.store.records row builder>", "exec"), namespace)
-    return namespace["build"]
-
-
-def _raw_decimal_step(step: Callable[[Any], Any], scale: int) -> Callable[[Any], Any]:
-    """`step` (the wire form of a stored decimal of `scale` digits) for a value that may be the
-    number SQLite stored: SQLAlchemy would make it `Decimal("%.<scale>f" % value)`, which `step`
-    quantizes to the same scale and formats back to that same text."""
-    text = f"%.{scale}f"
-
-    def step_raw(value: Any) -> Any:
-        kind = type(value)
-        if kind is float or kind is int:
-            return text % value
-        if isinstance(value, Decimal):
-            return step(value)
-        return step(Decimal(text % value))
-    return step_raw
-
-
-def _raw_time_step(stamp: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`stamp` (the wire form of a stored datetime) for a value that may be SQLite's text of a
-    naive UTC datetime, "YYYY-MM-DD HH:MM:SS.ffffff" as SQLAlchemy writes it: that text becomes
-    "YYYY-MM-DDTHH:MM:SS.ffffffZ", exactly what `stamp` makes of the parsed datetime; any other
-    text is parsed first."""
-    def step(value: Any) -> Any:
-        if type(value) is str:
-            if len(value) == 26 and value[10] == " " and value[19] == "." and "1" <= value[0] <= "9":
-                return value[:10] + "T" + value[11:] + "Z"
-            return stamp(dt.datetime.fromisoformat(value))
-        return stamp(value)
-    return step

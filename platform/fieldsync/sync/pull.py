@@ -22,7 +22,8 @@ from fieldsync.defs.model import Entity
 from fieldsync.defs.values import uuid_text
 from fieldsync.errors import InvalidResume, SyncReset
 from fieldsync.store.changelog import Change, changes_after, decode_row, head_position, oldest_retained_position
-from fieldsync.store.records import RecordStore, raw_time_columns
+from fieldsync.store.raw_rows import raw_time_columns
+from fieldsync.store.records import RecordStore
 from fieldsync.sync.apply import result_to_wire
 from fieldsync.sync.scope import DeviceScope, compile_predicate
 from fieldsync.store.sync_tables import LEDGER, SCOPES
