@@ -105,9 +105,6 @@ def _freeze_start_up() -> None:
     a server applying pushes allocates dicts per mutation, which sets off full collections that
     walked all of it each time. Objects made later are collected as before."""
     import gc
-    import os
-    if os.environ.get("FS_NOFREEZE"):
-        return
     gc.collect()
     gc.freeze()
 
