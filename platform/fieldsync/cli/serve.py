@@ -103,10 +103,13 @@ def _freeze_start_up() -> None:
     """Once the app is built, move what start-up made (the model, compiled plans and rows,
     SQLAlchemy's metadata, imported modules) to the garbage collector's permanent generation:
     a server applying pushes allocates dicts per mutation, which sets off full collections that
-    walked all of it each time. Objects made later are collected as before."""
+    walked all of it each time. Objects made later are collected as before, the youngest
+    generation after 20,000 allocations instead of 700 (a push of 1,000 mutations makes tens of
+    thousands of short-lived dicts; cycles among them wait a little longer)."""
     import gc
     gc.collect()
     gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 def _worker_logging() -> None:
