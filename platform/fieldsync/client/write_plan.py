@@ -25,7 +25,7 @@ import orjson
 
 from fieldsync.client.schema import EntityTable, _to_0_1, quote
 from fieldsync.defs.model import Field
-from fieldsync.defs.values import DEFAULT_STRING_MAX, FieldProblem, ValueProblem, field_map, normalize_value
+from fieldsync.defs.values import DEFAULT_STRING_MAX, FieldProblem, ValueProblem, normalize_value, validate_record
 from fieldsync.errors import ValidationError
 
 _json_fields = json.JSONEncoder(sort_keys=True).encode
@@ -63,10 +63,6 @@ class WritePlan:
         self.name = table.name
         self.read_only = table.direction in ("pull", "none")
         self.owner = table.owner
-        entity = table.entity
-        self._known = field_map(entity)
-        # (name, normaliser, required, has_default, default) in entity order: validate_record's walk
-        self._fields = tuple((f.name, normaliser(f), f.required, f.has_default, f.default) for f in entity.fields)
         self._server_set = (self.owner,) if self.owner else ()
         self.converters = table.converters
         # JSON columns are compared decoded (`1` and `1.0` are one value); the rest in storage form
@@ -122,47 +118,17 @@ class WritePlan:
         return self.all_problems(fields, partial=partial)
 
     def all_problems(self, fields: Any, *, partial: bool) -> dict[str, Any] | list[FieldProblem]:
-        """`problems` by the general walk over the fields, without the compiled checks: the one
-        that names every problem."""
+        """`problems` by the server's own general walk (`validate_record`), without the compiled
+        checks: the one that names every problem. The owner is the server's to set."""
         if self.read_only:
             self.refuse_read_only()
         problems: list[FieldProblem] = []
         owner = self.owner
-        if type(fields) is not dict:
-            if owner and isinstance(fields, Mapping) and owner in fields:
-                problems.append(FieldProblem(owner, "is set by the server from the signed-in user"))
-                fields = {k: v for k, v in fields.items() if k != owner}
-            if not isinstance(fields, dict):
-                problems.append(FieldProblem("", "the body must be a JSON object"))
-                return problems
-        elif owner and owner in fields:
+        if owner and isinstance(fields, Mapping) and owner in fields:
             problems.append(FieldProblem(owner, "is set by the server from the signed-in user"))
             fields = {k: v for k, v in fields.items() if k != owner}
-        known = self._known
-        for name in fields:
-            if name not in known:
-                problems.append(FieldProblem(name, f"is not a field of {self.name}"))
-        clean: dict[str, Any] = {}
-        get = fields.get
-        server_set = self._server_set
-        for name, normalise, required, has_default, default in self._fields:
-            value = get(name, _MISSING)
-            if value is not _MISSING:
-                if value is None:
-                    if required:
-                        problems.append(FieldProblem(name, "is required and may not be null"))
-                        continue
-                    clean[name] = None
-                    continue
-                try:
-                    clean[name] = normalise(value)
-                except ValueProblem as exc:
-                    problems.append(FieldProblem(name, str(exc)))
-            elif not partial:
-                if has_default:
-                    clean[name] = default
-                elif required and name not in server_set:
-                    problems.append(FieldProblem(name, "is required"))
+        clean, more = validate_record(self.table.entity, fields, partial=partial, server_set=self._server_set)
+        problems += more
         return problems if problems else clean
 
     # -- statements and values ------------------------------------------------------------------
