@@ -320,57 +320,53 @@ def test_server_wins_discards_a_device_edit_made_before_the_servers(defs_copy, t
     assert (current["description"], current["pack_size"]) == ("from the catalogue team", 20)
 
 
-def test_a_batch_failing_every_delivery_is_answered_not_dropped(sqlite_app):
+def _deliveries(sync):
+    """The queued batch as received now and as its last allowed delivery would be."""
+    from fieldsync.queue.embedded import Message
+    [message] = sync.queue.receive(1, visibility_timeout=60)
+    return message, Message(message.id, message.body, message.group, message.receipt,
+                            sync.queue.max_receives, message.enqueued_at)
+
+
+def test_a_batch_failing_every_delivery_is_answered_not_dropped(sqlite_app, monkeypatch):
     """Invariant 5: the last delivery of a batch that always fails gives each mutation a
     permanent `unprocessable` result instead of vanishing into the dead-letter queue."""
-    from fieldsync.queue.embedded import Message
     app = sqlite_app
     dev = Device(app)
     dev.push([dev.mutation("visit", "insert", new_id(), visit_fields(app)) for _ in range(3)])
     sync = app.extensions["fieldsync"].sync
-    real = sync.applier.apply_batch
 
     def broken(batch):
         raise RuntimeError("disk on fire")
-    sync.applier.apply_batch = broken
-    try:
-        [message] = sync.queue.receive(1, visibility_timeout=60)
+    with monkeypatch.context() as patch:
+        patch.setattr(sync.applier, "apply_batch", broken)
+        message, last = _deliveries(sync)
         with pytest.raises(RuntimeError):
             sync.handle(message)                                  # not the last delivery: retried
         assert ledger_rows(app, dev.device_id) == []
-        last = Message(message.id, message.body, message.group, message.receipt,
-                       sync.queue.max_receives, message.enqueued_at)
         sync.handle(last)                                         # the last one: answered
-    finally:
-        sync.applier.apply_batch = real
     rows = ledger_rows(app, dev.device_id)
     assert [(r["seq"], r["status"], r["problem"]) for r in rows] == [(i, "rejected", "unprocessable") for i in (1, 2, 3)]
     pulled = [r for p in dev.pull_all() for r in p["results"]]
     assert {r["type"] for r in pulled} == {"https://fieldsync.dev/problems/unprocessable"}
 
 
-def test_an_outage_on_the_last_delivery_is_not_the_batchs_fault(sqlite_app):
+def test_an_outage_on_the_last_delivery_is_not_the_batchs_fault(sqlite_app, monkeypatch):
     """A batch whose deliveries all met a key-provider outage is not rejected as unprocessable:
     the outage is the server's; the batch stays to be applied when the key provider is back."""
     from fieldsync.errors import KeyProviderUnreachable
-    from fieldsync.queue.embedded import Message
     app = sqlite_app
     dev = Device(app)
     dev.push([dev.mutation("visit", "insert", new_id(), visit_fields(app))])
     sync = app.extensions["fieldsync"].sync
-    real = sync.applier.apply_batch
 
     def unreachable(batch):
         raise KeyProviderUnreachable("KMS did not answer")
-    sync.applier.apply_batch = unreachable
-    try:
-        [message] = sync.queue.receive(1, visibility_timeout=60)
-        last = Message(message.id, message.body, message.group, message.receipt,
-                       sync.queue.max_receives, message.enqueued_at)
+    with monkeypatch.context() as patch:
+        patch.setattr(sync.applier, "apply_batch", unreachable)
+        _, last = _deliveries(sync)
         with pytest.raises(KeyProviderUnreachable):
             sync.handle(last)
-    finally:
-        sync.applier.apply_batch = real
     assert ledger_rows(app, dev.device_id) == []          # nothing answered for it
     sync.handle(last)                                     # the key provider is back: applied
     assert [r["status"] for r in ledger_rows(app, dev.device_id)] == ["applied"]
