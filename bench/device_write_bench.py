@@ -79,14 +79,8 @@ class RawStore:
         row = [record_id, *(self.table.column(n).to_storage(v) for n, v in clean.items()), 0, 1]
         return sql, row, ("visit", "insert", record_id, None, json.dumps(clean, sort_keys=True), format_datetime(now))
 
-    def insert(self, sql: str, row: list[Any], entry: tuple) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(sql, row)
-        conn.execute(OUTBOX_INSERT, entry)
-        conn.execute("COMMIT")
-
-    def update(self, sql: str, params: list[Any], entry: tuple) -> None:
+    def write(self, sql: str, params: list[Any], entry: tuple) -> None:
+        """One row written (insert or update) and its outbox entry, in one transaction."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(sql, params)
@@ -175,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             prepared = [raw.prepared(f, now) for f in fields]
             ids: list[str] = []
             insert_sdk = lambda i: ids.append(client.insert("visit", fields[i]))   # noqa: E731
-            insert_raw = lambda i: raw.insert(*prepared[i])                         # noqa: E731
+            insert_raw = lambda i: raw.write(*prepared[i])                          # noqa: E731
             alternate(insert_sdk, insert_raw, range(warmup))
             latency_figure("insert()", *alternate(insert_sdk, insert_raw, range(warmup, warmup + args.writes)))
             conns = [client._store.conn, raw.conn]
@@ -189,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("visit", "update", raw_ids[i], 0, json.dumps({"notes": f"second visit note {i}"}),
                          format_datetime(now))) for i in range(len(raw_ids))]
             update_sdk = lambda i: client.update("visit", ids[i], {"notes": f"second visit note {i}"})  # noqa: E731
-            update_raw = lambda i: raw.update(*updates[i])                                          # noqa: E731
+            update_raw = lambda i: raw.write(*updates[i])                                           # noqa: E731
             alternate(update_sdk, update_raw, range(warmup))
             latency_figure("update()", *alternate(update_sdk, update_raw, range(warmup, warmup + args.writes)))
             set_synchronous(conns, "OFF")
